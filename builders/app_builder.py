@@ -1,0 +1,49 @@
+"""``build_app``: the ``import_path`` of the application in ``model_config.yaml``.
+
+Ray Serve calls it with the YAML's ``args:`` block. It validates the whole block first
+(nothing is deployed when any field is wrong), then creates one engine deployment per
+model from its ``deployment_config`` and binds the router to their handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from cloud.storage import resolve_model_source
+from configs import LoadedConfig, load_platform_config
+from configs.server_models import CLOUD_SCHEMES, BaseModelEntry
+from serve.deployments.engine_deployment import EngineDeployment
+from serve.router.router import MultiModelRouter
+from serve.router.routing import RouterSettings
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate ``args`` and return the bound application (router + engines)."""
+    return bind_application(load_platform_config(args))
+
+
+def bind_application(config: LoadedConfig) -> Application:
+    engines = {model.deployment_name: _bind_engine(model) for model in config.models}
+    router = config.platform.router
+    router_deployment = serve.deployment(MultiModelRouter).options(
+        name="MultiModelRouter",
+        num_replicas=router.num_replicas,
+        max_ongoing_requests=router.max_ongoing_requests,
+        ray_actor_options=router.ray_actor_options.model_dump(exclude_none=True),
+    )
+    return router_deployment.bind(RouterSettings.from_config(config), engines)
+
+
+def _bind_engine(model: BaseModelEntry) -> Application:
+    entry = model.model_dump(mode="json", exclude_unset=True)
+    if not model.model_loading_config.model_source.startswith(CLOUD_SCHEMES):
+        # Replicas may start in another working directory: pin relative paths now.
+        entry["model_loading_config"]["model_source"] = resolve_model_source(
+            model.model_loading_config.model_source
+        )
+    options = model.serve_options()
+    options["name"] = model.deployment_name
+    return serve.deployment(EngineDeployment).options(**options).bind(entry)

@@ -1,0 +1,112 @@
+"""Typed platform config: ``load_platform_config(args)`` validates a YAML ``args:`` block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
+from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig
+from configs.vllm_models import VLLMModelEntry
+
+# One entry class per engine type; the engine classes are registered in servers/.
+MODEL_ENTRY_TYPES: dict[ModelType, type[BaseModelEntry]] = {
+    ModelType.VLLM: VLLMModelEntry,
+}
+
+
+@dataclass
+class LoadedConfig:
+    platform: PlatformConfig
+    models: list[BaseModelEntry]
+    models_key: str  # "models" or the seed's "llm_configs", for error paths
+
+
+def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
+    """Validate the whole ``args:`` block, collecting every problem before failing."""
+    if not isinstance(args, dict):
+        raise ConfigError([ConfigIssue((), f"must be a mapping, got {type(args).__name__}")])
+    models_key = "llm_configs" if "llm_configs" in args and "models" not in args else "models"
+    try:
+        platform = PlatformConfig.model_validate(args)
+    except ValidationError as err:
+        raise ConfigError(issues_from_validation_error(err, PlatformConfig)) from None
+
+    issues: list[ConfigIssue] = []
+    indexed: list[tuple[int, BaseModelEntry]] = []
+    for index, raw in enumerate(platform.models):
+        entry = _load_model_entry(raw, (models_key, index), issues)
+        if entry is not None:
+            indexed.append((index, entry))
+    issues += _cross_model_issues(indexed, models_key)
+    if issues:
+        raise ConfigError(issues)
+    return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
+
+
+def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue]) -> BaseModelEntry | None:
+    if not isinstance(raw, dict):
+        issues.append(ConfigIssue(loc, "each model must be a mapping"))
+        return None
+    loading = raw.get("model_loading_config")
+    raw_type = loading.get("type") if isinstance(loading, dict) else None
+    entry_cls = _entry_class(raw_type)
+    if entry_cls is None:
+        allowed = ", ".join(t.value for t in MODEL_ENTRY_TYPES)
+        message = "required field is missing" if raw_type is None else f"unknown model type {raw_type!r}"
+        issues.append(ConfigIssue(loc + ("model_loading_config", "type"), f"{message}; allowed: {allowed}"))
+        return None
+    entry = None
+    try:
+        entry = entry_cls.model_validate(raw)
+    except ValidationError as err:
+        issues.extend(issues_from_validation_error(err, entry_cls, loc))
+    kwargs_model = entry_cls.engine_kwargs_model()
+    raw_kwargs = raw.get("engine_kwargs")
+    if kwargs_model is not None and isinstance(raw_kwargs, dict):
+        try:
+            kwargs_model.model_validate(raw_kwargs)
+        except ValidationError as err:
+            issues.extend(issues_from_validation_error(err, kwargs_model, loc + ("engine_kwargs",)))
+            return None
+    return entry
+
+
+def _entry_class(raw_type: Any) -> type[BaseModelEntry] | None:
+    if not isinstance(raw_type, str):
+        return None
+    try:
+        return MODEL_ENTRY_TYPES.get(ModelType(raw_type.lower()))
+    except ValueError:
+        return None
+
+
+def _cross_model_issues(
+    indexed: list[tuple[int, BaseModelEntry]], models_key: str
+) -> list[ConfigIssue]:
+    issues = []
+    seen_ids: dict[str, int] = {}
+    seen_names: dict[str, int] = {}
+    for index, entry in indexed:
+        if entry.model_id in seen_ids:
+            issues.append(ConfigIssue(
+                (models_key, index, "model_loading_config", "model_id"),
+                f"duplicate model_id {entry.model_id!r} (also {models_key}[{seen_ids[entry.model_id]}])",
+            ))
+        seen_ids.setdefault(entry.model_id, index)
+        if entry.deployment_name in seen_names:
+            issues.append(ConfigIssue(
+                (models_key, index, "deployment_config", "name"),
+                f"duplicate deployment name {entry.deployment_name!r} "
+                f"(also {models_key}[{seen_names[entry.deployment_name]}])",
+            ))
+        seen_names.setdefault(entry.deployment_name, index)
+    return issues
+
+
+__all__ = [
+    "Capability", "ConfigError", "LoadedConfig", "ModelType", "PlatformConfig",
+    "load_platform_config", "MODEL_ENTRY_TYPES",
+]

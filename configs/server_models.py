@@ -1,0 +1,224 @@
+"""Typed config for the platform's ``args:`` block and the engine-independent parts of a model.
+
+Each model entry has the shape of Ray Serve LLM's ``LLMConfig``:
+``model_loading_config`` (what to load), ``deployment_config`` (Ray Serve deployment
+options), ``engine_kwargs`` (typed per engine, see ``vllm_models.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from typing import Any, ClassVar, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+
+from common.base_pydantic import StrictModel
+
+
+class ModelType(str, Enum):
+    VLLM = "vllm"
+
+
+class Capability(str, Enum):
+    """What a model can serve; the router answers requests for anything else with a 400."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+class ModelLoadingConfig(StrictModel):
+    model_id: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
+        description="The name clients send as `model`.",
+    )
+    model_source: str = Field(
+        min_length=1,
+        description="Hugging Face id, local path (absolute or ./relative), or s3:// gs:// URI.",
+    )
+    type: ModelType
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _lower_type(cls, value: Any) -> Any:
+        # The seed config writes "VLLM": accept any case.
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model_source")
+    @classmethod
+    def _local_path_exists(cls, value: str) -> str:
+        if value.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"local path {value!r} does not exist (relative to {os.getcwd()})")
+        return value
+
+    @property
+    def is_local_path(self) -> bool:
+        return self.model_source.startswith(_PATH_PREFIXES) or (
+            not self.model_source.startswith(CLOUD_SCHEMES) and os.path.isdir(self.model_source)
+        )
+
+
+class RayActorOptions(StrictModel):
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="bytes")
+    resources: dict[str, float] | None = None
+    accelerator_type: str | None = None
+    runtime_env: dict[str, Any] | None = None
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float | None) -> float | None:
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError("a share above one GPU must be a whole number (1, 2, 4, ...)")
+        return value
+
+
+class AutoscalingConfig(StrictModel):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=2, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    upscaling_factor: float | None = Field(default=None, gt=0)
+    downscaling_factor: float | None = Field(default=None, gt=0)
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class DeploymentConfig(StrictModel):
+    """Ray Serve deployment options, passed to ``Deployment.options``."""
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    num_replicas: int | None = Field(default=None, ge=1)
+    autoscaling_config: AutoscalingConfig | None = None
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = Field(default=None, ge=-1)
+    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    placement_group_bundles: list[dict[str, float]] | None = None
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    health_check_period_s: float | None = Field(default=None, gt=0)
+    health_check_timeout_s: float | None = Field(default=None, gt=0)
+    graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> "DeploymentConfig":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set num_replicas or autoscaling_config, not both")
+        return self
+
+    def serve_options(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """Options for ``Deployment.options``: what the YAML set, over the engine's defaults."""
+        options = {
+            **defaults,
+            **self.model_dump(exclude_none=True, exclude_unset=True, exclude={"ray_actor_options"}),
+        }
+        actor = {**defaults.get("ray_actor_options", {}), **self.ray_actor_options.model_dump(exclude_none=True)}
+        options["ray_actor_options"] = actor
+        return options
+
+
+class BaseModelEntry(StrictModel):
+    """One model in ``models:``; engine types subclass it with typed ``engine_kwargs``."""
+
+    model_loading_config: ModelLoadingConfig
+    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    engine_kwargs: Any = None
+
+    # Serve options the engine type wants unless the YAML says otherwise.
+    default_serve_options: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self.model_loading_config.model_id
+
+    @property
+    def deployment_name(self) -> str:
+        return self.deployment_config.name or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
+
+    @classmethod
+    def engine_kwargs_model(cls) -> type[BaseModel] | None:
+        """A model that ``engine_kwargs`` must validate against, checked by the loader."""
+        return None
+
+    def capabilities(self) -> list[Capability]:
+        raise NotImplementedError
+
+    def max_context_tokens(self) -> int | None:
+        """The context length known from config, for the router's request checks."""
+        return None
+
+    def serve_options(self) -> dict[str, Any]:
+        return self.deployment_config.serve_options(self.default_serve_options)
+
+
+class CorsConfig(StrictModel):
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["Authorization", "Content-Type"])
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> "CorsConfig":
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                "allow_origins '*' with allow_credentials: true lets any site act with a "
+                "user's credentials; list the origins explicitly"
+            )
+        return self
+
+
+class RouterConfig(StrictModel):
+    """Deployment options and request limits of the ``MultiModelRouter`` ingress."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=1024, ge=1)
+    ray_actor_options: RayActorOptions = Field(default_factory=lambda: RayActorOptions(num_cpus=0))
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=600, gt=0)
+
+
+class PlatformConfig(StrictModel):
+    """The ``args:`` block of the application in ``model_config.yaml``."""
+
+    models: list[dict[str, Any]] = Field(
+        min_length=1, validation_alias=AliasChoices("models", "llm_configs")
+    )
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys")
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+
+    @model_validator(mode="after")
+    def _api_keys_env_is_set(self) -> "PlatformConfig":
+        if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
+            raise ValueError(
+                f"api_keys_env names {self.api_keys_env!r}, which is not set: the API would be "
+                "open to anyone; set the variable or remove api_keys_env"
+            )
+        return self
+
+    def resolved_api_keys(self) -> list[str]:
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_env:
+            keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return keys

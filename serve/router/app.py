@@ -1,0 +1,163 @@
+"""The OpenAI-compatible FastAPI app of ``MultiModelRouter``: auth, validation, model
+lookup, and a thin pass-through to the engine deployment that holds the model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from configs.open_api_models import InvalidRequest, parse_request
+from configs.server_models import Capability
+from serve.router.errors import APIError, install_error_handlers
+from serve.router.routing import ModelRoute, RouterSettings
+from servers.base_engine import EngineResponse
+
+logger = logging.getLogger("ray.serve")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class EngineCaller(Protocol):
+    """How the app reaches engines; Serve handles in production, fakes in unit tests."""
+
+    async def call(self, deployment: str, capability: Capability, body: dict) -> EngineResponse: ...
+
+    def stream(self, deployment: str, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
+
+    async def ready(self, deployment: str, timeout_s: float) -> bool: ...
+
+
+def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAPI:
+    app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    if settings.cors:
+        app.add_middleware(CORSMiddleware, **settings.cors)
+    protected = [Depends(_auth_dependency(settings.api_keys))]
+
+    @app.get("/health")
+    async def liveness() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/health", dependencies=protected)
+    @app.get("/ready", dependencies=protected)
+    async def readiness() -> JSONResponse:
+        routes = list(settings.routes.values())
+        states = await asyncio.gather(*(engines.ready(r.deployment_name, 5.0) for r in routes))
+        models = {r.model_id: ("ready" if ok else "not_ready") for r, ok in zip(routes, states)}
+        ready = all(states)
+        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
+                            status_code=200 if ready else 503)
+
+    @app.get("/v1/models", dependencies=protected)
+    async def list_models() -> dict:
+        return {"object": "list", "data": [r.card() for r in settings.routes.values()]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=protected)
+    async def get_model(model_id: str) -> dict:
+        return _route_for(settings.routes, model_id).card()
+
+    async def forward(request: Request, capability: Capability) -> Response:
+        body = await _read_json_object(request, settings.max_request_bytes)
+        route = _route_for(settings.routes, body.get("model"), capability)
+        _validate_body(route, capability, body)
+        if body.get("stream"):
+            return await _stream(engines.stream(route.deployment_name, capability, body))
+        result = await engines.call(route.deployment_name, capability, body)
+        return Response(result.content, status_code=result.status_code, media_type=result.media_type)
+
+    @app.post("/v1/chat/completions", dependencies=protected)
+    async def chat_completions(request: Request) -> Response:
+        return await forward(request, Capability.CHAT)
+
+    @app.post("/v1/completions", dependencies=protected)
+    async def completions(request: Request) -> Response:
+        return await forward(request, Capability.COMPLETIONS)
+
+    @app.post("/v1/embeddings", dependencies=protected)
+    async def embeddings(request: Request) -> Response:
+        return await forward(request, Capability.EMBEDDINGS)
+
+    return app
+
+
+def _auth_dependency(api_keys: tuple[str, ...]):
+    async def check(request: Request) -> None:
+        if not api_keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), k) for k in api_keys):
+            raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _route_for(routes: Mapping[str, ModelRoute], model: Any, capability: Capability | None = None) -> ModelRoute:
+    if capability is not None and (model is None or model == ""):
+        raise APIError(400, "'model' is required", param="model", code="missing_model")
+    route = routes.get(model) if isinstance(model, str) else None
+    if route is None:
+        raise APIError(404, f"model {model!r} does not exist; available: {', '.join(sorted(routes))}",
+                       param="model", code="model_not_found")
+    if capability is not None and capability not in route.capabilities:
+        serves = ", ".join(c.value for c in route.capabilities)
+        raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",
+                       param="model", code="unsupported_endpoint")
+    return route
+
+
+def _validate_body(route: ModelRoute, capability: Capability, body: dict[str, Any]) -> None:
+    try:
+        parse_request(capability, body)
+    except InvalidRequest as err:
+        raise APIError(400, err.message, param=err.param) from None
+    limit = route.max_context_tokens
+    for key in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(key)
+        if limit and isinstance(asked, int) and asked > limit:
+            raise APIError(400, f"{key} ({asked}) exceeds the model's context length ({limit})",
+                           param=key, code="context_length_exceeded")
+
+
+async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
+    """Answer errors that precede any output as plain responses; otherwise stream SSE."""
+    first = await anext(chunks, None)
+    if isinstance(first, EngineResponse):
+        await chunks.aclose()
+        return Response(first.content, status_code=first.status_code, media_type=first.media_type)
+
+    async def relay() -> AsyncIterator[str]:
+        try:
+            if first is not None:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # client gone: cancels the engine call, which aborts generation
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,51 @@
+"""Every error the router answers, in the OpenAI shape ``{"error": {message, type, param, code}}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          503: "service_unavailable_error"}
+
+
+class APIError(Exception):
+    """Raised anywhere in a request to answer with this status and OpenAI error body."""
+
+    def __init__(self, status_code: int, message: str, *, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code, self.message, self.param, self.code = status_code, message, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status_code, self.message, param=self.param, code=self.code,
+                              headers=self.headers)
+
+
+def error_response(status_code: int, message: str, *, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    err_type = _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route framework errors (unknown path, wrong method, bad path params) through one shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
+        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)

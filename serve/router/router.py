@@ -1,0 +1,80 @@
+"""``MultiModelRouter``: the Ray Serve ingress deployment that serves the router app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from configs.server_models import Capability
+from serve.router.app import create_router_app
+from serve.router.errors import APIError
+from serve.router.routing import RouterSettings
+from servers.base_engine import EngineResponse
+
+logger = logging.getLogger("ray.serve")
+
+
+class ServeEngineCaller:
+    """Reaches engine deployments through Serve handles (Serve picks the replica)."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle]):
+        self.handles = handles
+
+    async def call(self, deployment: str, capability: Capability, body: dict) -> EngineResponse:
+        with _unavailable_as_503(deployment):
+            return await self.handles[deployment].handle.remote(capability.value, body)
+
+    async def stream(self, deployment: str, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
+        response = self.handles[deployment].options(stream=True).handle_stream.remote(capability.value, body)
+        try:
+            with _unavailable_as_503(deployment):
+                first = await anext(response, None)
+            if first is not None:
+                yield first
+            async for item in response:
+                yield item
+        finally:
+            response.cancel()
+
+    async def ready(self, deployment: str, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self.handles[deployment].check_health.remote(), timeout_s)
+            return True
+        except Exception:
+            return False
+
+
+class _unavailable_as_503:
+    """Map Serve's queue-full and no-replica errors to a 503 the client can retry."""
+
+    def __init__(self, deployment: str):
+        self.deployment = deployment
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, BackPressureError):
+            raise APIError(503, f"{self.deployment} is at capacity; retry shortly",
+                           code="server_busy", headers={"Retry-After": "1"}) from exc
+        if isinstance(exc, DeploymentUnavailableError):
+            raise APIError(503, f"{self.deployment} has no replica available", code="model_unavailable",
+                           headers={"Retry-After": "5"}) from exc
+        return False
+
+
+@serve.ingress()
+class MultiModelRouter:
+    """OpenAI-compatible ingress: one endpoint for every model in the config."""
+
+    def __init__(self, settings: RouterSettings, engines: dict[str, DeploymentHandle]):
+        self.settings = settings
+        self.engines = ServeEngineCaller(engines)
+
+    def __serve_build_asgi_app__(self):
+        return create_router_app(self.settings, self.engines)

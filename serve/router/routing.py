@@ -1,0 +1,61 @@
+"""The router's view of the configured models: pure data, built once from the config."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from configs import LoadedConfig
+from configs.server_models import Capability
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    model_id: str
+    model_type: str
+    deployment_name: str
+    capabilities: tuple[Capability, ...]
+    max_context_tokens: int | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def card(self) -> dict[str, Any]:
+        """The ``/v1/models`` entry: OpenAI's fields plus what the model can serve."""
+        card = {"id": self.model_id, "object": "model", "created": self.created,
+                "owned_by": "rayserve-platform", "type": self.model_type,
+                "capabilities": [c.value for c in self.capabilities]}
+        if self.max_context_tokens:
+            card["max_model_len"] = self.max_context_tokens
+        return card
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Everything the router replica needs, derived from the config at build time."""
+
+    routes: dict[str, ModelRoute]
+    api_keys: tuple[str, ...] = ()
+    cors: dict[str, Any] = field(default_factory=dict)
+    max_request_bytes: int = 8 * 1024 * 1024
+    request_timeout_s: float = 600
+
+    @classmethod
+    def from_config(cls, config: LoadedConfig) -> "RouterSettings":
+        routes = {
+            m.model_id: ModelRoute(
+                model_id=m.model_id,
+                model_type=m.model_loading_config.type.value,
+                deployment_name=m.deployment_name,
+                capabilities=tuple(m.capabilities()),
+                max_context_tokens=m.max_context_tokens(),
+            )
+            for m in config.models
+        }
+        platform = config.platform
+        return cls(
+            routes=routes,
+            api_keys=tuple(platform.resolved_api_keys()),
+            cors=platform.cors.model_dump() if platform.cors.allow_origins else {},
+            max_request_bytes=platform.router.max_request_bytes,
+            request_timeout_s=platform.router.request_timeout_s,
+        )

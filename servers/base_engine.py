@@ -1,0 +1,72 @@
+"""The engine contract: what every model type implements, and nothing about HTTP or Ray.
+
+An engine loads one model on the device Ray assigned to its replica and answers the
+operations (``Capability``) its model serves. Non-streaming calls return an
+``EngineResponse``; streaming calls yield text chunks (SSE lines), or a single
+``EngineResponse`` first when the request fails before any output. The router only
+forwards these, so one convention serves every endpoint and engine.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from configs.server_models import BaseModelEntry, Capability
+
+
+@dataclass
+class EngineResponse:
+    """A complete answer: HTTP status, body bytes and their media type."""
+
+    status_code: int
+    content: bytes
+    media_type: str = "application/json"
+
+    @classmethod
+    def json(cls, payload: Any, status_code: int = 200) -> "EngineResponse":
+        return cls(status_code, json.dumps(payload, separators=(",", ":")).encode())
+
+    @classmethod
+    def error(
+        cls, status_code: int, message: str, err_type: str = "BadRequestError",
+        param: str | None = None, code: str | int | None = None,
+    ) -> "EngineResponse":
+        """An error in the OpenAI shape ``{"error": {message, type, param, code}}``."""
+        body = {"message": message, "type": err_type, "param": param,
+                "code": code if code is not None else status_code}
+        return cls.json({"error": body}, status_code)
+
+
+class BaseEngine(abc.ABC):
+    """One model of one type, loaded on the replica's device."""
+
+    def __init__(self, entry: BaseModelEntry):
+        self.entry = entry
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load weights on the assigned device; the replica takes traffic once this returns."""
+
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve; Ray Serve restarts the replica then."""
+
+    @abc.abstractmethod
+    async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
+        """Answer one non-streaming request."""
+
+    async def handle_stream(
+        self, capability: Capability, body: dict[str, Any]
+    ) -> AsyncIterator[str | EngineResponse]:
+        """Answer one streaming request; engines that cannot stream answer whole."""
+        yield await self.handle(capability, body)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health pages and tests (requests in flight, ...)."""
+        return {}
+
+    async def shutdown(self) -> None:
+        """Release the model and its device memory."""

@@ -1,0 +1,144 @@
+"""vLLM engine: ``AsyncLLM`` plus vLLM's own OpenAI serving layer, inside a Serve replica.
+
+Using vLLM's serving classes (the ones ``vllm serve`` uses) keeps chat templates,
+sampling parameters, structured output, streaming chunks and usage identical to vLLM's
+server; this class only adapts their results to the ``EngineResponse`` convention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.datastructures import State
+from starlette.responses import Response
+
+from cloud.storage import resolve_model_source
+from common.streaming import coalesce
+from configs.open_api_models import InvalidRequest, parse_request
+from configs.server_models import Capability
+from configs.vllm_models import VLLMModelEntry
+from servers.base_engine import BaseEngine, EngineResponse
+
+logger = logging.getLogger(__name__)
+
+# vLLM on the CPU otherwise reserves most of NUMA node 0's memory for its KV cache.
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+class VLLMEngine(BaseEngine):
+    entry: VLLMModelEntry
+
+    def __init__(self, entry: VLLMModelEntry):
+        super().__init__(entry)
+        self._exit_stack = contextlib.AsyncExitStack()
+        self.state = State()
+        self.engine_client: Any = None
+
+    async def start(self) -> None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import (
+            build_async_engine_client_from_engine_args,
+        )
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        args = self._server_args()
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        self.engine_client = await self._exit_stack.enter_async_context(
+            build_async_engine_client_from_engine_args(engine_args)
+        )
+        tasks = await self.engine_client.get_supported_tasks()
+        await init_app_state(self.engine_client, self.state, args, tasks)
+        logger.info("vLLM engine for %s ready, tasks %s", self.entry.model_id, tasks)
+
+    def _server_args(self):
+        """vLLM's server arguments with the YAML's ``engine_kwargs`` applied over its defaults."""
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        source = resolve_model_source(self.entry.model_loading_config.model_source)
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", source])
+        kwargs = dict(self.entry.engine_kwargs)
+        if kwargs.get("tensor_parallel_size") == 0:  # 0 = every GPU Ray gave this replica
+            kwargs["tensor_parallel_size"] = max(1, len(_assigned_gpu_ids()))
+        if not _assigned_gpu_ids() and "kv_cache_memory_bytes" not in kwargs \
+                and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+        for key, value in kwargs.items():
+            setattr(args, key, value)
+        args.served_model_name = [self.entry.model_id]
+        args.disable_log_stats = kwargs.get("disable_log_stats", True)
+        return args
+
+    async def check_health(self) -> None:
+        await self.engine_client.check_health()
+
+    def stats(self) -> dict[str, Any]:
+        processor = self.engine_client.output_processor
+        return {"unfinished_requests": processor.get_num_unfinished_requests()}
+
+    async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
+        result = await self._call_serving(capability, body)
+        if isinstance(result, EngineResponse):
+            return result
+        if hasattr(result, "__aiter__"):  # a stream was asked of a non-streaming call
+            return EngineResponse.error(400, "use a streaming call for stream: true", param="stream")
+        return _to_engine_response(result)
+
+    async def handle_stream(
+        self, capability: Capability, body: dict[str, Any]
+    ) -> AsyncIterator[str | EngineResponse]:
+        result = await self._call_serving(capability, body)
+        if not hasattr(result, "__aiter__"):
+            yield result if isinstance(result, EngineResponse) else _to_engine_response(result)
+            return
+        async for chunk in coalesce(result):
+            yield chunk
+
+    async def _call_serving(self, capability: Capability, body: dict[str, Any]) -> Any:
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        serve = self._serving_for(capability)
+        if serve is None:
+            return EngineResponse.error(400, f"model {self.entry.model_id!r} does not serve {capability.value}")
+        try:
+            return await serve(parse_request(capability, body), None)
+        except InvalidRequest as err:
+            return EngineResponse.error(400, err.message, param=err.param)
+        except Exception as exc:  # vLLM raises its client errors; map them its own way
+            error = create_error_response(exc)
+            if error.error.code >= 500:
+                logger.exception("engine error for %s", self.entry.model_id)
+            return EngineResponse.json(error.model_dump(), error.error.code)
+
+    def _serving_for(self, capability: Capability):
+        """vLLM's serving callable for ``capability``, or None when this model lacks it."""
+        chat = getattr(self.state, "openai_serving_chat", None)
+        completion = getattr(self.state, "openai_serving_completion", None)
+        table = {
+            Capability.CHAT: chat and chat.create_chat_completion,
+            Capability.COMPLETIONS: completion and completion.create_completion,
+            Capability.EMBEDDINGS: getattr(self.state, "serving_embedding", None),
+        }
+        return table.get(capability)
+
+    async def shutdown(self) -> None:
+        await self._exit_stack.aclose()
+
+
+def _to_engine_response(result: Any) -> EngineResponse:
+    """vLLM answers with pydantic responses, ``ErrorResponse``s, or starlette responses."""
+    if isinstance(result, Response):
+        return EngineResponse(result.status_code, bytes(result.body), result.media_type or "application/json")
+    error = getattr(result, "error", None)
+    status = getattr(error, "code", 200) if error is not None else 200
+    return EngineResponse(status, result.model_dump_json().encode())
+
+
+def _assigned_gpu_ids() -> list:
+    import ray
+
+    return ray.get_gpu_ids() if ray.is_initialized() else []
