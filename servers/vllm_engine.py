@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # vLLM on the CPU otherwise reserves most of NUMA node 0's memory for its KV cache.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS", "10")) / 1000
 
 
 class VLLMEngine(BaseEngine):
@@ -95,7 +96,7 @@ class VLLMEngine(BaseEngine):
         if not hasattr(result, "__aiter__"):
             yield result if isinstance(result, EngineResponse) else _to_engine_response(result)
             return
-        async for chunk in coalesce(result):
+        async for chunk in coalesce(result, STREAM_INTERVAL_S):
             yield chunk
 
     async def _call_serving(self, capability: Capability, body: dict[str, Any]) -> Any:

@@ -31,7 +31,8 @@ class EngineCaller(Protocol):
 
     def stream(self, deployment: str, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
 
-    async def ready(self, deployment: str, timeout_s: float) -> bool: ...
+    async def status(self, deployment: str, timeout_s: float) -> dict | None:
+        """The engine's stats when a replica answers within ``timeout_s``, else None."""
 
 
 def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAPI:
@@ -49,9 +50,9 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     @app.get("/ready", dependencies=protected)
     async def readiness() -> JSONResponse:
         routes = list(settings.routes.values())
-        states = await asyncio.gather(*(engines.ready(r.deployment_name, 5.0) for r in routes))
-        models = {r.model_id: ("ready" if ok else "not_ready") for r, ok in zip(routes, states)}
-        ready = all(states)
+        states = await asyncio.gather(*(engines.status(r.deployment_name, 5.0) for r in routes))
+        models = {r.model_id: {"ready": state is not None, **(state or {})} for r, state in zip(routes, states)}
+        ready = all(state is not None for state in states)
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)
 

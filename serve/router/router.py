@@ -41,12 +41,11 @@ class ServeEngineCaller:
         finally:
             response.cancel()
 
-    async def ready(self, deployment: str, timeout_s: float) -> bool:
+    async def status(self, deployment: str, timeout_s: float) -> dict | None:
         try:
-            await asyncio.wait_for(self.handles[deployment].check_health.remote(), timeout_s)
-            return True
-        except Exception:
-            return False
+            return await asyncio.wait_for(self.handles[deployment].stats.remote(), timeout_s)
+        except Exception:  # not started, scaled to zero, or unhealthy: all mean "not ready"
+            return None
 
 
 class _unavailable_as_503:

@@ -1,0 +1,155 @@
+"""Streaming throughput and latency: this platform against plain ``vllm serve``, same model.
+
+Both servers serve the same model with the same engine arguments, one after the other
+on this machine, and are driven by vLLM's own load generator (the code behind
+``vllm bench serve``: random prompts, streamed chat completions, fixed seed) at each
+concurrency. Prints output-token throughput, TTFT and inter-token latency (p50/p99) of
+both and the platform/vLLM throughput ratio, all measured in this one run.
+
+    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--model-dir .models/tiny-chat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE_KWARGS = {"max_model_len": 1024, "max_num_seqs": 64,
+                 "kv_cache_memory_bytes": 256 << 20, "dtype": "float32"}
+METRICS = ("output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms")
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_load(port: int, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
+    """One ``vllm bench serve`` pass, in a child process so each pass starts clean."""
+    cli = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--host", "127.0.0.1",
+           "--port", str(port), "--model", model, "--tokenizer", tokenizer,
+           "--dataset-name", "random", "--random-input-len", str(args.input_len),
+           "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(prompts),
+           "--max-concurrency", str(concurrency), "--seed", str(args.seed), "--disable-tqdm",
+           "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
+           "--save-result", "--result-dir", args.result_dir, "--result-filename", "pass.json"]
+    code = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+            "from vllm.benchmarks.serve import add_cli_args, main; p = FlexibleArgumentParser(); "
+            "add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+    subprocess.run([sys.executable, "-c", code, *cli], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = json.loads((Path(args.result_dir) / "pass.json").read_text())
+    return {k: result[k] for k in METRICS}
+
+
+def start_vllm(model_dir: str, port: int) -> subprocess.Popen:
+    flags = []
+    for key, value in ENGINE_KWARGS.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+         "--served-model-name", "bench-model", "--host", "127.0.0.1", "--port", str(port),
+         "--disable-log-stats", "--disable-uvicorn-access-log", *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def start_platform(model_dir: str, port: int, workdir: str) -> subprocess.Popen:
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "applications": [{
+            "name": "bench", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
+            "args": {"models": [{
+                "model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
+                "engine_kwargs": ENGINE_KWARGS,
+            }]},
+        }],
+    }
+    path = Path(workdir) / "bench_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+                            start_new_session=True)
+
+
+def measure(name: str, proc: subprocess.Popen, ready_url: str, port: int, args) -> dict[int, dict]:
+    results = {}
+    try:
+        wait_ready(ready_url, proc)
+        run_load(port, "bench-model", args.model_dir, 4, 8, args)  # warm-up
+        for concurrency in args.concurrency:
+            prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
+            results[concurrency] = run_load(port, "bench-model", args.model_dir, concurrency, prompts, args)
+            print(f"{name} c={concurrency}: {results[concurrency]}", flush=True)
+    finally:
+        stop(proc)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=str(ROOT / ".models" / "tiny-chat"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--min-prompts", type=int, default=32)
+    parser.add_argument("--prompts-per-slot", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["vllm", "platform"], default=None)
+    parser.add_argument("--skip-warmup", action="store_true")
+    args = parser.parse_args()
+    args.model_dir = str(Path(args.model_dir).resolve())
+    with tempfile.TemporaryDirectory() as workdir:
+        args.result_dir = workdir
+        runs = {}
+        if args.only in (None, "vllm"):
+            runs["vllm"] = measure("vllm", start_vllm(args.model_dir, 8100),
+                                   "http://127.0.0.1:8100/health", 8100, args)
+        if args.only in (None, "platform"):
+            runs["platform"] = measure("platform", start_platform(args.model_dir, 8200, workdir),
+                                       "http://127.0.0.1:8200/ready", 8200, args)
+    print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    for name, by_c in runs.items():
+        for c, m in by_c.items():
+            print(f"| {name} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
+                  f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} |")
+    if len(runs) == 2:
+        for c in args.concurrency:
+            ratio = runs["platform"][c]["output_throughput"] / runs["vllm"][c]["output_throughput"]
+            print(f"platform / vllm output throughput at concurrency {c}: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

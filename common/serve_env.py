@@ -1,0 +1,34 @@
+"""Process-level settings for Ray and Ray Serve that suit LLM streaming.
+
+They must be in the environment of the process that starts the Ray cluster (``ray
+start``, ``serve run``, ``deploy_app.py``), because Serve's proxy and replicas read them
+at import time; ``deploy_app.py`` applies them, ``scripts/serve.sh`` exports them, and
+KubeRay manifests should set them on every Ray container. An explicit value always wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+STREAMING_ENV = {
+    # Ray starts workers at nice 15 so the driver stays responsive; on a serving node the
+    # workers *are* the service, and vLLM's engine processes inherit the niceness.
+    "RAY_worker_niceness": "0",
+    # Run user code on the replica's own event loop: one thread hop less per message.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # Buffer request-path log lines instead of writing one per request.
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    # Engines send streamed tokens at most every 10 ms (see common/streaming.py:coalesce).
+    "PLATFORM_STREAM_INTERVAL_MS": "10",
+}
+
+
+def apply_streaming_env() -> None:
+    for key, value in STREAMING_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+if __name__ == "__main__":  # `eval "$(python -m common.serve_env)"` in shell scripts
+    for key, value in STREAMING_ENV.items():
+        print(f"export {key}=${{{key}:-{value}}}")

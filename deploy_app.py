@@ -1,0 +1,126 @@
+"""Deploy ``model_config.yaml`` without the ``serve`` CLI (on a VM, in a script).
+
+    python deploy_app.py --config model_config.yaml            # deploy, block until Ctrl-C
+    python deploy_app.py --config model_config.yaml --dry-run  # validate and print the plan
+
+It validates every application's ``args:`` before anything starts, then deploys the file
+exactly as ``serve run`` does (same schema, per-application runtime_env, HTTP options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from common.serve_env import apply_streaming_env
+from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
+from configs import LoadedConfig, load_platform_config
+
+PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
+
+
+def load_serve_config(path: str) -> tuple[Any, dict[str, LoadedConfig]]:
+    """Parse a Serve config file and validate each platform application's ``args``."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    with open(path) as handle:
+        raw = yaml.safe_load(handle)
+    try:
+        schema = ServeDeploySchema.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(issues_from_validation_error(err, ServeDeploySchema), prefix="") from None
+    loaded: dict[str, LoadedConfig] = {}
+    issues: list[ConfigIssue] = []
+    for index, app in enumerate(schema.applications):
+        if app.import_path != PLATFORM_IMPORT_PATH:
+            continue
+        try:
+            loaded[app.name] = load_platform_config(app.args)
+        except ConfigError as err:
+            issues += [ConfigIssue(("applications", index, "args") + i.loc, i.message) for i in err.issues]
+    if issues:
+        raise ConfigError(issues, prefix="")
+    return schema, loaded
+
+
+def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
+    """One line per model: what serves it and what Ray must schedule for it."""
+    rows = [("app", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing")]
+    for app_name, config in loaded.items():
+        for model in config.models:
+            options = model.serve_options()
+            actor = options.get("ray_actor_options", {})
+            scaling = options.get("autoscaling_config")
+            replicas = (f"{scaling.get('min_replicas', 1)}-{scaling.get('max_replicas', 1)} (auto)"
+                        if scaling else str(options.get("num_replicas", 1)))
+            rows.append((app_name, model.model_id, model.model_loading_config.type.value,
+                         ",".join(c.value for c in model.capabilities()), replicas,
+                         str(actor.get("num_cpus", 1)), str(actor.get("num_gpus", 0)),
+                         str(options.get("max_ongoing_requests", 5))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def deploy(schema: Any, address: str | None) -> None:
+    """Start (or join) a Ray cluster and deploy the config the way ``serve run`` does."""
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    apply_streaming_env()
+    ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        controller_options=schema.controller_options,
+    )
+    client.deploy_apps(schema, _blocking=False)
+    names = [app.name for app in schema.applications]
+    print(f"deploying {', '.join(names)}; waiting for replicas to start ...", flush=True)
+    while True:
+        statuses = {name: serve.status().applications.get(name) for name in names}
+        failed = {n: s.message for n, s in statuses.items() if s and s.status == "DEPLOY_FAILED"}
+        if failed:
+            raise SystemExit(f"deploy failed: {failed}")
+        if all(s and s.status == "RUNNING" for s in statuses.values()):
+            break
+        time.sleep(2)
+    http = schema.http_options
+    print(f"ready: http://{http.host}:{http.port}/v1 (Ctrl-C to stop)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    args = parser.parse_args(argv)
+    try:
+        schema, loaded = load_serve_config(args.config)
+    except ConfigError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 1
+    print(describe_plan(loaded))
+    if args.dry_run:
+        return 0
+    deploy(schema, args.address)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""One real platform per test session: deploy_app.py on a test YAML, real vLLM on the CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-123"
+ALLOWED_ORIGIN = "https://app.example"
+STARTUP_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def platform_url(tmp_path_factory) -> str:
+    """Start the platform from ``model_config.yaml`` plus auth and CORS; yield its base URL."""
+    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    port = _free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    args = config["applications"][0]["args"]
+    args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
+    args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
+    args["router"] = {"max_request_bytes": 256 * 1024}
+    path = tmp_path_factory.mktemp("platform") / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = open(path.with_name("platform.log"), "w")
+    env = {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TMPDIR": str(path.parent)}
+    proc = subprocess.Popen([sys.executable, "deploy_app.py", "--config", str(path)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, path.with_name("platform.log"))
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.time() + STARTUP_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"platform exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(3)
+    raise TimeoutError(f"platform not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+
+
+def auth_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def client(platform_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def aclient(platform_url) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{platform_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(platform_url) -> httpx.Client:
+    with httpx.Client(base_url=platform_url, headers=auth_headers(), timeout=120) as c:
+        yield c

@@ -1,0 +1,204 @@
+"""The real platform (Ray Serve + vLLM on the CPU) driven with the real openai client and HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY
+
+CHAT = "tiny-chat"
+EMBED = "all-minilm-l6-v2"
+HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
+
+
+def assert_still_serving(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=4)
+    assert reply.choices[0].finish_reason in ("length", "stop")
+
+
+def test_models_list_every_configured_model_with_type_and_capabilities(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {CHAT, EMBED}
+    assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions"]
+    assert models[EMBED].capabilities == ["embeddings"]
+    assert client.models.retrieve(EMBED).id == EMBED
+
+
+def test_readiness_and_liveness(platform_url, http):
+    assert httpx.get(f"{platform_url}/health").status_code == 200  # liveness needs no key
+    ready = http.get("/ready").json()
+    assert ready["status"] == "ready"
+    assert {m: s["ready"] for m, s in ready["models"].items()} == {CHAT: True, EMBED: True}
+
+
+def test_chat_completion_with_sampling_parameters(client):
+    reply = client.chat.completions.create(
+        model=CHAT, messages=HELLO, max_tokens=12, temperature=0.8, seed=7, n=2,
+        logprobs=True, top_logprobs=2,
+    )
+    assert reply.model == CHAT and len(reply.choices) == 2
+    assert reply.usage.completion_tokens <= 24 and reply.usage.prompt_tokens > 0
+    assert all(len(c.logprobs.content[0].top_logprobs) == 2 for c in reply.choices)
+    again = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0.8,
+                                           seed=7, n=2)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
+
+
+def test_chat_stream_with_usage(client):
+    stream = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=10, stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens == 10
+    assert text and chunks[0].model == CHAT
+
+
+def test_stream_is_sse_ending_in_done(http):
+    body = {"model": CHAT, "messages": HELLO, "max_tokens": 5, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events)
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_completions_with_stop_and_stream(client):
+    reply = client.completions.create(model=CHAT, prompt="The quick brown", max_tokens=8, stop=["\n"])
+    assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.total_tokens > 0
+    streamed = list(client.completions.create(model=CHAT, prompt="The quick brown", max_tokens=6,
+                                              stream=True, extra_body={"ignore_eos": True}))
+    assert sum(1 for c in streamed if c.choices and c.choices[0].text) >= 1
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+def test_json_schema_response_format(client):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=CHAT, messages=HELLO, max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content)["answer"], int)
+
+
+def test_embeddings_from_the_real_minilm_model(client):
+    texts = ["the cat sat on the mat", "a feline rested on a rug", "stock markets fell sharply"]
+    data = client.embeddings.create(model=EMBED, input=texts).data
+    vectors = [np.array(d.embedding) for d in data]
+    assert [len(v) for v in vectors] == [384] * 3
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.3
+
+
+BAD_REQUESTS = [
+    ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": HELLO}, 404, "model_not_found"),
+    ("missing model", "/v1/chat/completions", {"messages": HELLO}, 400, "missing_model"),
+    ("chat on embedding model", "/v1/chat/completions", {"model": EMBED, "messages": HELLO}, 400,
+     "unsupported_endpoint"),
+    ("embeddings on chat model", "/v1/embeddings", {"model": CHAT, "input": "x"}, 400, "unsupported_endpoint"),
+    ("messages not a list", "/v1/chat/completions", {"model": CHAT, "messages": "hi"}, 400, None),
+    ("max_tokens over context", "/v1/chat/completions", {"model": CHAT, "messages": HELLO, "max_tokens": 4096},
+     400, "context_length_exceeded"),
+    ("prompt over context", "/v1/chat/completions",
+     {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}]}, 400, None),
+    ("prompt over context, streamed", "/v1/chat/completions",
+     {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}], "stream": True}, 400, None),
+    ("negative temperature", "/v1/completions", {"model": CHAT, "prompt": "x", "temperature": -1}, 400, None),
+    ("embedding without input", "/v1/embeddings", {"model": EMBED}, 400, None),
+]
+
+
+@pytest.mark.parametrize("path,body,status,code", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_request_gets_openai_error_and_server_keeps_serving(client, http, path, body, status, code):
+    response = http.post(path, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(error) and error["message"]
+    if code:
+        assert error["code"] == code
+    assert_still_serving(client)
+
+
+def test_malformed_json_and_oversized_body(client, http):
+    response = http.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    huge = {"model": CHAT, "messages": [{"role": "user", "content": "x" * 300_000}]}
+    response = http.post("/v1/chat/completions", json=huge)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert_still_serving(client)
+
+
+def test_openai_client_raises_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=HELLO)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=CHAT, input="x")
+    assert_still_serving(client)
+
+
+def test_api_key_is_required(platform_url, client):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(f"{platform_url}/v1/models", headers=headers)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=f"{platform_url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model=CHAT, messages=HELLO)
+    assert_still_serving(client)
+
+
+def test_cors_allows_only_the_listed_origin(platform_url):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = httpx.options(f"{platform_url}/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight})
+    assert ok.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
+    assert ok.headers.get("access-control-allow-credentials") == "true"
+    other = httpx.options(f"{platform_url}/v1/chat/completions",
+                          headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def _unfinished(http) -> int:
+    return http.get("/ready").json()["models"][CHAT]["unfinished_requests"]
+
+
+def test_client_disconnect_mid_stream_aborts_generation(platform_url, http, client):
+    body = {"model": CHAT, "messages": HELLO, "max_tokens": 900, "stream": True, "ignore_eos": True}
+    with httpx.Client(base_url=platform_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            received = [next(lines) for _ in range(3)]
+            assert all(line.startswith("data: ") or line == "" for line in received)
+            assert _unfinished(http) == 1
+    # The engine stops the request well before its 900 tokens would have finished.
+    deadline = time.time() + 20
+    while _unfinished(http) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _unfinished(http) == 0
+    assert_still_serving(client)
+
+
+@pytest.mark.asyncio
+async def test_concurrent_streams_all_complete(aclient):
+    import asyncio
+
+    async def one(i: int) -> int:
+        stream = await aclient.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": f"story {i}"}], max_tokens=16, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        usage = None
+        async for chunk in stream:
+            usage = chunk.usage or usage
+        return usage.completion_tokens
+
+    assert await asyncio.gather(*(one(i) for i in range(24))) == [16] * 24

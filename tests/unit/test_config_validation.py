@@ -1,0 +1,178 @@
+"""Bad configs fail before anything is deployed, naming the YAML path and what is allowed."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config_errors import ConfigError
+from configs import load_platform_config
+from deploy_app import load_serve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SEED_CONFIG = yaml.safe_load("""
+applications:
+  - name: "falcon3-1b-instruct-app"
+    import_path: "builders.app_builder:build_app"
+    route_prefix: "/falcon3-1b"
+    args:
+      llm_configs:
+        - model_loading_config:
+            model_id: "falcon3-1b-instruct"
+            model_source: "tiiuae/Falcon3-1B-Instruct"
+            type: "VLLM"
+          deployment_config:
+            name: "falcon3-1b-deployment"
+            ray_actor_options:
+              num_cpus: 1
+              num_gpus: 0.4
+            autoscaling_config:
+              min_replicas: 1
+              max_replicas: 1
+              target_ongoing_requests: 50
+            max_ongoing_requests: 256
+          engine_kwargs:
+            tensor_parallel_size: 0
+            dtype: "float16"
+            gpu_memory_utilization: 0.4
+            max_model_len: 8192
+            enforce_eager: false
+            max_num_seqs: 256
+            max_num_batched_tokens: 32768
+            trust_remote_code: true
+            disable_custom_all_reduce: true
+""")
+
+
+def good_args() -> dict:
+    return {"models": [{
+        "model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
+        "deployment_config": {"ray_actor_options": {"num_cpus": 1}},
+        "engine_kwargs": {"max_model_len": 512, "max_num_seqs": 8},
+    }]}
+
+
+def test_seed_config_validates_with_our_import_path():
+    config = load_platform_config(SEED_CONFIG["applications"][0]["args"])
+    model = config.models[0]
+    assert model.model_id == "falcon3-1b-instruct"
+    assert [c.value for c in model.capabilities()] == ["chat", "completions"]
+    options = model.serve_options()
+    assert options["name"] == "falcon3-1b-deployment"
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.4}
+    assert options["max_ongoing_requests"] == 256
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 50
+
+
+def test_vllm_models_get_a_queue_that_matches_max_num_seqs():
+    options = load_platform_config(good_args()).models[0].serve_options()
+    assert options["max_ongoing_requests"] == 8
+    args = good_args()
+    del args["models"][0]["engine_kwargs"]["max_num_seqs"]
+    assert load_platform_config(args).models[0].serve_options()["max_ongoing_requests"] == 256
+
+
+def _mutate(path: str, value, delete: bool = False):
+    def apply(args: dict) -> dict:
+        target = args
+        keys = path.split(".")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target.setdefault(key, {})
+        last = int(keys[-1]) if keys[-1].isdigit() else keys[-1]
+        if delete:
+            del target[last]
+        else:
+            target[last] = value
+        return args
+    return apply
+
+
+def _duplicate_model(args: dict) -> dict:
+    args["models"].append(copy.deepcopy(args["models"][0]))
+    return args
+
+
+BAD_CONFIGS = [
+    ("unknown type", _mutate("models.0.model_loading_config.type", "tensorflow"),
+     "models[0].model_loading_config.type", "unknown model type 'tensorflow'; allowed: vllm"),
+    ("missing model_source", _mutate("models.0.model_loading_config.model_source", None, delete=True),
+     "models[0].model_loading_config.model_source", "required field is missing"),
+    ("missing model_id", _mutate("models.0.model_loading_config.model_id", None, delete=True),
+     "models[0].model_loading_config.model_id", "required field is missing"),
+    ("duplicate model_id", _duplicate_model,
+     "models[1].model_loading_config.model_id", "duplicate model_id 'chat'"),
+    ("misspelt engine key", _mutate("models.0.engine_kwargs.max_num_seq", 4),
+     "models[0].engine_kwargs.max_num_seq", "did you mean 'max_num_seqs'?"),
+    ("engine key of wrong type", _mutate("models.0.engine_kwargs.max_model_len", "long"),
+     "models[0].engine_kwargs.max_model_len", "valid integer"),
+    ("engine enum value", _mutate("models.0.engine_kwargs.dtype", "float8"),
+     "models[0].engine_kwargs.dtype", "'bfloat16'"),
+    ("platform-owned engine key", _mutate("models.0.engine_kwargs.model", "x"),
+     "models[0].engine_kwargs", "set from model_loading_config.model_source"),
+    ("negative replicas", _mutate("models.0.deployment_config.num_replicas", -1),
+     "models[0].deployment_config.num_replicas", "greater than or equal to 1"),
+    ("negative gpus", _mutate("models.0.deployment_config.ray_actor_options.num_gpus", -0.5),
+     "models[0].deployment_config.ray_actor_options.num_gpus", "greater than or equal to 0"),
+    ("fractional gpus above one", _mutate("models.0.deployment_config.ray_actor_options.num_gpus", 1.5),
+     "models[0].deployment_config.ray_actor_options.num_gpus", "whole number"),
+    ("misspelt actor option", _mutate("models.0.deployment_config.ray_actor_options.num_gpu", 1),
+     "models[0].deployment_config.ray_actor_options.num_gpu", "did you mean 'num_gpus'?"),
+    ("replicas and autoscaling", _mutate("models.0.deployment_config",
+                                         {"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}),
+     "models[0].deployment_config", "num_replicas or autoscaling_config"),
+    ("min above max replicas", _mutate("models.0.deployment_config.autoscaling_config",
+                                       {"min_replicas": 3, "max_replicas": 2}),
+     "models[0].deployment_config.autoscaling_config", "min_replicas (3) is above max_replicas (2)"),
+    ("zero max_ongoing_requests", _mutate("models.0.deployment_config.max_ongoing_requests", 0),
+     "models[0].deployment_config.max_ongoing_requests", "greater than or equal to 1"),
+    ("unknown top-level key", _mutate("api_key", "secret"),
+     "args.api_key", "did you mean 'api_keys'?"),
+    ("missing local path", _mutate("models.0.model_loading_config.model_source", "./no/such/dir"),
+     "models[0].model_loading_config.model_source", "does not exist"),
+    ("wildcard CORS with credentials", _mutate("cors", {"allow_origins": ["*"], "allow_credentials": True}),
+     "args.cors", "list the origins explicitly"),
+    ("api_keys_env not set", _mutate("api_keys_env", "PLATFORM_TEST_UNSET_VARIABLE"),
+     "args", "PLATFORM_TEST_UNSET_VARIABLE"),
+    ("model entry not a mapping", _mutate("models.0", "chat"),
+     "models[0]", "must be a mapping"),
+    ("empty models", _mutate("models", []),
+     "args.models", "at least 1 item"),
+]
+
+
+@pytest.mark.parametrize("mutate,path,message", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_names_the_field(mutate, path, message):
+    with pytest.raises(ConfigError) as info:
+        load_platform_config(mutate(good_args()))
+    text = str(info.value)
+    assert path in text, text
+    assert message in text, text
+
+
+def test_all_problems_are_reported_at_once():
+    args = good_args()
+    args["models"][0]["engine_kwargs"]["max_num_seq"] = 4
+    args["models"][0]["deployment_config"]["num_replicas"] = 0
+    with pytest.raises(ConfigError) as info:
+        load_platform_config(args)
+    assert len(info.value.issues) == 2
+
+
+def test_serve_file_errors_carry_the_application_path(tmp_path):
+    bad = copy.deepcopy(SEED_CONFIG)
+    bad["applications"][0]["args"]["llm_configs"][0]["engine_kwargs"]["max_num_seq"] = 4
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(str(path))
+    assert "applications[0].args.llm_configs[0].engine_kwargs.max_num_seq" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["model_config.yaml", "examples/production.yaml"])
+def test_shipped_configs_validate(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PLATFORM_API_KEYS", "k1,k2")
+    _, loaded = load_serve_config(str(ROOT / name))
+    assert loaded and all(config.models for config in loaded.values())

@@ -1,0 +1,139 @@
+"""The router app's own logic (auth, validation, lookup, errors, relay) with a fake engine caller."""
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+
+from configs.server_models import Capability
+from serve.router.app import create_router_app
+from serve.router.routing import ModelRoute, RouterSettings
+from servers.base_engine import EngineResponse
+
+ROUTES = {
+    "chat": ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT, Capability.COMPLETIONS), 256),
+    "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
+}
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class FakeEngines:
+    def __init__(self):
+        self.calls = []
+        self.closed = asyncio.Event()
+
+    async def call(self, deployment, capability, body):
+        self.calls.append((deployment, capability, body))
+        return EngineResponse.json({"deployment": deployment, "capability": capability.value})
+
+    async def stream(self, deployment, capability, body):
+        self.calls.append((deployment, capability, body))
+        try:
+            if body.get("max_tokens") == 1:
+                yield EngineResponse.error(400, "engine says no", param="max_tokens")
+                return
+            for i in range(3):
+                yield f"data: {i}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            self.closed.set()
+
+    async def status(self, deployment, timeout_s):
+        return None if deployment == "embed-dep" else {"unfinished_requests": 0}
+
+
+def client(**settings) -> tuple[TestClient, FakeEngines]:
+    engines = FakeEngines()
+    return TestClient(create_router_app(RouterSettings(ROUTES, **settings), engines)), engines
+
+
+def assert_openai_error(response, status, code=None, param=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_routes_by_model_and_capability():
+    c, engines = client()
+    assert c.post("/v1/chat/completions", json=CHAT).json() == {"deployment": "chat-dep", "capability": "chat"}
+    assert c.post("/v1/embeddings", json={"model": "embed", "input": "x"}).json()["deployment"] == "embed-dep"
+    assert [call[1] for call in engines.calls] == [Capability.CHAT, Capability.EMBEDDINGS]
+
+
+def test_models_list_and_card():
+    c, _ = client()
+    data = c.get("/v1/models").json()["data"]
+    assert [m["id"] for m in data] == ["chat", "embed"]
+    assert data[0]["capabilities"] == ["chat", "completions"] and data[0]["type"] == "vllm"
+    assert c.get("/v1/models/embed").json()["capabilities"] == ["embeddings"]
+    assert_openai_error(c.get("/v1/models/nope"), 404, "model_not_found")
+
+
+@pytest.mark.parametrize("body,status,code,param", [
+    ({**CHAT, "model": "nope"}, 404, "model_not_found", "model"),
+    ({k: v for k, v in CHAT.items() if k != "model"}, 400, "missing_model", "model"),
+    ({**CHAT, "model": "embed"}, 400, "unsupported_endpoint", "model"),
+    ({**CHAT, "messages": "hi"}, 400, None, "messages"),
+    ({**CHAT, "max_tokens": 100000}, 400, "context_length_exceeded", "max_tokens"),
+    ({**CHAT, "n": "many"}, 400, None, "n"),
+])
+def test_bad_requests_never_reach_an_engine(body, status, code, param):
+    c, engines = client()
+    assert_openai_error(c.post("/v1/chat/completions", json=body), status, code, param)
+    assert engines.calls == []
+    assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_malformed_and_oversized_bodies():
+    c, engines = client(max_request_bytes=2048)
+    assert_openai_error(c.post("/v1/chat/completions", content=b"{nope"), 400, "invalid_json")
+    assert_openai_error(c.post("/v1/chat/completions", json=[1, 2]), 400, "invalid_json")
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
+    assert_openai_error(c.post("/v1/chat/completions", json=big), 413, "request_too_large")
+    assert_openai_error(c.get("/v1/unknown"), 404)
+    assert_openai_error(c.get("/v1/chat/completions"), 405)
+    assert engines.calls == []
+
+
+def test_stream_is_relayed_and_early_errors_keep_their_status():
+    c, engines = client()
+    with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = "".join(response.iter_text())
+    assert body == "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+    assert engines.closed.is_set()
+    assert_openai_error(c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 1}),
+                        400, param="max_tokens")
+
+
+def test_api_keys_guard_everything_but_liveness():
+    c, engines = client(api_keys=("k1", "k2"))
+    assert c.get("/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
+        assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
+        assert_openai_error(c.get("/v1/models", headers=headers), 401)
+    assert engines.calls == []
+    assert c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k2"}).status_code == 200
+
+
+def test_cors_only_for_listed_origins():
+    c, _ = client(cors={"allow_origins": ["https://app.example"], "allow_credentials": True,
+                        "allow_methods": ["POST"], "allow_headers": ["Authorization", "Content-Type"]})
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = c.options("/v1/chat/completions", headers={"Origin": "https://app.example", **preflight})
+    assert ok.headers["access-control-allow-origin"] == "https://app.example"
+    evil = c.options("/v1/chat/completions", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in evil.headers
+
+
+def test_readiness_names_each_model():
+    c, _ = client()
+    response = c.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["models"] == {"chat": {"ready": True, "unfinished_requests": 0},
+                                         "embed": {"ready": False}}

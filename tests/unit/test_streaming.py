@@ -1,0 +1,54 @@
+import asyncio
+
+import pytest
+
+from common.streaming import coalesce
+
+
+async def _source(items, delay, state):
+    try:
+        for item in items:
+            await asyncio.sleep(delay)
+            yield item
+        state["finished"] = True
+    finally:
+        state["closed"] = True
+
+
+@pytest.mark.asyncio
+async def test_chunks_that_arrive_while_the_consumer_is_busy_are_joined():
+    state = {}
+    out = []
+    async for batch in coalesce(_source([f"{i}," for i in range(20)], 0.001, state)):
+        out.append(batch)
+        await asyncio.sleep(0.01)  # a slow consumer
+    assert "".join(out) == "".join(f"{i}," for i in range(20))
+    assert len(out) < 20
+    assert state == {"finished": True, "closed": True}
+
+
+@pytest.mark.asyncio
+async def test_a_fast_consumer_gets_every_chunk_without_delay():
+    state = {}
+    out = [batch async for batch in coalesce(_source(["a", "b", "c"], 0.02, state))]
+    assert out == ["a", "b", "c"]
+
+
+@pytest.mark.asyncio
+async def test_closing_early_cancels_the_source():
+    state = {}
+    stream = coalesce(_source(["a"] * 1000, 0.001, state))
+    assert await anext(stream) == "a"
+    await stream.aclose()
+    assert state.get("closed") and not state.get("finished")
+
+
+@pytest.mark.asyncio
+async def test_source_errors_propagate():
+    async def broken():
+        yield "a"
+        raise RuntimeError("engine died")
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        async for _ in coalesce(broken()):
+            pass
