@@ -136,7 +136,7 @@ BAD_CONFIGS = [
     ("api_keys_env not set", _mutate("api_keys_env", "PLATFORM_TEST_UNSET_VARIABLE"),
      "args", "PLATFORM_TEST_UNSET_VARIABLE"),
     ("model entry not a mapping", _mutate("models.0", "chat"),
-     "models[0]", "must be a mapping"),
+     "models[0]", "valid dictionary"),
     ("empty models", _mutate("models", []),
      "args.models", "at least 1 item"),
 ]
