@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,24 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def cpu_by_process(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's process tree, grouped by process title."""
+    totals: dict[str, float] = {}
+    try:
+        procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return totals
+    for proc in procs:
+        try:
+            name = " ".join(proc.cmdline()[:1]).split("/")[-1][:40] or proc.name()
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        group = name.split(".")[0] if name.startswith("ray::") else name
+        totals[group] = totals.get(group, 0.0) + times.user + times.system
+    return totals
 
 
 def run_load(port: int, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
@@ -110,8 +129,16 @@ def measure(name: str, proc: subprocess.Popen, ready_url: str, port: int, args) 
         run_load(port, "bench-model", args.model_dir, 4, 8, args)  # warm-up
         for concurrency in args.concurrency:
             prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
+            before = cpu_by_process(proc.pid)
             results[concurrency] = run_load(port, "bench-model", args.model_dir, concurrency, prompts, args)
+            after = cpu_by_process(proc.pid)
+            tokens = prompts * args.output_len
+            used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
+            results[concurrency]["server_cpu_ms_per_token"] = 1000 * sum(used.values()) / tokens
+            top = sorted(used.items(), key=lambda kv: -kv[1])[:6]
             print(f"{name} c={concurrency}: {results[concurrency]}", flush=True)
+            print("   server CPU ms per output token by process: "
+                  + ", ".join(f"{k} {1000 * v / tokens:.2f}" for k, v in top), flush=True)
     finally:
         stop(proc)
     return results
@@ -139,12 +166,13 @@ def main() -> None:
         if args.only in (None, "platform"):
             runs["platform"] = measure("platform", start_platform(args.model_dir, 8200, workdir),
                                        "http://127.0.0.1:8200/ready", 8200, args)
-    print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |")
-    print("|---|---|---|---|---|")
+    print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |")
+    print("|---|---|---|---|---|---|")
     for name, by_c in runs.items():
         for c, m in by_c.items():
             print(f"| {name} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
-                  f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} |")
+                  f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
+                  f"{m['server_cpu_ms_per_token']:.2f} |")
     if len(runs) == 2:
         for c in args.concurrency:
             ratio = runs["platform"][c]["output_throughput"] / runs["vllm"][c]["output_throughput"]

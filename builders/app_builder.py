@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from cloud.storage import resolve_model_source
+from common.serve_env import with_replica_env
 from configs import LoadedConfig, load_platform_config
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry
 from serve.deployments.engine_deployment import EngineDeployment
@@ -32,7 +33,7 @@ def bind_application(config: LoadedConfig) -> Application:
         name="MultiModelRouter",
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
-        ray_actor_options=router.ray_actor_options.model_dump(exclude_none=True),
+        ray_actor_options=with_replica_env(router.ray_actor_options.model_dump(exclude_none=True)),
     )
     return router_deployment.bind(RouterSettings.from_config(config), engines)
 
@@ -46,4 +47,5 @@ def _bind_engine(model: BaseModelEntry) -> Application:
         )
     options = model.serve_options()
     options["name"] = model.deployment_name
+    options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
     return serve.deployment(EngineDeployment).options(**options).bind(entry)

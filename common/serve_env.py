@@ -24,9 +24,26 @@ STREAMING_ENV = {
 }
 
 
+# Read by the replica processes themselves, so the builder can also hand them to each
+# deployment's runtime_env: `serve run` then gets them without any shell setup.
+REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key != "RAY_worker_niceness"]
+
+
 def apply_streaming_env() -> None:
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def with_replica_env(actor_options: dict) -> dict:
+    """``ray_actor_options`` whose runtime_env carries the replica-side settings.
+
+    The value in this process's environment wins over the default, and the YAML's own
+    ``runtime_env.env_vars`` win over both.
+    """
+    runtime_env = dict(actor_options.get("runtime_env") or {})
+    defaults = {key: os.environ.get(key, STREAMING_ENV[key]) for key in REPLICA_ENV_KEYS}
+    runtime_env["env_vars"] = {**defaults, **(runtime_env.get("env_vars") or {})}
+    return {**actor_options, "runtime_env": runtime_env}
 
 
 if __name__ == "__main__":  # `eval "$(python -m common.serve_env)"` in shell scripts
