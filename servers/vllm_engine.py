@@ -18,6 +18,7 @@ from starlette.datastructures import State
 from starlette.responses import Response
 
 from cloud.storage import resolve_model_source
+from common.serve_env import STREAMING_ENV
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 # vLLM on the CPU otherwise reserves most of NUMA node 0's memory for its KV cache.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
-STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS", "10")) / 1000
+STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS",
+                                        STREAMING_ENV["PLATFORM_STREAM_INTERVAL_MS"])) / 1000
 
 
 class VLLMEngine(BaseEngine):

@@ -32,8 +32,14 @@ class EngineDeployment:
         return await self.engine.handle(Capability(capability), body)
 
     async def handle_stream(self, capability: str, body: dict[str, Any]) -> AsyncIterator[str | EngineResponse]:
-        async for item in self.engine.handle_stream(Capability(capability), body):
-            yield item
+        stream = self.engine.handle_stream(Capability(capability), body)
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            # Serve cancels *this* generator when the client leaves; close the engine's now,
+            # not whenever it is garbage-collected, so its request is aborted at once.
+            await stream.aclose()
 
     async def stats(self) -> dict[str, Any]:
         return self.engine.stats()
