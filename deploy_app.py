@@ -96,6 +96,10 @@ def deploy(schema: Any, address: str | None) -> None:
     print(f"ready: http://{http.host}:{http.port}/v1 (Ctrl-C to stop)", flush=True)
 
 
+def _stop_on_sigterm(*_: Any) -> None:
+    raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     deploy(schema, args.address)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while True:
             time.sleep(3600)

@@ -31,9 +31,6 @@ class ConfigError(ValueError):
             + "\n".join(lines)
         )
 
-    def with_prefix(self, prefix: str) -> "ConfigError":
-        return ConfigError(self.issues, prefix)
-
 
 def format_loc(loc: Iterable[str | int], prefix: str = "") -> str:
     """``("models", 2, "engine_kwargs", "x")`` -> ``args.models[2].engine_kwargs.x``."""

@@ -57,12 +57,6 @@ class ModelLoadingConfig(StrictModel):
             raise ValueError(f"local path {value!r} does not exist (relative to {os.getcwd()})")
         return value
 
-    @property
-    def is_local_path(self) -> bool:
-        return self.model_source.startswith(_PATH_PREFIXES) or (
-            not self.model_source.startswith(CLOUD_SCHEMES) and os.path.isdir(self.model_source)
-        )
-
 
 class RayActorOptions(StrictModel):
     num_cpus: float | None = Field(default=None, ge=0)
