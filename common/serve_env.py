@@ -34,18 +34,25 @@ def apply_streaming_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def with_replica_env(actor_options: dict) -> dict:
+def with_replica_env(actor_options: dict, inherited: dict | None = None) -> dict:
     """``ray_actor_options`` whose runtime_env carries the replica-side settings.
 
-    The value in this process's environment wins over the default, and the YAML's own
-    ``runtime_env.env_vars`` win over both.
+    A deployment-level runtime_env replaces the application's rather than adding to it,
+    so the application's (``inherited``: by default the runtime_env this builder runs in,
+    which Serve sets to the application's) is folded in first. Precedence of env vars:
+    the defaults here < this process's environment < the application's < the deployment's.
     """
-    runtime_env = dict(actor_options.get("runtime_env") or {})
+    if inherited is None:
+        inherited = _current_runtime_env()
+    own = dict(actor_options.get("runtime_env") or {})
     defaults = {key: os.environ.get(key, STREAMING_ENV[key]) for key in REPLICA_ENV_KEYS}
-    runtime_env["env_vars"] = {**defaults, **(runtime_env.get("env_vars") or {})}
-    return {**actor_options, "runtime_env": runtime_env}
+    env_vars = {**defaults, **(inherited.get("env_vars") or {}), **(own.get("env_vars") or {})}
+    return {**actor_options, "runtime_env": {**inherited, **own, "env_vars": env_vars}}
 
 
-if __name__ == "__main__":  # `eval "$(python -m common.serve_env)"` in shell scripts
-    for key, value in STREAMING_ENV.items():
-        print(f"export {key}=${{{key}:-{value}}}")
+def _current_runtime_env() -> dict:
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return dict(ray.get_runtime_context().runtime_env or {})
