@@ -1,9 +1,10 @@
 """Process-level settings for Ray and Ray Serve that suit LLM streaming.
 
-They must be in the environment of the process that starts the Ray cluster (``ray
-start``, ``serve run``, ``deploy_app.py``), because Serve's proxy and replicas read them
-at import time; ``deploy_app.py`` applies them, ``scripts/serve.sh`` exports them, and
-KubeRay manifests should set them on every Ray container. An explicit value always wins.
+The replica-side ones travel in each deployment's runtime_env (the builder adds them, see
+``with_replica_env``), so ``serve run`` gets them with no shell setup. ``RAY_worker_niceness``
+is read by raylet, so it must be in the environment of the process that starts Ray:
+``deploy_app.py`` applies it, the Dockerfile sets it, and before ``serve run`` or ``ray
+start`` ``eval "$(python -m common.serve_env)"`` exports it. An explicit value always wins.
 """
 
 from __future__ import annotations
