@@ -1,15 +1,55 @@
 """Request models per capability. For LLM endpoints these are vLLM's own OpenAI protocol
 models (field for field what vLLM's server accepts), so the router rejects a malformed
-body with the same rules the engine applies, before any engine work."""
+body with the same rules the engine applies, before any engine work. The audio models
+follow OpenAI's API reference; the uploaded file travels beside them, not in them."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from common.transcripts import TRANSCRIPT_FORMATS
 from configs.server_models import Capability
+
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+
+
+class _AudioRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: str | None = Field(default=None, max_length=4096, description="style or vocabulary hint")
+    response_format: Literal[TRANSCRIPT_FORMATS] = "json"
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class TranslationRequest(_AudioRequest):
+    """``POST /v1/audio/translations``: speech in any language to English text."""
+
+
+class TranscriptionRequest(_AudioRequest):
+    """``POST /v1/audio/transcriptions``."""
+
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code")
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(default_factory=lambda: ["segment"])
+
+
+class SpeechRequest(BaseModel):
+    """``POST /v1/audio/speech``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str = Field(min_length=1)
+    voice: str = Field(min_length=1)
+    response_format: Literal[SPEECH_FORMATS] = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+
+
+_AUDIO_REQUESTS = {Capability.TRANSCRIPTION: TranscriptionRequest,
+                   Capability.TRANSLATION: TranslationRequest, Capability.SPEECH: SpeechRequest}
 
 
 class InvalidRequest(ValueError):
@@ -28,6 +68,8 @@ def request_adapter(capability: Capability) -> TypeAdapter:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest as model
     elif capability is Capability.EMBEDDINGS:
         from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest as model  # a union
+    elif capability in _AUDIO_REQUESTS:
+        model = _AUDIO_REQUESTS[capability]
     else:
         raise KeyError(capability)
     return TypeAdapter(model)

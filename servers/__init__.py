@@ -9,6 +9,7 @@ from configs.server_models import ModelType
 # Import paths, so importing the registry does not import every engine's libraries.
 ENGINE_CLASSES: dict[ModelType, str] = {
     ModelType.VLLM: "servers.vllm_engine:VLLMEngine",
+    ModelType.AUDIO: "servers.audio_engine:AudioEngine",
 }
 
 

@@ -18,6 +18,7 @@ from starlette.datastructures import State
 from starlette.responses import Response
 
 from cloud.storage import resolve_model_source
+from common.devices import assigned_gpu_ids
 from common.serve_env import STREAMING_ENV
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
@@ -68,8 +69,8 @@ class VLLMEngine(BaseEngine):
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", source])
         kwargs = dict(self.entry.engine_kwargs)
         if kwargs.get("tensor_parallel_size") == 0:  # 0 = every GPU Ray gave this replica
-            kwargs["tensor_parallel_size"] = max(1, len(_assigned_gpu_ids()))
-        if not _assigned_gpu_ids() and "kv_cache_memory_bytes" not in kwargs \
+            kwargs["tensor_parallel_size"] = max(1, len(assigned_gpu_ids()))
+        if not assigned_gpu_ids() and "kv_cache_memory_bytes" not in kwargs \
                 and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         for key, value in kwargs.items():
@@ -146,9 +147,3 @@ def _to_engine_response(result: Any) -> EngineResponse:
     error = getattr(result, "error", None)
     status = getattr(error, "code", 200) if error is not None else 200
     return EngineResponse(status, result.model_dump_json().encode())
-
-
-def _assigned_gpu_ids() -> list:
-    import ray
-
-    return ray.get_gpu_ids() if ray.is_initialized() else []

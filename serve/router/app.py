@@ -17,6 +17,7 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.uploads import read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
@@ -73,6 +74,20 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         result = await engines.call(route.deployment_name, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
+    async def forward_upload(request: Request, capability: Capability) -> Response:
+        body = await read_upload_form(request, settings.max_upload_request_bytes)
+        route = _route_for(settings.routes, body.get("model"), capability)
+        file = body.get("file")
+        if not isinstance(file, bytes) or not file:
+            raise APIError(400, "'file' is required and must not be empty", param="file",
+                           code="missing_file" if file is None else "empty_file")
+        if route.max_upload_bytes and len(file) > route.max_upload_bytes:
+            raise APIError(413, f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
+                           f"{route.max_upload_bytes}", param="file", code="file_too_large")
+        _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
+        result = await engines.call(route.deployment_name, capability, body)
+        return Response(result.content, status_code=result.status_code, media_type=result.media_type)
+
     @app.post("/v1/chat/completions", dependencies=protected)
     async def chat_completions(request: Request) -> Response:
         return await forward(request, Capability.CHAT)
@@ -84,6 +99,18 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     @app.post("/v1/embeddings", dependencies=protected)
     async def embeddings(request: Request) -> Response:
         return await forward(request, Capability.EMBEDDINGS)
+
+    @app.post("/v1/audio/transcriptions", dependencies=protected)
+    async def transcriptions(request: Request) -> Response:
+        return await forward_upload(request, Capability.TRANSCRIPTION)
+
+    @app.post("/v1/audio/translations", dependencies=protected)
+    async def translations(request: Request) -> Response:
+        return await forward_upload(request, Capability.TRANSLATION)
+
+    @app.post("/v1/audio/speech", dependencies=protected)
+    async def speech(request: Request) -> Response:
+        return await forward(request, Capability.SPEECH)
 
     return app
 

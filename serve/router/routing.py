@@ -10,6 +10,9 @@ from configs import LoadedConfig
 from configs.server_models import Capability
 
 
+FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
+
+
 @dataclass(frozen=True)
 class ModelRoute:
     model_id: str
@@ -17,6 +20,7 @@ class ModelRoute:
     deployment_name: str
     capabilities: tuple[Capability, ...]
     max_context_tokens: int | None = None
+    max_upload_bytes: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -39,6 +43,12 @@ class RouterSettings:
     max_request_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600
 
+    @property
+    def max_upload_request_bytes(self) -> int:
+        """The body limit for multipart uploads: the largest file any model takes, plus the form."""
+        largest = max((r.max_upload_bytes or 0 for r in self.routes.values()), default=0)
+        return max(largest + FORM_OVERHEAD_BYTES, self.max_request_bytes)
+
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":
         routes = {
@@ -48,6 +58,7 @@ class RouterSettings:
                 deployment_name=m.deployment_name,
                 capabilities=tuple(m.capabilities()),
                 max_context_tokens=m.max_context_tokens(),
+                max_upload_bytes=m.max_upload_bytes(),
             )
             for m in config.models
         }

@@ -1,0 +1,29 @@
+"""Which accelerator Ray gave this replica, and the torch device and dtype that follow."""
+
+from __future__ import annotations
+
+
+def assigned_gpu_ids() -> list:
+    """GPU ids Ray assigned to the current replica (fractional shares count as one)."""
+    import ray
+
+    return ray.get_gpu_ids() if ray.is_initialized() else []
+
+
+def torch_device() -> str:
+    """``cuda`` when Ray gave this replica a GPU (whole or a share) and torch sees it, else ``cpu``.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the assigned GPU, so index 0 is always the right one.
+    """
+    import torch
+
+    return "cuda:0" if assigned_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str, device: str):
+    """``auto`` is float16 on a GPU (half the memory of float32) and float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)

@@ -1,0 +1,106 @@
+"""Config of ``type: audio`` models: speech-to-text (Whisper-style seq2seq, CTC such as
+Wav2Vec2) and text-to-speech (VITS/MMS-TTS, or any transformers text-to-speech pipeline)."""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from common.base_pydantic import StrictModel
+from configs.server_models import BaseModelEntry, Capability
+
+OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+
+
+class AudioTask(str, Enum):
+    SPEECH_TO_TEXT = "speech-to-text"
+    TEXT_TO_SPEECH = "text-to-speech"
+
+
+_TASK_ALIASES = {"automatic-speech-recognition": "speech-to-text", "asr": "speech-to-text",
+                 "stt": "speech-to-text", "tts": "text-to-speech", "text-to-audio": "text-to-speech"}
+
+
+class AudioEngineKwargs(StrictModel):
+    task: AudioTask = Field(default=AudioTask.SPEECH_TO_TEXT,
+                            description="speech-to-text (also: automatic-speech-recognition, asr) or text-to-speech (tts)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    # Requests that arrive within batch_wait_timeout_s of each other share one forward pass.
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
+
+    # speech-to-text
+    chunk_length_s: float = Field(default=30.0, gt=0, le=600,
+                                  description="long audio is cut into windows of this length (Whisper: 30)")
+    stride_length_s: float | None = Field(default=None, ge=0, description="overlap between windows; default chunk/6")
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$",
+                                 description="default ISO-639-1 language; unset: the model detects it")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=448)
+    max_audio_bytes: int = Field(default=OPENAI_MAX_UPLOAD_BYTES, ge=1024)
+    max_audio_duration_s: float = Field(default=3600.0, gt=0)
+    translation: bool | None = Field(
+        default=None, description="serve /v1/audio/translations; unset: yes for Whisper models")
+
+    # text-to-speech
+    max_input_chars: int = Field(default=4096, ge=1)
+    voices: dict[str, int] = Field(
+        default_factory=dict,
+        description="voice name -> speaker id of a multi-speaker model; empty: any voice name, the model's voice")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_alias(cls, value: Any) -> Any:
+        return _TASK_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class AudioModelEntry(BaseModelEntry):
+    engine_kwargs: AudioEngineKwargs = Field(default_factory=AudioEngineKwargs)
+
+    default_serve_options: ClassVar[dict[str, Any]] = {
+        "ray_actor_options": {"num_cpus": 1},
+        "health_check_timeout_s": 60,
+    }
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("engine_kwargs", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def capabilities(self) -> list[Capability]:
+        if self.engine_kwargs.task is AudioTask.TEXT_TO_SPEECH:
+            return [Capability.SPEECH]
+        translation = self.engine_kwargs.translation
+        if translation is None:
+            translation = _is_whisper(self.model_loading_config.model_source)
+        return [Capability.TRANSCRIPTION] + ([Capability.TRANSLATION] if translation else [])
+
+    def max_upload_bytes(self) -> int | None:
+        if self.engine_kwargs.task is AudioTask.SPEECH_TO_TEXT:
+            return self.engine_kwargs.max_audio_bytes
+        return None
+
+    def serve_options(self) -> dict[str, Any]:
+        options = super().serve_options()
+        if self.deployment_config.max_ongoing_requests is None:
+            # Serve's default (5) would cap every batch at 5 requests.
+            options["max_ongoing_requests"] = max(4 * self.engine_kwargs.max_batch_size, 16)
+        return options
+
+
+def _is_whisper(source: str) -> bool:
+    """Whisper models translate; read a local config.json, else judge by the name."""
+    config_path = os.path.join(os.path.expanduser(source), "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as handle:
+            return json.load(handle).get("model_type") == "whisper"
+    return "whisper" in source.lower()

@@ -1,0 +1,58 @@
+"""Read an OpenAI-style multipart upload (``file`` plus form fields) under a size limit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from serve.router.errors import APIError
+
+MAX_FORM_FIELDS = 32
+MAX_FIELD_BYTES = 64 * 1024
+
+
+async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
+    """The form's fields as a request body, with the file's bytes under ``file``.
+
+    Repeated ``name[]`` fields (``timestamp_granularities[]``) become a list under ``name``.
+    The body is counted while it streams in, so an oversized upload stops at ``limit``.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise APIError(400, "send the audio as multipart/form-data with a 'file' field",
+                       code="invalid_content_type")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1,
+                             max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise APIError(400, f"malformed multipart form: {exc.message}", code="invalid_form") from None
+    body: dict[str, Any] = {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "file":
+                    raise APIError(400, f"unexpected file field {key!r}; upload the audio as 'file'", param=key)
+                body["file"], body["filename"] = await value.read(), value.filename
+            elif key.endswith("[]"):
+                body.setdefault(key[:-2], []).append(value)
+            else:
+                body[key] = value
+    finally:
+        await form.close()
+    return body
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for piece in stream:
+        received += len(piece)
+        if received > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        yield piece
