@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 ALLOWED_ORIGIN = "https://app.example"
 STARTUP_TIMEOUT_S = 600
+# A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
+CTC_MODEL = {
+    "model_loading_config": {"model_id": "tiny-ctc", "model_source": "./.models/tiny-wav2vec2", "type": "audio"},
+    "deployment_config": {"ray_actor_options": {"num_cpus": 0.25}},
+    "engine_kwargs": {"task": "speech-to-text", "max_audio_bytes": 1024 * 1024, "max_audio_duration_s": 60,
+                      "max_batch_size": 4},
+}
 
 
 def _free_port() -> int:
@@ -37,6 +44,7 @@ def platform_url(tmp_path_factory) -> str:
     args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
+    args["models"].append(CTC_MODEL)
     path = tmp_path_factory.mktemp("platform") / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(path.with_name("platform.log"), "w")

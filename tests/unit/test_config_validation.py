@@ -96,7 +96,7 @@ def _duplicate_model(args: dict) -> dict:
 
 BAD_CONFIGS = [
     ("unknown type", _mutate("models.0.model_loading_config.type", "tensorflow"),
-     "models[0].model_loading_config.type", "unknown model type 'tensorflow'; allowed: vllm"),
+     "models[0].model_loading_config.type", "unknown model type 'tensorflow'; allowed: vllm, audio"),
     ("missing model_source", _mutate("models.0.model_loading_config.model_source", None, delete=True),
      "models[0].model_loading_config.model_source", "required field is missing"),
     ("missing model_id", _mutate("models.0.model_loading_config.model_id", None, delete=True),

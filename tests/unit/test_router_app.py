@@ -7,12 +7,13 @@ from fastapi.testclient import TestClient
 
 from configs.server_models import Capability
 from serve.router.app import create_router_app
-from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.routing import FORM_OVERHEAD_BYTES, ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
 ROUTES = {
     "chat": ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT, Capability.COMPLETIONS), 256),
     "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
+    "asr": ModelRoute("asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000),
 }
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -68,7 +69,7 @@ def test_routes_by_model_and_capability():
 def test_models_list_and_card():
     c, _ = client()
     data = c.get("/v1/models").json()["data"]
-    assert [m["id"] for m in data] == ["chat", "embed"]
+    assert [m["id"] for m in data] == ["chat", "embed", "asr"]
     assert data[0]["capabilities"] == ["chat", "completions"] and data[0]["type"] == "vllm"
     assert c.get("/v1/models/embed").json()["capabilities"] == ["embeddings"]
     assert_openai_error(c.get("/v1/models/nope"), 404, "model_not_found")
@@ -136,4 +137,49 @@ def test_readiness_names_each_model():
     response = c.get("/ready")
     assert response.status_code == 503
     assert response.json()["models"] == {"chat": {"ready": True, "unfinished_requests": 0},
-                                         "embed": {"ready": False}}
+                                         "embed": {"ready": False},
+                                         "asr": {"ready": True, "unfinished_requests": 0}}
+
+
+def upload(test_client, data=None, files=None, path="/v1/audio/transcriptions"):
+    return test_client.post(path, data={"model": "asr"} if data is None else data, files=files)
+
+
+def test_upload_forwards_file_and_fields_with_repeated_fields_as_lists():
+    test_client, engines = client()
+    response = upload(test_client, {"model": "asr", "response_format": "verbose_json", "temperature": "0.2",
+                                    "timestamp_granularities[]": ["word", "segment"]},
+                      {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")})
+    assert response.status_code == 200, response.text
+    deployment, capability, body = engines.calls[-1]
+    assert (deployment, capability) == ("asr-dep", Capability.TRANSCRIPTION)
+    assert body["file"] == b"RIFF....WAVE" and body["filename"] == "a.wav"
+    assert body["timestamp_granularities"] == ["word", "segment"] and body["temperature"] == "0.2"
+
+
+@pytest.mark.parametrize("data,files,status,code,param", [
+    ({"model": "asr"}, None, 400, "invalid_content_type", None),  # urlencoded, not multipart
+    ({"model": "asr"}, {"other": ("a.wav", b"x")}, 400, None, "other"),
+    ({"model": "asr"}, {"file": ("a.wav", b"")}, 400, "empty_file", "file"),
+    ({"model": "asr"}, {"file": ("a.wav", b"x" * 1001)}, 413, "file_too_large", "file"),
+    ({"model": "asr", "response_format": "xml"}, {"file": ("a.wav", b"x")}, 400, None, "response_format"),
+    ({"model": "chat"}, {"file": ("a.wav", b"x")}, 400, "unsupported_endpoint", "model"),
+    ({}, {"file": ("a.wav", b"x")}, 400, "missing_model", "model"),
+])
+def test_bad_uploads_are_refused_before_the_engine(data, files, status, code, param):
+    test_client, engines = client()
+    assert_openai_error(upload(test_client, data, files), status, code, param)
+    assert engines.calls == []
+
+
+def test_upload_body_is_capped_while_it_streams():
+    test_client, engines = client(max_request_bytes=1024)
+    big = b"x" * (FORM_OVERHEAD_BYTES + 4096)
+    assert_openai_error(upload(test_client, files={"file": ("a.wav", big)}), 413, "request_too_large")
+    assert engines.calls == []
+
+
+def test_speech_is_json_and_checked_against_the_protocol():
+    test_client, engines = client()
+    bad = test_client.post("/v1/audio/speech", json={"model": "asr", "input": "hi", "voice": "alloy"})
+    assert_openai_error(bad, 400, "unsupported_endpoint")
