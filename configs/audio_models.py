@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 from enum import Enum
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from common.base_pydantic import StrictModel
 from configs.server_models import BaseModelEntry, Capability
@@ -63,18 +63,6 @@ class AudioEngineKwargs(StrictModel):
 
 class AudioModelEntry(BaseModelEntry):
     engine_kwargs: AudioEngineKwargs = Field(default_factory=AudioEngineKwargs)
-
-    default_serve_options: ClassVar[dict[str, Any]] = {
-        "ray_actor_options": {"num_cpus": 1},
-        "health_check_timeout_s": 60,
-    }
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @field_validator("engine_kwargs", mode="before")
-    @classmethod
-    def _none_is_default(cls, value: Any) -> Any:
-        return {} if value is None else value
 
     def capabilities(self) -> list[Capability]:
         if self.engine_kwargs.task is AudioTask.TEXT_TO_SPEECH:

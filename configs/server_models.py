@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.base_pydantic import StrictModel
 
@@ -143,7 +143,17 @@ class BaseModelEntry(StrictModel):
     engine_kwargs: Any = None
 
     # Serve options the engine type wants unless the YAML says otherwise.
-    default_serve_options: ClassVar[dict[str, Any]] = {}
+    default_serve_options: ClassVar[dict[str, Any]] = {
+        "ray_actor_options": {"num_cpus": 1},
+        "health_check_timeout_s": 60,  # model loads and batches can hold a replica's loop briefly
+    }
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("engine_kwargs", mode="before")
+    @classmethod
+    def _engine_kwargs_none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @property
     def model_id(self) -> str:

@@ -47,18 +47,13 @@ class VLLMModelEntry(BaseModelEntry):
     engine_kwargs: dict[str, Any] = {}
 
     default_serve_options: ClassVar[dict[str, Any]] = {
+        **BaseModelEntry.default_serve_options,
         "max_ongoing_requests": DEFAULT_MAX_ONGOING_REQUESTS,
-        "ray_actor_options": {"num_cpus": 1},
-        "health_check_timeout_s": 60,
     }
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     @field_validator("engine_kwargs", mode="before")
     @classmethod
     def _platform_owned_args(cls, value: Any) -> Any:
-        if value is None:
-            return {}
         for key, owner in PLATFORM_OWNED_ARGS.items():
             if isinstance(value, dict) and key in value:
                 raise ValueError(

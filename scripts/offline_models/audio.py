@@ -6,6 +6,7 @@ batching, chunking, formats, errors), not to recognise or speak words.
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from pathlib import Path
@@ -19,21 +20,28 @@ CORPUS = [
 WHISPER_LANGUAGES = ["en", "fr", "de", "es"]
 
 
-def _done(target: Path, *names: str) -> bool:
-    return all((target / name).exists() for name in names)
+def _builds(name: str, *required: str):
+    """Make ``build(target, seed)`` a ``(out, seed) -> out/name`` that skips a finished model."""
+    def wrap(build):
+        @functools.wraps(build)
+        def run(out: Path, seed: int = 0) -> Path:
+            target = out / name
+            if not all((target / file).exists() for file in required):
+                target.mkdir(parents=True, exist_ok=True)
+                build(target, seed)
+            return target
+        return run
+    return wrap
 
 
-def build_tiny_whisper(out: Path, seed: int = 0) -> Path:
+@_builds("tiny-whisper", "config.json", "model.safetensors", "preprocessor_config.json")
+def build_tiny_whisper(target: Path, seed: int) -> None:
     """A Whisper encoder-decoder (speech-to-text, translation, timestamps)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
                               WhisperProcessor, WhisperTokenizer)
 
-    target = out / "tiny-whisper"
-    if _done(target, "config.json", "model.safetensors", "preprocessor_config.json"):
-        return target
-    target.mkdir(parents=True, exist_ok=True)
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -74,19 +82,15 @@ def build_tiny_whisper(out: Path, seed: int = 0) -> Path:
     generation._from_model_config = False  # else loading rebuilds it from config.json, losing the above
     model.save_pretrained(target, safe_serialization=True)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(target)
-    return target
 
 
-def build_tiny_wav2vec2(out: Path, seed: int = 0) -> Path:
+@_builds("tiny-wav2vec2", "config.json", "model.safetensors", "preprocessor_config.json")
+def build_tiny_wav2vec2(target: Path, seed: int) -> None:
     """A Wav2Vec2 CTC model with a character vocabulary (speech-to-text, word timestamps)."""
     import torch
     from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
                               Wav2Vec2ForCTC, Wav2Vec2Processor)
 
-    target = out / "tiny-wav2vec2"
-    if _done(target, "config.json", "model.safetensors", "preprocessor_config.json"):
-        return target
-    target.mkdir(parents=True, exist_ok=True)
     chars = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list(string.ascii_lowercase + "'")
     (target / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
     tokenizer = Wav2Vec2CTCTokenizer(str(target / "vocab.json"), word_delimiter_token="|")
@@ -101,18 +105,14 @@ def build_tiny_wav2vec2(out: Path, seed: int = 0) -> Path:
     )
     Wav2Vec2ForCTC(config).save_pretrained(target, safe_serialization=True)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(target)
-    return target
 
 
-def build_tiny_vits(out: Path, seed: int = 0) -> Path:
+@_builds("tiny-vits", "config.json", "model.safetensors", "vocab.json")
+def build_tiny_vits(target: Path, seed: int) -> None:
     """A VITS (MMS-TTS architecture) text-to-speech model with a character vocabulary."""
     import torch
     from transformers import VitsConfig, VitsModel, VitsTokenizer
 
-    target = out / "tiny-vits"
-    if _done(target, "config.json", "model.safetensors", "vocab.json"):
-        return target
-    target.mkdir(parents=True, exist_ok=True)
     chars = ["<pad>", "<unk>"] + list(" " + string.ascii_lowercase + string.digits + ".,!?'-")
     (target / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
     tokenizer = VitsTokenizer(str(target / "vocab.json"), pad_token="<pad>", unk_token="<unk>",
@@ -129,4 +129,3 @@ def build_tiny_vits(out: Path, seed: int = 0) -> Path:
     )
     VitsModel(config).save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
-    return target

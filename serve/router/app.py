@@ -23,6 +23,16 @@ from servers.base_engine import EngineResponse
 logger = logging.getLogger("ray.serve")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+JSON_ENDPOINTS = {
+    "/v1/chat/completions": Capability.CHAT,
+    "/v1/completions": Capability.COMPLETIONS,
+    "/v1/embeddings": Capability.EMBEDDINGS,
+    "/v1/audio/speech": Capability.SPEECH,
+}
+UPLOAD_ENDPOINTS = {
+    "/v1/audio/transcriptions": Capability.TRANSCRIPTION,
+    "/v1/audio/translations": Capability.TRANSLATION,
+}
 
 
 class EngineCaller(Protocol):
@@ -88,31 +98,21 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         result = await engines.call(route.deployment_name, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
-    @app.post("/v1/chat/completions", dependencies=protected)
-    async def chat_completions(request: Request) -> Response:
-        return await forward(request, Capability.CHAT)
-
-    @app.post("/v1/completions", dependencies=protected)
-    async def completions(request: Request) -> Response:
-        return await forward(request, Capability.COMPLETIONS)
-
-    @app.post("/v1/embeddings", dependencies=protected)
-    async def embeddings(request: Request) -> Response:
-        return await forward(request, Capability.EMBEDDINGS)
-
-    @app.post("/v1/audio/transcriptions", dependencies=protected)
-    async def transcriptions(request: Request) -> Response:
-        return await forward_upload(request, Capability.TRANSCRIPTION)
-
-    @app.post("/v1/audio/translations", dependencies=protected)
-    async def translations(request: Request) -> Response:
-        return await forward_upload(request, Capability.TRANSLATION)
-
-    @app.post("/v1/audio/speech", dependencies=protected)
-    async def speech(request: Request) -> Response:
-        return await forward(request, Capability.SPEECH)
-
+    # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
+    for path, capability in JSON_ENDPOINTS.items():
+        app.add_api_route(path, _endpoint(forward, capability), methods=["POST"], dependencies=protected,
+                          name=capability.value)
+    for path, capability in UPLOAD_ENDPOINTS.items():
+        app.add_api_route(path, _endpoint(forward_upload, capability), methods=["POST"], dependencies=protected,
+                          name=capability.value)
     return app
+
+
+def _endpoint(handler, capability: Capability):
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, capability)
+
+    return endpoint
 
 
 def _auth_dependency(api_keys: tuple[str, ...]):
