@@ -14,44 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import psutil
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from launch import ROOT, start_platform, stop, wait_ready
+
 ENGINE_KWARGS = {"max_model_len": 1024, "max_num_seqs": 64,
                  "kv_cache_memory_bytes": 256 << 20, "dtype": "float32"}
 METRICS = ("output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms")
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cpu_by_process(root_pid: int) -> dict[str, float]:
@@ -101,25 +75,11 @@ def start_vllm(model_dir: str, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def start_platform(model_dir: str, port: int, workdir: str) -> subprocess.Popen:
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
-        "applications": [{
-            "name": "bench", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
-            "args": {"models": [{
-                "model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
-                "engine_kwargs": ENGINE_KWARGS,
-            }]},
-        }],
-    }
-    path = Path(workdir) / "bench_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
-                            start_new_session=True)
+def start_bench_platform(model_dir: str, port: int, workdir: str) -> subprocess.Popen:
+    return start_platform([{
+        "model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
+        "engine_kwargs": ENGINE_KWARGS,
+    }], port, workdir)
 
 
 def measure(name: str, proc: subprocess.Popen, ready_url: str, port: int, args) -> dict[int, dict]:
@@ -164,7 +124,7 @@ def main() -> None:
             runs["vllm"] = measure("vllm", start_vllm(args.model_dir, 8100),
                                    "http://127.0.0.1:8100/health", 8100, args)
         if args.only in (None, "platform"):
-            runs["platform"] = measure("platform", start_platform(args.model_dir, 8200, workdir),
+            runs["platform"] = measure("platform", start_bench_platform(args.model_dir, 8200, workdir),
                                        "http://127.0.0.1:8200/ready", 8200, args)
     print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |")
     print("|---|---|---|---|---|---|")

@@ -14,6 +14,9 @@ from common.base_pydantic import StrictModel
 from configs.server_models import BaseModelEntry, Capability
 
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+# Serve batches the audio engine may hold at once to merge into one model call (see
+# servers/audio_engine.py); the replica's default queue holds this many full batches.
+MERGED_BATCHES = 16
 
 
 class AudioTask(str, Enum):
@@ -81,7 +84,7 @@ class AudioModelEntry(BaseModelEntry):
         options = super().serve_options()
         if self.deployment_config.max_ongoing_requests is None:
             # Serve's default (5) would cap every batch at 5 requests.
-            options["max_ongoing_requests"] = max(4 * self.engine_kwargs.max_batch_size, 16)
+            options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
         return options
 
 

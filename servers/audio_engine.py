@@ -20,7 +20,7 @@ from ray import serve
 from cloud.storage import resolve_model_source
 from common.audio_codec import AudioInputError
 from common.devices import torch_device, torch_dtype
-from configs.audio_models import AudioModelEntry, AudioTask
+from configs.audio_models import MERGED_BATCHES, AudioModelEntry, AudioTask
 from configs.open_api_models import InvalidRequest
 from configs.server_models import Capability
 from servers.audio.speech_to_text import SpeechToText
@@ -44,6 +44,8 @@ class AudioEngine(BaseEngine):
         self.kwargs = entry.engine_kwargs
         self.runner: AudioTaskRunner = RUNNERS[self.kwargs.task](self.kwargs)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-model")
+        self._model_lock = asyncio.Lock()
+        self._waiting: list[tuple[list[AudioJob], asyncio.Future]] = []
         self.requests_in_flight = 0
         self.batches = 0
         self.batched_requests = 0
@@ -81,12 +83,36 @@ class AudioEngine(BaseEngine):
         finally:
             self.requests_in_flight -= 1
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # replaced from the YAML in start()
+    # Sizes are replaced from the YAML in start(). Serve forms the next batch while one runs,
+    # from what arrived in batch_wait_timeout_s; letting up to MERGED_BATCHES of them in here
+    # at once lets the merge below run them as one model call instead of small ones in a row.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=MERGED_BATCHES)
     async def _run_batch(self, jobs: list[AudioJob]) -> list[Any]:
-        """One model call per group of jobs with the same options; a failing group fails alone."""
+        """Run one Serve batch, merged (up to ``max_batch_size`` requests) with those that
+        Serve formed while the model was busy."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((jobs, done))
+        async with self._model_lock:
+            if not done.done():
+                await self._run_waiting()
+        return await done
+
+    async def _run_waiting(self) -> None:
+        merged: list[tuple[list[AudioJob], asyncio.Future]] = []
+        while self._waiting and (not merged or sum(len(j) for j, _ in merged) + len(self._waiting[0][0])
+                                 <= self.kwargs.max_batch_size):
+            merged.append(self._waiting.pop(0))
+        jobs = [job for batch, _ in merged for job in batch]
         self.batches += 1
         self.batched_requests += len(jobs)
         self.largest_batch = max(self.largest_batch, len(jobs))
+        results = await self._run_groups(jobs)
+        for batch, done in merged:
+            done.set_result(results[:len(batch)])
+            results = results[len(batch):]
+
+    async def _run_groups(self, jobs: list[AudioJob]) -> list[Any]:
+        """One model call per group of jobs with the same options; a failing group fails alone."""
         groups: dict[Any, list[int]] = defaultdict(list)
         for index, job in enumerate(jobs):
             groups[job.group_key].append(index)

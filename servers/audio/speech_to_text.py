@@ -65,7 +65,7 @@ class SpeechToText(AudioTaskRunner):
         outputs = self.pipe(
             [job.payload for job in jobs], batch_size=len(jobs),
             chunk_length_s=self.kwargs.chunk_length_s, stride_length_s=self.kwargs.stride_length_s,
-            return_timestamps=return_timestamps, **options,
+            return_timestamps=return_timestamps, ignore_warning=True, **options,
         )
         return [self._transcript(job, output, words) for job, output in zip(jobs, outputs)]
 

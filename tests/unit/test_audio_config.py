@@ -37,7 +37,7 @@ def test_text_to_speech_alias_and_capability():
 
 
 def test_queue_is_large_enough_to_fill_a_batch():
-    assert load_one(max_batch_size=32).serve_options()["max_ongoing_requests"] == 128
+    assert load_one(max_batch_size=32).serve_options()["max_ongoing_requests"] == 32 * 16
     assert load_one(max_batch_size=1).serve_options()["max_ongoing_requests"] == 16
 
 

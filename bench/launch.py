@@ -1,0 +1,58 @@
+"""Start, wait for and stop the servers a benchmark drives (the platform from a config dict)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_platform(models: list[dict[str, Any]], port: int, workdir: str) -> subprocess.Popen:
+    """``deploy_app.py`` on a one-application config serving ``models`` at ``port``."""
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "applications": [{
+            "name": "bench", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
+            "args": {"models": models},
+        }],
+    }
+    path = Path(workdir) / "bench_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+                            start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
