@@ -34,7 +34,7 @@ def _builds(name: str, *required: str):
     return wrap
 
 
-@_builds("tiny-whisper", "config.json", "model.safetensors", "preprocessor_config.json")
+@_builds("tiny-whisper", "config.json", "model.safetensors", "processor_config.json")
 def build_tiny_whisper(target: Path, seed: int) -> None:
     """A Whisper encoder-decoder (speech-to-text, translation, timestamps)."""
     import torch
@@ -84,7 +84,7 @@ def build_tiny_whisper(target: Path, seed: int) -> None:
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(target)
 
 
-@_builds("tiny-wav2vec2", "config.json", "model.safetensors", "preprocessor_config.json")
+@_builds("tiny-wav2vec2", "config.json", "model.safetensors", "processor_config.json")
 def build_tiny_wav2vec2(target: Path, seed: int) -> None:
     """A Wav2Vec2 CTC model with a character vocabulary (speech-to-text, word timestamps)."""
     import torch
