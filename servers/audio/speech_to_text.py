@@ -67,7 +67,26 @@ class SpeechToText(AudioTaskRunner):
             chunk_length_s=self.kwargs.chunk_length_s, stride_length_s=self.kwargs.stride_length_s,
             return_timestamps=return_timestamps, ignore_warning=True, **options,
         )
-        return [self._transcript(job, output, words) for job, output in zip(jobs, outputs)]
+        transcripts = [self._transcript(job, output, words) for job, output in zip(jobs, outputs)]
+        # Only verbose_json reports the language; detect it when the request did not name one.
+        undetected = [i for i, job in enumerate(jobs) if job.request.response_format == "verbose_json"
+                      and not job.extra["language"] and job.extra["task"] == "transcribe"]
+        if undetected and self.is_whisper and self.languages:
+            for i, code in zip(undetected, self._detect_languages([jobs[i] for i in undetected])):
+                transcripts[i].language = _language_name(code)
+        return transcripts
+
+    def _detect_languages(self, jobs: list[AudioJob]) -> list[str]:
+        """Whisper's language guess from each clip's first 30 s (the language token it would emit)."""
+        import torch
+
+        extractor = self.pipe.feature_extractor
+        features = extractor([job.payload[: extractor.n_samples] for job in jobs], sampling_rate=self.sampling_rate,
+                             return_tensors="pt").input_features
+        with torch.inference_mode():
+            token_ids = self.pipe.model.detect_language(features.to(self.pipe.device, self.pipe.model.dtype))
+        self.forward_passes += 1
+        return [token.strip("<|>") for token in self.pipe.tokenizer.convert_ids_to_tokens(token_ids.view(-1).tolist())]
 
     def _generate_kwargs(self, job: AudioJob) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"task": job.extra["task"]}
@@ -89,24 +108,22 @@ class SpeechToText(AudioTaskRunner):
             segments = _group_words(pieces, self.kwargs.chunk_length_s)
         else:
             segments = pieces
-        return Transcript(text=output["text"].strip(), duration=duration, language=self._language_name(job),
+        language = "en" if job.extra["task"] == "translate" else job.extra["language"]
+        return Transcript(text=output["text"].strip(), duration=duration, language=_language_name(language),
                           segments=segments, words=pieces if words else None)
-
-    def _language_name(self, job: AudioJob) -> str | None:
-        if job.extra["task"] == "translate":
-            return "english"
-        code = job.extra["language"]
-        if code and self.is_whisper:
-            from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-            return LANGUAGES.get(code, code)
-        return code
 
     def respond(self, job: AudioJob, result: Transcript) -> EngineResponse:
         tokenizer = self.pipe.tokenizer
         body, media_type = render(result, job.request.response_format, job.extra["task"], job.request.temperature,
                                   tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False))
         return EngineResponse(200, body, media_type)
+
+
+def _language_name(code: str | None) -> str | None:
+    """OpenAI reports languages by name ("english"); Whisper's table maps its codes."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return LANGUAGES.get(code, code) if code else None
 
 
 def _segment(chunk: dict[str, Any], duration: float) -> Segment:

@@ -54,6 +54,11 @@ def test_verbose_json_has_segments_within_the_audio(client):
         assert segment.temperature == 0.3 and isinstance(segment.tokens, list)
 
 
+def test_verbose_json_names_the_detected_language(client):
+    result = client.audio.transcriptions.create(model=WHISPER, file=("a.wav", WAV), response_format="verbose_json")
+    assert result.language in {"english", "french", "german", "spanish"}  # the tiny model's languages
+
+
 @pytest.mark.parametrize("model", [WHISPER, CTC])
 def test_word_and_segment_timestamps(client, model):
     result = client.audio.transcriptions.create(model=model, file=("a.wav", WAV), response_format="verbose_json",
