@@ -1,9 +1,7 @@
 """Decode uploaded audio and encode synthesized audio with PyAV (FFmpeg's libraries, no
 torchaudio, no ffmpeg binary).
 
-Uploads are sniffed from their first bytes and opened with that one demuxer only: FFmpeg's
-probing would otherwise also accept playlists and concat lists (``hls``, ``concat``), which
-make it open other files or URLs named inside the upload.
+Uploads are opened with the one demuxer their first bytes name (``common/containers.py``).
 """
 
 from __future__ import annotations
@@ -13,40 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.containers import DEMUXERS, sniff_container
+from common.input_errors import InputError
+
 # Demuxer per container, in the order tried; each is picked by its magic bytes only.
 SUPPORTED_CONTAINERS = ("wav", "flac", "mp3", "aac", "ogg", "webm", "mp4")
 
 
-class AudioInputError(ValueError):
+class AudioInputError(InputError):
     """An upload that cannot be used; ``status_code`` is 400, or 413 for limits."""
 
     def __init__(self, message: str, code: str, status_code: int = 400):
-        super().__init__(message)
-        self.message, self.code, self.status_code = message, code, status_code
-
-
-def sniff_container(data: bytes) -> str | None:
-    """The container of ``data`` by its magic bytes, or None when it is not a supported one."""
-    head = data[:12]
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"  # Matroska/WebM
-    if head[4:8] == b"ftyp":
-        return "mp4"  # MP4/M4A/MOV
-    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
-        return "aac"  # ADTS: MPEG sync word with layer bits 00
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
-        return "mp3"
-    return None
-
-
-_DEMUXERS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "webm": "matroska", "mp4": "mp4", "mp3": "mp3",
-             "aac": "aac"}
+        super().__init__(message, code, status_code, param="file")
 
 
 def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.ndarray:
@@ -60,7 +36,7 @@ def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.n
     if not data:
         raise AudioInputError("the uploaded file is empty", "empty_file")
     container_kind = sniff_container(data)
-    if container_kind is None:
+    if container_kind not in SUPPORTED_CONTAINERS:
         raise AudioInputError(
             f"the file is not audio in a supported format; supported: {', '.join(SUPPORTED_CONTAINERS)}",
             "unsupported_format")
@@ -68,7 +44,7 @@ def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.n
     pieces: list[np.ndarray] = []
     total = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", format=_DEMUXERS[container_kind]) as container:
+        with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[container_kind]) as container:
             if not container.streams.audio:
                 raise AudioInputError(f"the {container_kind} file has no audio stream", "no_audio_stream")
             stream = container.streams.audio[0]

@@ -11,12 +11,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from common.base_pydantic import StrictModel
-from configs.server_models import BaseModelEntry, Capability
+from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability
 
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-# Serve batches the audio engine may hold at once to merge into one model call (see
-# servers/audio_engine.py); the replica's default queue holds this many full batches.
-MERGED_BATCHES = 16
 
 
 class AudioTask(str, Enum):

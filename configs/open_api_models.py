@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from common.input_errors import InputError
 from common.transcripts import TRANSCRIPT_FORMATS
 from configs.server_models import Capability
 
@@ -52,12 +53,11 @@ _AUDIO_REQUESTS = {Capability.TRANSCRIPTION: TranscriptionRequest,
                    Capability.TRANSLATION: TranslationRequest, Capability.SPEECH: SpeechRequest}
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(InputError):
     """A request body that does not fit its endpoint's model; ``param`` names the field."""
 
     def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message, self.param = message, param
+        super().__init__(message, param=param)
 
 
 @functools.cache

@@ -33,6 +33,10 @@ class Capability(str, Enum):
     SPEECH = "audio.speech"
 
 
+# Serve batches a batching engine may hold at once to merge into one model call (see
+# servers/batching.py); such replicas' default queue holds this many full batches.
+MERGED_BATCHES = 16
+
 CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
 

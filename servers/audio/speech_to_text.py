@@ -11,11 +11,11 @@ from common.audio_codec import AudioInputError, decode_audio
 from common.transcripts import Segment, Transcript, render
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
-from servers.audio.task import AudioJob, AudioTaskRunner
+from servers.batching import Job, TaskRunner
 from servers.base_engine import EngineResponse
 
 
-class SpeechToText(AudioTaskRunner):
+class SpeechToText(TaskRunner):
     pipe: Any = None
 
     def load(self, source: str, device: str, dtype: Any) -> None:
@@ -33,7 +33,7 @@ class SpeechToText(AudioTaskRunner):
     def capabilities(self) -> list[Capability]:
         return [Capability.TRANSCRIPTION] + ([Capability.TRANSLATION] if self.is_whisper else [])
 
-    def prepare(self, capability: Capability, body: dict[str, Any]) -> AudioJob:
+    def prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job]:
         request = parse_request(capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
         data = body.get("file")
         if not isinstance(data, bytes):
@@ -54,9 +54,9 @@ class SpeechToText(AudioTaskRunner):
         task = "translate" if capability is Capability.TRANSLATION else "transcribe"
         prompt = request.prompt if self.is_whisper else None  # CTC models take no prompt
         key = (task, language, request.temperature, prompt, words)
-        return AudioJob(request, samples, key, {"task": task, "language": language, "words": words})
+        return [Job(request, samples, key, {"task": task, "language": language, "words": words})]
 
-    def run(self, jobs: list[AudioJob]) -> list[Transcript]:
+    def run(self, jobs: list[Job]) -> list[Transcript]:
         first = jobs[0]
         words = first.extra["words"]
         # CTC models only give times per word or character; Whisper per segment or word.
@@ -76,7 +76,7 @@ class SpeechToText(AudioTaskRunner):
                 transcripts[i].language = _language_name(code)
         return transcripts
 
-    def _detect_languages(self, jobs: list[AudioJob]) -> list[str]:
+    def _detect_languages(self, jobs: list[Job]) -> list[str]:
         """Whisper's language guess from each clip's first 30 s (the language token it would emit)."""
         import torch
 
@@ -88,7 +88,7 @@ class SpeechToText(AudioTaskRunner):
         self.forward_passes += 1
         return [token.strip("<|>") for token in self.pipe.tokenizer.convert_ids_to_tokens(token_ids.view(-1).tolist())]
 
-    def _generate_kwargs(self, job: AudioJob) -> dict[str, Any]:
+    def _generate_kwargs(self, job: Job) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"task": job.extra["task"]}
         if job.extra["language"]:
             kwargs["language"] = job.extra["language"]
@@ -101,7 +101,7 @@ class SpeechToText(AudioTaskRunner):
             kwargs["max_new_tokens"] = self.kwargs.max_new_tokens
         return kwargs
 
-    def _transcript(self, job: AudioJob, output: dict[str, Any], words: bool) -> Transcript:
+    def _transcript(self, job: Job, output: dict[str, Any], words: bool) -> Transcript:
         duration = len(job.payload) / self.sampling_rate
         pieces = [_segment(chunk, duration) for chunk in output.get("chunks") or []]
         if words or not self.is_whisper:
@@ -112,7 +112,8 @@ class SpeechToText(AudioTaskRunner):
         return Transcript(text=output["text"].strip(), duration=duration, language=_language_name(language),
                           segments=segments, words=pieces if words else None)
 
-    def respond(self, job: AudioJob, result: Transcript) -> EngineResponse:
+    def respond(self, jobs: list[Job], results: list[Transcript]) -> EngineResponse:
+        job, result = jobs[0], results[0]
         tokenizer = self.pipe.tokenizer
         body, media_type = render(result, job.request.response_format, job.extra["task"], job.request.temperature,
                                   tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False))

@@ -12,11 +12,11 @@ import numpy as np
 from common.audio_codec import change_tempo, encode_audio
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
-from servers.audio.task import AudioJob, AudioTaskRunner
+from servers.batching import Job, TaskRunner
 from servers.base_engine import EngineResponse
 
 
-class TextToSpeech(AudioTaskRunner):
+class TextToSpeech(TaskRunner):
     model: Any = None
     pipe: Any = None
 
@@ -43,7 +43,7 @@ class TextToSpeech(AudioTaskRunner):
     def capabilities(self) -> list[Capability]:
         return [Capability.SPEECH]
 
-    def prepare(self, capability: Capability, body: dict[str, Any]) -> AudioJob:
+    def prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job]:
         request = parse_request(capability, body)
         if len(request.input) > self.kwargs.max_input_chars:
             raise InvalidRequest(f"input is {len(request.input)} characters; the limit is "
@@ -54,9 +54,9 @@ class TextToSpeech(AudioTaskRunner):
                                  "voice")
         if self.model is not None and not self.tokenizer(request.input)["input_ids"]:
             raise InvalidRequest("input has no characters this model can speak", "input")
-        return AudioJob(request, request.input, (voices.get(request.voice), request.speed))
+        return [Job(request, request.input, (voices.get(request.voice), request.speed))]
 
-    def run(self, jobs: list[AudioJob]) -> list[np.ndarray]:
+    def run(self, jobs: list[Job]) -> list[np.ndarray]:
         if self.model is None:
             return [self._pipeline_speech(job) for job in jobs]
         import torch
@@ -68,10 +68,10 @@ class TextToSpeech(AudioTaskRunner):
         waveforms = output.waveform.float().cpu().numpy()
         return [waveforms[i, : int(length)] for i, length in enumerate(output.sequence_lengths)]
 
-    def _pipeline_speech(self, job: AudioJob) -> np.ndarray:
+    def _pipeline_speech(self, job: Job) -> np.ndarray:
         samples = np.asarray(self.pipe(job.payload)["audio"], dtype=np.float32).reshape(-1)
         return change_tempo(samples, self.sampling_rate, job.request.speed)
 
-    def respond(self, job: AudioJob, result: np.ndarray) -> EngineResponse:
-        body, media_type = encode_audio(result, self.sampling_rate, job.request.response_format)
+    def respond(self, jobs: list[Job], results: list[np.ndarray]) -> EngineResponse:
+        body, media_type = encode_audio(results[0], self.sampling_rate, jobs[0].request.response_format)
         return EngineResponse(200, body, media_type)

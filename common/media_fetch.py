@@ -1,0 +1,121 @@
+"""Turn a media reference from a request into bytes, under the operator's policy.
+
+``data:`` URLs are always accepted. ``http(s)`` URLs only when the host is one of the
+operator's ``allowed_domains`` (or a subdomain of one) and every address it resolves to is
+public; the connection then goes to the checked address (no second DNS lookup that could
+answer differently), redirects are re-checked hop by hop, and the download is capped in
+bytes and seconds. Anything else (``file:``, a bare path, other schemes) is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import httpx
+
+from common.input_errors import InputError
+
+MAX_REDIRECTS = 3
+
+
+class MediaURLError(InputError):
+    """A media reference the policy refuses or that cannot be fetched; 400 or 413."""
+
+    def __init__(self, message: str, code: str = "invalid_media_url", status_code: int = 400):
+        super().__init__(message, code, status_code)
+
+
+@dataclass(frozen=True)
+class MediaFetchPolicy:
+    allowed_domains: tuple[str, ...] = ()
+    max_bytes: int = 20 * 1024 * 1024
+    timeout_s: float = 10.0
+
+    def domain_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return any(host == d or host.endswith("." + d) for d in (d.lower().lstrip("*.") for d in self.allowed_domains))
+
+
+async def fetch_media(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | None]:
+    """The bytes ``url`` names and their media type, when the policy allows it."""
+    if url.startswith("data:"):
+        return decode_data_url(url, policy.max_bytes)
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await _download(url, policy)
+    except TimeoutError:
+        raise MediaURLError(f"downloading {url!r} took longer than {policy.timeout_s:g} s",
+                            "media_download_timeout") from None
+
+
+def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None]:
+    header, sep, payload = url[5:].partition(",")
+    if not sep:
+        raise MediaURLError("malformed data: URL (no comma)")
+    media_type = header.split(";")[0] or None
+    if len(payload) * 3 // 4 > max_bytes:
+        raise MediaURLError(f"the data: URL holds more than {max_bytes} bytes", "media_too_large", 413)
+    try:
+        data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(payload)
+    except binascii.Error:
+        raise MediaURLError("the data: URL is not valid base64") from None
+    return data, media_type
+
+
+async def _download(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | None]:
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            address = await _checked_address(parts, policy)
+            pinned = parts._replace(netloc=_netloc(address, parts.port)).geturl()
+            headers = {"Host": parts.netloc.rpartition("@")[2]}
+            async with client.stream("GET", pinned, headers=headers,
+                                      extensions={"sni_hostname": parts.hostname}) as response:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise MediaURLError(f"fetching {url!r} answered HTTP {response.status_code}", "media_fetch_failed")
+                return await _read_capped(response, policy.max_bytes), response.headers.get("content-type")
+    raise MediaURLError(f"{url!r} redirected more than {MAX_REDIRECTS} times", "media_fetch_failed")
+
+
+async def _checked_address(parts, policy: MediaFetchPolicy) -> str:
+    if parts.scheme not in ("http", "https"):
+        raise MediaURLError("media URLs must be data: or http(s) URLs; local files and other schemes are refused")
+    host = parts.hostname or ""
+    if not policy.domain_allowed(host):
+        raise MediaURLError(f"host {host!r} is not in the media allowed_domains of this server", "media_domain_not_allowed")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise MediaURLError(f"host {host!r} does not resolve", "media_fetch_failed") from None
+    addresses = {info[4][0] for info in infos}
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global or ip.is_multicast:
+            raise MediaURLError(f"host {host!r} resolves to a non-public address ({ip})", "media_address_not_allowed")
+    return sorted(addresses)[0]
+
+
+def _netloc(address: str, port: int | None) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}" if port else host
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise MediaURLError(f"the media is {declared} bytes; the limit is {max_bytes}", "media_too_large", 413)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise MediaURLError(f"the media exceeds the limit of {max_bytes} bytes", "media_too_large", 413)
+    return bytes(body)
