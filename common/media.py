@@ -20,6 +20,9 @@ VIDEO_CONTAINERS = ("mp4", "webm", "avi", "ogg")
 class MediaInputError(InputError):
     """Media that cannot be used; ``status_code`` is 400, or 413 for limits."""
 
+    def __init__(self, message: str, code: str, status_code: int = 400):
+        super().__init__(message, code, status_code, param="inputs")
+
 
 def decode_image(data: bytes, max_pixels: int):
     """An RGB ``PIL.Image`` from encoded bytes, refusing more than ``max_pixels``."""

@@ -10,12 +10,16 @@ from pydantic import ValidationError
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs.audio_models import AudioModelEntry
 from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig
+from configs.video_models import VideoModelEntry
+from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry
 
 # One entry class per engine type; the engine classes are registered in servers/.
 MODEL_ENTRY_TYPES: dict[ModelType, type[BaseModelEntry]] = {
     ModelType.VLLM: VLLMModelEntry,
     ModelType.AUDIO: AudioModelEntry,
+    ModelType.VISION: VisionModelEntry,
+    ModelType.VIDEO: VideoModelEntry,
 }
 
 

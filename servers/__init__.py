@@ -10,6 +10,8 @@ from configs.server_models import ModelType
 ENGINE_CLASSES: dict[ModelType, str] = {
     ModelType.VLLM: "servers.vllm_engine:VLLMEngine",
     ModelType.AUDIO: "servers.audio_engine:AudioEngine",
+    ModelType.VISION: "servers.vision_engine:VisionEngine",
+    ModelType.VIDEO: "servers.video_engine:VideoEngine",
 }
 
 

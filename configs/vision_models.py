@@ -1,0 +1,81 @@
+"""Config of ``type: vision`` models (transformers image models) and the tensors they take and
+give through the Open Inference Protocol."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from common.base_pydantic import StrictModel
+from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability
+
+VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
+                Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
+_TASK_ALIASES = {"image-embedding": "image-feature-extraction", "image-captioning": "image-to-text",
+                 "zero-shot": "zero-shot-image-classification", "detection": "object-detection",
+                 "classification": "image-classification"}
+
+# Output tensors per task: name -> datatype. Labels and scores are [batch, top_k]; detections
+# and captions one JSON or text element per input; embeddings [batch, dim].
+OUTPUT_TENSORS: dict[Capability, dict[str, str]] = {
+    Capability.IMAGE_CLASSIFICATION: {"labels": "BYTES", "scores": "FP32"},
+    Capability.ZERO_SHOT_IMAGE_CLASSIFICATION: {"labels": "BYTES", "scores": "FP32"},
+    Capability.OBJECT_DETECTION: {"detections": "BYTES"},
+    Capability.IMAGE_TO_TEXT: {"captions": "BYTES"},
+    Capability.IMAGE_EMBEDDING: {"embeddings": "FP32"},
+    Capability.VIDEO_CLASSIFICATION: {"labels": "BYTES", "scores": "FP32"},
+}
+
+
+class BatchingKwargs(StrictModel):
+    """What every transformers engine shares: weights, precision and Serve batching."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
+    top_k: int = Field(default=5, ge=1, le=1000, description="labels returned per input (classification)")
+
+
+class VisionEngineKwargs(BatchingKwargs):
+    task: Literal[tuple(t.value for t in VISION_TASKS)] = Field(description="the transformers task")
+    max_image_pixels: int = Field(default=25_000_000, ge=1, description="width x height; larger images are a 413")
+    max_inputs_per_request: int = Field(default=64, ge=1)
+    threshold: float = Field(default=0.5, ge=0, le=1, description="object-detection: lowest score returned")
+    candidate_labels: list[str] = Field(default_factory=list, description="zero-shot: labels when a request names none")
+    hypothesis_template: str = Field(default="This is a photo of {}.", description="zero-shot: label -> text")
+    prompt: str | None = Field(default=None, description="image-to-text: text the caption starts from")
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_alias(cls, value: Any) -> Any:
+        return _TASK_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class TensorModelEntry(BaseModelEntry):
+    """A model served through ``/v2``: one task, one BYTES input (encoded media), JSON outputs."""
+
+    input_name: ClassVar[str] = "image"
+
+    def capabilities(self) -> list[Capability]:
+        return [Capability(self.engine_kwargs.task)]
+
+    def tensor_metadata(self) -> dict[str, list[dict[str, Any]]]:
+        outputs = OUTPUT_TENSORS[Capability(self.engine_kwargs.task)]
+        return {"inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": name, "datatype": datatype, "shape": [-1, -1]}
+                            for name, datatype in outputs.items()]}
+
+    def serve_options(self) -> dict[str, Any]:
+        options = super().serve_options()
+        if self.deployment_config.max_ongoing_requests is None:
+            options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
+        return options
+
+
+class VisionModelEntry(TensorModelEntry):
+    engine_kwargs: VisionEngineKwargs

@@ -1,0 +1,64 @@
+"""Video engine: video classification (VideoMAE-style) over frames sampled with PyAV, batched
+by Ray Serve (``batching.py``): the clips of many requests share a forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.input_errors import InputError
+from common.media import FrameSampling, decode_video
+from configs.server_models import Capability
+from configs.video_models import VideoModelEntry
+from servers.base_engine import EngineResponse
+from servers.batching import BatchedEngine, Job, TaskRunner
+from servers.tensor_outputs import label_score_tensors, outputs_response
+from servers.vision_engine import media_inputs, media_parameters
+
+
+class VideoRunner(TaskRunner):
+    def load(self, source: str, device: str, dtype: Any) -> None:
+        from transformers import AutoImageProcessor, AutoModelForVideoClassification
+
+        options = {"revision": self.kwargs.revision, "trust_remote_code": self.kwargs.trust_remote_code}
+        self.processor = AutoImageProcessor.from_pretrained(source, **options)
+        self.model = AutoModelForVideoClassification.from_pretrained(source, dtype=dtype, **options).to(device).eval()
+        self.model.forward = self._counted(self.model.forward)
+        self.device = device
+        num_frames = self.kwargs.num_frames or getattr(self.model.config, "num_frames", 16)
+        self.sampling = FrameSampling(num_frames, self.kwargs.frame_stride, self.kwargs.fps)
+
+    def capabilities(self) -> list[Capability]:
+        return [Capability.VIDEO_CLASSIFICATION]
+
+    def prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job]:
+        params = media_parameters(body)
+        jobs = []
+        for data in media_inputs(body, self.kwargs.max_inputs_per_request):
+            if len(data) > self.kwargs.max_video_bytes:
+                raise InputError(f"the video is {len(data)} bytes; the limit is {self.kwargs.max_video_bytes}",
+                                 "video_too_large", 413, "inputs")
+            frames = decode_video(data, self.sampling, self.kwargs.max_video_duration_s)
+            jobs.append(Job(params, list(frames), params.top_k or self.kwargs.top_k))
+        return jobs
+
+    def run(self, jobs: list[Job]) -> list[list[dict[str, Any]]]:
+        import torch
+
+        inputs = self.processor([job.payload for job in jobs], return_tensors="pt").to(self.device, self.model.dtype)
+        with torch.inference_mode():
+            probabilities = self.model(**inputs).logits.float().softmax(-1).cpu()
+        top_k = min(jobs[0].group_key, probabilities.shape[-1])
+        scores, indexes = probabilities.topk(top_k, dim=-1)
+        labels = self.model.config.id2label
+        return [[{"label": labels[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indexes)]
+                for row_scores, row_indexes in zip(scores, indexes)]
+
+    def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
+        return outputs_response(label_score_tensors(results))
+
+
+class VideoEngine(BatchedEngine):
+    entry: VideoModelEntry
+
+    def create_runner(self) -> TaskRunner:
+        return VideoRunner(self.kwargs)
