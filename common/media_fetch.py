@@ -34,8 +34,15 @@ class MediaURLError(InputError):
 @dataclass(frozen=True)
 class MediaFetchPolicy:
     allowed_domains: tuple[str, ...] = ()
+    # non-public networks the operator opens on purpose (an internal media store); none by default
+    allowed_networks: tuple[str, ...] = ()
     max_bytes: int = 20 * 1024 * 1024
     timeout_s: float = 10.0
+
+    def address_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if any(ip in ipaddress.ip_network(net, strict=False) for net in self.allowed_networks):
+            return True
+        return ip.is_global and not ip.is_multicast
 
     def domain_allowed(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -99,7 +106,7 @@ async def _checked_address(parts, policy: MediaFetchPolicy) -> str:
     addresses = {info[4][0] for info in infos}
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global or ip.is_multicast:
+        if not policy.address_allowed(ip):
             raise MediaURLError(f"host {host!r} resolves to a non-public address ({ip})", "media_address_not_allowed")
     return sorted(addresses)[0]
 

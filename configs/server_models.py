@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
 from common.base_pydantic import StrictModel
 
@@ -216,6 +216,28 @@ class CorsConfig(StrictModel):
         return self
 
 
+class MediaConfig(StrictModel):
+    """Where the router may fetch media that requests name by URL (image_url, video_url, /v2 inputs).
+
+    ``data:`` URLs always work. ``http(s)`` URLs only for ``allowed_domains`` (and their
+    subdomains) that resolve to public addresses, or to ``allowed_networks`` the operator opens.
+    Local files are never read.
+    """
+
+    allowed_domains: list[str] = Field(default_factory=list, description='e.g. ["images.example.com"]')
+    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list, description="CIDRs, e.g. 10.1.2.0/24")
+    max_download_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    download_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _hostnames(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?", domain):
+                raise ValueError(f"{domain!r} is not a host name (no scheme, path or port)")
+        return value
+
+
 class RouterConfig(StrictModel):
     """Deployment options and request limits of the ``MultiModelRouter`` ingress."""
 
@@ -236,6 +258,7 @@ class PlatformConfig(StrictModel):
     api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys")
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @model_validator(mode="after")
     def _api_keys_env_is_set(self) -> "PlatformConfig":

@@ -30,3 +30,6 @@ class VideoEngineKwargs(BatchingKwargs):
 class VideoModelEntry(TensorModelEntry):
     engine_kwargs: VideoEngineKwargs = Field(default_factory=VideoEngineKwargs)
     input_name: ClassVar[str] = "video"
+
+    def max_upload_bytes(self) -> int:
+        return self.engine_kwargs.max_video_bytes

@@ -43,6 +43,7 @@ class BatchingKwargs(StrictModel):
 class VisionEngineKwargs(BatchingKwargs):
     task: Literal[tuple(t.value for t in VISION_TASKS)] = Field(description="the transformers task")
     max_image_pixels: int = Field(default=25_000_000, ge=1, description="width x height; larger images are a 413")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(default=64, ge=1)
     threshold: float = Field(default=0.5, ge=0, le=1, description="object-detection: lowest score returned")
     candidate_labels: list[str] = Field(default_factory=list, description="zero-shot: labels when a request names none")
@@ -79,3 +80,6 @@ class TensorModelEntry(BaseModelEntry):
 
 class VisionModelEntry(TensorModelEntry):
     engine_kwargs: VisionEngineKwargs
+
+    def max_upload_bytes(self) -> int:
+        return self.engine_kwargs.max_image_bytes

@@ -17,7 +17,9 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings
-from serve.router.uploads import read_upload_form
+from serve.router.media_refs import inline_chat_media
+from serve.router.oip import install_oip_routes
+from serve.router.uploads import read_limited_body, read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
@@ -79,6 +81,8 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         body = await _read_json_object(request, settings.max_request_bytes)
         route = _route_for(settings.routes, body.get("model"), capability)
         _validate_body(route, capability, body)
+        if capability is Capability.CHAT:
+            await inline_chat_media(body, settings.media)
         if body.get("stream"):
             return await _stream(engines.stream(route.deployment_name, capability, body))
         result = await engines.call(route.deployment_name, capability, body)
@@ -97,6 +101,8 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
         result = await engines.call(route.deployment_name, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
+
+    install_oip_routes(app, settings, engines, protected[0])
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():
@@ -128,14 +134,7 @@ def _auth_dependency(api_keys: tuple[str, ...]):
 
 
 async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
-    raw = bytearray()
-    async for piece in request.stream():
-        raw += piece
-        if len(raw) > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    raw = await read_limited_body(request, limit)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
 from configs.server_models import Capability
 
@@ -21,6 +22,7 @@ class ModelRoute:
     capabilities: tuple[Capability, ...]
     max_context_tokens: int | None = None
     max_upload_bytes: int | None = None
+    tensors: dict[str, list[dict[str, Any]]] | None = None  # /v2 inputs and outputs, when served there
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -42,6 +44,7 @@ class RouterSettings:
     cors: dict[str, Any] = field(default_factory=dict)
     max_request_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600
+    media: MediaFetchPolicy = field(default_factory=MediaFetchPolicy)
 
     @property
     def max_upload_request_bytes(self) -> int:
@@ -59,6 +62,7 @@ class RouterSettings:
                 capabilities=tuple(m.capabilities()),
                 max_context_tokens=m.max_context_tokens(),
                 max_upload_bytes=m.max_upload_bytes(),
+                tensors=m.tensor_metadata(),
             )
             for m in config.models
         }
@@ -69,4 +73,10 @@ class RouterSettings:
             cors=platform.cors.model_dump() if platform.cors.allow_origins else {},
             max_request_bytes=platform.router.max_request_bytes,
             request_timeout_s=platform.router.request_timeout_s,
+            media=MediaFetchPolicy(
+                allowed_domains=tuple(platform.media.allowed_domains),
+                allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),
+                max_bytes=platform.media.max_download_bytes,
+                timeout_s=platform.media.download_timeout_s,
+            ),
         )

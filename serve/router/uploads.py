@@ -49,6 +49,17 @@ async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The whole body, or a 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
+    body = bytearray()
+    async for piece in _limited(request.stream(), limit):
+        body += piece
+    return bytes(body)
+
+
 async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
     received = 0
     async for piece in stream:

@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 ALLOWED_ORIGIN = "https://app.example"
-STARTUP_TIMEOUT_S = 600
+STARTUP_TIMEOUT_S = 900
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
 CTC_MODEL = {
     "model_loading_config": {"model_id": "tiny-ctc", "model_source": "./.models/tiny-wav2vec2", "type": "audio"},
@@ -26,6 +26,20 @@ CTC_MODEL = {
     "engine_kwargs": {"task": "speech-to-text", "max_audio_bytes": 1024 * 1024, "max_audio_duration_s": 60,
                       "max_batch_size": 4},
 }
+
+
+def _vision(model_id: str, source: str, **engine_kwargs) -> dict:
+    return {"model_loading_config": {"model_id": model_id, "model_source": f"./.models/{source}", "type": "vision"},
+            "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}}, "engine_kwargs": engine_kwargs}
+
+
+# The other vision tasks beside the default config's image classifier.
+VISION_MODELS = [
+    _vision("tiny-detector", "tiny-yolos", task="object-detection", threshold=0.0),
+    _vision("tiny-zero-shot", "tiny-clip", task="zero-shot-image-classification", candidate_labels=["cat", "dog"]),
+    _vision("tiny-captioner", "tiny-blip", task="image-to-text", max_new_tokens=8),
+    _vision("tiny-image-embedder", "tiny-vit", task="image-feature-extraction", max_image_pixels=1_000_000),
+]
 
 
 def _free_port() -> int:
@@ -44,7 +58,8 @@ def platform_url(tmp_path_factory) -> str:
     args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
-    args["models"].append(CTC_MODEL)
+    args["models"] += [CTC_MODEL, *VISION_MODELS]
+    args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
     path = tmp_path_factory.mktemp("platform") / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(path.with_name("platform.log"), "w")

@@ -14,6 +14,8 @@ from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY
 
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
+ALL_MODELS = {CHAT, EMBED, "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
+              "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder"}
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
 
 
@@ -24,7 +26,7 @@ def assert_still_serving(client: openai.OpenAI) -> None:
 
 def test_models_list_every_configured_model_with_type_and_capabilities(client):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {CHAT, EMBED, "tiny-whisper", "tiny-tts", "tiny-ctc"}
+    assert set(models) == ALL_MODELS
     assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions"]
     assert models[EMBED].capabilities == ["embeddings"]
     assert client.models.retrieve(EMBED).id == EMBED
@@ -35,7 +37,7 @@ def test_readiness_and_liveness(platform_url, http):
     ready = http.get("/ready").json()
     assert ready["status"] == "ready"
     assert all(state["ready"] for state in ready["models"].values())
-    assert set(ready["models"]) == {CHAT, EMBED, "tiny-whisper", "tiny-tts", "tiny-ctc"}
+    assert set(ready["models"]) == ALL_MODELS
 
 
 def test_chat_completion_with_sampling_parameters(client):

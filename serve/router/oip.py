@@ -1,0 +1,208 @@
+"""The Open Inference Protocol ("v2" of KServe, Triton, Seldon) for vision and video models.
+
+Inputs are BYTES tensors of encoded images or videos, given as JSON strings (base64, a
+``data:`` URL, or an allowed ``http(s)`` URL) or in the binary part of the body (Triton's
+binary tensor extension, which ``tritonclient`` uses). Outputs are JSON tensors. Errors are
+the protocol's ``{"error": "..."}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import math
+import struct
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from common.input_errors import InputError
+from common.media_fetch import fetch_media
+from configs.oip_models import InferenceRequest, RequestInput
+from serve.router.errors import APIError
+from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.uploads import read_limited_body
+
+MODEL_VERSION = "1"
+
+
+class OIPError(Exception):
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code, self.message = status_code, message
+
+
+def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends) -> None:
+    @app.exception_handler(OIPError)
+    async def _oip_error(_: Request, exc: OIPError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+    tensor_routes = {r.model_id: r for r in settings.routes.values() if r.tensors}
+
+    def route_for(name: str) -> ModelRoute:
+        if name in tensor_routes:
+            return tensor_routes[name]
+        if name in settings.routes:
+            raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
+        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes))}")
+
+    async def model_ready(route: ModelRoute) -> bool:
+        return await engines.status(route.deployment_name, 5.0) is not None
+
+    @app.get("/v2")
+    async def server_metadata() -> dict:
+        return {"name": "rayserve-platform", "version": "2", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", dependencies=[auth])
+    async def ready() -> JSONResponse:
+        states = await asyncio.gather(*(model_ready(r) for r in tensor_routes.values()))
+        return JSONResponse({"ready": all(states)}, status_code=200 if all(states) else 503)
+
+    @app.get("/v2/models/{name}", dependencies=[auth])
+    @app.get("/v2/models/{name}/versions/{version}", dependencies=[auth])
+    async def model_metadata(name: str, version: str = MODEL_VERSION) -> dict:
+        route = _versioned(route_for(name), version)
+        return {"name": route.model_id, "versions": [MODEL_VERSION], "platform": f"rayserve-platform/{route.model_type}",
+                **route.tensors}
+
+    @app.get("/v2/models/{name}/ready", dependencies=[auth])
+    @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=[auth])
+    async def model_is_ready(name: str, version: str = MODEL_VERSION) -> JSONResponse:
+        route = _versioned(route_for(name), version)
+        is_ready = await model_ready(route)
+        return JSONResponse({"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @app.post("/v2/models/{name}/infer", dependencies=[auth])
+    @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
+    async def infer(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
+        route = _versioned(route_for(name), version)
+        try:
+            raw = await read_limited_body(request, settings.max_upload_request_bytes)
+            inference = _parse(raw, request.headers.get("inference-header-content-length"))
+            tensor = _the_input(route, inference)
+            media = await _media(tensor, _binary_part(raw, request), route, settings)
+        except (InputError, APIError) as err:
+            raise OIPError(err.status_code, err.message) from None
+        wanted = _requested_outputs(route, inference)
+        body = {"inputs": media, "parameters": inference.parameters}
+        result = await engines.call(route.deployment_name, route.capabilities[0], body)
+        payload = json.loads(result.content)
+        if result.status_code != 200:
+            raise OIPError(result.status_code, payload.get("error", {}).get("message", "inference failed"))
+        outputs = [o for o in payload["outputs"] if not wanted or o["name"] in wanted]
+        answer = {"model_name": route.model_id, "model_version": MODEL_VERSION, "outputs": outputs}
+        if inference.id is not None:
+            answer["id"] = inference.id
+        return JSONResponse(answer)
+
+
+def _versioned(route: ModelRoute, version: str) -> ModelRoute:
+    if version != MODEL_VERSION:
+        raise OIPError(404, f"model '{route.model_id}' has no version '{version}'; versions: {MODEL_VERSION}")
+    return route
+
+
+def _parse(raw: bytes, header_length: str | None) -> InferenceRequest:
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(raw):
+            raise OIPError(400, "Inference-Header-Content-Length does not fit the body")
+        raw = raw[: int(header_length)]
+    try:
+        return InferenceRequest.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise OIPError(400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
+
+
+def _binary_part(raw: bytes, request: Request) -> bytes:
+    header_length = request.headers.get("inference-header-content-length")
+    return raw[int(header_length):] if header_length else b""
+
+
+def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
+    spec = route.tensors["inputs"][0]
+    if len(inference.inputs) != 1 or inference.inputs[0].name != spec["name"]:
+        names = [i.name for i in inference.inputs]
+        raise OIPError(400, f"model '{route.model_id}' takes one input named '{spec['name']}'; got {names}")
+    tensor = inference.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise OIPError(400, f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}")
+    if len(tensor.shape) != 1 or tensor.shape[0] < 1:
+        raise OIPError(400, f"input '{tensor.name}' must have shape [n] with n >= 1 (one element per "
+                            f"{spec['name']}), not {tensor.shape}")
+    return tensor
+
+
+def _requested_outputs(route: ModelRoute, inference: InferenceRequest) -> set[str]:
+    known = {o["name"] for o in route.tensors["outputs"]}
+    wanted = {o.name for o in inference.outputs}
+    if wanted - known:
+        raise OIPError(400, f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}")
+    return wanted
+
+
+async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, settings: RouterSettings) -> list[bytes]:
+    count = tensor.shape[0]
+    size = tensor.parameters.get("binary_data_size")
+    if size is not None:
+        if tensor.data is not None or not isinstance(size, int) or size != len(binary):
+            raise OIPError(400, f"input '{tensor.name}': binary_data_size {size} does not match the "
+                                f"{len(binary)} binary bytes after the JSON header")
+        elements = _split_binary_bytes(binary)
+    else:
+        elements = await asyncio.gather(*(_element(e, settings) for e in _flatten(tensor.data)))
+    if len(elements) != count or count != math.prod(tensor.shape):
+        raise OIPError(400, f"input '{tensor.name}' has shape {tensor.shape} but {len(elements)} elements")
+    limit = route.max_upload_bytes
+    for index, element in enumerate(elements):
+        if limit and len(element) > limit:
+            raise OIPError(413, f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}")
+    return elements
+
+
+def _split_binary_bytes(binary: bytes) -> list[bytes]:
+    """Triton's binary BYTES layout: each element is a 4-byte little-endian length, then the bytes."""
+    elements, offset = [], 0
+    while offset < len(binary):
+        if offset + 4 > len(binary):
+            raise OIPError(400, "truncated BYTES element in the binary data")
+        (length,) = struct.unpack_from("<I", binary, offset)
+        offset += 4
+        if offset + length > len(binary):
+            raise OIPError(400, "a BYTES element runs past the end of the binary data")
+        elements.append(binary[offset: offset + length])
+        offset += length
+    return elements
+
+
+def _flatten(data: Any) -> list[Any]:
+    if data is None:
+        raise OIPError(400, "input has no data (neither JSON 'data' nor binary_data_size)")
+    if not isinstance(data, list):
+        return [data]
+    return [leaf for item in data for leaf in (_flatten(item) if isinstance(item, list) else [item])]
+
+
+async def _element(element: Any, settings: RouterSettings) -> bytes:
+    """A JSON BYTES element: a data: or http(s) URL (fetched under the media policy) or base64."""
+    if not isinstance(element, str):
+        raise OIPError(400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}")
+    if element.startswith(("data:", "http://", "https://")):
+        data, _ = await fetch_media(element, settings.media)
+        return data
+    if "://" in element or element.startswith(("/", "~", ".")):
+        raise OIPError(400, "BYTES elements must be base64 media or data:/http(s) URLs; file paths and other "
+                            "schemes are refused")
+    try:
+        return base64.b64decode(element, validate=True)
+    except binascii.Error:
+        raise OIPError(400, "a BYTES element is neither a URL nor valid base64") from None

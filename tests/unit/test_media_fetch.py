@@ -1,0 +1,97 @@
+"""The media URL policy against a real local HTTP server: what is fetched, what is refused."""
+
+import asyncio
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from common.media_fetch import MediaFetchPolicy, MediaURLError, fetch_media
+
+BODY = b"\x89PNG fake image bytes" * 100
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(2)
+        if self.path.startswith("/redirect"):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("to=", 1)[1])
+            self.end_headers()
+            return
+        self.send_response(200 if self.path != "/missing" else 404)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server_port():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+LOCAL = MediaFetchPolicy(allowed_domains=("localhost",), allowed_networks=("127.0.0.0/8",))
+
+
+def fetch(url, policy=LOCAL):
+    return asyncio.run(fetch_media(url, policy))
+
+
+def refused(url, policy=LOCAL) -> MediaURLError:
+    with pytest.raises(MediaURLError) as info:
+        fetch(url, policy)
+    return info.value
+
+
+def test_data_urls_always_work():
+    assert fetch("data:image/png;base64,aGVsbG8=", MediaFetchPolicy()) == (b"hello", "image/png")
+    assert refused("data:image/png;base64,not base64!").code == "invalid_media_url"
+
+
+def test_allowed_domain_on_an_opened_network_is_fetched(server_port):
+    assert fetch(f"http://localhost:{server_port}/cat.png") == (BODY, "image/png")
+
+
+@pytest.mark.parametrize("url,code", [
+    ("file:///etc/passwd", "invalid_media_url"),
+    ("/etc/passwd", "invalid_media_url"),
+    ("ftp://localhost/x", "invalid_media_url"),
+    ("http://example.org/x.png", "media_domain_not_allowed"),
+    ("http://127.0.0.1/x.png", "media_domain_not_allowed"),  # an address is not a listed domain
+])
+def test_other_schemes_paths_and_unlisted_hosts_are_refused(url, code):
+    assert refused(url).code == code
+
+
+def test_private_addresses_are_refused_unless_the_operator_opens_them(server_port):
+    closed = MediaFetchPolicy(allowed_domains=("localhost",))
+    assert refused(f"http://localhost:{server_port}/cat.png", closed).code == "media_address_not_allowed"
+
+
+def test_redirects_are_checked_hop_by_hop(server_port):
+    error = refused(f"http://localhost:{server_port}/redirect?to=http://example.org/x.png")
+    assert error.code == "media_domain_not_allowed"
+    assert fetch(f"http://localhost:{server_port}/redirect?to=/ok.png")[0] == BODY
+
+
+def test_size_and_time_limits(server_port):
+    small = MediaFetchPolicy(("localhost",), ("127.0.0.0/8",), max_bytes=1024)
+    assert refused(f"http://localhost:{server_port}/cat.png", small).status_code == 413
+    quick = MediaFetchPolicy(("localhost",), ("127.0.0.0/8",), timeout_s=0.5)
+    assert refused(f"http://localhost:{server_port}/slow", quick).code == "media_download_timeout"
+    assert refused(f"http://localhost:{server_port}/missing").code == "media_fetch_failed"
+
+
+def test_subdomains_of_allowed_domains_match_but_lookalikes_do_not():
+    policy = MediaFetchPolicy(allowed_domains=("example.com", "*.cdn.example.org"))
+    assert policy.domain_allowed("img.example.com") and policy.domain_allowed("EXAMPLE.com.")
+    assert policy.domain_allowed("a.cdn.example.org")
+    assert not policy.domain_allowed("badexample.com") and not policy.domain_allowed("example.com.evil.net")
