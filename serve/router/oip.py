@@ -199,10 +199,11 @@ async def _element(element: Any, settings: RouterSettings) -> bytes:
     if element.startswith(("data:", "http://", "https://")):
         data, _ = await fetch_media(element, settings.media)
         return data
-    if "://" in element or element.startswith(("/", "~", ".")):
-        raise OIPError(400, "BYTES elements must be base64 media or data:/http(s) URLs; file paths and other "
-                            "schemes are refused")
-    try:
+    if "://" in element:
+        raise OIPError(400, "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "
+                            "(file://, ...) are refused")
+    try:  # a file path is not valid base64 (or decodes to bytes that are no image): never read
         return base64.b64decode(element, validate=True)
     except binascii.Error:
-        raise OIPError(400, "a BYTES element is neither a URL nor valid base64") from None
+        raise OIPError(400, "a BYTES element is neither base64 media nor a data:/http(s) URL; file paths "
+                            "are refused") from None
