@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import openai
 
-from launch import ROOT, start_platform, stop, wait_ready
+from launch import ROOT, closed_loop, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
 from tests.audio_files import audio_file  # noqa: E402  (the same clips the tests upload)
@@ -41,26 +39,6 @@ def asr_model(model_id: str, source: str, batch_size: int, args) -> dict:
     }
 
 
-async def drive(client: openai.AsyncOpenAI, model: str, clip: bytes, requests: int, concurrency: int) -> dict:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def one() -> None:
-        async with gate:
-            start = time.perf_counter()
-            await client.audio.transcriptions.create(model=model, file=("clip.wav", clip))
-            latencies.append(time.perf_counter() - start)
-
-    await asyncio.gather(*(one() for _ in range(concurrency)))  # warm-up
-    latencies.clear()
-    start = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(requests)))
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {"per_s": requests / elapsed, "p50_s": statistics.median(latencies),
-            "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
-
-
 def engine_counters(base: str, model: str) -> dict:
     return httpx.get(f"{base}/ready", timeout=30).json()["models"][model]
 
@@ -68,7 +46,9 @@ def engine_counters(base: str, model: str) -> dict:
 async def measure(base: str, model: str, clip: bytes, args) -> dict:
     client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=600)
     before = engine_counters(base, model)
-    result = await drive(client, model, clip, args.requests, args.concurrency)
+    result = await closed_loop(
+        lambda: client.audio.transcriptions.create(model=model, file=("clip.wav", clip)),
+        args.requests, args.concurrency)
     after = engine_counters(base, model)
     served = after["batched_requests"] - before["batched_requests"]
     result["requests_per_pass"] = served / max(1, after["forward_passes"] - before["forward_passes"])

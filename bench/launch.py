@@ -56,3 +56,28 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+async def closed_loop(request, requests: int, concurrency: int) -> dict[str, float]:
+    """Await ``request()`` ``requests`` times, ``concurrency`` at a time, after one warm-up round;
+    returns completions per second and latency p50/p99 in seconds."""
+    import asyncio
+    import statistics
+
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with gate:
+            start = time.perf_counter()
+            await request()
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    latencies.clear()
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"per_s": requests / elapsed, "p50_s": statistics.median(latencies),
+            "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}

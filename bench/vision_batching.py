@@ -18,17 +18,15 @@ import argparse
 import asyncio
 import base64
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 from fastapi import Request  # module level: the endpoint's annotation must resolve here
 
-from launch import ROOT, start_platform, stop, wait_ready
+from launch import ROOT, closed_loop, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
 from tests.media_files import image_file  # noqa: E402
@@ -81,24 +79,11 @@ def start_plain(model_dir: str, cpus: int) -> subprocess.Popen:
 
 
 async def drive(url: str, payload: dict, requests: int, concurrency: int) -> dict:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def one() -> None:
-            async with gate:
-                start = time.perf_counter()
-                response = await client.post(url, **payload)
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - start)
+            (await client.post(url, **payload)).raise_for_status()
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm-up
-        latencies.clear()
-        start = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(requests)))
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {"per_s": requests / elapsed, "p50_s": statistics.median(latencies),
-            "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+        return await closed_loop(one, requests, concurrency)
 
 
 def main() -> None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
-from common.base_pydantic import StrictModel
-from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability
+from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability, TransformersEngineKwargs
 
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
@@ -25,15 +24,9 @@ _TASK_ALIASES = {"automatic-speech-recognition": "speech-to-text", "asr": "speec
                  "stt": "speech-to-text", "tts": "text-to-speech", "text-to-audio": "text-to-speech"}
 
 
-class AudioEngineKwargs(StrictModel):
+class AudioEngineKwargs(TransformersEngineKwargs):
     task: AudioTask = Field(default=AudioTask.SPEECH_TO_TEXT,
                             description="speech-to-text (also: automatic-speech-recognition, asr) or text-to-speech (tts)")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
-    revision: str | None = None
-    trust_remote_code: bool = False
-
-    # Requests that arrive within batch_wait_timeout_s of each other share one forward pass.
     max_batch_size: int = Field(default=8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
 

@@ -148,6 +148,18 @@ class DeploymentConfig(StrictModel):
         return options
 
 
+class TransformersEngineKwargs(StrictModel):
+    """What every transformers engine shares: weights, precision and Serve batching."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    # Requests that arrive within batch_wait_timeout_s of each other share one forward pass.
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
+
+
 class BaseModelEntry(StrictModel):
     """One model in ``models:``; engine types subclass it with typed ``engine_kwargs``."""
 

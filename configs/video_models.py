@@ -6,10 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from configs.vision_models import BatchingKwargs, TensorModelEntry
+from configs.vision_models import MediaEngineKwargs, TensorModelEntry
 
 
-class VideoEngineKwargs(BatchingKwargs):
+class VideoEngineKwargs(MediaEngineKwargs):
     task: Literal["video-classification"] = "video-classification"
     max_batch_size: int = Field(default=4, ge=1, le=128)
     num_frames: int | None = Field(default=None, ge=1, le=512,

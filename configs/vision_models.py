@@ -7,8 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from common.base_pydantic import StrictModel
-from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability
+from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability, TransformersEngineKwargs
 
 VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
                 Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
@@ -28,19 +27,11 @@ OUTPUT_TENSORS: dict[Capability, dict[str, str]] = {
 }
 
 
-class BatchingKwargs(StrictModel):
-    """What every transformers engine shares: weights, precision and Serve batching."""
-
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
-    revision: str | None = None
-    trust_remote_code: bool = False
-    max_batch_size: int = Field(default=16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
+class MediaEngineKwargs(TransformersEngineKwargs):
     top_k: int = Field(default=5, ge=1, le=1000, description="labels returned per input (classification)")
 
 
-class VisionEngineKwargs(BatchingKwargs):
+class VisionEngineKwargs(MediaEngineKwargs):
     task: Literal[tuple(t.value for t in VISION_TASKS)] = Field(description="the transformers task")
     max_image_pixels: int = Field(default=25_000_000, ge=1, description="width x height; larger images are a 413")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
