@@ -9,6 +9,7 @@ import json
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
@@ -149,32 +150,29 @@ def test_malformed_json_and_binary_headers(http):
     assert_classifies(http)
 
 
-CHAT_IMAGE = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                           {"type": "image_url", "image_url": {"url": None}}]}]
+def chat_with_media(client, url: str, part: str = "image_url"):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                             {"type": part, part: {"url": url}}]}]
+    return client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=4)
 
 
-def chat_with_image(http, url: str) -> httpx.Response:
-    messages = json.loads(json.dumps(CHAT_IMAGE))
-    messages[0]["content"][1]["image_url"]["url"] = url
-    return http.post("/v1/chat/completions", json={"model": "tiny-chat", "messages": messages, "max_tokens": 4})
-
-
-@pytest.mark.parametrize("url,words", [
-    ("file:///etc/passwd", "local files"),
-    ("/etc/passwd", "local files"),
-    ("http://example.org/cat.png", "allowed_domains"),
-    ("http://localhost:8000/cat.png", "non-public address"),
-    ("http://169.254.169.254/latest/meta-data/", "allowed_domains"),
+@pytest.mark.parametrize("url,part,words", [
+    ("file:///etc/passwd", "image_url", "local files"),
+    ("/etc/passwd", "image_url", "local files"),
+    ("http://example.org/cat.png", "image_url", "allowed_domains"),
+    ("http://localhost:8000/cat.png", "image_url", "non-public address"),
+    ("http://169.254.169.254/latest/meta-data/", "image_url", "allowed_domains"),
+    ("file:///etc/shadow", "video_url", "local files"),
+    ("http://localhost:8000/clip.mp4", "video_url", "non-public address"),
 ])
-def test_chat_media_urls_follow_the_policy(http, url, words):
-    response = chat_with_image(http, url)
-    assert response.status_code == 400, response.text
-    assert words in response.json()["error"]["message"]
-    assert response.json()["error"]["param"] == "messages"
+def test_chat_media_urls_follow_the_policy(client, http, url, part, words):
+    with pytest.raises(openai.BadRequestError) as info:
+        chat_with_media(client, url, part)
+    assert words in info.value.body["message"] and info.value.body["param"] == "messages"
+    assert_classifies(http)
 
 
-def test_chat_image_as_data_url_reaches_the_engine(http):
+def test_chat_image_as_data_url_reaches_the_engine(client):
     # tiny-chat is a text-only model: vLLM itself refuses the image, proving it got that far.
-    response = chat_with_image(http, f"data:image/png;base64,{b64(PNG)}")
-    assert response.status_code == 400, response.text
-    assert "not a multimodal model" in response.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="not a multimodal model"):
+        chat_with_media(client, f"data:image/png;base64,{b64(PNG)}")
