@@ -7,7 +7,7 @@ import dataclasses
 import functools
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, field_validator, model_validator
 
 from configs.server_models import BaseModelEntry, Capability
 
@@ -61,6 +61,27 @@ class VLLMModelEntry(BaseModelEntry):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _fits_its_gpus(self) -> "VLLMModelEntry":
+        """vLLM sizes its memory as a fraction of the whole GPU: on a share it must stay inside it."""
+        share = self.deployment_config.ray_actor_options.num_gpus
+        utilization = self.engine_kwargs.get("gpu_memory_utilization")
+        if share is not None and 0 < share < 1 and utilization is not None and utilization > share:
+            raise ValueError(
+                f"engine_kwargs.gpu_memory_utilization ({utilization}) is above the replica's GPU share "
+                f"(deployment_config.ray_actor_options.num_gpus: {share}): vLLM would take memory the other "
+                f"models on that GPU hold; set gpu_memory_utilization to at most {share} (e.g. {round(share * 0.9, 2)})")
+        parallel = self._gpus_for_parallelism()
+        if share is not None and parallel > 1 and share != parallel:
+            raise ValueError(
+                f"tensor_parallel_size x pipeline_parallel_size needs {parallel} GPUs, but "
+                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {parallel} or leave it out")
+        return self
+
+    def _gpus_for_parallelism(self) -> int:
+        tp = self.engine_kwargs.get("tensor_parallel_size") or 1  # 0: every GPU the replica has
+        return tp * (self.engine_kwargs.get("pipeline_parallel_size") or 1)
+
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel]:
         return vllm_engine_kwargs_model()
@@ -77,4 +98,15 @@ class VLLMModelEntry(BaseModelEntry):
         options = super().serve_options()
         if self.deployment_config.max_ongoing_requests is None and "max_num_seqs" in self.engine_kwargs:
             options["max_ongoing_requests"] = max(self.engine_kwargs["max_num_seqs"], 1)
+        actor = options["ray_actor_options"]
+        if "num_gpus" not in actor and self._gpus_for_parallelism() > 1:
+            actor["num_gpus"] = self._gpus_for_parallelism()  # the replica holds every GPU its shards use
         return options
+
+    def engine_overrides(self) -> dict[str, Any]:
+        """Engine arguments the platform derives when the YAML leaves them out."""
+        share = self.deployment_config.ray_actor_options.num_gpus
+        if share is not None and 0 < share < 1 and "gpu_memory_utilization" not in self.engine_kwargs:
+            # vLLM's default (0.9 of the whole GPU) would not fit a share; keep 10% headroom inside it.
+            return {"gpu_memory_utilization": round(share * 0.9, 4)}
+        return {}

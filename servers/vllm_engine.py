@@ -67,7 +67,7 @@ class VLLMEngine(BaseEngine):
 
         source = resolve_model_source(self.entry.model_loading_config.model_source)
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", source])
-        kwargs = dict(self.entry.engine_kwargs)
+        kwargs = {**self.entry.engine_overrides(), **self.entry.engine_kwargs}
         if kwargs.get("tensor_parallel_size") == 0:  # 0 = every GPU Ray gave this replica
             kwargs["tensor_parallel_size"] = max(1, len(assigned_gpu_ids()))
         if not assigned_gpu_ids() and "kv_cache_memory_bytes" not in kwargs \
