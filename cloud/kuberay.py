@@ -1,0 +1,181 @@
+"""KubeRay manifests from the same ``model_config.yaml``: a ``RayService`` (the platform, kept
+running and upgraded in place by the operator) and a ``RayJob`` (one command on a cluster
+made for it, e.g. a benchmark). ``serveConfigV2`` is the Serve config file itself; worker
+groups are sized from what the models ask Ray for (CPUs and GPUs per replica, times their
+replicas: the minimum for ``minReplicas``, the autoscaling maximum for ``maxReplicas``).
+
+    python -m cloud.kuberay rayservice --config model_config.yaml --image REGISTRY/rayserve-platform:TAG
+    python -m cloud.kuberay rayjob --config model_config.yaml --image ... --entrypoint "python bench/audio_batching.py"
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configs import LoadedConfig
+
+RAY_VERSION = "2.60.0"
+CRD_DIR = Path(__file__).parent / "crds"
+SERVE_PORT = 8000
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    cpus: int = 8
+    gpus: int = 1
+    memory: str = "32Gi"
+
+
+@dataclass
+class Demand:
+    """What the models ask Ray for, at their minimum and maximum replica counts."""
+
+    min_cpus: float = 0.0
+    max_cpus: float = 0.0
+    min_gpus: float = 0.0
+    max_gpus: float = 0.0
+
+
+def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
+    """(GPU replicas, CPU-only replicas) demand over every platform application."""
+    gpu, cpu = Demand(), Demand()
+    for config in loaded.values():
+        for model in config.models:
+            options = model.serve_options()
+            actor = options["ray_actor_options"]
+            scaling = options.get("autoscaling_config") or {}
+            low = options.get("num_replicas") or scaling.get("min_replicas", 1)
+            high = options.get("num_replicas") or scaling.get("max_replicas", 1)
+            gpus, cpus = actor.get("num_gpus", 0), actor.get("num_cpus", 1)
+            target = gpu if gpus else cpu
+            target.min_cpus += cpus * low
+            target.max_cpus += cpus * high
+            target.min_gpus += gpus * low
+            target.max_gpus += gpus * high
+    return gpu, cpu
+
+
+def worker_groups(gpu: Demand, cpu: Demand, shape: WorkerShape, image: str, env: list[dict]) -> list[dict]:
+    groups = []
+    if gpu.max_gpus:
+        low = math.ceil(max(gpu.min_gpus / shape.gpus, gpu.min_cpus / shape.cpus))
+        high = math.ceil(max(gpu.max_gpus / shape.gpus, gpu.max_cpus / shape.cpus))
+        groups.append(_group("gpu-workers", low, high, shape, image, env, gpus=shape.gpus))
+    if cpu.max_cpus:
+        groups.append(_group("cpu-workers", math.ceil(cpu.min_cpus / shape.cpus), math.ceil(cpu.max_cpus / shape.cpus),
+                             shape, image, env, gpus=0))
+    return groups
+
+
+def _group(name: str, low: int, high: int, shape: WorkerShape, image: str, env: list[dict], gpus: int) -> dict:
+    resources = {"cpu": str(shape.cpus), "memory": shape.memory}
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
+    return {
+        "groupName": name, "replicas": max(low, 1), "minReplicas": low, "maxReplicas": max(high, low, 1),
+        "rayStartParams": {},
+        "template": {"spec": {"containers": [{
+            "name": "ray-worker", "image": image, "env": env,
+            "resources": {"limits": resources, "requests": resources},
+        }]}},
+    }
+
+
+def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerShape, env: list[dict]) -> dict:
+    gpu, cpu = demand(loaded)
+    head_resources = {"cpu": "2", "memory": "8Gi"}
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "headGroupSpec": {
+            # The head runs Ray's control plane and the HTTP proxy, no model replicas.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": {"spec": {"containers": [{
+                "name": "ray-head", "image": image, "env": env,
+                "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+                          {"containerPort": 10001, "name": "client"}, {"containerPort": SERVE_PORT, "name": "serve"}],
+                "resources": {"limits": head_resources, "requests": head_resources},
+            }]}},
+        },
+        "workerGroupSpecs": worker_groups(gpu, cpu, shape, image, env),
+    }
+
+
+def cluster_serve_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The Serve config as the cluster runs it: listening on every interface of the pods."""
+    config = dict(raw)
+    config["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0", "port": SERVE_PORT}
+    return config
+
+
+def secret_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
+    """``api_keys_env`` variables come from a Kubernetes Secret (key = the variable's name)."""
+    names = sorted({c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env})
+    return [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names]
+
+
+def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShape,
+           entrypoint: str | None = None, secret: str = "rayserve-platform-keys") -> dict:
+    from deploy_app import load_serve_config  # validates the whole file first, as a deploy would
+
+    raw = yaml.safe_load(Path(config_path).read_text())
+    _, loaded = load_serve_config(config_path)
+    cluster = ray_cluster_spec(loaded, image, shape, secret_env(loaded, secret))
+    metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
+    if kind == "rayservice":
+        return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": metadata,
+                "spec": {"serveConfigV2": yaml.safe_dump(cluster_serve_config(raw), sort_keys=False),
+                         "rayClusterConfig": cluster}}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata,
+            "spec": {"entrypoint": entrypoint or f"python deploy_app.py --config {Path(config_path).name} --dry-run",
+                     "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 600,
+                     "rayClusterSpec": cluster}}
+
+
+def crd_schema(kind: str) -> dict:
+    """The openAPIV3Schema of the CRD's storage version, from KubeRay's own CRD files."""
+    document = yaml.safe_load((CRD_DIR / f"ray.io_{kind.lower()}s.yaml").read_text())
+    version = next(v for v in document["spec"]["versions"] if v.get("storage"))
+    return version["schema"]["openAPIV3Schema"]
+
+
+def validate(manifest: dict) -> list[str]:
+    """Schema violations of ``manifest`` against its KubeRay CRD; empty when valid."""
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(crd_schema(manifest["kind"]))
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in validator.iter_errors(manifest)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["rayservice", "rayjob"])
+    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument("--image", required=True, help="the image the Dockerfile builds, pushed to a registry")
+    parser.add_argument("--name", default="rayserve-platform")
+    parser.add_argument("--entrypoint", help="rayjob: the command to run")
+    parser.add_argument("--cpus-per-worker", type=int, default=8)
+    parser.add_argument("--gpus-per-worker", type=int, default=1)
+    parser.add_argument("--memory-per-worker", default="32Gi")
+    parser.add_argument("--api-keys-secret", default="rayserve-platform-keys")
+    args = parser.parse_args(argv)
+    shape = WorkerShape(args.cpus_per_worker, args.gpus_per_worker, args.memory_per_worker)
+    manifest = render(args.kind, args.config, args.image, args.name, shape, args.entrypoint, args.api_keys_secret)
+    problems = validate(manifest)
+    if problems:
+        print("the rendered manifest does not fit KubeRay's CRD:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    yaml.safe_dump(manifest, sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

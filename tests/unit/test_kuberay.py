@@ -1,0 +1,58 @@
+"""KubeRay manifests rendered from the shipped configs, checked against KubeRay's CRD schemas."""
+
+import copy
+
+import pytest
+import yaml
+
+from cloud.kuberay import WorkerShape, main, render, validate
+
+ROOT_CONFIGS = ["model_config.yaml", "examples/production.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch, request):
+    monkeypatch.chdir(request.config.rootpath)
+    monkeypatch.setenv("PLATFORM_API_KEYS", "k1")
+
+
+@pytest.mark.parametrize("config", ROOT_CONFIGS)
+@pytest.mark.parametrize("kind", ["rayservice", "rayjob"])
+def test_rendered_manifests_fit_the_crds(config, kind):
+    manifest = render(kind, config, "registry.example/rayserve-platform:1", "platform", WorkerShape())
+    assert validate(manifest) == []
+
+
+def test_serve_config_is_the_file_listening_on_the_pod():
+    manifest = render("rayservice", "examples/production.yaml", "img", "platform", WorkerShape())
+    served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    original = yaml.safe_load(open("examples/production.yaml"))
+    assert served["applications"] == original["applications"]
+    assert served["http_options"]["host"] == "0.0.0.0" and served["http_options"]["port"] == 8000
+
+
+def test_worker_groups_are_sized_from_the_models():
+    cluster = render("rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 1, "32Gi")
+                     )["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    # GPU replicas: 0.4 + 0.4 + 0.15 + 0.05 + 1 GPUs (11 CPUs) at minimum; the 8B model autoscales to 4
+    assert (groups["gpu-workers"]["minReplicas"], groups["gpu-workers"]["maxReplicas"]) == (2, 5)
+    assert groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (2, 2)  # 12 CPUs
+    env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "PLATFORM_API_KEYS",
+                    "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": "PLATFORM_API_KEYS"}}}]
+
+
+def test_validation_catches_a_broken_manifest():
+    manifest = render("rayservice", "model_config.yaml", "img", "p", WorkerShape())
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["minReplicas"] = "two"
+    del broken["spec"]["rayClusterConfig"]["headGroupSpec"]
+    problems = validate(broken)
+    assert any("minReplicas" in p for p in problems) and any("headGroupSpec" in p for p in problems)
+
+
+def test_cli_prints_yaml(capsys):
+    assert main(["rayjob", "--config", "model_config.yaml", "--image", "img", "--entrypoint", "python bench/x.py"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"] == "python bench/x.py"
