@@ -96,6 +96,19 @@ def deploy(schema: Any, address: str | None) -> None:
     print(f"ready: http://{http.host}:{http.port}/v1 (Ctrl-C to stop)", flush=True)
 
 
+def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace) -> int:
+    from builders.placement import PlacementError, describe, plan
+
+    try:
+        placements = plan(loaded, args.nodes, args.gpus_per_node, args.cpus_per_node)
+    except PlacementError as err:
+        print(f"{args.config}: cannot place on {args.nodes} x {args.gpus_per_node} GPUs: {err}", file=sys.stderr)
+        return 1
+    print(f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} GPUs, {args.cpus_per_node:g} CPUs:")
+    print(describe(placements))
+    return 0
+
+
 def _stop_on_sigterm(*_: Any) -> None:
     raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
 
@@ -105,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print where every replica would land on --nodes x --gpus-per-node, start nothing")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--cpus-per-node", type=float, default=64)
     args = parser.parse_args(argv)
     try:
         schema, loaded = load_serve_config(args.config)
@@ -112,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
     print(describe_plan(loaded))
+    if args.plan:
+        return _print_placement(loaded, args)
     if args.dry_run:
         return 0
     deploy(schema, args.address)
