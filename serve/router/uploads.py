@@ -24,10 +24,7 @@ async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise APIError(400, "send the audio as multipart/form-data with a 'file' field",
                        code="invalid_content_type")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1,
+    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1,
                              max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
         form = await parser.parse()
@@ -51,18 +48,19 @@ async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
 
 async def read_limited_body(request: Request, limit: int) -> bytes:
     """The whole body, or a 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
     body = bytearray()
-    async for piece in _limited(request.stream(), limit):
+    async for piece in _limited(request, limit):
         body += piece
     return bytes(body)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's pieces; a 413 up front when Content-Length says too much, else once the count does."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
     received = 0
-    async for piece in stream:
+    async for piece in request.stream():
         received += len(piece)
         if received > limit:
             raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
