@@ -86,9 +86,10 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         route = _versioned(route_for(name), version)
         try:
             raw = await read_limited_body(request, settings.max_upload_request_bytes)
-            inference = _parse(raw, request.headers.get("inference-header-content-length"))
+            header, binary = _split_body(raw, request.headers.get("inference-header-content-length"))
+            inference = _parse(header)
             tensor = _the_input(route, inference)
-            media = await _media(tensor, _binary_part(raw, request), route, settings)
+            media = await _media(tensor, binary, route, settings)
         except (InputError, APIError) as err:
             raise OIPError(err.status_code, err.message) from None
         wanted = _requested_outputs(route, inference)
@@ -110,22 +111,22 @@ def _versioned(route: ModelRoute, version: str) -> ModelRoute:
     return route
 
 
-def _parse(raw: bytes, header_length: str | None) -> InferenceRequest:
-    if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(raw):
-            raise OIPError(400, "Inference-Header-Content-Length does not fit the body")
-        raw = raw[: int(header_length)]
+def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it (binary tensor extension)."""
+    if header_length is None:
+        return raw, b""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise OIPError(400, "Inference-Header-Content-Length does not fit the body")
+    return raw[: int(header_length)], raw[int(header_length):]
+
+
+def _parse(header: bytes) -> InferenceRequest:
     try:
-        return InferenceRequest.model_validate_json(raw)
+        return InferenceRequest.model_validate_json(header)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise OIPError(400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
-
-
-def _binary_part(raw: bytes, request: Request) -> bytes:
-    header_length = request.headers.get("inference-header-content-length")
-    return raw[int(header_length):] if header_length else b""
 
 
 def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
