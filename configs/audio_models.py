@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability, TransformersEngineKwargs
+from configs.server_models import Capability, TransformersEngineKwargs, TransformersModelEntry
 
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
@@ -54,7 +54,7 @@ class AudioEngineKwargs(TransformersEngineKwargs):
         return _TASK_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
-class AudioModelEntry(BaseModelEntry):
+class AudioModelEntry(TransformersModelEntry):
     engine_kwargs: AudioEngineKwargs = Field(default_factory=AudioEngineKwargs)
 
     def capabilities(self) -> list[Capability]:
@@ -69,13 +69,6 @@ class AudioModelEntry(BaseModelEntry):
         if self.engine_kwargs.task is AudioTask.SPEECH_TO_TEXT:
             return self.engine_kwargs.max_audio_bytes
         return None
-
-    def serve_options(self) -> dict[str, Any]:
-        options = super().serve_options()
-        if self.deployment_config.max_ongoing_requests is None:
-            # Serve's default (5) would cap every batch at 5 requests.
-            options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
-        return options
 
 
 def _is_whisper(source: str) -> bool:

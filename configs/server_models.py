@@ -212,6 +212,19 @@ class BaseModelEntry(StrictModel):
         return self.deployment_config.serve_options(self.default_serve_options)
 
 
+class TransformersModelEntry(BaseModelEntry):
+    """A model served by a batching transformers engine (``servers/batching.py``)."""
+
+    engine_kwargs: TransformersEngineKwargs
+
+    def serve_options(self) -> dict[str, Any]:
+        options = super().serve_options()
+        if self.deployment_config.max_ongoing_requests is None:
+            # Serve's default (5) would cap every batch at 5 requests; hold MERGED_BATCHES full ones.
+            options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
+        return options
+
+
 class CorsConfig(StrictModel):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False

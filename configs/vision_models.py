@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from configs.server_models import MERGED_BATCHES, BaseModelEntry, Capability, TransformersEngineKwargs
+from configs.server_models import Capability, TransformersEngineKwargs, TransformersModelEntry
 
 VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
                 Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
@@ -48,7 +48,7 @@ class VisionEngineKwargs(MediaEngineKwargs):
         return _TASK_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
-class TensorModelEntry(BaseModelEntry):
+class TensorModelEntry(TransformersModelEntry):
     """A model served through ``/v2``: one task, one BYTES input (encoded media), JSON outputs."""
 
     input_name: ClassVar[str] = "image"
@@ -61,12 +61,6 @@ class TensorModelEntry(BaseModelEntry):
         return {"inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": name, "datatype": datatype, "shape": [-1, -1]}
                             for name, datatype in outputs.items()]}
-
-    def serve_options(self) -> dict[str, Any]:
-        options = super().serve_options()
-        if self.deployment_config.max_ongoing_requests is None:
-            options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
-        return options
 
 
 class VisionModelEntry(TensorModelEntry):
