@@ -19,7 +19,9 @@ import yaml
 
 from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
+from common.text_table import format_table
 from configs import LoadedConfig, load_platform_config
+from configs.server_models import replica_range
 
 PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
 
@@ -56,15 +58,13 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
         for model in config.models:
             options = model.serve_options()
             actor = options.get("ray_actor_options", {})
-            scaling = options.get("autoscaling_config")
-            replicas = (f"{scaling.get('min_replicas', 1)}-{scaling.get('max_replicas', 1)} (auto)"
-                        if scaling else str(options.get("num_replicas", 1)))
+            low, high = replica_range(options)
+            replicas = f"{low}-{high} (auto)" if options.get("autoscaling_config") else str(low)
             rows.append((app_name, model.model_id, model.model_loading_config.type.value,
                          ",".join(c.value for c in model.capabilities()), replicas,
                          str(actor.get("num_cpus", 1)), str(actor.get("num_gpus", 0)),
                          str(options.get("max_ongoing_requests", 5))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return format_table(rows)
 
 
 def deploy(schema: Any, address: str | None) -> None:

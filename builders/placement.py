@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.text_table import format_table
 from configs import LoadedConfig
+from configs.server_models import replica_range
 
 EPSILON = 1e-9
 
@@ -42,7 +44,7 @@ def replica_demands(loaded: dict[str, LoadedConfig]) -> list[tuple[str, int, flo
         for model in config.models:
             options = model.serve_options()
             actor = options["ray_actor_options"]
-            count = options.get("num_replicas") or (options.get("autoscaling_config") or {}).get("max_replicas", 1)
+            _, count = replica_range(options)
             demands += [(model.model_id, i, actor.get("num_gpus", 0), actor.get("num_cpus", 1)) for i in range(count)]
     return demands
 
@@ -89,5 +91,4 @@ def describe(placements: list[Placement]) -> str:
     rows = [("node", "gpus", "model_id", "replica", "cpus")]
     rows += [(str(p.node), ",".join(map(str, p.gpu_ids)) or "-", p.model_id, str(p.replica), f"{p.cpus:g}")
              for p in placements]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return format_table(rows)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from configs import LoadedConfig
+from configs.server_models import replica_range
 
 RAY_VERSION = "2.60.0"
 CRD_DIR = Path(__file__).parent / "crds"
@@ -50,9 +51,7 @@ def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
         for model in config.models:
             options = model.serve_options()
             actor = options["ray_actor_options"]
-            scaling = options.get("autoscaling_config") or {}
-            low = options.get("num_replicas") or scaling.get("min_replicas", 1)
-            high = options.get("num_replicas") or scaling.get("max_replicas", 1)
+            low, high = replica_range(options)
             gpus, cpus = actor.get("num_gpus", 0), actor.get("num_cpus", 1)
             target = gpu if gpus else cpu
             target.min_cpus += cpus * low

@@ -148,6 +148,14 @@ class DeploymentConfig(StrictModel):
         return options
 
 
+def replica_range(serve_options: dict[str, Any]) -> tuple[int, int]:
+    """(fewest, most) replicas a deployment runs: ``num_replicas``, or the autoscaling bounds."""
+    if serve_options.get("num_replicas"):
+        return serve_options["num_replicas"], serve_options["num_replicas"]
+    scaling = serve_options.get("autoscaling_config") or {}
+    return scaling.get("min_replicas", 1), scaling.get("max_replicas", 1)
+
+
 class TransformersEngineKwargs(StrictModel):
     """What every transformers engine shares: weights, precision and Serve batching."""
 
