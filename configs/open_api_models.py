@@ -77,12 +77,17 @@ def request_adapter(capability: Capability) -> TypeAdapter:
 
 def parse_request(capability: Capability, body: dict[str, Any]) -> Any:
     """Validate ``body`` for ``capability``; raise ``InvalidRequest`` naming the first bad field."""
+    return validate_request(request_adapter(capability), body)
+
+
+def validate_request(adapter: TypeAdapter, data: Any, prefix: tuple[str, ...] = ()) -> Any:
+    """Validate ``data``; raise ``InvalidRequest`` naming the first bad field (under ``prefix``)."""
     try:
-        return request_adapter(capability).validate_python(body)
+        return adapter.validate_python(data)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         # Drop union member names pydantic puts in the path (EmbeddingCompletionRequest, ...).
-        param = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or None
+        param = ".".join(str(p) for p in prefix + first["loc"] if not _is_union_tag(p)) or None
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"{param}: {message}" if param else message, param) from None
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter
 
 from common.media import decode_image
 from configs.oip_models import MediaParameters
-from configs.open_api_models import InvalidRequest
+from configs.open_api_models import InvalidRequest, validate_request
 from configs.server_models import Capability
 from configs.vision_models import VisionModelEntry
 from servers.base_engine import EngineResponse
@@ -22,13 +22,11 @@ from servers.batching import BatchedEngine, Job, TaskRunner
 from servers.tensor_outputs import json_tensor, label_score_tensors, outputs_response, tensor
 
 
+_PARAMETERS = TypeAdapter(MediaParameters)
+
+
 def media_parameters(body: dict[str, Any]) -> MediaParameters:
-    try:
-        return MediaParameters.model_validate(body.get("parameters") or {})
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        param = "parameters." + ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"{param}: {first['msg']}", param) from None
+    return validate_request(_PARAMETERS, body.get("parameters") or {}, prefix=("parameters",))
 
 
 def media_inputs(body: dict[str, Any], limit: int) -> list[bytes]:
