@@ -21,7 +21,7 @@ from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from common.text_table import format_table
 from configs import LoadedConfig, load_platform_config
-from configs.server_models import replica_range
+from configs.server_models import replica_range, replica_shape
 
 PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
 
@@ -57,12 +57,12 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
     for app_name, config in loaded.items():
         for model in config.models:
             options = model.serve_options()
-            actor = options.get("ray_actor_options", {})
+            shape = replica_shape(options)
             low, high = replica_range(options)
             replicas = f"{low}-{high} (auto)" if options.get("autoscaling_config") else str(low)
             rows.append((app_name, model.model_id, model.model_loading_config.type.value,
                          ",".join(c.value for c in model.capabilities()), replicas,
-                         str(actor.get("num_cpus", 1)), str(actor.get("num_gpus", 0)),
+                         f"{shape.cpus:g}", f"{shape.gpus:g}" + (f" ({len(shape.bundles)} bundles)" if len(shape.bundles) > 1 else ""),
                          str(options.get("max_ongoing_requests", 5))))
     return format_table(rows)
 

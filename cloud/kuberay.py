@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from configs import LoadedConfig
-from configs.server_models import replica_range
+from configs.server_models import replica_range, replica_shape
 
 RAY_VERSION = "2.60.0"
 CRD_DIR = Path(__file__).parent / "crds"
@@ -50,9 +50,9 @@ def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
     for config in loaded.values():
         for model in config.models:
             options = model.serve_options()
-            actor = options["ray_actor_options"]
             low, high = replica_range(options)
-            gpus, cpus = actor.get("num_gpus", 0), actor.get("num_cpus", 1)
+            shape = replica_shape(options)
+            gpus, cpus = shape.gpus, shape.cpus
             target = gpu if gpus else cpu
             target.min_cpus += cpus * low
             target.max_cpus += cpus * high

@@ -27,3 +27,21 @@ def torch_dtype(name: str, device: str):
     if name == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     return getattr(torch, name)
+
+
+def replica_placement() -> dict:
+    """What Ray reserved for this replica: node, GPU ids, and its placement group's bundles."""
+    import ray
+    from ray.util.placement_group import get_current_placement_group, placement_group_table
+
+    placement = {"node_id": ray.get_runtime_context().get_node_id(),
+                 "gpu_ids": [str(gpu) for gpu in assigned_gpu_ids()]}
+    group = get_current_placement_group()
+    if group is not None:
+        table = placement_group_table(group)
+        placement["placement_group"] = {
+            "strategy": table["strategy"],
+            "bundles": list(table["bundles"].values()),
+            "bundle_nodes": list(table["bundles_to_node_id"].values()),
+        }
+    return placement

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
@@ -146,6 +147,32 @@ class DeploymentConfig(StrictModel):
         actor = {**defaults.get("ray_actor_options", {}), **self.ray_actor_options.model_dump(exclude_none=True)}
         options["ray_actor_options"] = actor
         return options
+
+
+@dataclass(frozen=True)
+class ReplicaShape:
+    """What Ray reserves for one replica: its bundles (GPUs, CPUs) and how they may spread."""
+
+    bundles: tuple[tuple[float, float], ...]
+    strategy: str = "STRICT_PACK"
+
+    @property
+    def gpus(self) -> float:
+        return sum(gpus for gpus, _ in self.bundles)
+
+    @property
+    def cpus(self) -> float:
+        return sum(cpus for _, cpus in self.bundles)
+
+
+def replica_shape(serve_options: dict[str, Any]) -> ReplicaShape:
+    """The replica's placement group when it has one, else its actor's own resources."""
+    bundles = serve_options.get("placement_group_bundles")
+    if bundles:
+        return ReplicaShape(tuple((b.get("GPU", 0), b.get("CPU", 0)) for b in bundles),
+                            serve_options.get("placement_group_strategy") or "PACK")
+    actor = serve_options.get("ray_actor_options", {})
+    return ReplicaShape(((actor.get("num_gpus", 0), actor.get("num_cpus", 1)),))
 
 
 def replica_range(serve_options: dict[str, Any]) -> tuple[int, int]:

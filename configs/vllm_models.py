@@ -63,7 +63,7 @@ class VLLMModelEntry(BaseModelEntry):
 
     @model_validator(mode="after")
     def _fits_its_gpus(self) -> "VLLMModelEntry":
-        """vLLM sizes its memory as a fraction of the whole GPU: on a share it must stay inside it."""
+        """vLLM sizes its memory as a fraction of the whole GPU, and shards over whole GPUs."""
         share = self.deployment_config.ray_actor_options.num_gpus
         utilization = self.engine_kwargs.get("gpu_memory_utilization")
         if share is not None and 0 < share < 1 and utilization is not None and utilization > share:
@@ -71,16 +71,30 @@ class VLLMModelEntry(BaseModelEntry):
                 f"engine_kwargs.gpu_memory_utilization ({utilization}) is above the replica's GPU share "
                 f"(deployment_config.ray_actor_options.num_gpus: {share}): vLLM would take memory the other "
                 f"models on that GPU hold; set gpu_memory_utilization to at most {share} (e.g. {round(share * 0.9, 2)})")
-        parallel = self._gpus_for_parallelism()
-        if share is not None and parallel > 1 and share != parallel:
+        tp = self.engine_kwargs.get("tensor_parallel_size")
+        if tp == 0 and share and share >= 1 and share % self._pipeline_stages():
+            raise ValueError(f"num_gpus ({share}) is not a multiple of pipeline_parallel_size "
+                             f"({self._pipeline_stages()}): tensor_parallel_size: 0 cannot split it evenly")
+        world = self.world_size()
+        if share is not None and share > 1 and world == 1:
             raise ValueError(
-                f"tensor_parallel_size x pipeline_parallel_size needs {parallel} GPUs, but "
-                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {parallel} or leave it out")
+                f"deployment_config.ray_actor_options.num_gpus is {share:g} but vLLM would use one GPU: set "
+                f"engine_kwargs.tensor_parallel_size: {share:g} (or 0 for every GPU of the replica)")
+        if share is not None and world > 1 and share != world:
+            raise ValueError(
+                f"tensor_parallel_size x pipeline_parallel_size needs {world} GPUs, but "
+                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {world} or leave it out")
         return self
 
-    def _gpus_for_parallelism(self) -> int:
-        tp = self.engine_kwargs.get("tensor_parallel_size") or 1  # 0: every GPU the replica has
-        return tp * (self.engine_kwargs.get("pipeline_parallel_size") or 1)
+    def _pipeline_stages(self) -> int:
+        return self.engine_kwargs.get("pipeline_parallel_size") or 1
+
+    def world_size(self) -> int:
+        """GPUs one replica shards the model over: tensor x pipeline parallel (TP 0 = all of num_gpus)."""
+        tp = self.engine_kwargs.get("tensor_parallel_size")
+        if tp == 0:  # a share or no GPU: one shard
+            tp = max(1, int(self.deployment_config.ray_actor_options.num_gpus or 1) // self._pipeline_stages())
+        return (tp or 1) * self._pipeline_stages()
 
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel]:
@@ -98,15 +112,27 @@ class VLLMModelEntry(BaseModelEntry):
         options = super().serve_options()
         if self.deployment_config.max_ongoing_requests is None and "max_num_seqs" in self.engine_kwargs:
             options["max_ongoing_requests"] = max(self.engine_kwargs["max_num_seqs"], 1)
-        actor = options["ray_actor_options"]
-        if "num_gpus" not in actor and self._gpus_for_parallelism() > 1:
-            actor["num_gpus"] = self._gpus_for_parallelism()  # the replica holds every GPU its shards use
+        world = self.world_size()
+        if world > 1 and not self.deployment_config.placement_group_bundles:
+            # One bundle per shard, as Ray Serve LLM does: vLLM's Ray workers take the GPUs, so the
+            # replica itself holds none and shares the first bundle's CPUs.
+            actor = options["ray_actor_options"]
+            actor["num_gpus"] = 0
+            first = {"CPU": actor.get("num_cpus", 1), "GPU": 1, **actor.get("resources", {})}
+            options["placement_group_bundles"] = [first] + [{"GPU": 1} for _ in range(world - 1)]
+            # Tensor-parallel shards exchange activations every layer: keep them on one node
+            # unless pipeline stages (which exchange far less) may span nodes.
+            default_strategy = "STRICT_PACK" if self._pipeline_stages() == 1 else "PACK"
+            options["placement_group_strategy"] = self.deployment_config.placement_group_strategy or default_strategy
         return options
 
     def engine_overrides(self) -> dict[str, Any]:
         """Engine arguments the platform derives when the YAML leaves them out."""
+        overrides: dict[str, Any] = {}
         share = self.deployment_config.ray_actor_options.num_gpus
         if share is not None and 0 < share < 1 and "gpu_memory_utilization" not in self.engine_kwargs:
             # vLLM's default (0.9 of the whole GPU) would not fit a share; keep 10% headroom inside it.
-            return {"gpu_memory_utilization": round(share * 0.9, 4)}
-        return {}
+            overrides["gpu_memory_utilization"] = round(share * 0.9, 4)
+        if self.engine_kwargs.get("tensor_parallel_size") == 0:
+            overrides["tensor_parallel_size"] = self.world_size() // self._pipeline_stages()
+        return overrides

@@ -18,7 +18,6 @@ from starlette.datastructures import State
 from starlette.responses import Response
 
 from cloud.storage import resolve_model_source
-from common.devices import assigned_gpu_ids
 from common.serve_env import STREAMING_ENV
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
@@ -45,32 +44,51 @@ class VLLMEngine(BaseEngine):
         self.streams_cancelled = 0
 
     async def start(self) -> None:
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.api_server.entry import (
-            build_async_engine_client_from_engine_args,
-        )
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
         args = self._server_args()
-        engine_args = AsyncEngineArgs.from_cli_args(args)
-        self.engine_client = await self._exit_stack.enter_async_context(
-            build_async_engine_client_from_engine_args(engine_args)
-        )
+        self.engine_client = await self._start_engine_client(AsyncEngineArgs.from_cli_args(args))
         tasks = await self.engine_client.get_supported_tasks()
         await init_app_state(self.engine_client, self.state, args, tasks)
         logger.info("vLLM engine for %s ready, tasks %s", self.entry.model_id, tasks)
 
+    async def _start_engine_client(self, engine_args):
+        """``AsyncLLM`` as vLLM's server builds it, but sharded inside the replica's placement group.
+
+        vLLM's engine core runs in a child process, which is not in the replica's placement
+        group: without the group handed over, its Ray workers would reserve GPUs a second time.
+        """
+        import ray
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        group = ray.util.get_current_placement_group()
+        if group is not None and vllm_config.parallel_config.distributed_executor_backend == "ray":
+            vllm_config.parallel_config.placement_group = group
+        engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats)
+        self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
+        return engine
+
     def _server_args(self):
         """vLLM's server arguments with the YAML's ``engine_kwargs`` applied over its defaults."""
         from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.platforms import current_platform
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
         source = resolve_model_source(self.entry.model_loading_config.model_source)
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", source])
-        kwargs = {**self.entry.engine_overrides(), **self.entry.engine_kwargs}
-        if kwargs.get("tensor_parallel_size") == 0:  # 0 = every GPU Ray gave this replica
-            kwargs["tensor_parallel_size"] = max(1, len(assigned_gpu_ids()))
-        if not assigned_gpu_ids() and "kv_cache_memory_bytes" not in kwargs \
+        kwargs = {**self.entry.engine_kwargs, **self.entry.engine_overrides()}
+        if self.entry.world_size() > 1 and "distributed_executor_backend" not in kwargs:
+            # Ray workers use the GPUs of the replica's placement group; vLLM's CPU build has no
+            # Ray workers, so there the shards are local processes.
+            kwargs["distributed_executor_backend"] = "ray" if current_platform.ray_device_key else "mp"
+        if current_platform.is_cpu() and self.entry.world_size() > 1:
+            _bind_cpu_shards(self.entry.world_size())
+        if current_platform.is_cpu() and "kv_cache_memory_bytes" not in kwargs \
                 and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         for key, value in kwargs.items():
@@ -138,6 +156,17 @@ class VLLMEngine(BaseEngine):
 
     async def shutdown(self) -> None:
         await self._exit_stack.aclose()
+
+
+def _bind_cpu_shards(world_size: int) -> None:
+    """Give each CPU shard its own cores of this replica; vLLM binds one NUMA node per shard otherwise,
+    and refuses when the machine has fewer nodes than shards."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    per_shard = max(1, len(cores) // world_size)
+    shards = [cores[(i * per_shard) % len(cores):][:per_shard] for i in range(world_size)]
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
 
 
 def _to_engine_response(result: Any) -> EngineResponse:

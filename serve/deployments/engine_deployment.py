@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from common.devices import replica_placement
 from configs import MODEL_ENTRY_TYPES, ModelType
 from configs.server_models import Capability
 from servers import engine_class
@@ -42,7 +43,7 @@ class EngineDeployment:
             await stream.aclose()
 
     async def stats(self) -> dict[str, Any]:
-        return self.engine.stats()
+        return {**self.engine.stats(), "placement": replica_placement()}
 
     async def check_health(self) -> None:
         await self.engine.check_health()

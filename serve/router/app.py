@@ -62,9 +62,13 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     @app.get("/v1/health", dependencies=protected)
     @app.get("/ready", dependencies=protected)
     async def readiness() -> JSONResponse:
-        routes = list(settings.routes.values())
+        # Models that scale to zero are ready by design: asking them for stats would start
+        # (and keep alive) a replica no request needs.
+        routes = [r for r in settings.routes.values() if r.min_replicas > 0]
         states = await asyncio.gather(*(engines.status(r.deployment_name, 5.0) for r in routes))
         models = {r.model_id: {"ready": state is not None, **(state or {})} for r, state in zip(routes, states)}
+        models.update({r.model_id: {"ready": True, "scales_from_zero": True}
+                       for r in settings.routes.values() if r.min_replicas == 0})
         ready = all(state is not None for state in states)
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)

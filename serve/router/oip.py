@@ -31,15 +31,15 @@ MODEL_VERSION = "1"
 
 
 class OIPError(Exception):
-    def __init__(self, status_code: int, message: str):
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status_code, self.message = status_code, message
+        self.status_code, self.message, self.headers = status_code, message, headers
 
 
 def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends) -> None:
     @app.exception_handler(OIPError)
     async def _oip_error(_: Request, exc: OIPError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
     tensor_routes = {r.model_id: r for r in settings.routes.values() if r.tensors}
 
@@ -51,7 +51,8 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes))}")
 
     async def model_ready(route: ModelRoute) -> bool:
-        return await engines.status(route.deployment_name, 5.0) is not None
+        # A model that scales to zero is ready to take a request (which starts a replica).
+        return route.min_replicas == 0 or await engines.status(route.deployment_name, 5.0) is not None
 
     @app.get("/v2")
     async def server_metadata() -> dict:
@@ -90,11 +91,11 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
             inference = _parse(header)
             tensor = _the_input(route, inference)
             media = await _media(tensor, binary, route, settings)
-        except (InputError, APIError) as err:
-            raise OIPError(err.status_code, err.message) from None
-        wanted = _requested_outputs(route, inference)
-        body = {"inputs": media, "parameters": inference.parameters}
-        result = await engines.call(route.deployment_name, route.capabilities[0], body)
+            wanted = _requested_outputs(route, inference)
+            body = {"inputs": media, "parameters": inference.parameters}
+            result = await engines.call(route.deployment_name, route.capabilities[0], body)
+        except (InputError, APIError) as err:  # APIError from the call: 503 at capacity, with Retry-After
+            raise OIPError(err.status_code, err.message, getattr(err, "headers", None)) from None
         payload = json.loads(result.content)
         if result.status_code != 200:
             raise OIPError(result.status_code, payload.get("error", {}).get("message", "inference failed"))

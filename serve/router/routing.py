@@ -8,7 +8,7 @@ from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
-from configs.server_models import Capability
+from configs.server_models import Capability, replica_range
 
 
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
@@ -23,6 +23,7 @@ class ModelRoute:
     max_context_tokens: int | None = None
     max_upload_bytes: int | None = None
     tensors: dict[str, list[dict[str, Any]]] | None = None  # /v2 inputs and outputs, when served there
+    min_replicas: int = 1  # 0: scaled to zero when idle; a request waits while a replica starts
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -63,6 +64,7 @@ class RouterSettings:
                 max_context_tokens=m.max_context_tokens(),
                 max_upload_bytes=m.max_upload_bytes(),
                 tensors=m.tensor_metadata(),
+                min_replicas=replica_range(m.serve_options())[0],
             )
             for m in config.models
         }

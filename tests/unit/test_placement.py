@@ -31,6 +31,18 @@ def test_replicas_spread_over_nodes_when_one_is_full():
     assert sorted(p.node for p in placements) == [0, 1]
 
 
+def test_strategies_of_sharded_replicas():
+    pipeline = vllm("pp", 4, tensor_parallel_size=2, pipeline_parallel_size=2)
+    placements = plan(config(pipeline), nodes=2, gpus_per_node=2, cpus_per_node=8)
+    assert placements[0].nodes == (0, 1) and len(placements[0].gpu_ids) == 4  # PACK spills over nodes
+    spread = vllm("tp", 2, tensor_parallel_size=2)
+    spread["deployment_config"]["placement_group_strategy"] = "STRICT_SPREAD"
+    placements = plan(config(spread), nodes=2, gpus_per_node=4, cpus_per_node=8)
+    assert placements[0].nodes == (0, 1)
+    with pytest.raises(PlacementError, match="does not fit"):
+        plan(config(spread), nodes=1, gpus_per_node=4, cpus_per_node=8)
+
+
 @pytest.mark.parametrize("models,message", [
     ((vllm("huge", 8, tensor_parallel_size=8),), "needs 8 GPUs on one node; nodes have 4"),
     ((vllm("a", 0.6), vllm("b", 0.6), vllm("c", 0.6), vllm("d", 0.6), vllm("e", 0.6)), "e replica 1"),
