@@ -195,12 +195,56 @@ class TransformersEngineKwargs(StrictModel):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
 
 
+class MultiplexConfig(StrictModel):
+    """Variants of one model served by its replicas: LoRA adapters of a vLLM model, or other
+    weights of a transformers model. Clients pick one with ``model: "<model_id>:<variant>"`` (or
+    Ray Serve's ``serve_multiplexed_model_id`` header); Serve routes each variant to replicas
+    that hold it and keeps at most ``max_variants_per_replica`` loaded per replica."""
+
+    variants: dict[str, str] = Field(default_factory=dict, description="name -> source (path, hub id, s3://)")
+    variants_dir: str | None = Field(default=None, description="each subdirectory is a variant, named after it")
+    max_variants_per_replica: int = Field(default=3, ge=1, le=1024)
+
+    @field_validator("variants")
+    @classmethod
+    def _names_and_sources(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, source in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", name):
+                raise ValueError(f"variant name {name!r}: use letters, digits, '.', '_' and '-'")
+            if source.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(source)):
+                raise ValueError(f"variant {name!r}: local path {source!r} does not exist (relative to {os.getcwd()})")
+        return value
+
+    @field_validator("variants_dir")
+    @classmethod
+    def _a_directory(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isdir(os.path.expanduser(value)):
+            raise ValueError(f"{value!r} is not a directory (relative to {os.getcwd()})")
+        return value
+
+    @model_validator(mode="after")
+    def _some_variants(self) -> "MultiplexConfig":
+        if not self.all_variants():
+            raise ValueError("no variants: list them in variants or put them in variants_dir")
+        return self
+
+    def all_variants(self) -> dict[str, str]:
+        """Every variant by name: the listed ones, then each subdirectory of ``variants_dir``."""
+        found = {}
+        if self.variants_dir:
+            root = os.path.abspath(os.path.expanduser(self.variants_dir))
+            found = {name: os.path.join(root, name) for name in sorted(os.listdir(root))
+                     if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")}
+        return {**found, **self.variants}
+
+
 class BaseModelEntry(StrictModel):
     """One model in ``models:``; engine types subclass it with typed ``engine_kwargs``."""
 
     model_loading_config: ModelLoadingConfig
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     engine_kwargs: Any = None
+    multiplex_config: MultiplexConfig | None = None
 
     # Serve options the engine type wants unless the YAML says otherwise.
     default_serve_options: ClassVar[dict[str, Any]] = {
@@ -245,6 +289,10 @@ class BaseModelEntry(StrictModel):
 
     def serve_options(self) -> dict[str, Any]:
         return self.deployment_config.serve_options(self.default_serve_options)
+
+    def variants(self) -> dict[str, str]:
+        """Multiplexed variants by name (empty when the model has none)."""
+        return self.multiplex_config.all_variants() if self.multiplex_config else {}
 
 
 class TransformersModelEntry(BaseModelEntry):

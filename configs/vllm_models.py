@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, field_validator, model_validator
@@ -17,6 +19,7 @@ PLATFORM_OWNED_ARGS = {"model": "model_source", "served_model_name": "model_id"}
 # A generous queue by default: Serve's default of 5 ongoing requests per replica starves
 # vLLM's continuous batching (requests wait in Serve instead of batching in vLLM).
 DEFAULT_MAX_ONGOING_REQUESTS = 256
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
 @functools.cache
@@ -86,6 +89,31 @@ class VLLMModelEntry(BaseModelEntry):
                 f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {world} or leave it out")
         return self
 
+    @model_validator(mode="after")
+    def _variants_are_lora_adapters(self) -> "VLLMModelEntry":
+        for name, source in self.variants().items():
+            if os.path.isdir(source) and not os.path.exists(os.path.join(source, "adapter_config.json")):
+                raise ValueError(f"multiplex_config: variant {name!r} ({source}) is not a LoRA adapter: "
+                                 "vLLM variants are PEFT adapters with an adapter_config.json")
+        rank = self._largest_lora_rank()
+        if rank > LORA_RANKS[-1]:
+            raise ValueError(f"multiplex_config: a LoRA adapter has rank {rank}; vLLM serves ranks up to {LORA_RANKS[-1]}")
+        return self
+
+    def _largest_lora_rank(self) -> int:
+        """The largest rank among local adapters (hub and cloud adapters are read by vLLM)."""
+        ranks = [0]
+        for source in self.variants().values():
+            config = os.path.join(source, "adapter_config.json")
+            if os.path.exists(config):
+                with open(config) as handle:
+                    ranks.append(int(json.load(handle).get("r", 0)))
+        return max(ranks)
+
+    def lora_modules(self) -> dict[str, str]:
+        """vLLM LoRA names (what clients send as ``model``) and their sources."""
+        return {f"{self.model_id}:{name}": source for name, source in self.variants().items()}
+
     def _pipeline_stages(self) -> int:
         return self.engine_kwargs.get("pipeline_parallel_size") or 1
 
@@ -135,4 +163,15 @@ class VLLMModelEntry(BaseModelEntry):
             overrides["gpu_memory_utilization"] = round(share * 0.9, 4)
         if self.engine_kwargs.get("tensor_parallel_size") == 0:
             overrides["tensor_parallel_size"] = self.world_size() // self._pipeline_stages()
+        if self.variants():
+            overrides.update(self._lora_overrides())
         return overrides
+
+    def _lora_overrides(self) -> dict[str, Any]:
+        """LoRA on, with room for the replica's variants (vLLM's defaults: 1 adapter, rank 16)."""
+        per_replica = min(self.multiplex_config.max_variants_per_replica, len(self.variants()))
+        derived = {"enable_lora": True, "max_loras": per_replica, "max_cpu_loras": per_replica}
+        rank = self._largest_lora_rank()
+        if rank:
+            derived["max_lora_rank"] = next(r for r in LORA_RANKS if r >= rank)
+        return {key: value for key, value in derived.items() if key not in self.engine_kwargs}

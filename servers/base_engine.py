@@ -64,6 +64,17 @@ class BaseEngine(abc.ABC):
         """Answer one streaming request; engines that cannot stream answer whole."""
         yield await self.handle(capability, body)
 
+    async def load_variant(self, name: str) -> "BaseEngine":
+        """The engine for multiplexed variant ``name``: by default this engine's type on the
+        variant's weights. Ray Serve's ``serve.multiplexed`` calls it and evicts the least
+        recently used variant (``shutdown``) beyond ``max_variants_per_replica``."""
+        entry = self.entry.model_copy(deep=True)
+        entry.model_loading_config.model_source = self.entry.variants()[name]
+        entry.multiplex_config = None
+        engine = type(self)(entry)
+        await engine.start()
+        return engine
+
     def stats(self) -> dict[str, Any]:
         """Counters for health pages and tests (requests in flight, ...)."""
         return {}

@@ -94,16 +94,32 @@ class VLLMEngine(BaseEngine):
         for key, value in kwargs.items():
             setattr(args, key, value)
         args.served_model_name = [self.entry.model_id]
+        args.lora_modules = self._lora_modules()
         args.disable_log_stats = kwargs.get("disable_log_stats", True)
         return args
+
+    def _lora_modules(self):
+        """The YAML's variants as vLLM LoRA modules, named ``<model_id>:<variant>`` as clients ask."""
+        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+        return [LoRAModulePath(name=name, path=resolve_model_source(source))
+                for name, source in self.entry.lora_modules().items()] or None
+
+    async def load_variant(self, name: str) -> BaseEngine:
+        # Adapters were registered at start; vLLM loads their weights on first use and keeps
+        # max_cpu_loras of them, so Serve's multiplexing only steers requests to warm replicas.
+        return self
 
     async def check_health(self) -> None:
         await self.engine_client.check_health()
 
     def stats(self) -> dict[str, Any]:
         processor = self.engine_client.output_processor
+        parallel = self.engine_client.vllm_config.parallel_config
         return {"unfinished_requests": processor.get_num_unfinished_requests(),
-                "streams_cancelled": self.streams_cancelled}
+                "streams_cancelled": self.streams_cancelled,
+                "tensor_parallel_size": parallel.tensor_parallel_size,
+                "pipeline_parallel_size": parallel.pipeline_parallel_size}
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
         result = await self._call_serving(capability, body)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from serve.router.errors import APIError, install_error_handlers
-from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.routing import ModelRoute, RouterSettings, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.oip import install_oip_routes
 from serve.router.uploads import read_limited_body, read_upload_form
@@ -40,9 +40,11 @@ UPLOAD_ENDPOINTS = {
 class EngineCaller(Protocol):
     """How the app reaches engines; Serve handles in production, fakes in unit tests."""
 
-    async def call(self, deployment: str, capability: Capability, body: dict) -> EngineResponse: ...
+    async def call(self, deployment: str, capability: Capability, body: dict,
+                   variant: str | None = None) -> EngineResponse: ...
 
-    def stream(self, deployment: str, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
+    def stream(self, deployment: str, capability: Capability, body: dict,
+               variant: str | None = None) -> AsyncIterator[str | EngineResponse]: ...
 
     async def status(self, deployment: str, timeout_s: float) -> dict | None:
         """The engine's stats when a replica answers within ``timeout_s``, else None."""
@@ -64,11 +66,12 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     async def readiness() -> JSONResponse:
         # Models that scale to zero are ready by design: asking them for stats would start
         # (and keep alive) a replica no request needs.
-        routes = [r for r in settings.routes.values() if r.min_replicas > 0]
+        bases = [r for r in settings.routes.values() if r.variant is None]
+        routes = [r for r in bases if r.min_replicas > 0]
         states = await asyncio.gather(*(engines.status(r.deployment_name, 5.0) for r in routes))
         models = {r.model_id: {"ready": state is not None, **(state or {})} for r, state in zip(routes, states)}
         models.update({r.model_id: {"ready": True, "scales_from_zero": True}
-                       for r in settings.routes.values() if r.min_replicas == 0})
+                       for r in bases if r.min_replicas == 0})
         ready = all(state is not None for state in states)
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)
@@ -83,18 +86,19 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
 
     async def forward(request: Request, capability: Capability) -> Response:
         body = await _read_json_object(request, settings.max_request_bytes)
-        route = _route_for(settings.routes, body.get("model"), capability)
+        route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
+        body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
         _validate_body(route, capability, body)
         if capability is Capability.CHAT:
             await inline_chat_media(body, settings.media)
         if body.get("stream"):
-            return await _stream(engines.stream(route.deployment_name, capability, body))
-        result = await engines.call(route.deployment_name, capability, body)
+            return await _stream(engines.stream(route.deployment_name, capability, body, route.variant))
+        result = await engines.call(route.deployment_name, capability, body, route.variant)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     async def forward_upload(request: Request, capability: Capability) -> Response:
         body = await read_upload_form(request, settings.max_upload_request_bytes)
-        route = _route_for(settings.routes, body.get("model"), capability)
+        route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
         file = body.get("file")
         if not isinstance(file, bytes) or not file:
             raise APIError(400, "'file' is required and must not be empty", param="file",
@@ -103,7 +107,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
             raise APIError(413, f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
                            f"{route.max_upload_bytes}", param="file", code="file_too_large")
         _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
-        result = await engines.call(route.deployment_name, capability, body)
+        result = await engines.call(route.deployment_name, capability, body, route.variant)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     install_oip_routes(app, settings, engines, protected[0])

@@ -24,7 +24,7 @@ from common.input_errors import InputError
 from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.router.errors import APIError
-from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.routing import ModelRoute, RouterSettings, requested_model
 from serve.router.uploads import read_limited_body
 
 MODEL_VERSION = "1"
@@ -84,7 +84,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     @app.post("/v2/models/{name}/infer", dependencies=[auth])
     @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
     async def infer(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
-        route = _versioned(route_for(name), version)
+        route = _versioned(route_for(requested_model(request.headers, name)), version)
         try:
             raw = await read_limited_body(request, settings.max_upload_request_bytes)
             header, binary = _split_body(raw, request.headers.get("inference-header-content-length"))
@@ -93,7 +93,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
             media = await _media(tensor, binary, route, settings)
             wanted = _requested_outputs(route, inference)
             body = {"inputs": media, "parameters": inference.parameters}
-            result = await engines.call(route.deployment_name, route.capabilities[0], body)
+            result = await engines.call(route.deployment_name, route.capabilities[0], body, route.variant)
         except (InputError, APIError) as err:  # APIError from the call: 503 at capacity, with Retry-After
             raise OIPError(err.status_code, err.message, getattr(err, "headers", None)) from None
         payload = json.loads(result.content)

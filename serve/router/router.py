@@ -25,12 +25,18 @@ class ServeEngineCaller:
     def __init__(self, handles: dict[str, DeploymentHandle]):
         self.handles = handles
 
-    async def call(self, deployment: str, capability: Capability, body: dict) -> EngineResponse:
-        with _unavailable_as_503(deployment):
-            return await self.handles[deployment].handle.remote(capability.value, body)
+    def _handle(self, deployment: str, variant: str | None, stream: bool = False) -> DeploymentHandle:
+        # A variant goes to replicas that already hold it (Serve's multiplexed routing).
+        return self.handles[deployment].options(stream=stream, multiplexed_model_id=variant or "")
 
-    async def stream(self, deployment: str, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
-        response = self.handles[deployment].options(stream=True).handle_stream.remote(capability.value, body)
+    async def call(self, deployment: str, capability: Capability, body: dict,
+                   variant: str | None = None) -> EngineResponse:
+        with _unavailable_as_503(deployment):
+            return await self._handle(deployment, variant).handle.remote(capability.value, body)
+
+    async def stream(self, deployment: str, capability: Capability, body: dict,
+                     variant: str | None = None) -> AsyncIterator[str | EngineResponse]:
+        response = self._handle(deployment, variant, stream=True).handle_stream.remote(capability.value, body)
         try:
             with _unavailable_as_503(deployment):
                 first = await anext(response, None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
@@ -12,6 +14,15 @@ from configs.server_models import Capability, replica_range
 
 
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
+MULTIPLEXED_HEADER = "serve_multiplexed_model_id"  # Ray Serve's header naming a multiplexed model
+
+
+def requested_model(headers: Mapping[str, str], model: Any) -> Any:
+    """``model``, or ``model:variant`` when Ray Serve's multiplexed-model header names a variant."""
+    variant = headers.get(MULTIPLEXED_HEADER)
+    if variant and isinstance(model, str) and model and ":" not in model:
+        return f"{model}:{variant}"
+    return model
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,8 @@ class ModelRoute:
     max_upload_bytes: int | None = None
     tensors: dict[str, list[dict[str, Any]]] | None = None  # /v2 inputs and outputs, when served there
     min_replicas: int = 1  # 0: scaled to zero when idle; a request waits while a replica starts
+    variant: str | None = None  # a multiplexed variant of the model ``parent``
+    parent: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -33,7 +46,13 @@ class ModelRoute:
                 "capabilities": [c.value for c in self.capabilities]}
         if self.max_context_tokens:
             card["max_model_len"] = self.max_context_tokens
+        if self.parent:
+            card["parent"] = self.parent
         return card
+
+    def variant_route(self, variant: str) -> "ModelRoute":
+        return dataclasses.replace(self, model_id=f"{self.model_id}:{variant}", variant=variant,
+                                   parent=self.model_id)
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,7 @@ class RouterSettings:
 
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":
-        routes = {
+        bases = {
             m.model_id: ModelRoute(
                 model_id=m.model_id,
                 model_type=m.model_loading_config.type.value,
@@ -68,6 +87,9 @@ class RouterSettings:
             )
             for m in config.models
         }
+        routes = dict(bases)
+        for m in config.models:
+            routes.update({f"{m.model_id}:{name}": bases[m.model_id].variant_route(name) for name in m.variants()})
         platform = config.platform
         return cls(
             routes=routes,

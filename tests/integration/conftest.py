@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -52,32 +54,40 @@ def _free_port() -> int:
 def platform_url(tmp_path_factory) -> str:
     """Start the platform from ``model_config.yaml`` plus auth and CORS; yield its base URL."""
     config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
-    port = _free_port()
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
     args = config["applications"][0]["args"]
     args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]
     args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
-    path = tmp_path_factory.mktemp("platform") / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = open(path.with_name("platform.log"), "w")
-    env = {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_TMPDIR": str(path.parent)}
-    proc = subprocess.Popen([sys.executable, "deploy_app.py", "--config", str(path)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, proc, path.with_name("platform.log"))
+    with running_platform(config, tmp_path_factory.mktemp("platform")) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def running_platform(config: dict, workdir: Path, address: str | None = None) -> Iterator[str]:
+    """Run ``deploy_app.py`` on ``config`` (on a local Ray, or the cluster at ``address``) until exit."""
+    port = _free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = path.with_name("platform.log")
+    env = {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TMPDIR": str(workdir)}
+    command = [sys.executable, "deploy_app.py", "--config", str(path)] + (["--address", address] if address else [])
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+            _wait_ready(base, proc, log_path)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:

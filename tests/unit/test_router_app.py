@@ -15,20 +15,24 @@ ROUTES = {
     "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
     "asr": ModelRoute("asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000),
 }
+ROUTES["chat:sql"] = ROUTES["chat"].variant_route("sql")
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class FakeEngines:
     def __init__(self):
         self.calls = []
+        self.variants = []
         self.closed = asyncio.Event()
 
-    async def call(self, deployment, capability, body):
+    async def call(self, deployment, capability, body, variant=None):
         self.calls.append((deployment, capability, body))
+        self.variants.append(variant)
         return EngineResponse.json({"deployment": deployment, "capability": capability.value})
 
-    async def stream(self, deployment, capability, body):
+    async def stream(self, deployment, capability, body, variant=None):
         self.calls.append((deployment, capability, body))
+        self.variants.append(variant)
         try:
             if body.get("max_tokens") == 1:
                 yield EngineResponse.error(400, "engine says no", param="max_tokens")
@@ -66,10 +70,25 @@ def test_routes_by_model_and_capability():
     assert [call[1] for call in engines.calls] == [Capability.CHAT, Capability.EMBEDDINGS]
 
 
+def test_a_variant_is_named_by_model_or_by_serves_multiplexed_header():
+    c, engines = client()
+    assert c.post("/v1/chat/completions", json={**CHAT, "model": "chat:sql"}).status_code == 200
+    header = {"serve_multiplexed_model_id": "sql"}
+    assert c.post("/v1/chat/completions", json=CHAT, headers=header).status_code == 200
+    assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert engines.variants == ["sql", "sql", None]
+    assert [call[2]["model"] for call in engines.calls] == ["chat:sql", "chat:sql", "chat"]
+    assert_openai_error(c.post("/v1/chat/completions", json={**CHAT, "model": "chat:nope"}), 404, "model_not_found")
+    unknown = {"serve_multiplexed_model_id": "nope"}
+    assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=unknown), 404, "model_not_found")
+    assert len(engines.calls) == 3
+
+
 def test_models_list_and_card():
     c, _ = client()
     data = c.get("/v1/models").json()["data"]
-    assert [m["id"] for m in data] == ["chat", "embed", "asr"]
+    assert [m["id"] for m in data] == ["chat", "embed", "asr", "chat:sql"]
+    assert data[3]["parent"] == "chat" and "parent" not in data[0]
     assert data[0]["capabilities"] == ["chat", "completions"] and data[0]["type"] == "vllm"
     assert c.get("/v1/models/embed").json()["capabilities"] == ["embeddings"]
     assert_openai_error(c.get("/v1/models/nope"), 404, "model_not_found")

@@ -1,0 +1,143 @@
+"""Scheduling on a three-node Ray cluster with logical GPUs: what Ray gave each replica, seen
+from inside the replicas; a sharded vLLM model; scale-from-zero; a full queue answering 503.
+
+The cluster (``ray.cluster_utils.Cluster``) has a CPU-only head, node A with one GPU and
+node B with two; the engines run on the CPU, Ray's bookkeeping of GPUs is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from tests.integration.conftest import API_KEY, auth_headers, running_platform
+from tests.media_files import image_file
+
+
+def _vit(model_id: str, actor: dict, engine_kwargs: dict | None = None, **deployment) -> dict:
+    return {"model_loading_config": {"model_id": model_id, "model_source": "./.models/tiny-vit", "type": "vision"},
+            "deployment_config": {"ray_actor_options": actor, **deployment}, "engine_kwargs": {"task": "image-classification", **(engine_kwargs or {})}}
+
+
+ON_NODE_A_HALF_GPU = {"num_cpus": 0.1, "num_gpus": 0.5, "resources": {"node-a": 0.1}}
+MODELS = [
+    _vit("share-a", ON_NODE_A_HALF_GPU),
+    _vit("share-b", ON_NODE_A_HALF_GPU),
+    {"model_loading_config": {"model_id": "sharded-chat", "model_source": "./.models/tiny-chat", "type": "vllm"},
+     "deployment_config": {"ray_actor_options": {"num_cpus": 0.5}},
+     "engine_kwargs": {"tensor_parallel_size": 2, "max_model_len": 256, "max_num_seqs": 8, "dtype": "float32",
+                       "kv_cache_memory_bytes": 64 * 1024 * 1024}},
+    _vit("cold-start", {"num_cpus": 0.1},
+         autoscaling_config={"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "upscale_delay_s": 0,
+                             "metrics_interval_s": 0.5, "look_back_period_s": 1}),
+    # One request at a time, one waiting; a lone request waits 2 s for company in its batch.
+    _vit("one-at-a-time", {"num_cpus": 0.1}, {"max_batch_size": 4, "batch_wait_timeout_s": 2},
+         max_ongoing_requests=1, max_queued_requests=1),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "num_gpus": 0, "temp_dir": str(tmp_path_factory.mktemp("ray"))})
+    nodes = {"head": cluster.head_node,
+             "a": cluster.add_node(num_cpus=2, num_gpus=1, resources={"node-a": 1}),
+             "b": cluster.add_node(num_cpus=2, num_gpus=2, resources={"node-b": 1})}
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, {name: node.node_id for name, node in nodes.items()}
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scheduled(cluster, tmp_path_factory):
+    """(base URL, node ids by name) of the platform running on the cluster."""
+    ray_cluster, node_ids = cluster
+    config = {"proxy_location": "HeadOnly", "applications": [{
+        "name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
+        "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        "args": {"models": MODELS, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
+    with running_platform(config, tmp_path_factory.mktemp("scheduled"), ray_cluster.address) as base:
+        ray.init(address=ray_cluster.address, namespace="serve")
+        try:
+            yield base, node_ids
+        finally:
+            ray.shutdown()
+
+
+def _replica_stats(base: str) -> dict:
+    return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
+
+
+def _infer(client: httpx.Client | httpx.AsyncClient, model: str):
+    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(image_file()).decode()]}]}
+    return client.post(f"/v2/models/{model}/infer", json=body)
+
+
+def test_two_half_gpu_replicas_share_one_gpu_of_their_node(scheduled):
+    base, nodes = scheduled
+    stats = _replica_stats(base)
+    a, b = stats["share-a"]["placement"], stats["share-b"]["placement"]
+    assert a["node_id"] == b["node_id"] == nodes["a"]
+    assert len(a["gpu_ids"]) == 1 and a["gpu_ids"] == b["gpu_ids"]
+
+
+def test_a_tensor_parallel_model_holds_one_gpu_bundle_per_shard_on_one_node(scheduled):
+    base, nodes = scheduled
+    stats = _replica_stats(base)["sharded-chat"]
+    group = stats["placement"]["placement_group"]
+    assert group["strategy"] == "STRICT_PACK"
+    assert [bundle.get("GPU") for bundle in group["bundles"]] == [1, 1]
+    assert group["bundle_nodes"] == [nodes["b"], nodes["b"]]  # the only node with two GPUs
+    assert stats["placement"]["gpu_ids"] == []  # vLLM's shards hold the GPUs, not the replica
+    assert stats["tensor_parallel_size"] == 2
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    answer = client.chat.completions.create(model="sharded-chat", max_tokens=5,
+                                            messages=[{"role": "user", "content": "hello"}])
+    assert answer.usage.completion_tokens >= 1 and answer.model == "sharded-chat"
+
+
+def test_a_model_scaled_to_zero_answers_its_first_request(scheduled):
+    base, _ = scheduled
+    status = serve.status().applications["platform"].deployments["cold-start"]
+    assert status.replica_states.get("RUNNING", 0) == 0
+    assert _replica_stats(base)["cold-start"] == {"ready": True, "scales_from_zero": True}
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=300) as client:
+        response = _infer(client, "cold-start")
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["name"] == "labels"
+    status = serve.status().applications["platform"].deployments["cold-start"]
+    assert status.replica_states.get("RUNNING", 0) == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
+    base, _ = scheduled
+    finished: list[httpx.Response] = []
+
+    async def one(client):
+        response = await _infer(client, "one-at-a-time")
+        finished.append(response)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
+            await asyncio.gather(*(one(client) for _ in range(6)))
+
+    asyncio.run(burst())
+    statuses = [r.status_code for r in finished]
+    assert set(statuses) == {200, 503} and statuses.count(200) <= 2, statuses
+    refused = [r for r in finished if r.status_code == 503]
+    assert all(r.headers.get("retry-after") and "at capacity" in r.json()["error"] for r in refused)
+    # Refusals do not wait for the running request: all of them come back before any answer.
+    assert statuses.index(200) == len(refused)
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
+        assert _infer(client, "one-at-a-time").status_code == 200
