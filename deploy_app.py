@@ -52,22 +52,22 @@ def load_serve_config(path: str) -> tuple[Any, dict[str, LoadedConfig]]:
 
 
 def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
-    """One line per model: what serves it and what Ray must schedule for it."""
-    rows = [("app", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing")]
+    """One line per model: what serves it and what Ray must schedule for its deployment."""
+    rows = [("app", "deployment", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing")]
     for app_name, config in loaded.items():
-        for model in config.models:
-            options = model.serve_options()
-            shape = replica_shape(options)
-            low, high = replica_range(options)
-            replicas = f"{low}-{high} (auto)" if options.get("autoscaling_config") else str(low)
-            rows.append((app_name, model.model_id, model.model_loading_config.type.value,
-                         ",".join(c.value for c in model.capabilities()), replicas,
-                         f"{shape.cpus:g}", f"{shape.gpus:g}" + (f" ({len(shape.bundles)} bundles)" if len(shape.bundles) > 1 else ""),
-                         str(options.get("max_ongoing_requests", 5))))
+        for spec in config.deployments():
+            shape = replica_shape(spec.options)
+            low, high = replica_range(spec.options)
+            replicas = f"{low}-{high} (auto)" if spec.options.get("autoscaling_config") else str(low)
+            gpus = f"{shape.gpus:g}" + (f" ({len(shape.bundles)} bundles)" if len(shape.bundles) > 1 else "")
+            for model in spec.models:
+                rows.append((app_name, spec.name, model.model_id, model.model_loading_config.type.value,
+                             ",".join(c.value for c in model.capabilities()), replicas, f"{shape.cpus:g}", gpus,
+                             str(spec.options.get("max_ongoing_requests", 5))))
     return format_table(rows)
 
 
-def deploy(schema: Any, address: str | None) -> None:
+def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True) -> None:
     """Start (or join) a Ray cluster and deploy the config the way ``serve run`` does."""
     import ray
     from ray import serve
@@ -76,6 +76,8 @@ def deploy(schema: Any, address: str | None) -> None:
 
     apply_streaming_env()
     ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False)
+    if check_fit:
+        _check_fit(loaded)
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
@@ -94,6 +96,20 @@ def deploy(schema: Any, address: str | None) -> None:
         time.sleep(2)
     http = schema.http_options
     print(f"ready: http://{http.host}:{http.port}/v1 (Ctrl-C to stop)", flush=True)
+
+
+def _check_fit(loaded: dict[str, LoadedConfig]) -> None:
+    """Refuse, before deploying, a config whose replicas cannot all fit on the cluster's nodes
+    (replicas that never schedule would otherwise wait forever as PENDING)."""
+    from builders.placement import PlacementError, live_nodes, plan_on
+
+    nodes = live_nodes()
+    try:
+        plan_on(loaded, nodes)
+    except PlacementError as err:
+        shape = ", ".join(f"{n.cpus:g} CPU/{len(n.gpus)} GPU" for n in nodes)
+        raise SystemExit(f"cannot place the config on this cluster ({shape}): {err}\n"
+                         "(on an autoscaling cluster, pass --no-fit-check)") from None
 
 
 def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace) -> int:
@@ -123,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--cpus-per-node", type=float, default=64)
+    parser.add_argument("--no-fit-check", action="store_true",
+                        help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
     try:
         schema, loaded = load_serve_config(args.config)
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return _print_placement(loaded, args)
     if args.dry_run:
         return 0
-    deploy(schema, args.address)
+    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while True:

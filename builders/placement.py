@@ -31,7 +31,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Placement:
-    model_id: str
+    deployment: str
     replica: int
     slots: tuple[tuple[int, tuple[int, ...]], ...]  # (node, GPU ids) of each bundle
     cpus: float
@@ -50,25 +50,36 @@ class Placement:
 
 
 def replica_demands(loaded: dict[str, LoadedConfig]) -> list[tuple[str, int, ReplicaShape]]:
-    """(model, replica number, bundles and strategy) for every replica at peak."""
+    """(deployment, replica number, bundles and strategy) for every replica at peak."""
     demands = []
     for config in loaded.values():
-        for model in config.models:
-            options = model.serve_options()
-            _, count = replica_range(options)
-            demands += [(model.model_id, i, replica_shape(options)) for i in range(count)]
+        for spec in config.deployments():
+            _, count = replica_range(spec.options)
+            demands += [(spec.name, i, replica_shape(spec.options)) for i in range(count)]
     return demands
 
 
 def plan(loaded: dict[str, LoadedConfig], nodes: int, gpus_per_node: int, cpus_per_node: float) -> list[Placement]:
-    cluster = [Node(i, cpus_per_node, [1.0] * gpus_per_node) for i in range(nodes)]
+    """Place on ``nodes`` identical nodes (what ``--plan`` asks about)."""
+    return plan_on(loaded, [Node(i, cpus_per_node, [1.0] * gpus_per_node) for i in range(nodes)])
+
+
+def live_nodes() -> list[Node]:
+    """The running Ray cluster's alive nodes and their CPUs and GPUs (logical GPUs count too)."""
+    import ray
+
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return [Node(i, res.get("CPU", 0), [1.0] * int(res.get("GPU", 0))) for i, res in enumerate(alive)]
+
+
+def plan_on(loaded: dict[str, LoadedConfig], cluster: list[Node]) -> list[Placement]:
     placements = []
-    for model_id, replica, shape in sorted(replica_demands(loaded), key=lambda d: (-d[2].gpus, -d[2].cpus)):
-        who = f"{model_id} replica {replica + 1} ({shape.gpus:g} GPU, {shape.cpus:g} CPU"
+    for deployment, replica, shape in sorted(replica_demands(loaded), key=lambda d: (-d[2].gpus, -d[2].cpus)):
+        who = f"{deployment} replica {replica + 1} ({shape.gpus:g} GPU, {shape.cpus:g} CPU"
         who += f", {len(shape.bundles)} bundles {shape.strategy})" if len(shape.bundles) > 1 else ")"
         slots = _place_replica(cluster, shape, who)
-        placements.append(Placement(model_id, replica + 1, slots, shape.cpus))
-    return sorted(placements, key=lambda p: (p.node, p.gpu_ids, p.model_id, p.replica))
+        placements.append(Placement(deployment, replica + 1, slots, shape.cpus))
+    return sorted(placements, key=lambda p: (p.node, p.gpu_ids, p.deployment, p.replica))
 
 
 def _place_replica(cluster: list[Node], shape: ReplicaShape, who: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -83,9 +94,10 @@ def _place_replica(cluster: list[Node], shape: ReplicaShape, who: str) -> tuple[
             return trial[1]
         if shape.strategy == "STRICT_PACK":
             largest = max(len(node.gpus) for node in cluster)
-            reason = (f"needs {shape.gpus:g} GPUs on one node; nodes have {largest}" if shape.gpus > largest
-                      else "does not fit on any one node")
-            raise PlacementError(f"{who}: {reason}; what is left: {_free(cluster)}")
+            if shape.gpus > largest:
+                raise PlacementError(f"{who}: needs {shape.gpus:g} GPUs on one node; nodes have {largest}")
+            where = "on any one node" if len(shape.bundles) > 1 else ""
+            raise PlacementError(f"{who} does not fit{where and ' ' + where}; what is left: {_free(cluster)}")
     trial = _try_bundles(copy.deepcopy(cluster), shape.bundles, distinct=shape.strategy == "STRICT_SPREAD",
                          prefer_new=shape.strategy != "PACK")
     if trial is None:
@@ -138,10 +150,10 @@ def _free(cluster: list[Node]) -> str:
 
 
 def describe(placements: list[Placement]) -> str:
-    rows = [("node", "gpus", "model_id", "replica", "cpus")]
+    rows = [("node", "gpus", "deployment", "replica", "cpus")]
     for p in placements:
         where = ";".join(f"{node}:{','.join(map(str, gpus)) or '-'}" for node, gpus in p.slots)
         nodes = ",".join(map(str, p.nodes))
         gpus = ",".join(map(str, p.gpu_ids)) if len(p.nodes) == 1 else where
-        rows.append((nodes, gpus or "-", p.model_id, str(p.replica), f"{p.cpus:g}"))
+        rows.append((nodes, gpus or "-", p.deployment, str(p.replica), f"{p.cpus:g}"))
     return format_table(rows)

@@ -11,6 +11,7 @@ replicas: the minimum for ``minReplicas``, the autoscaling maximum for ``maxRepl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ SERVE_PORT = 8000
 @dataclass(frozen=True)
 class WorkerShape:
     cpus: int = 8
-    gpus: int = 1
+    gpus: int | None = None  # None: as wide as the widest single-node replica
     memory: str = "32Gi"
 
 
@@ -48,10 +49,9 @@ def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
     """(GPU replicas, CPU-only replicas) demand over every platform application."""
     gpu, cpu = Demand(), Demand()
     for config in loaded.values():
-        for model in config.models:
-            options = model.serve_options()
-            low, high = replica_range(options)
-            shape = replica_shape(options)
+        for spec in config.deployments():
+            low, high = replica_range(spec.options)
+            shape = replica_shape(spec.options)
             gpus, cpus = shape.gpus, shape.cpus
             target = gpu if gpus else cpu
             target.min_cpus += cpus * low
@@ -87,7 +87,24 @@ def _group(name: str, low: int, high: int, shape: WorkerShape, image: str, env: 
     }
 
 
+def fitted_worker_shape(loaded: dict[str, LoadedConfig], shape: WorkerShape) -> WorkerShape:
+    """GPU workers at least as wide as the widest replica whose GPUs must share one node
+    (STRICT_PACK); that width when ``--gpus-per-worker`` is not given."""
+    widest, name = 1, None
+    for config in loaded.values():
+        for spec in config.deployments():
+            replica = replica_shape(spec.options)
+            if replica.strategy == "STRICT_PACK" and replica.gpus > widest:
+                widest, name = math.ceil(replica.gpus), spec.name
+    if shape.gpus is None:
+        return dataclasses.replace(shape, gpus=widest)
+    if shape.gpus < widest:
+        raise ValueError(f"{name} needs {widest} GPUs on one node; pass --gpus-per-worker {widest} or more")
+    return shape
+
+
 def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerShape, env: list[dict]) -> dict:
+    shape = fitted_worker_shape(loaded, shape)
     gpu, cpu = demand(loaded)
     head_resources = {"cpu": "2", "memory": "8Gi"}
     return {
@@ -162,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="rayserve-platform")
     parser.add_argument("--entrypoint", help="rayjob: the command to run")
     parser.add_argument("--cpus-per-worker", type=int, default=8)
-    parser.add_argument("--gpus-per-worker", type=int, default=1)
+    parser.add_argument("--gpus-per-worker", type=int, default=None,
+                        help="default: the most GPUs one replica needs on one node (at least 1)")
     parser.add_argument("--memory-per-worker", default="32Gi")
     parser.add_argument("--api-keys-secret", default="rayserve-platform-keys")
     args = parser.parse_args(argv)
     shape = WorkerShape(args.cpus_per_worker, args.gpus_per_worker, args.memory_per_worker)
-    manifest = render(args.kind, args.config, args.image, args.name, shape, args.entrypoint, args.api_keys_secret)
+    try:
+        manifest = render(args.kind, args.config, args.image, args.name, shape, args.entrypoint, args.api_keys_secret)
+    except ValueError as err:  # an invalid config, or workers too small for a replica
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 1
     problems = validate(manifest)
     if problems:
         print("the rendered manifest does not fit KubeRay's CRD:\n  " + "\n  ".join(problems), file=sys.stderr)

@@ -34,7 +34,8 @@ def replica_placement() -> dict:
     import ray
     from ray.util.placement_group import get_current_placement_group, placement_group_table
 
-    placement = {"node_id": ray.get_runtime_context().get_node_id(),
+    context = ray.get_runtime_context()
+    placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id(),
                  "gpu_ids": [str(gpu) for gpu in assigned_gpu_ids()]}
     group = get_current_placement_group()
     if group is not None:

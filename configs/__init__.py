@@ -24,10 +24,30 @@ MODEL_ENTRY_TYPES: dict[ModelType, type[BaseModelEntry]] = {
 
 
 @dataclass
+class DeploymentSpec:
+    """One engine deployment: its Serve options and the models each of its replicas loads."""
+
+    name: str
+    options: dict[str, Any]
+    models: list[BaseModelEntry]
+
+
+@dataclass
 class LoadedConfig:
     platform: PlatformConfig
     models: list[BaseModelEntry]
     models_key: str  # "models" or the seed's "llm_configs", for error paths
+
+    def deployments(self) -> list[DeploymentSpec]:
+        """A deployment per ungrouped model, and one per group holding all of its models."""
+        specs = [DeploymentSpec(m.deployment_name, m.serve_options(), [m]) for m in self.models if not m.group]
+        for group in self.platform.groups:
+            members = [m for m in self.models if m.group == group.name]
+            # Room in the queue for every member's own default, unless the group sets it.
+            defaults = {**BaseModelEntry.default_serve_options,
+                        "max_ongoing_requests": sum(m.serve_options().get("max_ongoing_requests", 5) for m in members)}
+            specs.append(DeploymentSpec(group.name, group.deployment_config.serve_options(defaults), members))
+        return specs
 
 
 def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
@@ -46,7 +66,7 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
         entry = _load_model_entry(raw, (models_key, index), issues)
         if entry is not None:
             indexed.append((index, entry))
-    issues += _cross_model_issues(indexed, models_key)
+    issues += _cross_model_issues(indexed, models_key) + _group_issues(platform, indexed, models_key)
     if issues:
         raise ConfigError(issues)
     return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
@@ -89,6 +109,40 @@ def _entry_class(raw_type: Any) -> type[BaseModelEntry] | None:
         return None
 
 
+def _group_issues(platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]],
+                  models_key: str) -> list[ConfigIssue]:
+    """A grouped model takes its deployment from the group, holds no variants, and is not vLLM
+    (vLLM runs its own engine process and sizes memory for the GPU it alone holds)."""
+    issues = []
+    names = [g.name for g in platform.groups]
+    for index, entry in indexed:
+        if entry.group is None:
+            continue
+        loc = (models_key, index)
+        if entry.group not in names:
+            allowed = ", ".join(names) or "none are defined"
+            issues.append(ConfigIssue(loc + ("group",), f"unknown group {entry.group!r}; groups: {allowed}"))
+        if entry.deployment_config.model_fields_set:
+            issues.append(ConfigIssue(loc + ("deployment_config",),
+                                      f"a model in group {entry.group!r} is deployed by the group: move "
+                                      "these options to the group's deployment_config"))
+        if entry.model_loading_config.type is ModelType.VLLM:
+            issues.append(ConfigIssue(loc + ("group",), "vLLM models cannot join a group; give the model its "
+                                      "own deployment (and GPU share) instead"))
+        if entry.multiplex_config is not None:
+            issues.append(ConfigIssue(loc + ("multiplex_config",), "a model in a group cannot have variants"))
+    model_names = {e.deployment_name for _, e in indexed if e.group is None}
+    for position, group in enumerate(platform.groups):
+        if names.index(group.name) != position:
+            issues.append(ConfigIssue(("groups", position, "name"), f"duplicate group {group.name!r}"))
+        elif group.name in model_names:
+            issues.append(ConfigIssue(("groups", position, "name"),
+                                      f"{group.name!r} is also a model's deployment name"))
+        if not any(e.group == group.name for _, e in indexed):
+            issues.append(ConfigIssue(("groups", position), f"group {group.name!r} has no models"))
+    return issues
+
+
 def _cross_model_issues(
     indexed: list[tuple[int, BaseModelEntry]], models_key: str
 ) -> list[ConfigIssue]:
@@ -102,6 +156,8 @@ def _cross_model_issues(
                 f"duplicate model_id {entry.model_id!r} (also {models_key}[{seen_ids[entry.model_id]}])",
             ))
         seen_ids.setdefault(entry.model_id, index)
+        if entry.group:
+            continue  # group members share the group's deployment by design
         if entry.deployment_name in seen_names:
             issues.append(ConfigIssue(
                 (models_key, index, "deployment_config", "name"),
@@ -113,6 +169,6 @@ def _cross_model_issues(
 
 
 __all__ = [
-    "Capability", "ConfigError", "LoadedConfig", "ModelType", "PlatformConfig",
+    "Capability", "ConfigError", "DeploymentSpec", "LoadedConfig", "ModelType", "PlatformConfig",
     "load_platform_config", "MODEL_ENTRY_TYPES",
 ]

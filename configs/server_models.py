@@ -245,6 +245,7 @@ class BaseModelEntry(StrictModel):
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     engine_kwargs: Any = None
     multiplex_config: MultiplexConfig | None = None
+    group: str | None = Field(default=None, description="a name in groups: share that group's replicas")
 
     # Serve options the engine type wants unless the YAML says otherwise.
     default_serve_options: ClassVar[dict[str, Any]] = {
@@ -265,7 +266,7 @@ class BaseModelEntry(StrictModel):
 
     @property
     def deployment_name(self) -> str:
-        return self.deployment_config.name or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
+        return self.group or self.deployment_config.name or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
 
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel] | None:
@@ -356,6 +357,14 @@ class RouterConfig(StrictModel):
     request_timeout_s: float = Field(default=600, gt=0)
 
 
+class GroupConfig(StrictModel):
+    """Several small models in one deployment: each replica loads all of them and shares its
+    CPUs and GPU share between them (models name the group in their ``group`` field)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)
+    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
 class PlatformConfig(StrictModel):
     """The ``args:`` block of the application in ``model_config.yaml``."""
 
@@ -367,6 +376,7 @@ class PlatformConfig(StrictModel):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    groups: list[GroupConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _api_keys_env_is_set(self) -> "PlatformConfig":

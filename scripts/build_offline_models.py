@@ -11,6 +11,8 @@
 - ``tiny-vit``, ``tiny-yolos``, ``tiny-clip``, ``tiny-blip``, ``tiny-videomae``: image
   classification/embeddings, detection, zero-shot, captioning and video classification
   (``offline_models/vision.py``).
+- ``tiny-chat-adapters/{sql,poet}``: LoRA adapters of tiny-chat; ``tiny-vit-variants/{a,b,c}``:
+  tiny-vit with other weights; both served as multiplexed variants (``offline_models/variants.py``).
 
 Usage: python scripts/build_offline_models.py [--out .models]
 """
@@ -24,6 +26,7 @@ import os
 from pathlib import Path
 
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
+from offline_models.variants import build_tiny_chat_adapters, build_tiny_vit_variants
 from offline_models.vision import (build_tiny_blip, build_tiny_clip, build_tiny_videomae, build_tiny_vit,
                                    build_tiny_yolos)
 
@@ -131,6 +134,8 @@ def main() -> None:
         print(f"audio model: {build(args.out)}")
     for build in (build_tiny_vit, build_tiny_yolos, build_tiny_clip, build_tiny_blip, build_tiny_videomae):
         print(f"vision model: {build(args.out)}")
+    print(f"LoRA adapters: {build_tiny_chat_adapters(args.out, args.out / 'tiny-chat')}")
+    print(f"image classifier variants: {build_tiny_vit_variants(args.out)}")
 
 
 if __name__ == "__main__":

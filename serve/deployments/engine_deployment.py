@@ -1,4 +1,4 @@
-"""The Ray Serve deployment that owns one engine; one deployment per configured model."""
+"""The Ray Serve deployment that owns the engines of one model, or of a group of models."""
 
 from __future__ import annotations
 
@@ -10,52 +10,45 @@ from ray import serve
 
 from common.devices import replica_placement
 from configs import MODEL_ENTRY_TYPES, ModelType
-from configs.server_models import Capability
+from configs.server_models import BaseModelEntry, Capability
 from servers import engine_class
-from servers.base_engine import EngineResponse
+from servers.base_engine import BaseEngine, EngineResponse
 
 logger = logging.getLogger("ray.serve")
 
 
 class EngineDeployment:
-    """Loads the engine for one model entry and forwards the router's calls to it.
+    """Loads one engine per model entry and forwards the router's calls to the one asked for.
 
-    Options (replicas, CPUs, GPU share, queue bounds) are applied by the builder with
-    ``serve.deployment(EngineDeployment).options(...)`` from the model's
-    ``deployment_config``.
+    Usually one entry; a group (``groups:`` in the YAML) puts several small models in every
+    replica, sharing its CPUs and GPU share. Options (replicas, CPUs, GPU share, queue
+    bounds) are applied by the builder with ``serve.deployment(EngineDeployment).options(...)``.
     """
 
-    async def __init__(self, entry: dict[str, Any]):
-        model_type = ModelType(entry["model_loading_config"]["type"].lower())
-        self.entry = MODEL_ENTRY_TYPES[model_type].model_validate(entry)
-        self.engine = engine_class(model_type)(self.entry)
-        await self.engine.start()
-        self.variants_loaded: list[str] = []
-        if self.entry.multiplex_config:
-            # Serve's multiplexing: an LRU of variants per replica, and routing that prefers
-            # replicas which already hold the variant a request names.
-            limit = self.entry.multiplex_config.max_variants_per_replica
-            async def load(name: str) -> LoadedVariant:  # a plain function: Serve caches its LRU on it
-                return await self._load_variant(name)
+    async def __init__(self, entries: list[dict[str, Any]]):
+        self.engines: dict[str, BaseEngine] = {}
+        for raw in entries:
+            entry = _validated(raw)
+            self.engines[entry.model_id] = engine_class(entry.model_loading_config.type)(entry)
+            await self.engines[entry.model_id].start()
+        self.variants = {model_id: Variants(engine) for model_id, engine in self.engines.items()
+                         if engine.entry.multiplex_config}
 
-            self._variant = serve.multiplexed(max_num_models_per_replica=limit)(load)
+    async def _engine_for(self, model_id: str) -> BaseEngine:
+        """The engine of ``model_id``, or of the variant the request was routed for."""
+        variant = serve.get_multiplexed_model_id()
+        if variant and model_id in self.variants:
+            return await self.variants[model_id].engine(variant)
+        return self.engines[model_id]
 
-    async def _load_variant(self, name: str) -> "LoadedVariant":
-        engine = await self.engine.load_variant(name)
-        self.variants_loaded.append(name)
-        return LoadedVariant(name, engine, self)
-
-    async def _engine_for_request(self):
-        """The engine of the variant the request was routed for (``multiplexed_model_id``), or the base."""
-        name = serve.get_multiplexed_model_id()
-        return (await self._variant(name)).engine if name and self.entry.multiplex_config else self.engine
-
-    async def handle(self, capability: str, body: dict[str, Any]) -> EngineResponse:
-        engine = await self._engine_for_request()
+    async def handle(self, model_id: str, capability: str, body: dict[str, Any]) -> EngineResponse:
+        engine = await self._engine_for(model_id)
         return await engine.handle(Capability(capability), body)
 
-    async def handle_stream(self, capability: str, body: dict[str, Any]) -> AsyncIterator[str | EngineResponse]:
-        engine = await self._engine_for_request()
+    async def handle_stream(
+        self, model_id: str, capability: str, body: dict[str, Any]
+    ) -> AsyncIterator[str | EngineResponse]:
+        engine = await self._engine_for(model_id)
         stream = engine.handle_stream(Capability(capability), body)
         try:
             async for item in stream:
@@ -66,25 +59,59 @@ class EngineDeployment:
             await stream.aclose()
 
     async def stats(self) -> dict[str, Any]:
-        stats = {**self.engine.stats(), "placement": replica_placement()}
-        if self.entry.multiplex_config:
-            stats["variants_loaded"] = list(self.variants_loaded)
+        """One engine's counters at the top level; a group's under ``engines`` by model."""
+        per_model = {model_id: self._engine_stats(model_id) for model_id in self.engines}
+        stats = next(iter(per_model.values())) if len(per_model) == 1 else {"engines": per_model}
+        return {**stats, "placement": replica_placement()}
+
+    def _engine_stats(self, model_id: str) -> dict[str, Any]:
+        stats = self.engines[model_id].stats()
+        if model_id in self.variants:
+            stats["variants_loaded"] = list(self.variants[model_id].loaded)
         return stats
 
     async def check_health(self) -> None:
-        await self.engine.check_health()
+        for engine in self.engines.values():
+            await engine.check_health()
 
     async def __del__(self) -> None:
-        await self.engine.shutdown()
+        for engine in self.engines.values():
+            await engine.shutdown()
+
+
+def _validated(raw: dict[str, Any]) -> BaseModelEntry:
+    model_type = ModelType(raw["model_loading_config"]["type"].lower())
+    return MODEL_ENTRY_TYPES[model_type].model_validate(raw)
+
+
+class Variants:
+    """A model's multiplexed variants on this replica, through Serve's ``serve.multiplexed``: an
+    LRU of at most ``max_variants_per_replica``, and routing that prefers replicas holding the
+    variant a request names."""
+
+    def __init__(self, base: BaseEngine):
+        self.base = base
+        self.loaded: list[str] = []
+
+        async def load(name: str) -> LoadedVariant:  # a plain function: Serve keeps its LRU on it
+            engine = await base.load_variant(name)
+            self.loaded.append(name)
+            return LoadedVariant(name, engine, self)
+
+        limit = base.entry.multiplex_config.max_variants_per_replica
+        self._load = serve.multiplexed(max_num_models_per_replica=limit)(load)
+
+    async def engine(self, name: str) -> BaseEngine:
+        return (await self._load(name)).engine
 
 
 class LoadedVariant:
     """What ``serve.multiplexed`` caches per variant; Serve awaits ``__del__`` when it evicts one."""
 
-    def __init__(self, name: str, engine, owner: EngineDeployment):
+    def __init__(self, name: str, engine: BaseEngine, owner: Variants):
         self.name, self.engine, self.owner = name, engine, owner
 
     async def __del__(self) -> None:
-        self.owner.variants_loaded.remove(self.name)
-        if self.engine is not self.owner.engine:  # a variant with its own weights: free them
+        self.owner.loaded.remove(self.name)
+        if self.engine is not self.owner.base:  # a variant with its own weights: free them
             await self.engine.shutdown()

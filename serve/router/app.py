@@ -40,11 +40,9 @@ UPLOAD_ENDPOINTS = {
 class EngineCaller(Protocol):
     """How the app reaches engines; Serve handles in production, fakes in unit tests."""
 
-    async def call(self, deployment: str, capability: Capability, body: dict,
-                   variant: str | None = None) -> EngineResponse: ...
+    async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse: ...
 
-    def stream(self, deployment: str, capability: Capability, body: dict,
-               variant: str | None = None) -> AsyncIterator[str | EngineResponse]: ...
+    def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
 
     async def status(self, deployment: str, timeout_s: float) -> dict | None:
         """The engine's stats when a replica answers within ``timeout_s``, else None."""
@@ -92,8 +90,8 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         if capability is Capability.CHAT:
             await inline_chat_media(body, settings.media)
         if body.get("stream"):
-            return await _stream(engines.stream(route.deployment_name, capability, body, route.variant))
-        result = await engines.call(route.deployment_name, capability, body, route.variant)
+            return await _stream(engines.stream(route, capability, body))
+        result = await engines.call(route, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     async def forward_upload(request: Request, capability: Capability) -> Response:
@@ -107,7 +105,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
             raise APIError(413, f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
                            f"{route.max_upload_bytes}", param="file", code="file_too_large")
         _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
-        result = await engines.call(route.deployment_name, capability, body, route.variant)
+        result = await engines.call(route, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     install_oip_routes(app, settings, engines, protected[0])

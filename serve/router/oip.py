@@ -93,7 +93,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
             media = await _media(tensor, binary, route, settings)
             wanted = _requested_outputs(route, inference)
             body = {"inputs": media, "parameters": inference.parameters}
-            result = await engines.call(route.deployment_name, route.capabilities[0], body, route.variant)
+            result = await engines.call(route, route.capabilities[0], body)
         except (InputError, APIError) as err:  # APIError from the call: 503 at capacity, with Retry-After
             raise OIPError(err.status_code, err.message, getattr(err, "headers", None)) from None
         payload = json.loads(result.content)

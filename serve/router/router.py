@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
-from serve.router.routing import RouterSettings
+from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
@@ -25,20 +25,18 @@ class ServeEngineCaller:
     def __init__(self, handles: dict[str, DeploymentHandle]):
         self.handles = handles
 
-    def _handle(self, deployment: str, variant: str | None, stream: bool = False) -> DeploymentHandle:
+    def _handle(self, route: ModelRoute, stream: bool = False) -> DeploymentHandle:
         # A variant goes to replicas that already hold it (Serve's multiplexed routing).
-        return self.handles[deployment].options(stream=stream, multiplexed_model_id=variant or "")
+        return self.handles[route.deployment_name].options(stream=stream, multiplexed_model_id=route.variant or "")
 
-    async def call(self, deployment: str, capability: Capability, body: dict,
-                   variant: str | None = None) -> EngineResponse:
-        with _unavailable_as_503(deployment):
-            return await self._handle(deployment, variant).handle.remote(capability.value, body)
+    async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
+        with _unavailable_as_503(route.deployment_name):
+            return await self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
 
-    async def stream(self, deployment: str, capability: Capability, body: dict,
-                     variant: str | None = None) -> AsyncIterator[str | EngineResponse]:
-        response = self._handle(deployment, variant, stream=True).handle_stream.remote(capability.value, body)
+    async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
+        response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)
         try:
-            with _unavailable_as_503(deployment):
+            with _unavailable_as_503(route.deployment_name):
                 first = await anext(response, None)
             if first is not None:
                 yield first

@@ -50,6 +50,11 @@ class ModelRoute:
             card["parent"] = self.parent
         return card
 
+    @property
+    def engine_model_id(self) -> str:
+        """The model whose engine answers: the base model of a variant."""
+        return self.parent or self.model_id
+
     def variant_route(self, variant: str) -> "ModelRoute":
         return dataclasses.replace(self, model_id=f"{self.model_id}:{variant}", variant=variant,
                                    parent=self.model_id)

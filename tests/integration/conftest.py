@@ -35,13 +35,21 @@ def _vision(model_id: str, source: str, **engine_kwargs) -> dict:
             "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}}, "engine_kwargs": engine_kwargs}
 
 
-# The other vision tasks beside the default config's image classifier.
+# The other vision tasks beside the default config's image classifier, co-located: one
+# deployment whose replica holds all four.
+VISION_GROUP = {"name": "vision-extras", "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}}}
 VISION_MODELS = [
-    _vision("tiny-detector", "tiny-yolos", task="object-detection", threshold=0.0),
-    _vision("tiny-zero-shot", "tiny-clip", task="zero-shot-image-classification", candidate_labels=["cat", "dog"]),
-    _vision("tiny-captioner", "tiny-blip", task="image-to-text", max_new_tokens=8),
-    _vision("tiny-image-embedder", "tiny-vit", task="image-feature-extraction", max_image_pixels=1_000_000),
+    {**_vision(model_id, source, **engine_kwargs), "group": VISION_GROUP["name"], "deployment_config": {}}
+    for model_id, source, engine_kwargs in [
+        ("tiny-detector", "tiny-yolos", {"task": "object-detection", "threshold": 0.0}),
+        ("tiny-zero-shot", "tiny-clip", {"task": "zero-shot-image-classification", "candidate_labels": ["cat", "dog"]}),
+        ("tiny-captioner", "tiny-blip", {"task": "image-to-text", "max_new_tokens": 8}),
+        ("tiny-image-embedder", "tiny-vit", {"task": "image-feature-extraction", "max_image_pixels": 1_000_000}),
+    ]
 ]
+# Three weight variants of one classifier, at most two held by the replica at a time.
+VISION_MODELS.append({**_vision("tiny-vit-variants", "tiny-vit", task="image-classification"),
+                      "multiplex_config": {"variants_dir": "./.models/tiny-vit-variants", "max_variants_per_replica": 2}})
 
 
 def _free_port() -> int:
@@ -59,6 +67,7 @@ def platform_url(tmp_path_factory) -> str:
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]
+    args["groups"] = [VISION_GROUP]
     args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
     with running_platform(config, tmp_path_factory.mktemp("platform")) as base:
         yield base

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
+import sys
 
 import httpx
 import openai
 import pytest
 import ray
+import yaml
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from tests.integration.conftest import API_KEY, auth_headers, running_platform
+from tests.integration.conftest import API_KEY, ROOT, auth_headers, running_platform
 from tests.media_files import image_file
 
 
@@ -64,7 +67,7 @@ def scheduled(cluster, tmp_path_factory):
     config = {"proxy_location": "HeadOnly", "applications": [{
         "name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
         "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-        "args": {"models": MODELS, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
+        "args": {"models": MODELS, "api_keys": [API_KEY]}}]}
     with running_platform(config, tmp_path_factory.mktemp("scheduled"), ray_cluster.address) as base:
         ray.init(address=ray_cluster.address, namespace="serve")
         try:
@@ -141,3 +144,18 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
     assert statuses.index(200) == len(refused)
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
         assert _infer(client, "one-at-a-time").status_code == 200
+
+
+def test_a_model_wider_than_any_node_is_refused_before_deploying(scheduled, cluster, tmp_path):
+    ray_cluster, _ = cluster
+    wide = {**MODELS[2], "model_loading_config": {**MODELS[2]["model_loading_config"], "model_id": "too-wide"},
+            "engine_kwargs": {**MODELS[2]["engine_kwargs"], "tensor_parallel_size": 4}}
+    config = {"applications": [{"name": "too-wide", "route_prefix": "/wide",
+                                "import_path": "builders.app_builder:build_app", "args": {"models": [wide]}}]}
+    path = tmp_path / "wide.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "deploy_app.py", "--config", str(path), "--address", ray_cluster.address],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "too-wide replica 1 (4 GPU" in result.stderr and "needs 4 GPUs on one node; nodes have 2" in result.stderr
+    assert "too-wide" not in serve.status().applications  # nothing was deployed

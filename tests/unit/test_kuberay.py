@@ -32,16 +32,22 @@ def test_serve_config_is_the_file_listening_on_the_pod():
 
 
 def test_worker_groups_are_sized_from_the_models():
-    cluster = render("rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 1, "32Gi")
+    cluster = render("rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 2, "32Gi")
                      )["spec"]["rayClusterConfig"]
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    # GPU replicas: 0.4 + 0.4 + 0.15 + 0.05 + 1 GPUs (11 CPUs) at minimum; the 8B model autoscales to 4
-    assert (groups["gpu-workers"]["minReplicas"], groups["gpu-workers"]["maxReplicas"]) == (2, 5)
-    assert groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (2, 2)  # 12 CPUs
+    # GPU replicas at minimum: shares 0.4 + 0.4 + 0.15 + 0.05 + 0.2, the 8B model's 1, the 14B model's 2
+    # (4.2 GPUs, 23 CPUs: 3 workers of 8 CPUs); the 8B model autoscales to 4 (7.2 GPUs, 35 CPUs: 5)
+    assert (groups["gpu-workers"]["minReplicas"], groups["gpu-workers"]["maxReplicas"]) == (3, 5)
+    assert groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (1, 1)  # 8 CPUs
     env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [{"name": "PLATFORM_API_KEYS",
                     "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": "PLATFORM_API_KEYS"}}}]
+
+
+def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
+    assert main(["rayservice", "--config", "examples/production.yaml", "--image", "img", "--gpus-per-worker", "1"]) == 1
+    assert "qwen2.5-14b-instruct needs 2 GPUs on one node; pass --gpus-per-worker 2" in capsys.readouterr().err
 
 
 def test_validation_catches_a_broken_manifest():

@@ -20,7 +20,7 @@ def vllm(model_id, num_gpus, replicas=1, **engine_kwargs):
 def test_two_half_shares_share_one_gpu_and_a_tp2_model_holds_two():
     placements = plan(config(vllm("a", 0.5), vllm("b", 0.5), vllm("tp", 2, tensor_parallel_size=2)),
                       nodes=1, gpus_per_node=4, cpus_per_node=8)
-    by_model = {p.model_id: p for p in placements}
+    by_model = {p.deployment: p for p in placements}
     assert by_model["a"].gpu_ids == by_model["b"].gpu_ids
     assert len(by_model["tp"].gpu_ids) == 2 and not set(by_model["tp"].gpu_ids) & set(by_model["a"].gpu_ids)
 

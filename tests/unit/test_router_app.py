@@ -25,14 +25,16 @@ class FakeEngines:
         self.variants = []
         self.closed = asyncio.Event()
 
-    async def call(self, deployment, capability, body, variant=None):
+    async def call(self, route, capability, body):
+        deployment = route.deployment_name
         self.calls.append((deployment, capability, body))
-        self.variants.append(variant)
+        self.variants.append(route.variant)
         return EngineResponse.json({"deployment": deployment, "capability": capability.value})
 
-    async def stream(self, deployment, capability, body, variant=None):
+    async def stream(self, route, capability, body):
+        deployment = route.deployment_name
         self.calls.append((deployment, capability, body))
-        self.variants.append(variant)
+        self.variants.append(route.variant)
         try:
             if body.get("max_tokens") == 1:
                 yield EngineResponse.error(400, "engine says no", param="max_tokens")
