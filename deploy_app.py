@@ -67,7 +67,8 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
     return format_table(rows)
 
 
-def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True) -> None:
+def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
+           num_gpus: int | None = None) -> None:
     """Start (or join) a Ray cluster and deploy the config the way ``serve run`` does."""
     import ray
     from ray import serve
@@ -75,7 +76,8 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     from ray.serve._private.constants import SERVE_NAMESPACE
 
     apply_streaming_env()
-    ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False)
+    ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
+             **({"num_gpus": num_gpus} if num_gpus is not None and address is None else {}))
     if check_fit:
         _check_fit(loaded)
     client = serve_api.serve_start(
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--cpus-per-node", type=float, default=64)
+    parser.add_argument("--num-gpus", type=int, default=None,
+                        help="GPUs of the local Ray this starts (default: detected); more than the machine has "
+                             "are logical GPUs, to try placement on a CPU machine")
     parser.add_argument("--no-fit-check", action="store_true",
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return _print_placement(loaded, args)
     if args.dry_run:
         return 0
-    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check)
+    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while True:

@@ -16,7 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_platform(models: list[dict[str, Any]], port: int, workdir: str) -> subprocess.Popen:
+def start_platform(models: list[dict[str, Any]], port: int, workdir: str,
+                   extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     """``deploy_app.py`` on a one-application config serving ``models`` at ``port``."""
     config = {
         "proxy_location": "HeadOnly",
@@ -29,7 +30,7 @@ def start_platform(models: list[dict[str, Any]], port: int, workdir: str) -> sub
     }
     path = Path(workdir) / "bench_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path)],
+    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path), *extra_args],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
                             start_new_session=True)
