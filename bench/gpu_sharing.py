@@ -11,7 +11,7 @@ the GPU memory of every replica's process tree (``nvidia-smi``).
 
     python bench/gpu_sharing.py --model-a Qwen/Qwen2.5-1.5B-Instruct --model-b tiiuae/Falcon3-1B-Instruct \\
         --third openai/whisper-large-v3-turbo
-    python bench/gpu_sharing.py --logical-gpus 1     # CPU machine: tiny models, Ray's logical GPU
+    python bench/gpu_sharing.py --logical-gpus 1 --cpus-per-model 0.5   # CPU machine: tiny models, a logical GPU
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def vllm_entry(model_id: str, source: str, share: float, args) -> dict[str, Any]
     if args.logical_gpus:  # the CPU build: keep its KV cache small
         kwargs.update(dtype="float32", kv_cache_memory_bytes=256 << 20)
     return {"model_loading_config": {"model_id": model_id, "model_source": source, "type": "vllm"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": 1, "num_gpus": share}},
+            "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}},
             "engine_kwargs": kwargs}
 
 
@@ -47,13 +47,17 @@ def third_entry(source: str, args) -> dict[str, Any]:
     """The model beside the two: speech-to-text, on its own small share."""
     share = 0 if args.logical_gpus else args.third_share
     return {"model_loading_config": {"model_id": "third", "model_source": source, "type": "audio"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": 1, "num_gpus": share}},
+            "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}},
             "engine_kwargs": {"task": "speech-to-text"}}
 
 
 async def tokens_per_s(base: str, model: str, args) -> float:
     """Output tokens/s of ``args.requests`` streamed completions, ``args.concurrency`` at a time."""
-    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600) as client:
+        return await _drive(client, model, args)
+
+
+async def _drive(client: openai.AsyncOpenAI, model: str, args) -> float:
     gate = asyncio.Semaphore(args.concurrency)
 
     async def one() -> int:
@@ -141,6 +145,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.4)
     parser.add_argument("--third-share", type=float, default=0.1)
     parser.add_argument("--logical-gpus", type=int, default=0, help="CPU machine: start Ray with this many GPUs")
+    parser.add_argument("--cpus-per-model", type=float, default=1)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=128)
