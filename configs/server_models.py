@@ -209,8 +209,6 @@ class MultiplexConfig(StrictModel):
     @classmethod
     def _names_and_sources(cls, value: dict[str, str]) -> dict[str, str]:
         for name, source in value.items():
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", name):
-                raise ValueError(f"variant name {name!r}: use letters, digits, '.', '_' and '-'")
             if source.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(source)):
                 raise ValueError(f"variant {name!r}: local path {source!r} does not exist (relative to {os.getcwd()})")
         return value
@@ -224,8 +222,12 @@ class MultiplexConfig(StrictModel):
 
     @model_validator(mode="after")
     def _some_variants(self) -> "MultiplexConfig":
-        if not self.all_variants():
+        variants = self.all_variants()
+        if not variants:
             raise ValueError("no variants: list them in variants or put them in variants_dir")
+        for name in variants:  # clients write "<model_id>:<name>"
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", name):
+                raise ValueError(f"variant name {name!r}: use letters, digits, '.', '_' and '-'")
         return self
 
     def all_variants(self) -> dict[str, str]:

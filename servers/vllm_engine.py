@@ -71,6 +71,7 @@ class VLLMEngine(BaseEngine):
             vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
             enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats)
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
+        await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
         return engine
 
     def _server_args(self):
