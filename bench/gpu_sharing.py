@@ -21,15 +21,18 @@ import asyncio
 import csv
 import io
 import subprocess
+import sys
 import tempfile
-import time
 from typing import Any
 
 import httpx
 import openai
 import psutil
 
-from launch import ROOT, start_platform, stop, wait_ready
+from launch import ROOT, closed_loop, start_platform, stop, wait_ready
+
+sys.path.insert(0, str(ROOT))
+from tests.audio_files import audio_file  # noqa: E402  (the clips the tests upload)
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -58,40 +61,29 @@ async def tokens_per_s(base: str, model: str, args) -> float:
 
 
 async def _drive(client: openai.AsyncOpenAI, model: str, args) -> float:
-    gate = asyncio.Semaphore(args.concurrency)
+    counts: list[int] = []
 
-    async def one() -> int:
-        async with gate:
-            stream = await client.chat.completions.create(
-                model=model, messages=PROMPT, max_tokens=args.max_tokens, temperature=1.0,
-                extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True})
-            tokens = 0
-            async for chunk in stream:
-                if chunk.usage:
-                    tokens = chunk.usage.completion_tokens
-            return tokens
+    async def one() -> None:
+        stream = await client.chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=args.max_tokens, temperature=1.0,
+            extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True})
+        async for chunk in stream:
+            if chunk.usage:
+                counts.append(chunk.usage.completion_tokens)
 
-    await asyncio.gather(*(one() for _ in range(min(args.concurrency, 4))))  # warm-up
-    start = time.perf_counter()
-    counts = await asyncio.gather(*(one() for _ in range(args.requests)))
-    return sum(counts) / (time.perf_counter() - start)
+    timed = await closed_loop(one, args.requests, args.concurrency)
+    # closed_loop runs a warm-up round first: count the tokens of the timed requests only.
+    return sum(counts[-args.requests:]) * timed["per_s"] / args.requests
 
 
 async def keep_third_busy(base: str, stop_event: asyncio.Event) -> int:
     """Transcribe a short clip in a loop until the LLM load ends; returns requests served."""
-    import wave
-
-    import numpy as np
-
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as clip:  # 5 s of 16 kHz noise
-        clip.setnchannels(1), clip.setsampwidth(2), clip.setframerate(16000)
-        clip.writeframes((np.random.RandomState(0).randn(16000 * 5) * 3000).astype("<i2").tobytes())
+    clip = audio_file("wav", "pcm_s16le", seconds=5.0)
     served = 0
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         while not stop_event.is_set():
             response = await client.post("/v1/audio/transcriptions", data={"model": "third"},
-                                         files={"file": ("a.wav", buffer.getvalue(), "audio/wav")})
+                                         files={"file": ("a.wav", clip, "audio/wav")})
             served += response.status_code == 200
     return served
 
