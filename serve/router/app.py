@@ -3,7 +3,6 @@ lookup, and a thin pass-through to the engine deployment that holds the model.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -16,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from serve.router.errors import APIError, install_error_handlers
-from serve.router.routing import ModelRoute, RouterSettings, requested_model
+from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.oip import install_oip_routes
 from serve.router.uploads import read_limited_body, read_upload_form
@@ -62,15 +61,11 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     @app.get("/v1/health", dependencies=protected)
     @app.get("/ready", dependencies=protected)
     async def readiness() -> JSONResponse:
-        # Models that scale to zero are ready by design: asking them for stats would start
-        # (and keep alive) a replica no request needs.
         bases = [r for r in settings.routes.values() if r.variant is None]
-        routes = [r for r in bases if r.min_replicas > 0]
-        states = await asyncio.gather(*(engines.status(r.deployment_name, 5.0) for r in routes))
-        models = {r.model_id: {"ready": state is not None, **(state or {})} for r, state in zip(routes, states)}
-        models.update({r.model_id: {"ready": True, "scales_from_zero": True}
-                       for r in bases if r.min_replicas == 0})
-        ready = all(state is not None for state in states)
+        states = await deployment_states(engines, bases)
+        models = {r.model_id: {"ready": states[r.deployment_name] is not None, **(states[r.deployment_name] or {})}
+                  for r in bases}
+        ready = all(state is not None for state in states.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)
 

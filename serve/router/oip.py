@@ -24,7 +24,7 @@ from common.input_errors import InputError
 from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.router.errors import APIError
-from serve.router.routing import ModelRoute, RouterSettings, requested_model
+from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import read_limited_body
 
 MODEL_VERSION = "1"
@@ -50,9 +50,8 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
         raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes))}")
 
-    async def model_ready(route: ModelRoute) -> bool:
-        # A model that scales to zero is ready to take a request (which starts a replica).
-        return route.min_replicas == 0 or await engines.status(route.deployment_name, 5.0) is not None
+    async def all_ready(routes) -> bool:
+        return all(state is not None for state in (await deployment_states(engines, routes)).values())
 
     @app.get("/v2")
     async def server_metadata() -> dict:
@@ -64,8 +63,8 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
 
     @app.get("/v2/health/ready", dependencies=[auth])
     async def ready() -> JSONResponse:
-        states = await asyncio.gather(*(model_ready(r) for r in tensor_routes.values()))
-        return JSONResponse({"ready": all(states)}, status_code=200 if all(states) else 503)
+        is_ready = await all_ready(tensor_routes.values())
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2/models/{name}", dependencies=[auth])
     @app.get("/v2/models/{name}/versions/{version}", dependencies=[auth])
@@ -78,7 +77,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=[auth])
     async def model_is_ready(name: str, version: str = MODEL_VERSION) -> JSONResponse:
         route = _versioned(route_for(name), version)
-        is_ready = await model_ready(route)
+        is_ready = await all_ready([route])
         return JSONResponse({"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.post("/v2/models/{name}/infer", dependencies=[auth])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
@@ -58,6 +59,20 @@ class ModelRoute:
     def variant_route(self, variant: str) -> "ModelRoute":
         return dataclasses.replace(self, model_id=f"{self.model_id}:{variant}", variant=variant,
                                    parent=self.model_id)
+
+
+async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_s: float = 5.0) -> dict[str, dict | None]:
+    """Stats of each deployment behind ``routes`` (None: no replica answered), probed once however
+    many models or variants it serves. Deployments that scale to zero count as ready without a
+    probe: asking them for stats would start (and keep alive) a replica no request needs."""
+    behind = {route.deployment_name: route for route in routes}
+
+    async def probe(route: ModelRoute) -> dict | None:
+        if route.min_replicas == 0:
+            return {"scales_from_zero": True}
+        return await engines.status(route.deployment_name, timeout_s)
+
+    return dict(zip(behind, await asyncio.gather(*(probe(route) for route in behind.values()))))
 
 
 @dataclass(frozen=True)
