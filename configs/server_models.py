@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr, SecretStr,
+                      field_validator, model_validator)
 
 from common.base_pydantic import StrictModel
 
@@ -220,8 +221,16 @@ class MultiplexConfig(StrictModel):
             raise ValueError(f"{value!r} is not a directory (relative to {os.getcwd()})")
         return value
 
+    # variants_dir's subdirectories, listed once when the config is validated, so the router's
+    # routes, the replicas' variants and the engine's settings all see the same set.
+    _found: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _some_variants(self) -> "MultiplexConfig":
+        if self.variants_dir:
+            root = os.path.abspath(os.path.expanduser(self.variants_dir))
+            self._found = {name: os.path.join(root, name) for name in sorted(os.listdir(root))
+                           if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")}
         variants = self.all_variants()
         if not variants:
             raise ValueError("no variants: list them in variants or put them in variants_dir")
@@ -231,13 +240,8 @@ class MultiplexConfig(StrictModel):
         return self
 
     def all_variants(self) -> dict[str, str]:
-        """Every variant by name: the listed ones, then each subdirectory of ``variants_dir``."""
-        found = {}
-        if self.variants_dir:
-            root = os.path.abspath(os.path.expanduser(self.variants_dir))
-            found = {name: os.path.join(root, name) for name in sorted(os.listdir(root))
-                     if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")}
-        return {**found, **self.variants}
+        """Every variant by name: each subdirectory of ``variants_dir``, then the listed ones."""
+        return {**self._found, **self.variants}
 
 
 class BaseModelEntry(StrictModel):

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, create_model, field_validator, model_validator
 
 from configs.server_models import BaseModelEntry, Capability
 
@@ -46,8 +46,20 @@ def vllm_engine_kwargs_model() -> type[BaseModel]:
     )
 
 
+def _largest_lora_rank(sources) -> int:
+    """The largest rank among local adapters (hub and cloud adapters are read by vLLM)."""
+    ranks = [0]
+    for source in sources:
+        config = os.path.join(source, "adapter_config.json")
+        if os.path.exists(config):
+            with open(config) as handle:
+                ranks.append(int(json.load(handle).get("r", 0)))
+    return max(ranks)
+
+
 class VLLMModelEntry(BaseModelEntry):
     engine_kwargs: dict[str, Any] = {}
+    _lora_rank: int = PrivateAttr(default=0)  # of the local adapters, read once at validation
 
     default_serve_options: ClassVar[dict[str, Any]] = {
         **BaseModelEntry.default_serve_options,
@@ -95,20 +107,11 @@ class VLLMModelEntry(BaseModelEntry):
             if os.path.isdir(source) and not os.path.exists(os.path.join(source, "adapter_config.json")):
                 raise ValueError(f"multiplex_config: variant {name!r} ({source}) is not a LoRA adapter: "
                                  "vLLM variants are PEFT adapters with an adapter_config.json")
-        rank = self._largest_lora_rank()
-        if rank > LORA_RANKS[-1]:
-            raise ValueError(f"multiplex_config: a LoRA adapter has rank {rank}; vLLM serves ranks up to {LORA_RANKS[-1]}")
+        self._lora_rank = _largest_lora_rank(self.variants().values())
+        if self._lora_rank > LORA_RANKS[-1]:
+            raise ValueError(f"multiplex_config: a LoRA adapter has rank {self._lora_rank}; "
+                             f"vLLM serves ranks up to {LORA_RANKS[-1]}")
         return self
-
-    def _largest_lora_rank(self) -> int:
-        """The largest rank among local adapters (hub and cloud adapters are read by vLLM)."""
-        ranks = [0]
-        for source in self.variants().values():
-            config = os.path.join(source, "adapter_config.json")
-            if os.path.exists(config):
-                with open(config) as handle:
-                    ranks.append(int(json.load(handle).get("r", 0)))
-        return max(ranks)
 
     def lora_modules(self) -> dict[str, str]:
         """vLLM LoRA names (what clients send as ``model``) and their sources."""
@@ -171,7 +174,6 @@ class VLLMModelEntry(BaseModelEntry):
         """LoRA on, with room for the replica's variants (vLLM's defaults: 1 adapter, rank 16)."""
         per_replica = min(self.multiplex_config.max_variants_per_replica, len(self.variants()))
         derived = {"enable_lora": True, "max_loras": per_replica, "max_cpu_loras": per_replica}
-        rank = self._largest_lora_rank()
-        if rank:
-            derived["max_lora_rank"] = next(r for r in LORA_RANKS if r >= rank)
+        if self._lora_rank:
+            derived["max_lora_rank"] = next(r for r in LORA_RANKS if r >= self._lora_rank)
         return {key: value for key, value in derived.items() if key not in self.engine_kwargs}
