@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import av
@@ -30,3 +31,14 @@ def video_file(fmt: str = "mp4", codec: str = "libx264", frames: int = 16, fps: 
         for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def infer_body(elements: list, input_name: str = "image", datatype: str = "BYTES", shape: list[int] | None = None,
+               **extra) -> dict:
+    """An Open Inference Protocol request with one input, by default of (base64 or URL) strings."""
+    tensor = {"name": input_name, "shape": shape or [len(elements)], "datatype": datatype, "data": elements}
+    return {"inputs": [tensor], **extra}

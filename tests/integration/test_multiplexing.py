@@ -3,12 +3,10 @@ weight variants of a transformers classifier loaded and evicted by Ray Serve's m
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from tests.integration.conftest import auth_headers
-from tests.media_files import image_file
+from tests.media_files import b64, image_file, infer_body
 
 PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
 
@@ -57,9 +55,7 @@ def test_unknown_variants_are_404(http, model):
 
 
 def _classify(http, model: str, headers: dict | None = None) -> list[float]:
-    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(image_file(seed=3)).decode()]}],
-            "parameters": {"top_k": 3}}
+    body = infer_body([b64(image_file(seed=3))], parameters={"top_k": 3})
     answer = http.post(f"/v2/models/{model}/infer", json=body, headers={**auth_headers(), **(headers or {})})
     assert answer.status_code == 200, answer.text
     return next(o for o in answer.json()["outputs"] if o["name"] == "scores")["data"]
@@ -86,7 +82,5 @@ def test_a_group_serves_its_models_from_one_replica(http):
     assert len({models[m]["placement"]["actor_id"] for m in members}) == 1
     assert models["tiny-vit"]["placement"]["actor_id"] != models["tiny-detector"]["placement"]["actor_id"]
     for model in members[:2]:  # each member answers with its own model behind the shared replica
-        body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                            "data": [base64.b64encode(image_file()).decode()]}]}
-        answer = http.post(f"/v2/models/{model}/infer", json=body)
+        answer = http.post(f"/v2/models/{model}/infer", json=infer_body([b64(image_file())]))
         assert answer.status_code == 200 and answer.json()["model_name"] == model

@@ -8,7 +8,6 @@ node B with two; the engines run on the CPU, Ray's bookkeeping of GPUs is real.
 from __future__ import annotations
 
 import asyncio
-import base64
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from tests.integration.conftest import API_KEY, ROOT, auth_headers, running_platform
-from tests.media_files import image_file
+from tests.media_files import b64, image_file, infer_body
 
 
 def _vit(model_id: str, actor: dict, engine_kwargs: dict | None = None, **deployment) -> dict:
@@ -81,9 +80,7 @@ def _replica_stats(base: str) -> dict:
 
 
 def _infer(client: httpx.Client | httpx.AsyncClient, model: str):
-    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(image_file()).decode()]}]}
-    return client.post(f"/v2/models/{model}/infer", json=body)
+    return client.post(f"/v2/models/{model}/infer", json=infer_body([b64(image_file())]))
 
 
 def test_two_half_gpu_replicas_share_one_gpu_of_their_node(scheduled):

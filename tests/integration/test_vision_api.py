@@ -4,7 +4,6 @@ HTTP and the real tritonclient), and media URLs in chat requests, with tiny offl
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 
 import httpx
@@ -15,7 +14,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import API_KEY, auth_headers
-from tests.media_files import image_file, video_file
+from tests.media_files import b64, image_file, infer_body, video_file
 
 CLASSIFIER, DETECTOR, ZERO_SHOT = "tiny-vit", "tiny-detector", "tiny-zero-shot"
 CAPTIONER, EMBEDDER, VIDEO = "tiny-captioner", "tiny-image-embedder", "tiny-videomae"
@@ -23,13 +22,8 @@ PNG = image_file("PNG")
 JPEG = image_file("JPEG", 80, 60, seed=1)
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def infer(http, model: str, elements: list[str], input_name: str = "image", **extra) -> httpx.Response:
-    body = {"inputs": [{"name": input_name, "shape": [len(elements)], "datatype": "BYTES", "data": elements}], **extra}
-    return http.post(f"/v2/models/{model}/infer", json=body)
+    return http.post(f"/v2/models/{model}/infer", json=infer_body(elements, input_name, **extra))
 
 
 def outputs(response: httpx.Response) -> dict[str, dict]:
@@ -107,30 +101,26 @@ async def test_concurrent_requests_share_forward_passes(platform_url, http):
     assert after["forward_passes"] - before["forward_passes"] < 24 and after["largest_batch"] > 1
 
 
-def tensor(data, datatype="BYTES", shape=None, name="image"):
-    return {"inputs": [{"name": name, "shape": shape or [len(data)], "datatype": datatype, "data": data}]}
-
-
 @pytest.mark.parametrize("model,body,status,words", [
-    (CLASSIFIER, tensor([b64(b"not an image at all")]), 400, "supported format"),
-    (CLASSIFIER, tensor([b64(image_file("TIFF"))]), 400, "supported format"),
-    (CLASSIFIER, tensor([b64(PNG[:80])]), 400, "could not be decoded"),
-    (EMBEDDER, tensor([b64(image_file("PNG", 1200, 1000))]), 413, "limit"),
-    (VIDEO, tensor([b64(video_file(frames=130, fps=1, width=32, height=32))], name="video"), 413, "limit"),
-    (VIDEO, tensor([b64(b"\x00\x00\x00\x18ftypisom" + bytes(64))], name="video"), 400, "could not be decoded"),
-    (CLASSIFIER, tensor(["file:///etc/passwd"]), 400, "refused"),
-    (CLASSIFIER, tensor(["/etc/passwd"]), 400, "refused"),
-    (CLASSIFIER, tensor(["http://example.org/cat.png"]), 400, "allowed_domains"),
-    (CLASSIFIER, tensor(["http://localhost:1/cat.png"]), 400, "non-public address"),
-    (CLASSIFIER, tensor([[0.5, 0.2]], datatype="FP32", shape=[1, 2]), 400, "BYTES"),
-    (CLASSIFIER, tensor([b64(PNG)], shape=[2]), 400, "shape"),
-    (CLASSIFIER, tensor([b64(PNG)], name="pixels"), 400, "one input named 'image'"),
+    (CLASSIFIER, infer_body([b64(b"not an image at all")]), 400, "supported format"),
+    (CLASSIFIER, infer_body([b64(image_file("TIFF"))]), 400, "supported format"),
+    (CLASSIFIER, infer_body([b64(PNG[:80])]), 400, "could not be decoded"),
+    (EMBEDDER, infer_body([b64(image_file("PNG", 1200, 1000))]), 413, "limit"),
+    (VIDEO, infer_body([b64(video_file(frames=130, fps=1, width=32, height=32))], input_name="video"), 413, "limit"),
+    (VIDEO, infer_body([b64(b"\x00\x00\x00\x18ftypisom" + bytes(64))], input_name="video"), 400, "could not be decoded"),
+    (CLASSIFIER, infer_body(["file:///etc/passwd"]), 400, "refused"),
+    (CLASSIFIER, infer_body(["/etc/passwd"]), 400, "refused"),
+    (CLASSIFIER, infer_body(["http://example.org/cat.png"]), 400, "allowed_domains"),
+    (CLASSIFIER, infer_body(["http://localhost:1/cat.png"]), 400, "non-public address"),
+    (CLASSIFIER, infer_body([[0.5, 0.2]], datatype="FP32", shape=[1, 2]), 400, "BYTES"),
+    (CLASSIFIER, infer_body([b64(PNG)], shape=[2]), 400, "shape"),
+    (CLASSIFIER, infer_body([b64(PNG)], input_name="pixels"), 400, "one input named 'image'"),
     (CLASSIFIER, {"inputs": []}, 400, "inputs"),
-    (CLASSIFIER, {**tensor([b64(PNG)]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
-    (CLASSIFIER, {**tensor([b64(PNG)]), "parameters": {"top_k": "many"}}, 400, "top_k"),
-    (ZERO_SHOT, {**tensor([b64(PNG)]), "parameters": {"candidate_labels": []}}, 400, "candidate_labels"),
-    ("tiny-chat", tensor([b64(PNG)]), 400, "not served through /v2"),
-    ("no-such-model", tensor([b64(PNG)]), 404, "does not exist"),
+    (CLASSIFIER, {**infer_body([b64(PNG)]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
+    (CLASSIFIER, {**infer_body([b64(PNG)]), "parameters": {"top_k": "many"}}, 400, "top_k"),
+    (ZERO_SHOT, {**infer_body([b64(PNG)]), "parameters": {"candidate_labels": []}}, 400, "candidate_labels"),
+    ("tiny-chat", infer_body([b64(PNG)]), 400, "not served through /v2"),
+    ("no-such-model", infer_body([b64(PNG)]), 404, "does not exist"),
 ])
 def test_bad_v2_requests_get_a_4xx_in_the_protocol_shape(http, model, body, status, words):
     response = http.post(f"/v2/models/{model}/infer", json=body)
@@ -142,8 +132,8 @@ def test_bad_v2_requests_get_a_4xx_in_the_protocol_shape(http, model, body, stat
 
 def test_malformed_json_and_binary_headers(http):
     assert http.post(f"/v2/models/{CLASSIFIER}/infer", content=b"{nope").status_code == 400
-    header = json.dumps(tensor([])["inputs"][0] | {"parameters": {"binary_data_size": 10}, "shape": [1],
-                                                   "data": None}).encode()
+    header = json.dumps(infer_body([])["inputs"][0] | {"parameters": {"binary_data_size": 10}, "shape": [1],
+                                                       "data": None}).encode()
     bad = http.post(f"/v2/models/{CLASSIFIER}/infer", content=b'{"inputs":[' + header + b"]}" + b"\x05\x00",
                     headers={"Inference-Header-Content-Length": str(len(header) + 13)})
     assert bad.status_code == 400 and "binary" in bad.json()["error"]
