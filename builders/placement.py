@@ -1,9 +1,11 @@
-"""Where every replica would land on a cluster of identical nodes, before deploying.
+"""Where every replica would land, before deploying: on N identical nodes (``--plan``) or on
+the running cluster's nodes (the check ``deploy_app.py`` makes before it deploys).
 
-Ray packs fractional GPU shares onto one GPU and gives a multi-GPU replica whole GPUs of one
-node. This plans the peak (autoscaled models at ``max_replicas``) the same way, largest
-replicas first, each on the GPU or node with the least room that still fits it, so a config
-that cannot fit is refused with the replica and the reason.
+Ray packs fractional GPU shares onto one GPU, gives a multi-GPU replica whole GPUs of one
+node, and places a replica's placement-group bundles by the group's strategy. This plans the
+peak (autoscaled models at ``max_replicas``) the same way, largest replicas first, each on the
+GPU or node with the least room that still fits it, so a config that cannot fit is refused
+with the replica and the reason.
 """
 
 from __future__ import annotations
