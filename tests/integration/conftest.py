@@ -17,6 +17,8 @@ import openai
 import pytest
 import yaml
 
+from tests.conftest import ray_temp_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 ALLOWED_ORIGIN = "https://app.example"
@@ -82,7 +84,7 @@ def running_platform(config: dict, workdir: Path, address: str | None = None) ->
     path.write_text(yaml.safe_dump(config))
     log_path = path.with_name("platform.log")
     env = {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_TMPDIR": str(workdir)}
+           "RAY_TMPDIR": ray_temp_dir()}
     command = [sys.executable, "deploy_app.py", "--config", str(path)] + (["--address", address] if address else [])
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -19,6 +19,7 @@ import yaml
 from ray import serve
 from ray.cluster_utils import Cluster
 
+from tests.conftest import ray_temp_dir
 from tests.integration.conftest import API_KEY, ROOT, auth_headers, running_platform
 from tests.media_files import b64, image_file, infer_body
 
@@ -48,7 +49,7 @@ MODELS = [
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "num_gpus": 0, "temp_dir": str(tmp_path_factory.mktemp("ray"))})
+        "num_cpus": 2, "num_gpus": 0, "temp_dir": ray_temp_dir()})
     nodes = {"head": cluster.head_node,
              "a": cluster.add_node(num_cpus=2, num_gpus=1, resources={"node-a": 1}),
              "b": cluster.add_node(num_cpus=2, num_gpus=2, resources={"node-b": 1})}
