@@ -1,10 +1,14 @@
-"""Deploy ``model_config.yaml`` without the ``serve`` CLI (on a VM, in a script).
+"""Deploy ``model_config.yaml``: one Serve application per model, plus the router.
 
-    python deploy_app.py --config model_config.yaml            # deploy, block until Ctrl-C
-    python deploy_app.py --config model_config.yaml --dry-run  # validate and print the plan
+    python deploy_app.py --config model_config.yaml                  # start Ray here, deploy, block until Ctrl-C
+    python deploy_app.py --config model_config.yaml --address auto   # apply the file to the running platform, return when live
+    python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
+    python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
 
-It validates every application's ``args:`` before anything starts, then deploys the file
-exactly as ``serve run`` does (same schema, per-application runtime_env, HTTP options).
+It validates every application's ``args:`` before anything starts (a bad edit changes
+nothing), renders each model as its own application (``builders/render.py``) and applies
+the result declaratively, as ``serve deploy`` would: applications whose config is unchanged
+keep their replicas, removed models' applications are deleted.
 """
 
 from __future__ import annotations
@@ -17,22 +21,30 @@ from typing import Any
 
 import yaml
 
+from builders.render import PLATFORM_IMPORT_PATH, render_serve_config
 from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from common.text_table import format_table
 from configs import LoadedConfig, load_platform_config
 from configs.server_models import replica_range, replica_shape
 
-PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
+READY_POLL_S = 2
 
 
 def load_serve_config(path: str) -> tuple[Any, dict[str, LoadedConfig]]:
     """Parse a Serve config file and validate each platform application's ``args``."""
+    return validate_serve_config(load_yaml(path))
+
+
+def load_yaml(path: str) -> Any:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    with open(path) as handle:
-        raw = yaml.safe_load(handle)
     try:
         schema = ServeDeploySchema.model_validate(raw)
     except ValidationError as err:
@@ -67,17 +79,27 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
     return format_table(rows)
 
 
+def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any:
+    """The Serve config that runs ``raw``: each platform application split per model."""
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema.model_validate(render_serve_config(raw, loaded))
+
+
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
            num_gpus: int | None = None) -> None:
-    """Start (or join) a Ray cluster and deploy the config the way ``serve run`` does."""
+    """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live."""
     import ray
-    from ray import serve
     from ray.serve._private import api as serve_api
     from ray.serve._private.constants import SERVE_NAMESPACE
 
-    apply_streaming_env()
-    ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
-             **({"num_gpus": num_gpus} if num_gpus is not None and address is None else {}))
+    apply_streaming_env(schema.http_options.port if address is None else None)
+    context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
+                       **({"num_gpus": num_gpus} if num_gpus is not None and address is None else {}))
+    if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(context.address_info["gcs_address"])
     if check_fit:
         _check_fit(loaded)
     client = serve_api.serve_start(
@@ -86,18 +108,30 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
         controller_options=schema.controller_options,
     )
     client.deploy_apps(schema, _blocking=False)
-    names = [app.name for app in schema.applications]
-    print(f"deploying {', '.join(names)}; waiting for replicas to start ...", flush=True)
+    wait_until_live([app.name for app in schema.applications])
+    http = schema.http_options
+    print(f"ready: http://{http.host}:{http.port}/v1", flush=True)
+
+
+def wait_until_live(names: list[str]) -> None:
+    """Block until every application in ``names`` runs and no other is left; print each change."""
+    from ray import serve
+
+    print(f"applying {len(names)} applications: {', '.join(names)}", flush=True)
+    shown: dict[str, str] = {}
     while True:
-        statuses = {name: serve.status().applications.get(name) for name in names}
-        failed = {n: s.message for n, s in statuses.items() if s and s.status == "DEPLOY_FAILED"}
+        statuses = serve.status().applications
+        for name, status in statuses.items():
+            line = status.status.value if hasattr(status.status, "value") else str(status.status)
+            if shown.get(name) != line:
+                print(f"  {name}: {line}" + (" (being removed)" if name not in names else ""), flush=True)
+                shown[name] = line
+        failed = {n: s.message for n, s in statuses.items() if n in names and s.status == "DEPLOY_FAILED"}
         if failed:
             raise SystemExit(f"deploy failed: {failed}")
-        if all(s and s.status == "RUNNING" for s in statuses.values()):
-            break
-        time.sleep(2)
-    http = schema.http_options
-    print(f"ready: http://{http.host}:{http.port}/v1 (Ctrl-C to stop)", flush=True)
+        if set(statuses) == set(names) and all(s.status == "RUNNING" for s in statuses.values()):
+            return
+        time.sleep(READY_POLL_S)
 
 
 def _check_fit(loaded: dict[str, LoadedConfig]) -> None:
@@ -135,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--render", action="store_true",
+                        help="print the Serve config that runs the file (one application per model), start nothing")
+    parser.add_argument("--address", default=None,
+                        help="apply the file to this Ray cluster's platform ('auto': the one on this machine) "
+                             "and return once live (default: start a local Ray and serve until Ctrl-C)")
     parser.add_argument("--plan", action="store_true",
                         help="print where every replica would land on --nodes x --gpus-per-node, start nothing")
     parser.add_argument("--nodes", type=int, default=1)
@@ -148,24 +186,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
     try:
-        schema, loaded = load_serve_config(args.config)
+        raw = load_yaml(args.config)
+        _, loaded = validate_serve_config(raw)
+        schema = rendered_schema(raw, loaded)
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
+    if args.render:
+        yaml.safe_dump(render_serve_config(raw, loaded), sys.stdout, sort_keys=False)
+        return 0
     print(describe_plan(loaded))
     if args.plan:
         return _print_placement(loaded, args)
     if args.dry_run:
         return 0
     deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus)
+    if args.address is not None:
+        return 0  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         from ray import serve
+        from ray._common.utils import reset_ray_address
 
         serve.shutdown()
+        reset_ray_address()
     return 0
 
 

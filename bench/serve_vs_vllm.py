@@ -1,12 +1,22 @@
-"""Streaming throughput and latency: this platform against plain ``vllm serve``, same model.
+"""Streaming throughput and latency: this platform against plain ``vllm serve`` and Ray Serve LLM.
 
-Both servers serve the same model with the same engine arguments, one after the other
-on this machine, and are driven by vLLM's own load generator (the code behind
-``vllm bench serve``: random prompts, streamed chat completions, fixed seed) at each
-concurrency. Prints output-token throughput, TTFT and inter-token latency (p50/p99) of
-both and the platform/vLLM throughput ratio, all measured in this one run.
+Every arm serves the same model with the same engine arguments, one after the other on this
+machine, driven by vLLM's own load generator (the code behind ``vllm bench serve``: random
+prompts, streamed chat completions, fixed seed) at each concurrency:
 
-    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--model-dir .models/tiny-chat]
+- ``vllm``: vLLM's OpenAI server, bare;
+- ``one-hop``: the platform's per-model URL ``/models/<model_id>/v1`` (HAProxy -> the engine
+  replica's own vLLM server);
+- ``shared``: the platform's ``/v1`` (HAProxy -> MultiModelRouter -> engine replica), same platform;
+- ``rsllm``: Ray Serve LLM's ``build_openai_app`` with its defaults;
+- ``rsllm-direct``: Ray Serve LLM with direct streaming (``RAY_SERVE_ENABLE_HA_PROXY=1
+  RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1``; needs ``pandas`` and ``jsonref``).
+
+Prints output-token throughput, TTFT and inter-token latency (p50/p99), the server's CPU ms per
+output token by process, and one line per arm and concurrency, which scripts read:
+``ratio <arm> / vllm at concurrency <c>: <x.xx>x``.
+
+    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--arms vllm one-hop shared rsllm rsllm-direct]
 """
 
 from __future__ import annotations
@@ -46,9 +56,9 @@ def cpu_by_process(root_pid: int) -> dict[str, float]:
     return totals
 
 
-def run_load(port: int, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
+def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
     """One ``vllm bench serve`` pass, in a child process so each pass starts clean."""
-    cli = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--host", "127.0.0.1",
+    cli = ["--backend", "openai-chat", "--endpoint", endpoint, "--host", "127.0.0.1",
            "--port", str(port), "--model", model, "--tokenizer", tokenizer,
            "--dataset-name", "random", "--random-input-len", str(args.input_len),
            "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(prompts),
@@ -78,30 +88,66 @@ def start_vllm(model_dir: str, port: int) -> subprocess.Popen:
 def start_bench_platform(model_dir: str, port: int, workdir: str) -> subprocess.Popen:
     return start_platform([{
         "model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
         "engine_kwargs": ENGINE_KWARGS,
     }], port, workdir)
 
 
-def measure(name: str, proc: subprocess.Popen, ready_url: str, port: int, args) -> dict[int, dict]:
-    results = {}
+RAY_SERVE_LLM = """
+import sys, time
+import ray
+from ray import serve
+from ray.serve.llm import LLMConfig, build_openai_app
+direct, model_dir, port, engine_kwargs = sys.argv[1] == "1", sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+ray.init(include_dashboard=False)
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+llm = LLMConfig(model_loading_config={"model_id": "bench-model", "model_source": model_dir},
+                engine_kwargs=engine_kwargs, placement_group_config={"bundles": [{"CPU": 1}]},
+                deployment_config={"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256})
+app_config = {"llm_configs": [llm]}
+if not direct:  # direct streaming refuses an ingress config: the LLM server is the ingress
+    app_config["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
+serve.run(build_openai_app(app_config), blocking=False)
+while True:
+    time.sleep(3600)
+"""
+
+
+def start_ray_serve_llm(model_dir: str, port: int, direct: bool) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
+    if direct:
+        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1")
+    return subprocess.Popen([sys.executable, "-c", RAY_SERVE_LLM, "1" if direct else "0", model_dir, str(port),
+                             repr(ENGINE_KWARGS)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+
+
+def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[str, str], args) -> dict:
+    """Each arm (name -> chat endpoint path) of one server at each concurrency: {arm: {c: metrics}}."""
+    results: dict[str, dict[int, dict]] = {arm: {} for arm in endpoints}
     try:
-        wait_ready(ready_url, proc)
-        run_load(port, "bench-model", args.model_dir, 4, 8, args)  # warm-up
-        for concurrency in args.concurrency:
-            prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
-            before = cpu_by_process(proc.pid)
-            results[concurrency] = run_load(port, "bench-model", args.model_dir, concurrency, prompts, args)
-            after = cpu_by_process(proc.pid)
-            tokens = prompts * args.output_len
-            used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
-            results[concurrency]["server_cpu_ms_per_token"] = 1000 * sum(used.values()) / tokens
-            top = sorted(used.items(), key=lambda kv: -kv[1])[:6]
-            print(f"{name} c={concurrency}: {results[concurrency]}", flush=True)
-            print("   server CPU ms per output token by process: "
-                  + ", ".join(f"{k} {1000 * v / tokens:.2f}" for k, v in top), flush=True)
+        wait_ready(ready_url, proc, timeout_s=600)
+        for arm, endpoint in endpoints.items():
+            run_load(port, endpoint, "bench-model", args.model_dir, 4, 8, args)  # warm-up
+            for concurrency in args.concurrency:
+                prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
+                before = cpu_by_process(proc.pid)
+                metrics = run_load(port, endpoint, "bench-model", args.model_dir, concurrency, prompts, args)
+                after = cpu_by_process(proc.pid)
+                tokens = prompts * args.output_len
+                used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
+                metrics["server_cpu_ms_per_token"] = 1000 * sum(used.values()) / tokens
+                results[arm][concurrency] = metrics
+                top = sorted(used.items(), key=lambda kv: -kv[1])[:6]
+                print(f"{arm} c={concurrency}: {metrics}", flush=True)
+                print("   server CPU ms per output token by process: "
+                      + ", ".join(f"{k} {1000 * v / tokens:.2f}" for k, v in top), flush=True)
     finally:
         stop(proc)
     return results
+
+
+CHAT = "/v1/chat/completions"
 
 
 def main() -> None:
@@ -113,19 +159,25 @@ def main() -> None:
     parser.add_argument("--min-prompts", type=int, default=32)
     parser.add_argument("--prompts-per-slot", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=["vllm", "platform"], default=None)
-    parser.add_argument("--skip-warmup", action="store_true")
+    parser.add_argument("--arms", nargs="+", default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
+                        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"])
     args = parser.parse_args()
     args.model_dir = str(Path(args.model_dir).resolve())
+    runs: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         args.result_dir = workdir
-        runs = {}
-        if args.only in (None, "vllm"):
-            runs["vllm"] = measure("vllm", start_vllm(args.model_dir, 8100),
-                                   "http://127.0.0.1:8100/health", 8100, args)
-        if args.only in (None, "platform"):
-            runs["platform"] = measure("platform", start_bench_platform(args.model_dir, 8200, workdir),
-                                       "http://127.0.0.1:8200/ready", 8200, args)
+        if "vllm" in args.arms:
+            runs.update(measure(start_vllm(args.model_dir, 8100), "http://127.0.0.1:8100/health", 8100,
+                                {"vllm": CHAT}, args))
+        platform_arms = {arm: endpoint for arm, endpoint in
+                         (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT)) if arm in args.arms}
+        if platform_arms:
+            runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir), "http://127.0.0.1:8200/ready",
+                                8200, platform_arms, args))
+        for arm, direct in (("rsllm", False), ("rsllm-direct", True)):
+            if arm in args.arms:
+                runs.update(measure(start_ray_serve_llm(args.model_dir, 8300, direct),
+                                    "http://127.0.0.1:8300/v1/models", 8300, {arm: CHAT}, args))
     print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |")
     print("|---|---|---|---|---|---|")
     for name, by_c in runs.items():
@@ -133,10 +185,11 @@ def main() -> None:
             print(f"| {name} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
                   f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
                   f"{m['server_cpu_ms_per_token']:.2f} |")
-    if len(runs) == 2:
-        for c in args.concurrency:
-            ratio = runs["platform"][c]["output_throughput"] / runs["vllm"][c]["output_throughput"]
-            print(f"platform / vllm output throughput at concurrency {c}: {ratio:.2f}x")
+    if "vllm" in runs:
+        for arm in (a for a in runs if a != "vllm"):
+            for c in args.concurrency:
+                ratio = runs[arm][c]["output_throughput"] / runs["vllm"][c]["output_throughput"]
+                print(f"ratio {arm} / vllm at concurrency {c}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""``build_app``: the ``import_path`` of the application in ``model_config.yaml``.
+"""The ``import_path``s of the platform's Serve applications.
 
-Ray Serve calls it with the YAML's ``args:`` block. It validates the whole block first
-(nothing is deployed when any field is wrong), then creates one engine deployment per
-model from its ``deployment_config`` and binds the router to their handles.
+- ``build_model_app``: one model (or co-located group) as its own application, as
+  ``builders/render.py`` renders ``model_config.yaml`` (what ``deploy_app.py`` deploys).
+- ``build_router``: ``MultiModelRouter``, which finds the model applications through Serve.
+- ``build_app``: the whole file as one application (router and every engine), what a plain
+  ``serve run model_config.yaml`` gets: the same API, but any edit restarts every model and
+  there is no one-hop path.
+
+Each validates its ``args`` first (nothing is deployed when any field is wrong).
 """
 
 from __future__ import annotations
@@ -14,34 +19,54 @@ from ray.serve import Application
 
 from cloud.storage import resolve_model_source
 from common.serve_env import with_replica_env
-from configs import DeploymentSpec, LoadedConfig, load_platform_config
-from configs.server_models import CLOUD_SCHEMES, BaseModelEntry
+from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings
+from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
 from serve.deployments.engine_deployment import EngineDeployment
+from serve.deployments.vllm_ingress import VLLMIngressDeployment
 from serve.router.router import MultiModelRouter
 from serve.router.routing import RouterSettings
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Validate ``args`` and return the bound application (router + engines)."""
-    return bind_application(load_platform_config(args))
-
-
-def bind_application(config: LoadedConfig) -> Application:
+    config = load_platform_config(args)
     engines = {spec.name: _bind_engines(spec) for spec in config.deployments()}
-    router = config.platform.router
+    return _bind_router(config.platform, RouterSettings.from_config(config), engines)
+
+
+def build_router(args: dict[str, Any]) -> Application:
+    """The router alone; its routes come from the model applications Serve runs."""
+    settings = load_platform_settings(args)
+    return _bind_router(settings, RouterSettings.from_settings(settings, routes={}), None)
+
+
+def build_model_app(args: dict[str, Any]) -> Application:
+    """One model's (or one group's) engine deployment, the application's ingress."""
+    config = load_platform_config(args)
+    (spec,) = config.deployments()
+    return _bind_engines(spec, RouterSettings.from_config(config))
+
+
+def _bind_router(platform: PlatformSettings, settings: RouterSettings, engines: dict | None) -> Application:
+    router = platform.router
     router_deployment = serve.deployment(MultiModelRouter).options(
         name="MultiModelRouter",
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options=with_replica_env(router.ray_actor_options.model_dump(exclude_none=True)),
     )
-    return router_deployment.bind(RouterSettings.from_config(config), engines)
+    return router_deployment.bind(settings, engines)
 
 
-def _bind_engines(spec: DeploymentSpec) -> Application:
+def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -> Application:
+    """The engine deployment; a lone vLLM model with ``one_hop`` settings also serves vLLM's own
+    HTTP app on its replicas, guarded by those settings."""
     options = {**spec.options, "name": spec.name}
     options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
-    return serve.deployment(EngineDeployment).options(**options).bind([_replica_entry(m) for m in spec.models])
+    entries = [_replica_entry(m) for m in spec.models]
+    if one_hop is not None and len(spec.models) == 1 and spec.models[0].model_loading_config.type is ModelType.VLLM:
+        return serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
+    return serve.deployment(EngineDeployment).options(**options).bind(entries)
 
 
 def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:
@@ -61,3 +86,4 @@ def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:
 def _pinned(source: str) -> str:
     """Local paths made absolute; hub ids and cloud URIs (fetched by the replica) unchanged."""
     return source if source.startswith(CLOUD_SCHEMES) else resolve_model_source(source)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def assigned_gpu_ids() -> list:
     """GPU ids Ray assigned to the current replica (fractional shares count as one)."""
@@ -35,7 +37,7 @@ def replica_placement() -> dict:
     from ray.util.placement_group import get_current_placement_group, placement_group_table
 
     context = ray.get_runtime_context()
-    placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id(),
+    placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id(), "pid": os.getpid(),
                  "gpu_ids": [str(gpu) for gpu in assigned_gpu_ids()]}
     group = get_current_placement_group()
     if group is not None:

@@ -22,17 +22,41 @@ STREAMING_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     # Engines send streamed tokens at most every 10 ms (see common/streaming.py:coalesce).
     "PLATFORM_STREAM_INTERVAL_MS": "10",
+    # Ray's HAProxy replaces Serve's HTTP proxy and forwards each request to the ingress
+    # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the
+    # one-hop path, /models/<model_id>/v1), and /v1 reaches the router without a Ray hop.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
 
-
+# Read by Ray's own processes (raylet, the Serve controller), so they must be set where Ray
+# starts, and every replica must see the cluster's value: never per deployment.
+CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY")
 # Read by the replica processes themselves, so the builder can also hand them to each
 # deployment's runtime_env: `serve run` then gets them without any shell setup.
-REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key != "RAY_worker_niceness"]
+REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]
 
 
-def apply_streaming_env() -> None:
+def apply_streaming_env(http_port: int | None = None) -> None:
+    """Set the defaults above (an explicit value wins) for a Ray this process starts; with
+    HAProxy, keep its files apart from any other platform's on this machine (Ray's default is
+    one /tmp/haproxy-serve for all)."""
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
+    if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
+        import tempfile
+
+        # HAProxy's socket paths may not exceed 97 bytes, and Ray adds a 56-character node directory.
+        base = os.path.join(tempfile.gettempdir(), f"hap{http_port}")
+        base = base if len(base) <= 28 else f"/tmp/hap{http_port}"
+        for key, name in HAPROXY_FILES.items():
+            os.environ.setdefault(key, os.path.join(base, name))
+
+
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
 
 
 def with_replica_env(actor_options: dict, inherited: dict | None = None) -> dict:
@@ -57,3 +81,8 @@ def _current_runtime_env() -> dict:
     if not ray.is_initialized():
         return {}
     return dict(ray.get_runtime_context().runtime_env or {})
+
+
+if __name__ == "__main__":  # eval "$(python -m common.serve_env)" before `ray start` or `serve run`
+    for key, value in STREAMING_ENV.items():
+        print(f"export {key}={os.environ.get(key, value)}")

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs.audio_models import AudioModelEntry
-from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig
+from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings
 from configs.video_models import VideoModelEntry
 from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry
@@ -48,6 +48,14 @@ class LoadedConfig:
                         "max_ongoing_requests": sum(m.serve_options().get("max_ongoing_requests", 5) for m in members)}
             specs.append(DeploymentSpec(group.name, group.deployment_config.serve_options(defaults), members))
         return specs
+
+
+def load_platform_settings(args: dict[str, Any] | None) -> PlatformSettings:
+    """Validate the router application's ``args``: the shared settings, no models."""
+    try:
+        return PlatformSettings.model_validate(args or {})
+    except ValidationError as err:
+        raise ConfigError(issues_from_validation_error(err, PlatformSettings)) from None
 
 
 def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
@@ -170,5 +178,5 @@ def _cross_model_issues(
 
 __all__ = [
     "Capability", "ConfigError", "DeploymentSpec", "LoadedConfig", "ModelType", "PlatformConfig",
-    "load_platform_config", "MODEL_ENTRY_TYPES",
+    "PlatformSettings", "load_platform_config", "load_platform_settings", "MODEL_ENTRY_TYPES",
 ]

@@ -371,21 +371,21 @@ class GroupConfig(StrictModel):
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 
-class PlatformConfig(StrictModel):
-    """The ``args:`` block of the application in ``model_config.yaml``."""
+class PlatformSettings(StrictModel):
+    """What the whole platform shares: keys, CORS, the router's limits, the media policy.
 
-    models: list[dict[str, Any]] = Field(
-        min_length=1, validation_alias=AliasChoices("models", "llm_configs")
-    )
+    The router application's ``args`` hold exactly these; each model application gets a copy
+    of the parts its replicas enforce themselves (``MODEL_APP_SETTINGS``).
+    """
+
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys")
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
-    groups: list[GroupConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _api_keys_env_is_set(self) -> "PlatformConfig":
+    def _api_keys_env_is_set(self) -> "PlatformSettings":
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
             raise ValueError(
                 f"api_keys_env names {self.api_keys_env!r}, which is not set: the API would be "
@@ -398,3 +398,20 @@ class PlatformConfig(StrictModel):
         if self.api_keys_env:
             keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return keys
+
+
+# The settings a model application's replicas enforce on their own HTTP port (the one-hop
+# path skips the router); the renderer copies them into every model application's args.
+MODEL_APP_SETTINGS = ("api_keys", "api_keys_env", "cors", "media")
+
+
+class PlatformConfig(PlatformSettings):
+    """The ``args:`` block of the platform application in ``model_config.yaml``: the shared
+    settings plus the models (and the groups some of them share)."""
+
+    models: list[dict[str, Any]] = Field(
+        min_length=1, validation_alias=AliasChoices("models", "llm_configs")
+    )
+    groups: list[GroupConfig] = Field(default_factory=list)
+    platform_app: str | None = Field(
+        default=None, description="set by the renderer: the router application that serves these models")

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # vLLM on the CPU otherwise reserves most of NUMA node 0's memory for its KV cache.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+NO_FETCH_DOMAIN = "media-fetching-disabled.invalid"  # RFC 6761: .invalid never resolves
 STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS",
                                         STREAMING_ENV["PLATFORM_STREAM_INTERVAL_MS"])) / 1000
 
@@ -40,16 +41,22 @@ class VLLMEngine(BaseEngine):
         super().__init__(entry)
         self._exit_stack = contextlib.AsyncExitStack()
         self.state = State()
+        self.http_app: Any = None  # vLLM's own OpenAI app (``vllm serve``'s), for the one-hop path
         self.engine_client: Any = None
         self.streams_cancelled = 0
+        self.requests_aborted = 0
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
 
         args = self._server_args()
         self.engine_client = await self._start_engine_client(AsyncEngineArgs.from_cli_args(args))
         tasks = await self.engine_client.get_supported_tasks()
+        # One set of serving objects answers both paths: the router's calls and vLLM's own app.
+        self.http_app = build_app(args, tasks, self.engine_client.model_config)
+        self.state = self.http_app.state
         await init_app_state(self.engine_client, self.state, args, tasks)
         logger.info("vLLM engine for %s ready, tasks %s", self.entry.model_id, tasks)
 
@@ -71,8 +78,20 @@ class VLLMEngine(BaseEngine):
             vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
             enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats)
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
+        self._count_aborts(engine)
         await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
         return engine
+
+    def _count_aborts(self, engine) -> None:
+        """Count vLLM's aborts (a client gone on either path: the router's stream or vLLM's own
+        server), so health pages and tests can see that a disconnect stopped generation."""
+        abort = engine.abort
+
+        async def counted(request_id, *args, **kwargs):
+            self.requests_aborted += 1
+            return await abort(request_id, *args, **kwargs)
+
+        engine.abort = counted
 
     def _server_args(self):
         """vLLM's server arguments with the YAML's ``engine_kwargs`` applied over its defaults."""
@@ -95,6 +114,11 @@ class VLLMEngine(BaseEngine):
         for key, value in kwargs.items():
             setattr(args, key, value)
         args.served_model_name = [self.entry.model_id]
+        # The engine fetches no media: the router (or the one-hop guard) inlines what the
+        # operator allows as data: URLs; vLLM refuses any URL outside these never-resolving names.
+        args.allowed_media_domains = [NO_FETCH_DOMAIN]
+        args.allowed_local_media_path = ""
+        args.allowed_origins = []  # vLLM's app allows every origin by default; the platform's CORS rules instead
         args.lora_modules = self._lora_modules()
         args.disable_log_stats = kwargs.get("disable_log_stats", True)
         return args
@@ -119,6 +143,8 @@ class VLLMEngine(BaseEngine):
         parallel = self.engine_client.vllm_config.parallel_config
         return {"unfinished_requests": processor.get_num_unfinished_requests(),
                 "streams_cancelled": self.streams_cancelled,
+                "requests_aborted": self.requests_aborted,
+                "max_num_seqs": self.engine_client.vllm_config.scheduler_config.max_num_seqs,
                 "tensor_parallel_size": parallel.tensor_parallel_size,
                 "pipeline_parallel_size": parallel.pipeline_parallel_size}
 

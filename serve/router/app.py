@@ -3,9 +3,7 @@ lookup, and a thin pass-through to the engine deployment that holds the model.""
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
@@ -14,11 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
+from serve.router.auth import check_api_key
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.oip import install_oip_routes
-from serve.router.uploads import read_limited_body, read_upload_form
+from serve.router.uploads import read_json_object, read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
@@ -78,7 +77,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         return _route_for(settings.routes, model_id).card()
 
     async def forward(request: Request, capability: Capability) -> Response:
-        body = await _read_json_object(request, settings.max_request_bytes)
+        body = await read_json_object(request, settings.max_request_bytes)
         route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
         body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
         _validate_body(route, capability, body)
@@ -124,25 +123,9 @@ def _endpoint(handler, capability: Capability):
 
 def _auth_dependency(api_keys: tuple[str, ...]):
     async def check(request: Request) -> None:
-        if not api_keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), k) for k in api_keys):
-            raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        check_api_key(request.headers.get("authorization"), api_keys)
 
     return check
-
-
-async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    raw = await read_limited_body(request, limit)
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def _route_for(routes: Mapping[str, ModelRoute], model: Any, capability: Capability | None = None) -> ModelRoute:

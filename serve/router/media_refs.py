@@ -16,32 +16,42 @@ from serve.router.errors import APIError
 MEDIA_PARTS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
 
 
-async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> None:
-    """Replace every http(s) media URL in ``body['messages']`` with a data: URL, in place."""
+async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> bool:
+    """Replace every http(s) media URL in ``body['messages']`` with a data: URL, in place; True
+    when the messages carry any media.
+
+    A part counts as media when it carries a media key, whatever its ``type`` says (or lacks):
+    vLLM reads untyped parts too, so a policy that looked only at ``type`` could be walked around.
+    """
     parts = list(_media_parts(body.get("messages") or []))
     try:
-        await asyncio.gather(*(_inline(part, policy) for part in parts))
+        await asyncio.gather(*(_inline(part, key, policy) for part, key in parts))
     except InputError as err:
         raise APIError(err.status_code, err.message, param="messages", code=err.code) from None
+    return bool(parts)
 
 
-def _media_parts(messages: list[Any]):
-    for message in messages:
+def _media_parts(messages: Any):
+    """(part, media key) for every media key of every content part."""
+    for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in MEDIA_PARTS:
-                    yield part
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict):
+                yield from ((part, key) for key in MEDIA_PARTS if key in part)
 
 
-async def _inline(part: dict[str, Any], policy: MediaFetchPolicy) -> None:
-    holder = part.get(part["type"])
-    url = holder.get("url") if isinstance(holder, dict) else None
+async def _inline(part: dict[str, Any], key: str, policy: MediaFetchPolicy) -> None:
+    holder = part[key]
+    url = holder.get("url") if isinstance(holder, dict) else holder
     if not isinstance(url, str) or not url:
-        raise InputError(f"{part['type']} needs a url", "invalid_media_url")
+        raise InputError(f"{key} needs a url", "invalid_media_url")
     if url.startswith("data:"):
         return  # vLLM decodes data: URLs itself
     data, media_type = await fetch_media(url, policy)
-    kind = MEDIA_PARTS[part["type"]]
+    kind = MEDIA_PARTS[key]
     media_type = media_type.split(";")[0].strip() if media_type else f"{kind}/*"
-    holder["url"] = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    inlined = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    if isinstance(holder, dict):
+        holder["url"] = inlined
+    else:  # vLLM also takes the bare string form: {"image_url": "https://..."}
+        part[key] = inlined

@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
+from serve.router.model_directory import ModelDirectory
 from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
@@ -20,14 +21,21 @@ logger = logging.getLogger("ray.serve")
 
 
 class ServeEngineCaller:
-    """Reaches engine deployments through Serve handles (Serve picks the replica)."""
+    """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
+    ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]):
-        self.handles = handles
+    def __init__(self, handles: dict[str, DeploymentHandle] | None):
+        self.handles = dict(handles or {})
+
+    def _deployment(self, name: str) -> DeploymentHandle:
+        if name not in self.handles:  # a model application is named after its deployment
+            self.handles[name] = serve.get_deployment_handle(name, app_name=name)
+        return self.handles[name]
 
     def _handle(self, route: ModelRoute, stream: bool = False) -> DeploymentHandle:
         # A variant goes to replicas that already hold it (Serve's multiplexed routing).
-        return self.handles[route.deployment_name].options(stream=stream, multiplexed_model_id=route.variant or "")
+        return self._deployment(route.deployment_name).options(
+            stream=stream, multiplexed_model_id=route.variant or "")
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
         with _unavailable_as_503(route.deployment_name):
@@ -47,7 +55,7 @@ class ServeEngineCaller:
 
     async def status(self, deployment: str, timeout_s: float) -> dict | None:
         try:
-            return await asyncio.wait_for(self.handles[deployment].stats.remote(), timeout_s)
+            return await asyncio.wait_for(self._deployment(deployment).stats.remote(), timeout_s)
         except Exception:  # not started, scaled to zero, or unhealthy: all mean "not ready"
             return None
 
@@ -75,9 +83,14 @@ class _unavailable_as_503:
 class MultiModelRouter:
     """OpenAI-compatible ingress: one endpoint for every model in the config."""
 
-    def __init__(self, settings: RouterSettings, engines: dict[str, DeploymentHandle]):
+    async def __init__(self, settings: RouterSettings, engines: dict[str, DeploymentHandle] | None):
+        """``engines``: the bound engine deployments of a one-application platform; None when each
+        model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
         self.engines = ServeEngineCaller(engines)
+        if engines is None:
+            self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
+            await self.directory.start()
 
     def __serve_build_asgi_app__(self):
         return create_router_app(self.settings, self.engines)

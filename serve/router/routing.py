@@ -11,7 +11,7 @@ from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
-from configs.server_models import Capability, replica_range
+from configs.server_models import BaseModelEntry, Capability, PlatformSettings, replica_range
 
 
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
@@ -94,23 +94,10 @@ class RouterSettings:
 
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":
-        bases = {
-            m.model_id: ModelRoute(
-                model_id=m.model_id,
-                model_type=m.model_loading_config.type.value,
-                deployment_name=m.deployment_name,
-                capabilities=tuple(m.capabilities()),
-                max_context_tokens=m.max_context_tokens(),
-                max_upload_bytes=m.max_upload_bytes(),
-                tensors=m.tensor_metadata(),
-                min_replicas=replica_range(m.serve_options())[0],
-            )
-            for m in config.models
-        }
-        routes = dict(bases)
-        for m in config.models:
-            routes.update({f"{m.model_id}:{name}": bases[m.model_id].variant_route(name) for name in m.variants()})
-        platform = config.platform
+        return cls.from_settings(config.platform, model_routes(config.models))
+
+    @classmethod
+    def from_settings(cls, platform: PlatformSettings, routes: dict[str, ModelRoute]) -> "RouterSettings":
         return cls(
             routes=routes,
             api_keys=tuple(platform.resolved_api_keys()),
@@ -124,3 +111,25 @@ class RouterSettings:
                 timeout_s=platform.media.download_timeout_s,
             ),
         )
+
+
+def model_routes(models: Iterable[BaseModelEntry]) -> dict[str, ModelRoute]:
+    """The route of every model, and of each of its variants (``<model_id>:<variant>``)."""
+    models = list(models)
+    bases = {
+        m.model_id: ModelRoute(
+            model_id=m.model_id,
+            model_type=m.model_loading_config.type.value,
+            deployment_name=m.deployment_name,
+            capabilities=tuple(m.capabilities()),
+            max_context_tokens=m.max_context_tokens(),
+            max_upload_bytes=m.max_upload_bytes(),
+            tensors=m.tensor_metadata(),
+            min_replicas=replica_range(m.serve_options())[0],
+        )
+        for m in models
+    }
+    routes = dict(bases)
+    for m in models:
+        routes.update({f"{m.model_id}:{name}": bases[m.model_id].variant_route(name) for name in m.variants()})
+    return routes

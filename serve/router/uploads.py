@@ -1,7 +1,9 @@
-"""Read an OpenAI-style multipart upload (``file`` plus form fields) under a size limit."""
+"""Read request bodies under a size limit: JSON objects, and OpenAI-style multipart uploads
+(``file`` plus form fields)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +15,23 @@ from serve.router.errors import APIError
 
 MAX_FORM_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object; a 400 for anything else (deep nesting included), a 413 over ``limit``."""
+    return parse_json_object(await read_limited_body(request, limit))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return body
 
 
 async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:

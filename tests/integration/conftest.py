@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,21 +78,21 @@ def platform_url(tmp_path_factory) -> str:
 
 @contextlib.contextmanager
 def running_platform(config: dict, workdir: Path, address: str | None = None) -> Iterator[str]:
-    """Run ``deploy_app.py`` on ``config`` (on a local Ray, or the cluster at ``address``) until exit."""
+    """Run ``deploy_app.py`` on ``config``: on a Ray of its own (serving until the end), or applied
+    to the cluster at ``address`` (the command returns once live; the cluster keeps serving)."""
     port = _free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = path.with_name("platform.log")
-    env = {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_TMPDIR": ray_temp_dir()}
-    command = [sys.executable, "deploy_app.py", "--config", str(path)] + (["--address", address] if address else [])
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(deploy_command(path, address), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=platform_env(), start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(base, proc, log_path)
+            if address is not None and proc.wait(STARTUP_TIMEOUT_S) != 0:
+                raise RuntimeError(f"deploy_app.py failed:\n{log_path.read_text()[-4000:]}")
+            _wait_ready(base, proc if address is None else None, log_path)
             yield base
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -101,10 +102,31 @@ def running_platform(config: dict, workdir: Path, address: str | None = None) ->
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
+def deploy_command(config_path: Path, address: str | None = None) -> list[str]:
+    return [sys.executable, "deploy_app.py", "--config", str(config_path)] + (["--address", address] if address else [])
+
+
+def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
+    """The environment of a platform under test: its own Ray temp dir, HAProxy's metrics and stats
+    ports free (Ray's defaults are fixed ports on every interface), and its own range of replica
+    ports and fallback proxy ports: Serve binds them with SO_REUSEPORT, so two platforms sharing
+    one could answer each other's requests."""
+    http_ports = random.randrange(32000, 60000, 200)
+    return {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_ports),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_ports + 99),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(http_ports + 100),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(http_ports + 199)}
+
+
+def _wait_ready(base: str, proc: subprocess.Popen | None, log_path: Path) -> None:
     deadline = time.time() + STARTUP_TIMEOUT_S
     while time.time() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"platform exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
         try:
             if httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code == 200:

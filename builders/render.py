@@ -1,0 +1,81 @@
+"""Render ``model_config.yaml`` as the Serve config that runs it: one application per model.
+
+The file lists every model in one platform application's ``args`` (the shape of Ray Serve
+LLM's ``llm_configs``). Serve versions each application by its ``import_path``,
+``runtime_env`` and ``args``, so running the file as one application would rebuild every
+model whenever any of them changed. Rendered, each model (or co-located group) is an
+application of its own, and the platform application keeps only the router:
+
+- ``<platform app>`` at its ``route_prefix``: ``MultiModelRouter`` (``/v1``, ``/v2``, keys,
+  limits); it finds its models by reading the model applications' configs from Serve.
+- ``<deployment name>`` per model or group: the engine deployment. A vLLM model's replica is
+  its own HTTP ingress at ``/models/<model_id>`` (``MODEL_ROUTE_PREFIX``), so behind Ray's
+  HAProxy a request reaches vLLM's own server in one hop; the others have no HTTP route.
+
+Editing one model changes only its application's ``args``: Serve restarts only its replicas.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from configs import LoadedConfig
+from configs.server_models import MODEL_APP_SETTINGS, ModelType
+
+PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
+ROUTER_IMPORT_PATH = "builders.app_builder:build_router"
+MODEL_APP_IMPORT_PATH = "builders.app_builder:build_model_app"
+MODEL_ROUTE_PREFIX = "/models/"
+PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
+
+
+def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> dict[str, Any]:
+    """``raw`` (a Serve config whose platform applications were validated into ``loaded``) with
+    every platform application split into its router and one application per deployment."""
+    rendered = copy.deepcopy(raw)
+    applications = []
+    for app in rendered.get("applications", []):
+        name = app.get("name", "default")
+        if app.get("import_path") != PLATFORM_IMPORT_PATH or name not in loaded:
+            applications.append(app)
+            continue
+        applications += [router_application(app)] + model_applications(app, loaded[name])
+    rendered["applications"] = applications
+    return rendered
+
+
+def router_application(app: dict[str, Any]) -> dict[str, Any]:
+    args = {key: value for key, value in (app.get("args") or {}).items() if key not in PLATFORM_ONLY_KEYS}
+    return {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
+
+
+def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[str, Any]]:
+    args = app.get("args") or {}
+    raw_models = {entry.model_id: raw for entry, raw in zip(config.models, args[config.models_key])}
+    shared = {key: args[key] for key in MODEL_APP_SETTINGS if key in args}
+    if "max_request_bytes" in (args.get("router") or {}):  # the one-hop path's body limit too
+        shared["router"] = {"max_request_bytes": args["router"]["max_request_bytes"]}
+    platform_app = app.get("name", "default")
+    applications = []
+    for spec in config.deployments():
+        groups = [g for g in args.get("groups", []) if g.get("name") == spec.name]
+        model_args = {**copy.deepcopy(shared), "platform_app": platform_app,
+                      "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {})}
+        applications.append({
+            "name": spec.name,
+            "route_prefix": one_hop_prefix(spec.models[0].model_id) if _serves_http(spec.models) else None,
+            "import_path": MODEL_APP_IMPORT_PATH,
+            **({"runtime_env": copy.deepcopy(app["runtime_env"])} if app.get("runtime_env") else {}),
+            "args": model_args,
+        })
+    return applications
+
+
+def one_hop_prefix(model_id: str) -> str:
+    return MODEL_ROUTE_PREFIX + model_id
+
+
+def _serves_http(models: list) -> bool:
+    """vLLM models answer HTTP on their own replicas (vLLM's OpenAI server)."""
+    return len(models) == 1 and models[0].model_loading_config.type is ModelType.VLLM

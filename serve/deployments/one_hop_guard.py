@@ -1,0 +1,81 @@
+"""What the router enforces, enforced again in front of vLLM's own app on a replica's HTTP port.
+
+Behind Ray's HAProxy a request for ``/models/<model_id>/v1/...`` reaches the replica without
+passing the router, and anyone who can reach a node can call the replica's port directly.
+So the replica itself checks the API key, the body limit, the endpoints it exposes (only
+the OpenAI ones: vLLM's app also has admin and scaling routes), and the media policy: every
+media URL of a chat message is fetched here under the operator's policy and handed to vLLM
+inline (vLLM itself is configured to fetch nothing). Errors keep the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve.router.auth import check_api_key
+from serve.router.errors import APIError
+from serve.router.media_refs import inline_chat_media
+from serve.router.routing import RouterSettings
+from serve.router.uploads import parse_json_object, read_limited_body
+
+# (method, path under the route prefix) the one-hop path serves; vLLM answers its own 404 for
+# an endpoint the model lacks (embeddings on a chat model, ...).
+ONE_HOP_ENDPOINTS = {
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"), ("GET", "/health"),
+}
+
+
+def guarded(app: ASGIApp, settings: RouterSettings) -> ASGIApp:
+    """``app`` behind the guard, and behind the platform's CORS policy when it has one."""
+    app = OneHopGuard(app, settings)
+    return CORSMiddleware(app, **settings.cors) if settings.cors else app
+
+
+class OneHopGuard:
+    """ASGI middleware: refuse, or pass the request on with its body checked (and media inlined)."""
+
+    def __init__(self, app: ASGIApp, settings: RouterSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets on this path
+            return
+        try:
+            receive = await self._checked(scope, receive)
+        except APIError as err:
+            return await err.response()(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive) -> Receive:
+        request = Request(scope, receive)
+        path = scope["path"][len(scope.get("root_path", "")):] or "/"
+        if (request.method, path) not in ONE_HOP_ENDPOINTS:
+            raise APIError(404, f"{request.method} {path} is not served here; this URL serves "
+                           f"{', '.join(sorted(p for _, p in ONE_HOP_ENDPOINTS))}", code="not_found")
+        check_api_key(request.headers.get("authorization"), self.settings.api_keys)
+        if request.method != "POST":
+            return receive
+        raw = await read_limited_body(request, self.settings.max_request_bytes)
+        body = parse_json_object(raw)
+        if path == "/v1/chat/completions" and await inline_chat_media(body, self.settings.media):
+            raw = json.dumps(body).encode()
+        return _replay(raw, receive)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the (checked) body over once, then the client's own messages, so
+    vLLM still sees a disconnect and aborts the request."""
+    pending: list[dict[str, Any]] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replayed

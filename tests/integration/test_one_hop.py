@@ -1,0 +1,128 @@
+"""The one-hop path: ``/models/<model_id>/v1`` answered by vLLM's own server on the engine replica
+(HAProxy -> replica), with the platform's keys, limits, media policy and error shape."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.integration.conftest import API_KEY, auth_headers
+from tests.integration.test_openai_api import CHAT, EMBED, HELLO
+
+@pytest.fixture(scope="module")
+def fast(platform_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform_url}/models/{CHAT}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def _stats(platform_url: str, model: str = CHAT) -> dict:
+    return httpx.get(f"{platform_url}/ready", headers=auth_headers(), timeout=30).json()["models"][model]
+
+
+def test_chat_and_stream_through_the_model_url(fast):
+    reply = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=8, seed=3, temperature=0.5)
+    assert reply.model == CHAT and reply.usage.completion_tokens <= 8
+    chunks = list(fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=10, stream=True,
+                                               stream_options={"include_usage": True},
+                                               extra_body={"ignore_eos": True}))
+    assert chunks[-1].usage.completion_tokens == 10
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_same_engine_as_the_shared_endpoint(fast, client):
+    """Greedy answers agree: both paths reach the same vLLM engine with the same template."""
+    one_hop = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
+    shared = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
+    assert one_hop.choices[0].message.content == shared.choices[0].message.content
+
+
+def test_completions_and_embeddings(platform_url, fast):
+    completion = fast.completions.create(model=CHAT, prompt="Once upon", max_tokens=5, stop=["\n"])
+    assert completion.choices[0].finish_reason in ("length", "stop")
+    embed = openai.OpenAI(base_url=f"{platform_url}/models/{EMBED}/v1", api_key=API_KEY, max_retries=0)
+    vectors = embed.embeddings.create(model=EMBED, input=["the cat sat", "a dog ran"]).data
+    assert [len(v.embedding) for v in vectors] == [384, 384]
+
+
+def test_lora_variant_through_the_model_url(fast):
+    base = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
+    sql = fast.chat.completions.create(model=f"{CHAT}:sql", messages=HELLO, max_tokens=12, temperature=0)
+    assert sql.model == f"{CHAT}:sql" and sql.choices[0].message.content != base.choices[0].message.content
+    assert {m.id for m in fast.models.list().data} >= {CHAT, f"{CHAT}:sql", f"{CHAT}:poet"}
+
+
+def test_errors_keep_the_openai_shape(platform_url, fast):
+    url = f"{platform_url}/models/{CHAT}/v1"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer k\u00e9y"}):
+        response = httpx.post(f"{url}/chat/completions", json={"model": CHAT, "messages": HELLO},
+                              headers={k: v.encode() for k, v in headers.items()})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError):
+        fast.chat.completions.create(model="no-such-model", messages=HELLO)
+    with pytest.raises(openai.BadRequestError):
+        fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=-3)
+    bad = httpx.post(f"{url}/chat/completions", content=b'{"model": ', headers=auth_headers())
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    nested = httpx.post(f"{url}/chat/completions", content=b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+                        headers=auth_headers())
+    assert nested.status_code in (400, 413) and "error" in nested.json()
+    # vLLM's admin and scaling routes are not exposed on this path.
+    for path in ("/scale_elastic_ep", "/tokenize", "/v1/load_lora_adapter"):
+        hidden = httpx.post(f"{platform_url}/models/{CHAT}{path}", json={}, headers=auth_headers())
+        assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
+    assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"}},
+    {"image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"}},  # no "type": still media
+    {"type": "text", "text": "hi", "image_url": "http://[::ffff:169.254.169.254]/x.png"},
+    {"image_url": {"url": "file:///etc/passwd"}},
+])
+def test_media_urls_follow_the_platform_policy(platform_url, part):
+    body = {"model": CHAT, "messages": [{"role": "user", "content": [part]}], "max_tokens": 2}
+    for url in (f"{platform_url}/models/{CHAT}/v1", f"{platform_url}/v1"):
+        response = httpx.post(f"{url}/chat/completions", json=body, headers=auth_headers(), timeout=30)
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["message"]
+
+
+def _replica_http_port(pid: int) -> int:
+    """The port on which the replica process answers HTTP itself (it also listens for Ray's gRPC)."""
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN:
+            try:
+                httpx.get(f"http://127.0.0.1:{conn.laddr.port}/", timeout=2)
+                return conn.laddr.port
+            except httpx.HTTPError:
+                continue
+    raise AssertionError(f"replica {pid} answers HTTP on no port")
+
+
+def test_the_replica_port_itself_requires_the_key(platform_url):
+    """Anyone who reaches a node can skip HAProxy: the replica enforces the key itself."""
+    port = _replica_http_port(_stats(platform_url)["placement"]["pid"])
+    prefix = f"http://127.0.0.1:{port}/models/{CHAT}/v1"
+    response = httpx.get(f"{prefix}/models")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{prefix}/models", headers=auth_headers()).json()["data"][0]["id"] == CHAT
+
+
+def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
+    # 16 sequences of 1000 tokens: seconds of work, so the client leaves long before the end.
+    body = {"model": CHAT, "messages": HELLO, "max_tokens": 1000, "n": 16, "stream": True, "ignore_eos": True}
+    aborted_before = _stats(platform_url)["requests_aborted"]
+    with httpx.Client(headers=auth_headers(), timeout=60) as c:
+        with c.stream("POST", f"{platform_url}/models/{CHAT}/v1/chat/completions", json=body) as response:
+            assert next(response.iter_lines()).startswith("data: ")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        stats = _stats(platform_url)
+        if stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0:
+            break
+        time.sleep(0.2)
+    assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, stats
+    assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices

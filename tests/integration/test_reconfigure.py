@@ -1,0 +1,156 @@
+"""Editing the YAML of a running platform: only what changed restarts.
+
+The platform runs A (tiny-chat), B (an image classifier) and D (the embedding model). While a
+client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_app.py
+--address auto`` applies an edit that adds C, removes B and changes D's ``max_num_seqs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import threading
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import ray_temp_dir
+from tests.integration.conftest import (API_KEY, ROOT, _free_port, _wait_ready, auth_headers, deploy_command,
+                                        platform_env)
+from tests.integration.test_openai_api import HELLO
+
+
+def _vit(model_id: str) -> dict:
+    return {"model_loading_config": {"model_id": model_id, "model_source": "./.models/tiny-vit", "type": "vision"},
+            "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}}, "engine_kwargs": {"task": "image-classification"}}
+
+
+def _embedder(max_num_seqs: int) -> dict:
+    return {"model_loading_config": {"model_id": "d-embed", "model_source": "./.models/all-minilm-l6-v2", "type": "vllm"},
+            "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}},
+            "engine_kwargs": {"runner": "pooling", "max_model_len": 128, "max_num_seqs": max_num_seqs,
+                              "kv_cache_memory_bytes": 32 * 1024 * 1024, "dtype": "float32"}}
+
+
+CHAT = {"model_loading_config": {"model_id": "a-chat", "model_source": "./.models/tiny-chat", "type": "vllm"},
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0.25}},
+        "engine_kwargs": {"max_model_len": 256, "max_num_seqs": 16, "kv_cache_memory_bytes": 64 * 1024 * 1024,
+                          "dtype": "float32"}}
+
+
+def _config(models: list[dict], port: int) -> dict:
+    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
+            "applications": [{"name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
+                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
+                              "args": {"models": models, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """(base URL, config path, environment) of a running platform of A, B and D."""
+    workdir = tmp_path_factory.mktemp("reconfigure")
+    port = _free_port()
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(_config([CHAT, _vit("b-vit"), _embedder(8)], port)))
+    env = platform_env(ray_temp_dir())
+    log_path = workdir / "platform.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(deploy_command(path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base, proc, log_path)
+            yield base, path, env
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _models(base: str) -> dict:
+    return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
+
+
+def _apply(path, config: dict, env: dict) -> subprocess.CompletedProcess:
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(deploy_command(path, "auto"), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+class StreamingClient(threading.Thread):
+    """Streams chat answers from A in a loop, alternating its two URLs, counting outcomes."""
+
+    def __init__(self, base: str):
+        super().__init__(daemon=True)
+        self.clients = [openai.OpenAI(base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+                        for prefix in ("", "/models/a-chat")]
+        self.done, self.failures = 0, []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            client = self.clients[self.done % 2]
+            try:
+                chunks = list(client.chat.completions.create(model="a-chat", messages=HELLO, max_tokens=16,
+                                                             stream=True, extra_body={"ignore_eos": True}))
+                assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 0
+                self.done += 1
+            except Exception as exc:  # counted, not raised: the test asserts on the count
+                self.failures.append(repr(exc))
+                self.done += 1
+
+
+def test_an_edit_restarts_only_what_changed(platform):
+    base, path, env = platform
+    before = _models(base)
+    assert set(before) == {"a-chat", "b-vit", "d-embed"}
+    streaming = StreamingClient(base)
+    streaming.start()
+    try:
+        edited = _config([CHAT, _embedder(16), _vit("c-vit")], 0)
+        edited["http_options"] = yaml.safe_load(path.read_text())["http_options"]
+        result = _apply(path, edited, env)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        streaming.stop.set()
+        streaming.join(120)
+    assert streaming.failures == [] and streaming.done >= 2, (streaming.done, streaming.failures[:3])
+    after = _models(base)
+    assert set(after) == {"a-chat", "c-vit", "d-embed"}
+    assert after["a-chat"]["placement"]["actor_id"] == before["a-chat"]["placement"]["actor_id"]
+    assert after["d-embed"]["placement"]["actor_id"] != before["d-embed"]["placement"]["actor_id"]
+    assert after["d-embed"]["max_num_seqs"] == 16
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
+    assert {m.id for m in client.models.list().data} == {"a-chat", "c-vit", "d-embed"}
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="b-vit", messages=HELLO)
+    image = httpx.post(f"{base}/v2/models/c-vit/infer", headers=auth_headers(), timeout=60,
+                       json=_image_request())
+    assert image.status_code == 200 and image.json()["outputs"]
+
+
+def test_a_bad_edit_changes_nothing(platform):
+    base, path, env = platform
+    before = _models(base)
+    good = yaml.safe_load(path.read_text())
+    bad = copy.deepcopy(good)
+    bad["applications"][0]["args"]["models"][1]["engine_kwargs"]["max_num_seqs"] = -4
+    result = _apply(path, bad, env)
+    assert result.returncode == 1
+    assert "applications[0].args.models[1].engine_kwargs.max_num_seqs" in result.stderr
+    after = _models(base)
+    assert {m: s["placement"]["actor_id"] for m, s in after.items()} == \
+        {m: s["placement"]["actor_id"] for m, s in before.items()}
+    path.write_text(yaml.safe_dump(good))
+
+
+def _image_request() -> dict:
+    from tests.media_files import b64, image_file, infer_body
+
+    return infer_body([b64(image_file())])
