@@ -124,17 +124,25 @@ def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerS
     }
 
 
-def cluster_serve_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """The Serve config as the cluster runs it: listening on every interface of the pods."""
-    config = dict(raw)
+def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> dict[str, Any]:
+    """The Serve config as the cluster runs it: one application per model (as ``deploy_app.py``
+    renders it, so a RayService update restarts only the models whose entry changed),
+    listening on every interface of the pods."""
+    from builders.render import render_serve_config
+
+    config = render_serve_config(raw, loaded)
     config["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0", "port": SERVE_PORT}
     return config
 
 
-def secret_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
-    """``api_keys_env`` variables come from a Kubernetes Secret (key = the variable's name)."""
+def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
+    """Ray's settings that must be set where Ray starts (HAProxy ingress, worker niceness), and the
+    ``api_keys_env`` variables from a Kubernetes Secret (key = the variable's name)."""
+    from common.serve_env import CLUSTER_ENV_KEYS, STREAMING_ENV
+
     names = sorted({c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env})
-    return [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names]
+    return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + \
+        [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names]
 
 
 def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShape,
@@ -143,11 +151,11 @@ def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShap
 
     raw = yaml.safe_load(Path(config_path).read_text())
     _, loaded = load_serve_config(config_path)
-    cluster = ray_cluster_spec(loaded, image, shape, secret_env(loaded, secret))
+    cluster = ray_cluster_spec(loaded, image, shape, pod_env(loaded, secret))
     metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
     if kind == "rayservice":
         return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": metadata,
-                "spec": {"serveConfigV2": yaml.safe_dump(cluster_serve_config(raw), sort_keys=False),
+                "spec": {"serveConfigV2": yaml.safe_dump(cluster_serve_config(raw, loaded), sort_keys=False),
                          "rayClusterConfig": cluster}}
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata,
             "spec": {"entrypoint": entrypoint or f"python deploy_app.py --config {Path(config_path).name} --dry-run",

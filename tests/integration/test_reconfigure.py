@@ -132,7 +132,7 @@ def test_an_edit_restarts_only_what_changed(platform):
         client.chat.completions.create(model="b-vit", messages=HELLO)
     image = httpx.post(f"{base}/v2/models/c-vit/infer", headers=auth_headers(), timeout=60,
                        json=_image_request())
-    assert image.status_code == 200 and image.json()["outputs"]
+    assert image.status_code == 200 and image.json()["outputs"], image.text
 
 
 def test_a_bad_edit_changes_nothing(platform):
@@ -140,10 +140,10 @@ def test_a_bad_edit_changes_nothing(platform):
     before = _models(base)
     good = yaml.safe_load(path.read_text())
     bad = copy.deepcopy(good)
-    bad["applications"][0]["args"]["models"][1]["engine_kwargs"]["max_num_seqs"] = -4
+    bad["applications"][0]["args"]["models"][1]["deployment_config"]["num_replicas"] = 0
     result = _apply(path, bad, env)
     assert result.returncode == 1
-    assert "applications[0].args.models[1].engine_kwargs.max_num_seqs" in result.stderr
+    assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, result.stderr
     after = _models(base)
     assert {m: s["placement"]["actor_id"] for m, s in after.items()} == \
         {m: s["placement"]["actor_id"] for m, s in before.items()}

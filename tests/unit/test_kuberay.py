@@ -23,11 +23,18 @@ def test_rendered_manifests_fit_the_crds(config, kind):
     assert validate(manifest) == []
 
 
-def test_serve_config_is_the_file_listening_on_the_pod():
+def test_serve_config_is_the_rendered_file_listening_on_the_pod():
+    from builders.render import render_serve_config
+    from deploy_app import load_serve_config
+
     manifest = render("rayservice", "examples/production.yaml", "img", "platform", WorkerShape())
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     original = yaml.safe_load(open("examples/production.yaml"))
-    assert served["applications"] == original["applications"]
+    (platform,) = load_serve_config("examples/production.yaml")[1].values()
+    assert served["applications"] == render_serve_config(original, {"platform": platform})["applications"]
+    router, *models = served["applications"]
+    assert router["import_path"] == "builders.app_builder:build_router" and "models" not in router["args"]
+    assert [app["name"] for app in models] == [spec.name for spec in platform.deployments()]  # a group is one app
     assert served["http_options"]["host"] == "0.0.0.0" and served["http_options"]["port"] == 8000
 
 
@@ -41,8 +48,9 @@ def test_worker_groups_are_sized_from_the_models():
     assert groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (1, 1)  # 8 CPUs
     env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
-    assert env == [{"name": "PLATFORM_API_KEYS",
-                    "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": "PLATFORM_API_KEYS"}}}]
+    assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in env
+    assert {"name": "PLATFORM_API_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": "PLATFORM_API_KEYS"}}} in env
 
 
 def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
