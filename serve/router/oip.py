@@ -41,14 +41,17 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     async def _oip_error(_: Request, exc: OIPError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
-    tensor_routes = {r.model_id: r for r in settings.routes.values() if r.tensors}
+    def tensor_routes() -> dict[str, ModelRoute]:
+        """Read on every request: the routes change when models are added or removed."""
+        return {r.model_id: r for r in settings.routes.values() if r.tensors}
 
     def route_for(name: str) -> ModelRoute:
-        if name in tensor_routes:
-            return tensor_routes[name]
-        if name in settings.routes:
+        route = settings.routes.get(name)
+        if route is not None and route.tensors:
+            return route
+        if route is not None:
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
-        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes))}")
+        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes()))}")
 
     async def all_ready(routes) -> bool:
         return all(state is not None for state in (await deployment_states(engines, routes)).values())
@@ -63,7 +66,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
 
     @app.get("/v2/health/ready", dependencies=[auth])
     async def ready() -> JSONResponse:
-        is_ready = await all_ready(tensor_routes.values())
+        is_ready = await all_ready(tensor_routes().values())
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2/models/{name}", dependencies=[auth])
