@@ -77,9 +77,11 @@ def platform_url(tmp_path_factory) -> str:
 
 
 @contextlib.contextmanager
-def running_platform(config: dict, workdir: Path, address: str | None = None) -> Iterator[str]:
-    """Run ``deploy_app.py`` on ``config``: on a Ray of its own (serving until the end), or applied
-    to the cluster at ``address`` (the command returns once live; the cluster keeps serving)."""
+def running_platform(config: dict, workdir: Path, address: str | None = None,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``deploy_app.py`` on ``config`` (written to ``workdir/config.yaml``): on a Ray of its own
+    (serving until the end), or applied to the cluster at ``address`` (the command returns once
+    live; the cluster keeps serving)."""
     port = _free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     path = workdir / "config.yaml"
@@ -87,7 +89,7 @@ def running_platform(config: dict, workdir: Path, address: str | None = None) ->
     log_path = path.with_name("platform.log")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(deploy_command(path, address), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=platform_env(), start_new_session=True)
+                                env=env or platform_env(), start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             if address is not None and proc.wait(STARTUP_TIMEOUT_S) != 0:

@@ -8,8 +8,6 @@ client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_ap
 from __future__ import annotations
 
 import copy
-import os
-import signal
 import subprocess
 import threading
 
@@ -19,8 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import (API_KEY, ROOT, _free_port, _wait_ready, auth_headers, deploy_command,
-                                        platform_env)
+from tests.integration.conftest import API_KEY, ROOT, auth_headers, deploy_command, platform_env, running_platform
 from tests.integration.test_openai_api import HELLO
 
 
@@ -53,24 +50,9 @@ def _config(models: list[dict], port: int) -> dict:
 def platform(tmp_path_factory):
     """(base URL, config path, environment) of a running platform of A, B and D."""
     workdir = tmp_path_factory.mktemp("reconfigure")
-    port = _free_port()
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(_config([CHAT, _vit("b-vit"), _embedder(8)], port)))
-    env = platform_env(ray_temp_dir())
-    log_path = workdir / "platform.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(deploy_command(path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, proc, log_path)
-            yield base, path, env
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    env = platform_env(ray_temp_dir())  # kept: `--address auto` finds this platform's Ray through it
+    with running_platform(_config([CHAT, _vit("b-vit"), _embedder(8)], 0), workdir, env=env) as base:
+        yield base, workdir / "config.yaml", env
 
 
 def _models(base: str) -> dict:
