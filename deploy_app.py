@@ -80,10 +80,17 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
 
 
 def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any:
-    """The Serve config that runs ``raw``: each platform application split per model."""
+    """The Serve config that runs ``raw``: each platform application split per model. Serve
+    refuses it when two rendered applications share a name or a route prefix."""
+    from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    return ServeDeploySchema.model_validate(render_serve_config(raw, loaded))
+    try:
+        return ServeDeploySchema.model_validate(render_serve_config(raw, loaded))
+    except ValidationError as err:
+        issues = issues_from_validation_error(err, ServeDeploySchema)
+        raise ConfigError([ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")
+                           for i in issues], prefix="") from None
 
 
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,

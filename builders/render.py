@@ -8,9 +8,11 @@ application of its own, and the platform application keeps only the router:
 
 - ``<platform app>`` at its ``route_prefix``: ``MultiModelRouter`` (``/v1``, ``/v2``, keys,
   limits); it finds its models by reading the model applications' configs from Serve.
-- ``<deployment name>`` per model or group: the engine deployment. A vLLM model's replica is
-  its own HTTP ingress at ``/models/<model_id>`` (``MODEL_ROUTE_PREFIX``), so behind Ray's
-  HAProxy a request reaches vLLM's own server in one hop; the others have no HTTP route.
+- ``<platform app>.<deployment name>`` per model or group: the engine deployment (named after
+  its platform application, so two platforms, or a platform and a model, never share a name).
+  A vLLM model's replica is its own HTTP ingress at ``<route_prefix>/models/<model_id>``, so
+  behind Ray's HAProxy a request reaches vLLM's own server in one hop; the others have no
+  HTTP route.
 
 Editing one model changes only its application's ``args``: Serve restarts only its replicas.
 """
@@ -63,8 +65,9 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
         model_args = {**copy.deepcopy(shared), "platform_app": platform_app,
                       "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {})}
         applications.append({
-            "name": spec.name,
-            "route_prefix": one_hop_prefix(spec.models[0].model_id) if _serves_http(spec.models) else None,
+            "name": model_app_name(platform_app, spec.name),
+            "route_prefix": one_hop_prefix(app.get("route_prefix", "/"), spec.models[0].model_id)
+            if _serves_http(spec.models) else None,
             "import_path": MODEL_APP_IMPORT_PATH,
             **({"runtime_env": copy.deepcopy(app["runtime_env"])} if app.get("runtime_env") else {}),
             "args": model_args,
@@ -72,8 +75,13 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
     return applications
 
 
-def one_hop_prefix(model_id: str) -> str:
-    return MODEL_ROUTE_PREFIX + model_id
+def model_app_name(platform_app: str, deployment: str) -> str:
+    return f"{platform_app}.{deployment}"
+
+
+def one_hop_prefix(platform_route_prefix: str | None, model_id: str) -> str:
+    """``/models/<model_id>`` under the platform's route prefix."""
+    return (platform_route_prefix or "").rstrip("/") + MODEL_ROUTE_PREFIX + model_id
 
 
 def _serves_http(models: list) -> bool:

@@ -42,8 +42,8 @@ class EngineCaller(Protocol):
 
     def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
 
-    async def status(self, deployment: str, timeout_s: float) -> dict | None:
-        """The engine's stats when a replica answers within ``timeout_s``, else None."""
+    async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
+        """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
 
 
 def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAPI:

@@ -43,10 +43,10 @@ class ModelDirectory:
         for name, args in (await _model_app_args()).items():
             if args.get("platform_app") != self.platform_app:
                 continue
-            key = json.dumps(args, sort_keys=True, default=str)
+            key = json.dumps([name, args], sort_keys=True, default=str)
             if key not in self._by_args:
                 try:
-                    self._by_args[key] = model_routes(load_platform_config(args).models)
+                    self._by_args[key] = model_routes(load_platform_config(args).models, app_name=name)
                 except ConfigError as err:  # deploy_app refuses these; a hand-made config may not
                     logger.warning("model application %r has an invalid config, not routed: %s", name, err)
                     continue

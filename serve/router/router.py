@@ -27,14 +27,17 @@ class ServeEngineCaller:
     def __init__(self, handles: dict[str, DeploymentHandle] | None):
         self.handles = dict(handles or {})
 
-    def _deployment(self, name: str) -> DeploymentHandle:
-        if name not in self.handles:  # a model application is named after its deployment
-            self.handles[name] = serve.get_deployment_handle(name, app_name=name)
-        return self.handles[name]
+    def _deployment(self, route: ModelRoute) -> DeploymentHandle:
+        if route.app_name is None:  # bound into the router's application
+            return self.handles[route.deployment_name]
+        key = f"{route.app_name}/{route.deployment_name}"
+        if key not in self.handles:
+            self.handles[key] = serve.get_deployment_handle(route.deployment_name, app_name=route.app_name)
+        return self.handles[key]
 
     def _handle(self, route: ModelRoute, stream: bool = False) -> DeploymentHandle:
         # A variant goes to replicas that already hold it (Serve's multiplexed routing).
-        return self._deployment(route.deployment_name).options(
+        return self._deployment(route).options(
             stream=stream, multiplexed_model_id=route.variant or "")
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
@@ -53,9 +56,9 @@ class ServeEngineCaller:
         finally:
             response.cancel()
 
-    async def status(self, deployment: str, timeout_s: float) -> dict | None:
+    async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         try:
-            return await asyncio.wait_for(self._deployment(deployment).stats.remote(), timeout_s)
+            return await asyncio.wait_for(self._deployment(route).stats.remote(), timeout_s)
         except Exception:  # not started, scaled to zero, or unhealthy: all mean "not ready"
             return None
 

@@ -38,6 +38,7 @@ class ModelRoute:
     min_replicas: int = 1  # 0: scaled to zero when idle; a request waits while a replica starts
     variant: str | None = None  # a multiplexed variant of the model ``parent``
     parent: str | None = None
+    app_name: str | None = None  # the model's own Serve application; None: the router's application
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -70,7 +71,7 @@ async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_
     async def probe(route: ModelRoute) -> dict | None:
         if route.min_replicas == 0:
             return {"scales_from_zero": True}
-        return await engines.status(route.deployment_name, timeout_s)
+        return await engines.status(route, timeout_s)
 
     return dict(zip(behind, await asyncio.gather(*(probe(route) for route in behind.values()))))
 
@@ -113,8 +114,9 @@ class RouterSettings:
         )
 
 
-def model_routes(models: Iterable[BaseModelEntry]) -> dict[str, ModelRoute]:
-    """The route of every model, and of each of its variants (``<model_id>:<variant>``)."""
+def model_routes(models: Iterable[BaseModelEntry], app_name: str | None = None) -> dict[str, ModelRoute]:
+    """The route of every model, and of each of its variants (``<model_id>:<variant>``), served
+    by the application ``app_name`` (None: the router's own)."""
     models = list(models)
     bases = {
         m.model_id: ModelRoute(
@@ -126,6 +128,7 @@ def model_routes(models: Iterable[BaseModelEntry]) -> dict[str, ModelRoute]:
             max_upload_bytes=m.max_upload_bytes(),
             tensors=m.tensor_metadata(),
             min_replicas=replica_range(m.serve_options())[0],
+            app_name=app_name,
         )
         for m in models
     }

@@ -110,14 +110,14 @@ def test_a_tensor_parallel_model_holds_one_gpu_bundle_per_shard_on_one_node(sche
 
 def test_a_model_scaled_to_zero_answers_its_first_request(scheduled):
     base, _ = scheduled
-    status = serve.status().applications["platform"].deployments["cold-start"]
+    status = serve.status().applications["platform.cold-start"].deployments["cold-start"]
     assert status.replica_states.get("RUNNING", 0) == 0
     assert _replica_stats(base)["cold-start"] == {"ready": True, "scales_from_zero": True}
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=300) as client:
         response = _infer(client, "cold-start")
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["name"] == "labels"
-    status = serve.status().applications["platform"].deployments["cold-start"]
+    status = serve.status().applications["platform.cold-start"].deployments["cold-start"]
     assert status.replica_states.get("RUNNING", 0) == 1
 
 

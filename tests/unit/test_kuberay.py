@@ -34,7 +34,7 @@ def test_serve_config_is_the_rendered_file_listening_on_the_pod():
     assert served["applications"] == render_serve_config(original, {"platform": platform})["applications"]
     router, *models = served["applications"]
     assert router["import_path"] == "builders.app_builder:build_router" and "models" not in router["args"]
-    assert [app["name"] for app in models] == [spec.name for spec in platform.deployments()]  # a group is one app
+    assert [app["name"] for app in models] == [f"{router['name']}.{spec.name}" for spec in platform.deployments()]  # a group is one app
     assert served["http_options"]["host"] == "0.0.0.0" and served["http_options"]["port"] == 8000
 
 

@@ -45,8 +45,8 @@ class FakeEngines:
         finally:
             self.closed.set()
 
-    async def status(self, deployment, timeout_s):
-        return None if deployment == "embed-dep" else {"unfinished_requests": 0}
+    async def status(self, route, timeout_s):
+        return None if route.deployment_name == "embed-dep" else {"unfinished_requests": 0}
 
 
 def client(**settings) -> tuple[TestClient, FakeEngines]:

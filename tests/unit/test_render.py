@@ -1,0 +1,64 @@
+"""``model_config.yaml`` rendered as one Serve application per model: names, routes, args."""
+
+import pytest
+import yaml
+
+from deploy_app import main, rendered_schema, validate_serve_config
+
+
+def _vllm(model_id: str) -> dict:
+    return {"model_loading_config": {"model_id": model_id, "model_source": "org/llm", "type": "vllm"}}
+
+
+def _vision(model_id: str, group: str | None = None) -> dict:
+    entry = {"model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
+             "engine_kwargs": {"task": "image-classification"}}
+    return {**entry, "group": group} if group else entry
+
+
+def _platform(name: str, route_prefix: str, models: list[dict], **args) -> dict:
+    return {"name": name, "route_prefix": route_prefix, "import_path": "builders.app_builder:build_app",
+            "args": {"models": models, **args}}
+
+
+def _render(*apps: dict) -> dict:
+    raw = {"applications": list(apps)}
+    _, loaded = validate_serve_config(raw)
+    return {app.name: app for app in rendered_schema(raw, loaded).applications}
+
+
+def test_each_model_is_an_application_named_after_its_platform():
+    apps = _render(_platform("platform", "/", [_vllm("chat"), _vision("a", "pair"), _vision("b", "pair")],
+                             groups=[{"name": "pair"}], api_keys=["k"], router={"max_request_bytes": 1024}))
+    assert set(apps) == {"platform", "platform.chat", "platform.pair"}
+    router = apps["platform"]
+    assert router.import_path == "builders.app_builder:build_router" and "models" not in router.args
+    chat, pair = apps["platform.chat"], apps["platform.pair"]
+    assert chat.route_prefix == "/models/chat"  # vLLM answers HTTP on its own replicas
+    assert pair.route_prefix is None  # a group is one application; it has no HTTP route
+    assert [m["model_loading_config"]["model_id"] for m in pair.args["models"]] == ["a", "b"]
+    for app in (chat, pair):
+        assert app.import_path == "builders.app_builder:build_model_app"
+        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == ["k"]
+        assert app.args["router"] == {"max_request_bytes": 1024}
+
+
+def test_a_platform_may_share_its_name_with_a_model_and_its_models_with_another_platform():
+    apps = _render(_platform("chat", "/a", [_vllm("chat")]), _platform("other", "/b", [_vllm("chat")]))
+    assert set(apps) == {"chat", "chat.chat", "other", "other.chat"}
+    assert apps["chat.chat"].route_prefix == "/a/models/chat" and apps["other.chat"].route_prefix == "/b/models/chat"
+
+
+def test_a_rendered_clash_is_a_config_error_before_anything_starts(tmp_path, capsys):
+    # The platform "p" at "/a" and a second platform named like p's rendered model application.
+    path = tmp_path / "clash.yaml"
+    path.write_text(yaml.safe_dump({"applications": [_platform("p", "/a", [_vllm("x")]),
+                                                     _platform("p.x", "/b", [_vision("y")])]}))
+    assert main(["--config", str(path), "--render"]) == 1
+    error = capsys.readouterr().err
+    assert 'multiple configs for application "p.x"' in error and "see --render" in error
+
+
+@pytest.mark.parametrize("route_prefix,expected", [("/", "/models/m"), ("/api/", "/api/models/m")])
+def test_the_one_hop_prefix_sits_under_the_platform_route(route_prefix, expected):
+    assert _render(_platform("p", route_prefix, [_vllm("m")]))["p.m"].route_prefix == expected
