@@ -90,6 +90,13 @@ def validate_request(adapter: TypeAdapter, data: Any, prefix: tuple[str, ...] = 
         param = ".".join(str(p) for p in prefix + first["loc"] if not _is_union_tag(p)) or None
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"{param}: {message}" if param else message, param) from None
+    except RecursionError:
+        raise InvalidRequest("the request nests too deeply") from None
+    except Exception as err:
+        # vLLM's validators raise their own errors (VLLMValidationError: ``parameter``), which
+        # pydantic passes through unwrapped; anything a validator raises is about the body.
+        param = getattr(err, "parameter", None)
+        raise InvalidRequest(str(err.args[0]) if err.args else type(err).__name__, ".".join(prefix + (param,)) if param else None) from None
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -64,6 +64,8 @@ def test_errors_keep_the_openai_shape(platform_url, fast):
         fast.chat.completions.create(model="no-such-model", messages=HELLO)
     with pytest.raises(openai.BadRequestError):
         fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=-3)
+    with pytest.raises(openai.BadRequestError):  # raised by vLLM's model validator
+        fast.chat.completions.create(model=CHAT, messages=HELLO, extra_body={"cache_salt": {}})
     bad = httpx.post(f"{url}/chat/completions", content=b'{"model": ', headers=auth_headers())
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
     nested = httpx.post(f"{url}/chat/completions", content=b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",

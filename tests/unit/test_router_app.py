@@ -103,12 +103,20 @@ def test_models_list_and_card():
     ({**CHAT, "messages": "hi"}, 400, None, "messages"),
     ({**CHAT, "max_tokens": 100000}, 400, "context_length_exceeded", "max_tokens"),
     ({**CHAT, "n": "many"}, 400, None, "n"),
+    ({**CHAT, "cache_salt": {}}, 400, None, "cache_salt"),  # vLLM's own validator error, not a 500
 ])
 def test_bad_requests_never_reach_an_engine(body, status, code, param):
     c, engines = client()
     assert_openai_error(c.post("/v1/chat/completions", json=body), status, code, param)
     assert engines.calls == []
     assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_embedding_bodies_vllm_rejects_are_400s():
+    c, engines = client()
+    body = {"model": "embed", "input": "x", "cache_salt": {}}
+    assert_openai_error(c.post("/v1/embeddings", json=body), 400, None, "cache_salt")
+    assert engines.calls == []
 
 
 def test_malformed_and_oversized_bodies():
