@@ -59,6 +59,11 @@ async def fetch_media(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | 
     except TimeoutError:
         raise MediaURLError(f"downloading {url!r} took longer than {policy.timeout_s:g} s",
                             "media_download_timeout") from None
+    except MediaURLError:
+        raise
+    except (httpx.HTTPError, ValueError, UnicodeError, OSError) as err:
+        # A malformed port or host, a refused connection, a TLS failure: the URL's fault.
+        raise MediaURLError(f"fetching {url!r} failed: {err or type(err).__name__}", "media_fetch_failed") from None
 
 
 def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None]:
@@ -100,7 +105,7 @@ async def _checked_address(parts, policy: MediaFetchPolicy) -> str:
     if not policy.domain_allowed(host):
         raise MediaURLError(f"host {host!r} is not in the media allowed_domains of this server", "media_domain_not_allowed")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise MediaURLError(f"host {host!r} does not resolve", "media_fetch_failed") from None
     addresses = {info[4][0] for info in infos}

@@ -76,6 +76,21 @@ def test_private_addresses_are_refused_unless_the_operator_opens_them(server_por
     assert refused(f"http://localhost:{server_port}/cat.png", closed).code == "media_address_not_allowed"
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::1]", "[::ffff:127.0.0.1]",
+                                  "[0:0:0:0:0:ffff:7f00:1]", "169.254.169.254", "[fd00::1]", "localhost."])
+def test_other_spellings_of_internal_addresses_are_refused(host):
+    # The operator allows a domain; none of these spellings is it, and none may reach an internal address.
+    policy = MediaFetchPolicy(allowed_domains=("example.com",))
+    assert refused(f"http://{host}/latest/meta-data", policy).code == "media_domain_not_allowed"
+
+
+@pytest.mark.parametrize("url", ["http://localhost:99999/x.png", "http://localhost:port/x.png",
+                                 "http://localhost:1/x.png"])  # out of range, not a number, nothing listening
+def test_unreachable_or_malformed_urls_of_allowed_domains_are_4xx(url):
+    error = refused(url)
+    assert error.status_code == 400 and error.code == "media_fetch_failed", error.message
+
+
 def test_redirects_are_checked_hop_by_hop(server_port):
     error = refused(f"http://localhost:{server_port}/redirect?to=http://example.org/x.png")
     assert error.code == "media_domain_not_allowed"
