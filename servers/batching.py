@@ -126,13 +126,18 @@ class BatchedEngine(BaseEngine):
     # at once lets the merge below run them as one model call instead of small ones in a row.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=MERGED_BATCHES)
     async def _run_batch(self, jobs: list[Job]) -> list[Any]:
+        return await self._run_merged(jobs)
+
+    async def _run_merged(self, jobs: list[Job]) -> list[Any]:
         """Run one Serve batch, merged (up to ``max_batch_size`` jobs) with those that Serve
         formed while the model was busy."""
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((jobs, done))
         async with self._model_lock:
             if not done.done():
-                await self._run_waiting()
+                # Shielded: the run holds other batches' jobs too, which must get their results
+                # even when this batch's task is cancelled (Serve shutting its queue down).
+                await asyncio.shield(self._run_waiting())
         return await done
 
     async def _run_waiting(self) -> None:
@@ -146,7 +151,8 @@ class BatchedEngine(BaseEngine):
         self.largest_batch = max(self.largest_batch, len(jobs))
         results = await self._run_groups(jobs)
         for batch, done in merged:
-            done.set_result(results[:len(batch)])
+            if not done.done():  # a cancelled waiter takes no result
+                done.set_result(results[:len(batch)])
             results = results[len(batch):]
 
     async def _run_groups(self, jobs: list[Job]) -> list[Any]:
