@@ -8,12 +8,17 @@ the engine's own loader fetches them (honouring ``HF_TOKEN`` and ``HF_HUB_OFFLIN
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from configs.server_models import CLOUD_SCHEMES
 
+COMPLETE = ".complete"  # written last into a finished copy
 DEFAULT_CACHE = Path(os.environ.get("PLATFORM_MODEL_CACHE", "~/.cache/rayserve-platform/models"))
 
 
@@ -28,24 +33,45 @@ def resolve_model_source(source: str, cache_dir: Path = DEFAULT_CACHE) -> str:
 
 
 def download_from_cloud(uri: str, cache_dir: Path) -> Path:
-    """Copy the directory at ``uri`` into the cache (once) and return the local copy."""
+    """Copy the directory at ``uri`` into the cache (once) and return the local copy.
+
+    Replicas on one node start together: a lock file lets one copy while the others wait and
+    then use its copy. The copy lands in a private directory and is renamed into place whole,
+    so a crash never leaves a half-copied model where the next replica would load it.
+    """
     try:
         from pyarrow import fs
     except ImportError as exc:  # pragma: no cover - pyarrow is in requirements.txt
         raise RuntimeError(f"loading {uri} needs pyarrow: pip install pyarrow") from exc
 
     target = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    done = target / ".complete"
-    if done.exists():
+    if (target / COMPLETE).exists():
         return target
-    filesystem, path = fs.FileSystem.from_uri(uri.replace("gcs://", "gs://", 1))
-    info = filesystem.get_file_info(path)
-    if info.type == fs.FileType.NotFound:
-        raise FileNotFoundError(f"model_source {uri} does not exist")
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    fs.copy_files(path, str(partial), source_filesystem=filesystem,
-                  destination_filesystem=fs.LocalFileSystem())
-    partial.rename(target) if not target.exists() else None
-    done.touch()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(target.name + ".lock")):
+        if (target / COMPLETE).exists():  # copied by another replica while this one waited
+            return target
+        filesystem, path = fs.FileSystem.from_uri(uri.replace("gcs://", "gs://", 1))
+        if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+            raise FileNotFoundError(f"model_source {uri} does not exist")
+        partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix=target.name + ".partial-"))
+        try:
+            fs.copy_files(path, str(partial), source_filesystem=filesystem,
+                          destination_filesystem=fs.LocalFileSystem())
+            (partial / COMPLETE).touch()
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished copy left by an older version
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on ``lock_path`` (every process on this node sees it)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
