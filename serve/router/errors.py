@@ -1,4 +1,5 @@
-"""Every error the router answers, in the OpenAI shape ``{"error": {message, type, param, code}}``."""
+"""Every error the router answers: in the OpenAI shape ``{"error": {message, type, param, code}}``,
+or on the Open Inference Protocol's ``/v2`` paths in its shape, ``{"error": "<message>"}``."""
 
 from __future__ import annotations
 
@@ -21,9 +22,16 @@ class APIError(Exception):
         self.status_code, self.message, self.param, self.code = status_code, message, param, code
         self.headers = headers
 
-    def response(self) -> JSONResponse:
+    def response(self, request: Request | None = None) -> JSONResponse:
+        if request is not None and is_oip_path(request):
+            return JSONResponse({"error": self.message}, status_code=self.status_code, headers=self.headers)
         return error_response(self.status_code, self.message, param=self.param, code=self.code,
                               headers=self.headers)
+
+
+def is_oip_path(request: Request) -> bool:
+    path = request.scope.get("path", "").removeprefix(request.scope.get("root_path", "") or "")
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def error_response(status_code: int, message: str, *, param: str | None = None,
@@ -37,15 +45,15 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route framework errors (unknown path, wrong method, bad path params) through one shape."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response(request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response(request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
-        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+        return APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param).response(request)

@@ -56,11 +56,11 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     async def all_ready(routes) -> bool:
         return all(state is not None for state in (await deployment_states(engines, routes)).values())
 
-    @app.get("/v2")
+    @app.get("/v2", dependencies=[auth])
     async def server_metadata() -> dict:
         return {"name": "rayserve-platform", "version": "2", "extensions": ["binary_tensor_data"]}
 
-    @app.get("/v2/health/live")
+    @app.get("/v2/health/live", dependencies=[auth])
     async def live() -> dict:
         return {"live": True}
 

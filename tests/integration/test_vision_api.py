@@ -36,7 +36,8 @@ def assert_classifies(http) -> None:
 
 
 def test_health_and_metadata(platform_url, http):
-    assert httpx.get(f"{platform_url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{platform_url}/v2/health/live").status_code == 401  # only /health needs no key
+    assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
     assert http.get(f"/v2/models/{CLASSIFIER}/ready").json() == {"name": CLASSIFIER, "ready": True}
     meta = http.get(f"/v2/models/{CLASSIFIER}").json()
@@ -57,7 +58,7 @@ def test_classification_top_k_in_json(http):
 def test_tritonclient_classifies_with_binary_tensors(platform_url):
     client = triton.InferenceServerClient(platform_url.removeprefix("http://"))
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    assert client.is_server_live() and client.is_model_ready(CLASSIFIER, headers=headers)
+    assert client.is_server_live(headers=headers) and client.is_model_ready(CLASSIFIER, headers=headers)
     assert client.get_model_metadata(CLASSIFIER, headers=headers)["name"] == CLASSIFIER
     images = triton.InferInput("image", [2], "BYTES")
     images.set_data_from_numpy(np.array([PNG, JPEG], dtype=np.object_), binary_data=True)

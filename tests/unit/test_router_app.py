@@ -147,7 +147,11 @@ def test_api_keys_guard_everything_but_liveness():
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
         assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
         assert_openai_error(c.get("/v1/models", headers=headers), 401)
+        for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/chat"):
+            refused = c.get(path, headers=headers)  # in the Open Inference Protocol's error shape
+            assert refused.status_code == 401 and isinstance(refused.json()["error"], str), path
     assert engines.calls == []
+    assert c.get("/v2/health/live", headers={"Authorization": "Bearer k1"}).json() == {"live": True}
     assert c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k2"}).status_code == 200
 
 
