@@ -25,7 +25,7 @@ from builders.render import PLATFORM_IMPORT_PATH, render_serve_config
 from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from common.text_table import format_table
-from configs import LoadedConfig, load_platform_config
+from configs import LoadedConfig, load_platform_config, require_secrets
 from configs.server_models import replica_range, replica_shape
 
 READY_POLL_S = 2
@@ -207,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         return _print_placement(loaded, args)
     if args.dry_run:
         return 0
+    if args.address is None:  # the Ray started here serves with this environment's secrets
+        try:
+            for config in loaded.values():
+                require_secrets(config.platform)
+        except ConfigError as err:
+            print(f"{args.config}: {err}", file=sys.stderr)
+            return 1
     deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus)
     if args.address is not None:
         return 0  # applied to a running platform, which keeps serving

@@ -19,7 +19,7 @@ from ray.serve import Application
 
 from cloud.storage import resolve_model_source
 from common.serve_env import with_replica_env
-from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings
+from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings, require_secrets
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.vllm_ingress import VLLMIngressDeployment
@@ -30,6 +30,7 @@ from serve.router.routing import RouterSettings
 def build_app(args: dict[str, Any]) -> Application:
     """Validate ``args`` and return the bound application (router + engines)."""
     config = load_platform_config(args)
+    require_secrets(config.platform)
     engines = {spec.name: _bind_engines(spec) for spec in config.deployments()}
     return _bind_router(config.platform, RouterSettings.from_config(config), engines)
 
@@ -37,12 +38,14 @@ def build_app(args: dict[str, Any]) -> Application:
 def build_router(args: dict[str, Any]) -> Application:
     """The router alone; its routes come from the model applications Serve runs."""
     settings = load_platform_settings(args)
+    require_secrets(settings)
     return _bind_router(settings, RouterSettings.from_settings(settings, routes={}), None)
 
 
 def build_model_app(args: dict[str, Any]) -> Application:
     """One model's (or one group's) engine deployment, the application's ingress."""
     config = load_platform_config(args)
+    require_secrets(config.platform)
     (spec,) = config.deployments()
     return _bind_engines(spec, RouterSettings.from_config(config))
 

@@ -50,6 +50,13 @@ class LoadedConfig:
         return specs
 
 
+def require_secrets(platform: PlatformSettings) -> None:
+    """Refuse to serve ``platform`` where the environment lacks its secrets (``api_keys_env``)."""
+    missing = platform.missing_secrets()
+    if missing:
+        raise ConfigError([ConfigIssue(("api_keys_env",), message) for message in missing])
+
+
 def load_platform_settings(args: dict[str, Any] | None) -> PlatformSettings:
     """Validate the router application's ``args``: the shared settings, no models."""
     try:
@@ -178,5 +185,5 @@ def _cross_model_issues(
 
 __all__ = [
     "Capability", "ConfigError", "DeploymentSpec", "LoadedConfig", "ModelType", "PlatformConfig",
-    "PlatformSettings", "load_platform_config", "load_platform_settings", "MODEL_ENTRY_TYPES",
+    "PlatformSettings", "load_platform_config", "load_platform_settings", "require_secrets", "MODEL_ENTRY_TYPES",
 ]

@@ -384,14 +384,14 @@ class PlatformSettings(StrictModel):
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
 
-    @model_validator(mode="after")
-    def _api_keys_env_is_set(self) -> "PlatformSettings":
+    def missing_secrets(self) -> list[str]:
+        """What the environment lacks to serve these settings. Checked where the platform
+        serves (the builders, ``deploy_app.py`` starting Ray), never where it is only validated,
+        planned or rendered: secrets live on the cluster, not on the planner's machine."""
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
-            raise ValueError(
-                f"api_keys_env names {self.api_keys_env!r}, which is not set: the API would be "
-                "open to anyone; set the variable or remove api_keys_env"
-            )
-        return self
+            return [f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
+                    "open to anyone; set the variable or remove api_keys_env"]
+        return []
 
     def resolved_api_keys(self) -> list[str]:
         keys = [k.get_secret_value() for k in self.api_keys]
