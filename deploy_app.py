@@ -65,7 +65,8 @@ def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
 
 def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
     """One line per model: what serves it and what Ray must schedule for its deployment."""
-    rows = [("app", "deployment", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing")]
+    rows = [("app", "deployment", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing",
+             "max_queued")]
     for app_name, config in loaded.items():
         for spec in config.deployments():
             shape = replica_shape(spec.options)
@@ -75,7 +76,8 @@ def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
             for model in spec.models:
                 rows.append((app_name, spec.name, model.model_id, model.model_loading_config.type.value,
                              ",".join(c.value for c in model.capabilities()), replicas, f"{shape.cpus:g}", gpus,
-                             str(spec.options.get("max_ongoing_requests", 5))))
+                             str(spec.options.get("max_ongoing_requests", 5)),
+                             str(spec.options.get("max_queued_requests", -1))))
     return format_table(rows)
 
 

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs.audio_models import AudioModelEntry
-from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings
+from configs.server_models import (BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings,
+                                   replica_range)
 from configs.video_models import VideoModelEntry
 from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry
@@ -21,6 +22,10 @@ MODEL_ENTRY_TYPES: dict[ModelType, type[BaseModelEntry]] = {
     ModelType.VISION: VisionModelEntry,
     ModelType.VIDEO: VideoModelEntry,
 }
+
+
+QUEUE_PER_CAPACITY = 2
+MIN_QUEUE = 8  # room for requests that wait while a scaled-to-zero deployment starts
 
 
 @dataclass
@@ -40,14 +45,27 @@ class LoadedConfig:
 
     def deployments(self) -> list[DeploymentSpec]:
         """A deployment per ungrouped model, and one per group holding all of its models."""
-        specs = [DeploymentSpec(m.deployment_name, m.serve_options(), [m]) for m in self.models if not m.group]
+        specs = [DeploymentSpec(m.deployment_name, bounded_queue(m.serve_options()), [m])
+                 for m in self.models if not m.group]
         for group in self.platform.groups:
             members = [m for m in self.models if m.group == group.name]
             # Room in the queue for every member's own default, unless the group sets it.
             defaults = {**BaseModelEntry.default_serve_options,
                         "max_ongoing_requests": sum(m.serve_options().get("max_ongoing_requests", 5) for m in members)}
-            specs.append(DeploymentSpec(group.name, group.deployment_config.serve_options(defaults), members))
+            specs.append(DeploymentSpec(group.name, bounded_queue(group.deployment_config.serve_options(defaults)),
+                                        members))
         return specs
+
+
+def bounded_queue(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with a ``max_queued_requests`` unless the YAML set one (-1: unbounded):
+    QUEUE_PER_CAPACITY requests waiting per request the deployment can run at its peak replicas.
+    Serve's default is unbounded: under overload every caller waits, memory grows, and clients
+    time out instead of getting a 503 with Retry-After at once."""
+    if "max_queued_requests" in options:
+        return options
+    capacity = options.get("max_ongoing_requests", 5) * replica_range(options)[1]
+    return {**options, "max_queued_requests": max(MIN_QUEUE, QUEUE_PER_CAPACITY * capacity)}
 
 
 def require_secrets(platform: PlatformSettings) -> None:

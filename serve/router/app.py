@@ -21,6 +21,7 @@ from serve.router.uploads import read_json_object, read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
+DONE_EVENT = "data: [DONE]\n\n"
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON_ENDPOINTS = {
@@ -168,6 +169,12 @@ async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
                 yield first
             async for chunk in chunks:
                 yield chunk
+        except APIError as err:  # the request timed out mid-stream
+            yield err.event() + DONE_EVENT
+        except Exception:  # the engine replica died mid-stream: say so instead of cutting the connection
+            logger.exception("stream failed")
+            yield APIError(503, "the model's replica failed during the stream; retry the request",
+                           code="model_unavailable").event() + DONE_EVENT
         finally:
             await chunks.aclose()  # client gone: cancels the engine call, which aborts generation
 

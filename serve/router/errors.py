@@ -3,6 +3,8 @@ or on the Open Inference Protocol's ``/v2`` paths in its shape, ``{"error": "<me
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
-          503: "service_unavailable_error"}
+          503: "service_unavailable_error", 504: "timeout_error"}
 
 
 class APIError(Exception):
@@ -29,6 +31,12 @@ class APIError(Exception):
                               headers=self.headers)
 
 
+    def event(self) -> str:
+        """The error as a server-sent event, for a stream that already began (its status is sent)."""
+        error = {"message": self.message, "type": _error_type(self.status_code), "param": self.param, "code": self.code}
+        return f"data: {json.dumps({'error': error})}\n\n"
+
+
 def is_oip_path(request: Request) -> bool:
     path = request.scope.get("path", "").removeprefix(request.scope.get("root_path", "") or "")
     return path == "/v2" or path.startswith("/v2/")
@@ -36,9 +44,12 @@ def is_oip_path(request: Request) -> bool:
 
 def error_response(status_code: int, message: str, *, param: str | None = None,
                    code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    err_type = _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    body = {"error": {"message": message, "type": _error_type(status_code), "param": param, "code": code}}
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _error_type(status_code: int) -> str:
+    return _TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -18,14 +18,16 @@ from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
+_END = object()
 
 
 class ServeEngineCaller:
     """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
     ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle] | None):
+    def __init__(self, handles: dict[str, DeploymentHandle] | None, timeout_s: float):
         self.handles = dict(handles or {})
+        self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
 
     def _deployment(self, route: ModelRoute) -> DeploymentHandle:
         if route.app_name is None:  # bound into the router's application
@@ -41,20 +43,36 @@ class ServeEngineCaller:
             stream=stream, multiplexed_model_id=route.variant or "")
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
-        with _unavailable_as_503(route.deployment_name):
-            return await self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
+        response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            with _unavailable_as_503(route.deployment_name):
+                return await self._by(deadline, response)
+        finally:
+            response.cancel()  # a no-op once answered; aborts the engine's work on a timeout
 
     async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
         response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
             with _unavailable_as_503(route.deployment_name):
-                first = await anext(response, None)
-            if first is not None:
-                yield first
-            async for item in response:
+                first = await self._by(deadline, anext(response, None))
+            if first is None:
+                return
+            yield first
+            while (item := await self._by(deadline, anext(response, _END))) is not _END:
                 yield item
         finally:
             response.cancel()
+
+    async def _by(self, deadline: float, awaitable):
+        """``awaitable``'s result, or a 504 once the request's ``request_timeout_s`` is spent."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
+        except TimeoutError:
+            raise APIError(504, f"the model did not finish within the request timeout ({self.timeout_s:g} s)",
+                           code="timeout") from None
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         try:
@@ -90,7 +108,7 @@ class MultiModelRouter:
         """``engines``: the bound engine deployments of a one-application platform; None when each
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
-        self.engines = ServeEngineCaller(engines)
+        self.engines = ServeEngineCaller(engines, settings.request_timeout_s)
         if engines is None:
             self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
             await self.directory.start()

@@ -192,3 +192,15 @@ def test_secrets_are_needed_where_the_platform_serves_not_where_it_is_planned(mo
                   lambda: build_model_app({**args, "models": args["models"][:1], "groups": []})):
         with pytest.raises(ConfigError, match=r"args\.api_keys_env: api_keys_env names"):
             build()
+
+
+def test_every_deployment_gets_a_bounded_queue_unless_the_yaml_sets_one():
+    args = good_args()
+    chat = args["models"][0]
+    chat["engine_kwargs"]["max_num_seqs"] = 16
+    chat["deployment_config"]["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4}
+    specs = {spec.name: spec.options for spec in load_platform_config(args).deployments()}
+    assert specs[chat["model_loading_config"]["model_id"]]["max_queued_requests"] == 2 * 16 * 4
+    chat["deployment_config"]["max_queued_requests"] = -1  # the operator's choice: unbounded
+    specs = {spec.name: spec.options for spec in load_platform_config(args).deployments()}
+    assert specs[chat["model_loading_config"]["model_id"]]["max_queued_requests"] == -1

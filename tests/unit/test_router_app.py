@@ -1,12 +1,14 @@
 """The router app's own logic (auth, validation, lookup, errors, relay) with a fake engine caller."""
 
 import asyncio
+import json
 
 import pytest
 from fastapi.testclient import TestClient
 
 from configs.server_models import Capability
 from serve.router.app import create_router_app
+from serve.router.errors import APIError
 from serve.router.routing import FORM_OVERHEAD_BYTES, ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
@@ -39,6 +41,11 @@ class FakeEngines:
             if body.get("max_tokens") == 1:
                 yield EngineResponse.error(400, "engine says no", param="max_tokens")
                 return
+            if body.get("max_tokens") in (2, 3):  # fails after the first chunk
+                yield "data: 0\n\n"
+                if body["max_tokens"] == 2:
+                    raise RuntimeError("the replica died")
+                raise APIError(504, "too slow", code="timeout")
             for i in range(3):
                 yield f"data: {i}\n\n"
             yield "data: [DONE]\n\n"
@@ -139,6 +146,20 @@ def test_stream_is_relayed_and_early_errors_keep_their_status():
     assert engines.closed.is_set()
     assert_openai_error(c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 1}),
                         400, param="max_tokens")
+
+
+@pytest.mark.parametrize("max_tokens,status,code", [(2, "service_unavailable_error", "model_unavailable"),
+                                                     (3, "timeout_error", "timeout")])
+def test_a_stream_that_fails_midway_ends_with_an_error_event(max_tokens, status, code):
+    c, engines = client()
+    with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": max_tokens}) as response:
+        assert response.status_code == 200
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[0] == "0" and events[-1] == "[DONE]"
+    error = json.loads(events[1])["error"]
+    assert error["type"] == status and error["code"] == code and error["message"]
+    assert engines.closed.is_set()
+    assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
 
 
 def test_api_keys_guard_everything_but_liveness():
