@@ -19,14 +19,17 @@ from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
 _END = object()
+SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
+CONTROLLER_TIMEOUT_S = 5.0
 
 
 class ServeEngineCaller:
     """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
     ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle] | None, timeout_s: float):
+    def __init__(self, handles: dict[str, DeploymentHandle] | None, timeout_s: float, app_name: str = ""):
         self.handles = dict(handles or {})
+        self.app_name = app_name  # the router's application, which holds the bound engines
         self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
 
     def _deployment(self, route: ModelRoute) -> DeploymentHandle:
@@ -75,10 +78,39 @@ class ServeEngineCaller:
                            code="timeout") from None
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
+        """Ready (not None) when Serve's controller reports the deployment serving: state that
+        does not queue behind the engine's requests, so a busy model stays ready. The replica's
+        own stats join in when one answers within ``timeout_s``; while the deployment is
+        starting or updating, that answer alone decides."""
+        state, stats = await asyncio.gather(self._controller_state(route), self._stats(route, timeout_s))
+        if state in SERVING_STATES:
+            return {"deployment_status": state, **(stats or {"stats": "busy"})}
+        if state is None or state == "UPDATING":  # no word from the controller, or a rollout
+            return None if stats is None else {"deployment_status": state, **stats}
+        return None  # UNHEALTHY, DEPLOY_FAILED
+
+    async def _stats(self, route: ModelRoute, timeout_s: float) -> dict | None:
         try:
             return await asyncio.wait_for(self._deployment(route).stats.remote(), timeout_s)
-        except Exception:  # not started, scaled to zero, or unhealthy: all mean "not ready"
+        except Exception:  # not started, busy, or unhealthy
             return None
+
+    async def _controller_state(self, route: ModelRoute) -> str | None:
+        """The deployment's status as Serve's controller holds it (HEALTHY, UPSCALING, ...)."""
+        import ray
+        from ray.serve._private.common import DeploymentStatusInfo
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from ray.serve.generated.serve_pb2 import DeploymentStatusInfo as DeploymentStatusInfoProto
+
+        try:
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            raw = await asyncio.wait_for(controller.get_deployment_status.remote(
+                route.deployment_name, route.app_name or self.app_name), CONTROLLER_TIMEOUT_S)
+        except Exception:  # the controller restarting
+            return None
+        if raw is None:
+            return None
+        return DeploymentStatusInfo.from_proto(DeploymentStatusInfoProto.FromString(raw)).status.value
 
 
 class _unavailable_as_503:
@@ -108,7 +140,7 @@ class MultiModelRouter:
         """``engines``: the bound engine deployments of a one-application platform; None when each
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
-        self.engines = ServeEngineCaller(engines, settings.request_timeout_s)
+        self.engines = ServeEngineCaller(engines, settings.request_timeout_s, serve.get_replica_context().app_name)
         if engines is None:
             self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
             await self.directory.start()

@@ -62,7 +62,7 @@ class ModelRoute:
                                    parent=self.model_id)
 
 
-async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_s: float = 5.0) -> dict[str, dict | None]:
+async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_s: float = 2.0) -> dict[str, dict | None]:
     """Stats of each deployment behind ``routes`` (None: no replica answered), probed once however
     many models or variants it serves. Deployments that scale to zero count as ready without a
     probe: asking them for stats would start (and keep alive) a replica no request needs."""

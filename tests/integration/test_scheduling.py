@@ -144,6 +144,24 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
         assert _infer(client, "one-at-a-time").status_code == 200
 
 
+def test_ready_does_not_queue_behind_a_busy_model(scheduled):
+    base, _ = scheduled
+
+    async def busy_then_ready():
+        async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
+            # One request runs and one waits: the replica and its queue are full for ~4 s.
+            work = [asyncio.create_task(_infer(client, "one-at-a-time")) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            ready = await client.get("/ready")
+            return ready, await asyncio.gather(*work)
+
+    ready, answers = asyncio.run(busy_then_ready())
+    assert ready.status_code == 200, ready.text
+    model = ready.json()["models"]["one-at-a-time"]
+    assert model["ready"] is True and model["deployment_status"] == "HEALTHY"
+    assert [a.status_code for a in answers] == [200, 200]
+
+
 def test_a_model_wider_than_any_node_is_refused_before_deploying(scheduled, cluster, tmp_path):
     ray_cluster, _ = cluster
     wide = {**MODELS[2], "model_loading_config": {**MODELS[2]["model_loading_config"], "model_id": "too-wide"},
