@@ -361,6 +361,8 @@ class RouterConfig(StrictModel):
     ray_actor_options: RayActorOptions = Field(default_factory=lambda: RayActorOptions(num_cpus=0))
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600, gt=0)
+    # What one router replica may hold at once for upload bodies and fetched media, all requests together.
+    max_upload_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
 
 
 class GroupConfig(StrictModel):

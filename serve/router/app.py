@@ -17,7 +17,7 @@ from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.oip import install_oip_routes
-from serve.router.uploads import read_json_object, read_upload_form
+from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
@@ -53,6 +53,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
     if settings.cors:
         app.add_middleware(CORSMiddleware, **settings.cors)
     protected = [Depends(_auth_dependency(settings.api_keys))]
+    uploads = UploadMemory(settings.max_upload_memory_bytes)
 
     @app.get("/health")
     async def liveness() -> dict:
@@ -90,7 +91,11 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     async def forward_upload(request: Request, capability: Capability) -> Response:
-        body = await read_upload_form(request, settings.max_upload_request_bytes)
+        with uploads.hold() as held:
+            return await _forward_upload(request, capability, held)
+
+    async def _forward_upload(request: Request, capability: Capability, held) -> Response:
+        body = await read_upload_form(request, held.add_body(request, settings.max_upload_request_bytes))
         route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
         file = body.get("file")
         if not isinstance(file, bytes) or not file:
@@ -103,7 +108,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
         result = await engines.call(route, capability, body)
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
-    install_oip_routes(app, settings, engines, protected[0])
+    install_oip_routes(app, settings, engines, protected[0], uploads)
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():

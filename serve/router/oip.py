@@ -25,9 +25,10 @@ from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
-from serve.router.uploads import read_limited_body
+from serve.router.uploads import UploadMemory, read_limited_body
 
 MODEL_VERSION = "1"
+MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
 class OIPError(Exception):
@@ -36,7 +37,7 @@ class OIPError(Exception):
         self.status_code, self.message, self.headers = status_code, message, headers
 
 
-def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends) -> None:
+def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends, uploads: UploadMemory) -> None:
     @app.exception_handler(OIPError)
     async def _oip_error(_: Request, exc: OIPError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
@@ -87,15 +88,17 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
     async def infer(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
         route = _versioned(route_for(requested_model(request.headers, name)), version)
+        limit = settings.tensor_request_bytes(route)  # this model's, before reading the body
         try:
-            raw = await read_limited_body(request, settings.max_upload_request_bytes)
-            header, binary = _split_body(raw, request.headers.get("inference-header-content-length"))
-            inference = _parse(header)
-            tensor = _the_input(route, inference)
-            media = await _media(tensor, binary, route, settings)
-            wanted = _requested_outputs(route, inference)
-            body = {"inputs": media, "parameters": inference.parameters}
-            result = await engines.call(route, route.capabilities[0], body)
+            with uploads.hold() as held:
+                raw = await read_limited_body(request, held.add_body(request, limit))
+                header, binary = _split_body(raw, request.headers.get("inference-header-content-length"))
+                inference = _parse(header)
+                tensor = _the_input(route, inference)
+                media = await _media(tensor, binary, route, settings, held, limit)
+                wanted = _requested_outputs(route, inference)
+                body = {"inputs": media, "parameters": inference.parameters}
+                result = await engines.call(route, route.capabilities[0], body)
         except (InputError, APIError) as err:  # APIError from the call: 503 at capacity, with Retry-After
             raise OIPError(err.status_code, err.message, getattr(err, "headers", None)) from None
         payload = json.loads(result.content)
@@ -154,7 +157,10 @@ def _requested_outputs(route: ModelRoute, inference: InferenceRequest) -> set[st
     return wanted
 
 
-async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, settings: RouterSettings) -> list[bytes]:
+async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, settings: RouterSettings,
+                 held, request_limit: int) -> list[bytes]:
+    """The input's elements as bytes. URLs are fetched only once the shape is known to match,
+    a few at a time, holding no more than the request's own limit for this model."""
     count = tensor.shape[0]
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
@@ -162,15 +168,24 @@ async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, setting
             raise OIPError(400, f"input '{tensor.name}': binary_data_size {size} does not match the "
                                 f"{len(binary)} binary bytes after the JSON header")
         elements = _split_binary_bytes(binary)
+        _check_shape(tensor, len(elements))
     else:
-        elements = await asyncio.gather(*(_element(e, settings) for e in _flatten(tensor.data)))
-    if len(elements) != count or count != math.prod(tensor.shape):
-        raise OIPError(400, f"input '{tensor.name}' has shape {tensor.shape} but {len(elements)} elements")
+        flat = _flatten(tensor.data)
+        _check_shape(tensor, len(flat))
+        if any(isinstance(e, str) and e.startswith(("http://", "https://")) for e in flat):
+            held.add(request_limit)  # fetched media: at most the request's limit in all
+        fetches = _Fetches(request_limit, tensor.name)
+        elements = await asyncio.gather(*(_element(e, settings, fetches) for e in flat))
     limit = route.max_upload_bytes
     for index, element in enumerate(elements):
         if limit and len(element) > limit:
             raise OIPError(413, f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}")
     return elements
+
+
+def _check_shape(tensor: RequestInput, elements: int) -> None:
+    if elements != tensor.shape[0] or elements != math.prod(tensor.shape):
+        raise OIPError(400, f"input '{tensor.name}' has shape {tensor.shape} but {elements} elements")
 
 
 def _split_binary_bytes(binary: bytes) -> list[bytes]:
@@ -196,12 +211,27 @@ def _flatten(data: Any) -> list[Any]:
     return [leaf for item in data for leaf in (_flatten(item) if isinstance(item, list) else [item])]
 
 
-async def _element(element: Any, settings: RouterSettings) -> bytes:
+class _Fetches:
+    """The URL inputs of one request: a few fetched at a time, their bytes counted against its limit."""
+
+    def __init__(self, limit: int, name: str):
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+        self.limit, self.name, self.total = limit, name, 0
+
+    def count(self, nbytes: int) -> None:
+        self.total += nbytes
+        if self.total > self.limit:
+            raise OIPError(413, f"the inputs of '{self.name}' hold more than {self.limit} bytes")
+
+
+async def _element(element: Any, settings: RouterSettings, fetches: _Fetches) -> bytes:
     """A JSON BYTES element: a data: or http(s) URL (fetched under the media policy) or base64."""
     if not isinstance(element, str):
         raise OIPError(400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}")
     if element.startswith(("data:", "http://", "https://")):
-        data, _ = await fetch_media(element, settings.media)
+        async with fetches.slots:
+            data, _ = await fetch_media(element, settings.media)
+        fetches.count(len(data))
         return data
     if "://" in element:
         raise OIPError(400, "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "

@@ -86,12 +86,18 @@ class RouterSettings:
     max_request_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600
     media: MediaFetchPolicy = field(default_factory=MediaFetchPolicy)
+    max_upload_memory_bytes: int = 1024 * 1024 * 1024
 
     @property
     def max_upload_request_bytes(self) -> int:
         """The body limit for multipart uploads: the largest file any model takes, plus the form."""
         largest = max((r.max_upload_bytes or 0 for r in self.routes.values()), default=0)
         return max(largest + FORM_OVERHEAD_BYTES, self.max_request_bytes)
+
+    def tensor_request_bytes(self, route: ModelRoute) -> int:
+        """The body limit of a ``/v2`` request to ``route``: one of its largest inputs as base64
+        JSON (or several smaller ones), known from the path before the body is read."""
+        return max(self.max_request_bytes, (route.max_upload_bytes or 0) * 4 // 3 + FORM_OVERHEAD_BYTES)
 
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":
@@ -105,6 +111,7 @@ class RouterSettings:
             cors=platform.cors.model_dump() if platform.cors.allow_origins else {},
             max_request_bytes=platform.router.max_request_bytes,
             request_timeout_s=platform.router.request_timeout_s,
+            max_upload_memory_bytes=platform.router.max_upload_memory_bytes,
             media=MediaFetchPolicy(
                 allowed_domains=tuple(platform.media.allowed_domains),
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),

@@ -1,8 +1,9 @@
 """Read request bodies under a size limit: JSON objects, and OpenAI-style multipart uploads
-(``file`` plus form fields)."""
+(``file`` plus form fields); ``UploadMemory`` bounds the bytes all uploads hold at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,48 @@ from serve.router.errors import APIError
 
 MAX_FORM_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
+
+
+class UploadMemory:
+    """The bytes a router replica may hold for upload bodies and fetched media at once, across
+    requests (``router.max_upload_memory_bytes``). A request reserves what it may read before
+    reading it; past the total it gets a 503 with ``Retry-After`` at once."""
+
+    def __init__(self, total_bytes: int):
+        self.total_bytes = total_bytes
+        self.held_bytes = 0
+
+    @contextlib.contextmanager
+    def hold(self):
+        """A reservation that grows with ``add`` and is returned when the request ends."""
+        held = _Reservation(self)
+        try:
+            yield held
+        finally:
+            self.held_bytes -= held.nbytes
+
+    def _take(self, nbytes: int) -> None:
+        if self.held_bytes + nbytes > self.total_bytes:
+            raise APIError(503, "the router holds as many uploads as its memory allows; retry shortly",
+                           code="server_busy", headers={"Retry-After": "1"})
+        self.held_bytes += nbytes
+
+
+class _Reservation:
+    def __init__(self, memory: UploadMemory):
+        self.memory, self.nbytes = memory, 0
+
+    def add(self, nbytes: int) -> None:
+        self.memory._take(nbytes)
+        self.nbytes += nbytes
+
+    def add_body(self, request: Request, limit: int) -> int:
+        """Reserve what the body may take: its declared length (when under ``limit``) or ``limit``;
+        returns the limit to read it with."""
+        declared = request.headers.get("content-length", "")
+        limit = min(limit, int(declared)) if declared.isdigit() else limit
+        self.add(limit)
+        return limit
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:

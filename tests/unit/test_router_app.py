@@ -17,6 +17,14 @@ ROUTES = {
     "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
     "asr": ModelRoute("asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000),
 }
+_TENSORS = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}]}
+TENSOR_ROUTES = dict(ROUTES)
+TENSOR_ROUTES["vit"] = ModelRoute("vit", "vision", "vit-dep", (Capability.IMAGE_CLASSIFICATION,), max_upload_bytes=1000,
+                           tensors=_TENSORS)
+TENSOR_ROUTES["big"] = ModelRoute("big", "video", "big-dep", (Capability.VIDEO_CLASSIFICATION,),
+                           max_upload_bytes=50 * 1024 * 1024, tensors={**_TENSORS, "inputs": [
+                               {"name": "video", "datatype": "BYTES", "shape": [-1]}]})
 ROUTES["chat:sql"] = ROUTES["chat"].variant_route("sql")
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -56,9 +64,9 @@ class FakeEngines:
         return None if route.deployment_name == "embed-dep" else {"unfinished_requests": 0}
 
 
-def client(**settings) -> tuple[TestClient, FakeEngines]:
+def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
     engines = FakeEngines()
-    return TestClient(create_router_app(RouterSettings(ROUTES, **settings), engines)), engines
+    return TestClient(create_router_app(RouterSettings(routes, **settings), engines)), engines
 
 
 def assert_openai_error(response, status, code=None, param=None):
@@ -237,3 +245,50 @@ def test_speech_is_json_and_checked_against_the_protocol():
     test_client, engines = client()
     bad = test_client.post("/v1/audio/speech", json={"model": "asr", "input": "hi", "voice": "alloy"})
     assert_openai_error(bad, 400, "unsupported_endpoint")
+
+
+def _infer(elements: list[str], shape: list[int] | None = None) -> dict:
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape or [len(elements)], "data": elements}]}
+
+
+def test_a_v2_body_is_limited_by_its_own_model_not_the_largest_one():
+    c, engines = client(TENSOR_ROUTES, max_request_bytes=2048)
+    assert settings_limit("vit") < 1024 * 1024 < settings_limit("big")
+    response = c.post("/v2/models/vit/infer", json=_infer(["A" * (1024 * 1024)]))
+    assert response.status_code == 413 and isinstance(response.json()["error"], str)
+    assert engines.calls == []
+
+
+def settings_limit(model: str) -> int:
+    return RouterSettings(TENSOR_ROUTES, max_request_bytes=2048).tensor_request_bytes(TENSOR_ROUTES[model])
+
+
+def test_the_shape_is_checked_before_any_url_is_fetched():
+    c, engines = client(TENSOR_ROUTES)
+    urls = ["https://images.example.com/a.png"] * 3
+    response = c.post("/v2/models/vit/infer", json=_infer(urls, shape=[1]))
+    assert response.status_code == 400 and "has shape [1] but 3 elements" in response.json()["error"]
+
+
+def test_uploads_past_the_routers_memory_are_a_503_at_once():
+    c, engines = client(TENSOR_ROUTES, max_upload_memory_bytes=100_000)
+    body = json.dumps(_infer(["QUJD" * 40_000])).encode()  # 160 kB: more than the router may hold
+    response = c.post("/v2/models/vit/infer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    small = c.post("/v2/models/vit/infer", json=_infer(["QUJD"], shape=[2]))
+    assert small.status_code == 400  # not 503: the reservation was returned
+    files = {"file": ("a.wav", b"x" * 150_000, "audio/wav")}
+    assert_openai_error(c.post("/v1/audio/transcriptions", data={"model": "asr"}, files=files), 503, "server_busy")
+
+
+def test_upload_memory_is_returned_when_a_request_ends():
+    from serve.router.uploads import UploadMemory
+
+    memory = UploadMemory(100)
+    with memory.hold() as held:
+        held.add(60)
+        with pytest.raises(APIError) as info:
+            with memory.hold() as other:
+                other.add(50)
+        assert info.value.status_code == 503 and memory.held_bytes == 60
+    assert memory.held_bytes == 0
