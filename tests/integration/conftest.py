@@ -139,6 +139,16 @@ def _wait_ready(base: str, proc: subprocess.Popen | None, log_path: Path) -> Non
     raise TimeoutError(f"platform not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
 
 
+def wait_for_stats(read, done, timeout_s: float = 30) -> dict:
+    """Poll ``read()`` until ``done(stats)`` or the timeout; the last stats, for the assertion."""
+    deadline = time.time() + timeout_s
+    stats = read()
+    while not done(stats) and time.time() < deadline:
+        time.sleep(0.2)
+        stats = read()
+    return stats
+
+
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 

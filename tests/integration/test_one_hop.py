@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, auth_headers
+from tests.integration.conftest import API_KEY, auth_headers, wait_for_stats
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
 
 @pytest.fixture(scope="module")
@@ -120,11 +119,7 @@ def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
     with httpx.Client(headers=auth_headers(), timeout=60) as c:
         with c.stream("POST", f"{platform_url}/models/{CHAT}/v1/chat/completions", json=body) as response:
             assert next(response.iter_lines()).startswith("data: ")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        stats = _stats(platform_url)
-        if stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0:
-            break
-        time.sleep(0.2)
+    stats = wait_for_stats(lambda: _stats(platform_url),
+                           lambda s: s["requests_aborted"] > aborted_before and s["unfinished_requests"] == 0)
     assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, stats
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
-from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY
+from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY, wait_for_stats
 
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
@@ -185,12 +184,8 @@ def test_client_disconnect_mid_stream_aborts_generation(platform_url, http, clie
             lines = response.iter_lines()
             received = [next(lines) for _ in range(3)]
             assert all(line.startswith("data: ") or line == "" for line in received)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        stats = _engine_stats(http)
-        if stats["streams_cancelled"] > cancelled_before and stats["unfinished_requests"] == 0:
-            break
-        time.sleep(0.2)
+    stats = wait_for_stats(lambda: _engine_stats(http),
+                           lambda s: s["streams_cancelled"] > cancelled_before and s["unfinished_requests"] == 0)
     assert stats["streams_cancelled"] == cancelled_before + 1, stats
     assert stats["unfinished_requests"] == 0, stats
     assert_still_serving(client)
