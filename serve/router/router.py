@@ -51,8 +51,9 @@ class ServeEngineCaller:
         try:
             with _unavailable_as_503(route.deployment_name):
                 return await self._by(deadline, response)
-        finally:
-            response.cancel()  # a no-op once answered; aborts the engine's work on a timeout
+        except BaseException:  # timed out, or the client left: stop the engine's work
+            response.cancel()
+            raise
 
     async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
         response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)

@@ -3,13 +3,18 @@
 The platform runs A (tiny-chat), B (an image classifier) and D (the embedding model). While a
 client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_app.py
 --address auto`` applies an edit that adds C, removes B and changes D's ``max_num_seqs``.
+Then A's replica is killed while it streams.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import signal
 import subprocess
 import threading
+import time
 
 import httpx
 import openai
@@ -136,3 +141,26 @@ def _image_request() -> dict:
     from tests.media_files import b64, image_file, infer_body
 
     return infer_body([b64(image_file())])
+
+
+def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platform):
+    base, _, _ = platform
+    pid = _models(base)["a-chat"]["placement"]["pid"]
+    body = {"model": "a-chat", "messages": HELLO, "max_tokens": 200, "n": 16, "stream": True, "ignore_eos": True}
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            os.kill(pid, signal.SIGKILL)
+            events = [line.removeprefix("data: ") for line in lines if line]
+    assert events[-1] == "[DONE]", events[-3:]
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "model_unavailable" and error["type"] == "service_unavailable_error"
+    # Serve replaces the replica with no operator action; the model answers again.
+    deadline = time.time() + 600
+    while time.time() < deadline and httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).status_code != 200:
+        time.sleep(2)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    assert client.chat.completions.create(model="a-chat", messages=HELLO, max_tokens=4).choices
+    assert _models(base)["a-chat"]["placement"]["pid"] != pid

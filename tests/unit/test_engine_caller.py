@@ -91,4 +91,4 @@ async def _collect(caller) -> list:
 def test_the_timeout_covers_the_whole_stream(delays, expected):
     caller, handle = _caller(delays)
     assert asyncio.run(_collect(caller)) == expected
-    assert handle.responses[0].cancelled  # always released: a no-op once finished
+    assert handle.responses[0].cancelled  # a stream is always released
