@@ -159,8 +159,14 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platfor
     assert error["code"] == "model_unavailable" and error["type"] == "service_unavailable_error"
     # Serve replaces the replica with no operator action; the model answers again.
     deadline = time.time() + 600
-    while time.time() < deadline and httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).status_code != 200:
+    while time.time() < deadline and _replica_pid(base) in (None, pid):
         time.sleep(2)
+    assert _replica_pid(base) not in (None, pid)
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
     assert client.chat.completions.create(model="a-chat", messages=HELLO, max_tokens=4).choices
-    assert _models(base)["a-chat"]["placement"]["pid"] != pid
+
+
+def _replica_pid(base: str) -> int | None:
+    """The pid of the replica that answers a-chat's stats, once /ready is 200."""
+    ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+    return ready.json()["models"]["a-chat"].get("placement", {}).get("pid") if ready.status_code == 200 else None
