@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr, SecretStr,
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr,
                       field_validator, model_validator)
 
 from common.base_pydantic import StrictModel
+from configs.api_keys import APIKey, APIKeyEntry, refuse_inline_keys
 
 
 class ModelType(str, Enum):
@@ -380,25 +381,30 @@ class PlatformSettings(StrictModel):
     of the parts its replicas enforce themselves (``MODEL_APP_SETTINGS``).
     """
 
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys")
+    api_keys: list[APIKeyEntry] = Field(default_factory=list, description="named keys, read from env or files")
+    api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys for every model")
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+
+    _inline_keys_refused = field_validator("api_keys", mode="before")(refuse_inline_keys)
 
     def missing_secrets(self) -> list[str]:
         """What the environment lacks to serve these settings. Checked where the platform
         serves (the builders, ``deploy_app.py`` starting Ray), never where it is only validated,
         planned or rendered: secrets live on the cluster, not on the planner's machine."""
+        missing = [reason for reason in (entry.missing() for entry in self.api_keys) if reason]
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
-            return [f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
-                    "open to anyone; set the variable or remove api_keys_env"]
-        return []
+            missing.append(f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
+                           "open to anyone; set the variable or remove api_keys_env")
+        return missing
 
-    def resolved_api_keys(self) -> list[str]:
-        keys = [k.get_secret_value() for k in self.api_keys]
+    def resolved_api_keys(self) -> list[APIKey]:
+        """Every key with its scope, read from its source now."""
+        keys = [APIKey(entry.secret(), entry.name, tuple(entry.models)) for entry in self.api_keys]
         if self.api_keys_env:
-            keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+            keys += [APIKey(k.strip(), self.api_keys_env) for k in os.environ.get(self.api_keys_env, "").split(",")
+                     if k.strip()]
         return keys
 
 

@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serve.router.auth import check_api_key
+from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import APIError
 from serve.router.media_refs import inline_chat_media
 from serve.router.routing import RouterSettings
@@ -60,7 +60,9 @@ class OneHopGuard:
         if (request.method, path) not in ONE_HOP_ENDPOINTS:
             raise APIError(404, f"{request.method} {path} is not served here; this URL serves "
                            f"{', '.join(sorted(p for _, p in ONE_HOP_ENDPOINTS))}", code="not_found")
-        check_api_key(request.headers.get("authorization"), self.settings.api_keys)
+        key = check_api_key(request.headers.get("authorization"), self.settings.api_keys)
+        for model_id in {route.model_id for route in self.settings.routes.values() if route.variant is None}:
+            check_scope(key, model_id)  # this URL serves one model: a key outside its scope gets nothing
         if request.method != "POST":
             return receive
         raw = await read_limited_body(request, self.settings.max_request_bytes)

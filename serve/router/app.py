@@ -12,7 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
-from serve.router.auth import check_api_key
+from configs.api_keys import APIKey
+from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
@@ -61,8 +62,8 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
 
     @app.get("/v1/health", dependencies=protected)
     @app.get("/ready", dependencies=protected)
-    async def readiness() -> JSONResponse:
-        bases = [r for r in settings.routes.values() if r.variant is None]
+    async def readiness(request: Request) -> JSONResponse:
+        bases = [r for r in _visible(request, settings.routes).values() if r.variant is None]
         states = await deployment_states(engines, bases)
         models = {r.model_id: {"ready": states[r.deployment_name] is not None, **(states[r.deployment_name] or {})}
                   for r in bases}
@@ -71,16 +72,16 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
                             status_code=200 if ready else 503)
 
     @app.get("/v1/models", dependencies=protected)
-    async def list_models() -> dict:
-        return {"object": "list", "data": [r.card() for r in settings.routes.values()]}
+    async def list_models(request: Request) -> dict:
+        return {"object": "list", "data": [r.card() for r in _visible(request, settings.routes).values()]}
 
     @app.get("/v1/models/{model_id:path}", dependencies=protected)
-    async def get_model(model_id: str) -> dict:
-        return _route_for(settings.routes, model_id).card()
+    async def get_model(model_id: str, request: Request) -> dict:
+        return _route_for(request, settings.routes, model_id).card()
 
     async def forward(request: Request, capability: Capability) -> Response:
         body = await read_json_object(request, settings.max_request_bytes)
-        route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
+        route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
         body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
         _validate_body(route, capability, body)
         if capability is Capability.CHAT:
@@ -96,7 +97,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAP
 
     async def _forward_upload(request: Request, capability: Capability, held) -> Response:
         body = await read_upload_form(request, held.add_body(request, settings.max_upload_request_bytes))
-        route = _route_for(settings.routes, requested_model(request.headers, body.get("model")), capability)
+        route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
         file = body.get("file")
         if not isinstance(file, bytes) or not file:
             raise APIError(400, "'file' is required and must not be empty", param="file",
@@ -127,20 +128,29 @@ def _endpoint(handler, capability: Capability):
     return endpoint
 
 
-def _auth_dependency(api_keys: tuple[str, ...]):
+def _auth_dependency(api_keys: tuple[APIKey, ...]):
     async def check(request: Request) -> None:
-        check_api_key(request.headers.get("authorization"), api_keys)
+        request.state.api_key = check_api_key(request.headers.get("authorization"), api_keys)
 
     return check
 
 
-def _route_for(routes: Mapping[str, ModelRoute], model: Any, capability: Capability | None = None) -> ModelRoute:
+def _visible(request: Request, routes: Mapping[str, ModelRoute]) -> dict[str, ModelRoute]:
+    """The routes the request's API key may use (all of them when keys are not scoped)."""
+    key = getattr(request.state, "api_key", None)
+    return {name: route for name, route in routes.items() if key is None or key.allows(route.model_id)}
+
+
+def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
+               capability: Capability | None = None) -> ModelRoute:
     if capability is not None and (model is None or model == ""):
         raise APIError(400, "'model' is required", param="model", code="missing_model")
     route = routes.get(model) if isinstance(model, str) else None
     if route is None:
-        raise APIError(404, f"model {model!r} does not exist; available: {', '.join(sorted(routes))}",
+        available = ", ".join(sorted(_visible(request, routes)))
+        raise APIError(404, f"model {model!r} does not exist; available: {available}",
                        param="model", code="model_not_found")
+    check_scope(getattr(request.state, "api_key", None), route.model_id)
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
         raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from common.input_errors import InputError
 from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
+from serve.router.auth import check_scope
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import UploadMemory, read_limited_body
@@ -46,9 +47,10 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         """Read on every request: the routes change when models are added or removed."""
         return {r.model_id: r for r in settings.routes.values() if r.tensors}
 
-    def route_for(name: str) -> ModelRoute:
+    def route_for(request: Request, name: str) -> ModelRoute:
         route = settings.routes.get(name)
         if route is not None and route.tensors:
+            check_scope(getattr(request.state, "api_key", None), route.model_id)
             return route
         if route is not None:
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
@@ -72,22 +74,22 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
 
     @app.get("/v2/models/{name}", dependencies=[auth])
     @app.get("/v2/models/{name}/versions/{version}", dependencies=[auth])
-    async def model_metadata(name: str, version: str = MODEL_VERSION) -> dict:
-        route = _versioned(route_for(name), version)
+    async def model_metadata(name: str, request: Request, version: str = MODEL_VERSION) -> dict:
+        route = _versioned(route_for(request, name), version)
         return {"name": route.model_id, "versions": [MODEL_VERSION], "platform": f"rayserve-platform/{route.model_type}",
                 **route.tensors}
 
     @app.get("/v2/models/{name}/ready", dependencies=[auth])
     @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=[auth])
-    async def model_is_ready(name: str, version: str = MODEL_VERSION) -> JSONResponse:
-        route = _versioned(route_for(name), version)
+    async def model_is_ready(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
+        route = _versioned(route_for(request, name), version)
         is_ready = await all_ready([route])
         return JSONResponse({"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.post("/v2/models/{name}/infer", dependencies=[auth])
     @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
     async def infer(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
-        route = _versioned(route_for(requested_model(request.headers, name)), version)
+        route = _versioned(route_for(request, requested_model(request.headers, name)), version)
         limit = settings.tensor_request_bytes(route)  # this model's, before reading the body
         try:
             with uploads.hold() as held:

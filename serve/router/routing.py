@@ -81,7 +81,7 @@ class RouterSettings:
     """Everything the router replica needs, derived from the config at build time."""
 
     routes: dict[str, ModelRoute]
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[APIKey, ...] = ()
     cors: dict[str, Any] = field(default_factory=dict)
     max_request_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600

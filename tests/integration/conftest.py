@@ -22,6 +22,7 @@ from tests.conftest import ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
+SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
 ALLOWED_ORIGIN = "https://app.example"
 STARTUP_TIMEOUT_S = 900
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
@@ -67,6 +68,9 @@ def platform_url(tmp_path_factory) -> str:
     config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
     args = config["applications"][0]["args"]
     args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
+    scoped_key = tmp_path_factory.mktemp("keys") / "embed-only"
+    scoped_key.write_text(SCOPED_KEY + "\n")  # as a mounted Secret holds it
+    args["api_keys"] = [{"name": "embed-only", "key_file": str(scoped_key), "models": ["all-minilm-l6-v2"]}]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]

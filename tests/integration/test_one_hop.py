@@ -9,7 +9,7 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, auth_headers, wait_for_stats
+from tests.integration.conftest import API_KEY, SCOPED_KEY, auth_headers, wait_for_stats
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,16 @@ def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
                            lambda s: s["requests_aborted"] > aborted_before and s["unfinished_requests"] == 0)
     assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, stats
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
+
+
+def test_a_scoped_key_reaches_only_its_model_on_either_path(platform_url):
+    def client(prefix: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{platform_url}{prefix}/v1", api_key=SCOPED_KEY, max_retries=0, timeout=60)
+
+    for prefix in (f"/models/{EMBED}", ""):
+        assert client(prefix).embeddings.create(model=EMBED, input="hello").data[0].embedding
+    for prefix in (f"/models/{CHAT}", ""):
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            client(prefix).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2)
+        assert info.value.body["code"] == "model_not_allowed"
+    assert [m.id for m in client("").models.list().data] == [EMBED]

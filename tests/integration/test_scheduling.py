@@ -67,7 +67,7 @@ def scheduled(cluster, tmp_path_factory):
     config = {"proxy_location": "HeadOnly", "applications": [{
         "name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
         "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-        "args": {"models": MODELS, "api_keys": [API_KEY]}}]}
+        "args": {"models": MODELS, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
     with running_platform(config, tmp_path_factory.mktemp("scheduled"), ray_cluster.address) as base:
         ray.init(address=ray_cluster.address, namespace="serve")
         try:

@@ -204,3 +204,26 @@ def test_every_deployment_gets_a_bounded_queue_unless_the_yaml_sets_one():
     chat["deployment_config"]["max_queued_requests"] = -1  # the operator's choice: unbounded
     specs = {spec.name: spec.options for spec in load_platform_config(args).deployments()}
     assert specs[chat["model_loading_config"]["model_id"]]["max_queued_requests"] == -1
+
+
+def test_keys_are_named_and_read_from_env_or_files_never_inline(tmp_path, monkeypatch):
+    from configs import load_platform_settings, require_secrets
+
+    with pytest.raises(ConfigError, match=r"args\.api_keys: .*api_keys\[0\] is a key written in the config"):
+        load_platform_settings({"api_keys": ["sk-inline"]})
+    with pytest.raises(ConfigError, match=r"args\.api_keys\[0\]: .*exactly one of key_env"):
+        load_platform_settings({"api_keys": [{"name": "a", "key_env": "A", "key_file": "/x"}]})
+    key_file = tmp_path / "team-b"
+    key_file.write_text("sk-from-file\n")
+    settings = load_platform_settings({"api_keys": [
+        {"name": "team-a", "key_env": "TEAM_A_KEY", "models": ["tiny-chat"]},
+        {"name": "team-b", "key_file": str(key_file)}]})
+    monkeypatch.delenv("TEAM_A_KEY", raising=False)
+    with pytest.raises(ConfigError, match="'TEAM_A_KEY' is not set here"):
+        require_secrets(settings)
+    monkeypatch.setenv("TEAM_A_KEY", "sk-from-env")
+    require_secrets(settings)
+    keys = {key.name: key for key in settings.resolved_api_keys()}
+    assert keys["team-a"].secret == "sk-from-env" and keys["team-b"].secret == "sk-from-file"
+    assert keys["team-a"].allows("tiny-chat:sql") and not keys["team-a"].allows("tiny-vit")
+    assert keys["team-b"].allows("anything")

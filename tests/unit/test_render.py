@@ -29,7 +29,7 @@ def _render(*apps: dict) -> dict:
 
 def test_each_model_is_an_application_named_after_its_platform():
     apps = _render(_platform("platform", "/", [_vllm("chat"), _vision("a", "pair"), _vision("b", "pair")],
-                             groups=[{"name": "pair"}], api_keys=["k"], router={"max_request_bytes": 1024}))
+                             groups=[{"name": "pair"}], api_keys=[{"name": "k", "key_env": "K"}], router={"max_request_bytes": 1024}))
     assert set(apps) == {"platform", "platform.chat", "platform.pair"}
     router = apps["platform"]
     assert router.import_path == "builders.app_builder:build_router" and "models" not in router.args
@@ -39,7 +39,7 @@ def test_each_model_is_an_application_named_after_its_platform():
     assert [m["model_loading_config"]["model_id"] for m in pair.args["models"]] == ["a", "b"]
     for app in (chat, pair):
         assert app.import_path == "builders.app_builder:build_model_app"
-        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == ["k"]
+        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == [{"name": "k", "key_env": "K"}]
         assert app.args["router"] == {"max_request_bytes": 1024}
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
@@ -17,6 +18,7 @@ ROUTES = {
     "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
     "asr": ModelRoute("asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000),
 }
+ROUTES["chat:sql"] = ROUTES["chat"].variant_route("sql")
 _TENSORS = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}]}
 TENSOR_ROUTES = dict(ROUTES)
@@ -25,7 +27,6 @@ TENSOR_ROUTES["vit"] = ModelRoute("vit", "vision", "vit-dep", (Capability.IMAGE_
 TENSOR_ROUTES["big"] = ModelRoute("big", "video", "big-dep", (Capability.VIDEO_CLASSIFICATION,),
                            max_upload_bytes=50 * 1024 * 1024, tensors={**_TENSORS, "inputs": [
                                {"name": "video", "datatype": "BYTES", "shape": [-1]}]})
-ROUTES["chat:sql"] = ROUTES["chat"].variant_route("sql")
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -171,7 +172,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event(max_tokens, status,
 
 
 def test_api_keys_guard_everything_but_liveness():
-    c, engines = client(api_keys=("k1", "k2"))
+    c, engines = client(api_keys=(APIKey("k1", "one"), APIKey("k2", "two")))
     assert c.get("/health").status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
         assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
@@ -292,3 +293,20 @@ def test_upload_memory_is_returned_when_a_request_ends():
                 other.add(50)
         assert info.value.status_code == 503 and memory.held_bytes == 60
     assert memory.held_bytes == 0
+
+
+def test_a_scoped_key_uses_only_its_models():
+    c, engines = client(TENSOR_ROUTES, api_keys=(APIKey("chat-only", "team-a", ("chat",)), APIKey("all", "ops")))
+    scoped, everything = {"Authorization": "Bearer chat-only"}, {"Authorization": "Bearer all"}
+    assert c.post("/v1/chat/completions", json=CHAT, headers=scoped).status_code == 200
+    assert c.post("/v1/chat/completions", json={**CHAT, "model": "chat:sql"}, headers=scoped).status_code == 200
+    assert_openai_error(c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=scoped),
+                        403, "model_not_allowed", "model")
+    assert [m["id"] for m in c.get("/v1/models", headers=scoped).json()["data"]] == ["chat", "chat:sql"]
+    assert_openai_error(c.get("/v1/models/embed", headers=scoped), 403, "model_not_allowed")
+    assert "embed" not in c.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=scoped).text
+    assert set(c.get("/ready", headers=scoped).json()["models"]) == {"chat"}
+    refused = c.post("/v2/models/vit/infer", json=_infer(["QUJD"]), headers=scoped)
+    assert refused.status_code == 403 and "may not use model 'vit'" in refused.json()["error"]
+    assert c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=everything).status_code == 200
+    assert len(c.get("/v1/models", headers=everything).json()["data"]) == len(TENSOR_ROUTES)

@@ -1,0 +1,78 @@
+"""API keys in the config: where each key is read from and which models it may use.
+
+A key's value never sits in the config itself (Serve configs are shown by the Ray dashboard
+and stored by KubeRay): an entry names an environment variable (``key_env``) or a file
+(``key_file``, e.g. a mounted Kubernetes Secret), read where the platform serves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from common.base_pydantic import StrictModel
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class APIKeyEntry(StrictModel):
+    """One API key: its name (for logs and limits), its source, and its models."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    key_env: str | None = Field(default=None, description="environment variable holding the key")
+    key_file: str | None = Field(default=None, description="file holding the key (a mounted Secret)")
+    models: list[str] = Field(default_factory=list,
+                              description="model ids this key may use, variants included; empty: every model")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "APIKeyEntry":
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError("set exactly one of key_env (an environment variable) or key_file (a file path)")
+        return self
+
+    def missing(self) -> str | None:
+        """Why this key cannot be read here, or None."""
+        if self.key_env is not None and not os.environ.get(self.key_env, "").strip():
+            return f"key {self.name!r}: environment variable {self.key_env!r} is not set here"
+        if self.key_file is not None and not _read(self.key_file):
+            return f"key {self.name!r}: file {self.key_file!r} is missing, unreadable or empty here"
+        return None
+
+    def secret(self) -> str:
+        return (os.environ.get(self.key_env, "") if self.key_env else _read(self.key_file or "")).strip()
+
+
+def refuse_inline_keys(value: Any) -> Any:
+    """A plain string in ``api_keys`` would put the key in the Serve config: refuse it."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                raise ValueError(
+                    f"api_keys[{index}] is a key written in the config, where the Ray dashboard shows it; "
+                    "give it a name and a source instead: {name: ..., key_env: VARIABLE} or {name: ..., "
+                    "key_file: /path}, or list plain keys in the variable named by api_keys_env")
+    return value
+
+
+@dataclass(frozen=True)
+class APIKey:
+    """A key as the router and the replicas check it."""
+
+    secret: str
+    name: str
+    models: tuple[str, ...] = ()  # empty: every model
+
+    def allows(self, model_id: str) -> bool:
+        """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""
+        return not self.models or model_id in self.models or model_id.partition(":")[0] in self.models
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
