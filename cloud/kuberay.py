@@ -137,10 +137,12 @@ def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -
 
 def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
     """Ray's settings that must be set where Ray starts (HAProxy ingress, worker niceness), and the
-    ``api_keys_env`` variables from a Kubernetes Secret (key = the variable's name)."""
+    key variables (``api_keys_env``, each key's ``key_env``) from a Kubernetes Secret (key = the
+    variable's name). A ``key_file`` is the operator's Secret volume to mount."""
     from common.serve_env import CLUSTER_ENV_KEYS, STREAMING_ENV
 
-    names = sorted({c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env})
+    names = sorted({c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env}
+                   | {k.key_env for c in loaded.values() for k in c.platform.api_keys if k.key_env})
     return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + \
         [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names]
 

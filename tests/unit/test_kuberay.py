@@ -49,8 +49,9 @@ def test_worker_groups_are_sized_from_the_models():
     assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (1, 1)  # 8 CPUs
     env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in env
-    assert {"name": "PLATFORM_API_KEYS",
-            "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": "PLATFORM_API_KEYS"}}} in env
+    for variable in ("PLATFORM_API_KEYS", "SEARCH_TEAM_KEY"):  # every key's variable comes from the Secret
+        assert {"name": variable,
+                "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": variable}}} in env
 
 
 def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
