@@ -26,6 +26,7 @@ class APIKeyEntry(StrictModel):
     key_file: str | None = Field(default=None, description="file holding the key (a mounted Secret)")
     models: list[str] = Field(default_factory=list,
                               description="model ids this key may use, variants included; empty: every model")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="across every replica; then 429")
 
     @model_validator(mode="after")
     def _one_source(self) -> "APIKeyEntry":
@@ -64,6 +65,7 @@ class APIKey:
     secret: str
     name: str
     models: tuple[str, ...] = ()  # empty: every model
+    requests_per_minute: int | None = None
 
     def allows(self, model_id: str) -> bool:
         """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""

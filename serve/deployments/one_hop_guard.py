@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import APIError
+from serve.router.key_limits import KeyLimits
 from serve.router.media_refs import inline_chat_media
 from serve.router.routing import RouterSettings
 from serve.router.uploads import parse_json_object, read_limited_body
@@ -42,6 +43,7 @@ class OneHopGuard:
 
     def __init__(self, app: ASGIApp, settings: RouterSettings):
         self.app, self.settings = app, settings
+        self.limits = KeyLimits(settings.platform_app or "")  # the rendered app names its platform
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -63,6 +65,7 @@ class OneHopGuard:
         key = check_api_key(request.headers.get("authorization"), self.settings.api_keys)
         for model_id in {route.model_id for route in self.settings.routes.values() if route.variant is None}:
             check_scope(key, model_id)  # this URL serves one model: a key outside its scope gets nothing
+        await self.limits.check(key)
         if request.method != "POST":
             return receive
         raw = await read_limited_body(request, self.settings.max_request_bytes)

@@ -14,6 +14,7 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from serve.router.auth import check_api_key, check_scope
+from serve.router.key_limits import KeyLimits
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
@@ -48,12 +49,13 @@ class EngineCaller(Protocol):
         """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
 
 
-def create_router_app(settings: RouterSettings, engines: EngineCaller) -> FastAPI:
+def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None) -> FastAPI:
+    """``limits``: the platform's per-key request limits (None: keys are not rate limited)."""
     app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     if settings.cors:
         app.add_middleware(CORSMiddleware, **settings.cors)
-    protected = [Depends(_auth_dependency(settings.api_keys))]
+    protected = [Depends(_auth_dependency(settings.api_keys, limits))]
     uploads = UploadMemory(settings.max_upload_memory_bytes)
 
     @app.get("/health")
@@ -128,9 +130,11 @@ def _endpoint(handler, capability: Capability):
     return endpoint
 
 
-def _auth_dependency(api_keys: tuple[APIKey, ...]):
+def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
     async def check(request: Request) -> None:
         request.state.api_key = check_api_key(request.headers.get("authorization"), api_keys)
+        if limits is not None:
+            await limits.check(request.state.api_key)
 
     return check
 

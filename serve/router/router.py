@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
+from serve.router.key_limits import KeyLimits
 from serve.router.model_directory import ModelDirectory
 from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
@@ -147,4 +148,5 @@ class MultiModelRouter:
             await self.directory.start()
 
     def __serve_build_asgi_app__(self):
-        return create_router_app(self.settings, self.engines)
+        limits = KeyLimits(self.settings.platform_app or serve.get_replica_context().app_name)
+        return create_router_app(self.settings, self.engines, limits)

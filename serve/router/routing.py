@@ -87,6 +87,7 @@ class RouterSettings:
     request_timeout_s: float = 600
     media: MediaFetchPolicy = field(default_factory=MediaFetchPolicy)
     max_upload_memory_bytes: int = 1024 * 1024 * 1024
+    platform_app: str | None = None  # the router application (its key limits); None: this replica's own
 
     @property
     def max_upload_request_bytes(self) -> int:
@@ -101,7 +102,8 @@ class RouterSettings:
 
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":
-        return cls.from_settings(config.platform, model_routes(config.models))
+        return dataclasses.replace(cls.from_settings(config.platform, model_routes(config.models)),
+                                   platform_app=config.platform.platform_app)
 
     @classmethod
     def from_settings(cls, platform: PlatformSettings, routes: dict[str, ModelRoute]) -> "RouterSettings":

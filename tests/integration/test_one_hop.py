@@ -9,7 +9,7 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, SCOPED_KEY, auth_headers, wait_for_stats
+from tests.integration.conftest import API_KEY, LIMITED_KEY, SCOPED_KEY, auth_headers, wait_for_stats
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,18 @@ def test_a_scoped_key_reaches_only_its_model_on_either_path(platform_url):
             client(prefix).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2)
         assert info.value.body["code"] == "model_not_allowed"
     assert [m.id for m in client("").models.list().data] == [EMBED]
+
+
+def test_a_keys_requests_per_minute_are_counted_across_both_paths(platform_url):
+    def embed(prefix: str) -> httpx.Response:
+        return httpx.post(f"{platform_url}{prefix}/v1/embeddings", json={"model": EMBED, "input": "hi"},
+                          headers={"Authorization": f"Bearer {LIMITED_KEY}"}, timeout=60)
+
+    # The router replica and the engine replica count in one window: 3 requests, then 429s.
+    assert [embed(p).status_code for p in ("", f"/models/{EMBED}", "")] == [200, 200, 200]
+    for prefix in (f"/models/{EMBED}", ""):
+        refused = embed(prefix)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert embed("").status_code == 429 and httpx.post(  # other keys are not held back
+        f"{platform_url}/v1/embeddings", json={"model": EMBED, "input": "hi"}, headers=auth_headers()).status_code == 200
