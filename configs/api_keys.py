@@ -27,6 +27,7 @@ class APIKeyEntry(StrictModel):
     models: list[str] = Field(default_factory=list,
                               description="model ids this key may use, variants included; empty: every model")
     requests_per_minute: int | None = Field(default=None, ge=1, description="across every replica; then 429")
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="prompt + completion tokens; then 429")
 
     @model_validator(mode="after")
     def _one_source(self) -> "APIKeyEntry":
@@ -66,6 +67,7 @@ class APIKey:
     name: str
     models: tuple[str, ...] = ()  # empty: every model
     requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
     def allows(self, model_id: str) -> bool:
         """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""

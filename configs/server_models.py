@@ -401,8 +401,8 @@ class PlatformSettings(StrictModel):
 
     def resolved_api_keys(self) -> list[APIKey]:
         """Every key with its scope, read from its source now."""
-        keys = [APIKey(entry.secret(), entry.name, tuple(entry.models), entry.requests_per_minute)
-                for entry in self.api_keys]
+        keys = [APIKey(entry.secret(), entry.name, tuple(entry.models), entry.requests_per_minute,
+                       entry.tokens_per_minute) for entry in self.api_keys]
         if self.api_keys_env:
             keys += [APIKey(k.strip(), self.api_keys_env) for k in os.environ.get(self.api_keys_env, "").split(",")
                      if k.strip()]

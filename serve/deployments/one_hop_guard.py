@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import APIError
-from serve.router.key_limits import KeyLimits
+from serve.router.key_limits import KeyLimits, StreamMeter, ask_for_usage, meters_tokens, response_tokens
 from serve.router.media_refs import inline_chat_media
 from serve.router.routing import RouterSettings
 from serve.router.uploads import parse_json_object, read_limited_body
@@ -38,6 +38,9 @@ def guarded(app: ASGIApp, settings: RouterSettings) -> ASGIApp:
     return CORSMiddleware(app, **settings.cors) if settings.cors else app
 
 
+MAX_METERED_ANSWER_BYTES = 64 * 1024 * 1024  # a JSON answer read for its usage (embeddings can be large)
+
+
 class OneHopGuard:
     """ASGI middleware: refuse, or pass the request on with its body checked (and media inlined)."""
 
@@ -51,12 +54,12 @@ class OneHopGuard:
         if scope["type"] != "http":  # no websockets on this path
             return
         try:
-            receive = await self._checked(scope, receive)
+            receive, send = await self._checked(scope, receive, send)
         except APIError as err:
             return await err.response()(scope, receive, send)
         await self.app(scope, receive, send)
 
-    async def _checked(self, scope: Scope, receive: Receive) -> Receive:
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
         request = Request(scope, receive)
         path = scope["path"][len(scope.get("root_path", "")):] or "/"
         if (request.method, path) not in ONE_HOP_ENDPOINTS:
@@ -67,12 +70,36 @@ class OneHopGuard:
             check_scope(key, model_id)  # this URL serves one model: a key outside its scope gets nothing
         await self.limits.check(key)
         if request.method != "POST":
-            return receive
+            return receive, send
         raw = await read_limited_body(request, self.settings.max_request_bytes)
         body = parse_json_object(raw)
-        if path == "/v1/chat/completions" and await inline_chat_media(body, self.settings.media):
-            raw = json.dumps(body).encode()
-        return _replay(raw, receive)
+        changed = path == "/v1/chat/completions" and await inline_chat_media(body, self.settings.media)
+        if meters_tokens(key):
+            meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
+            send, changed = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens)), True
+        return _replay(json.dumps(body).encode() if changed else raw, receive), send
+
+
+def _metered_send(send: Send, meter: StreamMeter | None, spend) -> Send:
+    """``send`` that counts the answer's tokens: from the stream's usage event (``meter``), or
+    from the JSON answer's ``usage``; reported when the body ends."""
+    answer = bytearray()
+    status = [0]
+
+    async def metered_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if meter is not None:
+                message = {**message, "body": meter.feed(body.decode("utf-8", "replace")).encode()}
+            elif status[0] == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
+                answer.extend(body)
+            if not message.get("more_body", False):
+                spend(meter.tokens if meter is not None else response_tokens(bytes(answer)))
+        await send(message)
+
+    return metered_send
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

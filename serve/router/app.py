@@ -14,7 +14,8 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from serve.router.auth import check_api_key, check_scope
-from serve.router.key_limits import KeyLimits
+from serve.router.key_limits import (KeyLimits, StreamMeter, ask_for_usage, metered, meters_tokens,
+                                     response_tokens)
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
@@ -88,9 +89,17 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         _validate_body(route, capability, body)
         if capability is Capability.CHAT:
             await inline_chat_media(body, settings.media)
+        key = getattr(request.state, "api_key", None)
+        counted = limits is not None and meters_tokens(key)
         if body.get("stream"):
-            return await _stream(engines.stream(route, capability, body))
+            if not counted:
+                return await _stream(engines.stream(route, capability, body))
+            meter = StreamMeter(keep_usage_event=ask_for_usage(body))
+            return await _stream(metered(engines.stream(route, capability, body), meter,
+                                         lambda tokens: limits.spend(key, tokens)))
         result = await engines.call(route, capability, body)
+        if counted and result.status_code == 200:
+            limits.spend(key, response_tokens(result.content))
         return Response(result.content, status_code=result.status_code, media_type=result.media_type)
 
     async def forward_upload(request: Request, capability: Capability) -> Response:

@@ -1,14 +1,20 @@
-"""Requests per minute per API key, counted across every router replica and one-hop replica.
+"""Requests and tokens per minute per API key, counted across every router and one-hop replica.
 
 One Ray actor per platform (named after its router application) holds a sliding window of
-admitted requests per key; each replica asks it before serving a request of a key that has a
-``requests_per_minute``. Keys without a limit never call it.
+each limited key's requests and tokens. A replica asks it before serving a request of a key
+with a limit (429 with ``Retry-After`` when the key is over either), and reports the tokens a
+request used (``usage.total_tokens``) when it ends; a stream is asked to carry its usage, and
+that extra event is dropped when the client had not asked for it. Keys without limits never
+call the actor.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import ray
 
@@ -19,22 +25,43 @@ WINDOW_S = 60.0
 
 
 class SlidingWindow:
-    """Admitted request times per key over the last ``WINDOW_S``."""
+    """Each key's admitted requests and spent tokens over the last ``WINDOW_S``."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.admitted: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self.requests: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self.tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(collections.deque)
 
-    def admit(self, key: str, per_minute: int) -> float:
-        """0 when the request is admitted (and counted), else the seconds until one would be."""
+    def admit(self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None = None) -> float:
+        """0 when a request is admitted (and counted), else the seconds until one would be."""
         now = self.clock()
-        times = self.admitted[key]
-        while times and times[0] <= now - WINDOW_S:
-            times.popleft()
-        if len(times) >= per_minute:
-            return times[0] + WINDOW_S - now
-        times.append(now)
+        requests, tokens = self._pruned(key, now)
+        waits = []
+        if requests_per_minute and len(requests) >= requests_per_minute:
+            waits.append(requests[0] + WINDOW_S - now)
+        used = sum(n for _, n in tokens)
+        if tokens_per_minute and used >= tokens_per_minute:
+            for spent_at, n in tokens:  # wait until enough of the oldest tokens leave the window
+                used -= n
+                if used < tokens_per_minute:
+                    waits.append(spent_at + WINDOW_S - now)
+                    break
+        if waits:
+            return max(waits)
+        requests.append(now)
         return 0.0
+
+    def spend(self, key: str, tokens: int) -> None:
+        if tokens > 0:
+            self.tokens[key].append((self.clock(), tokens))
+
+    def _pruned(self, key: str, now: float):
+        requests, tokens = self.requests[key], self.tokens[key]
+        while requests and requests[0] <= now - WINDOW_S:
+            requests.popleft()
+        while tokens and tokens[0][0] <= now - WINDOW_S:
+            tokens.popleft()
+        return requests, tokens
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -42,8 +69,11 @@ class KeyLimitsActor:
     def __init__(self):
         self.window = SlidingWindow()
 
-    def admit(self, key: str, per_minute: int) -> float:
-        return self.window.admit(key, per_minute)
+    def admit(self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None) -> float:
+        return self.window.admit(key, requests_per_minute, tokens_per_minute)
+
+    def spend(self, key: str, tokens: int) -> None:
+        self.window.spend(key, tokens)
 
 
 class KeyLimits:
@@ -54,19 +84,91 @@ class KeyLimits:
         self._actor = None
 
     async def check(self, key: APIKey | None) -> None:
-        """A 429 with ``Retry-After`` when ``key`` has used its requests for this minute."""
-        if key is None or not key.requests_per_minute:
+        """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this minute."""
+        if key is None or not (key.requests_per_minute or key.tokens_per_minute):
             return
         wait_s = await self._admit(key)
         if wait_s > 0:
-            raise APIError(429, f"this API key ({key.name}) is over its {key.requests_per_minute} requests "
-                                "per minute; retry after the Retry-After header's seconds",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+            raise APIError(429, f"this API key ({key.name}) is over its per-minute limit; retry after the "
+                                "Retry-After header's seconds", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+
+    def spend(self, key: APIKey, tokens: int) -> None:
+        """Count ``tokens`` against ``key`` (not awaited: the answer is already on its way)."""
+        if key.tokens_per_minute and tokens > 0:
+            self._limits_actor().spend.remote(key.name, tokens)
 
     async def _admit(self, key: APIKey) -> float:
+        return await self._limits_actor().admit.remote(key.name, key.requests_per_minute, key.tokens_per_minute)
+
+    def _limits_actor(self):
         if self._actor is None:
             from ray.serve._private.constants import SERVE_NAMESPACE
 
             self._actor = KeyLimitsActor.options(name=self.actor_name, namespace=SERVE_NAMESPACE,
                                                  get_if_exists=True, lifetime="detached").remote()
-        return await self._actor.admit.remote(key.name, key.requests_per_minute)
+        return self._actor
+
+
+def meters_tokens(key: APIKey | None) -> bool:
+    return key is not None and bool(key.tokens_per_minute)
+
+
+def ask_for_usage(body: dict[str, Any]) -> bool:
+    """Make a streamed request end with its usage; whether the client had asked for it itself."""
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    asked = bool(options.get("include_usage"))
+    body["stream_options"] = {**options, "include_usage": True}
+    return asked
+
+
+def response_tokens(content: bytes) -> int:
+    """``usage.total_tokens`` of a JSON answer (0 when it has none)."""
+    try:
+        usage = json.loads(content).get("usage") or {}
+    except (ValueError, AttributeError):
+        return 0
+    return int(usage.get("total_tokens") or 0)
+
+
+class StreamMeter:
+    """Reads the usage event of a server-sent event stream, dropping it unless the client asked."""
+
+    def __init__(self, keep_usage_event: bool):
+        self.keep_usage_event = keep_usage_event
+        self.tokens = 0
+        self._partial = ""
+
+    def feed(self, text: str) -> str:
+        """``text`` (whole events, or the rest of one) without an unasked-for usage event."""
+        *events, self._partial = (self._partial + text).split("\n\n")
+        kept = [event for event in events if self._keep(event)]
+        return "".join(event + "\n\n" for event in kept)
+
+    def _keep(self, event: str) -> bool:
+        data = event.removeprefix("data: ")
+        if '"usage"' not in data:
+            return True
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return True
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if not usage:
+            return True
+        self.tokens = int(usage.get("total_tokens") or 0)
+        return self.keep_usage_event or bool(chunk.get("choices"))
+
+
+async def metered(chunks: AsyncIterator, meter: StreamMeter, spend: Callable[[int], None]) -> AsyncIterator:
+    """Relay ``chunks`` (strings and early engine responses) through ``meter``; report the tokens at the end."""
+    try:
+        async for chunk in chunks:
+            if isinstance(chunk, str):
+                chunk = meter.feed(chunk)
+                if not chunk:
+                    continue
+            yield chunk
+    finally:
+        spend(meter.tokens)
+        await chunks.aclose()

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
+TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
 ALLOWED_ORIGIN = "https://app.example"
 STARTUP_TIMEOUT_S = 900
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
@@ -72,7 +73,8 @@ def platform_url(tmp_path_factory) -> str:
     scoped_key = tmp_path_factory.mktemp("keys") / "embed-only"
     scoped_key.write_text(SCOPED_KEY + "\n")  # as a mounted Secret holds it
     args["api_keys"] = [{"name": "embed-only", "key_file": str(scoped_key), "models": ["all-minilm-l6-v2"]},
-                        {"name": "limited", "key_env": "PLATFORM_TEST_LIMITED_KEY", "requests_per_minute": 3}]
+                        {"name": "limited", "key_env": "PLATFORM_TEST_LIMITED_KEY", "requests_per_minute": 3},
+                        {"name": "few-tokens", "key_env": "PLATFORM_TEST_TOKEN_KEY", "tokens_per_minute": 60}]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]
@@ -120,7 +122,7 @@ def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
     ports and fallback proxy ports: Serve binds them with SO_REUSEPORT, so two platforms sharing
     one could answer each other's requests."""
     http_ports = random.randrange(32000, 60000, 200)
-    return {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "PLATFORM_TEST_LIMITED_KEY": LIMITED_KEY,
+    return {**os.environ, "PLATFORM_TEST_API_KEYS": API_KEY, "PLATFORM_TEST_LIMITED_KEY": LIMITED_KEY, "PLATFORM_TEST_TOKEN_KEY": TOKEN_KEY,
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),

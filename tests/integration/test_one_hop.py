@@ -9,7 +9,7 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, LIMITED_KEY, SCOPED_KEY, auth_headers, wait_for_stats
+from tests.integration.conftest import API_KEY, LIMITED_KEY, SCOPED_KEY, TOKEN_KEY, auth_headers, wait_for_stats
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,25 @@ def test_a_keys_requests_per_minute_are_counted_across_both_paths(platform_url):
         assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert embed("").status_code == 429 and httpx.post(  # other keys are not held back
         f"{platform_url}/v1/embeddings", json={"model": EMBED, "input": "hi"}, headers=auth_headers()).status_code == 200
+
+
+def test_a_keys_tokens_per_minute_are_counted_from_streams_and_answers_on_both_paths(platform_url):
+    one_hop, shared = (openai.OpenAI(base_url=f"{platform_url}{p}/v1", api_key=TOKEN_KEY, max_retries=0, timeout=60)
+                       for p in (f"/models/{CHAT}", ""))
+    # A stream on the one-hop path: its usage is counted, though the client did not ask to see it.
+    chunks = list(one_hop.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=16, stream=True,
+                                                  extra_body={"ignore_eos": True}))
+    assert chunks and all(chunk.usage is None and chunk.choices for chunk in chunks)
+    used = 0
+    for _ in range(6):  # 60 tokens a minute: a few 16-token answers, then 429 on either path
+        try:
+            used += shared.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=16,
+                                                   extra_body={"ignore_eos": True}).usage.total_tokens
+        except openai.RateLimitError as err:
+            assert err.body["code"] == "rate_limit_exceeded"
+            break
+    else:
+        raise AssertionError(f"no 429 after {used} tokens beyond the stream")
+    assert used < 60  # the stream's tokens counted too
+    with pytest.raises(openai.RateLimitError):
+        one_hop.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2)

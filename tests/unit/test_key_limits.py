@@ -1,10 +1,12 @@
-"""Per-key request limits: the sliding window, and the router's 429 in the OpenAI shape."""
+"""Per-key request and token limits: the sliding window, usage metering, the router's 429."""
+
+import json
 
 from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
 from serve.router.app import create_router_app
-from serve.router.key_limits import KeyLimits, SlidingWindow
+from serve.router.key_limits import KeyLimits, SlidingWindow, StreamMeter, ask_for_usage, response_tokens
 from serve.router.routing import RouterSettings
 from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines, assert_openai_error
 
@@ -36,7 +38,7 @@ class LocalLimits(KeyLimits):
         self.window = SlidingWindow()
 
     async def _admit(self, key):
-        return self.window.admit(key.name, key.requests_per_minute)
+        return self.window.admit(key.name, key.requests_per_minute, key.tokens_per_minute)
 
 
 def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():
@@ -49,3 +51,38 @@ def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():
     assert_openai_error(refused, 429, "rate_limit_exceeded")
     assert 1 <= int(refused.headers["retry-after"]) <= 60 and refused.json()["error"]["type"] == "rate_limit_error"
     assert all(c.post("/v1/chat/completions", json=CHAT, headers=free).status_code == 200 for _ in range(5))
+
+
+def test_tokens_per_minute_wait_for_enough_old_tokens_to_leave_the_window():
+    clock = Clock()
+    window = SlidingWindow(clock)
+    assert window.admit("a", None, 100) == 0
+    window.spend("a", 70)
+    clock.now += 10
+    assert window.admit("a", None, 100) == 0  # 70 used: under the limit, admitted
+    window.spend("a", 50)
+    clock.now += 10
+    assert window.admit("a", None, 100) == 40  # 120 used; under 100 once the first 70 leave, at t=60
+    clock.now += 40
+    assert window.admit("a", None, 100) == 0
+
+
+def test_a_stream_meter_reads_the_usage_and_drops_the_event_the_client_did_not_ask_for():
+    usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    events = ['data: {"choices": [{"delta": {"content": "a"}}], "usage": null}',
+              'data: {"choices": [], "usage": %s}' % json.dumps(usage), "data: [DONE]"]
+    stream = "".join(e + "\n\n" for e in events)
+    quiet = StreamMeter(keep_usage_event=False)
+    # Fed in pieces that split an event: whole events come out, the usage event does not.
+    out = quiet.feed(stream[:30]) + quiet.feed(stream[30:])
+    assert out == events[0] + "\n\n" + events[2] + "\n\n" and quiet.tokens == 12
+    asked = StreamMeter(keep_usage_event=True)
+    assert asked.feed(stream) == stream and asked.tokens == 12
+
+
+def test_usage_is_asked_of_streams_and_read_from_answers():
+    body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
+    assert ask_for_usage(body) is False
+    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
+    assert ask_for_usage({"stream": True, "stream_options": {"include_usage": True}}) is True
+    assert response_tokens(b'{"usage": {"total_tokens": 7}}') == 7 and response_tokens(b"[1]") == 0
