@@ -81,21 +81,25 @@ class OneHopGuard:
 
 
 def _metered_send(send: Send, meter: StreamMeter | None, spend) -> Send:
-    """``send`` that counts the answer's tokens: from the stream's usage event (``meter``), or
-    from the JSON answer's ``usage``; reported when the body ends."""
+    """``send`` that counts the answer's tokens: from the event stream's usage event (``meter``),
+    or from the JSON answer's ``usage``; reported when the body ends. Error answers (JSON even
+    for a stream request) pass unchanged."""
     answer = bytearray()
-    status = [0]
+    started: dict[str, Any] = {}
 
     async def metered_send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            status[0] = message["status"]
+            headers = dict(message.get("headers") or [])
+            started.update(status=message["status"],
+                           events=headers.get(b"content-type", b"").startswith(b"text/event-stream"))
         elif message["type"] == "http.response.body":
-            body = message.get("body", b"")
-            if meter is not None:
-                message = {**message, "body": meter.feed(body.decode("utf-8", "replace")).encode()}
-            elif status[0] == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
+            body, last = message.get("body", b""), not message.get("more_body", False)
+            if meter is not None and started.get("events"):
+                text = meter.feed(body.decode("utf-8", "replace")) + (meter.flush() if last else "")
+                message = {**message, "body": text.encode()}
+            elif started.get("status") == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
                 answer.extend(body)
-            if not message.get("more_body", False):
+            if last:
                 spend(meter.tokens if meter is not None else response_tokens(bytes(answer)))
         await send(message)
 

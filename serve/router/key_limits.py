@@ -145,6 +145,11 @@ class StreamMeter:
         kept = [event for event in events if self._keep(event)]
         return "".join(event + "\n\n" for event in kept)
 
+    def flush(self) -> str:
+        """What is left of an event the stream did not finish with a blank line."""
+        rest, self._partial = self._partial, ""
+        return rest if rest and self._keep(rest) else ""
+
     def _keep(self, event: str) -> bool:
         data = event.removeprefix("data: ")
         if '"usage"' not in data:
@@ -169,6 +174,8 @@ async def metered(chunks: AsyncIterator, meter: StreamMeter, spend: Callable[[in
                 if not chunk:
                     continue
             yield chunk
+        if rest := meter.flush():
+            yield rest
     finally:
         spend(meter.tokens)
         await chunks.aclose()
