@@ -149,8 +149,8 @@ def test_ready_does_not_queue_behind_a_busy_model(scheduled):
 
     async def busy_then_ready():
         async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
-            # One request runs and one waits: the replica and its queue are full for ~4 s.
-            work = [asyncio.create_task(_infer(client, "one-at-a-time")) for _ in range(2)]
+            # One request runs and one waits (the rest are refused): replica and queue full for ~4 s.
+            work = [asyncio.create_task(_infer(client, "one-at-a-time")) for _ in range(3)]
             await asyncio.sleep(0.5)
             ready = await client.get("/ready")
             return ready, await asyncio.gather(*work)
@@ -159,7 +159,8 @@ def test_ready_does_not_queue_behind_a_busy_model(scheduled):
     assert ready.status_code == 200, ready.text
     model = ready.json()["models"]["one-at-a-time"]
     assert model["ready"] is True and model["deployment_status"] == "HEALTHY"
-    assert [a.status_code for a in answers] == [200, 200]
+    codes = [a.status_code for a in answers]
+    assert 200 in codes and set(codes) <= {200, 503}, codes
 
 
 def test_a_model_wider_than_any_node_is_refused_before_deploying(scheduled, cluster, tmp_path):
