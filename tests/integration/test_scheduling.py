@@ -48,6 +48,13 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    # The keys are read where the platform serves: this cluster's nodes inherit this environment.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PLATFORM_TEST_API_KEYS", API_KEY)
+        yield from _cluster()
+
+
+def _cluster():
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 0, "temp_dir": ray_temp_dir()})
     nodes = {"head": cluster.head_node,
