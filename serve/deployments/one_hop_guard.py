@@ -47,6 +47,7 @@ class OneHopGuard:
     def __init__(self, app: ASGIApp, settings: RouterSettings):
         self.app, self.settings = app, settings
         self.limits = KeyLimits(settings.platform_app or "")  # the rendered app names its platform
+        self.model_ids = {route.model_id for route in settings.routes.values() if route.variant is None}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -66,7 +67,7 @@ class OneHopGuard:
             raise APIError(404, f"{request.method} {path} is not served here; this URL serves "
                            f"{', '.join(sorted(p for _, p in ONE_HOP_ENDPOINTS))}", code="not_found")
         key = check_api_key(request.headers.get("authorization"), self.settings.api_keys)
-        for model_id in {route.model_id for route in self.settings.routes.values() if route.variant is None}:
+        for model_id in self.model_ids:
             check_scope(key, model_id)  # this URL serves one model: a key outside its scope gets nothing
         await self.limits.check(key)
         if request.method != "POST":

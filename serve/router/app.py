@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
-from serve.router.auth import check_api_key, check_scope
+from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (KeyLimits, StreamMeter, ask_for_usage, metered, meters_tokens,
                                      response_tokens)
 from serve.router.errors import APIError, install_error_handlers
@@ -89,7 +89,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         _validate_body(route, capability, body)
         if capability is Capability.CHAT:
             await inline_chat_media(body, settings.media)
-        key = getattr(request.state, "api_key", None)
+        key = request_key(request)
         counted = limits is not None and meters_tokens(key)
         if body.get("stream"):
             if not counted:
@@ -150,7 +150,7 @@ def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
 
 def _visible(request: Request, routes: Mapping[str, ModelRoute]) -> dict[str, ModelRoute]:
     """The routes the request's API key may use (all of them when keys are not scoped)."""
-    key = getattr(request.state, "api_key", None)
+    key = request_key(request)
     return {name: route for name, route in routes.items() if key is None or key.allows(route.model_id)}
 
 
@@ -163,7 +163,7 @@ def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
         available = ", ".join(sorted(_visible(request, routes)))
         raise APIError(404, f"model {model!r} does not exist; available: {available}",
                        param="model", code="model_not_found")
-    check_scope(getattr(request.state, "api_key", None), route.model_id)
+    check_scope(request_key(request), route.model_id)
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
         raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",

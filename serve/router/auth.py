@@ -26,6 +26,11 @@ def check_api_key(authorization: str | None, api_keys: tuple[APIKey, ...]) -> AP
     return matched
 
 
+def request_key(request) -> APIKey | None:
+    """The key the request's auth check accepted (None: the platform has no keys)."""
+    return getattr(request.state, "api_key", None)
+
+
 def check_scope(key: APIKey | None, model_id: str) -> None:
     """A 403 when ``key`` may not use ``model_id``."""
     if key is not None and not key.allows(model_id):

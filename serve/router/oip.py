@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from common.input_errors import InputError
 from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
-from serve.router.auth import check_scope
+from serve.router.auth import check_scope, request_key
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import UploadMemory, read_limited_body
@@ -50,7 +50,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     def route_for(request: Request, name: str) -> ModelRoute:
         route = settings.routes.get(name)
         if route is not None and route.tensors:
-            check_scope(getattr(request.state, "api_key", None), route.model_id)
+            check_scope(request_key(request), route.model_id)
             return route
         if route is not None:
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
@@ -163,7 +163,6 @@ async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, setting
                  held, request_limit: int) -> list[bytes]:
     """The input's elements as bytes. URLs are fetched only once the shape is known to match,
     a few at a time, holding no more than the request's own limit for this model."""
-    count = tensor.shape[0]
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if tensor.data is not None or not isinstance(size, int) or size != len(binary):
