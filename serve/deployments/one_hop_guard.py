@@ -10,6 +10,7 @@ inline (vLLM itself is configured to fetch nothing). Errors keep the OpenAI shap
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.router.auth import check_api_key, check_scope
-from serve.router.errors import APIError
+from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.key_limits import KeyLimits, StreamMeter, ask_for_usage, meters_tokens, response_tokens
 from serve.router.media_refs import inline_chat_media
 from serve.router.routing import RouterSettings
@@ -58,7 +59,22 @@ class OneHopGuard:
             receive, send = await self._checked(scope, receive, send)
         except APIError as err:
             return await err.response()(scope, receive, send)
-        await self.app(scope, receive, send)
+        await self._within_timeout(scope, receive, send)
+
+    async def _within_timeout(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """vLLM's answer, cut at ``request_timeout_s`` (streams included) as on the router's path:
+        a 504, or an error event when the stream began; cancelling vLLM's handler aborts the request."""
+        answer = _AnswerState(send)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                await self.app(scope, receive, answer.send)
+        except TimeoutError:
+            error = request_timeout(self.settings.request_timeout_s)
+            if not answer.started:
+                await error.response()(scope, receive, send)
+            elif not answer.finished:
+                tail = (error.event() + DONE_EVENT).encode() if answer.events else b""
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
         request = Request(scope, receive)
@@ -79,6 +95,22 @@ class OneHopGuard:
             meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
             send, changed = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens)), True
         return _replay(json.dumps(body).encode() if changed else raw, receive), send
+
+
+class _AnswerState:
+    """How far an answer got: started, an event stream, finished."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = self.events = self.finished = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.events = dict(message.get("headers") or []).get(b"content-type", b"").startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
 
 
 def _metered_send(send: Send, meter: StreamMeter | None, spend) -> Send:

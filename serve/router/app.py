@@ -3,6 +3,7 @@ lookup, and a thin pass-through to the engine deployment that holds the model.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
@@ -16,15 +17,15 @@ from configs.api_keys import APIKey
 from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (KeyLimits, StreamMeter, ask_for_usage, metered, meters_tokens,
                                      response_tokens)
-from serve.router.errors import APIError, install_error_handlers
+from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.oip import install_oip_routes
+from serve.router.openapi_docs import openapi_description
 from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
-DONE_EVENT = "data: [DONE]\n\n"
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON_ENDPOINTS = {
@@ -37,6 +38,9 @@ UPLOAD_ENDPOINTS = {
     "/v1/audio/transcriptions": Capability.TRANSCRIPTION,
     "/v1/audio/translations": Capability.TRANSLATION,
 }
+
+BODY_ENDPOINTS = {**{path: (c, "application/json") for path, c in JSON_ENDPOINTS.items()},
+                  **{path: (c, "multipart/form-data") for path, c in UPLOAD_ENDPOINTS.items()}}
 
 
 class EngineCaller(Protocol):
@@ -52,7 +56,7 @@ class EngineCaller(Protocol):
 
 def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None) -> FastAPI:
     """``limits``: the platform's per-key request limits (None: keys are not rate limited)."""
-    app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None)
+    app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     if settings.cors:
         app.add_middleware(CORSMiddleware, **settings.cors)
@@ -73,6 +77,12 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         ready = all(state is not None for state in states.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)
+
+    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    async def openapi(request: Request) -> dict:
+        # a thread: the first call imports vLLM's protocol models
+        return await asyncio.to_thread(openapi_description, app, BODY_ENDPOINTS, _visible(request, settings.routes),
+                                       bool(settings.api_keys))
 
     @app.get("/v1/models", dependencies=protected)
     async def list_models(request: Request) -> dict:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+DONE_EVENT = "data: [DONE]\n\n"  # the last event of an OpenAI stream
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable_error", 504: "timeout_error"}
@@ -30,11 +31,15 @@ class APIError(Exception):
         return error_response(self.status_code, self.message, param=self.param, code=self.code,
                               headers=self.headers)
 
-
     def event(self) -> str:
         """The error as a server-sent event, for a stream that already began (its status is sent)."""
         error = {"message": self.message, "type": _error_type(self.status_code), "param": self.param, "code": self.code}
         return f"data: {json.dumps({'error': error})}\n\n"
+
+
+def request_timeout(timeout_s: float) -> APIError:
+    """The 504 of a request that ran past ``router.request_timeout_s`` (streams included)."""
+    return APIError(504, f"the model did not finish within the request timeout ({timeout_s:g} s)", code="timeout")
 
 
 def is_oip_path(request: Request) -> bool:

@@ -12,7 +12,7 @@ from ray.serve.handle import DeploymentHandle
 
 from configs.server_models import Capability
 from serve.router.app import create_router_app
-from serve.router.errors import APIError
+from serve.router.errors import APIError, request_timeout
 from serve.router.key_limits import KeyLimits
 from serve.router.model_directory import ModelDirectory
 from serve.router.routing import ModelRoute, RouterSettings
@@ -76,8 +76,7 @@ class ServeEngineCaller:
             async with asyncio.timeout_at(deadline):
                 return await awaitable
         except TimeoutError:
-            raise APIError(504, f"the model did not finish within the request timeout ({self.timeout_s:g} s)",
-                           code="timeout") from None
+            raise request_timeout(self.timeout_s) from None
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         """Ready (not None) when Serve's controller reports the deployment serving: state that
