@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_platform(models: list[dict[str, Any]], port: int, workdir: str,
-                   extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
-    """``deploy_app.py`` on a one-application config serving ``models`` at ``port``."""
+                   extra_args: tuple[str, ...] = (), platform_args: dict[str, Any] | None = None) -> subprocess.Popen:
+    """``deploy_app.py`` on a one-application config serving ``models`` at ``port``
+    (``platform_args``: the application's other args, ``router: ...`` and the like)."""
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "logging_config": {"log_level": "WARNING", "enable_access_log": False},
         "applications": [{
             "name": "bench", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
-            "args": {"models": models},
+            "args": {"models": models, **(platform_args or {})},
         }],
     }
     path = Path(workdir) / "bench_config.yaml"

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # vLLM on the CPU otherwise reserves most of NUMA node 0's memory for its KV cache.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+DEFAULT_MAX_N = 128  # OpenAI's own limit on ``n``, where the YAML sets no max_num_seqs
 NO_FETCH_DOMAIN = "media-fetching-disabled.invalid"  # RFC 6761: .invalid never resolves
 STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS",
                                         STREAMING_ENV["PLATFORM_STREAM_INTERVAL_MS"])) / 1000
@@ -113,6 +114,9 @@ class VLLMEngine(BaseEngine):
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         for key, value in kwargs.items():
             setattr(args, key, value)
+        # One request's ``n`` (and ``best_of``) at most what the engine runs at once: vLLM's own
+        # cap is 16384 sequences, hours of one engine for a single request.
+        os.environ.setdefault("VLLM_MAX_N_SEQUENCES", str(kwargs.get("max_num_seqs", DEFAULT_MAX_N)))
         args.served_model_name = [self.entry.model_id]
         # The engine fetches no media: the router (or the one-hop guard) inlines what the
         # operator allows as data: URLs; vLLM refuses any URL outside these never-resolving names.

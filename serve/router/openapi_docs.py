@@ -29,6 +29,8 @@ INFER = "infer"
 ERRORS_V1 = "An error in OpenAI's shape: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"
 ERRORS_V2 = "An error in the Open Inference Protocol's shape: {\"error\": \"<message>\"}"
 PATH_MODEL_PARAMS = ("model_id", "name")  # path parameters that name a model
+# What a request model's validators demand beyond its fields' schemas, said in JSON Schema.
+ONE_OF_REQUIRED = {"CompletionRequest": ["prompt", "prompt_embeds"]}
 
 
 @functools.cache
@@ -83,6 +85,8 @@ def _with_model(schema: dict, schemas: dict[str, dict], models: list[str]) -> di
         component = schemas[ref["$ref"].rsplit("/", 1)[1]]
         component["properties"]["model"] = {"type": "string", "enum": models} if models else {"type": "string"}
         component["required"] = sorted(set(component.get("required", [])) | {"model"})
+        if component.get("title") in ONE_OF_REQUIRED:
+            component["anyOf"] = [{"required": [field]} for field in ONE_OF_REQUIRED[component["title"]]]
     return schema
 
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -15,6 +16,7 @@ from serve.router.app import create_router_app
 from serve.router.errors import APIError, request_timeout
 from serve.router.key_limits import KeyLimits
 from serve.router.model_directory import ModelDirectory
+from serve.router.replica_watch import NoReplica, ReplicaWatch
 from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
@@ -22,6 +24,7 @@ logger = logging.getLogger("ray.serve")
 _END = object()
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
 CONTROLLER_TIMEOUT_S = 5.0
+REPLACEMENT_RETRY_AFTER_S = 5  # a dead replica's replacement takes seconds (vision) to a minute (vLLM)
 
 
 class ServeEngineCaller:
@@ -32,6 +35,7 @@ class ServeEngineCaller:
         self.handles = dict(handles or {})
         self.app_name = app_name  # the router's application, which holds the bound engines
         self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
+        self.watches: dict[str, ReplicaWatch] = {}
 
     def _deployment(self, route: ModelRoute) -> DeploymentHandle:
         if route.app_name is None:  # bound into the router's application
@@ -47,21 +51,35 @@ class ServeEngineCaller:
             stream=stream, multiplexed_model_id=route.variant or "")
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
-        response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        try:
-            with _unavailable_as_503(route.deployment_name):
-                return await self._by(deadline, response)
-        except BaseException:  # timed out, or the client left: stop the engine's work
-            response.cancel()
-            raise
+        for retry in (False, True):
+            response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
+            try:
+                with _unavailable_as_503(route.deployment_name):
+                    return await self._answer(route, deadline, response)
+            except RayActorError as exc:  # the replica died before answering; Serve has dropped it
+                if retry:
+                    raise _replica_failed(route) from exc
+            except BaseException:  # timed out, or the client left: stop the engine's work
+                response.cancel()
+                raise
 
     async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
-        response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
+        for retry in (False, True):
+            response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)
+            try:
+                with _unavailable_as_503(route.deployment_name):
+                    first = await self._answer(route, deadline, anext(response, None))
+                break
+            except RayActorError as exc:  # died before the first chunk: nothing was sent, try another
+                response.cancel()
+                if retry:
+                    raise _replica_failed(route) from exc
+            except BaseException:
+                response.cancel()
+                raise
         try:
-            with _unavailable_as_503(route.deployment_name):
-                first = await self._by(deadline, anext(response, None))
             if first is None:
                 return
             yield first
@@ -69,6 +87,20 @@ class ServeEngineCaller:
                 yield item
         finally:
             response.cancel()
+
+    async def _answer(self, route: ModelRoute, deadline: float, awaitable):
+        """The engine's answer (a stream's first item); a 503 at once, instead of a wait in Serve's
+        queue, while a model that keeps replicas has none running (its only one died and Serve
+        is starting another). A model that scales to zero waits for the replica it starts."""
+        if route.min_replicas == 0:
+            return await self._by(deadline, awaitable)
+        key = f"{route.app_name}/{route.deployment_name}"
+        watch = self.watches.get(key) or self.watches.setdefault(key, ReplicaWatch(self._deployment(route)))
+        try:
+            return await self._by(deadline, watch.answer(awaitable))
+        except NoReplica:
+            raise APIError(503, f"{route.deployment_name} has no running replica (one is starting); retry shortly",
+                           code="model_unavailable", headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)}) from None
 
     async def _by(self, deadline: float, awaitable):
         """``awaitable``'s result, or a 504 once the request's ``request_timeout_s`` is spent."""
@@ -114,6 +146,11 @@ class ServeEngineCaller:
         return DeploymentStatusInfo.from_proto(DeploymentStatusInfoProto.FromString(raw)).status.value
 
 
+def _replica_failed(route: ModelRoute) -> APIError:
+    return APIError(503, f"{route.deployment_name}'s replica failed before answering; retry the request",
+                    code="model_unavailable", headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)})
+
+
 class _unavailable_as_503:
     """Map Serve's queue-full and no-replica errors to a 503 the client can retry."""
 
@@ -129,7 +166,7 @@ class _unavailable_as_503:
                            code="server_busy", headers={"Retry-After": "1"}) from exc
         if isinstance(exc, DeploymentUnavailableError):
             raise APIError(503, f"{self.deployment} has no replica available", code="model_unavailable",
-                           headers={"Retry-After": "5"}) from exc
+                           headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)}) from exc
         return False
 
 

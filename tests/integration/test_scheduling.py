@@ -1,5 +1,6 @@
 """Scheduling on a three-node Ray cluster with logical GPUs: what Ray gave each replica, seen
-from inside the replicas; a sharded vLLM model; scale-from-zero; a full queue answering 503.
+from inside the replicas; a sharded vLLM model; scale-from-zero; a full queue answering 503;
+replicas killed under load (two replicas: nothing fails; one: 503s at once until replaced).
 
 The cluster (``ray.cluster_utils.Cluster``) has a CPU-only head, node A with one GPU and
 node B with two; the engines run on the CPU, Ray's bookkeeping of GPUs is real.
@@ -8,8 +9,11 @@ node B with two; the engines run on the CPU, Ray's bookkeeping of GPUs is real.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -43,6 +47,8 @@ MODELS = [
     # One request at a time, one waiting; a lone request waits 2 s for company in its batch.
     _vit("one-at-a-time", {"num_cpus": 0.1}, {"max_batch_size": 4, "batch_wait_timeout_s": 2},
          max_ongoing_requests=1, max_queued_requests=1),
+    _vit("twin", {"num_cpus": 0.1}, num_replicas=2),
+    _vit("lone", {"num_cpus": 0.1}),
 ]
 
 
@@ -129,24 +135,29 @@ def test_a_model_scaled_to_zero_answers_its_first_request(scheduled):
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
+    """A burst of 10x the model's capacity (one running, one queued)."""
     base, _ = scheduled
-    finished: list[httpx.Response] = []
+    finished: list[tuple[httpx.Response, float]] = []
 
     async def one(client):
+        start = time.perf_counter()
         response = await _infer(client, "one-at-a-time")
-        finished.append(response)
+        finished.append((response, time.perf_counter() - start))
 
     async def burst():
         async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
-            await asyncio.gather(*(one(client) for _ in range(6)))
+            await asyncio.gather(*(one(client) for _ in range(20)))
 
     asyncio.run(burst())
-    statuses = [r.status_code for r in finished]
+    statuses = [r.status_code for r, _ in finished]
     assert set(statuses) == {200, 503} and statuses.count(200) <= 2, statuses
-    refused = [r for r in finished if r.status_code == 503]
-    assert all(r.headers.get("retry-after") and "at capacity" in r.json()["error"] for r in refused)
+    refused = [(r, elapsed) for r, elapsed in finished if r.status_code == 503]
+    assert all(r.headers.get("retry-after") and "at capacity" in r.json()["error"] for r, _ in refused)
     # Refusals do not wait for the running request: all of them come back before any answer.
     assert statuses.index(200) == len(refused)
+    waits_ms = sorted(elapsed * 1000 for _, elapsed in refused)
+    print(f"burst of 20 at capacity 2: {len(refused)} refused, 503 after {waits_ms[len(waits_ms) // 2]:.0f} ms "
+          f"(p50), {waits_ms[-1]:.0f} ms (max)")
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
         assert _infer(client, "one-at-a-time").status_code == 200
 
@@ -183,3 +194,44 @@ def test_a_model_wider_than_any_node_is_refused_before_deploying(scheduled, clus
     assert result.returncode == 1
     assert "too-wide replica 1 (4 GPU" in result.stderr and "needs 4 GPUs on one node; nodes have 2" in result.stderr
     assert "too-wide" not in serve.status().applications  # nothing was deployed
+
+
+def _replica_pids(model: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:platform.{model}:{model}"), ("state", "=", "ALIVE")])
+    return [actor.pid for actor in actors]
+
+
+def test_with_two_replicas_one_killed_every_request_after_the_kill_succeeds(scheduled):
+    base, _ = scheduled
+    pids = _replica_pids("twin")
+    assert len(pids) == 2
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
+        assert _infer(client, "twin").status_code == 200
+        os.kill(pids[0], signal.SIGKILL)
+        statuses = [_infer(client, "twin").status_code for _ in range(20)]
+    assert statuses == [200] * 20  # one lands on the dead replica at most, and is retried on the other
+
+
+def test_with_one_replica_killed_requests_get_503_at_once_until_it_is_replaced(scheduled):
+    """Refused, not held in Serve's queue until the replacement starts; no operator action."""
+    base, _ = scheduled
+    [pid] = _replica_pids("lone")
+    answers: list[tuple[int, str | None]] = []
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=30) as client:
+        assert _infer(client, "lone").status_code == 200
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while time.monotonic() - killed_at < 300 and (not answers or answers[-1][0] != 200):
+            response = _infer(client, "lone")
+            answers.append((response.status_code, response.headers.get("retry-after")))
+            if response.status_code == 503:
+                assert "replica" in response.json()["error"], response.text
+                time.sleep(0.2)
+    recovery_s = time.monotonic() - killed_at
+    print(f"lone: replaced and answering {recovery_s:.1f} s after the kill; {len(answers) - 1} refusals before")
+    assert answers[-1][0] == 200
+    assert {status for status, _ in answers[:-1]} == {503} and all(retry for _, retry in answers[:-1])
+    assert len(answers) > 1  # the replacement was not instant: requests in between were refused
+    assert _replica_pids("lone") not in ([], [pid])

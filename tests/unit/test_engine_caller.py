@@ -1,9 +1,11 @@
-"""``ServeEngineCaller``'s request timeout: a 504 before any output, the engine call cancelled.
+"""``ServeEngineCaller``: the request timeout (a 504 before any output, the engine call
+cancelled), a retry when a replica dies before answering, a 503 at once when none is running.
 Serve handles are replaced by fakes with the same calling shape (``options().method.remote()``)."""
 
 import asyncio
 
 import pytest
+from ray.exceptions import ActorDiedError
 
 from configs.server_models import Capability
 from serve.router.errors import APIError
@@ -16,14 +18,16 @@ ROUTE = ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT,))
 class FakeResponse:
     """A DeploymentResponse(Generator): awaitable or async-iterable, and cancellable."""
 
-    def __init__(self, delays: list[float]):
-        self.delays, self.cancelled = list(delays), False
+    def __init__(self, delays: list[float], died: bool = False):
+        self.delays, self.cancelled, self.died = list(delays), False, died
 
     def __await__(self):
         return self._answer().__await__()
 
     async def _answer(self):
         await asyncio.sleep(self.delays[0])
+        if self.died:
+            raise ActorDiedError()
         return "answer"
 
     def __aiter__(self):
@@ -33,6 +37,8 @@ class FakeResponse:
         if not self.delays:
             raise StopAsyncIteration
         await asyncio.sleep(self.delays.pop(0))
+        if self.died:
+            raise ActorDiedError()
         return "chunk"
 
     def cancel(self):
@@ -40,9 +46,13 @@ class FakeResponse:
 
 
 class FakeHandle:
-    def __init__(self, delays):
+    """``dead_replicas``: how many calls in a row land on a replica that died."""
+
+    _router = None  # Serve's router is not consulted: replicas unknown
+
+    def __init__(self, delays, dead_replicas: int = 0):
         self.responses: list[FakeResponse] = []
-        self.delays = delays
+        self.delays, self.dead_replicas = delays, dead_replicas
 
     def options(self, **_):
         return self
@@ -51,12 +61,12 @@ class FakeHandle:
         return self
 
     def remote(self, *args):
-        self.responses.append(FakeResponse(self.delays))
+        self.responses.append(FakeResponse(self.delays, died=len(self.responses) < self.dead_replicas))
         return self.responses[-1]
 
 
-def _caller(delays, timeout_s=0.2) -> tuple[ServeEngineCaller, FakeHandle]:
-    handle = FakeHandle(delays)
+def _caller(delays, timeout_s=0.2, dead_replicas=0) -> tuple[ServeEngineCaller, FakeHandle]:
+    handle = FakeHandle(delays, dead_replicas)
     return ServeEngineCaller({"chat-dep": handle}, timeout_s), handle
 
 
@@ -73,10 +83,10 @@ def test_a_call_within_the_timeout_answers():
     assert asyncio.run(caller.call(ROUTE, Capability.CHAT, {})) == "answer"
 
 
-async def _collect(caller) -> list:
+async def _collect(caller, route=ROUTE) -> list:
     got = []
     try:
-        async for item in caller.stream(ROUTE, Capability.CHAT, {}):
+        async for item in caller.stream(route, Capability.CHAT, {}):
             got.append(item)
     except APIError as err:
         got.append(err.status_code)
@@ -92,3 +102,65 @@ def test_the_timeout_covers_the_whole_stream(delays, expected):
     caller, handle = _caller(delays)
     assert asyncio.run(_collect(caller)) == expected
     assert handle.responses[0].cancelled  # a stream is always released
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_replica_that_died_before_answering_is_retried_once_on_another(stream):
+    caller, handle = _caller([0.01], dead_replicas=1)
+    got = asyncio.run(_collect(caller)) if stream else asyncio.run(caller.call(ROUTE, Capability.CHAT, {}))
+    assert got == (["chunk"] if stream else "answer") and len(handle.responses) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_dead_replicas_in_a_row_are_a_503_to_retry(stream):
+    caller, handle = _caller([0.01], dead_replicas=2)
+    if stream:
+        assert asyncio.run(_collect(caller)) == [503]
+    else:
+        with pytest.raises(APIError) as info:
+            asyncio.run(caller.call(ROUTE, Capability.CHAT, {}))
+        assert info.value.status_code == 503 and info.value.headers["Retry-After"]
+    assert len(handle.responses) == 2
+
+
+class _ServeRouter:
+    """The parts of Serve's router ``routable_replicas`` reads."""
+
+    def __init__(self, replicas: int):
+        self.replicas = {i: object() for i in range(replicas)}
+        request_router = type("RequestRouter", (), {"curr_replicas": self.replicas})
+        self._asyncio_router = type("AsyncioRouter", (), {"_request_router": request_router})
+
+
+def _watched(delays, replicas: int) -> tuple[ServeEngineCaller, FakeHandle, _ServeRouter]:
+    caller, handle = _caller(delays, timeout_s=5)
+    handle._router = _ServeRouter(replicas)
+    handle.running_replicas_populated = lambda: True
+    return caller, handle, handle._router
+
+
+@pytest.mark.parametrize("replicas,min_replicas,refused", [(0, 1, True), (1, 1, False), (0, 0, False)])
+def test_a_model_without_a_running_replica_is_a_503_at_once(replicas, min_replicas, refused):
+    """Unless it scales to zero on purpose: then the request waits for the replica it starts."""
+    caller, handle, _ = _watched([0.01], replicas)
+    route = ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT,), min_replicas=min_replicas)
+    assert asyncio.run(_collect(caller, route)) == ([503] if refused else ["chunk"])
+    assert handle.responses[0].cancelled  # a refused request leaves nothing queued
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_requests_waiting_when_the_last_replica_goes_are_refused_then(stream):
+    caller, handle, router = _watched([3], replicas=1)
+
+    async def lose_the_replica_while_waiting():
+        asyncio.get_running_loop().call_later(0.3, router.replicas.clear)
+        if stream:
+            return await _collect(caller)
+        try:
+            return await caller.call(ROUTE, Capability.CHAT, {})
+        except APIError as err:
+            return [err.status_code, err.headers["Retry-After"]]
+
+    got = asyncio.run(lose_the_replica_while_waiting())
+    assert got == [503] if stream else got == [503, "5"]
+    assert handle.responses[0].cancelled
