@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs.audio_models import AudioModelEntry
-from configs.server_models import (BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings,
-                                   replica_range)
+from configs.server_models import (UPLOAD_COPIES_HELD, BaseModelEntry, Capability, ModelType, PlatformConfig,
+                                   PlatformSettings, largest_upload_body, replica_range)
 from configs.video_models import VideoModelEntry
 from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry
@@ -100,6 +100,7 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
         if entry is not None:
             indexed.append((index, entry))
     issues += _cross_model_issues(indexed, models_key) + _group_issues(platform, indexed, models_key)
+    issues += _upload_memory_issues(platform, indexed, models_key)
     if issues:
         raise ConfigError(issues)
     return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
@@ -198,6 +199,21 @@ def _cross_model_issues(
                 f"(also {models_key}[{seen_names[entry.deployment_name]}])",
             ))
         seen_names.setdefault(entry.deployment_name, index)
+    return issues
+
+
+def _upload_memory_issues(platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]],
+                          models_key: str) -> list[ConfigIssue]:
+    """A router that could never hold one of a model's largest uploads would refuse them all."""
+    bound = platform.router.max_upload_memory_bytes
+    issues = []
+    for index, entry in indexed:
+        needed = UPLOAD_COPIES_HELD * largest_upload_body(entry.max_upload_bytes() or 0)
+        if entry.max_upload_bytes() and needed > bound:
+            issues.append(ConfigIssue(("router", "max_upload_memory_bytes"),
+                                      f"{bound} cannot hold one of the largest uploads of {models_key}[{index}] "
+                                      f"({entry.model_id!r}: {needed} bytes at the peak); raise it or lower the "
+                                      f"model's file limit"))
     return issues
 
 

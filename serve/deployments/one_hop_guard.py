@@ -94,7 +94,7 @@ class OneHopGuard:
         if meters_tokens(key):
             meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
             send, changed = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens)), True
-        return _replay(json.dumps(body).encode() if changed else raw, receive), send
+        return _replay(json.dumps(body).encode() if changed else bytes(raw), receive), send
 
 
 class _AnswerState:

@@ -11,10 +11,10 @@ from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
-from configs.server_models import BaseModelEntry, Capability, PlatformSettings, replica_range
+from configs.server_models import (FORM_OVERHEAD_BYTES, BaseModelEntry, Capability, PlatformSettings,
+                                   largest_upload_body, replica_range)
 
 
-FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields
 MULTIPLEXED_HEADER = "serve_multiplexed_model_id"  # Ray Serve's header naming a multiplexed model
 
 
@@ -98,7 +98,7 @@ class RouterSettings:
     def tensor_request_bytes(self, route: ModelRoute) -> int:
         """The body limit of a ``/v2`` request to ``route``: one of its largest inputs as base64
         JSON (or several smaller ones), known from the path before the body is read."""
-        return max(self.max_request_bytes, (route.max_upload_bytes or 0) * 4 // 3 + FORM_OVERHEAD_BYTES)
+        return max(self.max_request_bytes, largest_upload_body(route.max_upload_bytes or 0))
 
     @classmethod
     def from_config(cls, config: LoadedConfig) -> "RouterSettings":

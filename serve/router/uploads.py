@@ -12,6 +12,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from configs.server_models import UPLOAD_COPIES_HELD
 from serve.router.errors import APIError
 
 MAX_FORM_FIELDS = 32
@@ -21,7 +22,8 @@ MAX_FIELD_BYTES = 64 * 1024
 class UploadMemory:
     """The bytes a router replica may hold for upload bodies and fetched media at once, across
     requests (``router.max_upload_memory_bytes``). A request reserves what it may read before
-    reading it; past the total it gets a 503 with ``Retry-After`` at once."""
+    reading it; past the total it gets a 503 with ``Retry-After`` at once. Each byte received is
+    reserved ``UPLOAD_COPIES_HELD`` times: what it costs the replica's memory at the peak."""
 
     def __init__(self, total_bytes: int):
         self.total_bytes = total_bytes
@@ -48,8 +50,9 @@ class _Reservation:
         self.memory, self.nbytes = memory, 0
 
     def add(self, nbytes: int) -> None:
-        self.memory._take(nbytes)
-        self.nbytes += nbytes
+        """Reserve for ``nbytes`` received (held ``UPLOAD_COPIES_HELD`` times)."""
+        self.memory._take(nbytes * UPLOAD_COPIES_HELD)
+        self.nbytes += nbytes * UPLOAD_COPIES_HELD
 
     def add_body(self, request: Request, limit: int) -> int:
         """Reserve what the body may take: its declared length (when under ``limit``) or ``limit``;
@@ -108,12 +111,13 @@ async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The whole body, or a 413 as soon as it passes ``limit`` bytes."""
+async def read_limited_body(request: Request, limit: int) -> bytearray:
+    """The whole body (not copied into ``bytes``: large bodies would be held twice), or a 413 as
+    soon as it passes ``limit`` bytes."""
     body = bytearray()
     async for piece in _limited(request, limit):
         body += piece
-    return bytes(body)
+    return body
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:

@@ -137,6 +137,11 @@ BAD_CONFIGS = [
      "models[0]", "valid dictionary"),
     ("empty models", _mutate("models", []),
      "args.models", "at least 1 item"),
+    ("router memory below one upload", lambda args: _mutate("router.max_upload_memory_bytes", 64 * 1024 * 1024)(
+        _mutate("models.0", {"model_loading_config": {"model_id": "asr", "model_source": "org/whisper",
+                                                      "type": "audio"},
+                             "engine_kwargs": {"task": "speech-to-text"}})(args)),
+     "args.router.max_upload_memory_bytes", "cannot hold one of the largest uploads of models[0] ('asr'"),
 ]
 
 
