@@ -5,7 +5,7 @@ ones that break the description on purpose) and sends them to the running platfo
 models behind it. Every answer must be a non-5xx; every error must be in its endpoint's shape;
 no replica may restart. CI runs a few hundred cases, the same ones each run; set
 ``PLATFORM_FUZZ_EXAMPLES`` (cases per operation and mode) and ``PLATFORM_FUZZ_RANDOM=1`` for a
-longer run with fresh cases.
+longer run with fresh cases, and ``PLATFORM_FUZZ_URL`` to fuzz a platform already running.
 """
 
 from __future__ import annotations
@@ -33,15 +33,23 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def platform_schema(platform_url, http):
+def fuzzed_url(request) -> str:
+    """The session's platform, or one already running at ``PLATFORM_FUZZ_URL`` (a long run from
+    several processes at once)."""
+    return os.environ.get("PLATFORM_FUZZ_URL") or request.getfixturevalue("platform_url")
+
+
+@pytest.fixture(scope="module")
+def platform_schema(fuzzed_url):
     """The description the platform serves to this key, pointed at the platform."""
-    schema = schemathesis.openapi.from_dict(http.get("/openapi.json").json())
-    schema.config.update(base_url=platform_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S)
+    description = httpx.get(f"{fuzzed_url}/openapi.json", headers=auth_headers(), timeout=120).json()
+    schema = schemathesis.openapi.from_dict(description)
+    schema.config.update(base_url=fuzzed_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S)
     return schema
 
 
-def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_schema):
-    before = _replica_actors(platform_url)
+def test_no_request_gets_a_5xx_and_no_replica_restarts(fuzzed_url, platform_schema):
+    before = _replica_actors(fuzzed_url)
     answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
@@ -59,7 +67,7 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_sc
         common = "; ".join(f"{n}x {message}" for message, n in errors[label].most_common(3))
         print(f"  {label}: {dict(sorted(counts.items()))}  {common}")
     assert not failures, "\n\n".join(failures)
-    assert _replica_actors(platform_url) == before
+    assert _replica_actors(fuzzed_url) == before
 
 
 def _fuzz(operation, mode: GenerationMode, answers: collections.Counter, errors: collections.Counter) -> None:
