@@ -20,11 +20,12 @@ from configs.server_models import BaseModelEntry, Capability
 
 @dataclass
 class EngineResponse:
-    """A complete answer: HTTP status, body bytes and their media type."""
+    """A complete answer: HTTP status, body bytes, their media type and any headers the engine sets."""
 
     status_code: int
     content: bytes
     media_type: str = "application/json"
+    headers: dict[str, str] | None = None
 
     @classmethod
     def json(cls, payload: Any, status_code: int = 200) -> "EngineResponse":

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.datastructures import State
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from cloud.storage import resolve_model_source
 from common.serve_env import STREAMING_ENV
@@ -158,14 +158,14 @@ class VLLMEngine(BaseEngine):
             return result
         if hasattr(result, "__aiter__"):  # a stream was asked of a non-streaming call
             return EngineResponse.error(400, "use a streaming call for stream: true", param="stream")
-        return _to_engine_response(result)
+        return await _to_engine_response(result)
 
     async def handle_stream(
         self, capability: Capability, body: dict[str, Any]
     ) -> AsyncIterator[str | EngineResponse]:
         result = await self._call_serving(capability, body)
         if not hasattr(result, "__aiter__"):
-            yield result if isinstance(result, EngineResponse) else _to_engine_response(result)
+            yield result if isinstance(result, EngineResponse) else await _to_engine_response(result)
             return
         try:
             async for chunk in coalesce(result, STREAM_INTERVAL_S):
@@ -205,6 +205,9 @@ class VLLMEngine(BaseEngine):
         await self._exit_stack.aclose()
 
 
+_BODY_HEADERS = {"content-type", "content-length"}  # starlette sets these for the body the router sends
+
+
 def _bind_cpu_shards(world_size: int) -> None:
     """Give each CPU shard its own cores of this replica; vLLM binds one NUMA node per shard otherwise,
     and refuses when the machine has fewer nodes than shards."""
@@ -216,8 +219,14 @@ def _bind_cpu_shards(world_size: int) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
 
 
-def _to_engine_response(result: Any) -> EngineResponse:
-    """vLLM answers with pydantic responses, ``ErrorResponse``s, or starlette responses."""
+async def _to_engine_response(result: Any) -> EngineResponse:
+    """vLLM answers with pydantic responses, ``ErrorResponse``s, or starlette responses: a streaming
+    one for embeddings as raw bytes, whose JSON metadata (ids, usage) rides in a header."""
+    if isinstance(result, StreamingResponse):
+        parts = [part if isinstance(part, bytes) else part.encode() async for part in result.body_iterator]
+        headers = {name: value for name, value in result.headers.items() if name not in _BODY_HEADERS}
+        return EngineResponse(result.status_code, b"".join(parts), result.media_type or "application/octet-stream",
+                              headers)
     if isinstance(result, Response):
         return EngineResponse(result.status_code, bytes(result.body), result.media_type or "application/json")
     error = getattr(result, "error", None)

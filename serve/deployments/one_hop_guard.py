@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
-from serve.router.key_limits import KeyLimits, StreamMeter, ask_for_usage, meters_tokens, response_tokens
+from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
+                                     meters_tokens, response_tokens)
 from serve.router.media_refs import inline_chat_media
 from serve.router.routing import RouterSettings
 from serve.router.uploads import parse_json_object, read_limited_body
@@ -93,7 +94,8 @@ class OneHopGuard:
         changed = path == "/v1/chat/completions" and await inline_chat_media(body, self.settings.media)
         if meters_tokens(key):
             meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
-            send, changed = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens)), True
+            send = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens), ask_for_usage_header(body))
+            changed = True
         return _replay(json.dumps(body).encode() if changed else bytes(raw), receive), send
 
 
@@ -113,18 +115,22 @@ class _AnswerState:
         await self._send(message)
 
 
-def _metered_send(send: Send, meter: StreamMeter | None, spend) -> Send:
+def _metered_send(send: Send, meter: StreamMeter | None, spend, keep_usage_header: bool = True) -> Send:
     """``send`` that counts the answer's tokens: from the event stream's usage event (``meter``),
-    or from the JSON answer's ``usage``; reported when the body ends. Error answers (JSON even
-    for a stream request) pass unchanged."""
+    or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings); reported when
+    the body ends. Error answers (JSON even for a stream request) pass unchanged."""
     answer = bytearray()
     started: dict[str, Any] = {}
+    usage_header = USAGE_HEADER.encode()
 
     async def metered_send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers") or [])
-            started.update(status=message["status"],
+            started.update(status=message["status"], usage=headers.get(usage_header),
                            events=headers.get(b"content-type", b"").startswith(b"text/event-stream"))
+            if not keep_usage_header:
+                message = {**message, "headers": [(k, v) for k, v in message.get("headers") or []
+                                                  if k.lower() != usage_header]}
         elif message["type"] == "http.response.body":
             body, last = message.get("body", b""), not message.get("more_body", False)
             if meter is not None and started.get("events"):
@@ -133,7 +139,7 @@ def _metered_send(send: Send, meter: StreamMeter | None, spend) -> Send:
             elif started.get("status") == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
                 answer.extend(body)
             if last:
-                spend(meter.tokens if meter is not None else response_tokens(bytes(answer)))
+                spend(meter.tokens if meter is not None else response_tokens(bytes(answer), started.get("usage")))
         await send(message)
 
     return metered_send

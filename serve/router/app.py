@@ -15,8 +15,8 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from serve.router.auth import check_api_key, check_scope, request_key
-from serve.router.key_limits import (KeyLimits, StreamMeter, ask_for_usage, metered, meters_tokens,
-                                     response_tokens)
+from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
+                                     metered, meters_tokens, response_tokens)
 from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
@@ -101,6 +101,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
             await inline_chat_media(body, settings.media)
         key = request_key(request)
         counted = limits is not None and meters_tokens(key)
+        keep_usage_header = ask_for_usage_header(body) if counted else True
         if body.get("stream"):
             if not counted:
                 return await _stream(engines.stream(route, capability, body))
@@ -109,8 +110,11 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
                                          lambda tokens: limits.spend(key, tokens)))
         result = await engines.call(route, capability, body)
         if counted and result.status_code == 200:
-            limits.spend(key, response_tokens(result.content))
-        return Response(result.content, status_code=result.status_code, media_type=result.media_type)
+            headers = result.headers or {}
+            limits.spend(key, response_tokens(result.content, headers.get(USAGE_HEADER)))
+            if not keep_usage_header:
+                headers.pop(USAGE_HEADER, None)
+        return _as_response(result)
 
     async def forward_upload(request: Request, capability: Capability) -> Response:
         with uploads.hold() as held:
@@ -128,7 +132,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
                            f"{route.max_upload_bytes}", param="file", code="file_too_large")
         _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
         result = await engines.call(route, capability, body)
-        return Response(result.content, status_code=result.status_code, media_type=result.media_type)
+        return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
 
@@ -194,12 +198,17 @@ def _validate_body(route: ModelRoute, capability: Capability, body: dict[str, An
                            param=key, code="context_length_exceeded")
 
 
+def _as_response(result: EngineResponse) -> Response:
+    return Response(result.content, status_code=result.status_code, media_type=result.media_type,
+                    headers=result.headers)
+
+
 async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
     """Answer errors that precede any output as plain responses; otherwise stream SSE."""
     first = await anext(chunks, None)
     if isinstance(first, EngineResponse):
         await chunks.aclose()
-        return Response(first.content, status_code=first.status_code, media_type=first.media_type)
+        return _as_response(first)
 
     async def relay() -> AsyncIterator[str]:
         try:

@@ -122,13 +122,28 @@ def ask_for_usage(body: dict[str, Any]) -> bool:
     return asked
 
 
-def response_tokens(content: bytes) -> int:
-    """``usage.total_tokens`` of a JSON answer (0 when it has none)."""
-    try:
-        usage = json.loads(content).get("usage") or {}
-    except (ValueError, AttributeError):
-        return 0
-    return int(usage.get("total_tokens") or 0)
+USAGE_HEADER = "metadata"  # vLLM's embeddings as raw bytes carry their ids and usage in this header
+
+
+def ask_for_usage_header(body: dict[str, Any]) -> bool:
+    """Make embeddings asked as raw bytes carry the usage header (``bytes``; ``bytes_only`` has
+    none); whether the client wanted the header itself."""
+    if body.get("encoding_format") != "bytes_only":
+        return True
+    body["encoding_format"] = "bytes"
+    return False
+
+
+def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> int:
+    """``usage.total_tokens`` of a JSON answer, or of the usage header of a raw-bytes one (0 when
+    neither has it)."""
+    for text in (content, usage_header):
+        try:
+            usage = json.loads(text).get("usage") or {}
+        except (TypeError, ValueError, AttributeError):
+            continue
+        return int(usage.get("total_tokens") or 0)
+    return 0
 
 
 class StreamMeter:

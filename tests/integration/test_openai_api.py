@@ -105,6 +105,20 @@ def test_embeddings_from_the_real_minilm_model(client):
     assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.3
 
 
+@pytest.mark.parametrize("prefix", ["", f"/models/{EMBED}"])  # through the router, and one hop
+@pytest.mark.parametrize("encoding_format", ["bytes", "bytes_only"])
+def test_embeddings_as_raw_bytes(http, prefix, encoding_format):
+    reply = http.post(f"{prefix}/v1/embeddings",
+                      json={"model": EMBED, "input": ["the cat", "a dog"], "encoding_format": encoding_format})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
+    vectors = np.frombuffer(reply.content, dtype="<f4").reshape(2, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)  # the model's normalized embeddings
+    if encoding_format == "bytes":  # vLLM's metadata header: ids, shapes and usage
+        assert json.loads(reply.headers["metadata"])["usage"]["prompt_tokens"] > 0
+    else:
+        assert "metadata" not in reply.headers
+
+
 BAD_REQUESTS = [
     ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": HELLO}, 404, "model_not_found"),
     ("missing model", "/v1/chat/completions", {"messages": HELLO}, 400, "missing_model"),

@@ -6,7 +6,8 @@ from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
 from serve.router.app import create_router_app
-from serve.router.key_limits import KeyLimits, SlidingWindow, StreamMeter, ask_for_usage, response_tokens
+from serve.router.key_limits import (KeyLimits, SlidingWindow, StreamMeter, ask_for_usage, ask_for_usage_header,
+                                     response_tokens)
 from serve.router.routing import RouterSettings
 from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines, assert_openai_error
 
@@ -86,6 +87,14 @@ def test_usage_is_asked_of_streams_and_read_from_answers():
     assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
     assert ask_for_usage({"stream": True, "stream_options": {"include_usage": True}}) is True
     assert response_tokens(b'{"usage": {"total_tokens": 7}}') == 7 and response_tokens(b"[1]") == 0
+
+
+def test_raw_bytes_embeddings_are_asked_with_their_usage_header():
+    body = {"encoding_format": "bytes_only"}
+    assert ask_for_usage_header(body) is False and body["encoding_format"] == "bytes"
+    assert ask_for_usage_header({"encoding_format": "bytes"}) is True and ask_for_usage_header({}) is True
+    header = json.dumps({"usage": {"total_tokens": 5}})
+    assert response_tokens(b"\x00\x00\x80\x3f", header) == 5 and response_tokens(b"\x00\x00\x80\x3f") == 0
 
 
 def test_a_stream_without_a_final_blank_line_loses_nothing():

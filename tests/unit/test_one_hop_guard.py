@@ -1,4 +1,4 @@
-"""The one-hop guard's request timeout, around a stand-in for vLLM's ASGI app."""
+"""The one-hop guard's request timeout, around a stand-in for vLLM's ASGI app, and its token metering."""
 
 import asyncio
 import json
@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from serve.deployments.one_hop_guard import OneHopGuard
+from serve.deployments.one_hop_guard import OneHopGuard, _metered_send
 from serve.router.routing import RouterSettings
 
 TIMEOUT_S = 0.5
@@ -65,3 +65,18 @@ async def test_a_stream_past_the_timeout_ends_with_an_error_event():
     assert events[:2] == ["0", "1"] and events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["code"] == "timeout"
     assert cancelled.is_set()
+
+
+@pytest.mark.asyncio
+async def test_raw_bytes_embeddings_are_metered_from_their_usage_header_dropped_unless_asked():
+    sent, spent = [], []
+
+    async def send(message):
+        sent.append(message)
+
+    metered = _metered_send(send, None, spent.append, keep_usage_header=False)
+    binary = [(b"content-type", b"application/octet-stream")]
+    await metered({"type": "http.response.start", "status": 200,
+                   "headers": binary + [(b"metadata", b'{"usage": {"total_tokens": 3}}')]})
+    await metered({"type": "http.response.body", "body": b"\x00\x00\x80\x3f", "more_body": False})
+    assert spent == [3] and sent[0]["headers"] == binary
