@@ -103,6 +103,8 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     from ray.serve._private.constants import SERVE_NAMESPACE
 
     apply_streaming_env(schema.http_options.port if address is None else None)
+    if address is None:
+        _forget_dead_cluster()
     context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
                        **({"num_gpus": num_gpus} if num_gpus is not None and address is None else {}))
     if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
@@ -168,6 +170,19 @@ def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace) 
     print(f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} GPUs, {args.cpus_per_node:g} CPUs:")
     print(describe(placements))
     return 0
+
+
+def _forget_dead_cluster() -> None:
+    """Given no address, Ray joins the cluster named in ``<ray temp>/ray_current_cluster``, and waits
+    for it forever when it is gone: a platform killed without its shutdown (SIGKILL, a reboot) leaves
+    that file. Drop it unless a Ray process on this machine still serves that address."""
+    from ray._common.utils import reset_ray_address
+    from ray._private import services
+
+    recorded = services.find_bootstrap_address(None)
+    if recorded is not None and recorded not in services.find_gcs_addresses():
+        print(f"ignoring {recorded}, the Ray cluster this machine last ran: it is gone", file=sys.stderr)
+        reset_ray_address()
 
 
 def _stop_on_sigterm(*_: Any) -> None:

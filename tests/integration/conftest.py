@@ -80,7 +80,12 @@ def platform_url(tmp_path_factory) -> str:
     args["models"] += [CTC_MODEL, *VISION_MODELS]
     args["groups"] = [VISION_GROUP]
     args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
-    with running_platform(config, tmp_path_factory.mktemp("platform")) as base:
+    env = platform_env()
+    # The address of a cluster that is gone, as a platform killed without its shutdown leaves it:
+    # Ray would wait for it forever; the platform must start a Ray of its own.
+    (Path(env["RAY_TMPDIR"]) / "ray").mkdir(exist_ok=True)
+    (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")
+    with running_platform(config, tmp_path_factory.mktemp("platform"), env=env) as base:
         yield base
 
 
