@@ -8,7 +8,8 @@ the replica stays busy). Then, in the same run:
 - single refusals: with the replica and its queue full, one request at a time;
 - a burst of ``--burst`` requests at once (10x the capacity of 2 by default).
 
-Prints p50 / p90 / max of each, in ms, and each refusal's p50 as a ratio over ``/health``'s.
+Prints p50 / p90 / max of each, in ms, and each refusal's p50 as a ratio over ``/health``'s, and
+the answers by status (a single request sent as a slot frees is admitted: a 200).
 
     python bench/burst.py [--burst 20] [--rounds 5]
 """
@@ -41,10 +42,11 @@ MODEL = {
 INFER_PATH = "/v2/models/one-at-a-time/infer"
 
 
-def summary(label: str, waits_s: list[float]) -> float:
+def summary(label: str, waits_s: list[float], floor_ms: float | None = None) -> float:
     ms = sorted(w * 1000 for w in waits_s)
     p50, p90 = statistics.median(ms), ms[int(0.9 * (len(ms) - 1))]
-    print(f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms")
+    ratio = f"  ({p50 / floor_ms:.1f}x /health)" if floor_ms else ""
+    print(f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms{ratio}")
     return p50
 
 
@@ -80,8 +82,8 @@ async def measure(burst: int, rounds: int) -> None:
             statuses += [status for status, _ in answers]
             bursts += [wait for status, wait in answers if status == 503]
     floor = summary("GET /health (router alone)", health)
-    for label, waits in (("503, one at a time, model full", single), (f"503 in a burst of {burst} at once", bursts)):
-        print(f"{summary(label, waits) / floor:>58.1f}x /health p50")
+    summary("503, one at a time, model full", single, floor)
+    summary(f"503 in a burst of {burst} at once", bursts, floor)
     print("statuses:", {status: statuses.count(status) for status in sorted(set(statuses))})
 
 
