@@ -64,13 +64,16 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
         groups = [g for g in args.get("groups", []) if g.get("name") == spec.name]
         model_args = {**copy.deepcopy(shared), "platform_app": platform_app,
                       "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {})}
+        one_hop = _serves_http(spec.models)
         applications.append({
             "name": model_app_name(platform_app, spec.name),
-            "route_prefix": one_hop_prefix(app.get("route_prefix", "/"), spec.models[0].model_id)
-            if _serves_http(spec.models) else None,
+            "route_prefix": one_hop_prefix(app.get("route_prefix", "/"), spec.models[0].model_id) if one_hop else None,
             "import_path": MODEL_APP_IMPORT_PATH,
             **({"runtime_env": copy.deepcopy(app["runtime_env"])} if app.get("runtime_env") else {}),
             "args": model_args,
+            # Outside the args, so an edit of the timeout reaches the replicas without a restart.
+            **({"deployments": [{"name": spec.name, "user_config": {
+                "request_timeout_s": config.platform.router.request_timeout_s}}]} if one_hop else {}),
         })
     return applications
 

@@ -34,10 +34,9 @@ ONE_HOP_ENDPOINTS = {
 }
 
 
-def guarded(app: ASGIApp, settings: RouterSettings) -> ASGIApp:
-    """``app`` behind the guard, and behind the platform's CORS policy when it has one."""
-    app = OneHopGuard(app, settings)
-    return CORSMiddleware(app, **settings.cors) if settings.cors else app
+def with_cors(guard: "OneHopGuard") -> ASGIApp:
+    """The guarded app behind the platform's CORS policy when it has one."""
+    return CORSMiddleware(guard, **guard.settings.cors) if guard.settings.cors else guard
 
 
 MAX_METERED_ANSWER_BYTES = 64 * 1024 * 1024  # a JSON answer read for its usage (embeddings can be large)

@@ -9,12 +9,13 @@ object per token, no router in between. The router's handle calls (``handle``,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ray import serve
 
 from serve.deployments.engine_deployment import EngineDeployment
-from serve.deployments.one_hop_guard import guarded
+from serve.deployments.one_hop_guard import OneHopGuard, with_cors
 from serve.router.routing import RouterSettings
 
 
@@ -23,7 +24,17 @@ class VLLMIngressDeployment(EngineDeployment):
     async def __init__(self, entries: list[dict[str, Any]], settings: RouterSettings):
         await super().__init__(entries)
         self.settings = settings
+        self.guard: OneHopGuard | None = None
 
     def __serve_build_asgi_app__(self):
         (engine,) = self.engines.values()
-        return guarded(engine.http_app, self.settings)
+        self.guard = OneHopGuard(engine.http_app, self.settings)
+        return with_cors(self.guard)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The router settings that may change without a restart (``router.request_timeout_s``)
+        arrive as the deployment's ``user_config``, which is not part of the application's args:
+        Serve applies an edit of it to the running replicas."""
+        self.settings = dataclasses.replace(self.settings, **user_config)
+        if self.guard is not None:
+            self.guard.settings = self.settings

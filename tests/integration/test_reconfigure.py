@@ -3,12 +3,14 @@
 The platform runs A (tiny-chat), B (an image classifier) and D (the embedding model). While a
 client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_app.py
 --address auto`` applies an edit that adds C, removes B and changes D's ``max_num_seqs``.
-Then A's replica is killed while it streams.
+Then A's replica is killed while it streams, and an edit of ``router.request_timeout_s`` cuts
+a request that runs past it, on both paths.
 """
 
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import signal
@@ -22,7 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import API_KEY, ROOT, auth_headers, deploy_command, platform_env, running_platform
+from tests.integration.conftest import (API_KEY, ROOT, auth_headers, deploy_command, platform_env, running_platform,
+                                       wait_for_stats)
 from tests.integration.test_openai_api import HELLO
 
 
@@ -171,3 +174,35 @@ def _replica_pid(base: str) -> int | None:
     """The pid of the replica that answers a-chat's stats, once /ready is 200."""
     ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
     return ready.json()["models"]["a-chat"].get("placement", {}).get("pid") if ready.status_code == 200 else None
+
+
+def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(platform):
+    base, path, env = platform
+    config = yaml.safe_load(path.read_text())
+    config["applications"][0]["args"]["router"] = {"request_timeout_s": 0.5}
+    pid_before = _replica_pid(base)
+    result = _apply(path, config, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _replica_pid(base) == pid_before is not None  # reconfigured in place, not restarted
+    aborted_before = _models(base)["a-chat"]["requests_aborted"]
+    # 16 sequences of 230 tokens each fill all of A's max_num_seqs for about a second on the CPU;
+    # a blocker sent first makes both requests under test wait behind it, well past 0.5 s.
+    body = {"model": "a-chat", "messages": HELLO, "max_tokens": 230, "n": 16, "ignore_eos": True}
+    with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http, ThreadPoolExecutor(3) as pool:
+        blocker = pool.submit(http.post, "/v1/chat/completions", json=body)
+        time.sleep(0.1)
+        plain = pool.submit(http.post, "/v1/chat/completions", json=body)
+        streamed = pool.submit(_stream_events, http, "/models/a-chat/v1/chat/completions", {**body, "stream": True})
+        blocker, plain, (status, events) = blocker.result(), plain.result(), streamed.result()
+    assert plain.status_code == 504, plain.text[:300]
+    assert plain.json()["error"]["code"] == "timeout" and plain.json()["error"]["type"] == "timeout_error"
+    assert status == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout", events[-3:]
+    # The generations were aborted in vLLM, not left to run to their end.
+    stats = wait_for_stats(lambda: _models(base)["a-chat"],
+                           lambda s: s["requests_aborted"] >= aborted_before + 2 and s["unfinished_requests"] == 0)
+    assert stats["requests_aborted"] >= aborted_before + 2 and stats["unfinished_requests"] == 0, stats
+
+
+def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[str]]:
+    with http.stream("POST", url, json=body) as response:
+        return response.status_code, [line.removeprefix("data: ") for line in response.iter_lines() if line]

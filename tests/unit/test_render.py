@@ -62,3 +62,17 @@ def test_a_rendered_clash_is_a_config_error_before_anything_starts(tmp_path, cap
 @pytest.mark.parametrize("route_prefix,expected", [("/", "/models/m"), ("/api/", "/api/models/m")])
 def test_the_one_hop_prefix_sits_under_the_platform_route(route_prefix, expected):
     assert _render(_platform("p", route_prefix, [_vllm("m")]))["p.m"].route_prefix == expected
+
+
+def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
+    """Serve versions an application by its args: the timeout rides in the deployment's
+    user_config instead, so editing it reconfigures the replicas without restarting them."""
+    def chat_app(timeout_s: float):
+        apps = _render(_platform("p", "/", [_vllm("chat"), _vision("v")], router={"request_timeout_s": timeout_s}))
+        assert not apps["p.v"].deployments  # no HTTP path of its own: the router's timeout covers it
+        return apps["p.chat"]
+
+    short, long = chat_app(0.5), chat_app(30)
+    assert [(d.name, d.user_config) for d in short.deployments] == [("chat", {"request_timeout_s": 0.5})]
+    assert long.deployments[0].user_config == {"request_timeout_s": 30}
+    assert short.args == long.args
