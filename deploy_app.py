@@ -3,6 +3,7 @@
     python deploy_app.py --config model_config.yaml                  # start Ray here, deploy, block until Ctrl-C
     python deploy_app.py --config model_config.yaml --address auto   # apply the file to the running platform, return when live
     python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
+    python deploy_app.py --config model_config.yaml --plan --gpu-type L4   # where replicas land, GPU memory
     python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
@@ -24,9 +25,9 @@ import yaml
 from builders.render import PLATFORM_IMPORT_PATH, render_serve_config
 from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
-from common.text_table import format_table
+from builders.gpu_memory import GPU_MEMORY_GIB, cluster_gpu_type, gpu_bytes_for
+from builders.plan_report import check_memory, describe_plan, memory_estimates
 from configs import LoadedConfig, load_platform_config, require_secrets
-from configs.server_models import replica_range, replica_shape
 
 READY_POLL_S = 2
 
@@ -63,24 +64,6 @@ def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
     return schema, loaded
 
 
-def describe_plan(loaded: dict[str, LoadedConfig]) -> str:
-    """One line per model: what serves it and what Ray must schedule for its deployment."""
-    rows = [("app", "deployment", "model_id", "type", "serves", "replicas", "cpus", "gpus", "max_ongoing",
-             "max_queued")]
-    for app_name, config in loaded.items():
-        for spec in config.deployments():
-            shape = replica_shape(spec.options)
-            low, high = replica_range(spec.options)
-            replicas = f"{low}-{high} (auto)" if spec.options.get("autoscaling_config") else str(low)
-            gpus = f"{shape.gpus:g}" + (f" ({len(shape.bundles)} bundles)" if len(shape.bundles) > 1 else "")
-            for model in spec.models:
-                rows.append((app_name, spec.name, model.model_id, model.model_loading_config.type.value,
-                             ",".join(c.value for c in model.capabilities()), replicas, f"{shape.cpus:g}", gpus,
-                             str(spec.options.get("max_ongoing_requests", 5)),
-                             str(spec.options.get("max_queued_requests", -1))))
-    return format_table(rows)
-
-
 def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any:
     """The Serve config that runs ``raw``: each platform application split per model. Serve
     refuses it when two rendered applications share a name or a route prefix."""
@@ -96,7 +79,7 @@ def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any
 
 
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
-           num_gpus: int | None = None) -> None:
+           num_gpus: int | None = None, gpu_bytes: int | None = None) -> None:
     """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live."""
     import ray
     from ray.serve._private import api as serve_api
@@ -112,7 +95,7 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
 
         write_ray_address(context.address_info["gcs_address"])
     if check_fit:
-        _check_fit(loaded)
+        _check_fit(loaded, gpu_bytes)
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
@@ -145,9 +128,10 @@ def wait_until_live(names: list[str]) -> None:
         time.sleep(READY_POLL_S)
 
 
-def _check_fit(loaded: dict[str, LoadedConfig]) -> None:
+def _check_fit(loaded: dict[str, LoadedConfig], gpu_bytes: int | None) -> None:
     """Refuse, before deploying, a config whose replicas cannot all fit on the cluster's nodes
-    (replicas that never schedule would otherwise wait forever as PENDING)."""
+    (replicas that never schedule would otherwise wait forever as PENDING), or in their GPUs'
+    memory (given, or known from the cluster's GPU type; vLLM would fail to start)."""
     from builders.placement import PlacementError, live_nodes, plan_on
 
     nodes = live_nodes()
@@ -157,9 +141,15 @@ def _check_fit(loaded: dict[str, LoadedConfig]) -> None:
         shape = ", ".join(f"{n.cpus:g} CPU/{len(n.gpus)} GPU" for n in nodes)
         raise SystemExit(f"cannot place the config on this cluster ({shape}): {err}\n"
                          "(on an autoscaling cluster, pass --no-fit-check)") from None
+    gpu_type = cluster_gpu_type()
+    gpu_bytes = gpu_bytes or gpu_bytes_for(gpu_type, None)
+    problems = check_memory(loaded, memory_estimates(loaded, gpu_bytes), gpu_bytes) if gpu_bytes else []
+    if problems:
+        raise SystemExit(f"the config does not fit the cluster's GPU memory ({gpu_type or 'given'}):\n  "
+                         + "\n  ".join(problems))
 
 
-def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace) -> int:
+def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace, gpu: str) -> int:
     from builders.placement import PlacementError, describe, plan
 
     try:
@@ -167,7 +157,7 @@ def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace) 
     except PlacementError as err:
         print(f"{args.config}: cannot place on {args.nodes} x {args.gpus_per_node} GPUs: {err}", file=sys.stderr)
         return 1
-    print(f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} GPUs, {args.cpus_per_node:g} CPUs:")
+    print(f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} {gpu}, {args.cpus_per_node:g} CPUs:")
     print(describe(placements))
     return 0
 
@@ -206,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=int, default=None,
                         help="GPUs of the local Ray this starts (default: detected); more than the machine has "
                              "are logical GPUs, to try placement on a CPU machine")
+    parser.add_argument("--gpu-type", choices=sorted(GPU_MEMORY_GIB), default=None,
+                        help="the GPUs' type, for their memory (--plan: H100-80GB unless --gpu-memory-gib)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU, in GiB")
     parser.add_argument("--no-fit-check", action="store_true",
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
@@ -219,9 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         yaml.safe_dump(render_serve_config(raw, loaded), sys.stdout, sort_keys=False)
         return 0
-    print(describe_plan(loaded))
+    gpu_type = args.gpu_type or ("H100-80GB" if args.plan and not args.gpu_memory_gib else None)
+    gpu_bytes = gpu_bytes_for(gpu_type, args.gpu_memory_gib)
+    estimates = memory_estimates(loaded, gpu_bytes)
+    print(describe_plan(loaded, estimates))
+    problems = check_memory(loaded, estimates, gpu_bytes) if gpu_bytes else []
+    gpu = f"GPUs of {gpu_bytes / 1024 ** 3:.1f} GiB" + (f" ({gpu_type})" if gpu_type else "") if gpu_bytes else "GPUs"
+    if problems and (args.plan or args.dry_run):
+        print(f"{args.config}: does not fit {gpu}:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     if args.plan:
-        return _print_placement(loaded, args)
+        return _print_placement(loaded, args, gpu)
     if args.dry_run:
         return 0
     if args.address is None:  # the Ray started here serves with this environment's secrets
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"{args.config}: {err}", file=sys.stderr)
             return 1
-    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus)
+    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus, gpu_bytes=gpu_bytes)
     if args.address is not None:
         return 0  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
