@@ -15,6 +15,7 @@ keep their replicas, removed models' applications are deleted.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -79,7 +80,7 @@ def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any
 
 
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
-           num_gpus: int | None = None, gpu_bytes: int | None = None) -> None:
+           num_gpus: int | None = None, gpu_bytes: int | None = None, metrics_port: int | None = None) -> None:
     """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live."""
     import ray
     from ray.serve._private import api as serve_api
@@ -88,8 +89,11 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     apply_streaming_env(schema.http_options.port if address is None else None)
     if address is None:
         _forget_dead_cluster()
+    local = {"num_gpus": num_gpus} if num_gpus is not None else {}
+    if metrics_port is not None:
+        local["_metrics_export_port"] = metrics_port
     context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
-                       **({"num_gpus": num_gpus} if num_gpus is not None and address is None else {}))
+                       **(local if address is None else {}))
     if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
         from ray._private.utils import write_ray_address
 
@@ -104,6 +108,12 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     client.deploy_apps(schema, _blocking=False)
     wait_until_live([app.name for app in schema.applications])
     http = schema.http_options
+    here = ray.util.get_node_ip_address()
+    for node in ray.nodes():
+        if node["Alive"] and node["NodeManagerAddress"] == here:
+            print(f"metrics (Ray's Prometheus endpoint on this node): http://{here}:{node['MetricsExportPort']}/metrics",
+                  flush=True)
+            break
     print(f"ready: http://{http.host}:{http.port}/v1", flush=True)
 
 
@@ -175,6 +185,10 @@ def _forget_dead_cluster() -> None:
         reset_ray_address()
 
 
+def _env_int(name: str) -> int | None:
+    return int(os.environ[name]) if os.environ.get(name) else None
+
+
 def _stop_on_sigterm(*_: Any) -> None:
     raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
 
@@ -199,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-type", choices=sorted(GPU_MEMORY_GIB), default=None,
                         help="the GPUs' type, for their memory (--plan: H100-80GB unless --gpu-memory-gib)")
     parser.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU, in GiB")
+    parser.add_argument("--metrics-export-port", type=int, default=_env_int("PLATFORM_METRICS_EXPORT_PORT"),
+                        help="port of the Ray metrics endpoint that Prometheus scrapes, for the Ray this starts "
+                             "(default: Ray picks one and this prints it)")
     parser.add_argument("--no-fit-check", action="store_true",
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
@@ -232,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"{args.config}: {err}", file=sys.stderr)
             return 1
-    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus, gpu_bytes=gpu_bytes)
+    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus, gpu_bytes=gpu_bytes,
+           metrics_port=args.metrics_export_port)
     if args.address is not None:
         return 0  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -23,6 +23,7 @@ from ray import serve
 
 from cloud.storage import resolve_model_source
 from common.devices import torch_device, torch_dtype
+from common.metrics import platform_metrics
 from common.input_errors import InputError
 from configs.server_models import MERGED_BATCHES, Capability
 from servers.base_engine import BaseEngine, EngineResponse
@@ -149,6 +150,7 @@ class BatchedEngine(BaseEngine):
         self.batches += 1
         self.batched_requests += len(jobs)
         self.largest_batch = max(self.largest_batch, len(jobs))
+        platform_metrics().batch_size.observe(len(jobs), {"model": self.entry.model_id})
         results = await self._run_groups(jobs)
         for batch, done in merged:
             if not done.done():  # a cancelled waiter takes no result

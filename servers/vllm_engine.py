@@ -18,6 +18,7 @@ from starlette.datastructures import State
 from starlette.responses import Response, StreamingResponse
 
 from cloud.storage import resolve_model_source
+from common.request_ids import current_request_id, engine_request_id
 from common.serve_env import STREAMING_ENV
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
@@ -70,6 +71,7 @@ class VLLMEngine(BaseEngine):
         import ray
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         group = ray.util.get_current_placement_group()
@@ -77,7 +79,9 @@ class VLLMEngine(BaseEngine):
             vllm_config.parallel_config.placement_group = group
         engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats)
+            enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats,
+            # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
+            stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
         self._count_aborts(engine)
         await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
@@ -124,7 +128,7 @@ class VLLMEngine(BaseEngine):
         args.allowed_local_media_path = ""
         args.allowed_origins = []  # vLLM's app allows every origin by default; the platform's CORS rules instead
         args.lora_modules = self._lora_modules()
-        args.disable_log_stats = kwargs.get("disable_log_stats", True)
+        args.disable_log_stats = kwargs.get("disable_log_stats", False)  # True: no vLLM engine metrics
         return args
 
     def _lora_modules(self):
@@ -181,7 +185,10 @@ class VLLMEngine(BaseEngine):
         if serve is None:
             return EngineResponse.error(400, f"model {self.entry.model_id!r} does not serve {capability.value}")
         try:
-            return await serve(parse_request(capability, body), None)
+            request = parse_request(capability, body)
+            if (request_id := current_request_id.get()) and hasattr(request, "request_id"):
+                request.request_id = engine_request_id(request_id)  # in vLLM's logs: <prefix>-<client's id>
+            return await serve(request, None)
         except InvalidRequest as err:
             return EngineResponse.error(400, err.message, param=err.param)
         except Exception as exc:  # vLLM raises its client errors; map them its own way

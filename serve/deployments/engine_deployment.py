@@ -9,6 +9,7 @@ from typing import Any
 from ray import serve
 
 from common.devices import replica_placement
+from common.request_ids import current_request_id
 from configs import MODEL_ENTRY_TYPES, ModelType
 from configs.server_models import BaseModelEntry, Capability
 from servers import engine_class
@@ -41,13 +42,16 @@ class EngineDeployment:
             return await self.variants[model_id].engine(variant)
         return self.engines[model_id]
 
-    async def handle(self, model_id: str, capability: str, body: dict[str, Any]) -> EngineResponse:
+    async def handle(self, model_id: str, capability: str, body: dict[str, Any],
+                     request_id: str | None = None) -> EngineResponse:
+        _adopt_request_id(request_id, model_id, capability)
         engine = await self._engine_for(model_id)
         return await engine.handle(Capability(capability), body)
 
     async def handle_stream(
-        self, model_id: str, capability: str, body: dict[str, Any]
+        self, model_id: str, capability: str, body: dict[str, Any], request_id: str | None = None
     ) -> AsyncIterator[str | EngineResponse]:
+        _adopt_request_id(request_id, model_id, capability)
         engine = await self._engine_for(model_id)
         stream = engine.handle_stream(Capability(capability), body)
         try:
@@ -115,3 +119,9 @@ class LoadedVariant:
         self.owner.loaded.remove(self.name)
         if self.engine is not self.owner.base:  # a variant with its own weights: free them
             await self.engine.shutdown()
+
+
+def _adopt_request_id(request_id: str | None, model_id: str, capability: str) -> None:
+    """The router's request id becomes this call's (the vLLM engine reads it from there), logged."""
+    current_request_id.set(request_id)
+    logger.info("%s %s request_id=%s", model_id, capability, request_id)

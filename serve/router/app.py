@@ -20,6 +20,7 @@ from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_f
 from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
+from serve.router.observed import ObservedRequests
 from serve.router.oip import install_oip_routes
 from serve.router.openapi_docs import openapi_description
 from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
@@ -135,6 +136,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
+    app.add_middleware(ObservedRequests, path="router")  # outermost: ids and metrics of every answer
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():
@@ -178,6 +180,7 @@ def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
         raise APIError(404, f"model {model!r} does not exist; available: {available}",
                        param="model", code="model_not_found")
     check_scope(request_key(request), route.model_id)
+    request.state.model_id = route.model_id  # the metrics' model label
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
         raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",

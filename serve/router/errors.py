@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.request_ids import current_request_id
+
 DONE_EVENT = "data: [DONE]\n\n"  # the last event of an OpenAI stream
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -27,14 +29,15 @@ class APIError(Exception):
 
     def response(self, request: Request | None = None) -> JSONResponse:
         if request is not None and is_oip_path(request):
-            return JSONResponse({"error": self.message}, status_code=self.status_code, headers=self.headers)
+            return JSONResponse(_with_request_id({"error": self.message}), status_code=self.status_code,
+                                headers=self.headers)
         return error_response(self.status_code, self.message, param=self.param, code=self.code,
                               headers=self.headers)
 
     def event(self) -> str:
         """The error as a server-sent event, for a stream that already began (its status is sent)."""
         error = {"message": self.message, "type": _error_type(self.status_code), "param": self.param, "code": self.code}
-        return f"data: {json.dumps({'error': error})}\n\n"
+        return f"data: {json.dumps({'error': _with_request_id(error)})}\n\n"
 
 
 def request_timeout(timeout_s: float) -> APIError:
@@ -49,8 +52,15 @@ def is_oip_path(request: Request) -> bool:
 
 def error_response(status_code: int, message: str, *, param: str | None = None,
                    code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _error_type(status_code), "param": param, "code": code}}
+    body = {"error": _with_request_id({"message": message, "type": _error_type(status_code), "param": param,
+                                       "code": code})}
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _with_request_id(error: dict) -> dict:
+    """The request's id, for the client to quote (it is in the ``X-Request-Id`` header too)."""
+    request_id = current_request_id.get()
+    return {**error, "request_id": request_id} if request_id else error
 
 
 def _error_type(status_code: int) -> str:

@@ -51,6 +51,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         route = settings.routes.get(name)
         if route is not None and route.tensors:
             check_scope(request_key(request), route.model_id)
+            request.state.model_id = route.model_id  # the metrics' model label
             return route
         if route is not None:
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")

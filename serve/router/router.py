@@ -11,6 +11,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from common.request_ids import current_request_id
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.errors import APIError, request_timeout
@@ -53,7 +54,8 @@ class ServeEngineCaller:
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
-            response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body)
+            response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body,
+                                                         current_request_id.get())
             try:
                 with _unavailable_as_503(route.deployment_name):
                     return await self._answer(route, deadline, response)
@@ -67,7 +69,8 @@ class ServeEngineCaller:
     async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
-            response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value, body)
+            response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value,
+                                                                             body, current_request_id.get())
             try:
                 with _unavailable_as_503(route.deployment_name):
                     first = await self._answer(route, deadline, anext(response, None))

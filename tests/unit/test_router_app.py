@@ -6,6 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from common.request_ids import current_request_id
 from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.router.app import create_router_app
@@ -33,11 +34,13 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 class FakeEngines:
     def __init__(self):
         self.calls = []
+        self.request_ids = []
         self.variants = []
         self.closed = asyncio.Event()
 
     async def call(self, route, capability, body):
         deployment = route.deployment_name
+        self.request_ids.append(current_request_id.get())
         self.calls.append((deployment, capability, body))
         self.variants.append(route.variant)
         return EngineResponse.json({"deployment": deployment, "capability": capability.value})
@@ -73,7 +76,8 @@ def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
 def assert_openai_error(response, status, code=None, param=None):
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert {"message", "type", "param", "code"} <= set(error) <= {"message", "type", "param", "code", "request_id"}
+    assert error.get("request_id", response.headers["x-request-id"]) == response.headers["x-request-id"]
     assert error["message"]
     if code is not None:
         assert error["code"] == code
@@ -313,3 +317,18 @@ def test_a_scoped_key_uses_only_its_models():
     assert refused.status_code == 403 and "may not use model 'vit'" in refused.json()["error"]
     assert c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=everything).status_code == 200
     assert len(c.get("/v1/models", headers=everything).json()["data"]) == len(TENSOR_ROUTES)
+
+
+@pytest.mark.parametrize("sent,kept", [("client-42", True), ("a" * 129, False), ("has space", False), (None, False)])
+def test_every_answer_carries_the_request_id_and_the_engine_gets_it(sent, kept):
+    http, engines = client()
+    headers = {"X-Request-Id": sent} if sent else {}
+    answered = http.post("/v1/chat/completions", json=CHAT, headers=headers)
+    refused = http.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=headers)
+    (request_id,) = engines.request_ids
+    assert refused.status_code == 404
+    if kept:  # Serve's own middleware returns the header it was sent (the integration tests see it)
+        assert request_id == sent == refused.json()["error"]["request_id"]
+    else:
+        assert answered.headers["x-request-id"] == request_id != sent and len(request_id) == 32
+        assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"] != request_id
