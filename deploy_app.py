@@ -5,6 +5,7 @@
     python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
     python deploy_app.py --config model_config.yaml --plan --gpu-type L4   # where replicas land, GPU memory
     python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
+    python deploy_app.py status                                       # every model's phase (exit 0: all ready)
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
 nothing), renders each model as its own application (``builders/render.py``) and applies
@@ -80,8 +81,9 @@ def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any
 
 
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
-           num_gpus: int | None = None, gpu_bytes: int | None = None, metrics_port: int | None = None) -> None:
-    """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live."""
+           num_gpus: int | None = None, gpu_bytes: int | None = None, metrics_port: int | None = None) -> bool:
+    """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live;
+    False when a model failed to start (the others serve)."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve._private.constants import SERVE_NAMESPACE
@@ -106,7 +108,10 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
         controller_options=schema.controller_options,
     )
     client.deploy_apps(schema, _blocking=False)
-    wait_until_live([app.name for app in schema.applications])
+    failed = wait_until_live([app.name for app in schema.applications])
+    if failed:  # the others serve; `deploy_app.py status` shows why these did not start
+        print(f"failed to start: {', '.join(failed)} (see `python deploy_app.py status`); the other models serve",
+              file=sys.stderr, flush=True)
     http = schema.http_options
     here = ray.util.get_node_ip_address()
     for node in ray.nodes():
@@ -115,26 +120,32 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
                   flush=True)
             break
     print(f"ready: http://{http.host}:{http.port}/v1", flush=True)
+    return not failed
 
 
-def wait_until_live(names: list[str]) -> None:
-    """Block until every application in ``names`` runs and no other is left; print each change."""
+def wait_until_live(names: list[str]) -> list[str]:
+    """Block until every application in ``names`` runs or has failed and no other is left,
+    printing each model's phase as it changes; the applications that failed."""
     from ray import serve
+
+    from serve.platform_status import read_phases
 
     print(f"applying {len(names)} applications: {', '.join(names)}", flush=True)
     shown: dict[str, str] = {}
     while True:
         statuses = serve.status().applications
         for name, status in statuses.items():
-            line = status.status.value if hasattr(status.status, "value") else str(status.status)
-            if shown.get(name) != line:
-                print(f"  {name}: {line}" + (" (being removed)" if name not in names else ""), flush=True)
-                shown[name] = line
-        failed = {n: s.message for n, s in statuses.items() if n in names and s.status == "DEPLOY_FAILED"}
-        if failed:
-            raise SystemExit(f"deploy failed: {failed}")
-        if set(statuses) == set(names) and all(s.status == "RUNNING" for s in statuses.values()):
-            return
+            if name not in names and shown.get(name) != "removing":
+                print(f"  {name}: being removed", flush=True)
+                shown[name] = "removing"
+        for phase in read_phases():
+            line = f"{phase.phase}: {phase.detail}"
+            if shown.get(phase.app) != line:
+                print(f"  {phase.app} ({','.join(phase.model_ids)}) {line}", flush=True)
+                shown[phase.app] = line
+        failed = [n for n, s in statuses.items() if n in names and s.status == "DEPLOY_FAILED"]
+        if set(statuses) == set(names) and all(s.status == "RUNNING" or n in failed for n, s in statuses.items()):
+            return failed
         time.sleep(READY_POLL_S)
 
 
@@ -193,7 +204,30 @@ def _stop_on_sigterm(*_: Any) -> None:
     raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
 
 
+def status(argv: list[str]) -> int:
+    """``deploy_app.py status [--address ADDRESS]``: every model's phase; 0 when all are ready."""
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    from serve.platform_status import READY, describe, read_phases
+
+    parser = argparse.ArgumentParser(prog="deploy_app.py status", description=status.__doc__)
+    parser.add_argument("--address", default="auto", help="the Ray cluster (default: the one on this machine)")
+    args = parser.parse_args(argv)
+    try:
+        ray.init(address=args.address, namespace=SERVE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        phases = read_phases()
+    except Exception as err:  # no Ray there, or no Serve on it
+        print(f"no platform found at {args.address}: {err}", file=sys.stderr)
+        return 1
+    print(describe(phases))
+    return 0 if phases and all(p.phase == READY for p in phases) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
@@ -249,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"{args.config}: {err}", file=sys.stderr)
             return 1
-    deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus, gpu_bytes=gpu_bytes,
-           metrics_port=args.metrics_export_port)
+    all_started = deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus,
+                         gpu_bytes=gpu_bytes, metrics_port=args.metrics_export_port)
     if args.address is not None:
-        return 0  # applied to a running platform, which keeps serving
+        return 0 if all_started else 1  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while True:

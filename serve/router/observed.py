@@ -44,6 +44,11 @@ class ObservedRequests:
         if self.engine_header:
             headers = [(k, v) for k, v in scope["headers"] if k != _HEADER]
             scope = {**scope, "headers": headers + [(_HEADER, engine_request_id(request_id).encode())]}
+        # Starlette streams an ASGI >= 2.4 response without listening for the client's disconnect
+        # and leaves the body's generator to the garbage collector, so vLLM (or the router's relay)
+        # would generate to the end for a client that left. Below 2.4 it listens and cancels the
+        # stream at once, which aborts the generation.
+        scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}
         token = current_request_id.set(request_id)
         # Serve's own middleware has already given the request an id (the client's, or one it made)
         # and returns it; the answer gets ours only where it differs (the client's was unusable).

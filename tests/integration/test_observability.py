@@ -1,5 +1,6 @@
-"""Per-model metrics scraped from Ray's own metrics endpoint after known traffic, and request ids
-from the client to the response, the error body and the router's, the engine's and vLLM's logs.
+"""Per-model metrics scraped from Ray's own metrics endpoint after known traffic; request ids
+from the client to the response, the error body and the router's, the engine's and vLLM's logs;
+a model that cannot start, its phase and error in ``deploy_app.py status`` while the others serve.
 
 A platform of its own (tiny-chat on vLLM, tiny-vit batching) whose Ray exports metrics every
 second on a known port.
@@ -7,7 +8,11 @@ second on a known port.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,9 +20,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import API_KEY, _free_port, auth_headers, platform_env, running_platform
+from tests.integration.conftest import (API_KEY, ROOT, STARTUP_TIMEOUT_S, _free_port, auth_headers, deploy_command,
+                                       platform_env, running_platform)
 from tests.integration.test_openai_api import HELLO
 from tests.media_files import b64, image_file, infer_body
 
@@ -145,3 +152,45 @@ def test_the_request_id_goes_from_the_client_to_the_answer_and_every_log(platfor
     for request_id in ("obs-router-7", "obs-direct-8"):
         assert any(re.search(rf"chatcmpl-[0-9a-f]{{8}}-{request_id}", line) for line in lines_with(request_id)), \
             lines_with(request_id)
+
+
+def test_a_model_that_cannot_start_shows_why_while_the_others_serve(tmp_path):
+    """One model's weights cannot be found: `deploy_app.py status` names its error while the
+    replica is retried and after Serve gives up, the other model serves, and the deploy says so."""
+    bad = {**VIT, "model_loading_config": {"model_id": "bad-vit", "model_source": "no-such-org/no-such-model",
+                                           "type": "vision"}}
+    port, env = _free_port(), platform_env(ray_temp_dir())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
+                          "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
+                          "args": {"models": [VIT, bad], "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}))
+    log_path = tmp_path / "platform.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(deploy_command(path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        seen: list[str] = []
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while "ready: http" not in log_path.read_text() and time.time() < deadline and proc.poll() is None:
+            status = subprocess.run([sys.executable, "deploy_app.py", "status"], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=120)
+            seen += [line for line in status.stdout.splitlines() if "bad-vit" in line]
+            time.sleep(2)
+        output = log_path.read_text()
+        assert "ready: http" in output, output[-4000:]
+        assert "failed to start: platform.bad-vit" in output and "the other models serve" in output
+        # While Serve retried the replica, and once it gave up, the status named the replica's error.
+        assert any(re.search(r"bad-vit\s+(failing|failed)\s+.*(couldn't|Error)", line) for line in seen), seen
+        final = subprocess.run([sys.executable, "deploy_app.py", "status"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert final.returncode == 1, final.stdout + final.stderr
+        rows = {line.split()[1]: line.split()[2] for line in final.stdout.splitlines()[1:]}
+        assert rows == {"tiny-vit": "ready", "bad-vit": "failed"}, final.stdout
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny-vit/infer", headers=auth_headers(), timeout=60,
+                            json=infer_body([b64(image_file())], "image"))
+        assert answer.status_code == 200, answer.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(120)

@@ -118,10 +118,11 @@ def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
     aborted_before = _stats(platform_url)["requests_aborted"]
     with httpx.Client(headers=auth_headers(), timeout=60) as c:
         with c.stream("POST", f"{platform_url}/models/{CHAT}/v1/chat/completions", json=body) as response:
-            assert next(response.iter_lines()).startswith("data: ")
+            first = next(response.iter_lines())
+            assert response.status_code == 200 and first.startswith("data: {") and '"error"' not in first, first
     stats = wait_for_stats(lambda: _stats(platform_url),
                            lambda s: s["requests_aborted"] > aborted_before and s["unfinished_requests"] == 0)
-    assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, stats
+    assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, (stats, first)
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
 
 
