@@ -126,25 +126,23 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
 def wait_until_live(names: list[str]) -> list[str]:
     """Block until every application in ``names`` runs or has failed and no other is left,
     printing each model's phase as it changes; the applications that failed."""
-    from ray import serve
-
-    from serve.platform_status import read_phases
+    from serve.platform_status import read_deploy_state
 
     print(f"applying {len(names)} applications: {', '.join(names)}", flush=True)
     shown: dict[str, str] = {}
     while True:
-        statuses = serve.status().applications
-        for name, status in statuses.items():
+        statuses, phases = read_deploy_state()
+        for name in statuses:
             if name not in names and shown.get(name) != "removing":
                 print(f"  {name}: being removed", flush=True)
                 shown[name] = "removing"
-        for phase in read_phases():
+        for phase in phases:
             line = f"{phase.phase}: {phase.detail}"
             if shown.get(phase.app) != line:
                 print(f"  {phase.app} ({','.join(phase.model_ids)}) {line}", flush=True)
                 shown[phase.app] = line
-        failed = [n for n, s in statuses.items() if n in names and s.status == "DEPLOY_FAILED"]
-        if set(statuses) == set(names) and all(s.status == "RUNNING" or n in failed for n, s in statuses.items()):
+        failed = [n for n, status in statuses.items() if n in names and status == "DEPLOY_FAILED"]
+        if set(statuses) == set(names) and all(status == "RUNNING" or n in failed for n, status in statuses.items()):
             return failed
         time.sleep(READY_POLL_S)
 

@@ -32,10 +32,6 @@ TRANSFORMERS_ACTIVATION_FRACTION = 0.2  # a forward pass of a batch, against the
 LOGIT_BYTES = 8  # float32 logits and their probabilities, per vocabulary entry and sampled sequence
 
 
-class GPUMemoryError(ValueError):
-    """A replica that cannot fit its GPU memory."""
-
-
 @dataclass(frozen=True)
 class ModelMemory:
     """One model's memory on each GPU of its replica, in bytes; None where the files are out of reach."""
@@ -53,22 +49,22 @@ def estimate_replica(spec: DeploymentSpec, gpu_bytes: int | None) -> list[ModelM
     share = replica_shape(spec.options).bundles[0][0]
     if not share:
         return []
-    replica_budget = int(min(share, 1) * gpu_bytes) if gpu_bytes else None
-    return [_vllm_memory(m, gpu_bytes) if m.model_loading_config.type is ModelType.VLLM
-            else _transformers_memory(m, replica_budget) for m in spec.models]
+    share_bytes = int(min(share, 1) * gpu_bytes) if gpu_bytes else None
+    return [_vllm_memory(m, gpu_bytes, share_bytes) if m.model_loading_config.type is ModelType.VLLM
+            else _transformers_memory(m, share_bytes) for m in spec.models]
 
 
-def check_replica(spec: DeploymentSpec, models: list[ModelMemory], gpu_bytes: int) -> None:
-    """Refuse a replica that cannot run: a model past its budget, or models past the share."""
-    for model in models:
-        if model.needs is not None and model.budget is not None and model.needs > model.budget:
-            raise GPUMemoryError(f"{spec.name}: {model.model_id} needs {_gib(model.needs)} GiB per GPU "
-                               f"({model.detail}) but may take {_gib(model.budget)} GiB")
+def replica_problems(spec: DeploymentSpec, models: list[ModelMemory], gpu_bytes: int) -> list[str]:
+    """Why a replica cannot run (empty: it can): a model past its budget, or models past the share."""
+    problems = [f"{spec.name}: {m.model_id} needs {_gib(m.needs)} GiB per GPU ({m.detail}) but may take "
+                f"{_gib(m.budget)} GiB" for m in models
+                if m.needs is not None and m.budget is not None and m.needs > m.budget]
     share = min(replica_shape(spec.options).bundles[0][0], 1)
     total = sum(m.takes for m in models if m.takes is not None)
     if len(models) > 1 and total > share * gpu_bytes:
-        raise GPUMemoryError(f"{spec.name}: its models take {_gib(total)} GiB together, more than its GPU share "
-                           f"({share:g} x {_gib(gpu_bytes)} GiB)")
+        problems.append(f"{spec.name}: its models take {_gib(total)} GiB together, more than its GPU share "
+                        f"({share:g} x {_gib(gpu_bytes)} GiB)")
+    return problems
 
 
 def describe_memory(models: list[ModelMemory]) -> str:
@@ -82,11 +78,14 @@ def describe_memory(models: list[ModelMemory]) -> str:
     return taken if taken == needed else f"{taken} (needs {needed})"
 
 
-def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None) -> ModelMemory:
+def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int | None) -> ModelMemory:
+    """``share_bytes``: the replica's share of one GPU, the budget when ``kv_cache_memory_bytes``
+    (not ``gpu_memory_utilization``) sizes the KV cache."""
     kwargs = {**model.engine_kwargs, **model.engine_overrides()}
-    config = read_model_config(os.path.expanduser(model.model_loading_config.model_source))
     source = os.path.expanduser(model.model_loading_config.model_source)
-    weights = _weight_bytes(source, config, _vllm_dtype_bytes(kwargs.get("dtype", "auto"), config))
+    config = read_model_config(source)
+    dtype_bytes = _vllm_dtype_bytes(kwargs.get("dtype", "auto"), config)
+    weights = _weight_bytes(source, config, dtype_bytes)
     if config is None or weights is None:
         return ModelMemory(model.model_id, None, None, None, detail="model files out of reach")
     text = text_config(config)
@@ -96,7 +95,6 @@ def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None) -> ModelMemory:
     batched = kwargs.get("max_num_batched_tokens") or (8192 if large_gpu else 2048)
     max_len = kwargs.get("max_model_len") or text.get("max_position_embeddings") or 2048
     kv_dtype = kwargs.get("kv_cache_dtype", "auto")
-    dtype_bytes = _vllm_dtype_bytes(kwargs.get("dtype", "auto"), config)
     per_token = kv_bytes_per_token(config, DTYPE_BYTES.get(kv_dtype, dtype_bytes), tp, pp) or 0
     activations = batched * (4 * text.get("hidden_size", 0) + 2 * text.get("intermediate_size", 0)) * dtype_bytes
     activations += max_seqs * text.get("vocab_size", 0) * LOGIT_BYTES
@@ -107,7 +105,7 @@ def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None) -> ModelMemory:
               f"{_gib(per_token * max_len)}, activations {_gib(activations)}, CUDA graphs and context {_gib(overhead)}")
     if kwargs.get("kv_cache_memory_bytes"):
         takes = fixed + kwargs["kv_cache_memory_bytes"]
-        budget = _share_bytes(model, gpu_bytes)
+        budget = share_bytes
         kv_room = kwargs["kv_cache_memory_bytes"]
     else:
         budget = int(kwargs.get("gpu_memory_utilization", 0.9) * gpu_bytes) if gpu_bytes else None
@@ -142,11 +140,6 @@ def _vllm_dtype_bytes(dtype: str, config: dict | None) -> int:
         return DTYPE_BYTES.get(dtype, 2)
     stored = (config or {}).get("torch_dtype") or (config or {}).get("dtype") or "bfloat16"
     return min(DTYPE_BYTES.get(stored, 2), 2)
-
-
-def _share_bytes(model: BaseModelEntry, gpu_bytes: int | None) -> int | None:
-    share = model.deployment_config.ray_actor_options.num_gpus or 1
-    return int(min(share, 1) * gpu_bytes) if gpu_bytes else None
 
 
 def _gib(value: int) -> str:

@@ -26,6 +26,7 @@ SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own cap on a header
 
 
+@functools.cache  # read once per process: the plan's table and the fit check both estimate
 def read_model_config(source: str) -> dict[str, Any] | None:
     """``config.json`` of a local model directory or a Hub repository (None when out of reach:
     offline, a cloud URI, a private repository without a token)."""
@@ -60,6 +61,7 @@ def hub_reachable() -> bool:
         return False
 
 
+@functools.cache
 def stored_weight_bytes(source: str) -> int | None:
     """Bytes of the weights as stored (quantized checkpoints included): the sum of every tensor in
     the safetensors headers, read locally or from the Hub without downloading the weights."""

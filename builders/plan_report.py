@@ -4,7 +4,7 @@ replicas cannot fit their GPUs' memory."""
 
 from __future__ import annotations
 
-from builders.gpu_memory import GPUMemoryError, ModelMemory, check_replica, describe_memory, estimate_replica
+from builders.gpu_memory import ModelMemory, describe_memory, estimate_replica, replica_problems
 from common.text_table import format_table
 from configs import LoadedConfig
 from configs.server_models import replica_range, replica_shape
@@ -21,14 +21,8 @@ def memory_estimates(loaded: dict[str, LoadedConfig], gpu_bytes: int | None) -> 
 
 def check_memory(loaded: dict[str, LoadedConfig], estimates: dict[str, list[ModelMemory]], gpu_bytes: int) -> list[str]:
     """Why each replica that cannot fit its GPU memory fails (empty: they all fit)."""
-    problems = []
-    for config in loaded.values():
-        for spec in config.deployments():
-            try:
-                check_replica(spec, estimates[spec.name], gpu_bytes)
-            except GPUMemoryError as err:
-                problems.append(str(err))
-    return problems
+    return [problem for config in loaded.values() for spec in config.deployments()
+            for problem in replica_problems(spec, estimates[spec.name], gpu_bytes)]
 
 
 def describe_plan(loaded: dict[str, LoadedConfig], estimates: dict[str, list[ModelMemory]]) -> str:

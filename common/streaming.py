@@ -54,3 +54,8 @@ async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> A
         if aclose is not None:
             with contextlib.suppress(Exception):
                 await aclose()
+
+
+def is_event_stream(headers) -> bool:
+    """Whether the headers of an ASGI ``http.response.start`` announce server-sent events."""
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers or ())

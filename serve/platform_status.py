@@ -85,8 +85,15 @@ def describe(phases: list[ModelPhase]) -> str:
 
 def read_phases() -> list[ModelPhase]:
     """The phases on the Ray cluster this process is connected to."""
+    return read_deploy_state()[1]
+
+
+def read_deploy_state() -> tuple[dict[str, str], list[ModelPhase]]:
+    """Every application's status (``RUNNING``, ``DEPLOY_FAILED``, ...) and every model's phase,
+    from one read of the Serve controller."""
     from ray._private.state import available_resources_per_node
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()
-    return model_phases(details, list(available_resources_per_node().values()))
+    statuses = {name: app.get("status") for name, app in (details.get("applications") or {}).items()}
+    return statuses, model_phases(details, list(available_resources_per_node().values()))

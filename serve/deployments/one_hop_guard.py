@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.streaming import is_event_stream
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
@@ -108,7 +109,7 @@ class _AnswerState:
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.started = True
-            self.events = dict(message.get("headers") or []).get(b"content-type", b"").startswith(b"text/event-stream")
+            self.events = is_event_stream(message.get("headers"))
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)
@@ -126,7 +127,7 @@ def _metered_send(send: Send, meter: StreamMeter | None, spend, keep_usage_heade
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers") or [])
             started.update(status=message["status"], usage=headers.get(usage_header),
-                           events=headers.get(b"content-type", b"").startswith(b"text/event-stream"))
+                           events=is_event_stream(message.get("headers")))
             if not keep_usage_header:
                 message = {**message, "headers": [(k, v) for k, v in message.get("headers") or []
                                                   if k.lower() != usage_header]}

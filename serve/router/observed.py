@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.metrics import platform_metrics
+from common.streaming import is_event_stream
 from common.request_ids import REQUEST_ID_HEADER, accept_request_id, current_request_id, engine_request_id
 
 logger = logging.getLogger("ray.serve")
@@ -41,14 +42,14 @@ class ObservedRequests:
             return await self.app(scope, receive, send)
         sent = next((v for k, v in scope["headers"] if k == _HEADER), None)
         request_id = accept_request_id(sent)
-        if self.engine_header:
-            headers = [(k, v) for k, v in scope["headers"] if k != _HEADER]
-            scope = {**scope, "headers": headers + [(_HEADER, engine_request_id(request_id).encode())]}
         # Starlette streams an ASGI >= 2.4 response without listening for the client's disconnect
         # and leaves the body's generator to the garbage collector, so vLLM (or the router's relay)
         # would generate to the end for a client that left. Below 2.4 it listens and cancels the
         # stream at once, which aborts the generation.
         scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}
+        if self.engine_header:
+            headers = [(k, v) for k, v in scope["headers"] if k != _HEADER]
+            scope["headers"] = headers + [(_HEADER, engine_request_id(request_id).encode())]
         token = current_request_id.set(request_id)
         # Serve's own middleware has already given the request an id (the client's, or one it made)
         # and returns it; the answer gets ours only where it differs (the client's was unusable).
@@ -104,7 +105,7 @@ class _Answer:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]  # vLLM's own
-            self.stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            self.stream = is_event_stream(headers)
             message = {**message, "headers": headers + ([(_HEADER, self._id)] if self._id else [])}
         elif message["type"] == "http.response.body" and (body := message.get("body", b"")):
             if self.stream:
