@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
 
 async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> AsyncIterator[str]:
     """Re-yield ``source``, joining the chunks that arrive between two sends.
@@ -59,3 +63,21 @@ async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> A
 def is_event_stream(headers) -> bool:
     """Whether the headers of an ASGI ``http.response.start`` announce server-sent events."""
     return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers or ())
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that closes its body's generator when the stream ends, however.
+
+    When the client leaves while a chunk is being sent, Starlette cancels the send and leaves
+    the generator suspended at its ``yield`` for the garbage collector to close, possibly much
+    later; until then the engine call behind it goes on generating for nobody.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):  # the stream's task is being cancelled
+                    await aclose()

@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
+from common.streaming import ClosingStreamingResponse
 from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      metered, meters_tokens, response_tokens)
@@ -228,4 +229,4 @@ async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
         finally:
             await chunks.aclose()  # client gone: cancels the engine call, which aborts generation
 
-    return StreamingResponse(relay(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return ClosingStreamingResponse(relay(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,8 +1,9 @@
 import asyncio
+import gc
 
 import pytest
 
-from common.streaming import coalesce
+from common.streaming import ClosingStreamingResponse, coalesce
 
 
 async def _source(items, delay, state):
@@ -67,3 +68,36 @@ async def test_min_interval_sends_the_first_chunk_at_once_and_batches_the_rest()
     assert len(arrivals) < 10
     gaps = [b - a for (a, _), (b, _) in zip(arrivals, arrivals[1:])]
     assert min(gaps) >= 0.025
+
+
+@pytest.mark.asyncio
+async def test_a_client_leaving_during_a_send_closes_the_body_at_once():
+    # Starlette (ASGI 2.3) cancels the stream when the client's disconnect arrives; here it does
+    # while a chunk is being sent, with the generator suspended at its yield.
+    closed = asyncio.Event()
+
+    async def body():
+        try:
+            while True:
+                yield "data: x\n\n"
+        finally:
+            closed.set()
+
+    sending = asyncio.Event()
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            sending.set()
+            await asyncio.Event().wait()  # a client that stopped reading
+
+    async def receive():
+        await sending.wait()
+        return {"type": "http.disconnect"}
+
+    gc.disable()  # the close must not wait for the garbage collector
+    try:
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+        await ClosingStreamingResponse(body(), media_type="text/event-stream")(scope, receive, send)
+        assert closed.is_set()
+    finally:
+        gc.enable()
