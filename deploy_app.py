@@ -5,6 +5,7 @@
     python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
     python deploy_app.py --config model_config.yaml --plan --gpu-type L4   # where replicas land, GPU memory
     python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
+    python deploy_app.py --config model_config.yaml --render --working-dir /shared/code   # ... with the code shipped
     python deploy_app.py status                                       # every model's phase (exit 0: all ready)
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from builders.render import PLATFORM_IMPORT_PATH, render_serve_config
+from builders.shipped_code import with_shipped_code, working_dir_uri
 from common.serve_env import apply_streaming_env
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from builders.gpu_memory import GPU_MEMORY_GIB, cluster_gpu_type, gpu_bytes_for
@@ -248,12 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-export-port", type=int, default=_env_int("PLATFORM_METRICS_EXPORT_PORT"),
                         help="port of the Ray metrics endpoint that Prometheus scrapes, for the Ray this starts "
                              "(default: Ray picks one and this prints it)")
+    parser.add_argument("--working-dir", default=None, metavar="DIR_OR_URI",
+                        help="ship the platform's code in every application's runtime_env, for a cluster that "
+                             "does not run in this repository: a directory (the code's zip is written there, "
+                             "named by a file:// URI) or the URI of that zip uploaded elsewhere (s3://, gs://, https://)")
     parser.add_argument("--no-fit-check", action="store_true",
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
     args = parser.parse_args(argv)
     try:
         raw = load_yaml(args.config)
         _, loaded = validate_serve_config(raw)
+        if args.working_dir:
+            raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
         schema = rendered_schema(raw, loaded)
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)

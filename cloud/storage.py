@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cloud.download_progress import DownloadWatch, bytes_under, hub_download_bytes
 from configs.server_models import CLOUD_SCHEMES
 
 COMPLETE = ".complete"  # written last into a finished copy
@@ -44,7 +45,7 @@ def download_from_cloud(uri: str, cache_dir: Path) -> Path:
     except ImportError as exc:  # pragma: no cover - pyarrow is in requirements.txt
         raise RuntimeError(f"loading {uri} needs pyarrow: pip install pyarrow") from exc
 
-    target = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_path(uri, cache_dir)
     if (target / COMPLETE).exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,50 @@ def download_from_cloud(uri: str, cache_dir: Path) -> Path:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def cache_path(uri: str, cache_dir: Path) -> Path:
+    """Where the copy of ``uri`` lives once complete (``<it>.partial-*`` while it is made)."""
+    return cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def download_watch(source: str, key: str, cache_dir: Path = DEFAULT_CACHE) -> contextlib.AbstractContextManager:
+    """A watch that publishes, under ``key``, how much of ``source`` the node has while it loads;
+    nothing to watch for local paths and models already here."""
+    if source.startswith(CLOUD_SCHEMES):
+        target = cache_path(source, cache_dir.expanduser())
+        if (target / COMPLETE).exists():
+            return contextlib.nullcontext()
+        partial = lambda: bytes_under([target, *target.parent.glob(target.name + ".partial-*")])  # noqa: E731
+        return DownloadWatch(key, partial, _cloud_total(source))
+    if os.path.exists(os.path.expanduser(source)) or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return contextlib.nullcontext()
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(HF_HUB_CACHE) / repo_folder_name(repo_id=source, repo_type="model") / "blobs"
+    return DownloadWatch(key, lambda: bytes_under([blobs]), _hub_total(source))
+
+
+def _cloud_total(uri: str) -> int | None:
+    try:
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(uri.replace("gcs://", "gs://", 1))
+        infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+        return sum(info.size or 0 for info in infos if info.type == fs.FileType.File)
+    except Exception:  # no listing: progress without a total; the copy itself reports real errors
+        return None
+
+
+def _hub_total(repo_id: str) -> int | None:
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(repo_id, files_metadata=True, timeout=10)
+        return hub_download_bytes((s.rfilename, s.size or 0) for s in info.siblings or ())
+    except Exception:  # offline, private without a token, unknown id: the loader reports real errors
+        return None
 
 
 @contextlib.contextmanager

@@ -3,9 +3,13 @@ free resources (``deploy_app.py status``, and the progress lines while ``deploy_
 
 - ``waiting``: a replica Ray cannot place yet, with what it needs and the most any node has free
   ("needs GPU 0.4, CPU 1; largest free on a node: GPU 0.2, CPU 6");
-- ``loading``: replicas placed and starting (downloading and loading weights, starting vLLM);
+- ``downloading``: a replica fetching the model's files, with the bytes it has of the total
+  (``cloud/download_progress.py``);
+- ``loading``: replicas placed and starting (loading weights, starting vLLM);
 - ``failing``: replicas that failed to start while Serve retries, with the replica's error;
 - ``ready``: every replica running; ``failed``: Serve gave up, with the replica's error.
+
+``/ready`` shows the same phase for each model that is not ready.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from builders.render import MODEL_APP_IMPORT_PATH
+from cloud.download_progress import Download, read_downloads
 from common.text_table import format_table
 
-READY, WAITING, LOADING, FAILING, FAILED = "ready", "waiting", "loading", "failing", "failed"
+READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = "ready", "waiting", "downloading", "loading", "failing", "failed"
+UNAVAILABLE = "unavailable"  # not ready, and the controller tells no more (one-application mode)
 SHOWN_RESOURCES = ("GPU", "CPU", "memory")
 
 
@@ -28,8 +34,10 @@ class ModelPhase:
     detail: str
 
 
-def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]]) -> list[ModelPhase]:
-    """The phase of every model application in ``details`` (Serve's ``get_serve_details()``)."""
+def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
+                 downloads: dict[str, Download] | None = None) -> list[ModelPhase]:
+    """The phase of every model application in ``details`` (Serve's ``get_serve_details()``);
+    ``downloads``: the replicas' download progress by ``<app>/<model_id>``."""
     phases = []
     for app_name, app in sorted((details.get("applications") or {}).items()):
         config = app.get("deployed_app_config") or {}
@@ -41,8 +49,24 @@ def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]])
             phases.append(ModelPhase(app_name, model_ids, LOADING, app.get("message") or "building the application"))
             continue
         for deployment in deployments:
-            phases.append(ModelPhase(app_name, model_ids, *_phase(deployment, free_per_node)))
+            phase, detail = _phase(deployment, free_per_node)
+            phases.append(ModelPhase(app_name, model_ids, *_with_downloads(phase, detail, app_name, model_ids,
+                                                                           downloads or {})))
     return phases
+
+
+def _with_downloads(phase: str, detail: str, app: str, model_ids: tuple[str, ...],
+                    downloads: dict[str, Download]) -> tuple[str, str]:
+    """A loading model whose weights are still arriving is downloading (bytes of total); a
+    ready one says what it downloaded."""
+    own = {model_id: downloads[f"{app}/{model_id}"] for model_id in model_ids if f"{app}/{model_id}" in downloads}
+    arriving = {model_id: d for model_id, d in own.items() if not d.finished}
+    named = (lambda model_id: f"{model_id} " if len(model_ids) > 1 else "")  # noqa: E731
+    if phase == LOADING and arriving:
+        return DOWNLOADING, "; ".join(named(m) + d.describe() for m, d in arriving.items())
+    if phase == READY and own:
+        return phase, "; ".join([detail] + [named(m) + d.describe() for m, d in own.items() if d.finished])
+    return phase, detail
 
 
 def _phase(deployment: dict[str, Any], free_per_node: list[dict[str, float]]) -> tuple[str, str]:
@@ -88,6 +112,11 @@ def read_phases() -> list[ModelPhase]:
     return read_deploy_state()[1]
 
 
+def phases_by_model() -> dict[str, ModelPhase]:
+    """Each model's phase (from the Ray cluster this process is in), by model id."""
+    return {model_id: phase for phase in read_phases() for model_id in phase.model_ids}
+
+
 def read_deploy_state() -> tuple[dict[str, str], list[ModelPhase]]:
     """Every application's status (``RUNNING``, ``DEPLOY_FAILED``, ...) and every model's phase,
     from one read of the Serve controller."""
@@ -96,4 +125,4 @@ def read_deploy_state() -> tuple[dict[str, str], list[ModelPhase]]:
 
     details = _get_global_client().get_serve_details()
     statuses = {name: app.get("status") for name, app in (details.get("applications") or {}).items()}
-    return statuses, model_phases(details, list(available_resources_per_node().values()))
+    return statuses, model_phases(details, list(available_resources_per_node().values()), read_downloads())

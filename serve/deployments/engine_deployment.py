@@ -8,6 +8,8 @@ from typing import Any
 
 from ray import serve
 
+from cloud.download_progress import progress_key
+from cloud.storage import download_watch
 from common.devices import replica_placement
 from common.request_ids import current_request_id
 from configs import MODEL_ENTRY_TYPES, ModelType
@@ -31,7 +33,9 @@ class EngineDeployment:
         for raw in entries:
             entry = _validated(raw)
             self.engines[entry.model_id] = engine_class(entry.model_loading_config.type)(entry)
-            await self.engines[entry.model_id].start()
+            # while the weights arrive, `deploy_app.py status` and /ready show how far they got
+            with download_watch(entry.model_loading_config.model_source, progress_key(_app_name(), entry.model_id)):
+                await self.engines[entry.model_id].start()
         self.variants = {model_id: Variants(engine) for model_id, engine in self.engines.items()
                          if engine.entry.multiplex_config}
 
@@ -81,6 +85,10 @@ class EngineDeployment:
     async def __del__(self) -> None:
         for engine in self.engines.values():
             await engine.shutdown()
+
+
+def _app_name() -> str:
+    return serve.get_replica_context().app_name
 
 
 def _validated(raw: dict[str, Any]) -> BaseModelEntry:

@@ -15,6 +15,7 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from common.streaming import ClosingStreamingResponse
+from serve.platform_status import READY, UNAVAILABLE, ModelPhase
 from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      metered, meters_tokens, response_tokens)
@@ -55,6 +56,9 @@ class EngineCaller(Protocol):
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
 
+    async def phases(self) -> dict[str, ModelPhase]:
+        """Each model's phase, by model id (only asked when a model is not ready)."""
+
 
 def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None) -> FastAPI:
     """``limits``: the platform's per-key request limits (None: keys are not rate limited)."""
@@ -74,9 +78,16 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     async def readiness(request: Request) -> JSONResponse:
         bases = [r for r in _visible(request, settings.routes).values() if r.variant is None]
         states = await deployment_states(engines, bases)
-        models = {r.model_id: {"ready": states[r.deployment_name] is not None, **(states[r.deployment_name] or {})}
-                  for r in bases}
+        models = {r.model_id: {"ready": states[r.deployment_name] is not None, "phase": READY,
+                               **(states[r.deployment_name] or {})} for r in bases}
         ready = all(state is not None for state in states.values())
+        if not ready:  # why not: each such model's phase from the controller (read only then)
+            phases = await engines.phases()
+            for model_id, model in models.items():
+                if not model["ready"]:
+                    phase = phases.get(model_id)
+                    model["phase"] = phase.phase if phase else UNAVAILABLE
+                    model["phase_detail"] = phase.detail if phase else "no replica answered"
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                             status_code=200 if ready else 503)
 

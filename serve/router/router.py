@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from common.request_ids import current_request_id
 from configs.server_models import Capability
+from serve.platform_status import ModelPhase, phases_by_model
 from serve.router.app import create_router_app
 from serve.router.errors import APIError, request_timeout
 from serve.router.key_limits import KeyLimits
@@ -124,6 +125,14 @@ class ServeEngineCaller:
         if state is None or state == "UPDATING":  # no word from the controller, or a rollout
             return None if stats is None else {"deployment_status": state, **stats}
         return None  # UNHEALTHY, DEPLOY_FAILED
+
+    async def phases(self) -> dict[str, ModelPhase]:
+        """Each model's phase (waiting, loading, failing, failed...) from the Serve controller."""
+        try:
+            return await asyncio.to_thread(phases_by_model)
+        except Exception:  # the controller is away: readiness still answers from the probes
+            logger.warning("could not read the models' phases", exc_info=True)
+            return {}
 
     async def _stats(self, route: ModelRoute, timeout_s: float) -> dict | None:
         try:

@@ -159,13 +159,16 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(tmp_path):
     replica is retried and after Serve gives up, the other model serves, and the deploy says so."""
     bad = {**VIT, "model_loading_config": {"model_id": "bad-vit", "model_source": "no-such-org/no-such-model",
                                            "type": "vision"}}
-    port, env = _free_port(), platform_env(ray_temp_dir())
+    # Weights from a cloud URI (file:// stands in for s3://) are copied to the node while the replica starts.
+    cloud = {**VIT, "model_loading_config": {"model_id": "cloud-vit", "model_source": f"file://{ROOT}/.models/tiny-vit",
+                                             "type": "vision"}}
+    port, env = _free_port(), {**platform_env(ray_temp_dir()), "PLATFORM_MODEL_CACHE": str(tmp_path / "cache")}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
                           "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-                          "args": {"models": [VIT, bad], "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}))
+                          "args": {"models": [VIT, bad, cloud], "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}))
     log_path = tmp_path / "platform.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(deploy_command(path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -187,10 +190,21 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(tmp_path):
                                text=True, timeout=120)
         assert final.returncode == 1, final.stdout + final.stderr
         rows = {line.split()[1]: line.split()[2] for line in final.stdout.splitlines()[1:]}
-        assert rows == {"tiny-vit": "ready", "bad-vit": "failed"}, final.stdout
+        assert rows == {"tiny-vit": "ready", "bad-vit": "failed", "cloud-vit": "ready"}, final.stdout
+        # the copied model's replica reported its download: the whole model, once
+        weights = sum(f.stat().st_size for f in (ROOT / ".models" / "tiny-vit").rglob("*") if f.is_file())
+        (cloud_line,) = [line for line in final.stdout.splitlines() if "cloud-vit" in line]
+        assert re.search(rf"downloaded {weights / 2**20:.1f} MiB in \d+ s", cloud_line), (cloud_line, weights)
         answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny-vit/infer", headers=auth_headers(), timeout=60,
                             json=infer_body([b64(image_file())], "image"))
         assert answer.status_code == 200, answer.text
+        # /ready (for load balancers and the console) says the same
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", headers=auth_headers(), timeout=60)
+        assert ready.status_code == 503
+        models = ready.json()["models"]
+        assert models["tiny-vit"]["ready"] and models["tiny-vit"]["phase"] == "ready" and models["cloud-vit"]["ready"]
+        assert models["bad-vit"]["phase"] == "failed" and not models["bad-vit"]["ready"], models
+        assert re.search(r"couldn't|Error", models["bad-vit"]["phase_detail"]), models
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(120)

@@ -1,6 +1,7 @@
 """Each model's phase from Serve's instance details (shaped as ``get_serve_details()`` returns them)."""
 
-from serve.platform_status import FAILED, FAILING, LOADING, READY, WAITING, model_phases
+from cloud.download_progress import Download
+from serve.platform_status import DOWNLOADING, FAILED, FAILING, LOADING, READY, WAITING, model_phases
 
 
 def _app(model_id: str, status: str, replicas: list[dict], message: str = "", resources: dict | None = None) -> dict:
@@ -34,4 +35,21 @@ def test_each_phase_with_its_reason():
         ("slow",): (LOADING, "1 replica(s) starting, 0/1 running"),
         ("bad",): (FAILING, "OSError: no-such-org/no-such-model is not a local folder"),
         ("gone",): (FAILED, "OSError: no-such-org/no-such-model is not a local folder"),
+    }
+
+
+def test_a_replica_fetching_weights_is_downloading_and_a_ready_one_says_what_it_fetched():
+    details = {"applications": {
+        "platform.slow": _app("slow", "UPDATING", [{"state": "STARTING", "node_id": "n1"}]),
+        "platform.chat": _app("chat", "HEALTHY", [{"state": "RUNNING", "node_id": "n1"}]),
+        "platform.local": _app("local", "UPDATING", [{"state": "STARTING", "node_id": "n1"}]),
+    }}
+    downloads = {"platform.slow/slow": Download(3 * 2**30, 12 * 2**30),
+                 "platform.chat/chat": Download(700 * 2**20, 700 * 2**20, finished=True, seconds=41.6),
+                 "other-platform.local/local": Download(1, 2)}  # another application's model of that name
+    phases = {p.model_ids: (p.phase, p.detail) for p in model_phases(details, [], downloads)}
+    assert phases == {
+        ("slow",): (DOWNLOADING, "downloading: 3.00 GiB of 12.00 GiB (25%)"),
+        ("chat",): (READY, "1/1 replicas running; downloaded 700.0 MiB in 42 s"),
+        ("local",): (LOADING, "1 replica(s) starting, 0/1 running"),
     }

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from common.request_ids import current_request_id
 from configs.api_keys import APIKey
 from configs.server_models import Capability
+from serve.platform_status import ModelPhase
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
 from serve.router.routing import FORM_OVERHEAD_BYTES, ModelRoute, RouterSettings
@@ -66,6 +67,10 @@ class FakeEngines:
 
     async def status(self, route, timeout_s):
         return None if route.deployment_name == "embed-dep" else {"unfinished_requests": 0}
+
+    async def phases(self):
+        return {"embed": ModelPhase("platform.embed-dep", ("embed",), "waiting",
+                                    "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0")}
 
 
 def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
@@ -203,9 +208,11 @@ def test_readiness_names_each_model():
     c, _ = client()
     response = c.get("/ready")
     assert response.status_code == 503
-    assert response.json()["models"] == {"chat": {"ready": True, "unfinished_requests": 0},
-                                         "embed": {"ready": False},
-                                         "asr": {"ready": True, "unfinished_requests": 0}}
+    assert response.json()["models"] == {
+        "chat": {"ready": True, "phase": "ready", "unfinished_requests": 0},
+        "embed": {"ready": False, "phase": "waiting",
+                  "phase_detail": "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0"},
+        "asr": {"ready": True, "phase": "ready", "unfinished_requests": 0}}
 
 
 def upload(test_client, data=None, files=None, path="/v1/audio/transcriptions"):
