@@ -68,14 +68,14 @@ def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
     return schema, loaded
 
 
-def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> Any:
+def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig], source: str | None = None) -> Any:
     """The Serve config that runs ``raw``: each platform application split per model. Serve
     refuses it when two rendered applications share a name or a route prefix."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
     try:
-        return ServeDeploySchema.model_validate(render_serve_config(raw, loaded))
+        return ServeDeploySchema.model_validate(render_serve_config(raw, loaded, source))
     except ValidationError as err:
         issues = issues_from_validation_error(err, ServeDeploySchema)
         raise ConfigError([ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")
@@ -204,30 +204,12 @@ def _stop_on_sigterm(*_: Any) -> None:
     raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
 
 
-def status(argv: list[str]) -> int:
-    """``deploy_app.py status [--address ADDRESS]``: every model's phase; 0 when all are ready."""
-    import ray
-    from ray.serve._private.constants import SERVE_NAMESPACE
-
-    from serve.platform_status import READY, describe, read_phases
-
-    parser = argparse.ArgumentParser(prog="deploy_app.py status", description=status.__doc__)
-    parser.add_argument("--address", default="auto", help="the Ray cluster (default: the one on this machine)")
-    args = parser.parse_args(argv)
-    try:
-        ray.init(address=args.address, namespace=SERVE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
-        phases = read_phases()
-    except Exception as err:  # no Ray there, or no Serve on it
-        print(f"no platform found at {args.address}: {err}", file=sys.stderr)
-        return 1
-    print(describe(phases))
-    return 0 if phases and all(p.phase == READY for p in phases) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:
-        return status(argv[1:])
+        from serve.platform_status import status_command
+
+        return status_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
@@ -262,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         _, loaded = validate_serve_config(raw)
         if args.working_dir:
             raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
-        schema = rendered_schema(raw, loaded)
+        schema = rendered_schema(raw, loaded, os.path.basename(args.config))
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
     if args.render:
-        yaml.safe_dump(render_serve_config(raw, loaded), sys.stdout, sort_keys=False)
+        yaml.safe_dump(render_serve_config(raw, loaded, os.path.basename(args.config)), sys.stdout, sort_keys=False)
         return 0
     gpu_type = args.gpu_type or ("H100-80GB" if args.plan and not args.gpu_memory_gib else None)
     gpu_bytes = gpu_bytes_for(gpu_type, args.gpu_memory_gib)

@@ -30,11 +30,14 @@ ROUTER_IMPORT_PATH = "builders.app_builder:build_router"
 MODEL_APP_IMPORT_PATH = "builders.app_builder:build_model_app"
 MODEL_ROUTE_PREFIX = "/models/"
 PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
+CONFIG_FILE_ENV = "PLATFORM_CONFIG_FILE"
 
 
-def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> dict[str, Any]:
+def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig],
+                        source: str | None = None) -> dict[str, Any]:
     """``raw`` (a Serve config whose platform applications were validated into ``loaded``) with
-    every platform application split into its router and one application per deployment."""
+    every platform application split into its router and one application per deployment.
+    ``source``: the config file's name, which the router reports (``/ready``, the console)."""
     rendered = copy.deepcopy(raw)
     applications = []
     for app in rendered.get("applications", []):
@@ -42,14 +45,19 @@ def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
         if app.get("import_path") != PLATFORM_IMPORT_PATH or name not in loaded:
             applications.append(app)
             continue
-        applications += [router_application(app)] + model_applications(app, loaded[name])
+        applications += [router_application(app, source)] + model_applications(app, loaded[name])
     rendered["applications"] = applications
     return rendered
 
 
-def router_application(app: dict[str, Any]) -> dict[str, Any]:
+def router_application(app: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     args = {key: value for key, value in (app.get("args") or {}).items() if key not in PLATFORM_ONLY_KEYS}
-    return {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
+    router = {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
+    if source:  # the router's alone: renaming the file restarts no model
+        runtime_env = copy.deepcopy(app.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), CONFIG_FILE_ENV: source}
+        router["runtime_env"] = runtime_env
+    return router
 
 
 def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[str, Any]]:

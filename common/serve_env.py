@@ -43,13 +43,18 @@ def apply_streaming_env(http_port: int | None = None) -> None:
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
-        import tempfile
+        for key, value in haproxy_files_env(http_port).items():
+            os.environ.setdefault(key, value)
 
-        # HAProxy's socket paths may not exceed 97 bytes, and Ray adds a 56-character node directory.
-        base = os.path.join(tempfile.gettempdir(), f"hap{http_port}")
-        base = base if len(base) <= 28 else f"/tmp/hap{http_port}"
-        for key, name in HAPROXY_FILES.items():
-            os.environ.setdefault(key, os.path.join(base, name))
+
+def haproxy_files_env(http_port: int) -> dict[str, str]:
+    """HAProxy's config, socket and state paths in a directory of this platform's own."""
+    import tempfile
+
+    # HAProxy's socket paths may not exceed 97 bytes, and Ray adds a 56-character node directory.
+    base = os.path.join(tempfile.gettempdir(), f"hap{http_port}")
+    base = base if len(base) <= 28 else f"/tmp/hap{http_port}"
+    return {key: os.path.join(base, name) for key, name in HAPROXY_FILES.items()}
 
 
 HAPROXY_FILES = {

@@ -34,4 +34,15 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# The console's tests drive a real headless Chromium (Debian's packages; nothing is downloaded at test time).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (apt) for the console's browser tests ..."
+    $SUDO apt-get install -y -q chromium chromium-driver >/dev/null
+  else
+    echo "warning: install Chromium and chromedriver for the console's browser tests" >&2
+  fi
+fi
+
 HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/build_offline_models.py --out .models

@@ -32,6 +32,8 @@ class ModelPhase:
     model_ids: tuple[str, ...]
     phase: str
     detail: str
+    replicas_running: int = 0
+    replicas_target: int = 0
 
 
 def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
@@ -50,8 +52,11 @@ def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
             continue
         for deployment in deployments:
             phase, detail = _phase(deployment, free_per_node)
-            phases.append(ModelPhase(app_name, model_ids, *_with_downloads(phase, detail, app_name, model_ids,
-                                                                           downloads or {})))
+            replicas = deployment.get("replicas") or []
+            running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+            phases.append(ModelPhase(app_name, model_ids,
+                                     *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
+                                     running, deployment.get("target_num_replicas", len(replicas))))
     return phases
 
 
@@ -126,3 +131,24 @@ def read_deploy_state() -> tuple[dict[str, str], list[ModelPhase]]:
     details = _get_global_client().get_serve_details()
     statuses = {name: app.get("status") for name, app in (details.get("applications") or {}).items()}
     return statuses, model_phases(details, list(available_resources_per_node().values()), read_downloads())
+
+
+def status_command(argv: list[str]) -> int:
+    """``deploy_app.py status [--address ADDRESS]``: every model's phase; 0 when all are ready."""
+    import argparse
+    import sys
+
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    parser = argparse.ArgumentParser(prog="deploy_app.py status", description=status_command.__doc__)
+    parser.add_argument("--address", default="auto", help="the Ray cluster (default: the one on this machine)")
+    args = parser.parse_args(argv)
+    try:
+        ray.init(address=args.address, namespace=SERVE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        phases = read_phases()
+    except Exception as err:  # no Ray there, or no Serve on it
+        print(f"no platform found at {args.address}: {err}", file=sys.stderr)
+        return 1
+    print(describe(phases))
+    return 0 if phases and all(p.phase == READY for p in phases) else 1

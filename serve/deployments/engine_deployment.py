@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,7 @@ class EngineDeployment:
 
     async def __init__(self, entries: list[dict[str, Any]]):
         self.engines: dict[str, BaseEngine] = {}
+        self.requests_total: Counter[str] = Counter()  # by model, for the console's request rates
         for raw in entries:
             entry = _validated(raw)
             self.engines[entry.model_id] = engine_class(entry.model_loading_config.type)(entry)
@@ -49,6 +51,7 @@ class EngineDeployment:
     async def handle(self, model_id: str, capability: str, body: dict[str, Any],
                      request_id: str | None = None) -> EngineResponse:
         _adopt_request_id(request_id, model_id, capability)
+        self.requests_total[model_id] += 1
         engine = await self._engine_for(model_id)
         return await engine.handle(Capability(capability), body)
 
@@ -56,6 +59,7 @@ class EngineDeployment:
         self, model_id: str, capability: str, body: dict[str, Any], request_id: str | None = None
     ) -> AsyncIterator[str | EngineResponse]:
         _adopt_request_id(request_id, model_id, capability)
+        self.requests_total[model_id] += 1
         engine = await self._engine_for(model_id)
         stream = engine.handle_stream(Capability(capability), body)
         try:
@@ -73,7 +77,7 @@ class EngineDeployment:
         return {**stats, "placement": replica_placement()}
 
     def _engine_stats(self, model_id: str) -> dict[str, Any]:
-        stats = self.engines[model_id].stats()
+        stats = {**self.engines[model_id].stats(), "requests_total": self.requests_total[model_id]}
         if model_id in self.variants:
             stats["variants_loaded"] = list(self.variants[model_id].loaded)
         return stats

@@ -32,7 +32,7 @@ class VLLMIngressDeployment(EngineDeployment):
         self.guard = OneHopGuard(engine.http_app, self.settings)
         posts = frozenset(path for method, path in ONE_HOP_ENDPOINTS if method == "POST")
         return ObservedRequests(with_cors(self.guard), path="direct", model_id=engine.entry.model_id, endpoints=posts,
-                                engine_header=True)
+                                engine_header=True, counts=self.requests_total)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The router settings that may change without a restart (``router.request_timeout_s``)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
@@ -15,6 +16,8 @@ from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from common.streaming import ClosingStreamingResponse
+from builders.render import CONFIG_FILE_ENV
+from serve.console import install_console
 from serve.platform_status import READY, UNAVAILABLE, ModelPhase
 from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
@@ -57,7 +60,7 @@ class EngineCaller(Protocol):
         """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
 
     async def phases(self) -> dict[str, ModelPhase]:
-        """Each model's phase, by model id (only asked when a model is not ready)."""
+        """Each model's phase and replica counts, by model id."""
 
 
 def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None) -> FastAPI:
@@ -81,14 +84,17 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         models = {r.model_id: {"ready": states[r.deployment_name] is not None, "phase": READY,
                                **(states[r.deployment_name] or {})} for r in bases}
         ready = all(state is not None for state in states.values())
-        if not ready:  # why not: each such model's phase from the controller (read only then)
-            phases = await engines.phases()
-            for model_id, model in models.items():
-                if not model["ready"]:
-                    phase = phases.get(model_id)
-                    model["phase"] = phase.phase if phase else UNAVAILABLE
-                    model["phase_detail"] = phase.detail if phase else "no replica answered"
-        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
+        phases = await engines.phases()  # the controller's view: why a model is not ready, replica counts
+        for model_id, model in models.items():
+            phase = phases.get(model_id)
+            if phase is not None:
+                model["phase"] = model["phase"] if model["ready"] else phase.phase
+                model.update(phase_detail=phase.detail,
+                             replicas={"running": phase.replicas_running, "target": phase.replicas_target})
+            elif not model["ready"]:
+                model.update(phase=UNAVAILABLE, phase_detail="no replica answered")
+        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models,
+                             "config_file": os.environ.get(CONFIG_FILE_ENV)},
                             status_code=200 if ready else 503)
 
     @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
@@ -148,6 +154,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
+    install_console(app)
     app.add_middleware(ObservedRequests, path="router")  # outermost: ids and metrics of every answer
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,12 +31,14 @@ class ObservedRequests:
     """``path``: the metrics' path label. ``model_id``: the model every request here is for (the
     one-hop path), else the router names it in ``request.state.model_id``. ``endpoints``: the
     paths counted (None: every POST route). ``engine_header``: hand the app the prefixed id in
-    ``X-Request-Id`` (vLLM's own server takes its request id from that header)."""
+    ``X-Request-Id`` (vLLM's own server takes its request id from that header). ``counts``: requests
+    by model, kept for the replica's stats."""
 
     def __init__(self, app: ASGIApp, path: str, model_id: str | None = None,
-                 endpoints: frozenset[str] | None = None, engine_header: bool = False):
+                 endpoints: frozenset[str] | None = None, engine_header: bool = False,
+                 counts: Counter[str] | None = None):
         self.app, self.path, self.model_id, self.endpoints = app, path, model_id, endpoints
-        self.engine_header = engine_header
+        self.engine_header, self.counts = engine_header, counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +81,8 @@ class ObservedRequests:
         tags = {"model": model, "endpoint": endpoint, "path": self.path}
         metrics = platform_metrics()
         metrics.requests.inc(1, {**tags, "status": str(answer.status)})
+        if self.counts is not None:
+            self.counts[model] += 1
         metrics.latency.observe(elapsed, tags)
         if answer.first_event is not None:
             metrics.time_to_first_token.observe(answer.first_event - started, tags)

@@ -23,6 +23,7 @@ from serve.router.routing import ModelRoute, RouterSettings
 from servers.base_engine import EngineResponse
 
 logger = logging.getLogger("ray.serve")
+PHASES_TTL_S = 2.0
 _END = object()
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
 CONTROLLER_TIMEOUT_S = 5.0
@@ -38,6 +39,7 @@ class ServeEngineCaller:
         self.app_name = app_name  # the router's application, which holds the bound engines
         self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
         self.watches: dict[str, ReplicaWatch] = {}
+        self._phases: tuple[float, dict[str, ModelPhase]] | None = None  # (read at, phases by model)
 
     def _deployment(self, route: ModelRoute) -> DeploymentHandle:
         if route.app_name is None:  # bound into the router's application
@@ -127,12 +129,16 @@ class ServeEngineCaller:
         return None  # UNHEALTHY, DEPLOY_FAILED
 
     async def phases(self) -> dict[str, ModelPhase]:
-        """Each model's phase (waiting, loading, failing, failed...) from the Serve controller."""
-        try:
-            return await asyncio.to_thread(phases_by_model)
-        except Exception:  # the controller is away: readiness still answers from the probes
-            logger.warning("could not read the models' phases", exc_info=True)
-            return {}
+        """Each model's phase (waiting, loading, ready, failed...) and replica counts from the Serve
+        controller, read at most once per ``PHASES_TTL_S`` however often /ready is polled."""
+        now = asyncio.get_running_loop().time()
+        if self._phases is None or now - self._phases[0] > PHASES_TTL_S:
+            try:
+                self._phases = (now, await asyncio.to_thread(phases_by_model))
+            except Exception:  # the controller is away: readiness still answers from the probes
+                logger.warning("could not read the models' phases", exc_info=True)
+                return {}
+        return self._phases[1]
 
     async def _stats(self, route: ModelRoute, timeout_s: float) -> dict | None:
         try:

@@ -103,6 +103,7 @@ def test_two_half_gpu_replicas_share_one_gpu_of_their_node(scheduled):
     a, b = stats["share-a"]["placement"], stats["share-b"]["placement"]
     assert a["node_id"] == b["node_id"] == nodes["a"]
     assert len(a["gpu_ids"]) == 1 and a["gpu_ids"] == b["gpu_ids"]
+    assert a["gpu_share"] == b["gpu_share"] == 0.5  # what /ready and the console show
 
 
 def test_a_tensor_parallel_model_holds_one_gpu_bundle_per_shard_on_one_node(scheduled):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import openai
 import psutil
 import yaml
 
-from common.serve_env import HAPROXY_FILES, STREAMING_ENV
+from common.serve_env import STREAMING_ENV, haproxy_files_env
 from tests.conftest import ray_temp_dir
 from tests.integration.conftest import API_KEY, ROOT, STARTUP_TIMEOUT_S, _free_port, auth_headers, platform_env
 from tests.integration.test_openai_api import HELLO
@@ -50,9 +51,8 @@ class Cluster:
         self.temp_dir = ray_temp_dir()
         self.gcs = f"127.0.0.1:{_free_port()}"
         self.dashboard = f"http://127.0.0.1:{_free_port()}"
-        haproxy = Path(self.temp_dir) / "hap"  # short: HAProxy's socket paths may not exceed 97 bytes
         self.env = {**platform_env(self.temp_dir), **STREAMING_ENV,  # what `eval "$(python -m common.serve_env)"` sets
-                    **{key: str(haproxy / name) for key, name in HAPROXY_FILES.items()},
+                    **haproxy_files_env(int(self.gcs.split(":")[1])),  # apart from any other HAProxy here
                     # Ray's token authentication, with a token of this cluster's instead of ~/.ray/auth_token.
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
         self.log = open(workdir / "ray-start.log", "w")
@@ -94,6 +94,7 @@ class Cluster:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(ours, timeout=30)
+        shutil.rmtree(Path(self.env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent, ignore_errors=True)
         self.log.close()
 
 
@@ -150,7 +151,9 @@ def _classify(base: str) -> list[float]:
 
 
 def _actor_ids(base: str) -> dict[str, str]:
-    models = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
+    answer = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+    assert answer.headers.get("content-type") == "application/json", (answer.status_code, answer.text[:2000])
+    models = answer.json()["models"]
     return {model_id: model["placement"]["actor_id"] for model_id, model in models.items()}
 
 

@@ -164,3 +164,24 @@ def test_requests_waiting_when_the_last_replica_goes_are_refused_then(stream):
     got = asyncio.run(lose_the_replica_while_waiting())
     assert got == [503] if stream else got == [503, "5"]
     assert handle.responses[0].cancelled
+
+
+@pytest.mark.asyncio
+async def test_phases_are_read_from_the_controller_at_most_once_per_ttl(monkeypatch):
+    from serve.platform_status import ModelPhase
+    from serve.router import router
+
+    reads = []
+    phase = ModelPhase("p.chat", ("chat",), "ready", "1/1 replicas running", 1, 1)
+    monkeypatch.setattr(router, "phases_by_model", lambda: reads.append(1) or {"chat": phase})
+    caller = ServeEngineCaller({}, timeout_s=5)
+    assert await caller.phases() == {"chat": phase}
+    assert await caller.phases() == {"chat": phase}
+    assert len(reads) == 1  # /ready polled often costs one controller read per PHASES_TTL_S
+
+    def controller_away():
+        raise ConnectionError("controller away")
+
+    monkeypatch.setattr(router, "phases_by_model", controller_away)
+    monkeypatch.setattr(router, "PHASES_TTL_S", 0)
+    assert await caller.phases() == {}  # /ready still answers, from its probes

@@ -76,3 +76,12 @@ def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
     assert [(d.name, d.user_config) for d in short.deployments] == [("chat", {"request_timeout_s": 0.5})]
     assert long.deployments[0].user_config == {"request_timeout_s": 30}
     assert short.args == long.args
+
+
+def test_the_config_files_name_reaches_the_router_alone():
+    raw = {"applications": [{**_platform("platform", "/", [_vllm("chat")]), "runtime_env": {"env_vars": {"A": "1"}}}]}
+    _, loaded = validate_serve_config(raw)
+    apps = {app.name: app for app in rendered_schema(raw, loaded, "model_config.yaml").applications}
+    assert apps["platform"].runtime_env["env_vars"] == {"A": "1", "PLATFORM_CONFIG_FILE": "model_config.yaml"}
+    assert apps["platform.chat"].runtime_env["env_vars"] == {"A": "1"}  # renaming the file restarts no model
+    assert raw["applications"][0]["runtime_env"]["env_vars"] == {"A": "1"}

@@ -70,7 +70,8 @@ class FakeEngines:
 
     async def phases(self):
         return {"embed": ModelPhase("platform.embed-dep", ("embed",), "waiting",
-                                    "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0")}
+                                    "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0", 0, 1),
+                "chat": ModelPhase("platform.chat-dep", ("chat",), "ready", "2/2 replicas running", 2, 2)}
 
 
 def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
@@ -209,10 +210,11 @@ def test_readiness_names_each_model():
     response = c.get("/ready")
     assert response.status_code == 503
     assert response.json()["models"] == {
-        "chat": {"ready": True, "phase": "ready", "unfinished_requests": 0},
-        "embed": {"ready": False, "phase": "waiting",
+        "chat": {"ready": True, "phase": "ready", "unfinished_requests": 0, "phase_detail": "2/2 replicas running",
+                 "replicas": {"running": 2, "target": 2}},
+        "embed": {"ready": False, "phase": "waiting", "replicas": {"running": 0, "target": 1},
                   "phase_detail": "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0"},
-        "asr": {"ready": True, "phase": "ready", "unfinished_requests": 0}}
+        "asr": {"ready": True, "phase": "ready", "unfinished_requests": 0}}  # no word from the controller
 
 
 def upload(test_client, data=None, files=None, path="/v1/audio/transcriptions"):
@@ -339,3 +341,18 @@ def test_every_answer_carries_the_request_id_and_the_engine_gets_it(sent, kept):
     else:
         assert answered.headers["x-request-id"] == request_id != sent and len(request_id) == 32
         assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"] != request_id
+
+
+def test_the_console_is_three_files_under_a_strict_policy_and_needs_no_key():
+    c, _ = client(api_keys=(APIKey("k", "secret-key"),))
+    page = c.get("/console")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
+    assert "<script src=\"console/console.js\"" in page.text and "<script>" not in page.text  # no inline script
+    assert c.get("/console/console.js").headers["content-type"].startswith("text/javascript")
+    assert c.get("/console/console.css").headers["content-type"].startswith("text/css")
+    for other in ("/console/console.html", "/console/..%2Fapp.py", "/console/secrets.txt"):
+        assert c.get(other).status_code == 404
+    assert "secret-key" not in page.text + c.get("/console/console.js").text
+    assert c.get("/v1/models").status_code == 401  # the page is public; the API it calls is not

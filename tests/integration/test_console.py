@@ -1,0 +1,246 @@
+"""The web console in a real headless Chromium (Debian's, driven by chromedriver) against the
+session platform, which requires API keys. Screenshots of each page go to ``test-artifacts/console/``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.audio_files import UPLOAD_FORMATS, audio_file
+from tests.integration.conftest import API_KEY, ROOT, auth_headers
+from tests.media_files import image_file
+
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def console(browser, platform_url):
+    """The console, logged in with the test key."""
+    browser.get(f"{platform_url}/console")
+    _log_in(browser, API_KEY)
+    _wait(browser, lambda d: d.find_element(By.ID, "tabs").is_displayed())
+    return browser
+
+
+def _wait(driver, condition, timeout: float = WAIT_S):
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def _log_in(driver, key: str) -> None:
+    _wait(driver, lambda d: d.find_element(By.ID, "login").is_displayed())
+    driver.find_element(By.ID, "api-key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+
+
+def _tab(driver, name: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'#tabs button[data-tab="{name}"]').click()
+
+
+def _pick(driver, select_id: str, value: str) -> None:
+    Select(driver.find_element(By.ID, select_id)).select_by_value(value)
+
+
+def _playground(driver, name: str, model: str) -> None:
+    _tab(driver, name)
+    _pick(driver, f"{name}-model", model)
+
+
+def _send(driver, name: str) -> None:
+    driver.find_element(By.ID, f"{name}-send").click()
+
+
+def _type(driver, field_id: str, text: str) -> None:
+    field = driver.find_element(By.ID, field_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def _result_rows(driver, table_id: str) -> list:
+    """The rows under the header of a table the page fills with an answer, once there are some."""
+    return _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"#{table_id} tr")[1:] or None)
+
+
+def _upload(driver, input_id: str, path: Path) -> None:
+    driver.find_element(By.ID, input_id).send_keys(str(path))
+
+
+def _screenshot(driver, name: str) -> None:
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def _no_error(driver, error_id: str) -> bool:
+    text = driver.find_element(By.ID, error_id).text
+    assert not text, text
+    return True
+
+
+def test_without_a_key_only_the_login_shows_and_a_wrong_key_is_refused(browser, platform_url):
+    browser.get(f"{platform_url}/console")
+    _wait(browser, lambda d: d.find_element(By.ID, "login").is_displayed())
+    assert not browser.find_element(By.ID, "tabs").is_displayed()
+    assert not any(tab.is_displayed() for tab in browser.find_elements(By.CSS_SELECTOR, ".tab"))
+    _log_in(browser, "not-a-key")
+    _wait(browser, lambda d: d.find_element(By.ID, "login-error").text == "That key was refused.")
+    assert not browser.find_element(By.ID, "tabs").is_displayed()
+    _screenshot(browser, "login")
+    # The page made only calls to the platform itself, and nothing but them
+    origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    assert set(origins) == {platform_url}
+
+
+def test_every_model_is_listed_with_its_phase_and_placement(console, platform_url):
+    cards = httpx.get(f"{platform_url}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
+    bases = {card["id"] for card in cards if "parent" not in card}
+    _tab(console, "models")
+
+    def rows(driver):
+        found = {row.get_attribute("data-model"): row for row in driver.find_elements(By.CSS_SELECTOR, "#models-table tbody tr")}
+        return found if set(found) == bases and all(r.get_attribute("data-phase") == "ready" for r in found.values()) else None
+
+    table = _wait(console, rows)
+    chat = [cell.text for cell in table["tiny-chat"].find_elements(By.TAG_NAME, "td")]
+    assert chat[1] == "vllm" and "chat" in chat[2] and chat[4] == "1/1" and chat[5]  # type, capabilities, replicas, node
+    assert "sql" in chat[9]  # its LoRA variants
+    detector = [cell.text for cell in table["tiny-detector"].find_elements(By.TAG_NAME, "td")]
+    assert detector[7] == "0"  # in flight, from its group's replica
+    summary = console.find_element(By.ID, "platform-summary").text
+    assert "ready on 1 node(s)" in summary and summary.endswith("; config: config.yaml")  # the session's file
+    _screenshot(console, "models")
+
+
+def test_a_chat_answer_streams_into_the_page(console):
+    _playground(console, "chat", "tiny-chat")
+    _pick(console, "chat-variant", "tiny-chat:sql")
+    _type(console, "chat-max-tokens", "48")
+    # Count the answer's updates as they land: a stream writes it in several steps
+    console.execute_script("""
+        window.answerUpdates = 0;
+        new MutationObserver(() => { window.answerUpdates += 1; })
+          .observe(document.getElementById('chat-transcript'), {subtree: true, childList: true, characterData: true});""")
+    _send(console, "chat")
+    answer = _wait(console, lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-transcript .assistant.done") or None)[0]
+    _no_error(console, "chat-error")
+    assert answer.text.strip()
+    assert console.execute_script("return window.answerUpdates") > 3
+    code = console.find_element(By.ID, "chat-code").text
+    assert "curl -s" in code and "/v1/chat/completions" in code and '"model":"tiny-chat:sql"' in code
+    assert "client.chat.completions.create" in code and API_KEY not in code  # no secret in the page
+    _screenshot(console, "chat")
+
+
+def test_an_error_shows_the_platforms_message(console):
+    _playground(console, "completions", "tiny-chat")
+    _type(console, "completions-max-tokens", "100000")
+    _send(console, "completions")
+    error = _wait(console, lambda d: d.find_element(By.ID, "completions-error").text or None)
+    assert error.startswith("400: ") and "exceeds the model's context length" in error
+
+
+def test_embeddings_show_a_similarity_matrix(console):
+    _playground(console, "embeddings", "all-minilm-l6-v2")
+    _send(console, "embeddings")
+    rows = _result_rows(console, "embeddings-matrix")
+    matrix = [[float(c.text) for c in row.find_elements(By.TAG_NAME, "td")[1:]] for row in rows]
+    assert len(matrix) == 3 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(3))
+    assert matrix[0][1] > matrix[0][2]  # the real MiniLM: the cat and the feline are closer than the markets
+
+
+def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
+    container, codec, name = UPLOAD_FORMATS["wav"]
+    path = tmp_path / name
+    path.write_bytes(audio_file(container, codec, seconds=2.0))
+    _playground(console, "transcribe", "tiny-whisper")
+    _upload(console, "transcribe-file", path)
+    _send(console, "transcribe")
+    header = _wait(console, lambda d: d.find_elements(By.CSS_SELECTOR, "#transcribe-segments th") or None)
+    _no_error(console, "transcribe-error")
+    assert [h.text for h in header] == ["start (s)", "end (s)", "text"]
+    segments = console.find_elements(By.CSS_SELECTOR, "#transcribe-segments tr")[1:]
+    times = [[float(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")[:2]] for row in segments]
+    assert times and all(0 <= start <= end for start, end in times), times
+    assert "-F file=@a.wav" in console.find_element(By.ID, "transcribe-code").text
+    _screenshot(console, "transcribe")
+
+
+def test_generated_speech_gets_a_playable_source(console):
+    _playground(console, "speech", "tiny-tts")
+    Select(console.find_element(By.ID, "speech-format")).select_by_visible_text("wav")
+    _send(console, "speech")
+    _wait(console, lambda d: d.execute_script(
+        "const a = document.getElementById('speech-audio'); return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"))
+    _no_error(console, "speech-error")
+    assert console.execute_script("return document.getElementById('speech-audio').play().then(() => true)")
+    _screenshot(console, "speech")
+
+
+def test_an_image_is_classified_and_the_detectors_boxes_are_drawn(console, tmp_path):
+    path = tmp_path / "image.png"
+    path.write_bytes(image_file())  # the image the detector's API test finds boxes in
+    _tab(console, "image")
+    _upload(console, "image-file", path)
+    _pick(console, "image-model", "tiny-vit")
+    _send(console, "image")
+    rows = _result_rows(console, "image-results")
+    _no_error(console, "image-error")
+    scores = [float(row.find_elements(By.TAG_NAME, "td")[1].text) for row in rows]
+    assert 0 < len(scores) <= 5 and scores == sorted(scores, reverse=True)
+
+    _pick(console, "image-model", "tiny-detector")
+    _send(console, "image")
+    _wait(console, lambda d: d.find_element(By.ID, "image-canvas").get_attribute("data-boxes"))
+    _no_error(console, "image-error")
+    assert int(console.find_element(By.ID, "image-canvas").get_attribute("data-boxes")) > 0
+    # the boxes' colour is on the canvas, over the image
+    drawn = console.execute_script("""
+        const c = document.getElementById('image-canvas');
+        const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let count = 0;
+        for (let i = 0; i < pixels.length; i += 4) if (pixels[i] === 0xe4 && pixels[i+1] === 0x57 && pixels[i+2] === 0x2e) count++;
+        return count;""")
+    assert drawn > 0
+    _screenshot(console, "image")
+
+
+def test_a_clip_is_classified(console, tmp_path):
+    from tests.media_files import video_file
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(video_file())
+    _playground(console, "video", "tiny-videomae")
+    _upload(console, "video-file", path)
+    _send(console, "video")
+    rows = _result_rows(console, "video-results")
+    _no_error(console, "video-error")
+    assert rows and float(rows[0].find_elements(By.TAG_NAME, "td")[1].text) > 0
+    _screenshot(console, "video")
+
+
+def test_logging_out_forgets_the_key(console):
+    console.find_element(By.ID, "logout").click()
+    _wait(console, lambda d: d.find_element(By.ID, "login").is_displayed())
+    assert console.execute_script("return sessionStorage.length") == 0
+    time.sleep(0.5)
+    assert not console.find_element(By.ID, "tabs").is_displayed()
