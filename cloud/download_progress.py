@@ -72,9 +72,12 @@ def read_downloads() -> dict[str, Download]:
     """Every published record, by ``<app>/<model_id>`` (from a process connected to Ray)."""
     from ray.experimental import internal_kv
 
-    keys = internal_kv._internal_kv_list(KEY_PREFIX, namespace=KV_NAMESPACE)
-    values = internal_kv._internal_kv_multi_get(keys, namespace=KV_NAMESPACE) if keys else {}
-    return {key.decode()[len(KEY_PREFIX):]: Download(**json.loads(value)) for key, value in values.items() if value}
+    downloads = {}
+    for key in internal_kv._internal_kv_list(KEY_PREFIX, namespace=KV_NAMESPACE):
+        value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if value:  # not deleted meanwhile
+            downloads[key.decode()[len(KEY_PREFIX):]] = Download(**json.loads(value))
+    return downloads
 
 
 class DownloadWatch:

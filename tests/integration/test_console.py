@@ -26,7 +26,9 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--autoplay-policy=no-user-gesture-required"):
+                     "--autoplay-policy=no-user-gesture-required",
+                     # a microphone that plays a tone, allowed without asking
+                     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -183,6 +185,22 @@ def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
     assert times and all(0 <= start <= end for start, end in times), times
     assert "-F file=@a.wav" in console.find_element(By.ID, "transcribe-code").text
     _screenshot(console, "transcribe")
+
+
+def test_a_microphone_recording_is_transcribed(console):
+    _playground(console, "transcribe", "tiny-whisper")
+    console.execute_script("document.getElementById('transcribe-file').value = '';"
+                           "document.getElementById('transcribe-segments').replaceChildren();")
+    record = console.find_element(By.ID, "transcribe-record")
+    record.click()
+    _wait(console, lambda d: record.text == "Stop")
+    time.sleep(2)
+    record.click()
+    _wait(console, lambda d: record.text == "Record")
+    _send(console, "transcribe")
+    _result_rows(console, "transcribe-segments")
+    _no_error(console, "transcribe-error")
+    assert "-F file=@recording.webm" in console.find_element(By.ID, "transcribe-code").text
 
 
 def test_generated_speech_gets_a_playable_source(console):
