@@ -80,6 +80,8 @@ def _phase(deployment: dict[str, Any], free_per_node: list[dict[str, float]]) ->
     running = sum(1 for r in replicas if r.get("state") == "RUNNING")
     target = deployment.get("target_num_replicas", len(replicas))
     if status == "HEALTHY":
+        if target == 0:
+            return READY, "scaled to zero: the first request starts a replica"
         return READY, f"{running}/{target} replicas running"
     if status in ("DEPLOY_FAILED", "UNHEALTHY"):
         return FAILED, _error_of(message)

@@ -126,7 +126,9 @@ def test_a_model_scaled_to_zero_answers_its_first_request(scheduled):
     base, _ = scheduled
     status = serve.status().applications["platform.cold-start"].deployments["cold-start"]
     assert status.replica_states.get("RUNNING", 0) == 0
-    assert _replica_stats(base)["cold-start"] == {"ready": True, "scales_from_zero": True}
+    cold = _replica_stats(base)["cold-start"]
+    assert cold["ready"] and cold["scales_from_zero"] and cold["phase"] == "ready", cold
+    assert cold["replicas"] == {"running": 0, "target": 0} and "scaled to zero" in cold["phase_detail"]
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=300) as client:
         response = _infer(client, "cold-start")
     assert response.status_code == 200, response.text

@@ -26,6 +26,7 @@ def test_each_phase_with_its_reason():
         "platform.slow": _app("slow", "UPDATING", [{"state": "STARTING", "node_id": "n1"}]),
         "platform.bad": _app("bad", "UPDATING", [{"state": "STARTING", "node_id": "n1"}], message=TRACEBACK),
         "platform.gone": _app("gone", "DEPLOY_FAILED", [], message=TRACEBACK),
+        "platform.idle": _app("idle", "HEALTHY", []),
     }}
     free = [{"CPU": 6, "GPU": 0.2}, {"CPU": 2}]
     phases = {p.model_ids: (p.phase, p.detail) for p in model_phases(details, free)}
@@ -35,6 +36,7 @@ def test_each_phase_with_its_reason():
         ("slow",): (LOADING, "1 replica(s) starting, 0/1 running"),
         ("bad",): (FAILING, "OSError: no-such-org/no-such-model is not a local folder"),
         ("gone",): (FAILED, "OSError: no-such-org/no-such-model is not a local folder"),
+        ("idle",): (READY, "scaled to zero: the first request starts a replica"),
     }
 
 
