@@ -42,4 +42,7 @@ def describe_plan(loaded: dict[str, LoadedConfig], estimates: dict[str, list[Mod
                              describe_memory(own), "-" if sequences is None else str(sequences),
                              str(spec.options.get("max_ongoing_requests", 5)),
                              str(spec.options.get("max_queued_requests", -1))))
+        for pipeline in config.platform.pipelines:  # run by the router: no replicas of their own
+            steps = " -> ".join(f"{step.task} {step.model}" for step in pipeline.steps)
+            rows.append((app_name, "(router)", pipeline.model_id, "pipeline", steps) + ("-",) * 7)
     return format_table(rows)

@@ -101,6 +101,7 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
             indexed.append((index, entry))
     issues += _cross_model_issues(indexed, models_key) + _group_issues(platform, indexed, models_key)
     issues += _upload_memory_issues(platform, indexed, models_key)
+    issues += _pipeline_issues(platform, [entry for _, entry in indexed])
     if issues:
         raise ConfigError(issues)
     return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
@@ -113,6 +114,10 @@ def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue]) -> BaseMo
     loading = raw.get("model_loading_config")
     raw_type = loading.get("type") if isinstance(loading, dict) else None
     entry_cls = _entry_class(raw_type)
+    if entry_cls is None and raw_type == ModelType.PIPELINE.value:
+        issues.append(ConfigIssue(loc + ("model_loading_config", "type"),
+                                  "a pipeline is declared under 'pipelines:' (model_id, steps), not among the models"))
+        return None
     if entry_cls is None:
         allowed = ", ".join(t.value for t in MODEL_ENTRY_TYPES)
         message = "required field is missing" if raw_type is None else f"unknown model type {raw_type!r}"
@@ -199,6 +204,27 @@ def _cross_model_issues(
                 f"(also {models_key}[{seen_names[entry.deployment_name]}])",
             ))
         seen_names.setdefault(entry.deployment_name, index)
+    return issues
+
+
+def _pipeline_issues(platform: PlatformConfig, models: list[BaseModelEntry]) -> list[ConfigIssue]:
+    """Every step names a configured model (or a variant of one) that serves the step's task."""
+    by_id: dict[str, BaseModelEntry] = {m.model_id: m for m in models}
+    by_id.update({f"{m.model_id}:{v}": m for m in models for v in m.variants()})
+    issues = []
+    for index, pipeline in enumerate(platform.pipelines):
+        if pipeline.model_id in by_id:
+            issues.append(ConfigIssue(("pipelines", index, "model_id"),
+                                      f"{pipeline.model_id!r} is also a model's id; a pipeline needs a name of its own"))
+        for number, step in enumerate(pipeline.steps):
+            where = ("pipelines", index, "steps", number, "model")
+            entry = by_id.get(step.model)
+            if entry is None:
+                issues.append(ConfigIssue(where, f"no model {step.model!r}; models: {', '.join(sorted(by_id))}"))
+            elif step.spec.capability not in entry.capabilities():
+                serves = ", ".join(c.value for c in entry.capabilities())
+                issues.append(ConfigIssue(where, f"{step.model!r} cannot run a {step.task!r} step (it needs "
+                                                 f"{step.spec.capability.value}); the model serves: {serves}"))
     return issues
 
 

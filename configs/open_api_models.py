@@ -68,6 +68,16 @@ def request_adapter(capability: Capability) -> TypeAdapter:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest as model
     elif capability is Capability.EMBEDDINGS:
         from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest as model  # a union
+    elif capability is Capability.RERANK:
+        from vllm.entrypoints.pooling.scoring.protocol import RerankRequest as model
+    elif capability is Capability.SCORE:
+        from vllm.entrypoints.pooling.scoring.protocol import ScoreRequest as model  # a union
+    elif capability is Capability.CLASSIFY:
+        from vllm.entrypoints.pooling.classify.protocol import ClassificationRequest as model  # a union
+    elif capability is Capability.TOKENIZE:
+        from vllm.entrypoints.serve.tokenize.protocol import TokenizeRequest as model  # a union
+    elif capability is Capability.DETOKENIZE:
+        from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest as model
     elif capability in _AUDIO_REQUESTS:
         model = _AUDIO_REQUESTS[capability]
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, ClassVar, Literal
 
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr,
@@ -18,31 +17,8 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork,
 
 from common.base_pydantic import StrictModel
 from configs.api_keys import APIKey, APIKeyEntry, refuse_inline_keys
-
-
-class ModelType(str, Enum):
-    VLLM = "vllm"
-    AUDIO = "audio"
-    VISION = "vision"
-    VIDEO = "video"
-
-
-class Capability(str, Enum):
-    """What a model can serve; the router answers requests for anything else with a 400."""
-
-    CHAT = "chat"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
-    TRANSCRIPTION = "audio.transcriptions"
-    TRANSLATION = "audio.translations"
-    SPEECH = "audio.speech"
-    # vision and video tasks, served through the Open Inference Protocol (/v2)
-    IMAGE_CLASSIFICATION = "image-classification"
-    ZERO_SHOT_IMAGE_CLASSIFICATION = "zero-shot-image-classification"
-    OBJECT_DETECTION = "object-detection"
-    IMAGE_TO_TEXT = "image-to-text"
-    IMAGE_EMBEDDING = "image-feature-extraction"
-    VIDEO_CLASSIFICATION = "video-classification"
+from configs.capabilities import Capability, ModelType
+from configs.pipeline_models import PipelineConfig
 
 
 # Serve batches a batching engine may hold at once to merge into one model call (see
@@ -398,6 +374,7 @@ class PlatformSettings(StrictModel):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    pipelines: list[PipelineConfig] = Field(default_factory=list, description="models that chain other models")
 
     _inline_keys_refused = field_validator("api_keys", mode="before")(refuse_inline_keys)
 

@@ -19,6 +19,7 @@ PLATFORM_OWNED_ARGS = {"model": "model_source", "served_model_name": "model_id"}
 # A generous queue by default: Serve's default of 5 ongoing requests per replica starves
 # vLLM's continuous batching (requests wait in Serve instead of batching in vLLM).
 DEFAULT_MAX_ONGOING_REQUESTS = 256
+POOLING_CONVERTS = ("embed", "classify")  # vLLM's ``convert`` values this platform serves endpoints for
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
@@ -131,10 +132,21 @@ class VLLMModelEntry(BaseModelEntry):
     def engine_kwargs_model(cls) -> type[BaseModel]:
         return vllm_engine_kwargs_model()
 
+    def pooling_task(self) -> str | None:
+        """``embed`` or ``classify`` for a pooling model (``convert`` names it; ``runner: pooling``
+        alone means embed), None for a generative one. The engine checks it against what vLLM
+        resolves from the model's architecture when it starts."""
+        convert = self.engine_kwargs.get("convert")
+        if convert in POOLING_CONVERTS:
+            return convert
+        return "embed" if self.engine_kwargs.get("runner") == "pooling" else None
+
     def capabilities(self) -> list[Capability]:
-        if self.engine_kwargs.get("runner") == "pooling" or self.engine_kwargs.get("convert") == "embed":
-            return [Capability.EMBEDDINGS]
-        return [Capability.CHAT, Capability.COMPLETIONS]
+        # vLLM scores with a cross-encoder's one logit, or with the cosine of two embeddings
+        by_task = {"embed": [Capability.EMBEDDINGS, Capability.RERANK, Capability.SCORE],
+                   "classify": [Capability.RERANK, Capability.SCORE, Capability.CLASSIFY],
+                   None: [Capability.CHAT, Capability.COMPLETIONS]}
+        return by_task[self.pooling_task()] + [Capability.TOKENIZE, Capability.DETOKENIZE]
 
     def max_context_tokens(self) -> int | None:
         return self.engine_kwargs.get("max_model_len")

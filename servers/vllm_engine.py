@@ -60,7 +60,20 @@ class VLLMEngine(BaseEngine):
         self.http_app = build_app(args, tasks, self.engine_client.model_config)
         self.state = self.http_app.state
         await init_app_state(self.engine_client, self.state, args, tasks)
+        self._check_pooling_task(self.engine_client.model_config.get_pooling_task(tasks))
         logger.info("vLLM engine for %s ready, tasks %s", self.entry.model_id, tasks)
+
+    def _check_pooling_task(self, resolved: str | None) -> None:
+        """The router's capability table comes from the YAML; refuse to start when vLLM, reading the
+        model's architecture, made it something else (a cross-encoder declared as an embedder)."""
+        declared = self.entry.pooling_task()
+        if resolved == declared:
+            return
+        fix = "engine_kwargs.runner: generate" if resolved is None else \
+            f"engine_kwargs.runner: pooling and convert: {resolved}"
+        raise ValueError(f"{self.entry.model_id}: vLLM serves this model as "
+                         f"{resolved or 'a generative model'}, but the config declares {declared or 'a generative model'}; "
+                         f"set {fix}")
 
     async def _start_engine_client(self, engine_args):
         """``AsyncLLM`` as vLLM's server builds it, but sharded inside the replica's placement group.
@@ -201,10 +214,16 @@ class VLLMEngine(BaseEngine):
         """vLLM's serving callable for ``capability``, or None when this model lacks it."""
         chat = getattr(self.state, "openai_serving_chat", None)
         completion = getattr(self.state, "openai_serving_completion", None)
+        tokenization = getattr(self.state, "serving_tokenization", None)
         table = {
             Capability.CHAT: chat and chat.create_chat_completion,
             Capability.COMPLETIONS: completion and completion.create_completion,
             Capability.EMBEDDINGS: getattr(self.state, "serving_embedding", None),
+            Capability.RERANK: getattr(self.state, "serving_scores", None),  # it tells rerank from score by the request
+            Capability.SCORE: getattr(self.state, "serving_scores", None),
+            Capability.CLASSIFY: getattr(self.state, "serving_classification", None),
+            Capability.TOKENIZE: tokenization and tokenization.create_tokenize,
+            Capability.DETOKENIZE: tokenization and tokenization.create_detokenize,
         }
         return table.get(capability)
 

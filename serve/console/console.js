@@ -115,7 +115,8 @@ async function refreshStatus() {
     return;
   }
   const states = ready.models || {};
-  const rows = models.filter((m) => !m.parent).map((m) => statusRow(m, states[m.id] || {}));
+  const pipelines = ready.pipelines || {};
+  const rows = models.filter((m) => !m.parent).map((m) => statusRow(m, states[m.id] || pipelines[m.id] || {}));
   $("models-table").tBodies[0].replaceChildren(...rows);
   const nodes = new Set(Object.values(states).map((s) => s.placement?.node_id).filter(Boolean));
   const readyCount = Object.values(states).filter((s) => s.ready).length;

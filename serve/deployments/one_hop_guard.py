@@ -24,15 +24,12 @@ from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      meters_tokens, response_tokens)
 from serve.router.media_refs import inline_chat_media
-from serve.router.routing import RouterSettings
+from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
 from serve.router.uploads import parse_json_object, read_limited_body
 
 # (method, path under the route prefix) the one-hop path serves; vLLM answers its own 404 for
 # an endpoint the model lacks (embeddings on a chat model, ...).
-ONE_HOP_ENDPOINTS = {
-    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
-    ("GET", "/v1/models"), ("GET", "/health"),
-}
+ONE_HOP_ENDPOINTS = {("POST", path) for path in VLLM_ENDPOINTS} | {("GET", "/v1/models"), ("GET", "/health")}
 
 
 def with_cors(guard: "OneHopGuard") -> ASGIApp:
@@ -91,7 +88,7 @@ class OneHopGuard:
             return receive, send
         raw = await read_limited_body(request, self.settings.max_request_bytes)
         body = parse_json_object(raw)
-        changed = path == "/v1/chat/completions" and await inline_chat_media(body, self.settings.media)
+        changed = "messages" in body and await inline_chat_media(body, self.settings.media)
         if meters_tokens(key):
             meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
             send = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens), ask_for_usage_header(body))

@@ -23,10 +23,11 @@ from serve.router.auth import check_api_key, check_scope, request_key
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      metered, meters_tokens, response_tokens)
 from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
-from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
+from serve.router.routing import VLLM_ENDPOINTS, ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.media_refs import inline_chat_media
 from serve.router.observed import ObservedRequests
 from serve.router.oip import install_oip_routes
+from serve.router.pipelines import install_pipeline_routes, pipeline_card, pipeline_state
 from serve.router.openapi_docs import openapi_description
 from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
 from servers.base_engine import EngineResponse
@@ -34,12 +35,7 @@ from servers.base_engine import EngineResponse
 logger = logging.getLogger("ray.serve")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-JSON_ENDPOINTS = {
-    "/v1/chat/completions": Capability.CHAT,
-    "/v1/completions": Capability.COMPLETIONS,
-    "/v1/embeddings": Capability.EMBEDDINGS,
-    "/v1/audio/speech": Capability.SPEECH,
-}
+JSON_ENDPOINTS = {**VLLM_ENDPOINTS, "/v1/audio/speech": Capability.SPEECH}
 UPLOAD_ENDPOINTS = {
     "/v1/audio/transcriptions": Capability.TRANSCRIPTION,
     "/v1/audio/translations": Capability.TRANSLATION,
@@ -80,7 +76,9 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     @app.get("/ready", dependencies=protected)
     async def readiness(request: Request) -> JSONResponse:
         bases = [r for r in _visible(request, settings.routes).values() if r.variant is None]
-        states = await deployment_states(engines, bases)
+        pipelines = _visible(request, settings.pipelines)
+        steps = [settings.routes[s.model] for p in pipelines.values() for s in p.steps if s.model in settings.routes]
+        states = await deployment_states(engines, bases + steps)
         models = {r.model_id: {"ready": states[r.deployment_name] is not None, "phase": READY,
                                **(states[r.deployment_name] or {})} for r in bases}
         ready = all(state is not None for state in states.values())
@@ -93,7 +91,9 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
                              replicas={"running": phase.replicas_running, "target": phase.replicas_target})
             elif not model["ready"]:
                 model.update(phase=UNAVAILABLE, phase_detail="no replica answered")
-        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models,
+        chains = {name: pipeline_state(p, settings.routes, states) for name, p in pipelines.items()}
+        ready = ready and all(chain["ready"] for chain in chains.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models, "pipelines": chains,
                              "config_file": os.environ.get(CONFIG_FILE_ENV)},
                             status_code=200 if ready else 503)
 
@@ -101,14 +101,18 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     async def openapi(request: Request) -> dict:
         # a thread: the first call imports vLLM's protocol models
         return await asyncio.to_thread(openapi_description, app, BODY_ENDPOINTS, _visible(request, settings.routes),
-                                       bool(settings.api_keys))
+                                       bool(settings.api_keys), sorted(_visible(request, settings.pipelines)))
 
     @app.get("/v1/models", dependencies=protected)
     async def list_models(request: Request) -> dict:
-        return {"object": "list", "data": [r.card() for r in _visible(request, settings.routes).values()]}
+        pipelines = [pipeline_card(p) for p in _visible(request, settings.pipelines).values()]
+        return {"object": "list", "data": [r.card() for r in _visible(request, settings.routes).values()] + pipelines}
 
     @app.get("/v1/models/{model_id:path}", dependencies=protected)
     async def get_model(model_id: str, request: Request) -> dict:
+        if model_id in settings.pipelines and model_id not in settings.routes:
+            check_scope(request_key(request), model_id)
+            return pipeline_card(settings.pipelines[model_id])
         return _route_for(request, settings.routes, model_id).card()
 
     async def forward(request: Request, capability: Capability) -> Response:
@@ -116,7 +120,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
         body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
         _validate_body(route, capability, body)
-        if capability is Capability.CHAT:
+        if "messages" in body:  # chat, and tokenize or classify of a conversation
             await inline_chat_media(body, settings.media)
         key = request_key(request)
         counted = limits is not None and meters_tokens(key)
@@ -154,6 +158,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
+    install_pipeline_routes(app, settings, engines, protected[0])
     install_console(app)
     app.add_middleware(ObservedRequests, path="router")  # outermost: ids and metrics of every answer
 
@@ -183,8 +188,8 @@ def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
     return check
 
 
-def _visible(request: Request, routes: Mapping[str, ModelRoute]) -> dict[str, ModelRoute]:
-    """The routes the request's API key may use (all of them when keys are not scoped)."""
+def _visible(request: Request, routes: Mapping[str, Any]) -> dict[str, Any]:
+    """The routes (or pipelines) the request's API key may use (all of them when keys are not scoped)."""
     key = request_key(request)
     return {name: route for name, route in routes.items() if key is None or key.allows(route.model_id)}
 

@@ -20,12 +20,14 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from configs.oip_models import InferenceRequest
+from configs.pipeline_models import PipelineRequest
 from configs.open_api_models import request_adapter
 from configs.server_models import Capability
 from serve.router.routing import ModelRoute
 
 COMPONENTS = "#/components/schemas/{model}"
 INFER = "infer"
+PIPELINE_PATH = "/v1/pipelines"
 ERRORS_V1 = "An error in OpenAI's shape: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"
 ERRORS_V2 = "An error in the Open Inference Protocol's shape: {\"error\": \"<message>\"}"
 PATH_MODEL_PARAMS = ("model_id", "name")  # path parameters that name a model
@@ -43,9 +45,11 @@ def _body_schemas(capabilities: tuple[Capability, ...]) -> tuple[dict[str, dict]
 
 
 def openapi_description(app: FastAPI, endpoints: Mapping[str, tuple[Capability, str]],
-                        routes: Mapping[str, ModelRoute], secured: bool) -> dict[str, Any]:
+                        routes: Mapping[str, ModelRoute], secured: bool,
+                        pipelines: list[str] | None = None) -> dict[str, Any]:
     """The app's description with each body; ``endpoints``: path -> (capability, media type) of the
-    endpoints that read a body themselves; ``routes``: the models the caller may use."""
+    endpoints that read a body themselves; ``routes`` and ``pipelines``: the models and pipelines
+    the caller may use (None: the app has no pipeline route)."""
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     bodies, definitions = _body_schemas(tuple(capability for capability, _ in endpoints.values()))
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -58,6 +62,11 @@ def openapi_description(app: FastAPI, endpoints: Mapping[str, tuple[Capability, 
         if media_type == "multipart/form-data":
             schema = _upload_form(schema, schemas)
         doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {media_type: {"schema": schema}}}
+    if pipelines is not None:
+        schema = TypeAdapter(PipelineRequest).json_schema(ref_template=COMPONENTS)
+        schema["properties"]["model"] = {"type": "string", "enum": pipelines} if pipelines else {"type": "string"}
+        doc["paths"][PIPELINE_PATH]["post"]["requestBody"] = {
+            "required": True, "content": {"application/json": {"schema": schema}}}
     tensor_models = sorted(r.model_id for r in routes.values() if r.tensors)
     for path, operations in doc["paths"].items():
         for operation in operations.values():

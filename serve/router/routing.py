@@ -11,9 +11,25 @@ from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
+from configs.pipeline_models import PipelineConfig
 from configs.server_models import (FORM_OVERHEAD_BYTES, BaseModelEntry, Capability, PlatformSettings,
                                    largest_upload_body, replica_range)
 
+
+# The JSON endpoints vLLM's OpenAI server has, at its own paths (the Jina/Cohere-shaped rerank
+# and the /v1 aliases it keeps): the router's /v1 and a model's one-hop URL serve the same set.
+VLLM_ENDPOINTS = {
+    "/v1/chat/completions": Capability.CHAT,
+    "/v1/completions": Capability.COMPLETIONS,
+    "/v1/embeddings": Capability.EMBEDDINGS,
+    "/v1/rerank": Capability.RERANK,
+    "/rerank": Capability.RERANK,
+    "/v1/score": Capability.SCORE,
+    "/score": Capability.SCORE,
+    "/classify": Capability.CLASSIFY,
+    "/tokenize": Capability.TOKENIZE,
+    "/detokenize": Capability.DETOKENIZE,
+}
 
 MULTIPLEXED_HEADER = "serve_multiplexed_model_id"  # Ray Serve's header naming a multiplexed model
 
@@ -88,6 +104,7 @@ class RouterSettings:
     media: MediaFetchPolicy = field(default_factory=MediaFetchPolicy)
     max_upload_memory_bytes: int = 1024 * 1024 * 1024
     platform_app: str | None = None  # the router application (its key limits); None: this replica's own
+    pipelines: dict[str, PipelineConfig] = field(default_factory=dict)  # by id; their steps name routes
 
     @property
     def max_upload_request_bytes(self) -> int:
@@ -114,6 +131,7 @@ class RouterSettings:
             max_request_bytes=platform.router.max_request_bytes,
             request_timeout_s=platform.router.request_timeout_s,
             max_upload_memory_bytes=platform.router.max_upload_memory_bytes,
+            pipelines={pipeline.model_id: pipeline for pipeline in platform.pipelines},
             media=MediaFetchPolicy(
                 allowed_domains=tuple(platform.media.allowed_domains),
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),

@@ -57,6 +57,11 @@ VISION_MODELS = [
 VISION_MODELS.append({**_vision("tiny-vit-variants", "tiny-vit", task="image-classification"),
                       "multiplex_config": {"variants_dir": "./.models/tiny-vit-variants", "max_variants_per_replica": 2}})
 
+# Beside the default config's voice-chat and rag-lite pipelines: image -> caption -> chat.
+DESCRIBE_IMAGE = {"model_id": "describe-image", "timeout_s": 60, "steps": [
+    {"task": "caption", "model": "tiny-captioner"},
+    {"task": "chat", "model": "tiny-chat", "prompt": "Describe this picture: {text}", "max_tokens": 16}]}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -79,6 +84,7 @@ def platform_url(tmp_path_factory) -> str:
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]
     args["groups"] = [VISION_GROUP]
+    args["pipelines"].append(DESCRIBE_IMAGE)
     args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
     env = platform_env()
     # The address of a cluster that is gone, as a platform killed without its shutdown leaves it:

@@ -13,7 +13,8 @@ from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY, wait_for_stats
 
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
-ALL_MODELS = {CHAT, EMBED, "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
+RERANKER = "tiny-reranker"
+ALL_MODELS = {CHAT, EMBED, RERANKER, "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
               "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder", "tiny-vit-variants"}
 VARIANTS = {"tiny-chat:sql", "tiny-chat:poet", "tiny-vit-variants:a", "tiny-vit-variants:b", "tiny-vit-variants:c"}
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
@@ -27,8 +28,10 @@ def assert_still_serving(client: openai.OpenAI) -> None:
 def test_models_list_every_configured_model_with_type_and_capabilities(client):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == ALL_MODELS | VARIANTS
-    assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions"]
-    assert models[EMBED].capabilities == ["embeddings"]
+    text = ["tokenize", "detokenize"]
+    assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions", *text]
+    assert models[EMBED].capabilities == ["embeddings", "rerank", "score", *text]
+    assert models[RERANKER].capabilities == ["rerank", "score", "classify", *text]
     assert client.models.retrieve(EMBED).id == EMBED
 
 

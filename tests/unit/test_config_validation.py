@@ -58,12 +58,25 @@ def test_seed_config_validates_with_our_import_path():
     config = load_platform_config(SEED_CONFIG["applications"][0]["args"])
     model = config.models[0]
     assert model.model_id == "falcon3-1b-instruct"
-    assert [c.value for c in model.capabilities()] == ["chat", "completions"]
+    assert [c.value for c in model.capabilities()] == ["chat", "completions", "tokenize", "detokenize"]
     options = model.serve_options()
     assert options["name"] == "falcon3-1b-deployment"
     assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.4}
     assert options["max_ongoing_requests"] == 256
     assert options["autoscaling_config"]["target_ongoing_requests"] == 50
+
+
+@pytest.mark.parametrize("engine_kwargs,capabilities", [
+    ({}, ["chat", "completions"]),
+    ({"runner": "pooling"}, ["embeddings", "rerank", "score"]),  # vLLM scores embedders by cosine
+    ({"runner": "pooling", "convert": "embed"}, ["embeddings", "rerank", "score"]),
+    ({"convert": "classify"}, ["rerank", "score", "classify"]),  # a cross-encoder
+])
+def test_a_vllm_models_endpoints_follow_its_pooling_task(engine_kwargs, capabilities):
+    args = good_args()
+    args["models"][0]["engine_kwargs"].update(engine_kwargs)
+    model = load_platform_config(args).models[0]
+    assert [c.value for c in model.capabilities()] == capabilities + ["tokenize", "detokenize"]
 
 
 def test_vllm_models_get_a_queue_that_matches_max_num_seqs():

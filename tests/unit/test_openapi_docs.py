@@ -66,3 +66,14 @@ def test_bearer_auth_is_described_and_health_is_open():
     doc = _description()
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert doc["security"] == [{"bearer": []}] and doc["paths"]["/health"]["get"]["security"] == []
+
+
+def test_the_other_vllm_endpoints_and_pipelines_are_described():
+    doc = _description()
+    rerank = _component(doc, _body(doc, "/v1/rerank"))
+    assert rerank["title"] == "RerankRequest" and {"query", "documents"} <= set(rerank["required"])
+    assert {_component(doc, ref)["title"] for ref in _body(doc, "/tokenize")["anyOf"]} == {
+        "TokenizeCompletionRequest", "TokenizeChatRequest"}
+    pipeline = _body(doc, "/v1/pipelines")
+    assert pipeline["title"] == "PipelineRequest" and pipeline["additionalProperties"] is False
+    assert set(pipeline["properties"]) == {"model", "audio", "image", "text", "documents"}

@@ -98,6 +98,42 @@ def test_routes_by_model_and_capability():
     assert [call[1] for call in engines.calls] == [Capability.CHAT, Capability.EMBEDDINGS]
 
 
+RERANKER = ModelRoute("reranker", "vllm", "reranker-dep",
+                      (Capability.RERANK, Capability.SCORE, Capability.CLASSIFY, Capability.TOKENIZE,
+                       Capability.DETOKENIZE))
+
+
+@pytest.mark.parametrize("path,body,capability", [
+    ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": 1}, Capability.RERANK),
+    ("/rerank", {"query": "q", "documents": ["a"]}, Capability.RERANK),
+    ("/v1/score", {"queries": "q", "documents": ["a", "b"]}, Capability.SCORE),
+    ("/score", {"text_1": "q", "text_2": "a"}, Capability.SCORE),
+    ("/classify", {"input": ["x", "y"]}, Capability.CLASSIFY),
+    ("/tokenize", {"prompt": "hello"}, Capability.TOKENIZE),
+    ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, Capability.TOKENIZE),
+    ("/detokenize", {"tokens": [1, 2]}, Capability.DETOKENIZE),
+])
+def test_vllms_other_endpoints_reach_the_model_that_serves_them(path, body, capability):
+    c, engines = client({**ROUTES, "reranker": RERANKER})
+    answer = c.post(path, json={"model": "reranker", **body})
+    assert answer.json() == {"deployment": "reranker-dep", "capability": capability.value}
+    assert engines.calls == [("reranker-dep", capability, {"model": "reranker", **body})]
+
+
+@pytest.mark.parametrize("path,body,param,code", [
+    ("/v1/rerank", {"model": "chat", "query": "q", "documents": ["a"]}, "model", "unsupported_endpoint"),
+    ("/v1/rerank", {"model": "reranker", "query": "q"}, "documents", None),
+    ("/v1/rerank", {"model": "reranker", "query": "q", "documents": ["a"], "top_n": "x"}, "top_n", None),
+    ("/score", {"model": "reranker"}, "queries", None),
+    ("/detokenize", {"model": "reranker", "tokens": "abc"}, "tokens", None),
+    ("/tokenize", {"model": "asr", "prompt": "x"}, "model", "unsupported_endpoint"),
+])
+def test_bad_bodies_of_the_other_endpoints_are_400s(path, body, param, code):
+    c, engines = client({**ROUTES, "reranker": RERANKER})
+    assert_openai_error(c.post(path, json=body), 400, code, param)
+    assert engines.calls == []
+
+
 def test_a_variant_is_named_by_model_or_by_serves_multiplexed_header():
     c, engines = client()
     assert c.post("/v1/chat/completions", json={**CHAT, "model": "chat:sql"}).status_code == 200
