@@ -11,6 +11,8 @@ from configs.server_models import Capability, TransformersEngineKwargs, Transfor
 
 VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
                 Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
+# Vision-language chat (LLaVA, Idefics3, Qwen2-VL, ...): served on /v1/chat/completions, not /v2.
+IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 _TASK_ALIASES = {"image-embedding": "image-feature-extraction", "image-captioning": "image-to-text",
                  "zero-shot": "zero-shot-image-classification", "detection": "object-detection",
                  "classification": "image-classification"}
@@ -32,7 +34,8 @@ class MediaEngineKwargs(TransformersEngineKwargs):
 
 
 class VisionEngineKwargs(MediaEngineKwargs):
-    task: Literal[tuple(t.value for t in VISION_TASKS)] = Field(description="the transformers task")
+    task: Literal[tuple(t.value for t in VISION_TASKS) + (IMAGE_TEXT_TO_TEXT,)] = Field(
+        description="the transformers task")
     max_image_pixels: int = Field(default=25_000_000, ge=1, description="width x height; larger images are a 413")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(default=64, ge=1)
@@ -40,7 +43,9 @@ class VisionEngineKwargs(MediaEngineKwargs):
     candidate_labels: list[str] = Field(default_factory=list, description="zero-shot: labels when a request names none")
     hypothesis_template: str = Field(default="This is a photo of {}.", description="zero-shot: label -> text")
     prompt: str | None = Field(default=None, description="image-to-text: text the caption starts from")
-    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    max_new_tokens: int = Field(default=32, ge=1, le=32768,
+                                description="image-to-text: caption length; image-text-to-text: the most a chat "
+                                            "request may ask for (and its default)")
 
     @field_validator("task", mode="before")
     @classmethod
@@ -65,6 +70,15 @@ class TensorModelEntry(TransformersModelEntry):
 
 class VisionModelEntry(TensorModelEntry):
     engine_kwargs: VisionEngineKwargs
+
+    def is_chat(self) -> bool:
+        return self.engine_kwargs.task == IMAGE_TEXT_TO_TEXT
+
+    def capabilities(self) -> list[Capability]:
+        return [Capability.CHAT] if self.is_chat() else super().capabilities()
+
+    def tensor_metadata(self) -> dict[str, list[dict[str, Any]]] | None:
+        return None if self.is_chat() else super().tensor_metadata()
 
     def max_upload_bytes(self) -> int:
         return self.engine_kwargs.max_image_bytes

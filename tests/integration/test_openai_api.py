@@ -14,7 +14,7 @@ from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY, wait_for_stats
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
 RERANKER = "tiny-reranker"
-ALL_MODELS = {CHAT, EMBED, RERANKER, "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
+ALL_MODELS = {CHAT, EMBED, RERANKER, "tiny-llava", "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
               "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder", "tiny-vit-variants"}
 VARIANTS = {"tiny-chat:sql", "tiny-chat:poet", "tiny-vit-variants:a", "tiny-vit-variants:b", "tiny-vit-variants:c"}
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]

@@ -21,6 +21,16 @@ def test_vision_task_aliases_capabilities_and_tensors():
     assert model.serve_options()["max_ongoing_requests"] == 16 * 16
 
 
+def test_a_vision_language_model_chats_through_its_own_engine():
+    from servers import engine_class
+
+    model = load_platform_config({"models": [entry("vision", task="image-text-to-text", max_new_tokens=512)]}).models[0]
+    assert model.capabilities() == [Capability.CHAT] and model.tensor_metadata() is None  # /v1, not /v2
+    assert engine_class(model).__name__ == "VisionChatEngine"
+    captioner = load_platform_config({"models": [entry("vision", task="image-to-text")]}).models[0]
+    assert engine_class(captioner).__name__ == "VisionEngine"
+
+
 def test_video_defaults():
     model = load_platform_config({"models": [entry("video")]}).models[0]
     assert model.capabilities() == [Capability.VIDEO_CLASSIFICATION]
