@@ -7,6 +7,7 @@
     python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
     python deploy_app.py --config model_config.yaml --render --working-dir /shared/code   # ... with the code shipped
     python deploy_app.py status                                       # every model's phase (exit 0: all ready)
+    python deploy_app.py batch --model tiny-chat --input prompts.jsonl --output answers.jsonl   # offline, Ray Data
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
 nothing), renders each model as its own application (``builders/render.py``) and applies
@@ -206,6 +207,10 @@ def _stop_on_sigterm(*_: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:
+        from batch.job import batch_command
+
+        return batch_command(argv[1:])
     if argv[:1] == ["status"]:
         from serve.platform_status import status_command
 

@@ -13,6 +13,7 @@ VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLAS
                 Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
 # Vision-language chat (LLaVA, Idefics3, Qwen2-VL, ...): served on /v1/chat/completions, not /v2.
 IMAGE_TEXT_TO_TEXT = "image-text-to-text"
+CHAT_ONGOING_REQUESTS = 4
 _TASK_ALIASES = {"image-embedding": "image-feature-extraction", "image-captioning": "image-to-text",
                  "zero-shot": "zero-shot-image-classification", "detection": "object-detection",
                  "classification": "image-classification"}
@@ -79,6 +80,14 @@ class VisionModelEntry(TensorModelEntry):
 
     def tensor_metadata(self) -> dict[str, list[dict[str, Any]]] | None:
         return None if self.is_chat() else super().tensor_metadata()
+
+    def serve_options(self) -> dict[str, Any]:
+        options = super().serve_options()
+        if self.is_chat() and self.deployment_config.max_ongoing_requests is None:
+            # One generation at a time per replica: a few waiting in it, the rest in Serve's queue
+            # (where autoscaling sees them), not a batch's worth.
+            options["max_ongoing_requests"] = CHAT_ONGOING_REQUESTS
+        return options
 
     def max_upload_bytes(self) -> int:
         return self.engine_kwargs.max_image_bytes

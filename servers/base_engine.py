@@ -10,6 +10,7 @@ forwards these, so one convention serves every endpoint and engine.
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class BaseEngine(abc.ABC):
     ) -> AsyncIterator[str | EngineResponse]:
         """Answer one streaming request; engines that cannot stream answer whole."""
         yield await self.handle(capability, body)
+
+    async def handle_many(self, capability: Capability, bodies: list[dict[str, Any]]) -> list[EngineResponse]:
+        """Answer many requests at once (batch jobs); engines that batch themselves run them together."""
+        return list(await asyncio.gather(*(self.handle(capability, body) for body in bodies)))
 
     async def load_variant(self, name: str) -> "BaseEngine":
         """The engine for multiplexed variant ``name``: by default this engine's type on the

@@ -102,25 +102,57 @@ class BatchedEngine(BaseEngine):
         logger.info("%s for %s ready on %s (%s)", type(self.runner).__name__, self.entry.model_id, device, dtype)
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
+        jobs = await self._prepare(capability, body)
+        if isinstance(jobs, EngineResponse):
+            return jobs
+        self.requests_in_flight += 1
+        try:
+            results = await asyncio.gather(*(self._run_batch(job) for job in jobs))
+        except Exception as exc:
+            return self._failed(exc)
+        finally:
+            self.requests_in_flight -= 1
+        return await self._respond(jobs, results)
+
+    async def handle_many(self, capability: Capability, bodies: list[dict[str, Any]]) -> list[EngineResponse]:
+        """Many requests at once, outside Serve (batch jobs): all their jobs go through the model in
+        chunks of ``max_batch_size``, grouped by options; a bad request fails alone."""
+        prepared = await asyncio.gather(*(self._prepare(capability, body) for body in bodies))
+        jobs = [job for p in prepared if not isinstance(p, EngineResponse) for job in p]
+        size = self.kwargs.max_batch_size
+        results: list[Any] = []
+        for start in range(0, len(jobs), size):
+            results += await self._run_groups(jobs[start:start + size])
+        answers, remaining = [], iter(results)
+        for p in prepared:
+            answers.append(p if isinstance(p, EngineResponse) else
+                           await self._respond(p, [next(remaining) for _ in p]))
+        return answers
+
+    async def _prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job] | EngineResponse:
         if capability not in self.runner.capabilities():
             return EngineResponse.error(400, f"model {self.entry.model_id!r} cannot serve {capability.value}",
                                         param="model", code="unsupported_endpoint")
-        self.requests_in_flight += 1
         try:
-            jobs = await asyncio.to_thread(self.runner.prepare, capability, body)
-            results = await asyncio.gather(*(self._run_batch(job) for job in jobs))
+            return await asyncio.to_thread(self.runner.prepare, capability, body)
+        except InputError as err:
+            return EngineResponse.error(err.status_code, err.message, param=err.param, code=err.code)
+
+    async def _respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
+        try:
             for result in results:
                 if isinstance(result, Exception):
                     raise result
             return await asyncio.to_thread(self.runner.respond, jobs, results)
         except InputError as err:
             return EngineResponse.error(err.status_code, err.message, param=err.param, code=err.code)
-        except Exception as exc:  # the model failed: this request fails, the replica serves on
-            logger.exception("%s request failed", self.entry.model_id)
-            return EngineResponse.error(500, f"the model failed: {type(exc).__name__}: {exc}",
-                                        err_type="InternalServerError")
-        finally:
-            self.requests_in_flight -= 1
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: Exception) -> EngineResponse:
+        """The model failed: this request fails, the replica serves on."""
+        logger.error("%s request failed", self.entry.model_id, exc_info=exc)
+        return EngineResponse.error(500, f"the model failed: {type(exc).__name__}: {exc}", err_type="InternalServerError")
 
     # Sizes are replaced from the YAML in start(). Serve forms the next batch while one runs,
     # from what arrived in batch_wait_timeout_s; letting up to MERGED_BATCHES of them in here

@@ -186,7 +186,7 @@ def test_serve_file_errors_carry_the_application_path(tmp_path):
     assert "applications[0].args.llm_configs[0].engine_kwargs.max_num_seq" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["model_config.yaml", "examples/production.yaml"])
+@pytest.mark.parametrize("name", ["model_config.yaml", "examples/production.yaml", "examples/vision-language.yaml"])
 def test_shipped_configs_validate(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("PLATFORM_API_KEYS", raising=False)  # validating needs no secret

@@ -1,0 +1,124 @@
+"""``python deploy_app.py batch``: offline inference over a file or a folder with Ray Data, on
+the engines the YAML configures (no Serve, no HTTP).
+
+    python deploy_app.py batch --config model_config.yaml --model tiny-chat --input prompts.jsonl --output answers.jsonl
+    python deploy_app.py batch --model all-minilm-l6-v2 --input texts.parquet --output s3://bucket/vectors.parquet
+    python deploy_app.py batch --model tiny-whisper --input recordings/ --output transcripts.jsonl
+    python deploy_app.py batch --model tiny-vit --input 'photos/*.jpg' --output labels.jsonl
+
+Each model replica of the YAML becomes an actor of Ray Data's pool (its CPUs and GPU share; as
+many actors as its replicas, or its autoscaling range); rows stream through them in batches.
+A row the model refuses is written with its error; a re-run skips the rows already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from batch.rows import ID, OutputFile, read_rows, row_id
+from configs.capabilities import Capability
+from configs.server_models import BaseModelEntry, replica_range, replica_shape
+
+ENDPOINTS = {"chat": Capability.CHAT, "completions": Capability.COMPLETIONS, "embeddings": Capability.EMBEDDINGS,
+             "transcriptions": Capability.TRANSCRIPTION, "translations": Capability.TRANSLATION,
+             "rerank": Capability.RERANK, "score": Capability.SCORE, "classify": Capability.CLASSIFY}
+FLUSH_ROWS = 64  # rows per write: what a crash can lose, and what a re-run redoes
+
+
+def batch_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="deploy_app.py batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument("--model", required=True, help="a model_id of the config")
+    parser.add_argument("--input", required=True, help=".jsonl or .parquet records, or a folder/glob of media files "
+                                                       "(local, s3://, gs://)")
+    parser.add_argument("--output", required=True, help=".jsonl or .parquet (a folder of parts on cloud storage)")
+    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=None,
+                        help="what each row asks of the model (default: the model's first capability)")
+    parser.add_argument("--parameters", type=json.loads, default={},
+                        help="JSON merged into every request (max_tokens, top_k, ...)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per actor call (default: from the YAML)")
+    parser.add_argument("--address", default=None, help="a Ray cluster to run on (default: start one here)")
+    args = parser.parse_args(argv)
+
+    from deploy_app import load_serve_config  # the same validation a deploy gets
+
+    _, loaded = load_serve_config(args.config)
+    entry = next((m for config in loaded.values() for m in config.models if m.model_id == args.model), None)
+    if entry is None:
+        known = sorted(m.model_id for config in loaded.values() for m in config.models)
+        print(f"{args.config}: no model {args.model!r}; models: {', '.join(known)}", file=sys.stderr)
+        return 2
+    source = entry.model_loading_config.model_source
+    if source.startswith(("./", "../")):  # the actors may not share this directory
+        entry.model_loading_config.model_source = os.path.abspath(source)
+    capability = ENDPOINTS[args.endpoint] if args.endpoint else entry.capabilities()[0]
+    if capability not in entry.capabilities():
+        print(f"{args.model!r} cannot serve {capability.value}; it serves "
+              f"{', '.join(c.value for c in entry.capabilities())}", file=sys.stderr)
+        return 2
+    return run_batch(entry, capability, args)
+
+
+def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Namespace) -> int:
+    import ray
+
+    from deploy_app import _forget_dead_cluster
+
+    if args.address is None:
+        _forget_dead_cluster()
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+    output = OutputFile(args.output)
+    done = output.finished_ids()
+    rows = read_rows(args.input, capability).map(lambda row: {**row, ID: row_id(row)})
+    if done:
+        rows = rows.filter(lambda row: row[ID] not in done)
+    started, answered, failed = time.perf_counter(), 0, 0
+    first: tuple[float, int] | None = None  # when the first batch came back (the model loaded), and its rows
+    pending: list[dict[str, Any]] = []
+    with _progress(args.input) as progress:
+        for batch in _answered(rows, entry, capability, args):
+            first = first or (time.perf_counter(), len(batch[ID]))
+            for identifier, result in zip(batch[ID], batch["result"]):
+                record = {ID: str(identifier), **json.loads(result)}
+                failed += "error" in record
+                answered += "error" not in record
+                pending.append(record)
+            if len(pending) >= FLUSH_ROWS:
+                output.write(pending)
+                pending = []
+            progress.update(len(batch[ID]))
+    output.write(pending)
+    ended = time.perf_counter()
+    total = answered + failed
+    loaded = f"; {(total - first[1]) / (ended - first[0]):.2f} rows/s after the first batch" \
+        if first and ended > first[0] and total > first[1] else ""
+    print(f"batch: {total} rows in {ended - started:.1f} s ({total / (ended - started):.2f} rows/s{loaded}): "
+          f"{answered} answered, {failed} with an error; {len(done)} already in {args.output}")
+    return 0
+
+
+def _answered(rows, entry: BaseModelEntry, capability: Capability, args: argparse.Namespace):
+    """The rows through a pool of engine actors sized like the model's replicas."""
+    from batch.engine_actor import EngineActor
+
+    options = entry.serve_options()
+    shape = replica_shape(options)
+    low, high = replica_range(options)
+    batch_size = args.batch_size or max(1, min(options.get("max_ongoing_requests", 16), 256))
+    answered = rows.map_batches(
+        EngineActor, fn_constructor_kwargs={"entry": entry, "capability": capability.value,
+                                            "parameters": args.parameters},
+        batch_size=batch_size, concurrency=(max(low, 1), max(high, 1)), num_cpus=shape.cpus or 0.001,
+        num_gpus=shape.gpus or 0)
+    return answered.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _progress(label: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=f"batch {label}", unit=" rows", smoothing=0.1, file=sys.stderr)
