@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import posixpath
 from typing import Any
@@ -43,10 +44,11 @@ def read_rows(path: str, capability: Capability):
 
 def row_id(row: dict[str, Any]) -> str:
     """The row's ``id`` field, else a digest of its content: stable across runs, so a re-run
-    knows which rows it has done whatever order Ray Data reads them in."""
+    knows which rows it has done whatever order Ray Data reads them in (and whatever columns
+    other records add)."""
     if row.get(ID) is not None:
         return str(row[ID])
-    payload = json.dumps(row, sort_keys=True, default=_jsonable)
+    payload = json.dumps({k: v for k, v in row.items() if not _missing(v)}, sort_keys=True, default=_jsonable)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -58,10 +60,15 @@ def request_body(row: dict[str, Any], model_id: str, capability: Capability, par
         if capability in (Capability.TRANSCRIPTION, Capability.TRANSLATION):
             return {"model": model_id, "file": data, "response_format": "json", **parameters}
         return {"model": model_id, "inputs": [data], "parameters": parameters}
-    body = {k: _plain(v) for k, v in row.items() if k != ID and v is not None}
+    body = {k: _plain(v) for k, v in row.items() if k != ID and not _missing(v)}
     if capability is Capability.CHAT and "messages" not in body and isinstance(body.get("prompt"), str):
         body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
     return {**parameters, **body, "model": model_id}
+
+
+def _missing(value: Any) -> bool:
+    """A field this record lacks: Ray Data gives every row every column, None or NaN where absent."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value: Any) -> Any:

@@ -130,7 +130,7 @@ class VisionChatEngine(BaseEngine):
     def _prepare(self, capability: Capability, body: dict[str, Any]) -> tuple[list, list, dict]:
         if capability is not Capability.CHAT:
             raise InvalidRequest(f"model {self.entry.model_id!r} serves chat only", "model")
-        unsupported = sorted(key for key, value in body.items() if key not in SUPPORTED and value is not None)
+        unsupported = [key for key, value in body.items() if key not in SUPPORTED and value is not None]  # as sent
         if unsupported:
             raise InvalidRequest(f"{unsupported[0]} is not supported by this model's engine (transformers)", unsupported[0])
         request = parse_request(capability, body)

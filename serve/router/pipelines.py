@@ -90,6 +90,7 @@ class PipelineRun:
         self.pipeline, self.routes, self.engines = pipeline, routes, engines
         self.values: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
+        self.current = "reading the inputs"  # what the run is doing, for errors and timeouts
 
     async def run(self, body: dict[str, Any], media: MediaFetchPolicy) -> dict[str, Any]:
         await self._read_inputs(body, media)

@@ -71,7 +71,7 @@ def test_errors_keep_the_openai_shape(platform_url, fast):
                         headers=auth_headers())
     assert nested.status_code in (400, 413) and "error" in nested.json()
     # vLLM's admin and scaling routes are not exposed on this path.
-    for path in ("/scale_elastic_ep", "/tokenize", "/v1/load_lora_adapter"):
+    for path in ("/scale_elastic_ep", "/invocations", "/v1/load_lora_adapter"):
         hidden = httpx.post(f"{platform_url}/models/{CHAT}{path}", json={}, headers=auth_headers())
         assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices

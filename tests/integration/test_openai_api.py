@@ -16,6 +16,7 @@ EMBED = "all-minilm-l6-v2"
 RERANKER = "tiny-reranker"
 ALL_MODELS = {CHAT, EMBED, RERANKER, "tiny-llava", "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
               "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder", "tiny-vit-variants"}
+PIPELINES = {"voice-chat", "rag-lite", "describe-image"}  # the default config's two and the session's one
 VARIANTS = {"tiny-chat:sql", "tiny-chat:poet", "tiny-vit-variants:a", "tiny-vit-variants:b", "tiny-vit-variants:c"}
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
 
@@ -27,7 +28,7 @@ def assert_still_serving(client: openai.OpenAI) -> None:
 
 def test_models_list_every_configured_model_with_type_and_capabilities(client):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == ALL_MODELS | VARIANTS
+    assert set(models) == ALL_MODELS | VARIANTS | PIPELINES
     text = ["tokenize", "detokenize"]
     assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions", *text]
     assert models[EMBED].capabilities == ["embeddings", "rerank", "score", *text]

@@ -13,11 +13,13 @@ def test_a_row_keeps_its_id_or_gets_one_from_its_content():
     assert row_id({"id": 7, "prompt": "x"}) == "7"
     assert row_id({"prompt": "x", "max_tokens": 3}) == row_id({"max_tokens": 3, "prompt": "x"})
     assert row_id({"prompt": "x"}) != row_id({"prompt": "y"})
+    assert row_id({"prompt": "x", "seed": None, "top_p": float("nan")}) == row_id({"prompt": "x"})
     assert row_id({"input": np.array(["a", "b"], dtype=object)}) == row_id({"input": ["a", "b"]})
 
 
 def test_records_are_the_endpoints_bodies_and_files_are_uploads():
-    chat = request_body({"id": "1", "prompt": "hi", "stop": None}, "m", Capability.CHAT, {"max_tokens": 4})
+    chat = request_body({"id": "1", "prompt": "hi", "stop": None, "temperature": float("nan")}, "m", Capability.CHAT,
+                        {"max_tokens": 4})  # columns other records have: None or NaN here
     assert chat == {"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], "model": "m"}
     own = request_body({"messages": np.array([{"role": "user", "content": "x"}]), "max_tokens": 9, "model": "other"},
                        "m", Capability.CHAT, {"max_tokens": 4})
