@@ -77,12 +77,11 @@ def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Name
     rows = read_rows(args.input, capability).map(lambda row: {**row, ID: row_id(row)})
     if done:
         rows = rows.filter(lambda row: row[ID] not in done)
-    started, answered, failed = time.perf_counter(), 0, 0
-    first: tuple[float, int] | None = None  # when the first batch came back (the model loaded), and its rows
+    started, answered, failed, busy = time.perf_counter(), 0, 0, 0.0  # busy: the actors' seconds answering
     pending: list[dict[str, Any]] = []
     with _progress(args.input) as progress:
         for batch in _answered(rows, entry, capability, args):
-            first = first or (time.perf_counter(), len(batch[ID]))
+            busy += float(sum(batch["seconds"]))
             for identifier, result in zip(batch[ID], batch["result"]):
                 record = {ID: str(identifier), **json.loads(result)}
                 failed += "error" in record
@@ -95,8 +94,7 @@ def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Name
     output.write(pending)
     ended = time.perf_counter()
     total = answered + failed
-    loaded = f"; {(total - first[1]) / (ended - first[0]):.2f} rows/s after the first batch" \
-        if first and ended > first[0] and total > first[1] else ""
+    loaded = f"; {total / busy:.2f} rows/s per actor while answering" if busy else ""
     print(f"batch: {total} rows in {ended - started:.1f} s ({total / (ended - started):.2f} rows/s{loaded}): "
           f"{answered} answered, {failed} with an error; {len(done)} already in {args.output}")
     return 0
