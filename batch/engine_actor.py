@@ -13,6 +13,7 @@ from typing import Any
 from batch.rows import ID, request_body
 from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
+from servers.base_engine import EngineResponse
 
 
 class EngineActor:
@@ -57,13 +58,10 @@ class EngineActor:
             pass
 
 
-def _answer(result) -> dict[str, Any]:
-    try:
-        payload = json.loads(result.content)
-    except ValueError:  # a binary answer (speech): not what a batch writes
-        payload = {"bytes": len(result.content), "media_type": result.media_type}
+def _answer(result: EngineResponse) -> dict[str, Any]:
     if result.status_code != 200:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        message = error.get("message") if isinstance(error, dict) else (error or "failed")
-        return {"error": {"status": result.status_code, "message": message}}
-    return {"response": payload}
+        return {"error": {"status": result.status_code, "message": result.error_message()}}
+    try:
+        return {"response": json.loads(result.content)}
+    except ValueError:  # a binary answer (speech): not what a batch writes
+        return {"response": {"bytes": len(result.content), "media_type": result.media_type}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from configs.server_models import BaseModelEntry, ModelType
+from configs.vision_models import IMAGE_TEXT_TO_TEXT
 
 # Import paths, so importing the registry does not import every engine's libraries.
 ENGINE_CLASSES: dict[ModelType, str] = {
@@ -17,7 +18,7 @@ ENGINE_CLASSES: dict[ModelType, str] = {
 
 # A task served by another engine than its type's (vision-language chat generates, it does not batch).
 TASK_ENGINES: dict[tuple[ModelType, str], str] = {
-    (ModelType.VISION, "image-text-to-text"): "servers.vision_chat_engine:VisionChatEngine",
+    (ModelType.VISION, IMAGE_TEXT_TO_TEXT): "servers.vision_chat_engine:VisionChatEngine",
 }
 
 

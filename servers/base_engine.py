@@ -32,6 +32,14 @@ class EngineResponse:
     def json(cls, payload: Any, status_code: int = 200) -> "EngineResponse":
         return cls(status_code, json.dumps(payload, separators=(",", ":")).encode())
 
+    def error_message(self) -> str:
+        """The message of an error answer: OpenAI's ``{"error": {"message"}}`` or ``{"error": "..."}``."""
+        try:
+            error = json.loads(self.content).get("error")
+            return (error.get("message") if isinstance(error, dict) else error) or "failed"
+        except (ValueError, AttributeError):
+            return "failed"
+
     @classmethod
     def error(
         cls, status_code: int, message: str, err_type: str = "BadRequestError",

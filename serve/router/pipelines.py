@@ -132,7 +132,7 @@ class PipelineRun:
     async def call(self, route: ModelRoute, capability: Capability, body: dict[str, Any]) -> Any:
         result = await self.engines.call(route, capability, {"model": route.model_id, **body})
         if result.status_code != 200:
-            raise StepFailed(result.status_code, f"{self.current}: {_error_message(result.content)}",
+            raise StepFailed(result.status_code, f"{self.current}: {result.error_message()}",
                              code="pipeline_step_failed")
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
@@ -236,11 +236,3 @@ def _shown(values: dict[str, Any]) -> dict[str, Any]:
         else:
             shown[name] = value
     return shown
-
-
-def _error_message(content: bytes) -> str:
-    try:
-        error = json.loads(content).get("error")
-        return (error.get("message") if isinstance(error, dict) else error) or "failed"
-    except (ValueError, AttributeError):
-        return "failed"
