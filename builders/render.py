@@ -15,6 +15,9 @@ application of its own, and the platform application keeps only the router:
   HTTP route.
 
 Editing one model changes only its application's ``args``: Serve restarts only its replicas.
+A vLLM model's ``args`` also name the vLLM that checked its ``engine_kwargs`` here
+(``engine_kwargs_checked_by``), so its build on the cluster skips importing vLLM again when
+the cluster has that same vLLM (and checks them when it has another).
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
     applications = []
     for spec in config.deployments():
         groups = [g for g in args.get("groups", []) if g.get("name") == spec.name]
+        checker = _engine_kwargs_checker(spec.models)
         model_args = {**copy.deepcopy(shared), "platform_app": platform_app,
-                      "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {})}
+                      "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {}),
+                      **({"engine_kwargs_checked_by": checker} if checker else {})}
         one_hop = _serves_http(spec.models)
         applications.append({
             "name": model_app_name(platform_app, spec.name),
@@ -93,6 +98,13 @@ def model_app_name(platform_app: str, deployment: str) -> str:
 def one_hop_prefix(platform_route_prefix: str | None, model_id: str) -> str:
     """``/models/<model_id>`` under the platform's route prefix."""
     return (platform_route_prefix or "").rstrip("/") + MODEL_ROUTE_PREFIX + model_id
+
+
+def _engine_kwargs_checker(models: list) -> str | None:
+    """The costly ``engine_kwargs`` check (vLLM's) that validating ``models`` has just run: the
+    application's build, in a fresh process, skips it when it has the same library."""
+    checkers = {type(model).engine_kwargs_checker() for model in models} - {None}
+    return checkers.pop() if len(checkers) == 1 else None
 
 
 def _serves_http(models: list) -> bool:

@@ -96,7 +96,7 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
     issues: list[ConfigIssue] = []
     indexed: list[tuple[int, BaseModelEntry]] = []
     for index, raw in enumerate(platform.models):
-        entry = _load_model_entry(raw, (models_key, index), issues)
+        entry = _load_model_entry(raw, (models_key, index), issues, platform.engine_kwargs_checked_by)
         if entry is not None:
             indexed.append((index, entry))
     issues += _cross_model_issues(indexed, models_key) + _group_issues(platform, indexed, models_key)
@@ -107,7 +107,8 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
     return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
 
 
-def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue]) -> BaseModelEntry | None:
+def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue],
+                      checked_by: str | None) -> BaseModelEntry | None:
     if not isinstance(raw, dict):
         issues.append(ConfigIssue(loc, "each model must be a mapping"))
         return None
@@ -128,6 +129,8 @@ def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue]) -> BaseMo
         entry = entry_cls.model_validate(raw)
     except ValidationError as err:
         issues.extend(issues_from_validation_error(err, entry_cls, loc))
+    if checked_by is not None and checked_by == entry_cls.engine_kwargs_checker():
+        return entry  # the renderer checked engine_kwargs with this very library
     kwargs_model = entry_cls.engine_kwargs_model()
     raw_kwargs = raw.get("engine_kwargs")
     if kwargs_model is not None and isinstance(raw_kwargs, dict):

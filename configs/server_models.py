@@ -256,6 +256,12 @@ class BaseModelEntry(StrictModel):
         """A model that ``engine_kwargs`` must validate against, checked by the loader."""
         return None
 
+    @classmethod
+    def engine_kwargs_checker(cls) -> str | None:
+        """What ``engine_kwargs_model`` comes from, when building it is costly (importing an
+        engine's library): a config stamped with the same checker skips the check. None: always check."""
+        return None
+
     def capabilities(self) -> list[Capability]:
         raise NotImplementedError
 
@@ -413,3 +419,6 @@ class PlatformConfig(PlatformSettings):
     groups: list[GroupConfig] = Field(default_factory=list)
     platform_app: str | None = Field(
         default=None, description="set by the renderer: the router application that serves these models")
+    engine_kwargs_checked_by: str | None = Field(
+        default=None, description="set by the renderer: the engine library (name==version) that already "
+        "checked these models' engine_kwargs; a build with that same library installed skips the check")

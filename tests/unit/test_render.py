@@ -85,3 +85,21 @@ def test_the_config_files_name_reaches_the_router_alone():
     assert apps["platform"].runtime_env["env_vars"] == {"A": "1", "PLATFORM_CONFIG_FILE": "model_config.yaml"}
     assert apps["platform.chat"].runtime_env["env_vars"] == {"A": "1"}  # renaming the file restarts no model
     assert raw["applications"][0]["runtime_env"]["env_vars"] == {"A": "1"}
+
+
+def test_a_vllm_application_is_stamped_with_the_vllm_that_checked_its_engine_kwargs(monkeypatch):
+    """Its build, in a fresh process, then skips importing vLLM (seconds of CPU per model)."""
+    from configs import ConfigError, load_platform_config
+    from configs.vllm_models import installed_vllm
+
+    apps = _render(_platform("p", "/", [_vllm("chat"), _vision("v")]))
+    assert apps["p.chat"].args["engine_kwargs_checked_by"] == installed_vllm() is not None
+    assert "engine_kwargs_checked_by" not in apps["p.v"].args  # an upgrade of vLLM restarts no other model
+
+    misspelt = {"models": [{**_vllm("chat"), "engine_kwargs": {"max_num_seqz": 4}}], "platform_app": "p"}
+    with pytest.raises(ConfigError, match=r"models\[0\]\.engine_kwargs\.max_num_seqz: unknown key"):
+        load_platform_config({**misspelt, "engine_kwargs_checked_by": "vllm==0.0.1"})  # another vLLM: checked
+    imported = []
+    monkeypatch.setattr("configs.vllm_models.vllm_engine_kwargs_model", lambda: imported.append(1))
+    load_platform_config({**misspelt, "engine_kwargs_checked_by": installed_vllm()})  # this vLLM: already checked
+    assert imported == []
