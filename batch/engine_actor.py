@@ -13,7 +13,7 @@ from typing import Any
 from batch.rows import ID, request_body
 from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 
 class EngineActor:

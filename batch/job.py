@@ -48,7 +48,9 @@ def batch_command(argv: list[str]) -> int:
     from deploy_app import load_serve_config  # the same validation a deploy gets
 
     _, loaded = load_serve_config(args.config)
-    entry = next((m for config in loaded.values() for m in config.models if m.model_id == args.model), None)
+    # The model's deployment (its group's, for a grouped model) sizes the actors.
+    entry, options = next(((m, spec.options) for config in loaded.values() for spec in config.deployments()
+                           for m in spec.models if m.model_id == args.model), (None, {}))
     if entry is None:
         known = sorted(m.model_id for config in loaded.values() for m in config.models)
         print(f"{args.config}: no model {args.model!r}; models: {', '.join(known)}", file=sys.stderr)
@@ -61,10 +63,11 @@ def batch_command(argv: list[str]) -> int:
         print(f"{args.model!r} cannot serve {capability.value}; it serves "
               f"{', '.join(c.value for c in entry.capabilities())}", file=sys.stderr)
         return 2
-    return run_batch(entry, capability, args)
+    return run_batch(entry, options, capability, args)
 
 
-def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Namespace) -> int:
+def run_batch(entry: BaseModelEntry, options: dict[str, Any], capability: Capability,
+              args: argparse.Namespace) -> int:
     import ray
 
     from deploy_app import _forget_dead_cluster
@@ -80,7 +83,7 @@ def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Name
     started, answered, failed, busy = time.perf_counter(), 0, 0, 0.0  # busy: the actors' seconds answering
     pending: list[dict[str, Any]] = []
     with _progress(args.input) as progress:
-        for batch in _answered(rows, entry, capability, args):
+        for batch in _answered(rows, entry, options, capability, args):
             busy += float(sum(batch["seconds"]))
             for identifier, result in zip(batch[ID], batch["result"]):
                 record = {ID: str(identifier), **json.loads(result)}
@@ -100,11 +103,11 @@ def run_batch(entry: BaseModelEntry, capability: Capability, args: argparse.Name
     return 0
 
 
-def _answered(rows, entry: BaseModelEntry, capability: Capability, args: argparse.Namespace):
-    """The rows through a pool of engine actors sized like the model's replicas."""
+def _answered(rows, entry: BaseModelEntry, options: dict[str, Any], capability: Capability,
+              args: argparse.Namespace):
+    """The rows through a pool of engine actors sized like the model's replicas (Serve ``options``)."""
     from batch.engine_actor import EngineActor
 
-    options = entry.serve_options()
     shape = replica_shape(options)
     low, high = replica_range(options)
     batch_size = args.batch_size or max(1, min(options.get("max_ongoing_requests", 16), 256))

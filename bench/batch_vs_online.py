@@ -23,17 +23,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
-import yaml
 
-from launch import ROOT, closed_loop, start_platform, stop, wait_ready
+from launch import ROOT, closed_loop, default_models, start_platform, stop, wait_ready
 
 PORT = 8411
-
-
-def model_entry(model_id: str) -> dict:
-    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
-    return next(m for m in config["applications"][0]["args"]["models"]
-                if m["model_loading_config"]["model_id"] == model_id)
 
 
 def rows(count: int, embeddings: bool) -> list[dict]:
@@ -76,7 +69,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="online requests in flight = batch job's batch size")
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
-    entry = model_entry(args.model)
+    (entry,) = default_models(args.model)
     embeddings = (entry.get("engine_kwargs") or {}).get("runner") == "pooling"
     parameters = {} if embeddings else {"max_tokens": args.max_tokens, "ignore_eos": True}
     data = [{**row, **parameters} for row in rows(args.rows, embeddings)]  # the same body both ways

@@ -16,6 +16,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def default_platform_args() -> dict[str, Any]:
+    """The platform ``args`` of the default config, ``model_config.yaml``."""
+    return yaml.safe_load((ROOT / "model_config.yaml").read_text())["applications"][0]["args"]
+
+
+def default_models(*model_ids: str) -> list[dict[str, Any]]:
+    """The named models of the default config, each deployed on its own (out of its group)."""
+    models = {m["model_loading_config"]["model_id"]: m for m in default_platform_args()["models"]}
+    return [{key: value for key, value in models[model_id].items() if key != "group"} for model_id in model_ids]
+
+
 def start_platform(models: list[dict[str, Any]], port: int, workdir: str,
                    extra_args: tuple[str, ...] = (), platform_args: dict[str, Any] | None = None) -> subprocess.Popen:
     """``deploy_app.py`` on a one-application config serving ``models`` at ``port``

@@ -24,9 +24,8 @@ import tempfile
 import time
 
 import httpx
-import yaml
 
-from launch import ROOT, start_platform, stop, wait_ready
+from launch import ROOT, default_platform_args, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
 from tests.audio_files import audio_file  # noqa: E402
@@ -139,9 +138,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--kill-every-s", type=float, default=90)
     args = parser.parse_args()
-    models = yaml.safe_load((ROOT / "model_config.yaml").read_text())["applications"][0]["args"]["models"]
+    config = default_platform_args()
     with tempfile.TemporaryDirectory() as workdir:
-        proc = start_platform(models, PORT, workdir)
+        proc = start_platform(config["models"], PORT, workdir, platform_args={"groups": config.get("groups", [])})
         try:
             wait_ready(f"http://127.0.0.1:{PORT}/ready", proc, timeout_s=900)
             asyncio.run(soak(f"http://127.0.0.1:{PORT}", args.minutes, args.concurrency, args.kill_every_s))

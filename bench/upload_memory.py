@@ -25,9 +25,8 @@ import time
 
 import httpx
 import psutil
-import yaml
 
-from launch import ROOT, start_platform, stop, wait_ready
+from launch import default_models, start_platform, stop, wait_ready
 
 PORT = 8432
 MIB = 1024 * 1024
@@ -76,8 +75,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--bound-mib", type=int, default=1024, help="router.max_upload_memory_bytes, in MiB")
     args = parser.parse_args()
-    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())["applications"][0]["args"]["models"]
-    models = [m for m in config if m["model_loading_config"]["model_id"] in ("tiny-whisper", "tiny-videomae")]
+    models = default_models("tiny-whisper", "tiny-videomae")
     audio_bytes, video_bytes = 25 * MIB, 100 * MIB  # the models' default limits
     with tempfile.TemporaryDirectory() as workdir:
         proc = start_platform(models, PORT, workdir,

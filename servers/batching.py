@@ -26,7 +26,8 @@ from common.devices import torch_device, torch_dtype
 from common.metrics import platform_metrics
 from common.input_errors import InputError
 from configs.server_models import MERGED_BATCHES, Capability
-from servers.base_engine import BaseEngine, EngineResponse
+from common.engine_response import EngineResponse
+from servers.base_engine import BaseEngine
 
 logger = logging.getLogger(__name__)
 

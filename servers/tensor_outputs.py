@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 
 def tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from common.input_errors import InputError
 from common.media import FrameSampling, decode_video
 from configs.server_models import Capability
 from configs.video_models import VideoModelEntry
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 from servers.batching import BatchedEngine, Job, TaskRunner
 from servers.tensor_outputs import label_score_tensors, outputs_response
 from servers.vision_engine import media_inputs, media_parameters

@@ -28,7 +28,8 @@ from common.media_fetch import decode_data_url
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.vision_models import VisionModelEntry
-from servers.base_engine import BaseEngine, EngineResponse
+from common.engine_response import EngineResponse
+from servers.base_engine import BaseEngine
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from configs.oip_models import MediaParameters
 from configs.open_api_models import InvalidRequest, validate_request
 from configs.server_models import Capability
 from configs.vision_models import VisionModelEntry
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 from servers.batching import BatchedEngine, Job, TaskRunner
 from servers.tensor_outputs import json_tensor, label_score_tensors, outputs_response, tensor
 

@@ -24,7 +24,8 @@ from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.vllm_models import VLLMModelEntry
-from servers.base_engine import BaseEngine, EngineResponse
+from common.engine_response import EngineResponse
+from servers.base_engine import BaseEngine
 
 logger = logging.getLogger(__name__)
 

@@ -127,7 +127,6 @@ async function refreshStatus() {
 
 function statusRow(model, state) {
   const placement = state.placement || {};
-  const own = state.engines?.[model.id] ?? state;  // a group's replica reports each of its models
   const variants = models.filter((m) => m.parent === model.id).map((m) => m.id.split(":")[1]);
   const cells = [
     model.id, model.type, model.capabilities.join(", "),
@@ -135,8 +134,8 @@ function statusRow(model, state) {
     state.replicas ? `${state.replicas.running}/${state.replicas.target}` : "",
     placement.node_id ? placement.node_id.slice(0, 12) : "",
     placement.gpu_ids?.length ? `${placement.gpu_ids.join(", ")} (share ${placement.gpu_share})` : "-",
-    String(own.unfinished_requests ?? own.requests_in_flight ?? ""),
-    requestRate(model.id, own.requests_total),
+    String(state.unfinished_requests ?? state.requests_in_flight ?? ""),
+    requestRate(model.id, state.requests_total),
     variants.join(", "),
   ];
   const row = document.createElement("tr");

@@ -16,7 +16,8 @@ from common.request_ids import current_request_id
 from configs import MODEL_ENTRY_TYPES, ModelType
 from configs.server_models import BaseModelEntry, Capability
 from servers import engine_class
-from servers.base_engine import BaseEngine, EngineResponse
+from common.engine_response import EngineResponse
+from servers.base_engine import BaseEngine
 
 logger = logging.getLogger("ray.serve")
 

@@ -19,18 +19,19 @@ from common.streaming import ClosingStreamingResponse
 from builders.render import CONFIG_FILE_ENV
 from serve.console import install_console
 from serve.platform_status import READY, UNAVAILABLE, ModelPhase
-from serve.router.auth import check_api_key, check_scope, request_key
+from serve.router.auth import admitted, check_api_key, request_key, visible
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      metered, meters_tokens, response_tokens)
 from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
-from serve.router.routing import VLLM_ENDPOINTS, ModelRoute, RouterSettings, deployment_states, requested_model
+from serve.router.routing import (VLLM_ENDPOINTS, ModelRoute, RouterSettings, deployment_states, model_state,
+                                  requested_model)
 from serve.router.media_refs import inline_chat_media
 from serve.router.observed import ObservedRequests
 from serve.router.oip import install_oip_routes
 from serve.router.pipelines import install_pipeline_routes, pipeline_card, pipeline_state
 from serve.router.openapi_docs import openapi_description
 from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,12 +76,12 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     @app.get("/v1/health", dependencies=protected)
     @app.get("/ready", dependencies=protected)
     async def readiness(request: Request) -> JSONResponse:
-        bases = [r for r in _visible(request, settings.routes).values() if r.variant is None]
-        pipelines = _visible(request, settings.pipelines)
+        bases = [r for r in visible(request, settings.routes).values() if r.variant is None]
+        pipelines = visible(request, settings.pipelines)
         steps = [settings.routes[s.model] for p in pipelines.values() for s in p.steps if s.model in settings.routes]
         states = await deployment_states(engines, bases + steps)
         models = {r.model_id: {"ready": states[r.deployment_name] is not None, "phase": READY,
-                               **(states[r.deployment_name] or {})} for r in bases}
+                               **model_state(r.model_id, states[r.deployment_name])} for r in bases}
         ready = all(state is not None for state in states.values())
         phases = await engines.phases()  # the controller's view: why a model is not ready, replica counts
         for model_id, model in models.items():
@@ -100,20 +101,18 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
     async def openapi(request: Request) -> dict:
         # a thread: the first call imports vLLM's protocol models
-        return await asyncio.to_thread(openapi_description, app, BODY_ENDPOINTS, _visible(request, settings.routes),
-                                       bool(settings.api_keys), sorted(_visible(request, settings.pipelines)))
+        return await asyncio.to_thread(openapi_description, app, BODY_ENDPOINTS, visible(request, settings.routes),
+                                       bool(settings.api_keys), sorted(visible(request, settings.pipelines)))
 
     @app.get("/v1/models", dependencies=protected)
     async def list_models(request: Request) -> dict:
-        pipelines = [pipeline_card(p) for p in _visible(request, settings.pipelines).values()]
-        return {"object": "list", "data": [r.card() for r in _visible(request, settings.routes).values()] + pipelines}
+        pipelines = [pipeline_card(p) for p in visible(request, settings.pipelines).values()]
+        return {"object": "list", "data": [r.card() for r in visible(request, settings.routes).values()] + pipelines}
 
     @app.get("/v1/models/{model_id:path}", dependencies=protected)
     async def get_model(model_id: str, request: Request) -> dict:
-        if model_id in settings.pipelines and model_id not in settings.routes:
-            check_scope(request_key(request), model_id)
-            return pipeline_card(settings.pipelines[model_id])
-        return _route_for(request, settings.routes, model_id).card()
+        pipeline = None if model_id in settings.routes else admitted(request, settings.pipelines, model_id)
+        return pipeline_card(pipeline) if pipeline else _route_for(request, settings.routes, model_id).card()
 
     async def forward(request: Request, capability: Capability) -> Response:
         body = await read_json_object(request, settings.max_request_bytes)
@@ -188,23 +187,15 @@ def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
     return check
 
 
-def _visible(request: Request, routes: Mapping[str, Any]) -> dict[str, Any]:
-    """The routes (or pipelines) the request's API key may use (all of them when keys are not scoped)."""
-    key = request_key(request)
-    return {name: route for name, route in routes.items() if key is None or key.allows(route.model_id)}
-
-
 def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
                capability: Capability | None = None) -> ModelRoute:
     if capability is not None and (model is None or model == ""):
         raise APIError(400, "'model' is required", param="model", code="missing_model")
-    route = routes.get(model) if isinstance(model, str) else None
+    route = admitted(request, routes, model)
     if route is None:
-        available = ", ".join(sorted(_visible(request, routes)))
+        available = ", ".join(sorted(visible(request, routes)))
         raise APIError(404, f"model {model!r} does not exist; available: {available}",
                        param="model", code="model_not_found")
-    check_scope(request_key(request), route.model_id)
-    request.state.model_id = route.model_id  # the metrics' model label
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
         raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",

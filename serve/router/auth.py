@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from configs.api_keys import APIKey
 from serve.router.errors import APIError
+
+Named = TypeVar("Named")  # a table entry with a ``model_id``: a model's route, a pipeline
 
 
 def check_api_key(authorization: str | None, api_keys: tuple[APIKey, ...]) -> APIKey | None:
@@ -36,3 +40,19 @@ def check_scope(key: APIKey | None, model_id: str) -> None:
     if key is not None and not key.allows(model_id):
         raise APIError(403, f"this API key ({key.name}) may not use model {model_id!r}",
                        param="model", code="model_not_allowed")
+
+
+def visible(request, table: Mapping[str, Named]) -> dict[str, Named]:
+    """The entries the request's key may use (all of them when the platform has no scoped keys)."""
+    key = request_key(request)
+    return {name: entry for name, entry in table.items() if key is None or key.allows(entry.model_id)}
+
+
+def admitted(request, table: Mapping[str, Named], name: Any) -> Named | None:
+    """``table[name]`` once the request's key may use it (a 403 when not), with the metrics'
+    model label set on the request; None when there is no such entry (the caller's 404)."""
+    entry = table.get(name) if isinstance(name, str) else None
+    if entry is not None:
+        check_scope(request_key(request), entry.model_id)
+        request.state.model_id = entry.model_id
+    return entry

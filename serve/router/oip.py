@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from common.input_errors import InputError
 from common.media_fetch import fetch_media
 from configs.oip_models import InferenceRequest, RequestInput
-from serve.router.auth import check_scope, request_key
+from serve.router.auth import admitted, visible
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import UploadMemory, read_limited_body
@@ -48,14 +48,13 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         return {r.model_id: r for r in settings.routes.values() if r.tensors}
 
     def route_for(request: Request, name: str) -> ModelRoute:
-        route = settings.routes.get(name)
+        route = admitted(request, settings.routes, name)
         if route is not None and route.tensors:
-            check_scope(request_key(request), route.model_id)
-            request.state.model_id = route.model_id  # the metrics' model label
             return route
         if route is not None:
             raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
-        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {', '.join(sorted(tensor_routes()))}")
+        known = ", ".join(sorted(visible(request, tensor_routes())))
+        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {known}")
 
     async def all_ready(routes) -> bool:
         return all(state is not None for state in (await deployment_states(engines, routes)).values())

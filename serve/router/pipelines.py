@@ -23,7 +23,7 @@ from common.input_errors import InputError
 from common.media_fetch import MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
-from serve.router.auth import check_scope, request_key
+from serve.router.auth import admitted, visible
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import read_json_object
@@ -72,14 +72,11 @@ def pipeline_state(pipeline: PipelineConfig, routes: Mapping[str, ModelRoute],
 def _pipeline_for(request: Request, pipelines: Mapping[str, PipelineConfig], model: Any) -> PipelineConfig:
     if model is None or model == "":
         raise APIError(400, "'model' is required: the pipeline's id", param="model", code="missing_model")
-    pipeline = pipelines.get(model) if isinstance(model, str) else None
-    key = request_key(request)
+    pipeline = admitted(request, pipelines, model)
     if pipeline is None:
-        visible = sorted(p for p in pipelines if key is None or key.allows(p))
-        raise APIError(404, f"pipeline {model!r} does not exist; pipelines: {', '.join(visible) or 'none'}",
+        names = sorted(visible(request, pipelines))
+        raise APIError(404, f"pipeline {model!r} does not exist; pipelines: {', '.join(names) or 'none'}",
                        param="model", code="model_not_found")
-    check_scope(key, pipeline.model_id)
-    request.state.model_id = pipeline.model_id  # the metrics' model label
     return pipeline
 
 

@@ -20,7 +20,7 @@ from serve.router.key_limits import KeyLimits
 from serve.router.model_directory import ModelDirectory
 from serve.router.replica_watch import NoReplica, ReplicaWatch
 from serve.router.routing import ModelRoute, RouterSettings
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 logger = logging.getLogger("ray.serve")
 PHASES_TTL_S = 2.0

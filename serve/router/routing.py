@@ -92,6 +92,16 @@ async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_
     return dict(zip(behind, await asyncio.gather(*(probe(route) for route in behind.values()))))
 
 
+def model_state(model_id: str, deployment_state: dict | None) -> dict:
+    """A model's own part of its deployment's stats. A group's replica reports each member under
+    ``engines``: the member gets its own counters, the replica's placement, and the group's models."""
+    if not deployment_state or "engines" not in deployment_state:
+        return deployment_state or {}
+    engines = deployment_state["engines"]
+    shared = {key: value for key, value in deployment_state.items() if key != "engines"}
+    return {**shared, **engines.get(model_id, {}), "group_models": sorted(engines)}
+
+
 @dataclass(frozen=True)
 class RouterSettings:
     """Everything the router replica needs, derived from the config at build time."""

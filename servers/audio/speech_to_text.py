@@ -12,7 +12,7 @@ from common.transcripts import Segment, Transcript, render
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from servers.batching import Job, TaskRunner
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 
 class SpeechToText(TaskRunner):

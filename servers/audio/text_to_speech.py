@@ -13,7 +13,7 @@ from common.audio_codec import change_tempo, encode_audio
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from servers.batching import Job, TaskRunner
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 
 
 class TextToSpeech(TaskRunner):

@@ -84,7 +84,7 @@ def platform_url(tmp_path_factory) -> str:
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
     args["models"] += [CTC_MODEL, *VISION_MODELS]
-    args["groups"] = [VISION_GROUP]
+    args.setdefault("groups", []).append(VISION_GROUP)
     args["pipelines"].append(DESCRIBE_IMAGE)
     # localhost is named but its addresses stay refused; 127.0.0.2 (where a test serves images) is let in
     args["media"] = {"allowed_domains": ["localhost", IMAGE_HOST], "allowed_networks": [f"{IMAGE_HOST}/32"]}

@@ -78,9 +78,11 @@ def test_transformers_variants_are_loaded_on_demand_and_bounded_per_replica(http
 def test_a_group_serves_its_models_from_one_replica(http):
     models = http.get("/ready").json()["models"]
     members = ["tiny-detector", "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder"]
-    assert {m: set(models[m]["engines"]) for m in members} == {m: set(members) for m in members}
+    assert {m: models[m]["group_models"] for m in members} == {m: sorted(members) for m in members}
     assert len({models[m]["placement"]["actor_id"] for m in members}) == 1
     assert models["tiny-vit"]["placement"]["actor_id"] != models["tiny-detector"]["placement"]["actor_id"]
     for model in members[:2]:  # each member answers with its own model behind the shared replica
         answer = http.post(f"/v2/models/{model}/infer", json=infer_body([b64(image_file())]))
         assert answer.status_code == 200 and answer.json()["model_name"] == model
+    after = http.get("/ready").json()["models"]  # each member's own counters
+    assert [after[m]["requests_total"] - models[m]["requests_total"] for m in members] == [1, 1, 0, 0]

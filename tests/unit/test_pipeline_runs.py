@@ -12,7 +12,7 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
-from servers.base_engine import EngineResponse
+from common.engine_response import EngineResponse
 from tests.unit.test_router_app import assert_openai_error
 
 ROUTES = {name: ModelRoute(name, kind, f"{name}-dep", (capability,)) for name, kind, capability in [

@@ -12,8 +12,8 @@ from configs.server_models import Capability
 from serve.platform_status import ModelPhase
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
-from serve.router.routing import FORM_OVERHEAD_BYTES, ModelRoute, RouterSettings
-from servers.base_engine import EngineResponse
+from serve.router.routing import FORM_OVERHEAD_BYTES, ModelRoute, RouterSettings, model_state
+from common.engine_response import EngineResponse
 
 ROUTES = {
     "chat": ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT, Capability.COMPLETIONS), 256),
@@ -392,3 +392,11 @@ def test_the_console_is_three_files_under_a_strict_policy_and_needs_no_key():
         assert c.get(other).status_code == 404
     assert "secret-key" not in page.text + c.get("/console/console.js").text
     assert c.get("/v1/models").status_code == 401  # the page is public; the API it calls is not
+
+
+def test_a_group_member_reports_its_own_counters_and_its_group():
+    placement = {"actor_id": "a1"}
+    group = {"engines": {"b": {"requests_total": 2}, "a": {"requests_total": 5}}, "placement": placement}
+    assert model_state("a", group) == {"requests_total": 5, "placement": placement, "group_models": ["a", "b"]}
+    assert model_state("c", {"requests_total": 1}) == {"requests_total": 1}  # a model of its own
+    assert model_state("c", None) == {}  # no replica answered
