@@ -103,6 +103,8 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
         from ray._private.utils import write_ray_address
 
         write_ray_address(context.address_info["gcs_address"])
+        # ray.init replaced the handler with one that exits without shutting Serve down.
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if check_fit:
         _check_fit(loaded, gpu_bytes)
     client = serve_api.serve_start(
@@ -276,21 +278,32 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"{args.config}: {err}", file=sys.stderr)
             return 1
-    all_started = deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus,
-                         gpu_bytes=gpu_bytes, metrics_port=args.metrics_export_port)
+    def run() -> bool:
+        return deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus,
+                      gpu_bytes=gpu_bytes, metrics_port=args.metrics_export_port)
+
     if args.address is not None:
-        return 0 if all_started else 1  # applied to a running platform, which keeps serving
+        return 0 if run() else 1  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        run()
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
-        from ray._common.utils import reset_ray_address
-
-        serve.shutdown()
-        reset_ray_address()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting or serving
+        _shut_down()
     return 0
+
+
+def _shut_down() -> None:
+    import ray
+
+    if not ray.is_initialized():  # stopped before Ray started: nothing runs
+        return
+    from ray import serve
+    from ray._common.utils import reset_ray_address
+
+    serve.shutdown()
+    reset_ray_address()
 
 
 if __name__ == "__main__":
