@@ -8,6 +8,7 @@
     python deploy_app.py --config model_config.yaml --render --working-dir /shared/code   # ... with the code shipped
     python deploy_app.py status                                       # every model's phase (exit 0: all ready)
     python deploy_app.py batch --model tiny-chat --input prompts.jsonl --output answers.jsonl   # offline, Ray Data
+    python deploy_app.py kuberay rayservice --image REGISTRY/rayserve-platform:TAG   # a KubeRay manifest
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
 nothing), renders each model as its own application (``builders/render.py``) and applies
@@ -26,61 +27,18 @@ from typing import Any
 
 import yaml
 
-from builders.render import PLATFORM_IMPORT_PATH, render_serve_config
-from builders.shipped_code import with_shipped_code, working_dir_uri
-from common.serve_env import apply_streaming_env
-from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from builders.gpu_memory import GPU_MEMORY_GIB, cluster_gpu_type, gpu_bytes_for
 from builders.plan_report import check_memory, describe_plan, memory_estimates
-from configs import LoadedConfig, load_platform_config, require_secrets
+from builders.render import render_serve_config
+from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
+from builders.shipped_code import with_shipped_code, working_dir_uri
+from common.config_errors import ConfigError
+from common.local_ray import forget_dead_cluster
+from common.rendered_apps import PLATFORM_IMPORT_PATH
+from common.serve_env import apply_streaming_env
+from configs import LoadedConfig, require_secrets
 
 READY_POLL_S = 2
-
-
-def load_serve_config(path: str) -> tuple[Any, dict[str, LoadedConfig]]:
-    """Parse a Serve config file and validate each platform application's ``args``."""
-    return validate_serve_config(load_yaml(path))
-
-
-def load_yaml(path: str) -> Any:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
-
-
-def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
-    from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
-
-    try:
-        schema = ServeDeploySchema.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(issues_from_validation_error(err, ServeDeploySchema), prefix="") from None
-    loaded: dict[str, LoadedConfig] = {}
-    issues: list[ConfigIssue] = []
-    for index, app in enumerate(schema.applications):
-        if app.import_path != PLATFORM_IMPORT_PATH:
-            continue
-        try:
-            loaded[app.name] = load_platform_config(app.args)
-        except ConfigError as err:
-            issues += [ConfigIssue(("applications", index, "args") + i.loc, i.message) for i in err.issues]
-    if issues:
-        raise ConfigError(issues, prefix="")
-    return schema, loaded
-
-
-def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig], source: str | None = None) -> Any:
-    """The Serve config that runs ``raw``: each platform application split per model. Serve
-    refuses it when two rendered applications share a name or a route prefix."""
-    from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
-
-    try:
-        return ServeDeploySchema.model_validate(render_serve_config(raw, loaded, source))
-    except ValidationError as err:
-        issues = issues_from_validation_error(err, ServeDeploySchema)
-        raise ConfigError([ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")
-                           for i in issues], prefix="") from None
 
 
 def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
@@ -93,7 +51,7 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
 
     apply_streaming_env(schema.http_options.port if address is None else None)
     if address is None:
-        _forget_dead_cluster()
+        forget_dead_cluster()
     local = {"num_gpus": num_gpus} if num_gpus is not None else {}
     if metrics_port is not None:
         local["_metrics_export_port"] = metrics_port
@@ -186,19 +144,6 @@ def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace, 
     return 0
 
 
-def _forget_dead_cluster() -> None:
-    """Given no address, Ray joins the cluster named in ``<ray temp>/ray_current_cluster``, and waits
-    for it forever when it is gone: a platform killed without its shutdown (SIGKILL, a reboot) leaves
-    that file. Drop it unless a Ray process on this machine still serves that address."""
-    from ray._common.utils import reset_ray_address
-    from ray._private import services
-
-    recorded = services.find_bootstrap_address(None)
-    if recorded is not None and recorded not in services.find_gcs_addresses():
-        print(f"ignoring {recorded}, the Ray cluster this machine last ran: it is gone", file=sys.stderr)
-        reset_ray_address()
-
-
 def _env_int(name: str) -> int | None:
     return int(os.environ[name]) if os.environ.get(name) else None
 
@@ -217,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         from serve.platform_status import status_command
 
         return status_command(argv[1:])
+    if argv[:1] == ["kuberay"]:
+        from builders.kuberay import main as kuberay_command
+
+        return kuberay_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")

@@ -22,7 +22,8 @@ from typing import Any
 
 from batch.rows import ID, OutputFile, read_rows, row_id
 from configs.capabilities import Capability
-from configs.server_models import BaseModelEntry, replica_range, replica_shape
+from common.serve_options import replica_range, replica_shape
+from configs.server_models import BaseModelEntry
 
 ENDPOINTS = {"chat": Capability.CHAT, "completions": Capability.COMPLETIONS, "embeddings": Capability.EMBEDDINGS,
              "transcriptions": Capability.TRANSCRIPTION, "translations": Capability.TRANSLATION,
@@ -45,7 +46,7 @@ def batch_command(argv: list[str]) -> int:
     parser.add_argument("--address", default=None, help="a Ray cluster to run on (default: start one here)")
     args = parser.parse_args(argv)
 
-    from deploy_app import load_serve_config  # the same validation a deploy gets
+    from builders.serve_config import load_serve_config  # the same validation a deploy gets
 
     _, loaded = load_serve_config(args.config)
     # The model's deployment (its group's, for a grouped model) sizes the actors.
@@ -70,10 +71,10 @@ def run_batch(entry: BaseModelEntry, options: dict[str, Any], capability: Capabi
               args: argparse.Namespace) -> int:
     import ray
 
-    from deploy_app import _forget_dead_cluster
+    from common.local_ray import forget_dead_cluster
 
     if args.address is None:
-        _forget_dead_cluster()
+        forget_dead_cluster()
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     output = OutputFile(args.output)
     done = output.finished_ids()

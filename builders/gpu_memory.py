@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from builders.model_architecture import (DTYPE_BYTES, kv_bytes_per_token, parameter_count, read_model_config,
                                          stored_weight_bytes, text_config)
 from configs import DeploymentSpec
-from configs.server_models import BaseModelEntry, ModelType, replica_shape
+from common.serve_options import replica_shape
+from configs.server_models import BaseModelEntry, ModelType
 
 GIB = 1024 ** 3
 # Memory CUDA reports for each GPU, by the names --gpu-type takes.

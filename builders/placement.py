@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from common.text_table import format_table
 from configs import LoadedConfig
-from configs.server_models import ReplicaShape, replica_range, replica_shape
+from common.serve_options import ReplicaShape, replica_range, replica_shape
 
 EPSILON = 1e-9
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from builders.gpu_memory import ModelMemory, describe_memory, estimate_replica, replica_problems
 from common.text_table import format_table
 from configs import LoadedConfig
-from configs.server_models import replica_range, replica_shape
+from common.serve_options import replica_range, replica_shape
 
 COLUMNS = ("app", "deployment", "model_id", "type", "serves", "replicas", "cpus", "gpus", "gpu_mem_gib", "kv_seqs",
            "max_ongoing", "max_queued")

@@ -25,15 +25,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from common.rendered_apps import (CONFIG_FILE_ENV, MODEL_APP_IMPORT_PATH, MODEL_ROUTE_PREFIX, PLATFORM_IMPORT_PATH,
+                                  ROUTER_IMPORT_PATH)
 from configs import LoadedConfig
 from configs.server_models import MODEL_APP_SETTINGS, ModelType
 
-PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
-ROUTER_IMPORT_PATH = "builders.app_builder:build_router"
-MODEL_APP_IMPORT_PATH = "builders.app_builder:build_model_app"
-MODEL_ROUTE_PREFIX = "/models/"
 PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
-CONFIG_FILE_ENV = "PLATFORM_CONFIG_FILE"
 
 
 def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig],

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs.audio_models import AudioModelEntry
-from configs.server_models import (UPLOAD_COPIES_HELD, BaseModelEntry, Capability, ModelType, PlatformConfig,
-                                   PlatformSettings, largest_upload_body, replica_range)
+from common.serve_options import replica_range
+from common.upload_sizes import UPLOAD_COPIES_HELD, largest_upload_body
+from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings
 from configs.video_models import VideoModelEntry
 from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry

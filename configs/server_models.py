@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr,
                       field_validator, model_validator)
 
 from common.base_pydantic import StrictModel
+from common.serve_options import MERGED_BATCHES
 from configs.api_keys import APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
 from configs.pipeline_models import PipelineConfig
 
-
-# Serve batches a batching engine may hold at once to merge into one model call (see
-# servers/batching.py); such replicas' default queue holds this many full batches.
-MERGED_BATCHES = 16
 
 CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
@@ -125,40 +121,6 @@ class DeploymentConfig(StrictModel):
         actor = {**defaults.get("ray_actor_options", {}), **self.ray_actor_options.model_dump(exclude_none=True)}
         options["ray_actor_options"] = actor
         return options
-
-
-@dataclass(frozen=True)
-class ReplicaShape:
-    """What Ray reserves for one replica: its bundles (GPUs, CPUs) and how they may spread."""
-
-    bundles: tuple[tuple[float, float], ...]
-    strategy: str = "STRICT_PACK"
-
-    @property
-    def gpus(self) -> float:
-        return sum(gpus for gpus, _ in self.bundles)
-
-    @property
-    def cpus(self) -> float:
-        return sum(cpus for _, cpus in self.bundles)
-
-
-def replica_shape(serve_options: dict[str, Any]) -> ReplicaShape:
-    """The replica's placement group when it has one, else its actor's own resources."""
-    bundles = serve_options.get("placement_group_bundles")
-    if bundles:
-        return ReplicaShape(tuple((b.get("GPU", 0), b.get("CPU", 0)) for b in bundles),
-                            serve_options.get("placement_group_strategy") or "PACK")
-    actor = serve_options.get("ray_actor_options", {})
-    return ReplicaShape(((actor.get("num_gpus", 0), actor.get("num_cpus", 1)),))
-
-
-def replica_range(serve_options: dict[str, Any]) -> tuple[int, int]:
-    """(fewest, most) replicas a deployment runs: ``num_replicas``, or the autoscaling bounds."""
-    if serve_options.get("num_replicas"):
-        return serve_options["num_replicas"], serve_options["num_replicas"]
-    scaling = serve_options.get("autoscaling_config") or {}
-    return scaling.get("min_replicas", 1), scaling.get("max_replicas", 1)
 
 
 class TransformersEngineKwargs(StrictModel):
@@ -334,18 +296,6 @@ class MediaConfig(StrictModel):
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?", domain):
                 raise ValueError(f"{domain!r} is not a host name (no scheme, path or port)")
         return value
-
-
-FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small form fields of an upload
-# A byte of an upload costs about 2.5 bytes of the router's memory at the peak (as read, as
-# parsed or decoded, as serialized for the engine call; measured by bench/upload_memory.py).
-UPLOAD_COPIES_HELD = 3
-
-
-def largest_upload_body(max_upload_bytes: int) -> int:
-    """The largest request body a model taking files of ``max_upload_bytes`` may be sent: its
-    file as base64 in ``/v2`` JSON (or, smaller, in a multipart form)."""
-    return max_upload_bytes * 4 // 3 + FORM_OVERHEAD_BYTES
 
 
 class RouterConfig(StrictModel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from builders.render import MODEL_APP_IMPORT_PATH
+from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from cloud.download_progress import Download, read_downloads
 from common.text_table import format_table
 

@@ -25,7 +25,8 @@ from cloud.storage import resolve_model_source
 from common.devices import torch_device, torch_dtype
 from common.metrics import platform_metrics
 from common.input_errors import InputError
-from configs.server_models import MERGED_BATCHES, Capability
+from common.serve_options import MERGED_BATCHES
+from configs.server_models import Capability
 from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
 

@@ -1,5 +1,7 @@
-"""The OpenAI-compatible FastAPI app of ``MultiModelRouter``: auth, validation, model
-lookup, and a thin pass-through to the engine deployment that holds the model."""
+"""The OpenAI-compatible FastAPI app of ``MultiModelRouter``: auth, model lookup, chat media
+inlining, and a thin pass-through to the engine deployment that holds the model. The engine
+parses the body (once, on every path: this one, the one-hop URL and batch jobs) and answers a
+bad one with a 400."""
 
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.api_keys import APIKey
 from common.streaming import ClosingStreamingResponse
-from builders.render import CONFIG_FILE_ENV
+from common.rendered_apps import CONFIG_FILE_ENV
 from serve.console import install_console
 from serve.platform_status import READY, UNAVAILABLE, ModelPhase
 from serve.router.auth import admitted, check_api_key, request_key, visible
@@ -118,7 +119,7 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         body = await read_json_object(request, settings.max_request_bytes)
         route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
         body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
-        _validate_body(route, capability, body)
+        _check_context_length(route, body)
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             await inline_chat_media(body, settings.media)
         key = request_key(request)
@@ -152,7 +153,6 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
         if route.max_upload_bytes and len(file) > route.max_upload_bytes:
             raise APIError(413, f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
                            f"{route.max_upload_bytes}", param="file", code="file_too_large")
-        _validate_body(route, capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
         result = await engines.call(route, capability, body)
         return _as_response(result)
 
@@ -203,11 +203,9 @@ def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
     return route
 
 
-def _validate_body(route: ModelRoute, capability: Capability, body: dict[str, Any]) -> None:
-    try:
-        parse_request(capability, body)
-    except InvalidRequest as err:
-        raise APIError(400, err.message, param=err.param) from None
+def _check_context_length(route: ModelRoute, body: dict[str, Any]) -> None:
+    """The router's one check of a body's fields: the rest is parsed once, by the engine that
+    serves it (vLLM's protocol models, or ours for the other engines), on every path alike."""
     limit = route.max_context_tokens
     for key in ("max_tokens", "max_completion_tokens"):
         asked = body.get(key)

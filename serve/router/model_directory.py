@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from builders.render import MODEL_APP_IMPORT_PATH
+from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from common.config_errors import ConfigError
 from configs import load_platform_config
 from serve.router.routing import ModelRoute, model_routes

@@ -32,17 +32,7 @@ MODEL_VERSION = "1"
 MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
-class OIPError(Exception):
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status_code, self.message, self.headers = status_code, message, headers
-
-
 def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends, uploads: UploadMemory) -> None:
-    @app.exception_handler(OIPError)
-    async def _oip_error(_: Request, exc: OIPError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
-
     def tensor_routes() -> dict[str, ModelRoute]:
         """Read on every request: the routes change when models are added or removed."""
         return {r.model_id: r for r in settings.routes.values() if r.tensors}
@@ -52,9 +42,9 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         if route is not None and route.tensors:
             return route
         if route is not None:
-            raise OIPError(400, f"model '{name}' is not served through /v2; use /v1 for it")
+            raise APIError(400, f"model '{name}' is not served through /v2; use /v1 for it")
         known = ", ".join(sorted(visible(request, tensor_routes())))
-        raise OIPError(404, f"model '{name}' does not exist; /v2 models: {known}")
+        raise APIError(404, f"model '{name}' does not exist; /v2 models: {known}")
 
     async def all_ready(routes) -> bool:
         return all(state is not None for state in (await deployment_states(engines, routes)).values())
@@ -101,11 +91,11 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
                 wanted = _requested_outputs(route, inference)
                 body = {"inputs": media, "parameters": inference.parameters}
                 result = await engines.call(route, route.capabilities[0], body)
-        except (InputError, APIError) as err:  # APIError from the call: 503 at capacity, with Retry-After
-            raise OIPError(err.status_code, err.message, getattr(err, "headers", None)) from None
+        except InputError as err:
+            raise APIError(err.status_code, err.message) from None
         payload = json.loads(result.content)
         if result.status_code != 200:
-            raise OIPError(result.status_code, payload.get("error", {}).get("message", "inference failed"))
+            raise APIError(result.status_code, payload.get("error", {}).get("message", "inference failed"))
         outputs = [o for o in payload["outputs"] if not wanted or o["name"] in wanted]
         answer = {"model_name": route.model_id, "model_version": MODEL_VERSION, "outputs": outputs}
         if inference.id is not None:
@@ -115,7 +105,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
 
 def _versioned(route: ModelRoute, version: str) -> ModelRoute:
     if version != MODEL_VERSION:
-        raise OIPError(404, f"model '{route.model_id}' has no version '{version}'; versions: {MODEL_VERSION}")
+        raise APIError(404, f"model '{route.model_id}' has no version '{version}'; versions: {MODEL_VERSION}")
     return route
 
 
@@ -124,7 +114,7 @@ def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return raw, b""
     if not header_length.isdigit() or int(header_length) > len(raw):
-        raise OIPError(400, "Inference-Header-Content-Length does not fit the body")
+        raise APIError(400, "Inference-Header-Content-Length does not fit the body")
     return raw[: int(header_length)], raw[int(header_length):]
 
 
@@ -134,19 +124,19 @@ def _parse(header: bytes) -> InferenceRequest:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise OIPError(400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
+        raise APIError(400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
 
 
 def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
     spec = route.tensors["inputs"][0]
     if len(inference.inputs) != 1 or inference.inputs[0].name != spec["name"]:
         names = [i.name for i in inference.inputs]
-        raise OIPError(400, f"model '{route.model_id}' takes one input named '{spec['name']}'; got {names}")
+        raise APIError(400, f"model '{route.model_id}' takes one input named '{spec['name']}'; got {names}")
     tensor = inference.inputs[0]
     if tensor.datatype != "BYTES":
-        raise OIPError(400, f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}")
+        raise APIError(400, f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}")
     if len(tensor.shape) != 1 or tensor.shape[0] < 1:
-        raise OIPError(400, f"input '{tensor.name}' must have shape [n] with n >= 1 (one element per "
+        raise APIError(400, f"input '{tensor.name}' must have shape [n] with n >= 1 (one element per "
                             f"{spec['name']}), not {tensor.shape}")
     return tensor
 
@@ -155,7 +145,7 @@ def _requested_outputs(route: ModelRoute, inference: InferenceRequest) -> set[st
     known = {o["name"] for o in route.tensors["outputs"]}
     wanted = {o.name for o in inference.outputs}
     if wanted - known:
-        raise OIPError(400, f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}")
+        raise APIError(400, f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}")
     return wanted
 
 
@@ -166,7 +156,7 @@ async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, setting
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if tensor.data is not None or not isinstance(size, int) or size != len(binary):
-            raise OIPError(400, f"input '{tensor.name}': binary_data_size {size} does not match the "
+            raise APIError(400, f"input '{tensor.name}': binary_data_size {size} does not match the "
                                 f"{len(binary)} binary bytes after the JSON header")
         elements = _split_binary_bytes(binary)
         _check_shape(tensor, len(elements))
@@ -180,13 +170,13 @@ async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, setting
     limit = route.max_upload_bytes
     for index, element in enumerate(elements):
         if limit and len(element) > limit:
-            raise OIPError(413, f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}")
+            raise APIError(413, f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}")
     return elements
 
 
 def _check_shape(tensor: RequestInput, elements: int) -> None:
     if elements != tensor.shape[0] or elements != math.prod(tensor.shape):
-        raise OIPError(400, f"input '{tensor.name}' has shape {tensor.shape} but {elements} elements")
+        raise APIError(400, f"input '{tensor.name}' has shape {tensor.shape} but {elements} elements")
 
 
 def _split_binary_bytes(binary: bytes) -> list[bytes]:
@@ -194,11 +184,11 @@ def _split_binary_bytes(binary: bytes) -> list[bytes]:
     elements, offset = [], 0
     while offset < len(binary):
         if offset + 4 > len(binary):
-            raise OIPError(400, "truncated BYTES element in the binary data")
+            raise APIError(400, "truncated BYTES element in the binary data")
         (length,) = struct.unpack_from("<I", binary, offset)
         offset += 4
         if offset + length > len(binary):
-            raise OIPError(400, "a BYTES element runs past the end of the binary data")
+            raise APIError(400, "a BYTES element runs past the end of the binary data")
         elements.append(binary[offset: offset + length])
         offset += length
     return elements
@@ -206,7 +196,7 @@ def _split_binary_bytes(binary: bytes) -> list[bytes]:
 
 def _flatten(data: Any) -> list[Any]:
     if data is None:
-        raise OIPError(400, "input has no data (neither JSON 'data' nor binary_data_size)")
+        raise APIError(400, "input has no data (neither JSON 'data' nor binary_data_size)")
     if not isinstance(data, list):
         return [data]
     return [leaf for item in data for leaf in (_flatten(item) if isinstance(item, list) else [item])]
@@ -222,23 +212,23 @@ class _Fetches:
     def count(self, nbytes: int) -> None:
         self.total += nbytes
         if self.total > self.limit:
-            raise OIPError(413, f"the inputs of '{self.name}' hold more than {self.limit} bytes")
+            raise APIError(413, f"the inputs of '{self.name}' hold more than {self.limit} bytes")
 
 
 async def _element(element: Any, settings: RouterSettings, fetches: _Fetches) -> bytes:
     """A JSON BYTES element: a data: or http(s) URL (fetched under the media policy) or base64."""
     if not isinstance(element, str):
-        raise OIPError(400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}")
+        raise APIError(400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}")
     if element.startswith(("data:", "http://", "https://")):
         async with fetches.slots:
             data, _ = await fetch_media(element, settings.media)
         fetches.count(len(data))
         return data
     if "://" in element:
-        raise OIPError(400, "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "
+        raise APIError(400, "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "
                             "(file://, ...) are refused")
     try:  # a file path is not valid base64 (or decodes to bytes that are no image): never read
         return base64.b64decode(element, validate=True)
     except binascii.Error:
-        raise OIPError(400, "a BYTES element is neither base64 media nor a data:/http(s) URL; file paths "
+        raise APIError(400, "a BYTES element is neither base64 media nor a data:/http(s) URL; file paths "
                             "are refused") from None

@@ -12,8 +12,9 @@ from typing import Any
 from common.media_fetch import MediaFetchPolicy
 from configs import LoadedConfig
 from configs.pipeline_models import PipelineConfig
-from configs.server_models import (FORM_OVERHEAD_BYTES, BaseModelEntry, Capability, PlatformSettings,
-                                   largest_upload_body, replica_range)
+from common.serve_options import replica_range
+from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
+from configs.server_models import BaseModelEntry, Capability, PlatformSettings
 
 
 # The JSON endpoints vLLM's OpenAI server has, at its own paths (the Jina/Cohere-shaped rerank

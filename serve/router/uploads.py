@@ -12,7 +12,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from configs.server_models import UPLOAD_COPIES_HELD
+from common.upload_sizes import UPLOAD_COPIES_HELD
 from serve.router.errors import APIError
 
 MAX_FORM_FIELDS = 32

@@ -8,7 +8,7 @@ import yaml
 
 from common.config_errors import ConfigError
 from configs import load_platform_config
-from deploy_app import load_serve_config
+from builders.serve_config import load_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from cloud.kuberay import WorkerShape, main, render, validate
+from builders.kuberay import WorkerShape, main, render, validate
 
 ROOT_CONFIGS = ["model_config.yaml", "examples/production.yaml"]
 
@@ -25,7 +25,7 @@ def test_rendered_manifests_fit_the_crds(config, kind):
 
 def test_serve_config_is_the_rendered_file_listening_on_the_pod():
     from builders.render import render_serve_config
-    from deploy_app import load_serve_config
+    from builders.serve_config import load_serve_config
 
     manifest = render("rayservice", "examples/production.yaml", "img", "platform", WorkerShape())
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
@@ -69,5 +69,7 @@ def test_validation_catches_a_broken_manifest():
 
 
 def test_cli_prints_yaml(capsys):
-    assert main(["rayjob", "--config", "model_config.yaml", "--image", "img", "--entrypoint", "python bench/x.py"]) == 0
+    from deploy_app import main as deploy_app_main  # `python deploy_app.py kuberay ...`
+
+    assert deploy_app_main(["kuberay", "rayjob", "--config", "model_config.yaml", "--image", "img", "--entrypoint", "python bench/x.py"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"] == "python bench/x.py"

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from deploy_app import main, rendered_schema, validate_serve_config
+from builders.serve_config import rendered_schema, validate_serve_config
+from deploy_app import main
 
 
 def _vllm(model_id: str) -> dict:

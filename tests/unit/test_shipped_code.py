@@ -4,7 +4,7 @@ import zipfile
 from io import BytesIO
 from pathlib import Path
 
-from builders.render import PLATFORM_IMPORT_PATH
+from common.rendered_apps import PLATFORM_IMPORT_PATH
 from builders.shipped_code import CODE, absolute_paths, code_zip, with_shipped_code, working_dir_uri
 
 ROOT = Path(__file__).resolve().parents[2]

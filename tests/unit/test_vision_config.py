@@ -6,7 +6,8 @@ import pytest
 
 from configs import ConfigError, load_platform_config
 from configs.server_models import Capability
-from serve.router.oip import OIPError, _flatten, _split_binary_bytes
+from serve.router.errors import APIError
+from serve.router.oip import _flatten, _split_binary_bytes
 
 
 def entry(model_type: str, **engine_kwargs) -> dict:
@@ -60,11 +61,11 @@ def test_binary_bytes_tensors_split_on_length_prefixes():
     data = b"".join(struct.pack("<I", len(e)) + e for e in (b"abc", b"", b"\xff" * 5))
     assert _split_binary_bytes(data) == [b"abc", b"", b"\xff" * 5]
     for broken in (data[:-1], b"\x01\x00"):
-        with pytest.raises(OIPError):
+        with pytest.raises(APIError):
             _split_binary_bytes(broken)
 
 
 def test_json_tensor_data_is_flattened_row_major():
     assert _flatten([["a", "b"], ["c"]]) == ["a", "b", "c"] and _flatten("x") == ["x"]
-    with pytest.raises(OIPError):
+    with pytest.raises(APIError):
         _flatten(None)

@@ -4,8 +4,8 @@ made for it, e.g. a benchmark). ``serveConfigV2`` is the Serve config file itsel
 groups are sized from what the models ask Ray for (CPUs and GPUs per replica, times their
 replicas: the minimum for ``minReplicas``, the autoscaling maximum for ``maxReplicas``).
 
-    python -m cloud.kuberay rayservice --config model_config.yaml --image REGISTRY/rayserve-platform:TAG
-    python -m cloud.kuberay rayjob --config model_config.yaml --image ... --entrypoint "python bench/audio_batching.py"
+    python deploy_app.py kuberay rayservice --config model_config.yaml --image REGISTRY/rayserve-platform:TAG
+    python deploy_app.py kuberay rayjob --config model_config.yaml --image ... --entrypoint "python bench/audio_batching.py"
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from builders.render import render_serve_config
+from builders.serve_config import load_serve_config
 from configs import LoadedConfig
-from configs.server_models import replica_range, replica_shape
+from common.serve_options import replica_range, replica_shape
 
 RAY_VERSION = "2.60.0"
 CRD_DIR = Path(__file__).parent / "crds"
@@ -128,8 +130,6 @@ def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -
     """The Serve config as the cluster runs it: one application per model (as ``deploy_app.py``
     renders it, so a RayService update restarts only the models whose entry changed),
     listening on every interface of the pods."""
-    from builders.render import render_serve_config
-
     config = render_serve_config(raw, loaded)
     config["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0", "port": SERVE_PORT}
     return config
@@ -149,10 +149,8 @@ def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
 
 def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShape,
            entrypoint: str | None = None, secret: str = "rayserve-platform-keys") -> dict:
-    from deploy_app import load_serve_config  # validates the whole file first, as a deploy would
-
     raw = yaml.safe_load(Path(config_path).read_text())
-    _, loaded = load_serve_config(config_path)
+    _, loaded = load_serve_config(config_path)  # validates the whole file first, as a deploy would
     cluster = ray_cluster_spec(loaded, image, shape, pod_env(loaded, secret))
     metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
     if kind == "rayservice":
@@ -182,7 +180,7 @@ def validate(manifest: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="deploy_app.py kuberay", description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["rayservice", "rayjob"])
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--image", required=True, help="the image the Dockerfile builds, pushed to a registry")

@@ -1,0 +1,10 @@
+"""What the rendered Serve config (``builders/render.py``) and the running platform agree on:
+the import paths that mark each kind of application (the router finds its models, and the
+status their phases, by them), the route of a model's one-hop URL, and the variable naming
+the config file the router was deployed from."""
+
+PLATFORM_IMPORT_PATH = "builders.app_builder:build_app"
+ROUTER_IMPORT_PATH = "builders.app_builder:build_router"
+MODEL_APP_IMPORT_PATH = "builders.app_builder:build_model_app"
+MODEL_ROUTE_PREFIX = "/models/"
+CONFIG_FILE_ENV = "PLATFORM_CONFIG_FILE"
