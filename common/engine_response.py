@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from common.request_ids import current_request_id
+
 
 @dataclass
 class EngineResponse:
@@ -38,4 +40,6 @@ class EngineResponse:
         """An error in the OpenAI shape ``{"error": {message, type, param, code}}``."""
         body = {"message": message, "type": err_type, "param": param,
                 "code": code if code is not None else status_code}
+        if request_id := current_request_id.get():  # for the client to quote, as the router's own errors do
+            body["request_id"] = request_id
         return cls.json({"error": body}, status_code)

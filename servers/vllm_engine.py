@@ -206,10 +206,10 @@ class VLLMEngine(BaseEngine):
         except InvalidRequest as err:
             return EngineResponse.error(400, err.message, param=err.param)
         except Exception as exc:  # vLLM raises its client errors; map them its own way
-            error = create_error_response(exc)
-            if error.error.code >= 500:
+            error = create_error_response(exc).error
+            if error.code >= 500:
                 logger.exception("engine error for %s", self.entry.model_id)
-            return EngineResponse.json(error.model_dump(), error.error.code)
+            return EngineResponse.error(error.code, error.message, error.type, error.param, error.code)
 
     def _serving_for(self, capability: Capability):
         """vLLM's serving callable for ``capability``, or None when this model lacks it."""
@@ -257,5 +257,6 @@ async def _to_engine_response(result: Any) -> EngineResponse:
     if isinstance(result, Response):
         return EngineResponse(result.status_code, bytes(result.body), result.media_type or "application/json")
     error = getattr(result, "error", None)
-    status = getattr(error, "code", 200) if error is not None else 200
-    return EngineResponse(status, result.model_dump_json().encode())
+    if error is not None:  # vLLM's ErrorResponse
+        return EngineResponse.error(error.code, error.message, error.type, error.param, error.code)
+    return EngineResponse(200, result.model_dump_json().encode())
