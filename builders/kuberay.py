@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from builders.render import render_serve_config
-from builders.serve_config import load_serve_config
+from builders.serve_config import load_yaml, validate_serve_config
 from configs import LoadedConfig
 from common.serve_options import replica_range, replica_shape
 
@@ -149,8 +149,8 @@ def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
 
 def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShape,
            entrypoint: str | None = None, secret: str = "rayserve-platform-keys") -> dict:
-    raw = yaml.safe_load(Path(config_path).read_text())
-    _, loaded = load_serve_config(config_path)  # validates the whole file first, as a deploy would
+    raw = load_yaml(config_path)
+    _, loaded = validate_serve_config(raw)  # the whole file first, as a deploy would
     cluster = ray_cluster_spec(loaded, image, shape, pod_env(loaded, secret))
     metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
     if kind == "rayservice":

@@ -206,10 +206,10 @@ class VLLMEngine(BaseEngine):
         except InvalidRequest as err:
             return EngineResponse.error(400, err.message, param=err.param)
         except Exception as exc:  # vLLM raises its client errors; map them its own way
-            error = create_error_response(exc).error
-            if error.code >= 500:
+            error = create_error_response(exc)
+            if error.error.code >= 500:
                 logger.exception("engine error for %s", self.entry.model_id)
-            return EngineResponse.error(error.code, error.message, error.type, error.param, error.code)
+            return await _to_engine_response(error)
 
     def _serving_for(self, capability: Capability):
         """vLLM's serving callable for ``capability``, or None when this model lacks it."""
