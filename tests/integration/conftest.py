@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
+from common.serve_env import haproxy_files_env
 from tests.conftest import ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +125,15 @@ def running_platform(config: dict, workdir: Path, address: str | None = None,
                 proc.wait(90)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            if address is None:  # the platform stopped its own Ray: nothing of it may outlive it
+                assert not leftover_haproxy(port), leftover_haproxy(port)
+
+
+def leftover_haproxy(http_port: int) -> list[str]:
+    """The HAProxy processes still running on the files of the platform serving ``http_port``."""
+    directory = os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
+    return [" ".join(p.info["cmdline"]) for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "haproxy" and any(arg.startswith(directory) for arg in p.info["cmdline"] or ())]
 
 
 def deploy_command(config_path: Path, address: str | None = None) -> list[str]:
@@ -169,6 +180,33 @@ def wait_for_stats(read, done, timeout_s: float = 30) -> dict:
         time.sleep(0.2)
         stats = read()
     return stats
+
+
+def assert_leaving_a_stream_stops_it(url: str, model: str, read_stats, counter: str, pause_s: float = 0,
+                                     attempts: int = 3) -> dict:
+    """Open a long stream at ``url``, read its first line, stop reading for ``pause_s`` (the buffers
+    on the way fill up), then leave; assert that the engine counts the stop in ``counter`` and has
+    nothing left running. The last stats.
+
+    An attempt shows something only if the engine was still generating when the client left: on a
+    busy 2-core machine a stream's first line can come seconds late, after the engine generated all
+    of it. Such an attempt is made again; a stop never counted fails all the same."""
+    # As many sequences as tiny-chat runs at once, each to its context's end: seconds of work.
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello!"}],
+            "max_tokens": 1000, "n": 64, "stream": True, "ignore_eos": True}
+    for _ in range(attempts):
+        before = read_stats()
+        with httpx.Client(headers=auth_headers(), timeout=60) as c, c.stream("POST", url, json=body) as response:
+            lines = response.iter_lines()  # kept: a dropped iterator closes the connection when collected
+            first = next(lines)
+            assert response.status_code == 200 and first.startswith("data: {") and '"error"' not in first, first
+            time.sleep(pause_s)
+            generating = read_stats()["unfinished_requests"] > 0
+        if generating:
+            stats = wait_for_stats(read_stats, lambda s: s[counter] > before[counter] and s["unfinished_requests"] == 0)
+            assert stats[counter] == before[counter] + 1 and stats["unfinished_requests"] == 0, (before, stats)
+            return stats
+    raise AssertionError(f"in {attempts} attempts the engine finished the stream before the client left")
 
 
 def auth_headers() -> dict[str, str]:

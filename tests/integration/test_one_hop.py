@@ -9,7 +9,8 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import API_KEY, LIMITED_KEY, SCOPED_KEY, TOKEN_KEY, auth_headers, wait_for_stats
+from tests.integration.conftest import (API_KEY, LIMITED_KEY, SCOPED_KEY, TOKEN_KEY, assert_leaving_a_stream_stops_it,
+                                       auth_headers)
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
 
 @pytest.fixture(scope="module")
@@ -113,16 +114,12 @@ def test_the_replica_port_itself_requires_the_key(platform_url):
 
 
 def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
-    # 16 sequences of 1000 tokens: seconds of work, so the client leaves long before the end.
-    body = {"model": CHAT, "messages": HELLO, "max_tokens": 1000, "n": 16, "stream": True, "ignore_eos": True}
-    aborted_before = _stats(platform_url)["requests_aborted"]
-    with httpx.Client(headers=auth_headers(), timeout=60) as c:
-        with c.stream("POST", f"{platform_url}/models/{CHAT}/v1/chat/completions", json=body) as response:
-            first = next(response.iter_lines())
-            assert response.status_code == 200 and first.startswith("data: {") and '"error"' not in first, first
-    stats = wait_for_stats(lambda: _stats(platform_url),
-                           lambda s: s["requests_aborted"] > aborted_before and s["unfinished_requests"] == 0)
-    assert stats["requests_aborted"] > aborted_before and stats["unfinished_requests"] == 0, (stats, first)
+    # Leaving at once, and leaving a stream the client stopped reading a while before: with Ray's
+    # HAProxy splicing, about one in three of those stranded its session (HAProxy spinning on it,
+    # vLLM generating on), so that case is tried several times.
+    for pause_s in (0, 3, 3, 3, 3):
+        assert_leaving_a_stream_stops_it(f"{platform_url}/models/{CHAT}/v1/chat/completions", CHAT,
+                                         lambda: _stats(platform_url), "requests_aborted", pause_s=pause_s)
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.integration.conftest import ALLOWED_ORIGIN, API_KEY, wait_for_stats
+from tests.integration.conftest import ALLOWED_ORIGIN, assert_leaving_a_stream_stops_it
 
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
@@ -194,18 +194,8 @@ def _engine_stats(http) -> dict:
 
 
 def test_client_disconnect_mid_stream_aborts_generation(platform_url, http, client):
-    # 8 sequences of 1000 tokens: seconds of work, so the client leaves long before the end.
-    body = {"model": CHAT, "messages": HELLO, "max_tokens": 1000, "n": 8, "stream": True, "ignore_eos": True}
-    cancelled_before = _engine_stats(http)["streams_cancelled"]
-    with httpx.Client(base_url=platform_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
-        with c.stream("POST", "/v1/chat/completions", json=body) as response:
-            lines = response.iter_lines()
-            received = [next(lines) for _ in range(3)]
-            assert all(line.startswith("data: ") or line == "" for line in received)
-    stats = wait_for_stats(lambda: _engine_stats(http),
-                           lambda s: s["streams_cancelled"] > cancelled_before and s["unfinished_requests"] == 0)
-    assert stats["streams_cancelled"] == cancelled_before + 1, stats
-    assert stats["unfinished_requests"] == 0, stats
+    assert_leaving_a_stream_stops_it(f"{platform_url}/v1/chat/completions", CHAT,
+                                     lambda: _engine_stats(http), "streams_cancelled")
     assert_still_serving(client)
 
 

@@ -29,7 +29,7 @@ import openai
 import psutil
 import yaml
 
-from common.serve_env import STREAMING_ENV, haproxy_files_env
+from common.serve_env import STREAMING_ENV, haproxy_binary_env, haproxy_files_env
 from tests.conftest import ray_temp_dir
 from tests.integration.conftest import API_KEY, ROOT, STARTUP_TIMEOUT_S, _free_port, auth_headers, platform_env
 from tests.integration.test_openai_api import HELLO
@@ -51,7 +51,8 @@ class Cluster:
         self.temp_dir = ray_temp_dir()
         self.gcs = f"127.0.0.1:{_free_port()}"
         self.dashboard = f"http://127.0.0.1:{_free_port()}"
-        self.env = {**platform_env(self.temp_dir), **STREAMING_ENV,  # what `eval "$(python -m common.serve_env)"` sets
+        # what `eval "$(python -m common.serve_env)"` sets
+        self.env = {**platform_env(self.temp_dir), **STREAMING_ENV, **haproxy_binary_env(),
                     **haproxy_files_env(int(self.gcs.split(":")[1])),  # apart from any other HAProxy here
                     # Ray's token authentication, with a token of this cluster's instead of ~/.ray/auth_token.
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}

@@ -10,14 +10,15 @@ import time
 import psutil
 import yaml
 
-from tests.integration.conftest import ROOT, _free_port, deploy_command, platform_env
+from tests.integration.conftest import ROOT, _free_port, deploy_command, leftover_haproxy, platform_env
 
 VIT = {"model_loading_config": {"model_id": "vit", "model_source": "./.models/tiny-vit", "type": "vision"},
        "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}}, "engine_kwargs": {"task": "image-classification"}}
 
 
 def test_a_platform_stopped_while_it_starts_shuts_down_cleanly(tmp_path):
-    config = {"http_options": {"host": "127.0.0.1", "port": _free_port()},
+    port = _free_port()
+    config = {"http_options": {"host": "127.0.0.1", "port": port},
               "applications": [{"name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
                                 "args": {"models": [VIT]}}]}
     path = tmp_path / "config.yaml"
@@ -37,6 +38,7 @@ def test_a_platform_stopped_while_it_starts_shuts_down_cleanly(tmp_path):
         assert proc.wait(120) == 0, log_path.read_text()[-3000:]
         _, alive = psutil.wait_procs(started, timeout=60)
         assert [p.pid for p in alive] == [], [" ".join(p.cmdline()[:2]) for p in alive if p.is_running()]
+        assert leftover_haproxy(port) == []  # nor one that HAProxy started for a reload as Serve stopped
         assert "ready: http" not in log_path.read_text()
     finally:
         if proc.poll() is None:

@@ -1,4 +1,13 @@
-from common.serve_env import STREAMING_ENV, with_replica_env
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from common.serve_env import (STREAMING_ENV, haproxy_binary_env, haproxy_files_env, stop_leftover_haproxy,
+                               with_replica_env)
 
 
 def test_application_runtime_env_is_kept_and_the_deployment_wins(monkeypatch):
@@ -20,3 +29,45 @@ def test_process_environment_overrides_defaults(monkeypatch):
     monkeypatch.setenv("PLATFORM_STREAM_INTERVAL_MS", "3")
     env_vars = with_replica_env({}, inherited={})["runtime_env"]["env_vars"]
     assert env_vars["PLATFORM_STREAM_INTERVAL_MS"] == "3"
+
+
+def _haproxy_look_alike(tmp_path, config_path) -> subprocess.Popen:
+    """A process named haproxy that points at ``config_path``, as Ray starts HAProxy (``tail``
+    renamed: it follows the file and runs until killed)."""
+    binary = tmp_path / "bin" / "haproxy"
+    if not binary.exists():
+        binary.parent.mkdir()
+        shutil.copy(shutil.which("tail"), binary)
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.touch()
+    return subprocess.Popen([str(binary), "-f", str(config_path)])
+
+
+def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ours, theirs = haproxy_files_env(8000), haproxy_files_env(8001)
+    node_dir = "0123abcd"  # Ray puts the config in a directory of the node's id
+    mine, other = (_haproxy_look_alike(tmp_path, Path(files["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent / node_dir
+                                       / "haproxy.cfg") for files in (ours, theirs))
+    try:
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg")  # an operator's own
+        assert stop_leftover_haproxy(8000) == [] and mine.poll() is None
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+        assert stop_leftover_haproxy(8000) == [mine.pid]
+        assert not psutil.pid_exists(mine.pid) and other.poll() is None  # killed, and reaped
+    finally:
+        for process in (mine, other):
+            process.kill()
+            process.wait()
+
+
+def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH", raising=False)
+    env = haproxy_binary_env()
+    wrapper = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    assert os.access(wrapper, os.X_OK) and "-dS" in wrapper.read_text()
+    assert os.access(env["PLATFORM_HAPROXY_BINARY"], os.X_OK)
+    version = subprocess.run([str(wrapper), "-vv"], env={**os.environ, **env}, capture_output=True, text=True)
+    assert version.returncode == 0 and "HAProxy version" in version.stdout, version.stderr
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/sbin/haproxy")  # an operator's own wins
+    assert haproxy_binary_env() == {}
