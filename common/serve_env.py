@@ -88,15 +88,23 @@ def stop_leftover_haproxy(http_port: int) -> list[int]:
     ours = haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
     if os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC") != ours:
         return []
-    directory = os.path.dirname(ours) + os.sep
-    leftover = [process for process in psutil.process_iter(["name", "cmdline"])
-                if process.info["name"] == "haproxy"
-                and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())]
+    leftover = haproxy_processes(http_port)
     for process in leftover:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(leftover, timeout=10)
     return [process.pid for process in leftover]
+
+
+def haproxy_processes(http_port: int) -> list:
+    """The running processes named haproxy whose command line points into the HAProxy directory
+    of the platform serving ``http_port`` (``psutil.Process``, with ``info["cmdline"]``)."""
+    import psutil
+
+    directory = os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
+    return [process for process in psutil.process_iter(["name", "cmdline"])
+            if process.info["name"] == "haproxy"
+            and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())]
 
 
 HAPROXY_WRAPPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "haproxy")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 import yaml
 
-from common.serve_env import haproxy_files_env
+from common.serve_env import haproxy_processes
 from tests.conftest import ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,14 +125,13 @@ def running_platform(config: dict, workdir: Path, address: str | None = None,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
             if address is None:  # the platform stopped its own Ray: nothing of it may outlive it
-                assert not leftover_haproxy(port), leftover_haproxy(port)
+                left = leftover_haproxy(port)
+                assert not left, left
 
 
 def leftover_haproxy(http_port: int) -> list[str]:
-    """The HAProxy processes still running on the files of the platform serving ``http_port``."""
-    directory = os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
-    return [" ".join(p.info["cmdline"]) for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "haproxy" and any(arg.startswith(directory) for arg in p.info["cmdline"] or ())]
+    """The command lines of the HAProxy processes still running on the platform's files."""
+    return [" ".join(process.info["cmdline"]) for process in haproxy_processes(http_port)]
 
 
 def deploy_command(config_path: Path, address: str | None = None) -> list[str]:
