@@ -200,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         _, loaded = validate_serve_config(raw)
         if args.working_dir:
             raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
-        schema = rendered_schema(raw, loaded, os.path.basename(args.config))
+        rendered = render_serve_config(raw, loaded, os.path.basename(args.config))
+        schema = rendered_schema(rendered)
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
     if args.render:
-        yaml.safe_dump(render_serve_config(raw, loaded, os.path.basename(args.config)), sys.stdout, sort_keys=False)
+        yaml.safe_dump(rendered, sys.stdout, sort_keys=False)
         return 0
     gpu_type = args.gpu_type or ("H100-80GB" if args.plan and not args.gpu_memory_gib else None)
     gpu_bytes = gpu_bytes_for(gpu_type, args.gpu_memory_gib)

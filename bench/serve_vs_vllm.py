@@ -14,9 +14,12 @@ prompts, streamed chat completions, fixed seed) at each concurrency:
 
 Prints output-token throughput, TTFT and inter-token latency (p50/p99), the server's CPU ms per
 output token by process, and one line per arm and concurrency, which scripts read:
-``ratio <arm> / vllm at concurrency <c>: <x.xx>x``.
+``ratio <arm> / vllm at concurrency <c>: <x.xx>x``. With ``--rounds N`` every arm runs N times,
+in turn (vllm, one-hop, ..., vllm, one-hop, ...); each round's ratios compare arms of that round,
+and the ``ratio`` line gives their median: on a small shared machine the speed of the machine
+itself drifts between minutes by more than the gaps being measured.
 
-    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--arms vllm one-hop shared rsllm rsllm-direct]
+    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--arms vllm one-hop shared rsllm rsllm-direct] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -54,6 +59,18 @@ def cpu_by_process(root_pid: int) -> dict[str, float]:
         group = name.split(".")[0] if name.startswith("ray::") else name
         totals[group] = totals.get(group, 0.0) + times.user + times.system
     return totals
+
+
+def wait_idle(root_pid: int, busy_cores: float = 0.1, window_s: float = 3.0, timeout_s: float = 120.0) -> float:
+    """Wait until the server's processes use less than ``busy_cores`` of CPU over a window (a
+    freshly started Ray keeps its agents busy for a while after the app is ready); seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_by_process(root_pid).values())
+        time.sleep(window_s)
+        if sum(cpu_by_process(root_pid).values()) - before < busy_cores * window_s:
+            break
+    return time.monotonic() - started
 
 
 def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
@@ -130,6 +147,7 @@ def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[s
         for arm, endpoint in endpoints.items():
             run_load(port, endpoint, "bench-model", args.model_dir, 4, 8, args)  # warm-up
             for concurrency in args.concurrency:
+                print(f"{arm} c={concurrency}: server idle after {wait_idle(proc.pid):.0f} s", flush=True)
                 prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
                 before = cpu_by_process(proc.pid)
                 metrics = run_load(port, endpoint, "bench-model", args.model_dir, concurrency, prompts, args)
@@ -161,35 +179,50 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
                         choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every arm this many times, in turn; the ratio lines give the median")
     args = parser.parse_args()
     args.model_dir = str(Path(args.model_dir).resolve())
-    runs: dict[str, dict[int, dict]] = {}
+    rounds = []
     with tempfile.TemporaryDirectory() as workdir:
         args.result_dir = workdir
-        if "vllm" in args.arms:
-            runs.update(measure(start_vllm(args.model_dir, 8100), "http://127.0.0.1:8100/health", 8100,
-                                {"vllm": CHAT}, args))
-        platform_arms = {arm: endpoint for arm, endpoint in
-                         (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT)) if arm in args.arms}
-        if platform_arms:
-            runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir), "http://127.0.0.1:8200/ready",
-                                8200, platform_arms, args))
-        for arm, direct in (("rsllm", False), ("rsllm-direct", True)):
-            if arm in args.arms:
-                runs.update(measure(start_ray_serve_llm(args.model_dir, 8300, direct),
-                                    "http://127.0.0.1:8300/v1/models", 8300, {arm: CHAT}, args))
+        for _ in range(args.rounds):
+            rounds.append(run_round(args, workdir))
     print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |")
     print("|---|---|---|---|---|---|")
-    for name, by_c in runs.items():
-        for c, m in by_c.items():
-            print(f"| {name} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
-                  f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
-                  f"{m['server_cpu_ms_per_token']:.2f} |")
-    if "vllm" in runs:
-        for arm in (a for a in runs if a != "vllm"):
-            for c in args.concurrency:
-                ratio = runs[arm][c]["output_throughput"] / runs["vllm"][c]["output_throughput"]
-                print(f"ratio {arm} / vllm at concurrency {c}: {ratio:.2f}x")
+    for number, runs in enumerate(rounds, 1):
+        for name, by_c in runs.items():
+            for c, m in by_c.items():
+                label = name if args.rounds == 1 else f"{name} (round {number})"
+                print(f"| {label} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
+                      f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
+                      f"{m['server_cpu_ms_per_token']:.2f} |")
+    if "vllm" not in args.arms:
+        return
+    for arm in (a for a in args.arms if a != "vllm"):
+        for c in args.concurrency:
+            ratios = [runs[arm][c]["output_throughput"] / runs["vllm"][c]["output_throughput"] for runs in rounds]
+            if args.rounds > 1:
+                print(f"rounds of {arm} / vllm at concurrency {c}: " + ", ".join(f"{r:.2f}x" for r in ratios))
+            print(f"ratio {arm} / vllm at concurrency {c}: {statistics.median(ratios):.2f}x")
+
+
+def run_round(args, workdir: str) -> dict[str, dict[int, dict]]:
+    """Every arm once, one after the other: {arm: {concurrency: metrics}}."""
+    runs: dict[str, dict[int, dict]] = {}
+    if "vllm" in args.arms:
+        runs.update(measure(start_vllm(args.model_dir, 8100), "http://127.0.0.1:8100/health", 8100,
+                            {"vllm": CHAT}, args))
+    platform_arms = {arm: endpoint for arm, endpoint in
+                     (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT)) if arm in args.arms}
+    if platform_arms:
+        runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir), "http://127.0.0.1:8200/ready",
+                            8200, platform_arms, args))
+    for arm, direct in (("rsllm", False), ("rsllm-direct", True)):
+        if arm in args.arms:
+            runs.update(measure(start_ray_serve_llm(args.model_dir, 8300, direct),
+                                "http://127.0.0.1:8300/v1/models", 8300, {arm: CHAT}, args))
+    return runs
 
 
 if __name__ == "__main__":

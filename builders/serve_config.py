@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from builders.render import render_serve_config
 from common.rendered_apps import PLATFORM_IMPORT_PATH
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from configs import LoadedConfig, load_platform_config
@@ -46,14 +45,14 @@ def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
     return schema, loaded
 
 
-def rendered_schema(raw: dict[str, Any], loaded: dict[str, LoadedConfig], source: str | None = None) -> Any:
-    """The Serve config that runs ``raw``: each platform application split per model. Serve
-    refuses it when two rendered applications share a name or a route prefix."""
+def rendered_schema(rendered: dict[str, Any]) -> Any:
+    """The Serve config ``render_serve_config`` made (each platform application split per model),
+    validated: Serve refuses it when two rendered applications share a name or a route prefix."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
     try:
-        return ServeDeploySchema.model_validate(render_serve_config(raw, loaded, source))
+        return ServeDeploySchema.model_validate(rendered)
     except ValidationError as err:
         issues = issues_from_validation_error(err, ServeDeploySchema)
         raise ConfigError([ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")

@@ -45,7 +45,7 @@ def apply_streaming_env(http_port: int | None = None) -> None:
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
-        for key, value in {**haproxy_binary_env(), **haproxy_files_env(http_port)}.items():
+        for key, value in {**haproxy_binary_env(), **haproxy_threads_env(), **haproxy_files_env(http_port)}.items():
             os.environ.setdefault(key, value)
 
 
@@ -63,6 +63,15 @@ def haproxy_binary_env() -> dict[str, str]:
     except (ImportError, OSError):  # no bundled binary for this platform: Ray looks for one on PATH
         return {}
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER, "PLATFORM_HAPROXY_BINARY": binary}
+
+
+def haproxy_threads_env(cores: int | None = None) -> dict[str, str]:
+    """HAProxy's threads sized to this node: Ray starts 4 whatever the node has, which on a small
+    node outnumber its cores and preempt the vLLM front ends that share them (measured on 2 cores:
+    bench/README.md, run I). HAProxy needs about 0.03 CPU ms per streamed token, so one thread
+    carries tens of thousands of tokens/s: a thread per 2 cores, at most Ray's 4."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return {"RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, cores // 2)))}
 
 
 def haproxy_files_env(http_port: int) -> dict[str, str]:
@@ -140,5 +149,5 @@ def _current_runtime_env() -> dict:
 
 
 if __name__ == "__main__":  # eval "$(python -m common.serve_env)" before `ray start` or `serve run`
-    for key, value in {**STREAMING_ENV, **haproxy_binary_env()}.items():
+    for key, value in {**STREAMING_ENV, **haproxy_binary_env(), **haproxy_threads_env()}.items():
         print(f"export {key}={shlex.quote(os.environ.get(key, value))}")

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.input_errors import InputError
 from common.request_ids import current_request_id
 
 DONE_EVENT = "data: [DONE]\n\n"  # the last event of an OpenAI stream
@@ -26,6 +27,12 @@ class APIError(Exception):
         super().__init__(message)
         self.status_code, self.message, self.param, self.code = status_code, message, param, code
         self.headers = headers
+
+    @classmethod
+    def from_input(cls, err: InputError, param: str | None = None) -> "APIError":
+        """The answer to input an engine or fetcher refused (``common.input_errors``): its status,
+        message and code, under the request field it came from."""
+        return cls(err.status_code, err.message, param=param or err.param, code=err.code)
 
     def response(self, request: Request | None = None) -> JSONResponse:
         if request is not None and is_oip_path(request):

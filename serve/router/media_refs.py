@@ -27,7 +27,7 @@ async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> b
     try:
         await asyncio.gather(*(_inline(part, key, policy) for part, key in parts))
     except InputError as err:
-        raise APIError(err.status_code, err.message, param="messages", code=err.code) from None
+        raise APIError.from_input(err, param="messages") from None
     return bool(parts)
 
 

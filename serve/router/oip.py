@@ -92,7 +92,7 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
                 body = {"inputs": media, "parameters": inference.parameters}
                 result = await engines.call(route, route.capabilities[0], body)
         except InputError as err:
-            raise APIError(err.status_code, err.message) from None
+            raise APIError.from_input(err) from None
         payload = json.loads(result.content)
         if result.status_code != 200:
             raise APIError(result.status_code, payload.get("error", {}).get("message", "inference failed"))

@@ -145,7 +145,7 @@ async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
             raise APIError(413, f"{name!r} is over {media.max_bytes} bytes", param=name, code="input_too_large")
         return base64.b64decode(value, validate=True)
     except InputError as err:
-        raise APIError(err.status_code, err.message, param=name, code=err.code) from None
+        raise APIError.from_input(err, param=name) from None
     except (binascii.Error, ValueError):
         raise APIError(400, f"{name!r} is not valid base64", param=name) from None
 

@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from builders.render import render_serve_config
 from builders.serve_config import rendered_schema, validate_serve_config
 from deploy_app import main
 
@@ -25,7 +26,7 @@ def _platform(name: str, route_prefix: str, models: list[dict], **args) -> dict:
 def _render(*apps: dict) -> dict:
     raw = {"applications": list(apps)}
     _, loaded = validate_serve_config(raw)
-    return {app.name: app for app in rendered_schema(raw, loaded).applications}
+    return {app.name: app for app in rendered_schema(render_serve_config(raw, loaded)).applications}
 
 
 def test_each_model_is_an_application_named_after_its_platform():
@@ -82,7 +83,7 @@ def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
 def test_the_config_files_name_reaches_the_router_alone():
     raw = {"applications": [{**_platform("platform", "/", [_vllm("chat")]), "runtime_env": {"env_vars": {"A": "1"}}}]}
     _, loaded = validate_serve_config(raw)
-    apps = {app.name: app for app in rendered_schema(raw, loaded, "model_config.yaml").applications}
+    apps = {app.name: app for app in rendered_schema(render_serve_config(raw, loaded, "model_config.yaml")).applications}
     assert apps["platform"].runtime_env["env_vars"] == {"A": "1", "PLATFORM_CONFIG_FILE": "model_config.yaml"}
     assert apps["platform.chat"].runtime_env["env_vars"] == {"A": "1"}  # renaming the file restarts no model
     assert raw["applications"][0]["runtime_env"]["env_vars"] == {"A": "1"}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import psutil
 
-from common.serve_env import (STREAMING_ENV, haproxy_binary_env, haproxy_files_env, stop_leftover_haproxy,
-                               with_replica_env)
+from common.serve_env import (STREAMING_ENV, apply_streaming_env, haproxy_binary_env, haproxy_files_env,
+                               haproxy_threads_env, stop_leftover_haproxy, with_replica_env)
 
 
 def test_application_runtime_env_is_kept_and_the_deployment_wins(monkeypatch):
@@ -71,3 +71,14 @@ def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
     assert version.returncode == 0 and "HAProxy version" in version.stdout, version.stderr
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/sbin/haproxy")  # an operator's own wins
     assert haproxy_binary_env() == {}
+
+
+def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
+    threads = {cores: haproxy_threads_env(cores)["RAY_SERVE_HAPROXY_NBTHREAD"] for cores in (1, 2, 4, 6, 8, 64)}
+    assert threads == {1: "1", 2: "1", 4: "2", 6: "3", 8: "4", 64: "4"}
+    monkeypatch.setattr(os, "environ", {})  # what apply_streaming_env sets stays in this test
+    apply_streaming_env(8123)
+    assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == haproxy_threads_env()["RAY_SERVE_HAPROXY_NBTHREAD"]
+    monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_NBTHREAD": "8"})  # an operator's own count wins
+    apply_streaming_env(8123)
+    assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == "8"
