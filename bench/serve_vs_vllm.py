@@ -66,10 +66,11 @@ def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, ti
     freshly started Ray keeps its agents busy for a while after the app is ready (an idle platform
     uses about 0.16 cores here, Serve's controller the most); seconds waited."""
     started = time.monotonic()
+    used = sum(cpu_by_process(root_pid).values())
     while time.monotonic() - started < timeout_s:
-        before = sum(cpu_by_process(root_pid).values())
         time.sleep(window_s)
-        if sum(cpu_by_process(root_pid).values()) - before < busy_cores * window_s:
+        before, used = used, sum(cpu_by_process(root_pid).values())  # one walk of the tree per window
+        if used - before < busy_cores * window_s:
             break
     return time.monotonic() - started
 
