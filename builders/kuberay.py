@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from builders.render import render_serve_config
-from builders.serve_config import load_yaml, validate_serve_config
+from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
 from configs import LoadedConfig
 from common.serve_options import replica_range, replica_shape
 
@@ -129,8 +129,11 @@ def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerS
 def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -> dict[str, Any]:
     """The Serve config as the cluster runs it: one application per model (as ``deploy_app.py``
     renders it, so a RayService update restarts only the models whose entry changed),
-    listening on every interface of the pods."""
+    listening on every interface of the pods. Validated as a deploy validates it: rendered
+    applications that share a name or a route prefix are refused here, naming the field, instead
+    of reaching the cluster."""
     config = render_serve_config(raw, loaded)
+    rendered_schema(config)
     config["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0", "port": SERVE_PORT}
     return config
 

@@ -59,6 +59,19 @@ def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
     assert "qwen2.5-14b-instruct needs 2 GPUs on one node; pass --gpus-per-worker 2" in capsys.readouterr().err
 
 
+def test_a_rendered_clash_is_refused_before_a_manifest_is_written(tmp_path, capsys):
+    # The platform "p" and a second platform named like p's rendered model application "p.x".
+    def platform(name, route_prefix, model_id, kind):
+        return {"name": name, "route_prefix": route_prefix, "import_path": "builders.app_builder:build_app",
+                "args": {"models": [{"model_loading_config": {"model_id": model_id, "model_source": "org/m", "type": kind},
+                                     "engine_kwargs": {"task": "image-classification"} if kind == "vision" else {}}]}}
+    path = tmp_path / "clash.yaml"
+    path.write_text(yaml.safe_dump({"applications": [platform("p", "/a", "x", "vllm"), platform("p.x", "/b", "y", "vision")]}))
+    assert main(["rayservice", "--config", str(path), "--image", "img"]) == 1
+    captured = capsys.readouterr()
+    assert 'multiple configs for application "p.x"' in captured.err and captured.out == ""
+
+
 def test_validation_catches_a_broken_manifest():
     manifest = render("rayservice", "model_config.yaml", "img", "p", WorkerShape())
     broken = copy.deepcopy(manifest)
