@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve.deployments.one_hop_guard import OneHopGuard, with_cors  # noqa: E402
-from serve.router.observed import ObservedRequests  # noqa: E402
-from serve.router.routing import VLLM_ENDPOINTS, RouterSettings  # noqa: E402
+from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors  # noqa: E402
+from serve.router.routing import RouterSettings  # noqa: E402
 
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello " * 64}],
                    "stream": True, "max_tokens": 64}).encode()
@@ -92,13 +91,8 @@ async def cpu_us_per_request(app, requests: int) -> float:
 def stacks(chunks: int) -> dict:
     """The stand-in app alone and inside the layers, as ``VLLMIngressDeployment`` builds them."""
     app, settings = stand_in_app(chunks), RouterSettings(routes={})
-    posts = frozenset(VLLM_ENDPOINTS)
-
-    def observed(inner):
-        return ObservedRequests(inner, path="direct", model_id="m", endpoints=posts, engine_header=True, counts=Counter())
-
-    return {"app": app, "guard": OneHopGuard(app, settings), "observed": observed(app),
-            "observed+guard": observed(with_cors(OneHopGuard(app, settings)))}
+    return {"app": app, "guard": OneHopGuard(app, settings), "observed": observed_one_hop(app, "m", Counter()),
+            "observed+guard": observed_one_hop(with_cors(OneHopGuard(app, settings)), "m", Counter())}
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
@@ -24,6 +25,7 @@ from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
                                      meters_tokens, response_tokens)
 from serve.router.media_refs import inline_chat_media
+from serve.router.observed import ObservedRequests
 from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
 from serve.router.uploads import parse_json_object, read_limited_body
 
@@ -35,6 +37,13 @@ ONE_HOP_ENDPOINTS = {("POST", path) for path in VLLM_ENDPOINTS} | {("GET", "/v1/
 def with_cors(guard: "OneHopGuard") -> ASGIApp:
     """The guarded app behind the platform's CORS policy when it has one."""
     return CORSMiddleware(guard, **guard.settings.cors) if guard.settings.cors else guard
+
+
+def observed_one_hop(app: ASGIApp, model_id: str, counts: Counter[str]) -> ObservedRequests:
+    """``app`` (the guarded vLLM app) with the one-hop path's request ids, metrics and log lines:
+    the outermost layer of a vLLM replica's HTTP port. vLLM takes the prefixed request id."""
+    posts = frozenset(path for method, path in ONE_HOP_ENDPOINTS if method == "POST")
+    return ObservedRequests(app, path="direct", model_id=model_id, endpoints=posts, engine_header=True, counts=counts)
 
 
 MAX_METERED_ANSWER_BYTES = 64 * 1024 * 1024  # a JSON answer read for its usage (embeddings can be large)

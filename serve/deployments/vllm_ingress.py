@@ -15,8 +15,7 @@ from typing import Any
 from ray import serve
 
 from serve.deployments.engine_deployment import EngineDeployment
-from serve.deployments.one_hop_guard import ONE_HOP_ENDPOINTS, OneHopGuard, with_cors
-from serve.router.observed import ObservedRequests
+from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors
 from serve.router.routing import RouterSettings
 
 
@@ -30,9 +29,7 @@ class VLLMIngressDeployment(EngineDeployment):
     def __serve_build_asgi_app__(self):
         (engine,) = self.engines.values()
         self.guard = OneHopGuard(engine.http_app, self.settings)
-        posts = frozenset(path for method, path in ONE_HOP_ENDPOINTS if method == "POST")
-        return ObservedRequests(with_cors(self.guard), path="direct", model_id=engine.entry.model_id, endpoints=posts,
-                                engine_header=True, counts=self.requests_total)
+        return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The router settings that may change without a restart (``router.request_timeout_s``)

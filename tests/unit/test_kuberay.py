@@ -60,13 +60,12 @@ def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
 
 
 def test_a_rendered_clash_is_refused_before_a_manifest_is_written(tmp_path, capsys):
+    from tests.unit.test_render import _platform, _vision, _vllm
+
     # The platform "p" and a second platform named like p's rendered model application "p.x".
-    def platform(name, route_prefix, model_id, kind):
-        return {"name": name, "route_prefix": route_prefix, "import_path": "builders.app_builder:build_app",
-                "args": {"models": [{"model_loading_config": {"model_id": model_id, "model_source": "org/m", "type": kind},
-                                     "engine_kwargs": {"task": "image-classification"} if kind == "vision" else {}}]}}
     path = tmp_path / "clash.yaml"
-    path.write_text(yaml.safe_dump({"applications": [platform("p", "/a", "x", "vllm"), platform("p.x", "/b", "y", "vision")]}))
+    path.write_text(yaml.safe_dump({"applications": [_platform("p", "/a", [_vllm("x")]),
+                                                     _platform("p.x", "/b", [_vision("y")])]}))
     assert main(["rayservice", "--config", str(path), "--image", "img"]) == 1
     captured = capsys.readouterr()
     assert 'multiple configs for application "p.x"' in captured.err and captured.out == ""
