@@ -22,8 +22,11 @@ STREAMING_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     # Buffer request-path log lines instead of writing one per request.
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    # Engines send streamed tokens at most every 10 ms (see common/streaming.py:coalesce).
-    "PLATFORM_STREAM_INTERVAL_MS": "10",
+    # On the shared /v1 path, engines send streamed tokens at most every 50 ms, as Ray Serve LLM
+    # does (see common/streaming.py:coalesce): each send is a Ray object relayed by the router,
+    # and 10 ms cost up to a third of the throughput at 16 streams (bench/README.md, run M). The
+    # first token leaves at once, and the one-hop path (/models/<id>/v1) streams token by token.
+    "PLATFORM_STREAM_INTERVAL_MS": "50",
     # Ray's HAProxy replaces Serve's HTTP proxy and forwards each request to the ingress
     # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the
     # one-hop path, /models/<model_id>/v1), and /v1 reaches the router without a Ray hop.
