@@ -25,7 +25,7 @@ STREAMING_ENV = {
     # On the shared /v1 path, engines send streamed tokens at most every 50 ms, as Ray Serve LLM
     # does (see common/streaming.py:coalesce): each send is a Ray object relayed by the router,
     # and 10 ms cost up to a third of the throughput at 16 streams (bench/README.md, run M). The
-    # first token leaves at once, and the one-hop path (/models/<id>/v1) streams token by token.
+    # first token leaves at once; the one-hop path (/models/<id>/v1) streams as `vllm serve` does.
     "PLATFORM_STREAM_INTERVAL_MS": "50",
     # Ray's HAProxy replaces Serve's HTTP proxy and forwards each request to the ingress
     # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the
