@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from builders.kuberay import WorkerShape, main, render, validate
+from tests.unit.test_render import _platform, _vision, _vllm
 
 ROOT_CONFIGS = ["model_config.yaml", "examples/production.yaml"]
 
@@ -60,8 +61,6 @@ def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
 
 
 def test_a_rendered_clash_is_refused_before_a_manifest_is_written(tmp_path, capsys):
-    from tests.unit.test_render import _platform, _vision, _vllm
-
     # The platform "p" and a second platform named like p's rendered model application "p.x".
     path = tmp_path / "clash.yaml"
     path.write_text(yaml.safe_dump({"applications": [_platform("p", "/a", [_vllm("x")]),
