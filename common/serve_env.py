@@ -27,6 +27,10 @@ STREAMING_ENV = {
     # and 10 ms cost up to a third of the throughput at 16 streams (bench/README.md, run M). The
     # first token leaves at once; the one-hop path (/models/<id>/v1) streams as `vllm serve` does.
     "PLATFORM_STREAM_INTERVAL_MS": "50",
+    # On vLLM's CPU build, its engine core runs on its worker's first core: the two take turns,
+    # and the core vLLM leaves the engine core is the one the front end, Ray and HAProxy share
+    # (servers/vllm_cpu_placement.py; "0" leaves it where vLLM puts it).
+    "PLATFORM_VLLM_CPU_ENGINE_CORE_BESIDE_WORKER": "1",
     # Ray's HAProxy replaces Serve's HTTP proxy and forwards each request to the ingress
     # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the
     # one-hop path, /models/<model_id>/v1), and /v1 reaches the router without a Ray hop.

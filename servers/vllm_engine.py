@@ -26,6 +26,7 @@ from configs.server_models import Capability
 from configs.vllm_models import VLLMModelEntry
 from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
+from servers.vllm_cpu_placement import bind_cpu_shards, engine_core_beside_worker
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class VLLMEngine(BaseEngine):
 
         vLLM's engine core runs in a child process, which is not in the replica's placement
         group: without the group handed over, its Ray workers would reserve GPUs a second time.
+        On the CPU that process then moves beside its worker (``servers/vllm_cpu_placement.py``).
         """
         import ray
+        from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -97,6 +100,8 @@ class VLLMEngine(BaseEngine):
             # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
             stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
+        if current_platform.is_cpu():
+            engine_core_beside_worker()
         self._count_aborts(engine)
         await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
         return engine
@@ -126,7 +131,7 @@ class VLLMEngine(BaseEngine):
             # Ray workers, so there the shards are local processes.
             kwargs["distributed_executor_backend"] = "ray" if current_platform.ray_device_key else "mp"
         if current_platform.is_cpu() and self.entry.world_size() > 1:
-            _bind_cpu_shards(self.entry.world_size())
+            bind_cpu_shards(self.entry.world_size())
         if current_platform.is_cpu() and "kv_cache_memory_bytes" not in kwargs \
                 and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
@@ -233,17 +238,6 @@ class VLLMEngine(BaseEngine):
 
 
 _BODY_HEADERS = {"content-type", "content-length"}  # starlette sets these for the body the router sends
-
-
-def _bind_cpu_shards(world_size: int) -> None:
-    """Give each CPU shard its own cores of this replica; vLLM binds one NUMA node per shard otherwise,
-    and refuses when the machine has fewer nodes than shards."""
-    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    per_shard = max(1, len(cores) // world_size)
-    shards = [cores[(i * per_shard) % len(cores):][:per_shard] for i in range(world_size)]
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
 
 
 async def _to_engine_response(result: Any) -> EngineResponse:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 
 import httpx
 import openai
@@ -111,6 +112,17 @@ def test_the_replica_port_itself_requires_the_key(platform_url):
     response = httpx.get(f"{prefix}/models")
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{prefix}/models", headers=auth_headers()).json()["data"][0]["id"] == CHAT
+
+
+def test_vllms_engine_core_runs_beside_its_worker(platform_url):
+    """On the CPU the replica moves vLLM's engine core onto its worker's first core, off the core
+    that the replica's HTTP front end, Ray and HAProxy share."""
+    replica = psutil.Process(_stats(platform_url)["placement"]["pid"])
+    [engine_core] = [p for p in replica.children() if p.cmdline()[:1] == ["VLLM::EngineCore"]]
+    [worker] = [p for p in engine_core.children() if p.cmdline()[:1] == ["VLLM::Worker"]]
+    worker_cores = os.sched_getaffinity(worker.pid)
+    assert worker_cores < os.sched_getaffinity(replica.pid)  # vLLM bound its worker
+    assert {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()} == {frozenset({min(worker_cores)})}
 
 
 def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
