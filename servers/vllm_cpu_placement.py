@@ -34,7 +34,9 @@ def engine_core_beside_worker() -> int | None:
     leaves the engine core the rest, which in a replica it shares with the HTTP front end, Ray and
     HAProxy: there it waits for a core while the worker spins on its own. On the worker's first
     core (the thread that spins between steps) each runs while the other waits. On 2 cores this
-    took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams (bench/README.md, run O).
+    took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams (bench/README.md, run O);
+    a lone stream, whose handovers the other core had room for, keeps its first token but ran at
+    0.68x-1.21x of its tokens/s (run Q).
     """
     if os.environ.get(ENGINE_CORE_PINNING_ENV, STREAMING_ENV[ENGINE_CORE_PINNING_ENV]) != "1":
         return None
