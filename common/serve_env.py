@@ -45,6 +45,11 @@ CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY")
 REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]
 
 
+def setting(key: str) -> str:
+    """This process's value of one of the settings above: its environment's, else the default."""
+    return os.environ.get(key, STREAMING_ENV[key])
+
+
 def apply_streaming_env(http_port: int | None = None) -> None:
     """Set the defaults above (an explicit value wins) for a Ray this process starts; with
     HAProxy, run it without splicing and keep its files apart from any other platform's on this
@@ -142,7 +147,7 @@ def with_replica_env(actor_options: dict, inherited: dict | None = None) -> dict
     if inherited is None:
         inherited = _current_runtime_env()
     own = dict(actor_options.get("runtime_env") or {})
-    defaults = {key: os.environ.get(key, STREAMING_ENV[key]) for key in REPLICA_ENV_KEYS}
+    defaults = {key: setting(key) for key in REPLICA_ENV_KEYS}
     env_vars = {**defaults, **(inherited.get("env_vars") or {}), **(own.get("env_vars") or {})}
     return {**actor_options, "runtime_env": {**inherited, **own, "env_vars": env_vars}}
 

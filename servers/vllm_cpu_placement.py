@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from common.serve_env import STREAMING_ENV
+import psutil
+
+from common.serve_env import setting
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,8 @@ def engine_core_beside_worker() -> int | None:
     a lone stream, whose handovers the other core had room for, keeps its first token but ran at
     0.68x-1.21x of its tokens/s (run Q).
     """
-    if os.environ.get(ENGINE_CORE_PINNING_ENV, STREAMING_ENV[ENGINE_CORE_PINNING_ENV]) != "1":
+    if setting(ENGINE_CORE_PINNING_ENV) != "1":
         return None
-    import psutil
-
     try:
         engine_cores = _children_titled(psutil.Process(), ENGINE_CORE_TITLE)
         for engine_core in engine_cores:
@@ -66,9 +66,7 @@ def worker_core(worker_cores: list[set[int]], replica_cores: set[int]) -> int | 
     return min(worker_cores[0])
 
 
-def _children_titled(process, title: str) -> list:
-    import psutil
-
+def _children_titled(process: psutil.Process, title: str) -> list[psutil.Process]:
     found = []
     for child in process.children():
         try:

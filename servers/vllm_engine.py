@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cloud.storage import resolve_model_source
 from common.request_ids import current_request_id, engine_request_id
-from common.serve_env import STREAMING_ENV
+from common.serve_env import setting
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
@@ -34,8 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 DEFAULT_MAX_N = 128  # OpenAI's own limit on ``n``, where the YAML sets no max_num_seqs
 NO_FETCH_DOMAIN = "media-fetching-disabled.invalid"  # RFC 6761: .invalid never resolves
-STREAM_INTERVAL_S = float(os.environ.get("PLATFORM_STREAM_INTERVAL_MS",
-                                        STREAMING_ENV["PLATFORM_STREAM_INTERVAL_MS"])) / 1000
+STREAM_INTERVAL_S = float(setting("PLATFORM_STREAM_INTERVAL_MS")) / 1000
 
 
 class VLLMEngine(BaseEngine):
