@@ -66,8 +66,22 @@ async def test_min_interval_sends_the_first_chunk_at_once_and_batches_the_rest()
     assert arrivals[0][1] == "0,"  # not held back: time to first token is untouched
     assert "".join(b for _, b in arrivals) == "".join(f"{i}," for i in range(30))
     assert len(arrivals) < 10
-    gaps = [b - a for (a, _), (b, _) in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= 0.025
+    sent_at = [at for at, _ in arrivals[:-1]]  # the last batch leaves when the source ends
+    assert min(b - a for a, b in zip(sent_at, sent_at[1:])) >= 0.025
+
+
+@pytest.mark.asyncio
+async def test_the_last_batch_leaves_when_the_source_ends_not_an_interval_later():
+    state = {}
+    stream = coalesce(_source(["a", "b", "c"], 0.01, state), min_interval_s=3600)
+    # Without the early end this waits an hour after "a" for "bc".
+    out = await asyncio.wait_for(_collect(stream), timeout=30)
+    assert out == ["a", "bc"]
+    assert state == {"finished": True, "closed": True}
+
+
+async def _collect(stream):
+    return [batch async for batch in stream]
 
 
 @pytest.mark.asyncio
