@@ -2,6 +2,7 @@
 
     python deploy_app.py --config model_config.yaml                  # start Ray here, deploy, block until Ctrl-C
     python deploy_app.py --config model_config.yaml --address auto   # apply the file to the running platform, return when live
+    python deploy_app.py --config model_config.yaml --address auto --watch   # ... and again each time the file is saved
     python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
     python deploy_app.py --config model_config.yaml --plan --gpu-type L4   # where replicas land, GPU memory
     python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
@@ -22,7 +23,9 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -47,22 +50,9 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     False when a model failed to start (the others serve)."""
     import ray
     from ray.serve._private import api as serve_api
-    from ray.serve._private.constants import SERVE_NAMESPACE
 
-    apply_streaming_env(schema.http_options.port if address is None else None)
-    if address is None:
-        forget_dead_cluster()
-    local = {"num_gpus": num_gpus} if num_gpus is not None else {}
-    if metrics_port is not None:
-        local["_metrics_export_port"] = metrics_port
-    context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
-                       **(local if address is None else {}))
-    if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
-        from ray._private.utils import write_ray_address
-
-        write_ray_address(context.address_info["gcs_address"])
-        # ray.init replaced the handler with one that exits without shutting Serve down.
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if not ray.is_initialized():  # the first apply of this process (--watch applies again)
+        _connect(schema, address, num_gpus, metrics_port)
     if check_fit:
         _check_fit(loaded, gpu_bytes)
     client = serve_api.serve_start(
@@ -84,6 +74,55 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
             break
     print(f"ready: http://{http.host}:{http.port}/v1", flush=True)
     return not failed
+
+
+def _connect(schema: Any, address: str | None, num_gpus: int | None, metrics_port: int | None) -> None:
+    """Join the Ray cluster at ``address``, or start one here when it is None."""
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    apply_streaming_env(schema.http_options.port if address is None else None)
+    if address is None:
+        forget_dead_cluster()
+    local = {"num_gpus": num_gpus} if num_gpus is not None else {}
+    if metrics_port is not None:
+        local["_metrics_export_port"] = metrics_port
+    context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
+                       **(local if address is None else {}))
+    if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(context.address_info["gcs_address"])
+        # ray.init replaced the handler with one that exits without shutting Serve down.
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
+def watch_and_apply(path: str, apply: Callable[[], bool], stop: threading.Event | None = None) -> None:
+    """Call ``apply`` each time the file at ``path`` is saved with new content, until Ctrl-C.
+
+    The file's directory is watched, not the file: editors save by writing a new file and
+    renaming it over the old one. ``apply`` validates before it changes anything, so a bad
+    save is reported and the platform keeps what it runs. ``stop`` ends the watch as Ctrl-C does."""
+    from watchfiles import watch
+
+    path = os.path.abspath(path)
+    last = _read(path)
+    print(f"watching {path}: each save is applied (Ctrl-C stops watching)", flush=True)
+    for _ in watch(os.path.dirname(path), watch_filter=lambda _change, changed: changed == path, stop_event=stop):
+        content = _read(path)
+        if content is None or content == last:  # removed mid-save, or saved unchanged
+            continue
+        last = content
+        print(f"{path} changed: applying", flush=True)
+        apply()
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return None
 
 
 def wait_until_live(names: list[str]) -> list[str]:
@@ -194,14 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                              "named by a file:// URI) or the URI of that zip uploaded elsewhere (s3://, gs://, https://)")
     parser.add_argument("--no-fit-check", action="store_true",
                         help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
+    parser.add_argument("--watch", action="store_true",
+                        help="after deploying, apply the file again each time it is saved, until Ctrl-C "
+                             "(a bad save is reported and changes nothing)")
     args = parser.parse_args(argv)
     try:
-        raw = load_yaml(args.config)
-        _, loaded = validate_serve_config(raw)
-        if args.working_dir:
-            raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
-        rendered = render_serve_config(raw, loaded, os.path.basename(args.config))
-        schema = rendered_schema(rendered)
+        rendered, schema, loaded = _load(args)
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
@@ -221,27 +258,60 @@ def main(argv: list[str] | None = None) -> int:
         return _print_placement(loaded, args, gpu)
     if args.dry_run:
         return 0
-    if args.address is None:  # the Ray started here serves with this environment's secrets
-        try:
-            for config in loaded.values():
-                require_secrets(config.platform)
-        except ConfigError as err:
-            print(f"{args.config}: {err}", file=sys.stderr)
-            return 1
-    def run() -> bool:
+    try:
+        _check_secrets(args, loaded)
+    except ConfigError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 1
+
+    def run(schema: Any, loaded: dict[str, LoadedConfig]) -> bool:
         return deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus,
                       gpu_bytes=gpu_bytes, metrics_port=args.metrics_export_port)
 
-    if args.address is not None:
-        return 0 if run() else 1  # applied to a running platform, which keeps serving
+    def run_saved_file() -> bool:  # --watch: the file as saved now, validated before anything changes
+        try:
+            _, schema, loaded = _load(args)
+            _check_secrets(args, loaded)
+        except ConfigError as err:
+            print(f"{args.config}: {err}\nnothing changed; the platform runs the last good file", file=sys.stderr,
+                  flush=True)
+            return False
+        try:
+            return run(schema, loaded)
+        except SystemExit as refused:  # it does not fit the cluster: said, and nothing changed
+            print(refused, file=sys.stderr, flush=True)
+            return False
+
+    if args.address is not None and not args.watch:
+        return 0 if run(schema, loaded) else 1  # applied to a running platform, which keeps serving
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        run()
-        while True:
+        run(schema, loaded)
+        if args.watch:
+            watch_and_apply(args.config, run_saved_file)
+        while args.address is None:
             time.sleep(3600)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting or serving
-        _shut_down(schema.http_options.port)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting, serving or watching
+        if args.address is None:  # the platform started here stops with it; one joined keeps running
+            _shut_down(schema.http_options.port)
     return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[dict, Any, dict[str, LoadedConfig]]:
+    """The file validated and rendered: (Serve config, its schema, the loaded models); ConfigError
+    names the field of a bad one."""
+    raw = load_yaml(args.config)
+    _, loaded = validate_serve_config(raw)
+    if args.working_dir:
+        raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
+    rendered = render_serve_config(raw, loaded, os.path.basename(args.config))
+    return rendered, rendered_schema(rendered), loaded
+
+
+def _check_secrets(args: argparse.Namespace, loaded: dict[str, LoadedConfig]) -> None:
+    if args.address is None:  # the Ray started here serves with this environment's secrets
+        for config in loaded.values():
+            require_secrets(config.platform)
 
 
 def _shut_down(http_port: int) -> None:

@@ -4,7 +4,7 @@ The platform runs A (tiny-chat), B (an image classifier) and D (the embedding mo
 client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_app.py
 --address auto`` applies an edit that adds C, removes B and changes D's ``max_num_seqs``.
 Then A's replica is killed while it streams, and an edit of ``router.request_timeout_s`` cuts
-a request that runs past it, on both paths.
+a request that runs past it, on both paths. Last, ``--watch`` applies each save of the file.
 """
 
 from __future__ import annotations
@@ -206,3 +206,47 @@ def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(plat
 def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[str]]:
     with http.stream("POST", url, json=body) as response:
         return response.status_code, [line.removeprefix("data: ") for line in response.iter_lines() if line]
+
+
+def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
+    base, path, env = platform
+    good = yaml.safe_load(path.read_text())
+    actors = {m: s["placement"]["actor_id"] for m, s in _models(base).items()}
+    log = path.parent / "watch.log"
+    with open(log, "w") as out:
+        watcher = subprocess.Popen(deploy_command(path, "auto") + ["--watch"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(log, "watching", 1, watcher)  # the file applied as it is (nothing changed), then watched
+        bad = copy.deepcopy(good)
+        bad["applications"][0]["args"]["models"][0]["deployment_config"]["num_replicas"] = 0
+        path.write_text(yaml.safe_dump(bad))
+        _wait_for_line(log, "nothing changed", 1, watcher)
+        assert "applications[0].args.models[0].deployment_config.num_replicas" in log.read_text()
+        assert {m: s["placement"]["actor_id"] for m, s in _models(base).items()} == actors
+
+        added = copy.deepcopy(good)
+        added["applications"][0]["args"]["models"].append(_vit("e-vit"))
+        path.write_text(yaml.safe_dump(added))
+        _wait_for_line(log, "ready: http", 2, watcher)
+        after = _models(base)
+        assert {m: s["placement"]["actor_id"] for m, s in after.items() if m != "e-vit"} == actors
+        assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (after.keys(), log.read_text()[-3000:])
+        path.write_text(yaml.safe_dump(good))  # the next save removes it again
+        _wait_for_line(log, "ready: http", 3, watcher)
+        assert {m: s["placement"]["actor_id"] for m, s in _models(base).items()} == actors
+    finally:
+        watcher.terminate()
+        code = watcher.wait(60)
+    assert code == 0, log.read_text()[-2000:]  # stopping the watcher leaves the platform serving
+    assert set(_models(base)) == set(actors)
+
+
+def _wait_for_line(log, text: str, count: int, process: subprocess.Popen, timeout_s: float = 900) -> None:
+    """Until ``log`` holds ``count`` lines that start with ``text``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        if sum(line.startswith(text) for line in log.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no {count} x {text!r} (exit {process.poll()}):\n{log.read_text()[-3000:]}")

@@ -1,0 +1,50 @@
+"""``deploy_app.py --watch``: each save of the file with new content is applied once."""
+
+import os
+import queue
+import threading
+
+from deploy_app import watch_and_apply
+
+WAIT_S = 30  # a save is seen after watchfiles' debounce (1.6 s); far more on a loaded machine
+
+
+def _watching(path, applied: queue.Queue):
+    stop = threading.Event()
+    thread = threading.Thread(target=watch_and_apply, args=(str(path), lambda: applied.put(path.read_text()), stop))
+    thread.start()
+    return stop, thread
+
+
+def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(tmp_path, capsys):
+    path = tmp_path / "model_config.yaml"
+    path.write_text("models: [a]\n")
+    (tmp_path / "other.yaml").write_text("x")
+    applied: queue.Queue = queue.Queue()
+    stop, thread = _watching(path, applied)
+    try:
+        _wait_for_output(capsys, "watching")
+        path.write_text("models: [a]\n")  # saved without a change
+        (tmp_path / "other.yaml").write_text("y")  # another file in the directory
+        path.write_text("models: [a, b]\n")
+        assert applied.get(timeout=WAIT_S) == "models: [a, b]\n"
+        replacement = tmp_path / ".model_config.yaml.swp"  # as editors save: a new file renamed over the old
+        replacement.write_text("models: [b]\n")
+        os.replace(replacement, path)
+        assert applied.get(timeout=WAIT_S) == "models: [b]\n"
+        assert applied.empty()
+    finally:
+        stop.set()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
+
+
+def _wait_for_output(capsys, text: str) -> None:
+    import time
+
+    deadline = time.monotonic() + WAIT_S
+    seen = ""
+    while text not in seen and time.monotonic() < deadline:
+        seen += capsys.readouterr().out
+        time.sleep(0.05)
+    assert text in seen, seen
