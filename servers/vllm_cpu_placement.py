@@ -1,12 +1,9 @@
-"""Which cores vLLM's CPU build runs on inside a replica: each shard's, and its engine core's (which
-follows the load)."""
+"""Which cores vLLM's CPU build runs on inside a replica: each shard's, and its engine core's."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Callable
 
 import psutil
 
@@ -30,65 +27,37 @@ def bind_cpu_shards(world_size: int) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
 
 
-PIN_AT_REQUESTS = 2  # unfinished requests from which the engine core runs beside its worker
-FOLLOW_INTERVAL_S = 0.05  # how often the engine's load is read
-
-
-class EngineCorePlacement:
-    """Moves vLLM's engine core (its scheduler process) beside its first worker while the engine
-    runs ``PIN_AT_REQUESTS`` requests or more, and back to the cores vLLM gave it below that.
+def engine_core_beside_worker() -> int | None:
+    """Pin vLLM's engine core (its scheduler process) to the first core of its first worker; that
+    core, or None where there is nothing to pin or the operator turned it off.
 
     On the CPU vLLM schedules synchronously: the engine core and its workers take turns, and each
     spins (``sched_yield``) while it waits for the other. vLLM binds the workers to their cores and
     leaves the engine core the rest, which in a replica it shares with the HTTP front end, Ray and
-    HAProxy: under load it waits there for a core while the worker spins on its own. On the
-    worker's first core (the thread that spins between steps) each runs while the other waits: on
-    2 cores that took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams
-    (bench/README.md, run O). A lone stream is better off where vLLM put it: its handovers cost
-    more on one core than the other core, idle then, charges (0.68x-1.21x of its tokens/s pinned,
-    run Q), so the placement follows the load.
+    HAProxy: there it waits for a core while the worker spins on its own. On the worker's first
+    core (the thread that spins between steps) each runs while the other waits. On 2 cores this
+    took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams (bench/README.md, run O);
+    a lone stream, whose handovers the other core had room for, keeps its first token but ran at
+    0.68x-1.21x of its tokens/s (run Q). Pinning only under load was tried: a lone stream then got
+    up to a tenth of its tokens/s back, but its first token stalled now and then (TTFT p99 87-158 ms
+    against 13-26 pinned, run V), so the engine core stays beside its worker.
     """
-
-    def __init__(self, engine_core: psutil.Process, core: int):
-        self.engine_core, self.core = engine_core, core
-        self.home = os.sched_getaffinity(engine_core.pid)  # the cores vLLM left it
-        self.pinned = False
-
-    @classmethod
-    def find(cls) -> "EngineCorePlacement | None":
-        """The placement of this process's vLLM engine core, or None where there is nothing to move
-        (no worker bound to fewer cores than the replica) or the operator turned it off."""
-        if setting(ENGINE_CORE_PINNING_ENV) != "1":
-            return None
-        try:
-            for engine_core in _children_titled(psutil.Process(), ENGINE_CORE_TITLE):
-                workers = sorted(_children_titled(engine_core, WORKER_TITLE), key=lambda p: p.pid)
-                core = worker_core([os.sched_getaffinity(w.pid) for w in workers], os.sched_getaffinity(0))
-                if core is not None:
-                    logger.info("vLLM's engine core (pid %d) runs on core %d, beside its worker, while it runs "
-                                "%d requests or more", engine_core.pid, core, PIN_AT_REQUESTS)
-                    return cls(engine_core, core)
-        except (OSError, psutil.Error) as exc:  # a process gone, or a sandbox that forbids affinity
-            logger.warning("vLLM's engine core keeps its cores: %s", exc)
+    if setting(ENGINE_CORE_PINNING_ENV) != "1":
         return None
-
-    def follow(self, unfinished_requests: int) -> None:
-        """Beside the worker from ``PIN_AT_REQUESTS`` unfinished requests, at home below."""
-        pin = unfinished_requests >= PIN_AT_REQUESTS
-        if pin == self.pinned:
-            return
-        cores = {self.core} if pin else self.home
-        try:
-            for thread in self.engine_core.threads():  # threads it starts later inherit the creator's cores
-                os.sched_setaffinity(thread.id, cores)
-        except (OSError, psutil.Error) as exc:  # the engine core is gone: the engine's health check says so
-            logger.debug("could not move vLLM's engine core: %s", exc)
-        self.pinned = pin
-
-    async def follow_forever(self, unfinished_requests: Callable[[], int]) -> None:
-        while True:
-            self.follow(unfinished_requests())
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
+    try:
+        engine_cores = _children_titled(psutil.Process(), ENGINE_CORE_TITLE)
+        for engine_core in engine_cores:
+            workers = sorted(_children_titled(engine_core, WORKER_TITLE), key=lambda p: p.pid)
+            core = worker_core([os.sched_getaffinity(w.pid) for w in workers], os.sched_getaffinity(0))
+            if core is None:
+                continue
+            for thread in engine_core.threads():  # threads it starts later inherit the creator's cores
+                os.sched_setaffinity(thread.id, {core})
+            logger.info("vLLM's engine core (pid %d) runs on core %d, beside its worker", engine_core.pid, core)
+            return core
+    except (OSError, psutil.Error) as exc:  # a process gone, or a sandbox that forbids affinity
+        logger.warning("vLLM's engine core keeps its cores: %s", exc)
+    return None
 
 
 def worker_core(worker_cores: list[set[int]], replica_cores: set[int]) -> int | None:

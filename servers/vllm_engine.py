@@ -26,7 +26,7 @@ from configs.server_models import Capability
 from configs.vllm_models import VLLMModelEntry
 from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
-from servers.vllm_cpu_placement import EngineCorePlacement, bind_cpu_shards
+from servers.vllm_cpu_placement import bind_cpu_shards, engine_core_beside_worker
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class VLLMEngine(BaseEngine):
 
         vLLM's engine core runs in a child process, which is not in the replica's placement
         group: without the group handed over, its Ray workers would reserve GPUs a second time.
-        On the CPU that process moves beside its worker under load (``servers/vllm_cpu_placement.py``).
+        On the CPU that process then moves beside its worker (``servers/vllm_cpu_placement.py``).
         """
         import ray
         from vllm.platforms import current_platform
@@ -99,9 +99,8 @@ class VLLMEngine(BaseEngine):
             # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
             stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
-        if current_platform.is_cpu() and (cpu_placement := EngineCorePlacement.find()) is not None:
-            follow = cpu_placement.follow_forever(engine.output_processor.get_num_unfinished_requests)
-            self._exit_stack.callback(asyncio.get_running_loop().create_task(follow).cancel)
+        if current_platform.is_cpu():
+            engine_core_beside_worker()
         self._count_aborts(engine)
         await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
         return engine

@@ -9,8 +9,7 @@ import time
 import psutil
 import pytest
 
-from servers.vllm_cpu_placement import (ENGINE_CORE_PINNING_ENV, PIN_AT_REQUESTS, EngineCorePlacement, bind_cpu_shards,
-                                        worker_core)
+from servers.vllm_cpu_placement import ENGINE_CORE_PINNING_ENV, bind_cpu_shards, engine_core_beside_worker, worker_core
 
 
 @pytest.mark.parametrize("workers,replica,expected", [
@@ -63,27 +62,15 @@ def engine_core():
         process.wait()
 
 
-def _threads_cores(process: psutil.Process) -> set[frozenset[int]]:
-    return {frozenset(os.sched_getaffinity(t.id)) for t in process.threads()}
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a worker bound to fewer cores than the replica needs 2 cores")
-def test_the_engine_core_runs_beside_its_worker_under_load_and_at_home_below(engine_core, monkeypatch):
+def test_the_engine_core_is_pinned_beside_its_worker(engine_core, monkeypatch):
     monkeypatch.delenv(ENGINE_CORE_PINNING_ENV, raising=False)
-    last, home = max(os.sched_getaffinity(0)), frozenset(os.sched_getaffinity(engine_core.pid))
-    placement = EngineCorePlacement.find()
-    assert placement is not None and placement.core == last
-    placement.follow(0)
-    assert _threads_cores(engine_core) == {home}  # idle: where vLLM put it
-    placement.follow(PIN_AT_REQUESTS)
-    assert _threads_cores(engine_core) == {frozenset({last})}
-    placement.follow(PIN_AT_REQUESTS + 5)
-    assert _threads_cores(engine_core) == {frozenset({last})}
-    placement.follow(PIN_AT_REQUESTS - 1)  # a lone stream: back home
-    assert _threads_cores(engine_core) == {home}
+    last = max(os.sched_getaffinity(0))
+    assert engine_core_beside_worker() == last
+    assert {os.sched_getaffinity(t.id) == {last} for t in engine_core.threads()} == {True}
 
 
 def test_the_operator_can_leave_the_engine_core_where_vllm_puts_it(engine_core, monkeypatch):
     monkeypatch.setenv(ENGINE_CORE_PINNING_ENV, "0")
-    assert EngineCorePlacement.find() is None
+    assert engine_core_beside_worker() is None
     assert os.sched_getaffinity(engine_core.pid) == os.sched_getaffinity(0)
