@@ -18,23 +18,20 @@ async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> A
     about as much CPU as vLLM spends on a decode step of a small model. The first chunk
     leaves at once (TTFT is untouched); later sends are at least ``min_interval_s``
     apart and carry everything produced meanwhile, so the cost per token shrinks as the
-    load grows; the last leaves as soon as the source ends. Closing this generator (client gone) cancels ``source``, which aborts
-    its request in the engine.
+    load grows; the last leaves as soon as the source ends. Closing this generator (client
+    gone) cancels ``source``, which aborts its request in the engine.
     """
     pending: list[str] = []
-    ready, done = asyncio.Event(), asyncio.Event()
-    finished = False
+    ready, finished = asyncio.Event(), asyncio.Event()
 
     async def pump() -> None:
-        nonlocal finished
         try:
             async for chunk in source:
                 pending.append(chunk)
                 ready.set()
         finally:
-            finished = True
+            finished.set()
             ready.set()
-            done.set()
 
     task = asyncio.create_task(pump())
     try:
@@ -45,13 +42,13 @@ async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> A
                 batch = "".join(pending)
                 pending.clear()
                 yield batch
-                if min_interval_s and not finished:
+                if min_interval_s and not finished.is_set():
                     # The wait ends early when the source does: the last tokens leave at once
                     # instead of up to an interval later (a stream's whole length, at one user).
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(min_interval_s):
-                            await done.wait()
-            if finished and not pending:
+                            await finished.wait()
+            if finished.is_set() and not pending:
                 break
         await task  # re-raise an error from the source
     finally:
