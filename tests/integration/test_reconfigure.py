@@ -67,6 +67,10 @@ def _models(base: str) -> dict:
     return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
 
 
+def _actor_ids(base: str) -> dict[str, str]:
+    return {model: state["placement"]["actor_id"] for model, state in _models(base).items()}
+
+
 def _apply(path, config: dict, env: dict) -> subprocess.CompletedProcess:
     path.write_text(yaml.safe_dump(config))
     return subprocess.run(deploy_command(path, "auto"), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -128,16 +132,14 @@ def test_an_edit_restarts_only_what_changed(platform):
 
 def test_a_bad_edit_changes_nothing(platform):
     base, path, env = platform
-    before = _models(base)
+    before = _actor_ids(base)
     good = yaml.safe_load(path.read_text())
     bad = copy.deepcopy(good)
     bad["applications"][0]["args"]["models"][1]["deployment_config"]["num_replicas"] = 0
     result = _apply(path, bad, env)
     assert result.returncode == 1
     assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, result.stderr
-    after = _models(base)
-    assert {m: s["placement"]["actor_id"] for m, s in after.items()} == \
-        {m: s["placement"]["actor_id"] for m, s in before.items()}
+    assert _actor_ids(base) == before
     path.write_text(yaml.safe_dump(good))
 
 
@@ -211,7 +213,7 @@ def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[
 def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
     base, path, env = platform
     good = yaml.safe_load(path.read_text())
-    actors = {m: s["placement"]["actor_id"] for m, s in _models(base).items()}
+    actors = _actor_ids(base)
     log = path.parent / "watch.log"
     with open(log, "w") as out:
         watcher = subprocess.Popen(deploy_command(path, "auto") + ["--watch"], cwd=ROOT, env=env, stdout=out,
@@ -223,7 +225,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
         path.write_text(yaml.safe_dump(bad))
         _wait_for_line(log, "nothing changed", 1, watcher)
         assert "applications[0].args.models[0].deployment_config.num_replicas" in log.read_text()
-        assert {m: s["placement"]["actor_id"] for m, s in _models(base).items()} == actors
+        assert _actor_ids(base) == actors
 
         added = copy.deepcopy(good)
         added["applications"][0]["args"]["models"].append(_vit("e-vit"))
@@ -234,7 +236,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
         assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (after.keys(), log.read_text()[-3000:])
         path.write_text(yaml.safe_dump(good))  # the next save removes it again
         _wait_for_line(log, "ready: http", 3, watcher)
-        assert {m: s["placement"]["actor_id"] for m, s in _models(base).items()} == actors
+        assert _actor_ids(base) == actors
     finally:
         watcher.terminate()
         code = watcher.wait(60)

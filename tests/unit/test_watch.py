@@ -3,6 +3,7 @@
 import os
 import queue
 import threading
+import time
 
 from deploy_app import watch_and_apply
 
@@ -40,8 +41,6 @@ def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(
 
 
 def _wait_for_output(capsys, text: str) -> None:
-    import time
-
     deadline = time.monotonic() + WAIT_S
     seen = ""
     while text not in seen and time.monotonic() < deadline:
