@@ -22,6 +22,7 @@ from common.serve_env import with_replica_env
 from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings, require_secrets
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
 from serve.deployments.engine_deployment import EngineDeployment
+from serve.deployments.variant_router import VariantRouter
 from serve.deployments.vllm_ingress import VLLMIngressDeployment
 from serve.router.router import MultiModelRouter
 from serve.router.routing import RouterSettings
@@ -68,8 +69,19 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
     options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
     entries = [_replica_entry(m) for m in spec.models]
     if one_hop is not None and len(spec.models) == 1 and spec.models[0].model_loading_config.type is ModelType.VLLM:
-        return serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
+        engine = serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
+        return _with_variant_router(engine, spec.models[0]) if spec.models[0].variants() else engine
     return serve.deployment(EngineDeployment).options(**options).bind(entries)
+
+
+def _with_variant_router(engine: Application, model: BaseModelEntry) -> Application:
+    """``engine`` with HAProxy asking a ``VariantRouter`` which replica gets each request, so a
+    variant's requests on the one-hop URL go to the replica holding it. One replica of no CPU: it
+    answers one small request per request, and Serve restarts it where it fails. Ray's hook for
+    this is private (``ray.serve.llm``'s direct streaming is its other user)."""
+    router = serve.deployment(VariantRouter).options(
+        name="VariantRouter", num_replicas=1, ray_actor_options=with_replica_env({"num_cpus": 0}))
+    return engine._with_ingress_request_router(router.bind(engine, model.model_id, sorted(model.variants())))
 
 
 def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:

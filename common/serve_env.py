@@ -35,11 +35,19 @@ STREAMING_ENV = {
     # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the
     # one-hop path, /models/<model_id>/v1), and /v1 reaches the router without a Ray hop.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # For a vLLM model with LoRA variants HAProxy asks the application's VariantRouter which
+    # replica gets each request (serve/deployments/variant_router.py); it reads the variant from
+    # the body, which HAProxy forwards to it up to a buffer of this size (Ray's default, 8 MiB,
+    # is the size of every HAProxy buffer then: up to 2 per connection). A body cut there is
+    # still served whole; only its pick may lose the adapter's replica.
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(64 * 1024),
 }
 
 # Read by Ray's own processes (raylet, the Serve controller), so they must be set where Ray
 # starts, and every replica must see the cluster's value: never per deployment.
-CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY")
+CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
+                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE")
 # Read by the replica processes themselves, so the builder can also hand them to each
 # deployment's runtime_env: `serve run` then gets them without any shell setup.
 REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
@@ -52,8 +53,9 @@ MAX_METERED_ANSWER_BYTES = 64 * 1024 * 1024  # a JSON answer read for its usage 
 class OneHopGuard:
     """ASGI middleware: refuse, or pass the request on with its body checked (and media inlined)."""
 
-    def __init__(self, app: ASGIApp, settings: RouterSettings):
-        self.app, self.settings = app, settings
+    def __init__(self, app: ASGIApp, settings: RouterSettings,
+                 on_model: Callable[[Any], Awaitable[None]] | None = None):
+        self.app, self.settings, self.on_model = app, settings, on_model  # on_model: sees each body's "model"
         self.limits = KeyLimits(settings.platform_app or "")  # the rendered app names its platform
         self.model_ids = {route.model_id for route in settings.routes.values() if route.variant is None}
 
@@ -98,6 +100,8 @@ class OneHopGuard:
         raw = await read_limited_body(request, self.settings.max_request_bytes)
         body = parse_json_object(raw)
         changed = "messages" in body and await inline_chat_media(body, self.settings.media)
+        if self.on_model is not None:
+            await self.on_model(body.get("model"))
         if meters_tokens(key):
             meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
             send = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens), ask_for_usage_header(body))

@@ -5,6 +5,10 @@ With Ray's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``), HAProxy forwards
 (the one ``vllm serve`` builds, on the same engine) writes the tokens to the socket: no Ray
 object per token, no router in between. The router's handle calls (``handle``,
 ``handle_stream``, ``stats``) still work on the same replicas, for the shared ``/v1``.
+
+A request for one of the model's LoRA variants marks it loaded here in Serve's multiplexing,
+as a call through the shared ``/v1`` does: both Serve's routing on ``/v1`` and the one-hop
+path's ``VariantRouter`` then send that variant's requests to this replica first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ray import serve
 
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors
+from serve.deployments.variant_router import variant_of
 from serve.router.routing import RouterSettings
 
 
@@ -28,8 +33,14 @@ class VLLMIngressDeployment(EngineDeployment):
 
     def __serve_build_asgi_app__(self):
         (engine,) = self.engines.values()
-        self.guard = OneHopGuard(engine.http_app, self.settings)
+        self.guard = OneHopGuard(engine.http_app, self.settings, self._note_variant)
         return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
+
+    async def _note_variant(self, model: Any) -> None:
+        for model_id, variants in self.variants.items():
+            variant = variant_of(model, model_id, frozenset(variants.base.entry.variants()))
+            if variant:
+                await variants.engine(variant)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The router settings that may change without a restart (``router.request_timeout_s``)

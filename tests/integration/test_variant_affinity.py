@@ -1,0 +1,91 @@
+"""Adapter affinity on both paths: a LoRA variant's requests go to the replica that holds it.
+
+Two replicas of tiny-chat, each holding at most one of its two adapters. On the one-hop URL
+HAProxy asks the application's ``VariantRouter`` for a replica; on the shared ``/v1`` the router
+asks Serve's multiplexed routing. Both read the same record of which replica holds which
+variant, so once each adapter has a replica, all of its requests land there, by either path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+import yaml
+
+from tests.integration.conftest import API_KEY, ROOT, platform_env, running_platform
+from tests.integration.test_openai_api import HELLO
+
+MODEL = "tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """(base URL, environment) of a platform serving tiny-chat on two replicas, one adapter each."""
+    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    args = config["applications"][0]["args"]
+    (chat,) = [m for m in args["models"] if m["model_loading_config"]["model_id"] == MODEL]
+    chat["deployment_config"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}
+    chat["multiplex_config"]["max_variants_per_replica"] = 1
+    chat["engine_kwargs"].update(max_model_len=256, max_num_seqs=8, kv_cache_memory_bytes=64 * 1024 * 1024)
+    config["applications"][0]["args"] = {"models": [chat], "api_keys_env": "PLATFORM_TEST_API_KEYS"}
+    env = platform_env()
+    with running_platform(config, tmp_path_factory.mktemp("affinity"), env=env) as base:
+        yield base, env
+
+
+REPLICA_STATS = """
+import json, ray
+from ray import serve
+ray.init(address="auto", namespace="serve", log_to_driver=False, logging_level="ERROR")
+handle = serve.get_deployment_handle("tiny-chat", "platform.tiny-chat")
+seen = {}
+for _ in range(40):  # each call reaches one replica: until both have answered
+    stats = handle.stats.remote().result()
+    seen[stats["placement"]["actor_id"]] = {"variants": stats["variants_loaded"], "requests": stats["requests_total"]}
+    if len(seen) == 2:
+        break
+print(json.dumps(seen))
+"""
+
+
+def _replicas(env) -> dict[str, dict]:
+    """Each replica's loaded variants and request count, by actor id."""
+    done = subprocess.run([sys.executable, "-c", REPLICA_STATS], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(seen) == 2, seen
+    return seen
+
+
+def _ask(client: openai.OpenAI, model: str, times: int) -> None:
+    for _ in range(times):
+        assert client.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
+
+
+def _served(before: dict, after: dict) -> dict[str, int]:
+    return {replica: after[replica]["requests"] - before[replica]["requests"] for replica in after}
+
+
+def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platform):
+    base, env = platform
+    one_hop = openai.OpenAI(base_url=f"{base}/models/{MODEL}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    shared = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    _ask(one_hop, f"{MODEL}:sql", 1)
+    time.sleep(2)  # the replica's record of what it holds reaches Serve's routers
+    _ask(one_hop, f"{MODEL}:poet", 1)
+    time.sleep(2)
+    held = {replica: stats["variants"] for replica, stats in _replicas(env).items()}
+    assert sorted(held.values()) == [["poet"], ["sql"]], held  # one adapter per replica
+    sql_replica = next(replica for replica, variants in held.items() if variants == ["sql"])
+
+    for client in (one_hop, shared):
+        before = _replicas(env)
+        _ask(client, f"{MODEL}:sql", 6)
+        after = _replicas(env)
+        assert _served(before, after) == {replica: 6 if replica == sql_replica else 0 for replica in after}
+        assert {replica: stats["variants"] for replica, stats in after.items()} == held  # nothing reloaded

@@ -1,0 +1,57 @@
+"""The one-hop path's adapter affinity: which variant a body asks for, and which applications get a
+``VariantRouter`` (the routing itself runs against real replicas in
+tests/integration/test_variant_affinity.py)."""
+
+import json
+
+import pytest
+
+from builders.app_builder import build_model_app
+from serve.deployments.variant_router import requested_variant
+
+VARIANTS = frozenset({"sql", "poet"})
+
+
+@pytest.mark.parametrize("body,variant", [
+    ({"model": "chat:sql", "messages": []}, "sql"),
+    ({"messages": [{"role": "user", "content": 'say "model": "chat:poet"'}], "model": "chat:poet"}, "poet"),
+    ({"model": "chat"}, ""),  # the base model
+    ({"model": "chat:nope"}, ""),  # not a variant: vLLM answers its 404 wherever it lands
+    ({"model": "chat-2:sql"}, ""),  # another model's name that starts alike
+    ({"model": ["chat:sql"]}, ""),
+    ({"prompt": "no model"}, ""),
+])
+def test_the_variant_a_body_names(body, variant):
+    assert requested_variant(json.dumps(body).encode(), "chat", VARIANTS) == variant
+
+
+def test_a_body_cut_at_haproxys_buffer_still_names_its_variant_when_the_model_came_first():
+    body = json.dumps({"model": "chat:sql", "messages": [{"role": "user", "content": "x" * 1000}]}).encode()
+    assert requested_variant(body[:200], "chat", VARIANTS) == "sql"
+    cut_before = json.dumps({"messages": [{"role": "user", "content": 'a "model": "chat:poet" b'}],
+                             "model": "chat:sql"}).encode()[:60]
+    assert requested_variant(cut_before, "chat", VARIANTS) == ""  # only quoted text of a message came
+    assert requested_variant(b"[1, 2]", "chat", VARIANTS) == "" and requested_variant(b"", "chat", VARIANTS) == ""
+
+
+def _adapter(path):
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    return str(path)
+
+
+def _model_app(multiplex_config=None):
+    entry = {"model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
+             "engine_kwargs": {"max_model_len": 256}}
+    if multiplex_config:
+        entry["multiplex_config"] = multiplex_config
+    return build_model_app({"models": [entry], "platform_app": "platform"})
+
+
+def test_only_a_vllm_model_with_variants_gets_a_variant_router(tmp_path):
+    with_variants = _model_app({"variants": {"sql": _adapter(tmp_path / "sql")}})
+    router = with_variants._ingress_request_router
+    assert router is not None and router._bound_deployment.name == "VariantRouter"
+    assert router._bound_deployment.ray_actor_options["num_cpus"] == 0
+    assert router._bound_deployment.init_args[1:] == ("chat", ["sql"])
+    assert _model_app()._ingress_request_router is None
