@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from cloud.storage import resolve_model_source
+from common.rendered_apps import VARIANT_ROUTER_DEPLOYMENT
 from common.serve_env import with_replica_env
 from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings, require_secrets
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
@@ -80,7 +81,7 @@ def _with_variant_router(engine: Application, model: BaseModelEntry) -> Applicat
     answers one small request per request, and Serve restarts it where it fails. Ray's hook for
     this is private (``ray.serve.llm``'s direct streaming is its other user)."""
     router = serve.deployment(VariantRouter).options(
-        name="VariantRouter", num_replicas=1, ray_actor_options=with_replica_env({"num_cpus": 0}))
+        name=VARIANT_ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options=with_replica_env({"num_cpus": 0}))
     return engine._with_ingress_request_router(router.bind(engine, model.model_id, sorted(model.variants())))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.rendered_apps import MODEL_APP_IMPORT_PATH
+from common.rendered_apps import MODEL_APP_IMPORT_PATH, VARIANT_ROUTER_DEPLOYMENT
 from cloud.download_progress import Download, read_downloads
 from common.text_table import format_table
 
@@ -46,12 +46,18 @@ def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
         if config.get("import_path") != MODEL_APP_IMPORT_PATH:
             continue
         model_ids = tuple(m["model_loading_config"]["model_id"] for m in (config.get("args") or {}).get("models", []))
-        deployments = list((app.get("deployments") or {}).values())
+        # The model's engine deployment; then a model with variants has its VariantRouter, shown
+        # only while it is not ready (the model's one-hop URL cannot route until it is).
+        deployments = sorted((app.get("deployments") or {}).items(), key=lambda d: d[0] == VARIANT_ROUTER_DEPLOYMENT)
         if not deployments:  # the application is still being built
             phases.append(ModelPhase(app_name, model_ids, LOADING, app.get("message") or "building the application"))
             continue
-        for deployment in deployments:
+        for name, deployment in deployments:
             phase, detail = _phase(deployment, free_per_node)
+            if name == VARIANT_ROUTER_DEPLOYMENT:
+                if phase == READY:
+                    continue
+                detail = f"{name}: {detail}"
             replicas = deployment.get("replicas") or []
             running = sum(1 for r in replicas if r.get("state") == "RUNNING")
             phases.append(ModelPhase(app_name, model_ids,

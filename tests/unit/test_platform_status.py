@@ -55,3 +55,18 @@ def test_a_replica_fetching_weights_is_downloading_and_a_ready_one_says_what_it_
         ("chat",): (READY, "1/1 replicas running; downloaded 700.0 MiB in 42 s"),
         ("local",): (LOADING, "1 replica(s) starting, 0/1 running"),
     }
+
+
+def test_a_models_variant_router_shows_only_while_it_is_not_ready():
+    ready, starting = [{"state": "RUNNING", "node_id": "n1"}], [{"state": "STARTING", "node_id": "n1"}]
+    details = {"applications": {"platform.chat": _app("chat", "HEALTHY", ready),
+                                "platform.lora": _app("lora", "HEALTHY", ready)}}
+    details["applications"]["platform.chat"]["deployments"]["VariantRouter"] = \
+        _app("", "HEALTHY", ready)["deployments"][""]
+    details["applications"]["platform.lora"]["deployments"] = {
+        "VariantRouter": _app("", "UPDATING", starting)["deployments"][""],
+        **details["applications"]["platform.lora"]["deployments"]}
+    phases = [(p.model_ids, p.phase, p.detail) for p in model_phases(details, [])]
+    assert phases == [(("chat",), READY, "1/1 replicas running"),
+                      (("lora",), READY, "1/1 replicas running"),
+                      (("lora",), LOADING, "VariantRouter: 1 replica(s) starting, 0/1 running")]
