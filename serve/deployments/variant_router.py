@@ -40,7 +40,7 @@ def requested_variant(body: bytes, model_id: str, variants: frozenset[str]) -> s
     try:
         parsed = json.loads(body)
         model = parsed.get("model") if isinstance(parsed, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (cut short, say), or nested past Python's stack
         found = _MODEL_FIELD.search(body)
         model = found.group(1).decode() if found else None
     return variant_of(model, model_id, variants)

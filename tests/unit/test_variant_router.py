@@ -34,6 +34,12 @@ def test_a_body_cut_at_haproxys_buffer_still_names_its_variant_when_the_model_ca
     assert requested_variant(b"[1, 2]", "chat", VARIANTS) == "" and requested_variant(b"", "chat", VARIANTS) == ""
 
 
+def test_a_body_no_parser_can_read_gets_no_variant_and_no_error():
+    nested = b'{"model": "chat:sql", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert requested_variant(nested, "chat", VARIANTS) == "sql"  # the replica answers its 400
+    assert requested_variant(b"\xff\xfe{", "chat", VARIANTS) == ""
+
+
 def _adapter(path):
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
