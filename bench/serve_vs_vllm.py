@@ -10,11 +10,15 @@ prompts, streamed chat completions, fixed seed) at each concurrency:
 - ``shared``: the platform's ``/v1`` (HAProxy -> MultiModelRouter -> engine replica), same platform;
 - ``rsllm``: Ray Serve LLM's ``build_openai_app`` with its defaults;
 - ``rsllm-direct``: Ray Serve LLM with direct streaming (``RAY_SERVE_ENABLE_HA_PROXY=1
-  RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1``; needs ``pandas`` and ``jsonref``).
+  RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1``; needs ``pandas`` and ``jsonref``);
+- ``vllm-lora`` and ``one-hop-lora`` (not run unless named): the same with tiny-chat's two LoRA
+  adapters, every request for ``bench-model:sql``: bare vLLM with ``--lora-modules``, and the
+  per-model URL of a platform whose model has them as variants, where HAProxy asks the model's
+  ``VariantRouter`` for a replica on every request. Their ratio lines compare to ``vllm-lora``.
 
 Prints output-token throughput, TTFT and inter-token latency (p50/p99), the server's CPU ms per
 output token by process, and one line per arm and concurrency, which scripts read:
-``ratio <arm> / vllm at concurrency <c>: <x.xx>x``. With ``--rounds N`` every arm runs N times,
+``ratio <arm> / vllm at concurrency <c>: <x.xx>x`` (``/ vllm-lora`` for the LoRA arms). With ``--rounds N`` every arm runs N times,
 in turn (vllm, one-hop, ..., vllm, one-hop, ...); each round's ratios compare arms of that round,
 and the ``ratio`` line gives their median: on a small shared machine the speed of the machine
 itself drifts between minutes by more than the gaps being measured.
@@ -40,6 +44,8 @@ from launch import ROOT, start_platform, stop, wait_ready
 
 ENGINE_KWARGS = {"max_model_len": 1024, "max_num_seqs": 64,
                  "kv_cache_memory_bytes": 256 << 20, "dtype": "float32"}
+ADAPTERS = ROOT / ".models" / "tiny-chat-adapters"  # built by scripts/install.sh for tiny-chat
+LORA_MODEL = "bench-model:sql"
 METRICS = ("output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms")
 
 
@@ -93,10 +99,13 @@ def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: 
     return {k: result[k] for k in METRICS}
 
 
-def start_vllm(model_dir: str, port: int) -> subprocess.Popen:
+def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
     flags = []
     for key, value in ENGINE_KWARGS.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
+    if lora:  # what the platform derives from its multiplex_config (configs/vllm_models.py)
+        flags += ["--enable-lora", "--max-loras", "2", "--max-cpu-loras", "2", "--lora-modules",
+                  *(f"bench-model:{a.name}={a}" for a in sorted(ADAPTERS.iterdir()))]
     return subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
          "--served-model-name", "bench-model", "--host", "127.0.0.1", "--port", str(port),
@@ -104,12 +113,13 @@ def start_vllm(model_dir: str, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def start_bench_platform(model_dir: str, port: int, workdir: str) -> subprocess.Popen:
-    return start_platform([{
-        "model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
-        "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
-        "engine_kwargs": ENGINE_KWARGS,
-    }], port, workdir)
+def start_bench_platform(model_dir: str, port: int, workdir: str, lora: bool = False) -> subprocess.Popen:
+    model = {"model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
+             "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+             "engine_kwargs": ENGINE_KWARGS}
+    if lora:
+        model["multiplex_config"] = {"variants_dir": str(ADAPTERS), "max_variants_per_replica": 2}
+    return start_platform([model], port, workdir)
 
 
 RAY_SERVE_LLM = """
@@ -141,18 +151,19 @@ def start_ray_serve_llm(model_dir: str, port: int, direct: bool) -> subprocess.P
                             env=env, start_new_session=True)
 
 
-def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[str, str], args) -> dict:
+def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[str, str], args,
+            model: str = "bench-model") -> dict:
     """Each arm (name -> chat endpoint path) of one server at each concurrency: {arm: {c: metrics}}."""
     results: dict[str, dict[int, dict]] = {arm: {} for arm in endpoints}
     try:
         wait_ready(ready_url, proc, timeout_s=600)
         for arm, endpoint in endpoints.items():
-            run_load(port, endpoint, "bench-model", args.model_dir, 4, 8, args)  # warm-up
+            run_load(port, endpoint, model, args.model_dir, 4, 8, args)  # warm-up
             for concurrency in args.concurrency:
                 print(f"{arm} c={concurrency}: server idle after {wait_idle(proc.pid):.0f} s", flush=True)
                 prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
                 before = cpu_by_process(proc.pid)
-                metrics = run_load(port, endpoint, "bench-model", args.model_dir, concurrency, prompts, args)
+                metrics = run_load(port, endpoint, model, args.model_dir, concurrency, prompts, args)
                 after = cpu_by_process(proc.pid)
                 tokens = prompts * args.output_len
                 used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
@@ -180,7 +191,7 @@ def main() -> None:
     parser.add_argument("--prompts-per-slot", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
-                        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"])
+                        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct", "vllm-lora", "one-hop-lora"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every arm this many times, in turn; the ratio lines give the median")
     args = parser.parse_args()
@@ -199,14 +210,15 @@ def main() -> None:
                 print(f"| {label} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
                       f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
                       f"{m['server_cpu_ms_per_token']:.2f} |")
-    if "vllm" not in args.arms:
-        return
-    for arm in (a for a in args.arms if a != "vllm"):
+    for arm in args.arms:
+        base = "vllm-lora" if arm.endswith("-lora") else "vllm"
+        if arm == base or base not in args.arms:
+            continue
         for c in args.concurrency:
-            ratios = [runs[arm][c]["output_throughput"] / runs["vllm"][c]["output_throughput"] for runs in rounds]
+            ratios = [runs[arm][c]["output_throughput"] / runs[base][c]["output_throughput"] for runs in rounds]
             if args.rounds > 1:
-                print(f"rounds of {arm} / vllm at concurrency {c}: " + ", ".join(f"{r:.2f}x" for r in ratios))
-            print(f"ratio {arm} / vllm at concurrency {c}: {statistics.median(ratios):.2f}x")
+                print(f"rounds of {arm} / {base} at concurrency {c}: " + ", ".join(f"{r:.2f}x" for r in ratios))
+            print(f"ratio {arm} / {base} at concurrency {c}: {statistics.median(ratios):.2f}x")
 
 
 def run_round(args, workdir: str) -> dict[str, dict[int, dict]]:
@@ -224,6 +236,13 @@ def run_round(args, workdir: str) -> dict[str, dict[int, dict]]:
         if arm in args.arms:
             runs.update(measure(start_ray_serve_llm(args.model_dir, 8300, direct),
                                 "http://127.0.0.1:8300/v1/models", 8300, {arm: CHAT}, args))
+    if "vllm-lora" in args.arms:
+        runs.update(measure(start_vllm(args.model_dir, 8100, lora=True), "http://127.0.0.1:8100/health", 8100,
+                            {"vllm-lora": CHAT}, args, model=LORA_MODEL))
+    if "one-hop-lora" in args.arms:
+        runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir, lora=True),
+                            "http://127.0.0.1:8200/ready", 8200, {"one-hop-lora": "/models/bench-model" + CHAT},
+                            args, model=LORA_MODEL))
     return runs
 
 

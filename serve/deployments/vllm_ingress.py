@@ -37,8 +37,9 @@ class VLLMIngressDeployment(EngineDeployment):
         return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
 
     async def _note_variant(self, model: Any) -> None:
+        """A body's ``model`` naming one of the variants: loaded through Serve's multiplexing."""
         for model_id, variants in self.variants.items():
-            variant = variant_of(model, model_id, frozenset(variants.base.entry.variants()))
+            variant = variant_of(model, model_id, variants.names)
             if variant:
                 await variants.engine(variant)
 
