@@ -71,7 +71,7 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
     entries = [_replica_entry(m) for m in spec.models]
     if one_hop is not None and len(spec.models) == 1 and spec.models[0].model_loading_config.type is ModelType.VLLM:
         engine = serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
-        return _with_variant_router(engine, spec.models[0]) if spec.models[0].variants() else engine
+        return _with_variant_router(engine, spec.models[0]) if spec.models[0].variants() and _haproxy() else engine
     return serve.deployment(EngineDeployment).options(**options).bind(entries)
 
 
@@ -83,6 +83,15 @@ def _with_variant_router(engine: Application, model: BaseModelEntry) -> Applicat
     router = serve.deployment(VariantRouter).options(
         name=VARIANT_ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options=with_replica_env({"num_cpus": 0}))
     return engine._with_ingress_request_router(router.bind(engine, model.model_id, sorted(model.variants())))
+
+
+def _haproxy() -> bool:
+    """Whether Serve runs Ray's HAProxy ingress here (where the application is built, which is
+    the cluster's setting); without it a VariantRouter has no HAProxy to ask it, and Serve
+    refuses one."""
+    from ray.serve._private import constants
+
+    return constants.RAY_SERVE_ENABLE_HA_PROXY
 
 
 def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:

@@ -54,7 +54,12 @@ def _model_app(multiplex_config=None):
     return build_model_app({"models": [entry], "platform_app": "platform"})
 
 
-def test_only_a_vllm_model_with_variants_gets_a_variant_router(tmp_path):
+def test_only_a_vllm_model_with_variants_gets_a_variant_router_and_only_behind_haproxy(tmp_path, monkeypatch):
+    from ray.serve._private import constants
+
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", False)
+    assert _model_app({"variants": {"sql": _adapter(tmp_path / "plain")}})._ingress_request_router is None
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", True)
     with_variants = _model_app({"variants": {"sql": _adapter(tmp_path / "sql")}})
     router = with_variants._ingress_request_router
     assert router is not None and router._bound_deployment.name == "VariantRouter"
