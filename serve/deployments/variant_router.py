@@ -5,9 +5,10 @@ blind to which replicas hold a LoRA adapter. For a vLLM model with variants the 
 also runs this deployment as Ray's ingress request router: HAProxy's Lua action posts each
 request's body to ``/internal/route`` here, this picks the replica through Serve's multiplexed
 routing (the one the shared ``/v1`` uses: replicas holding the variant first), and HAProxy
-forwards the request to that replica's own port with the variant in Serve's multiplexed-model
-header, where the replica records it as loaded (``VLLMIngressDeployment``). The tokens still go
-from the replica to HAProxy to the client: this deployment sees one small request per request.
+forwards the request to that replica's own port (with the variant in Serve's multiplexed-model
+header), where the replica records the variant it serves as loaded (``VLLMIngressDeployment``).
+The tokens still go from the replica to HAProxy to the client: this deployment answers one small
+request per request.
 
 A wrong or missing pick costs affinity, never the request: a body this cannot read (cut at
 HAProxy's buffer, not JSON, no variant named) gets Serve's load-balanced pick, and the replica
