@@ -44,8 +44,10 @@ MODELS = [
     _vit("cold-start", {"num_cpus": 0.1},
          autoscaling_config={"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "upscale_delay_s": 0,
                              "metrics_interval_s": 0.5, "look_back_period_s": 1}),
-    # One request at a time, one waiting; a lone request waits 2 s for company in its batch.
-    _vit("one-at-a-time", {"num_cpus": 0.1}, {"max_batch_size": 4, "batch_wait_timeout_s": 2},
+    # One request at a time, one waiting; a lone request waits 5 s for company in its batch: the
+    # window in which a burst must arrive to find the replica full (on a loaded 2-core machine
+    # twenty requests through HAProxy and the router took more than 2 s to arrive).
+    _vit("one-at-a-time", {"num_cpus": 0.1}, {"max_batch_size": 4, "batch_wait_timeout_s": 5},
          max_ongoing_requests=1, max_queued_requests=1),
     _vit("twin", {"num_cpus": 0.1}, num_replicas=2),
     _vit("lone", {"num_cpus": 0.1}),
@@ -170,7 +172,7 @@ def test_ready_does_not_queue_behind_a_busy_model(scheduled):
 
     async def busy_then_ready():
         async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
-            # One request runs and one waits (the rest are refused): replica and queue full for ~4 s.
+            # One request runs and one waits (the rest are refused): replica and queue full for ~10 s.
             work = [asyncio.create_task(_infer(client, "one-at-a-time")) for _ in range(3)]
             await asyncio.sleep(0.5)
             ready = await client.get("/ready")
