@@ -108,7 +108,6 @@ class Variants:
 
     def __init__(self, base: BaseEngine):
         self.base = base
-        self.names = frozenset(base.entry.variants())
         self.loaded: list[str] = []
 
         async def load(name: str) -> LoadedVariant:  # a plain function: Serve keeps its LRU on it

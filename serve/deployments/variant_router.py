@@ -37,20 +37,15 @@ route_app = FastAPI()
 
 
 def requested_variant(body: bytes, model_id: str, variants: frozenset[str]) -> str:
-    """The variant of ``model_id`` that a request's ``body`` asks for, or "" (see ``variant_of``)."""
+    """The variant of ``model_id`` that a request's ``body`` asks for (``"model": "<model_id>:<variant>"``
+    of one of ``variants``), or ""."""
     try:
         parsed = json.loads(body)
         model = parsed.get("model") if isinstance(parsed, dict) else None
     except (ValueError, RecursionError):  # not JSON (cut short, say), or nested past Python's stack
         found = _MODEL_FIELD.search(body)
         model = found.group(1).decode() if found else None
-    return variant_of(model, model_id, variants)
-
-
-def variant_of(model: Any, model_id: str, variants: frozenset[str]) -> str:
-    """``variant`` where ``model`` is ``<model_id>:<variant>`` of one of ``variants``, else ""
-    (the base model, another name, or no name at all)."""
-    if not isinstance(model, str) or not model.startswith(f"{model_id}:"):
+    if not isinstance(model, str) or not model.startswith(f"{model_id}:"):  # the base model, another, none
         return ""
     variant = model[len(model_id) + 1:]
     return variant if variant in variants else ""

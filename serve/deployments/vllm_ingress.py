@@ -20,7 +20,6 @@ from ray import serve
 
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors
-from serve.deployments.variant_router import variant_of
 from serve.router.routing import RouterSettings
 
 
@@ -37,11 +36,11 @@ class VLLMIngressDeployment(EngineDeployment):
         return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
 
     async def _note_variant(self, model: Any) -> None:
-        """A body's ``model`` naming one of the variants: loaded through Serve's multiplexing."""
-        for model_id, variants in self.variants.items():
-            variant = variant_of(model, model_id, variants.names)
-            if variant:
-                await variants.engine(variant)
+        """A body's ``model`` naming one of the variants (its route, as the router reads it):
+        loaded through Serve's multiplexing."""
+        route = self.settings.routes.get(model) if isinstance(model, str) else None
+        if route is not None and route.variant is not None and route.parent in self.variants:
+            await self.variants[route.parent].engine(route.variant)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The router settings that may change without a restart (``router.request_timeout_s``)
