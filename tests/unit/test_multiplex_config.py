@@ -1,16 +1,9 @@
 """Multiplexed variants in the YAML: found, checked and turned into vLLM LoRA settings before deploy."""
 
-import json
-
 import pytest
 
 from configs import ConfigError, load_platform_config
-
-
-def _adapter(path, rank=8):
-    path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
-    return path
+from tests.lora_files import lora_adapter
 
 
 def _load(model_type, multiplex_config, engine_kwargs=None):
@@ -22,8 +15,8 @@ def _load(model_type, multiplex_config, engine_kwargs=None):
 
 
 def test_variants_dir_and_listed_variants(tmp_path):
-    _adapter(tmp_path / "lora" / "sql")
-    _adapter(tmp_path / "lora" / "poet", rank=32)
+    lora_adapter(tmp_path / "lora" / "sql")
+    lora_adapter(tmp_path / "lora" / "poet", rank=32)
     (tmp_path / "lora" / ".cache").mkdir()
     model = _load("vllm", {"variants_dir": str(tmp_path / "lora"), "variants": {"hub": "org/adapter"}})
     assert set(model.variants()) == {"sql", "poet", "hub"}
@@ -33,7 +26,7 @@ def test_variants_dir_and_listed_variants(tmp_path):
 
 
 def test_lora_settings_from_the_yaml_win(tmp_path):
-    _adapter(tmp_path / "sql")
+    lora_adapter(tmp_path / "sql")
     model = _load("vllm", {"variants": {"sql": str(tmp_path / "sql")}, "max_variants_per_replica": 1},
                   {"max_lora_rank": 64})
     assert model.engine_overrides() == {"enable_lora": True, "max_loras": 1, "max_cpu_loras": 1}
@@ -52,11 +45,11 @@ def test_bad_variants_fail_before_deploy_naming_the_field(model_type, multiplex,
     assert "models[0].multiplex_config" in str(info.value) and message in str(info.value)
 
 
-def test_a_vllm_variant_must_be_a_lora_adapter(tmp_path):
+def test_a_vllm_variant_must_be_a_loralora_adapter(tmp_path):
     (tmp_path / "full-model").mkdir()
     (tmp_path / "full-model" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="is not a LoRA adapter"):
         _load("vllm", {"variants": {"x": str(tmp_path / "full-model")}})
-    _adapter(tmp_path / "huge", rank=1024)
+    lora_adapter(tmp_path / "huge", rank=1024)
     with pytest.raises(ConfigError, match="ranks up to 512"):
         _load("vllm", {"variants": {"x": str(tmp_path / "huge")}})

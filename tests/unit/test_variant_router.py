@@ -8,6 +8,7 @@ import pytest
 
 from builders.app_builder import build_model_app
 from serve.deployments.variant_router import requested_variant
+from tests.lora_files import lora_adapter
 
 VARIANTS = frozenset({"sql", "poet"})
 
@@ -40,12 +41,6 @@ def test_a_body_no_parser_can_read_gets_no_variant_and_no_error():
     assert requested_variant(b"\xff\xfe{", "chat", VARIANTS) == ""
 
 
-def _adapter(path):
-    path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
-    return str(path)
-
-
 def _model_app(multiplex_config=None):
     entry = {"model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
              "engine_kwargs": {"max_model_len": 256}}
@@ -58,9 +53,9 @@ def test_only_a_vllm_model_with_variants_gets_a_variant_router_and_only_behind_h
     from ray.serve._private import constants
 
     monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", False)
-    assert _model_app({"variants": {"sql": _adapter(tmp_path / "plain")}})._ingress_request_router is None
+    assert _model_app({"variants": {"sql": str(lora_adapter(tmp_path / "plain"))}})._ingress_request_router is None
     monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", True)
-    with_variants = _model_app({"variants": {"sql": _adapter(tmp_path / "sql")}})
+    with_variants = _model_app({"variants": {"sql": str(lora_adapter(tmp_path / "sql"))}})
     router = with_variants._ingress_request_router
     assert router is not None and router._bound_deployment.name == "VariantRouter"
     assert router._bound_deployment.ray_actor_options["num_cpus"] == 0
