@@ -1,8 +1,10 @@
 """Streaming throughput and latency: this platform against plain ``vllm serve`` and Ray Serve LLM.
 
-Every arm serves the same model with the same engine arguments, one after the other on this
-machine, driven by vLLM's own load generator (the code behind ``vllm bench serve``: random
-prompts, streamed chat completions, fixed seed) at each concurrency:
+Every arm serves the same model with the same engine arguments (vLLM's engine statistics on in
+each, as each keeps them by default: ``vllm serve``'s Prometheus metrics, Ray Serve LLM's and the
+platform's through Ray's metrics), one after the other on this machine, driven by vLLM's own load
+generator (the code behind ``vllm bench serve``: random prompts, streamed chat completions, fixed
+seed) at each concurrency:
 
 - ``vllm``: vLLM's OpenAI server, bare;
 - ``one-hop``: the platform's per-model URL ``/models/<model_id>/v1`` (HAProxy -> the engine
@@ -100,6 +102,8 @@ def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: 
 
 
 def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
+    """``vllm serve`` as it runs by default: it keeps its engine statistics (``/metrics``), as every
+    other arm does; without them it runs up to a tenth faster at 64 streams here (bench/README.md)."""
     flags = []
     for key, value in ENGINE_KWARGS.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
@@ -109,7 +113,7 @@ def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Pope
     return subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
          "--served-model-name", "bench-model", "--host", "127.0.0.1", "--port", str(port),
-         "--disable-log-stats", "--disable-uvicorn-access-log", *flags],
+         "--disable-uvicorn-access-log", *flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

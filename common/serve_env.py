@@ -42,12 +42,16 @@ STREAMING_ENV = {
     # still served whole; only its pick may lose the adapter's replica.
     "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
     "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(64 * 1024),
+    # Serve's controller reconciles every 0.5 s (Ray's default is 0.1): each pass also asks the GCS
+    # for the cluster's resources, and under load the passes took a seventh of a core of 2 here
+    # (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for it.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
 # Read by Ray's own processes (raylet, the Serve controller), so they must be set where Ray
 # starts, and every replica must see the cluster's value: never per deployment.
 CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
-                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE")
+                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S")
 # Read by the replica processes themselves, so the builder can also hand them to each
 # deployment's runtime_env: `serve run` then gets them without any shell setup.
 REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]
