@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -83,8 +84,12 @@ def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, ti
     return time.monotonic() - started
 
 
-def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args) -> dict:
-    """One ``vllm bench serve`` pass, in a child process so each pass starts clean."""
+def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args,
+             sample: Callable[[], dict] | None = None) -> dict:
+    """One ``vllm bench serve`` pass, in a child process so each pass starts clean. With ``sample``,
+    ``metrics["samples"]`` holds what it returned as the main run started and as it ended: the
+    child's own start (importing vLLM, building prompts, a test request) takes seconds, and the
+    server's background work over them is not the pass's."""
     cli = ["--backend", "openai-chat", "--endpoint", endpoint, "--host", "127.0.0.1",
            "--port", str(port), "--model", model, "--tokenizer", tokenizer,
            "--dataset-name", "random", "--random-input-len", str(args.input_len),
@@ -95,10 +100,21 @@ def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: 
     code = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
             "from vllm.benchmarks.serve import add_cli_args, main; p = FlexibleArgumentParser(); "
             "add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
-    subprocess.run([sys.executable, "-c", code, *cli], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    child = subprocess.Popen([sys.executable, "-c", code, *cli], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    samples = []
+    for line in child.stdout:  # the load generator's own lines: when its main run starts, and its result
+        if sample is not None and (line.startswith(MAIN_RUN_STARTS) or MAIN_RUN_ENDED in line):
+            samples.append(sample())
+    if child.wait() != 0:
+        raise subprocess.CalledProcessError(child.returncode, "vllm bench serve")
+    if sample is not None and len(samples) != 2:
+        raise RuntimeError(f"vllm bench serve printed no {MAIN_RUN_STARTS!r} and {MAIN_RUN_ENDED!r} lines")
     result = json.loads((Path(args.result_dir) / "pass.json").read_text())
-    return {k: result[k] for k in METRICS}
+    return {**{k: result[k] for k in METRICS}, **({"samples": samples} if sample is not None else {})}
+
+
+MAIN_RUN_STARTS, MAIN_RUN_ENDED = "Starting main benchmark run", " Serving Benchmark Result "
 
 
 def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
@@ -166,9 +182,9 @@ def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[s
             for concurrency in args.concurrency:
                 print(f"{arm} c={concurrency}: server idle after {wait_idle(proc.pid):.0f} s", flush=True)
                 prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
-                before = cpu_by_process(proc.pid)
-                metrics = run_load(port, endpoint, model, args.model_dir, concurrency, prompts, args)
-                after = cpu_by_process(proc.pid)
+                metrics = run_load(port, endpoint, model, args.model_dir, concurrency, prompts, args,
+                                   sample=lambda: cpu_by_process(proc.pid))
+                before, after = metrics.pop("samples")
                 tokens = prompts * args.output_len
                 used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
                 metrics["server_cpu_ms_per_token"] = 1000 * sum(used.values()) / tokens

@@ -43,8 +43,8 @@ STREAMING_ENV = {
     "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
     "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(64 * 1024),
     # Serve's controller reconciles every 0.5 s (Ray's default is 0.1): each pass also asks the GCS
-    # for the cluster's resources, and under load the passes took a seventh of a core of 2 here
-    # (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for it.
+    # for the cluster's resources, and the two took 5% of a core on a platform at rest here, 1.8% at
+    # 0.5 s (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for a pass.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
