@@ -45,7 +45,7 @@ def test_bad_variants_fail_before_deploy_naming_the_field(model_type, multiplex,
     assert "models[0].multiplex_config" in str(info.value) and message in str(info.value)
 
 
-def test_a_vllm_variant_must_be_a_loralora_adapter(tmp_path):
+def test_a_vllm_variant_must_be_a_lora_adapter(tmp_path):
     (tmp_path / "full-model").mkdir()
     (tmp_path / "full-model" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="is not a LoRA adapter"):
