@@ -46,12 +46,16 @@ STREAMING_ENV = {
     # for the cluster's resources, and the two took 5% of a core on a platform at rest here, 1.8% at
     # 0.5 s (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for a pass.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # HAProxy runs under SCHED_BATCH: woken by a replica's write, it no longer preempts that
+    # replica to forward one event at a time (scripts/haproxy; bench/README.md, run Z).
+    "PLATFORM_HAPROXY_SCHED_BATCH": "1",
 }
 
-# Read by Ray's own processes (raylet, the Serve controller), so they must be set where Ray
-# starts, and every replica must see the cluster's value: never per deployment.
+# Read by Ray's own processes (raylet, the Serve controller) and HAProxy's wrapper, so they must be
+# set where Ray starts, and every replica must see the cluster's value: never per deployment.
 CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
-                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S")
+                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S",
+                    "PLATFORM_HAPROXY_SCHED_BATCH")
 # Read by the replica processes themselves, so the builder can also hand them to each
 # deployment's runtime_env: `serve run` then gets them without any shell setup.
 REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]

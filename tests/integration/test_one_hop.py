@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from urllib.parse import urlparse
 
 import httpx
 import openai
 import psutil
 import pytest
 
+from common.serve_env import haproxy_processes
 from tests.integration.conftest import (API_KEY, LIMITED_KEY, SCOPED_KEY, TOKEN_KEY, assert_leaving_a_stream_stops_it,
                                        auth_headers)
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
@@ -123,6 +126,15 @@ def test_vllms_engine_core_runs_beside_its_worker(platform_url):
     worker_cores = os.sched_getaffinity(worker.pid)
     assert worker_cores < os.sched_getaffinity(replica.pid)  # vLLM bound its worker
     assert {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()} == {frozenset({min(worker_cores)})}
+
+
+def test_haproxy_runs_under_sched_batch(platform_url):
+    """Woken by each event a replica writes, HAProxy must not preempt the replica (scripts/haproxy)."""
+    policies = []
+    for process in haproxy_processes(urlparse(platform_url).port):
+        with contextlib.suppress(ProcessLookupError):  # one that a reload just replaced
+            policies.append(os.sched_getscheduler(process.pid))
+    assert policies and set(policies) == {os.SCHED_BATCH}
 
 
 def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):

@@ -73,6 +73,22 @@ def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
     assert haproxy_binary_env() == {}
 
 
+def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
+    """A stand-in for HAProxy that prints its scheduling policy and arguments."""
+    stand_in = tmp_path / "haproxy"
+    stand_in.write_text('#!/bin/sh\nexec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n')
+    stand_in.chmod(0o755)
+    wrapper = haproxy_binary_env()["RAY_SERVE_HAPROXY_BINARY_PATH"]
+
+    def started(**env: str) -> list[str]:
+        run = subprocess.run([wrapper, "-f", "haproxy.cfg"], env={**os.environ, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env},
+                             capture_output=True, text=True, check=True)
+        return run.stdout.split()
+
+    assert started() == [str(os.SCHED_BATCH), "-dS", "-f", "haproxy.cfg"]
+    assert started(PLATFORM_HAPROXY_SCHED_BATCH="0") == [str(os.SCHED_OTHER), "-dS", "-f", "haproxy.cfg"]
+
+
 def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
     threads = {cores: haproxy_threads_env(cores)["RAY_SERVE_HAPROXY_NBTHREAD"] for cores in (1, 2, 4, 6, 8, 64)}
     assert threads == {1: "1", 2: "1", 4: "2", 6: "3", 8: "4", 64: "4"}
