@@ -80,13 +80,15 @@ def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
     stand_in.chmod(0o755)
     wrapper = haproxy_binary_env()["RAY_SERVE_HAPROXY_BINARY_PATH"]
 
+    inherited = {key: value for key, value in os.environ.items() if key != "PLATFORM_HAPROXY_SCHED_BATCH"}
+
     def started(**env: str) -> list[str]:
-        run = subprocess.run([wrapper, "-f", "haproxy.cfg"], env={**os.environ, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env},
+        run = subprocess.run([wrapper, "-f", "haproxy.cfg"], env={**inherited, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env},
                              capture_output=True, text=True, check=True)
         return run.stdout.split()
 
-    assert started() == [str(os.SCHED_BATCH), "-dS", "-f", "haproxy.cfg"]
-    assert started(PLATFORM_HAPROXY_SCHED_BATCH="0") == [str(os.SCHED_OTHER), "-dS", "-f", "haproxy.cfg"]
+    assert started() == [str(os.SCHED_BATCH), "-dS", "-f", "haproxy.cfg"]  # by default
+    assert started(PLATFORM_HAPROXY_SCHED_BATCH="0") == [str(os.sched_getscheduler(0)), "-dS", "-f", "haproxy.cfg"]
 
 
 def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
