@@ -84,6 +84,10 @@ def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, ti
     return time.monotonic() - started
 
 
+# The load generator's own lines: when its main run starts, and its result.
+MAIN_RUN_STARTS, MAIN_RUN_ENDED = "Starting main benchmark run", " Serving Benchmark Result "
+
+
 def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args,
              sample: Callable[[], dict] | None = None) -> dict:
     """One ``vllm bench serve`` pass, in a child process so each pass starts clean. With ``sample``,
@@ -112,9 +116,6 @@ def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: 
         raise RuntimeError(f"vllm bench serve printed no {MAIN_RUN_STARTS!r} and {MAIN_RUN_ENDED!r} lines")
     result = json.loads((Path(args.result_dir) / "pass.json").read_text())
     return {**{k: result[k] for k in METRICS}, **({"samples": samples} if sample is not None else {})}
-
-
-MAIN_RUN_STARTS, MAIN_RUN_ENDED = "Starting main benchmark run", " Serving Benchmark Result "
 
 
 def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 
-from common.serve_env import (STREAMING_ENV, apply_streaming_env, haproxy_binary_env, haproxy_files_env,
+from common.serve_env import (HAPROXY_WRAPPER, STREAMING_ENV, apply_streaming_env, haproxy_binary_env, haproxy_files_env,
                                haproxy_threads_env, stop_leftover_haproxy, with_replica_env)
 
 
@@ -78,13 +78,11 @@ def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
     stand_in = tmp_path / "haproxy"
     stand_in.write_text('#!/bin/sh\nexec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n')
     stand_in.chmod(0o755)
-    wrapper = haproxy_binary_env()["RAY_SERVE_HAPROXY_BINARY_PATH"]
-
     inherited = {key: value for key, value in os.environ.items() if key != "PLATFORM_HAPROXY_SCHED_BATCH"}
 
     def started(**env: str) -> list[str]:
-        run = subprocess.run([wrapper, "-f", "haproxy.cfg"], env={**inherited, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env},
-                             capture_output=True, text=True, check=True)
+        run = subprocess.run([HAPROXY_WRAPPER, "-f", "haproxy.cfg"], capture_output=True, text=True, check=True,
+                             env={**inherited, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env})
         return run.stdout.split()
 
     assert started() == [str(os.SCHED_BATCH), "-dS", "-f", "haproxy.cfg"]  # by default
