@@ -93,8 +93,9 @@ def _connect(schema: Any, address: str | None, num_gpus: int | None, metrics_por
         from ray._private.utils import write_ray_address
 
         write_ray_address(context.address_info["gcs_address"])
-        # ray.init replaced the handler with one that exits without shutting Serve down.
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # ray.init, started or joined, replaced the handler: Ray's exits without shutting Serve down,
+    # and the C++ one beneath it aborts the process 3 s after a SIGTERM, mid-way through a stop.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 def watch_and_apply(path: str, apply: Callable[[], bool], stop: threading.Event | None = None) -> None:

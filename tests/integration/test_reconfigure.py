@@ -240,7 +240,10 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
     finally:
         watcher.terminate()
         code = watcher.wait(60)
-    assert code == 0, log.read_text()[-2000:]  # stopping the watcher leaves the platform serving
+    # Stopping the watcher leaves the platform serving; Ray's C++ SIGTERM handler, which aborts a
+    # stop that takes over 3 s, never saw the signal.
+    assert code == 0, log.read_text()[-2000:]
+    assert "SIGTERM received" not in log.read_text()
     assert set(_models(base)) == set(actors)
 
 
