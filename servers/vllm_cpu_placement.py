@@ -40,7 +40,9 @@ def engine_core_beside_worker() -> int | None:
     a lone stream, whose handovers the other core had room for, keeps its first token but ran at
     0.68x-1.21x of its tokens/s (run Q). Pinning only under load was tried: a lone stream then got
     up to a tenth of its tokens/s back, but its first token stalled now and then (TTFT p99 87-158 ms
-    against 13-26 pinned, run V), so the engine core stays beside its worker.
+    against 13-26 pinned, run V), so the engine core stays beside its worker. Those stalls were
+    the client's: on 2 cores it sat runnable for ~100 ms while vLLM's two spinning processes held
+    both (run AB); pinned, the front end and anything else on the node keep a core.
     """
     if setting(ENGINE_CORE_PINNING_ENV) != "1":
         return None
