@@ -284,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             return False
 
     if args.address is not None and not args.watch:
-        return 0 if run(schema, loaded) else 1  # applied to a running platform, which keeps serving
+        try:
+            return 0 if run(schema, loaded) else 1  # applied to a running platform, which keeps serving
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what Serve was sent goes on without this process
+            print("interrupted; the running platform keeps serving (`python deploy_app.py status` shows what)",
+                  file=sys.stderr, flush=True)
+            return 130
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         run(schema, loaded)

@@ -1,10 +1,12 @@
-"""``deploy_app.py --watch``: each save of the file with new content is applied once."""
+"""``deploy_app.py --watch``: each save of the file with new content is applied once; and an apply to a
+running platform (``--address``) that is interrupted."""
 
 import os
 import queue
 import threading
 import time
 
+import deploy_app
 from deploy_app import watch_and_apply
 
 WAIT_S = 30  # a save is seen after watchfiles' debounce (1.6 s); far more on a loaded machine
@@ -47,3 +49,13 @@ def _wait_for_output(capsys, text: str) -> None:
         seen += capsys.readouterr().out
         time.sleep(0.05)
     assert text in seen, seen
+
+
+def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_without_a_traceback(monkeypatch, capsys):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt  # what deploy_app's SIGTERM handler raises, as Ctrl-C does
+
+    monkeypatch.setattr(deploy_app, "deploy", interrupted)
+    code = deploy_app.main(["--config", "model_config.yaml", "--address", "auto", "--no-fit-check"])
+    assert code == 130
+    assert "interrupted; the running platform keeps serving" in capsys.readouterr().err
