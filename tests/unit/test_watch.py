@@ -7,14 +7,13 @@ import threading
 import time
 
 import deploy_app
-from deploy_app import watch_and_apply
 
 WAIT_S = 30  # a save is seen after watchfiles' debounce (1.6 s); far more on a loaded machine
 
 
 def _watching(path, applied: queue.Queue):
     stop = threading.Event()
-    thread = threading.Thread(target=watch_and_apply, args=(str(path), lambda: applied.put(path.read_text()), stop))
+    thread = threading.Thread(target=deploy_app.watch_and_apply, args=(str(path), lambda: applied.put(path.read_text()), stop))
     thread.start()
     return stop, thread
 
