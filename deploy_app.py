@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             print(refused, file=sys.stderr, flush=True)
             return False
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # from here on, SIGTERM is Ctrl-C (_connect sets it again)
     if args.address is not None and not args.watch:
         try:
             return 0 if run(schema, loaded) else 1  # applied to a running platform, which keeps serving
@@ -290,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; the running platform keeps serving (`python deploy_app.py status` shows what)",
                   file=sys.stderr, flush=True)
             return 130
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         run(schema, loaded)
         if args.watch:

@@ -3,6 +3,7 @@ running platform (``--address``) that is interrupted."""
 
 import os
 import queue
+import signal
 import threading
 import time
 
@@ -51,10 +52,17 @@ def _wait_for_output(capsys, text: str) -> None:
 
 
 def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_without_a_traceback(monkeypatch, capsys):
-    def interrupted(*_args, **_kwargs):
-        raise KeyboardInterrupt  # what deploy_app's SIGTERM handler raises, as Ctrl-C does
+    def sigterm_before_it_connects(*_args, **_kwargs):
+        # the handler is in place before Ray is joined: a SIGTERM then is a Ctrl-C, not the end of the process
+        assert signal.getsignal(signal.SIGTERM) is deploy_app._stop_on_sigterm
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises KeyboardInterrupt here
 
-    monkeypatch.setattr(deploy_app, "deploy", interrupted)
-    code = deploy_app.main(["--config", "model_config.yaml", "--address", "auto", "--no-fit-check"])
+    monkeypatch.setattr(deploy_app, "deploy", sigterm_before_it_connects)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = deploy_app.main(["--config", "model_config.yaml", "--address", "auto", "--no-fit-check"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert code == 130
     assert "interrupted; the running platform keeps serving" in capsys.readouterr().err
