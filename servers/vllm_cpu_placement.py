@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -27,22 +28,41 @@ def bind_cpu_shards(world_size: int) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
 
 
+def worker_inside_engine_core(vllm_config) -> contextlib.AbstractContextManager:
+    """Run a single CPU shard inside vLLM's engine core process (vLLM's ``uni`` executor, its
+    default on a GPU) instead of a worker process of its own; the context to start the engine in.
+
+    vLLM's CPU platform turns ``uni`` into ``mp`` because the worker's OpenMP binding must be in
+    the environment before its process imports torch. The engine core is such a process, so the
+    binding vLLM gives its worker (``OMP_NUM_THREADS``, ``OMP_PLACES``) is put in the environment
+    while it starts: the scheduler then runs in the worker's thread on the worker's cores, and no
+    step is handed over between two processes that spin while they wait for each other. On 2
+    cores this took bare vLLM from 679-715 to 699-882 tok/s for a lone stream and from 3921 to
+    5962-6889 at 16 streams (bench/README.md, run AG).
+    """
+    if setting(ENGINE_CORE_PINNING_ENV) != "1" or vllm_config.parallel_config.world_size > 1:
+        return contextlib.nullcontext()
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    vllm_config.parallel_config.distributed_executor_backend = "uni"
+    return OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0)
+
+
 def engine_core_beside_worker() -> int | None:
-    """Pin vLLM's engine core (its scheduler process) to the first core of its first worker; that
-    core, or None where there is nothing to pin or the operator turned it off.
+    """Pin vLLM's engine core (its scheduler process) to the first core of its first worker, where
+    it has worker processes (several shards); that core, or None where there is nothing to pin or
+    the operator turned it off.
 
     On the CPU vLLM schedules synchronously: the engine core and its workers take turns, and each
     spins (``sched_yield``) while it waits for the other. vLLM binds the workers to their cores and
     leaves the engine core the rest, which in a replica it shares with the HTTP front end, Ray and
     HAProxy: there it waits for a core while the worker spins on its own. On the worker's first
     core (the thread that spins between steps) each runs while the other waits. On 2 cores this
-    took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams (bench/README.md, run O);
-    a lone stream, whose handovers the other core had room for, keeps its first token but ran at
-    0.68x-1.21x of its tokens/s (run Q). Pinning only under load was tried: a lone stream then got
-    up to a tenth of its tokens/s back, but its first token stalled now and then (TTFT p99 87-158 ms
-    against 13-26 pinned, run V), so the engine core stays beside its worker. Those stalls were
-    the client's: on 2 cores it sat runnable for ~100 ms while vLLM's two spinning processes held
-    both (run AB); pinned, the front end and anything else on the node keep a core.
+    took the one-hop path from 1700-2100 to 3000-3150 tok/s at 16 streams (bench/README.md, run O).
+    Unpinned, a lone stream's first token stalled now and then (TTFT p99 87-158 ms against 13-26
+    pinned, run V): the client sat runnable for ~100 ms while vLLM's two spinning processes held
+    both cores (run AB). A single shard does better still inside the engine core
+    (``worker_inside_engine_core``).
     """
     if setting(ENGINE_CORE_PINNING_ENV) != "1":
         return None

@@ -26,7 +26,7 @@ from configs.server_models import Capability
 from configs.vllm_models import VLLMModelEntry
 from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
-from servers.vllm_cpu_placement import bind_cpu_shards, engine_core_beside_worker
+from servers.vllm_cpu_placement import bind_cpu_shards, engine_core_beside_worker, worker_inside_engine_core
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class VLLMEngine(BaseEngine):
 
         vLLM's engine core runs in a child process, which is not in the replica's placement
         group: without the group handed over, its Ray workers would reserve GPUs a second time.
-        On the CPU that process then moves beside its worker (``servers/vllm_cpu_placement.py``).
+        On the CPU a single shard runs inside that process, and the engine core of several moves
+        beside the first (``servers/vllm_cpu_placement.py``).
         """
         import ray
         from vllm.platforms import current_platform
@@ -93,11 +94,15 @@ class VLLMEngine(BaseEngine):
         group = ray.util.get_current_placement_group()
         if group is not None and vllm_config.parallel_config.distributed_executor_backend == "ray":
             vllm_config.parallel_config.placement_group = group
-        engine = AsyncLLM.from_vllm_config(
-            vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats,
-            # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
-            stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
+        cpu_placement = contextlib.nullcontext()
+        if current_platform.is_cpu() and "distributed_executor_backend" not in self.entry.engine_kwargs:
+            cpu_placement = worker_inside_engine_core(vllm_config)
+        with cpu_placement:
+            engine = AsyncLLM.from_vllm_config(
+                vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
+                enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats,
+                # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
+                stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
         if current_platform.is_cpu():
             engine_core_beside_worker()

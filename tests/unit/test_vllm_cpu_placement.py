@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
-from servers.vllm_cpu_placement import ENGINE_CORE_PINNING_ENV, bind_cpu_shards, engine_core_beside_worker, worker_core
+from servers.vllm_cpu_placement import (ENGINE_CORE_PINNING_ENV, bind_cpu_shards, engine_core_beside_worker, worker_core,
+                                        worker_inside_engine_core)
 
 
 @pytest.mark.parametrize("workers,replica,expected", [
@@ -27,6 +29,35 @@ def test_shards_get_their_own_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
     bind_cpu_shards(2)
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+
+
+def _parallel_config(world_size: int) -> SimpleNamespace:
+    """What vLLM's OpenMP binding reads of its config, for ``world_size`` shards on this node."""
+    parallel = SimpleNamespace(world_size=world_size, local_world_size=world_size, data_parallel_rank_local=None,
+                               _api_process_count=1, distributed_executor_backend="mp")
+    return SimpleNamespace(parallel_config=parallel, kv_transfer_config=None)
+
+
+def test_a_single_shard_runs_in_the_engine_core_with_its_workers_binding(monkeypatch):
+    monkeypatch.delenv(ENGINE_CORE_PINNING_ENV, raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")
+    monkeypatch.delenv("OMP_PLACES", raising=False)
+    config = _parallel_config(1)
+    with worker_inside_engine_core(config):
+        # what the engine core process inherits as it starts, and binds to before it runs a step
+        assert (os.environ["OMP_NUM_THREADS"], os.environ["OMP_PLACES"]) == ("1", "{1}")
+    assert config.parallel_config.distributed_executor_backend == "uni"
+    assert "OMP_PLACES" not in os.environ  # the replica's own environment is left as it was
+
+
+@pytest.mark.parametrize("world_size,pinning", [(2, "1"), (1, "0")])
+def test_several_shards_or_an_operators_no_keep_vllms_worker_processes(monkeypatch, world_size, pinning):
+    monkeypatch.setenv(ENGINE_CORE_PINNING_ENV, pinning)
+    monkeypatch.delenv("OMP_PLACES", raising=False)
+    config = _parallel_config(world_size)
+    with worker_inside_engine_core(config):
+        assert "OMP_PLACES" not in os.environ
+    assert config.parallel_config.distributed_executor_backend == "mp"
 
 
 # An "engine core" that starts a "worker" bound to the replica's last core, as vLLM's are titled.
