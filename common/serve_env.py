@@ -27,9 +27,10 @@ STREAMING_ENV = {
     # and 10 ms cost up to a third of the throughput at 16 streams (bench/README.md, run M). The
     # first token leaves at once; the one-hop path (/models/<id>/v1) streams as `vllm serve` does.
     "PLATFORM_STREAM_INTERVAL_MS": "50",
-    # On vLLM's CPU build, its engine core runs on its worker's first core: the two take turns,
-    # and the core vLLM leaves the engine core is the one the front end, Ray and HAProxy share
-    # (servers/vllm_cpu_placement.py; "0" leaves it where vLLM puts it).
+    # On vLLM's CPU build one shard runs inside the engine core process, on the worker's cores;
+    # with several, the engine core runs on the first worker's first core: vLLM hands each step
+    # between them, and the core it leaves the engine core is the one the front end, Ray and
+    # HAProxy share (servers/vllm_cpu_placement.py; "0" leaves both as vLLM makes them).
     "PLATFORM_VLLM_CPU_ENGINE_CORE_BESIDE_WORKER": "1",
     # Ray's HAProxy replaces Serve's HTTP proxy and forwards each request to the ingress
     # replica's own HTTP port: a vLLM model's tokens go from vLLM's server to the socket (the

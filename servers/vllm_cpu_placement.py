@@ -37,8 +37,9 @@ def worker_inside_engine_core(vllm_config) -> contextlib.AbstractContextManager:
     binding vLLM gives its worker (``OMP_NUM_THREADS``, ``OMP_PLACES``) is put in the environment
     while it starts: the scheduler then runs in the worker's thread on the worker's cores, and no
     step is handed over between two processes that spin while they wait for each other. On 2
-    cores this took bare vLLM from 679-715 to 699-882 tok/s for a lone stream and from 3921 to
-    5962-6889 at 16 streams (bench/README.md, run AG).
+    cores the one-hop path went from 0.95x-0.98x of Ray Serve LLM's direct streaming for a lone
+    stream to 1.41x-1.46x, and to 1.15x-1.30x of bare ``vllm serve`` at 1 to 64 streams, with a
+    third less memory for the engine (bench/README.md, run AG).
     """
     if setting(ENGINE_CORE_PINNING_ENV) != "1" or vllm_config.parallel_config.world_size > 1:
         return contextlib.nullcontext()
