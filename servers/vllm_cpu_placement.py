@@ -38,7 +38,7 @@ def worker_inside_engine_core(vllm_config) -> contextlib.AbstractContextManager:
     while it starts: the scheduler then runs in the worker's thread on the worker's cores, and no
     step is handed over between two processes that spin while they wait for each other. On 2
     cores the one-hop path went from 0.95x-0.98x of Ray Serve LLM's direct streaming for a lone
-    stream to 1.41x-1.46x, and to 1.15x-1.30x of bare ``vllm serve`` at 1 to 64 streams, with a
+    stream to 1.41x-1.46x, and to 1.14x-1.30x of bare ``vllm serve`` at 1 to 64 streams, with a
     third less memory for the engine (bench/README.md, run AG).
     """
     if setting(ENGINE_CORE_PINNING_ENV) != "1" or vllm_config.parallel_config.world_size > 1:
