@@ -44,8 +44,15 @@ from configs import LoadedConfig, require_secrets
 READY_POLL_S = 2
 
 
-def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, check_fit: bool = True,
-           num_gpus: int | None = None, gpu_bytes: int | None = None, metrics_port: int | None = None) -> bool:
+def deploy(
+    schema: Any,
+    loaded: dict[str, LoadedConfig],
+    address: str | None,
+    check_fit: bool = True,
+    num_gpus: int | None = None,
+    gpu_bytes: int | None = None,
+    metrics_port: int | None = None,
+) -> bool:
     """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live;
     False when a model failed to start (the others serve)."""
     import ray
@@ -63,20 +70,27 @@ def deploy(schema: Any, loaded: dict[str, LoadedConfig], address: str | None, ch
     client.deploy_apps(schema, _blocking=False)
     failed = wait_until_live([app.name for app in schema.applications])
     if failed:  # the others serve; `deploy_app.py status` shows why these did not start
-        print(f"failed to start: {', '.join(failed)} (see `python deploy_app.py status`); the other models serve",
-              file=sys.stderr, flush=True)
+        print(
+            f"failed to start: {', '.join(failed)} (see `python deploy_app.py status`); the other models serve",
+            file=sys.stderr,
+            flush=True,
+        )
     http = schema.http_options
     here = ray.util.get_node_ip_address()
     for node in ray.nodes():
         if node["Alive"] and node["NodeManagerAddress"] == here:
-            print(f"metrics (Ray's Prometheus endpoint on this node): http://{here}:{node['MetricsExportPort']}/metrics",
-                  flush=True)
+            print(
+                f"metrics (Ray's Prometheus endpoint on this node): http://{here}:{node['MetricsExportPort']}/metrics",
+                flush=True,
+            )
             break
     print(f"ready: http://{http.host}:{http.port}/v1", flush=True)
     return not failed
 
 
-def _connect(schema: Any, address: str | None, num_gpus: int | None, metrics_port: int | None) -> None:
+def _connect(
+    schema: Any, address: str | None, num_gpus: int | None, metrics_port: int | None
+) -> None:
     """Join the Ray cluster at ``address``, or start one here when it is None."""
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
@@ -87,8 +101,12 @@ def _connect(schema: Any, address: str | None, num_gpus: int | None, metrics_por
     local = {"num_gpus": num_gpus} if num_gpus is not None else {}
     if metrics_port is not None:
         local["_metrics_export_port"] = metrics_port
-    context = ray.init(address=address, namespace=SERVE_NAMESPACE, include_dashboard=False,
-                       **(local if address is None else {}))
+    context = ray.init(
+        address=address,
+        namespace=SERVE_NAMESPACE,
+        include_dashboard=False,
+        **(local if address is None else {}),
+    )
     if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
         from ray._private.utils import write_ray_address
 
@@ -98,7 +116,9 @@ def _connect(schema: Any, address: str | None, num_gpus: int | None, metrics_por
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
-def watch_and_apply(path: str, apply: Callable[[], bool], stop: threading.Event | None = None) -> None:
+def watch_and_apply(
+    path: str, apply: Callable[[], bool], stop: threading.Event | None = None
+) -> None:
     """Call ``apply`` each time the file at ``path`` is saved with new content, until Ctrl-C.
 
     The file's directory is watched, not the file: editors save by writing a new file and
@@ -109,7 +129,11 @@ def watch_and_apply(path: str, apply: Callable[[], bool], stop: threading.Event 
     path = os.path.abspath(path)
     last = _read(path)
     print(f"watching {path}: each save is applied (Ctrl-C stops watching)", flush=True)
-    for _ in watch(os.path.dirname(path), watch_filter=lambda _change, changed: changed == path, stop_event=stop):
+    for _ in watch(
+        os.path.dirname(path),
+        watch_filter=lambda _change, changed: changed == path,
+        stop_event=stop,
+    ):
         content = _read(path)
         if content is None or content == last:  # removed mid-save, or saved unchanged
             continue
@@ -145,7 +169,9 @@ def wait_until_live(names: list[str]) -> list[str]:
                 print(f"  {phase.app} ({','.join(phase.model_ids)}) {line}", flush=True)
                 shown[phase.app] = line
         failed = [n for n, status in statuses.items() if n in names and status == "DEPLOY_FAILED"]
-        if set(statuses) == set(names) and all(status == "RUNNING" or n in failed for n, status in statuses.items()):
+        if set(statuses) == set(names) and all(
+            status == "RUNNING" or n in failed for n, status in statuses.items()
+        ):
             return failed
         time.sleep(READY_POLL_S)
 
@@ -161,14 +187,20 @@ def _check_fit(loaded: dict[str, LoadedConfig], gpu_bytes: int | None) -> None:
         plan_on(loaded, nodes)
     except PlacementError as err:
         shape = ", ".join(f"{n.cpus:g} CPU/{len(n.gpus)} GPU" for n in nodes)
-        raise SystemExit(f"cannot place the config on this cluster ({shape}): {err}\n"
-                         "(on an autoscaling cluster, pass --no-fit-check)") from None
+        raise SystemExit(
+            f"cannot place the config on this cluster ({shape}): {err}\n"
+            "(on an autoscaling cluster, pass --no-fit-check)"
+        ) from None
     gpu_type = cluster_gpu_type()
     gpu_bytes = gpu_bytes or gpu_bytes_for(gpu_type, None)
-    problems = check_memory(loaded, memory_estimates(loaded, gpu_bytes), gpu_bytes) if gpu_bytes else []
+    problems = (
+        check_memory(loaded, memory_estimates(loaded, gpu_bytes), gpu_bytes) if gpu_bytes else []
+    )
     if problems:
-        raise SystemExit(f"the config does not fit the cluster's GPU memory ({gpu_type or 'given'}):\n  "
-                         + "\n  ".join(problems))
+        raise SystemExit(
+            f"the config does not fit the cluster's GPU memory ({gpu_type or 'given'}):\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace, gpu: str) -> int:
@@ -177,9 +209,14 @@ def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace, 
     try:
         placements = plan(loaded, args.nodes, args.gpus_per_node, args.cpus_per_node)
     except PlacementError as err:
-        print(f"{args.config}: cannot place on {args.nodes} x {args.gpus_per_node} GPUs: {err}", file=sys.stderr)
+        print(
+            f"{args.config}: cannot place on {args.nodes} x {args.gpus_per_node} GPUs: {err}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} {gpu}, {args.cpus_per_node:g} CPUs:")
+    print(
+        f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} {gpu}, {args.cpus_per_node:g} CPUs:"
+    )
     print(describe(placements))
     return 0
 
@@ -208,35 +245,70 @@ def main(argv: list[str] | None = None) -> int:
         return kuberay_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="model_config.yaml")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
-    parser.add_argument("--render", action="store_true",
-                        help="print the Serve config that runs the file (one application per model), start nothing")
-    parser.add_argument("--address", default=None,
-                        help="apply the file to this Ray cluster's platform ('auto': the one on this machine) "
-                             "and return once live (default: start a local Ray and serve until Ctrl-C)")
-    parser.add_argument("--plan", action="store_true",
-                        help="print where every replica would land on --nodes x --gpus-per-node, start nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan, start nothing"
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="print the Serve config that runs the file (one application per model), start nothing",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="apply the file to this Ray cluster's platform ('auto': the one on this machine) "
+        "and return once live (default: start a local Ray and serve until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print where every replica would land on --nodes x --gpus-per-node, start nothing",
+    )
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--cpus-per-node", type=float, default=64)
-    parser.add_argument("--num-gpus", type=int, default=None,
-                        help="GPUs of the local Ray this starts (default: detected); more than the machine has "
-                             "are logical GPUs, to try placement on a CPU machine")
-    parser.add_argument("--gpu-type", choices=sorted(GPU_MEMORY_GIB), default=None,
-                        help="the GPUs' type, for their memory (--plan: H100-80GB unless --gpu-memory-gib)")
-    parser.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU, in GiB")
-    parser.add_argument("--metrics-export-port", type=int, default=_env_int("PLATFORM_METRICS_EXPORT_PORT"),
-                        help="port of the Ray metrics endpoint that Prometheus scrapes, for the Ray this starts "
-                             "(default: Ray picks one and this prints it)")
-    parser.add_argument("--working-dir", default=None, metavar="DIR_OR_URI",
-                        help="ship the platform's code in every application's runtime_env, for a cluster that "
-                             "does not run in this repository: a directory (the code's zip is written there, "
-                             "named by a file:// URI) or the URI of that zip uploaded elsewhere (s3://, gs://, https://)")
-    parser.add_argument("--no-fit-check", action="store_true",
-                        help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)")
-    parser.add_argument("--watch", action="store_true",
-                        help="after deploying, apply the file again each time it is saved, until Ctrl-C "
-                             "(a bad save is reported and changes nothing)")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=None,
+        help="GPUs of the local Ray this starts (default: detected); more than the machine has "
+        "are logical GPUs, to try placement on a CPU machine",
+    )
+    parser.add_argument(
+        "--gpu-type",
+        choices=sorted(GPU_MEMORY_GIB),
+        default=None,
+        help="the GPUs' type, for their memory (--plan: H100-80GB unless --gpu-memory-gib)",
+    )
+    parser.add_argument(
+        "--gpu-memory-gib", type=float, default=None, help="memory of each GPU, in GiB"
+    )
+    parser.add_argument(
+        "--metrics-export-port",
+        type=int,
+        default=_env_int("PLATFORM_METRICS_EXPORT_PORT"),
+        help="port of the Ray metrics endpoint that Prometheus scrapes, for the Ray this starts "
+        "(default: Ray picks one and this prints it)",
+    )
+    parser.add_argument(
+        "--working-dir",
+        default=None,
+        metavar="DIR_OR_URI",
+        help="ship the platform's code in every application's runtime_env, for a cluster that "
+        "does not run in this repository: a directory (the code's zip is written there, "
+        "named by a file:// URI) or the URI of that zip uploaded elsewhere (s3://, gs://, https://)",
+    )
+    parser.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="deploy even when the replicas do not fit the cluster's current nodes (autoscaling)",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="after deploying, apply the file again each time it is saved, until Ctrl-C "
+        "(a bad save is reported and changes nothing)",
+    )
     args = parser.parse_args(argv)
     try:
         rendered, schema, loaded = _load(args)
@@ -251,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     estimates = memory_estimates(loaded, gpu_bytes)
     print(describe_plan(loaded, estimates))
     problems = check_memory(loaded, estimates, gpu_bytes) if gpu_bytes else []
-    gpu = f"GPUs of {gpu_bytes / 1024 ** 3:.1f} GiB" + (f" ({gpu_type})" if gpu_type else "") if gpu_bytes else "GPUs"
+    gpu = (
+        f"GPUs of {gpu_bytes / 1024**3:.1f} GiB" + (f" ({gpu_type})" if gpu_type else "")
+        if gpu_bytes
+        else "GPUs"
+    )
     if problems and (args.plan or args.dry_run):
         print(f"{args.config}: does not fit {gpu}:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
@@ -266,16 +342,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def run(schema: Any, loaded: dict[str, LoadedConfig]) -> bool:
-        return deploy(schema, loaded, args.address, check_fit=not args.no_fit_check, num_gpus=args.num_gpus,
-                      gpu_bytes=gpu_bytes, metrics_port=args.metrics_export_port)
+        return deploy(
+            schema,
+            loaded,
+            args.address,
+            check_fit=not args.no_fit_check,
+            num_gpus=args.num_gpus,
+            gpu_bytes=gpu_bytes,
+            metrics_port=args.metrics_export_port,
+        )
 
-    def run_saved_file() -> bool:  # --watch: the file as saved now, validated before anything changes
+    def run_saved_file() -> (
+        bool
+    ):  # --watch: the file as saved now, validated before anything changes
         try:
             _, schema, loaded = _load(args)
             _check_secrets(args, loaded)
         except ConfigError as err:
-            print(f"{args.config}: {err}\nnothing changed; the platform runs the last good file", file=sys.stderr,
-                  flush=True)
+            print(
+                f"{args.config}: {err}\nnothing changed; the platform runs the last good file",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         try:
             return run(schema, loaded)
@@ -283,13 +371,22 @@ def main(argv: list[str] | None = None) -> int:
             print(refused, file=sys.stderr, flush=True)
             return False
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # from here on, SIGTERM is Ctrl-C (_connect sets it again)
+    signal.signal(
+        signal.SIGTERM, _stop_on_sigterm
+    )  # from here on, SIGTERM is Ctrl-C (_connect sets it again)
     if args.address is not None and not args.watch:
         try:
-            return 0 if run(schema, loaded) else 1  # applied to a running platform, which keeps serving
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what Serve was sent goes on without this process
-            print("interrupted; the running platform keeps serving (`python deploy_app.py status` shows what)",
-                  file=sys.stderr, flush=True)
+            return (
+                0 if run(schema, loaded) else 1
+            )  # applied to a running platform, which keeps serving
+        except (
+            KeyboardInterrupt
+        ):  # Ctrl-C or SIGTERM: what Serve was sent goes on without this process
+            print(
+                "interrupted; the running platform keeps serving (`python deploy_app.py status` shows what)",
+                file=sys.stderr,
+                flush=True,
+            )
             return 130
     try:
         run(schema, loaded)
@@ -298,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         while args.address is None:
             time.sleep(3600)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting, serving or watching
-        if args.address is None:  # the platform started here stops with it; one joined keeps running
+        if (
+            args.address is None
+        ):  # the platform started here stops with it; one joined keeps running
             _shut_down(schema.http_options.port)
     return 0
 

@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 from batch.rows import ID, request_body
+from common.engine_response import EngineResponse
 from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
-from common.engine_response import EngineResponse
 
 
 class EngineActor:
@@ -35,17 +35,30 @@ class EngineActor:
         rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
         started = time.perf_counter()
         answers = self._run(self._answer_all(rows))
-        share = (time.perf_counter() - started) / max(len(rows), 1)  # this actor's busy time, per row
-        return {ID: [row[ID] for row in rows], "result": [json.dumps(a) for a in answers], "seconds": [share] * len(rows)}
+        share = (time.perf_counter() - started) / max(
+            len(rows), 1
+        )  # this actor's busy time, per row
+        return {
+            ID: [row[ID] for row in rows],
+            "result": [json.dumps(a) for a in answers],
+            "seconds": [share] * len(rows),
+        }
 
     async def _answer_all(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``{"response": ...}`` or ``{"error": ...}`` per row: a bad row is reported, never fails the job."""
         bodies, answers = [], [None] * len(rows)
         for index, row in enumerate(rows):
             try:
-                bodies.append((index, request_body(row, self.entry.model_id, self.capability, self.parameters)))
+                bodies.append(
+                    (
+                        index,
+                        request_body(row, self.entry.model_id, self.capability, self.parameters),
+                    )
+                )
             except Exception as err:  # a row that is not a request at all
-                answers[index] = {"error": {"status": 400, "message": f"{type(err).__name__}: {err}"}}
+                answers[index] = {
+                    "error": {"status": 400, "message": f"{type(err).__name__}: {err}"}
+                }
         results = await self.engine.handle_many(self.capability, [body for _, body in bodies])
         for (index, _), result in zip(bodies, results):
             answers[index] = _answer(result)

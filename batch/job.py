@@ -21,54 +21,94 @@ import time
 from typing import Any
 
 from batch.rows import ID, OutputFile, read_rows, row_id
-from configs.capabilities import Capability
 from common.serve_options import replica_range, replica_shape
+from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
 
-ENDPOINTS = {"chat": Capability.CHAT, "completions": Capability.COMPLETIONS, "embeddings": Capability.EMBEDDINGS,
-             "transcriptions": Capability.TRANSCRIPTION, "translations": Capability.TRANSLATION,
-             "rerank": Capability.RERANK, "score": Capability.SCORE, "classify": Capability.CLASSIFY}
+ENDPOINTS = {
+    "chat": Capability.CHAT,
+    "completions": Capability.COMPLETIONS,
+    "embeddings": Capability.EMBEDDINGS,
+    "transcriptions": Capability.TRANSCRIPTION,
+    "translations": Capability.TRANSLATION,
+    "rerank": Capability.RERANK,
+    "score": Capability.SCORE,
+    "classify": Capability.CLASSIFY,
+}
 FLUSH_ROWS = 64  # rows per write: what a crash can lose, and what a re-run redoes
 
 
 def batch_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="deploy_app.py batch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="deploy_app.py batch", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--config", default="model_config.yaml")
     parser.add_argument("--model", required=True, help="a model_id of the config")
-    parser.add_argument("--input", required=True, help=".jsonl or .parquet records, or a folder/glob of media files "
-                                                       "(local, s3://, gs://)")
-    parser.add_argument("--output", required=True, help=".jsonl or .parquet (a folder of parts on cloud storage)")
-    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=None,
-                        help="what each row asks of the model (default: the model's first capability)")
-    parser.add_argument("--parameters", type=json.loads, default={},
-                        help="JSON merged into every request (max_tokens, top_k, ...)")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per actor call (default: from the YAML)")
-    parser.add_argument("--address", default=None, help="a Ray cluster to run on (default: start one here)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help=".jsonl or .parquet records, or a folder/glob of media files (local, s3://, gs://)",
+    )
+    parser.add_argument(
+        "--output", required=True, help=".jsonl or .parquet (a folder of parts on cloud storage)"
+    )
+    parser.add_argument(
+        "--endpoint",
+        choices=sorted(ENDPOINTS),
+        default=None,
+        help="what each row asks of the model (default: the model's first capability)",
+    )
+    parser.add_argument(
+        "--parameters",
+        type=json.loads,
+        default={},
+        help="JSON merged into every request (max_tokens, top_k, ...)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per actor call (default: from the YAML)"
+    )
+    parser.add_argument(
+        "--address", default=None, help="a Ray cluster to run on (default: start one here)"
+    )
     args = parser.parse_args(argv)
 
     from builders.serve_config import load_serve_config  # the same validation a deploy gets
 
     _, loaded = load_serve_config(args.config)
     # The model's deployment (its group's, for a grouped model) sizes the actors.
-    entry, options = next(((m, spec.options) for config in loaded.values() for spec in config.deployments()
-                           for m in spec.models if m.model_id == args.model), (None, {}))
+    entry, options = next(
+        (
+            (m, spec.options)
+            for config in loaded.values()
+            for spec in config.deployments()
+            for m in spec.models
+            if m.model_id == args.model
+        ),
+        (None, {}),
+    )
     if entry is None:
         known = sorted(m.model_id for config in loaded.values() for m in config.models)
-        print(f"{args.config}: no model {args.model!r}; models: {', '.join(known)}", file=sys.stderr)
+        print(
+            f"{args.config}: no model {args.model!r}; models: {', '.join(known)}", file=sys.stderr
+        )
         return 2
     source = entry.model_loading_config.model_source
     if source.startswith(("./", "../")):  # the actors may not share this directory
         entry.model_loading_config.model_source = os.path.abspath(source)
     capability = ENDPOINTS[args.endpoint] if args.endpoint else entry.capabilities()[0]
     if capability not in entry.capabilities():
-        print(f"{args.model!r} cannot serve {capability.value}; it serves "
-              f"{', '.join(c.value for c in entry.capabilities())}", file=sys.stderr)
+        print(
+            f"{args.model!r} cannot serve {capability.value}; it serves "
+            f"{', '.join(c.value for c in entry.capabilities())}",
+            file=sys.stderr,
+        )
         return 2
     return run_batch(entry, options, capability, args)
 
 
-def run_batch(entry: BaseModelEntry, options: dict[str, Any], capability: Capability,
-              args: argparse.Namespace) -> int:
+def run_batch(
+    entry: BaseModelEntry, options: dict[str, Any], capability: Capability, args: argparse.Namespace
+) -> int:
     import ray
 
     from common.local_ray import forget_dead_cluster
@@ -81,7 +121,12 @@ def run_batch(entry: BaseModelEntry, options: dict[str, Any], capability: Capabi
     rows = read_rows(args.input, capability).map(lambda row: {**row, ID: row_id(row)})
     if done:
         rows = rows.filter(lambda row: row[ID] not in done)
-    started, answered, failed, busy = time.perf_counter(), 0, 0, 0.0  # busy: the actors' seconds answering
+    started, answered, failed, busy = (
+        time.perf_counter(),
+        0,
+        0,
+        0.0,
+    )  # busy: the actors' seconds answering
     pending: list[dict[str, Any]] = []
     with _progress(args.input) as progress:
         for batch in _answered(rows, entry, options, capability, args):
@@ -99,13 +144,20 @@ def run_batch(entry: BaseModelEntry, options: dict[str, Any], capability: Capabi
     ended = time.perf_counter()
     total = answered + failed
     loaded = f"; {total / busy:.2f} rows/s per actor while answering" if busy else ""
-    print(f"batch: {total} rows in {ended - started:.1f} s ({total / (ended - started):.2f} rows/s{loaded}): "
-          f"{answered} answered, {failed} with an error; {len(done)} already in {args.output}")
+    print(
+        f"batch: {total} rows in {ended - started:.1f} s ({total / (ended - started):.2f} rows/s{loaded}): "
+        f"{answered} answered, {failed} with an error; {len(done)} already in {args.output}"
+    )
     return 0
 
 
-def _answered(rows, entry: BaseModelEntry, options: dict[str, Any], capability: Capability,
-              args: argparse.Namespace):
+def _answered(
+    rows,
+    entry: BaseModelEntry,
+    options: dict[str, Any],
+    capability: Capability,
+    args: argparse.Namespace,
+):
     """The rows through a pool of engine actors sized like the model's replicas (Serve ``options``)."""
     from batch.engine_actor import EngineActor
 
@@ -113,10 +165,17 @@ def _answered(rows, entry: BaseModelEntry, options: dict[str, Any], capability: 
     low, high = replica_range(options)
     batch_size = args.batch_size or max(1, min(options.get("max_ongoing_requests", 16), 256))
     answered = rows.map_batches(
-        EngineActor, fn_constructor_kwargs={"entry": entry, "capability": capability.value,
-                                            "parameters": args.parameters},
-        batch_size=batch_size, concurrency=(max(low, 1), max(high, 1)), num_cpus=shape.cpus or 0.001,
-        num_gpus=shape.gpus or 0)
+        EngineActor,
+        fn_constructor_kwargs={
+            "entry": entry,
+            "capability": capability.value,
+            "parameters": args.parameters,
+        },
+        batch_size=batch_size,
+        concurrency=(max(low, 1), max(high, 1)),
+        num_cpus=shape.cpus or 0.001,
+        num_gpus=shape.gpus or 0,
+    )
     return answered.iter_batches(batch_size=None, batch_format="numpy")
 
 

@@ -16,9 +16,16 @@ from configs.capabilities import Capability
 
 ID = "id"
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
-FILE_CAPABILITIES = {Capability.TRANSCRIPTION, Capability.TRANSLATION, Capability.IMAGE_CLASSIFICATION,
-                     Capability.ZERO_SHOT_IMAGE_CLASSIFICATION, Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT,
-                     Capability.IMAGE_EMBEDDING, Capability.VIDEO_CLASSIFICATION}
+FILE_CAPABILITIES = {
+    Capability.TRANSCRIPTION,
+    Capability.TRANSLATION,
+    Capability.IMAGE_CLASSIFICATION,
+    Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
+    Capability.OBJECT_DETECTION,
+    Capability.IMAGE_TO_TEXT,
+    Capability.IMAGE_EMBEDDING,
+    Capability.VIDEO_CLASSIFICATION,
+}
 
 
 def is_records(path: str) -> bool:
@@ -31,15 +38,20 @@ def read_rows(path: str, capability: Capability):
     import ray.data
 
     if is_records(path):
-        reader = ray.data.read_parquet if path.rstrip("/").endswith(".parquet") else ray.data.read_json
+        reader = (
+            ray.data.read_parquet if path.rstrip("/").endswith(".parquet") else ray.data.read_json
+        )
         return reader(path)
     if capability not in FILE_CAPABILITIES:
-        raise ValueError(f"{path}: {capability.value} reads records; give a .jsonl or .parquet file")
+        raise ValueError(
+            f"{path}: {capability.value} reads records; give a .jsonl or .parquet file"
+        )
     paths = sorted(glob.glob(path)) if "*" in path and "://" not in path else path
     if not paths:
         raise ValueError(f"{path}: no file matches")
     return ray.data.read_binary_files(paths, include_paths=True).map(
-        lambda row: {ID: row["path"], "bytes": row["bytes"]})
+        lambda row: {ID: row["path"], "bytes": row["bytes"]}
+    )
 
 
 def row_id(row: dict[str, Any]) -> str:
@@ -48,11 +60,15 @@ def row_id(row: dict[str, Any]) -> str:
     other records add)."""
     if row.get(ID) is not None:
         return str(row[ID])
-    payload = json.dumps({k: v for k, v in row.items() if not _missing(v)}, sort_keys=True, default=_jsonable)
+    payload = json.dumps(
+        {k: v for k, v in row.items() if not _missing(v)}, sort_keys=True, default=_jsonable
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def request_body(row: dict[str, Any], model_id: str, capability: Capability, parameters: dict) -> dict[str, Any]:
+def request_body(
+    row: dict[str, Any], model_id: str, capability: Capability, parameters: dict
+) -> dict[str, Any]:
     """The engine request for one row: a record is the endpoint's own body (OpenAI's batch API
     shape; a bare ``prompt`` becomes one user message for chat); a file goes in as the upload."""
     if "bytes" in row and capability in FILE_CAPABILITIES:
@@ -61,7 +77,11 @@ def request_body(row: dict[str, Any], model_id: str, capability: Capability, par
             return {"model": model_id, "file": data, "response_format": "json", **parameters}
         return {"model": model_id, "inputs": [data], "parameters": parameters}
     body = {k: _plain(v) for k, v in row.items() if k != ID and not _missing(v)}
-    if capability is Capability.CHAT and "messages" not in body and isinstance(body.get("prompt"), str):
+    if (
+        capability is Capability.CHAT
+        and "messages" not in body
+        and isinstance(body.get("prompt"), str)
+    ):
         body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
     return {**parameters, **body, "model": model_id}
 
@@ -95,7 +115,9 @@ class OutputFile:
         from pyarrow import fs
 
         self.path = path
-        self.filesystem, self.root = fs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+        self.filesystem, self.root = fs.FileSystem.from_uri(
+            path if "://" in path else os.path.abspath(path)
+        )
         self.appends = self.filesystem.type_name == "local" and path.endswith(".jsonl")
         self.parquet = path.rstrip("/").endswith(".parquet")
         self._parts = 0
@@ -106,7 +128,9 @@ class OutputFile:
     def counts(self) -> tuple[int, int]:
         """(rows answered, rows with an error) in the whole output."""
         records = list(self._records())
-        return sum(1 for r in records if not r.get("error")), sum(1 for r in records if r.get("error"))
+        return sum(1 for r in records if not r.get("error")), sum(
+            1 for r in records if r.get("error")
+        )
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -122,13 +146,29 @@ class OutputFile:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            rows = [{ID: r[ID], "response": json.dumps(r.get("response"), default=_jsonable) if "response" in r else None,
-                     "error": json.dumps(r["error"]) if "error" in r else None} for r in records]
-            schema = pa.schema([(ID, pa.string()), ("response", pa.string()), ("error", pa.string())])
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), name + ".parquet", filesystem=self.filesystem)
+            rows = [
+                {
+                    ID: r[ID],
+                    "response": json.dumps(r.get("response"), default=_jsonable)
+                    if "response" in r
+                    else None,
+                    "error": json.dumps(r["error"]) if "error" in r else None,
+                }
+                for r in records
+            ]
+            schema = pa.schema(
+                [(ID, pa.string()), ("response", pa.string()), ("error", pa.string())]
+            )
+            pq.write_table(
+                pa.Table.from_pylist(rows, schema=schema),
+                name + ".parquet",
+                filesystem=self.filesystem,
+            )
         else:
             with self.filesystem.open_output_stream(name + ".jsonl") as stream:
-                stream.write("".join(json.dumps(r, default=_jsonable) + "\n" for r in records).encode())
+                stream.write(
+                    "".join(json.dumps(r, default=_jsonable) + "\n" for r in records).encode()
+                )
 
     def _next_part(self) -> int:
         if self._parts == 0:
@@ -162,4 +202,8 @@ class OutputFile:
                 yield from pq.read_table(part, filesystem=self.filesystem).to_pylist()
             else:
                 with self.filesystem.open_input_stream(part) as stream:
-                    yield from (json.loads(line) for line in stream.read().decode().splitlines() if line.strip())
+                    yield from (
+                        json.loads(line)
+                        for line in stream.read().decode().splitlines()
+                        if line.strip()
+                    )

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import openai
-
 from launch import ROOT, closed_loop, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
@@ -34,8 +33,11 @@ def asr_model(model_id: str, source: str, batch_size: int, args) -> dict:
     return {
         "model_loading_config": {"model_id": model_id, "model_source": source, "type": "audio"},
         "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus_per_replica}},
-        "engine_kwargs": {"task": "speech-to-text", "max_batch_size": batch_size,
-                          "batch_wait_timeout_s": args.batch_wait_s},
+        "engine_kwargs": {
+            "task": "speech-to-text",
+            "max_batch_size": batch_size,
+            "batch_wait_timeout_s": args.batch_wait_s,
+        },
     }
 
 
@@ -48,10 +50,14 @@ async def measure(base: str, model: str, clip: bytes, args) -> dict:
     before = engine_counters(base, model)
     result = await closed_loop(
         lambda: client.audio.transcriptions.create(model=model, file=("clip.wav", clip)),
-        args.requests, args.concurrency)
+        args.requests,
+        args.concurrency,
+    )
     after = engine_counters(base, model)
     served = after["batched_requests"] - before["batched_requests"]
-    result["requests_per_pass"] = served / max(1, after["forward_passes"] - before["forward_passes"])
+    result["requests_per_pass"] = served / max(
+        1, after["forward_passes"] - before["forward_passes"]
+    )
     result["requests_per_batch"] = served / max(1, after["batches"] - before["batches"])
     await client.close()
     return result
@@ -69,23 +75,34 @@ def main() -> None:
     args = parser.parse_args()
 
     clip = audio_file("wav", "pcm_s16le", seconds=args.clip_seconds)
-    models = [asr_model("asr-batched", args.model_source, args.batch_size, args),
-              asr_model("asr-unbatched", args.model_source, 1, args)]
+    models = [
+        asr_model("asr-batched", args.model_source, args.batch_size, args),
+        asr_model("asr-unbatched", args.model_source, 1, args),
+    ]
     base = f"http://127.0.0.1:{PORT}"
     with tempfile.TemporaryDirectory() as workdir:
         proc = start_platform(models, PORT, workdir)
         try:
             wait_ready(f"{base}/ready", proc, timeout_s=600)
-            results = {m: asyncio.run(measure(base, m, clip, args)) for m in ("asr-unbatched", "asr-batched")}
+            results = {
+                m: asyncio.run(measure(base, m, clip, args))
+                for m in ("asr-unbatched", "asr-batched")
+            }
         finally:
             stop(proc)
 
-    print(f"\n{args.requests} transcriptions of a {args.clip_seconds:g} s clip at concurrency {args.concurrency}, "
-          f"model {Path(args.model_source).name}")
-    print(f"{'engine':<16}{'transcriptions/s':>18}{'p50 s':>8}{'p99 s':>8}{'requests/batch':>16}{'requests/pass':>15}")
+    print(
+        f"\n{args.requests} transcriptions of a {args.clip_seconds:g} s clip at concurrency {args.concurrency}, "
+        f"model {Path(args.model_source).name}"
+    )
+    print(
+        f"{'engine':<16}{'transcriptions/s':>18}{'p50 s':>8}{'p99 s':>8}{'requests/batch':>16}{'requests/pass':>15}"
+    )
     for model, r in results.items():
-        print(f"{model:<16}{r['per_s']:>18.2f}{r['p50_s']:>8.2f}{r['p99_s']:>8.2f}"
-              f"{r['requests_per_batch']:>16.2f}{r['requests_per_pass']:>15.2f}")
+        print(
+            f"{model:<16}{r['per_s']:>18.2f}{r['p50_s']:>8.2f}{r['p99_s']:>8.2f}"
+            f"{r['requests_per_batch']:>16.2f}{r['requests_per_pass']:>15.2f}"
+        )
     ratio = results["asr-batched"]["per_s"] / results["asr-unbatched"]["per_s"]
     print(f"batched / unbatched throughput: {ratio:.2f}x")
 

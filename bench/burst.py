@@ -23,10 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
-
 from launch import ROOT, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
@@ -34,10 +32,21 @@ from tests.media_files import image_file, infer_body  # noqa: E402  (the reposit
 
 PORT = 8434
 MODEL = {
-    "model_loading_config": {"model_id": "one-at-a-time", "model_source": "./.models/tiny-vit", "type": "vision"},
-    "deployment_config": {"max_ongoing_requests": 1, "max_queued_requests": 1,
-                          "ray_actor_options": {"num_cpus": 0.25}},
-    "engine_kwargs": {"task": "image-classification", "max_batch_size": 4, "batch_wait_timeout_s": 2},
+    "model_loading_config": {
+        "model_id": "one-at-a-time",
+        "model_source": "./.models/tiny-vit",
+        "type": "vision",
+    },
+    "deployment_config": {
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+        "ray_actor_options": {"num_cpus": 0.25},
+    },
+    "engine_kwargs": {
+        "task": "image-classification",
+        "max_batch_size": 4,
+        "batch_wait_timeout_s": 2,
+    },
 }
 INFER_PATH = "/v2/models/one-at-a-time/infer"
 
@@ -46,7 +55,9 @@ def summary(label: str, waits_s: list[float], floor_ms: float | None = None) -> 
     ms = sorted(w * 1000 for w in waits_s)
     p50, p90 = statistics.median(ms), ms[int(0.9 * (len(ms) - 1))]
     ratio = f"  ({p50 / floor_ms:.1f}x /health)" if floor_ms else ""
-    print(f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms{ratio}")
+    print(
+        f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms{ratio}"
+    )
     return p50
 
 
@@ -67,7 +78,9 @@ async def measure(burst: int, rounds: int) -> None:
     body = infer_body([base64.b64encode(image_file()).decode()])
     health, single, bursts, statuses = [], [], [], []
     limits = httpx.Limits(max_connections=burst + 4)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{PORT}", timeout=120, limits=limits
+    ) as client:
         for _ in range(rounds):
             for _ in range(10):
                 health.append((await timed(client, "GET", "/health"))[1])
@@ -78,7 +91,9 @@ async def measure(burst: int, rounds: int) -> None:
                 if status == 503:
                     single.append(wait)
             await asyncio.gather(*held)
-            answers = await asyncio.gather(*(timed(client, "POST", INFER_PATH, json=body) for _ in range(burst)))
+            answers = await asyncio.gather(
+                *(timed(client, "POST", INFER_PATH, json=body) for _ in range(burst))
+            )
             statuses += [status for status, _ in answers]
             bursts += [wait for status, wait in answers if status == 503]
     floor = summary("GET /health (router alone)", health)

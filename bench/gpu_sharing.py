@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import openai
 import psutil
-
 from launch import ROOT, closed_loop, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
@@ -41,22 +40,32 @@ def vllm_entry(model_id: str, source: str, share: float, args) -> dict[str, Any]
     kwargs: dict[str, Any] = {"max_model_len": args.max_model_len, "max_num_seqs": args.concurrency}
     if args.logical_gpus:  # the CPU build: keep its KV cache small
         kwargs.update(dtype="float32", kv_cache_memory_bytes=256 << 20)
-    return {"model_loading_config": {"model_id": model_id, "model_source": source, "type": "vllm"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}},
-            "engine_kwargs": kwargs}
+    return {
+        "model_loading_config": {"model_id": model_id, "model_source": source, "type": "vllm"},
+        "deployment_config": {
+            "ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}
+        },
+        "engine_kwargs": kwargs,
+    }
 
 
 def third_entry(source: str, args) -> dict[str, Any]:
     """The model beside the two: speech-to-text, on its own small share."""
     share = 0 if args.logical_gpus else args.third_share
-    return {"model_loading_config": {"model_id": "third", "model_source": source, "type": "audio"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}},
-            "engine_kwargs": {"task": "speech-to-text"}}
+    return {
+        "model_loading_config": {"model_id": "third", "model_source": source, "type": "audio"},
+        "deployment_config": {
+            "ray_actor_options": {"num_cpus": args.cpus_per_model, "num_gpus": share}
+        },
+        "engine_kwargs": {"task": "speech-to-text"},
+    }
 
 
 async def tokens_per_s(base: str, model: str, args) -> float:
     """Output tokens/s of ``args.requests`` streamed completions, ``args.concurrency`` at a time."""
-    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600) as client:
+    async with openai.AsyncOpenAI(
+        base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600
+    ) as client:
         return await _drive(client, model, args)
 
 
@@ -65,15 +74,21 @@ async def _drive(client: openai.AsyncOpenAI, model: str, args) -> float:
 
     async def one() -> None:
         stream = await client.chat.completions.create(
-            model=model, messages=PROMPT, max_tokens=args.max_tokens, temperature=1.0,
-            extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True})
+            model=model,
+            messages=PROMPT,
+            max_tokens=args.max_tokens,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         async for chunk in stream:
             if chunk.usage:
                 counts.append(chunk.usage.completion_tokens)
 
     timed = await closed_loop(one, args.requests, args.concurrency)
     # closed_loop runs a warm-up round first: count the tokens of the timed requests only.
-    return sum(counts[-args.requests:]) * timed["per_s"] / args.requests
+    return sum(counts[-args.requests :]) * timed["per_s"] / args.requests
 
 
 async def keep_third_busy(base: str, stop_event: asyncio.Event) -> int:
@@ -82,8 +97,11 @@ async def keep_third_busy(base: str, stop_event: asyncio.Event) -> int:
     served = 0
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         while not stop_event.is_set():
-            response = await client.post("/v1/audio/transcriptions", data={"model": "third"},
-                                         files={"file": ("a.wav", clip, "audio/wav")})
+            response = await client.post(
+                "/v1/audio/transcriptions",
+                data={"model": "third"},
+                files={"file": ("a.wav", clip, "audio/wav")},
+            )
             served += response.status_code == 200
     return served
 
@@ -91,8 +109,12 @@ async def keep_third_busy(base: str, stop_event: asyncio.Event) -> int:
 def gpu_memory_by_replica(root_pid: int) -> dict[str, float]:
     """GiB of GPU memory held by each replica's process tree, from nvidia-smi."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
     used = {int(row[0]): float(row[1]) / 1024 for row in csv.reader(io.StringIO(out)) if row}
@@ -112,7 +134,9 @@ def gpu_memory_by_replica(root_pid: int) -> dict[str, float]:
 async def shared_run(base: str, args) -> tuple[float, float, int]:
     stop_event = asyncio.Event()
     third = asyncio.create_task(keep_third_busy(base, stop_event))
-    a, b = await asyncio.gather(tokens_per_s(base, "model-a", args), tokens_per_s(base, "model-b", args))
+    a, b = await asyncio.gather(
+        tokens_per_s(base, "model-a", args), tokens_per_s(base, "model-b", args)
+    )
     stop_event.set()
     return a, b, await third
 
@@ -136,7 +160,9 @@ def main() -> None:
     parser.add_argument("--third", default=str(ROOT / ".models" / "tiny-whisper"))
     parser.add_argument("--share", type=float, default=0.4)
     parser.add_argument("--third-share", type=float, default=0.1)
-    parser.add_argument("--logical-gpus", type=int, default=0, help="CPU machine: start Ray with this many GPUs")
+    parser.add_argument(
+        "--logical-gpus", type=int, default=0, help="CPU machine: start Ray with this many GPUs"
+    )
     parser.add_argument("--cpus-per-model", type=float, default=1)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -150,15 +176,21 @@ def main() -> None:
     alone_a, memory_a = run_platform([a], args, lambda base: tokens_per_s(base, "model-a", args))
     alone_b, memory_b = run_platform([b], args, lambda base: tokens_per_s(base, "model-b", args))
     (with_a, with_b, third_served), memory = run_platform(
-        [a, b, third_entry(args.third, args)], args, lambda base: shared_run(base, args))
+        [a, b, third_entry(args.third, args)], args, lambda base: shared_run(base, args)
+    )
 
-    print(f"share {args.share} each, concurrency {args.concurrency}, {args.requests} x {args.max_tokens} tokens")
+    print(
+        f"share {args.share} each, concurrency {args.concurrency}, {args.requests} x {args.max_tokens} tokens"
+    )
     print(f"{'model':10} {'alone tok/s':>12} {'together tok/s':>15} {'together/alone':>15}")
     for name, alone, together in (("model-a", alone_a, with_a), ("model-b", alone_b, with_b)):
         print(f"{name:10} {alone:12.1f} {together:15.1f} {together / alone:14.2f}x")
     print(f"third model served {third_served} transcriptions meanwhile")
     for label, table in (("A alone", memory_a), ("B alone", memory_b), ("together", memory)):
-        print(f"GPU memory, {label}: " + (", ".join(f"{k} {v:.2f} GiB" for k, v in table.items()) or "n/a (no nvidia-smi)"))
+        print(
+            f"GPU memory, {label}: "
+            + (", ".join(f"{k} {v:.2f} GiB" for k, v in table.items()) or "n/a (no nvidia-smi)")
+        )
 
 
 if __name__ == "__main__":

@@ -24,28 +24,44 @@ def default_platform_args() -> dict[str, Any]:
 def default_models(*model_ids: str) -> list[dict[str, Any]]:
     """The named models of the default config, each deployed on its own (out of its group)."""
     models = {m["model_loading_config"]["model_id"]: m for m in default_platform_args()["models"]}
-    return [{key: value for key, value in models[model_id].items() if key != "group"} for model_id in model_ids]
+    return [
+        {key: value for key, value in models[model_id].items() if key != "group"}
+        for model_id in model_ids
+    ]
 
 
-def start_platform(models: list[dict[str, Any]], port: int, workdir: str,
-                   extra_args: tuple[str, ...] = (), platform_args: dict[str, Any] | None = None) -> subprocess.Popen:
+def start_platform(
+    models: list[dict[str, Any]],
+    port: int,
+    workdir: str,
+    extra_args: tuple[str, ...] = (),
+    platform_args: dict[str, Any] | None = None,
+) -> subprocess.Popen:
     """``deploy_app.py`` on a one-application config serving ``models`` at ``port``
     (``platform_args``: the application's other args, ``router: ...`` and the like)."""
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "logging_config": {"log_level": "WARNING", "enable_access_log": False},
-        "applications": [{
-            "name": "bench", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
-            "args": {"models": models, **(platform_args or {})},
-        }],
+        "applications": [
+            {
+                "name": "bench",
+                "route_prefix": "/",
+                "import_path": "builders.app_builder:build_app",
+                "args": {"models": models, **(platform_args or {})},
+            }
+        ],
     }
     path = Path(workdir) / "bench_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path), *extra_args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy_app.py"), "--config", str(path), *extra_args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+        start_new_session=True,
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -92,5 +108,8 @@ async def closed_loop(request, requests: int, concurrency: int) -> dict[str, flo
     await asyncio.gather(*(one() for _ in range(requests)))
     elapsed = time.perf_counter() - start
     latencies.sort()
-    return {"per_s": requests / elapsed, "p50_s": statistics.median(latencies),
-            "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+    return {
+        "per_s": requests / elapsed,
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }

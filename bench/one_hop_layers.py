@@ -27,10 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors  # noqa: E402
 from serve.router.routing import RouterSettings  # noqa: E402
 
-BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello " * 64}],
-                   "stream": True, "max_tokens": 64}).encode()
-CHUNK = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-         b'"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n')
+BODY = json.dumps(
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello " * 64}],
+        "stream": True,
+        "max_tokens": 64,
+    }
+).encode()
+CHUNK = (
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+)
 
 
 def stand_in_app(chunks: int):
@@ -46,8 +54,13 @@ def stand_in_app(chunks: int):
             if not message.get("more_body"):
                 break
         json.loads(body)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         for _ in range(chunks):
             await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -56,11 +69,23 @@ def stand_in_app(chunks: int):
 
 
 def request_scope() -> dict:
-    return {"type": "http", "method": "POST", "scheme": "http", "http_version": "1.1",
-            "path": "/models/m/v1/chat/completions", "raw_path": b"/models/m/v1/chat/completions",
-            "root_path": "/models/m", "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]}
+    return {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "http_version": "1.1",
+        "path": "/models/m/v1/chat/completions",
+        "raw_path": b"/models/m/v1/chat/completions",
+        "root_path": "/models/m",
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode()),
+        ],
+    }
 
 
 async def one_request(app) -> None:
@@ -91,8 +116,12 @@ async def cpu_us_per_request(app, requests: int) -> float:
 def stacks(chunks: int) -> dict:
     """The stand-in app alone and inside the layers, as ``VLLMIngressDeployment`` builds them."""
     app, settings = stand_in_app(chunks), RouterSettings(routes={})
-    return {"app": app, "guard": OneHopGuard(app, settings), "observed": observed_one_hop(app, "m", Counter()),
-            "observed+guard": observed_one_hop(with_cors(OneHopGuard(app, settings)), "m", Counter())}
+    return {
+        "app": app,
+        "guard": OneHopGuard(app, settings),
+        "observed": observed_one_hop(app, "m", Counter()),
+        "observed+guard": observed_one_hop(with_cors(OneHopGuard(app, settings)), "m", Counter()),
+    }
 
 
 def main() -> None:
@@ -111,7 +140,9 @@ def main() -> None:
         ray.shutdown()
     for name, cost in costs.items():
         if name != "app":
-            print(f"layers {name} / app: +{cost - costs['app']:.0f} us per request ({cost / costs['app']:.2f}x)")
+            print(
+                f"layers {name} / app: +{cost - costs['app']:.0f} us per request ({cost / costs['app']:.2f}x)"
+            )
 
 
 async def measure(apps: dict, requests: int) -> dict[str, float]:

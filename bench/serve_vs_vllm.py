@@ -38,15 +38,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
-
 from launch import ROOT, start_platform, stop, wait_ready
 
-ENGINE_KWARGS = {"max_model_len": 1024, "max_num_seqs": 64,
-                 "kv_cache_memory_bytes": 256 << 20, "dtype": "float32"}
+ENGINE_KWARGS = {
+    "max_model_len": 1024,
+    "max_num_seqs": 64,
+    "kv_cache_memory_bytes": 256 << 20,
+    "dtype": "float32",
+}
 ADAPTERS = ROOT / ".models" / "tiny-chat-adapters"  # built by scripts/install.sh for tiny-chat
 LORA_MODEL = "bench-model:sql"
 METRICS = ("output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms")
@@ -70,7 +73,9 @@ def cpu_by_process(root_pid: int) -> dict[str, float]:
     return totals
 
 
-def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, timeout_s: float = 60.0) -> float:
+def wait_idle(
+    root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, timeout_s: float = 60.0
+) -> float:
     """Wait until the server's processes use less than ``busy_cores`` of CPU over a window: a
     freshly started Ray keeps its agents busy for a while after the app is ready (an idle platform
     uses about 0.16 cores here, Serve's controller the most); seconds waited."""
@@ -78,7 +83,10 @@ def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, ti
     used = sum(cpu_by_process(root_pid).values())
     while time.monotonic() - started < timeout_s:
         time.sleep(window_s)
-        before, used = used, sum(cpu_by_process(root_pid).values())  # one walk of the tree per window
+        before, used = (
+            used,
+            sum(cpu_by_process(root_pid).values()),
+        )  # one walk of the tree per window
         if used - before < busy_cores * window_s:
             break
     return time.monotonic() - started
@@ -88,34 +96,86 @@ def wait_idle(root_pid: int, busy_cores: float = 0.25, window_s: float = 3.0, ti
 MAIN_RUN_STARTS, MAIN_RUN_ENDED = "Starting main benchmark run", " Serving Benchmark Result "
 
 
-def run_load(port: int, endpoint: str, model: str, tokenizer: str, concurrency: int, prompts: int, args,
-             sample: Callable[[], dict] | None = None) -> dict:
+def run_load(
+    port: int,
+    endpoint: str,
+    model: str,
+    tokenizer: str,
+    concurrency: int,
+    prompts: int,
+    args,
+    sample: Callable[[], dict] | None = None,
+) -> dict:
     """One ``vllm bench serve`` pass, in a child process so each pass starts clean. With ``sample``,
     ``metrics["samples"]`` holds what it returned as the main run started and as it ended: the
     child's own start (importing vLLM, building prompts, a test request) takes seconds, and the
     server's background work over them is not the pass's."""
-    cli = ["--backend", "openai-chat", "--endpoint", endpoint, "--host", "127.0.0.1",
-           "--port", str(port), "--model", model, "--tokenizer", tokenizer,
-           "--dataset-name", "random", "--random-input-len", str(args.input_len),
-           "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(prompts),
-           "--max-concurrency", str(concurrency), "--seed", str(args.seed), "--disable-tqdm",
-           "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
-           "--save-result", "--result-dir", args.result_dir, "--result-filename", "pass.json"]
-    code = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-            "from vllm.benchmarks.serve import add_cli_args, main; p = FlexibleArgumentParser(); "
-            "add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
-    child = subprocess.Popen([sys.executable, "-c", code, *cli], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    cli = [
+        "--backend",
+        "openai-chat",
+        "--endpoint",
+        endpoint,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(args.input_len),
+        "--random-output-len",
+        str(args.output_len),
+        "--ignore-eos",
+        "--num-prompts",
+        str(prompts),
+        "--max-concurrency",
+        str(concurrency),
+        "--seed",
+        str(args.seed),
+        "--disable-tqdm",
+        "--percentile-metrics",
+        "ttft,tpot,itl",
+        "--metric-percentiles",
+        "50,99",
+        "--save-result",
+        "--result-dir",
+        args.result_dir,
+        "--result-filename",
+        "pass.json",
+    ]
+    code = (
+        "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+        "from vllm.benchmarks.serve import add_cli_args, main; p = FlexibleArgumentParser(); "
+        "add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *cli],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+    )
     samples = []
-    for line in child.stdout:  # the load generator's own lines: when its main run starts, and its result
+    for (
+        line
+    ) in child.stdout:  # the load generator's own lines: when its main run starts, and its result
         if sample is not None and (line.startswith(MAIN_RUN_STARTS) or MAIN_RUN_ENDED in line):
             samples.append(sample())
     if child.wait() != 0:
         raise subprocess.CalledProcessError(child.returncode, "vllm bench serve")
     if sample is not None and len(samples) != 2:
-        raise RuntimeError(f"vllm bench serve printed no {MAIN_RUN_STARTS!r} and {MAIN_RUN_ENDED!r} lines")
+        raise RuntimeError(
+            f"vllm bench serve printed no {MAIN_RUN_STARTS!r} and {MAIN_RUN_ENDED!r} lines"
+        )
     result = json.loads((Path(args.result_dir) / "pass.json").read_text())
-    return {**{k: result[k] for k in METRICS}, **({"samples": samples} if sample is not None else {})}
+    return {
+        **{k: result[k] for k in METRICS},
+        **({"samples": samples} if sample is not None else {}),
+    }
 
 
 def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
@@ -125,19 +185,49 @@ def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Pope
     for key, value in ENGINE_KWARGS.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
     if lora:  # what the platform derives from its multiplex_config (configs/vllm_models.py)
-        flags += ["--enable-lora", "--max-loras", "2", "--max-cpu-loras", "2", "--lora-modules",
-                  *(f"bench-model:{a.name}={a}" for a in sorted(ADAPTERS.iterdir()))]
+        flags += [
+            "--enable-lora",
+            "--max-loras",
+            "2",
+            "--max-cpu-loras",
+            "2",
+            "--lora-modules",
+            *(f"bench-model:{a.name}={a}" for a in sorted(ADAPTERS.iterdir())),
+        ]
     return subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-         "--served-model-name", "bench-model", "--host", "127.0.0.1", "--port", str(port),
-         "--disable-uvicorn-access-log", *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model_dir,
+            "--served-model-name",
+            "bench-model",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-uvicorn-access-log",
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
-def start_bench_platform(model_dir: str, port: int, workdir: str, lora: bool = False) -> subprocess.Popen:
-    model = {"model_loading_config": {"model_id": "bench-model", "model_source": model_dir, "type": "vllm"},
-             "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
-             "engine_kwargs": ENGINE_KWARGS}
+def start_bench_platform(
+    model_dir: str, port: int, workdir: str, lora: bool = False
+) -> subprocess.Popen:
+    model = {
+        "model_loading_config": {
+            "model_id": "bench-model",
+            "model_source": model_dir,
+            "type": "vllm",
+        },
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+        "engine_kwargs": ENGINE_KWARGS,
+    }
     if lora:
         model["multiplex_config"] = {"variants_dir": str(ADAPTERS), "max_variants_per_replica": 2}
     return start_platform([model], port, workdir)
@@ -164,16 +254,40 @@ while True:
 
 
 def start_ray_serve_llm(model_dir: str, port: int, direct: bool) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_worker_niceness": "0",
+    }
     if direct:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1")
-    return subprocess.Popen([sys.executable, "-c", RAY_SERVE_LLM, "1" if direct else "0", model_dir, str(port),
-                             repr(ENGINE_KWARGS)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RAY_SERVE_LLM,
+            "1" if direct else "0",
+            model_dir,
+            str(port),
+            repr(ENGINE_KWARGS),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
-def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[str, str], args,
-            model: str = "bench-model") -> dict:
+def measure(
+    proc: subprocess.Popen,
+    ready_url: str,
+    port: int,
+    endpoints: dict[str, str],
+    args,
+    model: str = "bench-model",
+) -> dict:
     """Each arm (name -> chat endpoint path) of one server at each concurrency: {arm: {c: metrics}}."""
     results: dict[str, dict[int, dict]] = {arm: {} for arm in endpoints}
     try:
@@ -181,19 +295,37 @@ def measure(proc: subprocess.Popen, ready_url: str, port: int, endpoints: dict[s
         for arm, endpoint in endpoints.items():
             run_load(port, endpoint, model, args.model_dir, 4, 8, args)  # warm-up
             for concurrency in args.concurrency:
-                print(f"{arm} c={concurrency}: server idle after {wait_idle(proc.pid):.0f} s", flush=True)
+                print(
+                    f"{arm} c={concurrency}: server idle after {wait_idle(proc.pid):.0f} s",
+                    flush=True,
+                )
                 prompts = max(args.min_prompts, concurrency * args.prompts_per_slot)
-                metrics = run_load(port, endpoint, model, args.model_dir, concurrency, prompts, args,
-                                   sample=lambda: cpu_by_process(proc.pid))
+                metrics = run_load(
+                    port,
+                    endpoint,
+                    model,
+                    args.model_dir,
+                    concurrency,
+                    prompts,
+                    args,
+                    sample=lambda: cpu_by_process(proc.pid),
+                )
                 before, after = metrics.pop("samples")
                 tokens = prompts * args.output_len
-                used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.05}
+                used = {
+                    k: after[k] - before.get(k, 0.0)
+                    for k in after
+                    if after[k] - before.get(k, 0.0) > 0.05
+                }
                 metrics["server_cpu_ms_per_token"] = 1000 * sum(used.values()) / tokens
                 results[arm][concurrency] = metrics
                 top = sorted(used.items(), key=lambda kv: -kv[1])[:6]
                 print(f"{arm} c={concurrency}: {metrics}", flush=True)
-                print("   server CPU ms per output token by process: "
-                      + ", ".join(f"{k} {1000 * v / tokens:.2f}" for k, v in top), flush=True)
+                print(
+                    "   server CPU ms per output token by process: "
+                    + ", ".join(f"{k} {1000 * v / tokens:.2f}" for k, v in top),
+                    flush=True,
+                )
     finally:
         stop(proc)
     return results
@@ -211,10 +343,18 @@ def main() -> None:
     parser.add_argument("--min-prompts", type=int, default=32)
     parser.add_argument("--prompts-per-slot", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arms", nargs="+", default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
-                        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct", "vllm-lora", "one-hop-lora"])
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every arm this many times, in turn; the ratio lines give the median")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
+        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct", "vllm-lora", "one-hop-lora"],
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every arm this many times, in turn; the ratio lines give the median",
+    )
     args = parser.parse_args()
     args.model_dir = str(Path(args.model_dir).resolve())
     rounds = []
@@ -222,23 +362,33 @@ def main() -> None:
         args.result_dir = workdir
         for _ in range(args.rounds):
             rounds.append(run_round(args, workdir))
-    print("\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |")
+    print(
+        "\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |"
+    )
     print("|---|---|---|---|---|---|")
     for number, runs in enumerate(rounds, 1):
         for name, by_c in runs.items():
             for c, m in by_c.items():
                 label = name if args.rounds == 1 else f"{name} (round {number})"
-                print(f"| {label} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
-                      f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
-                      f"{m['server_cpu_ms_per_token']:.2f} |")
+                print(
+                    f"| {label} | {c} | {m['output_throughput']:.0f} | {m['p50_ttft_ms']:.0f} / "
+                    f"{m['p99_ttft_ms']:.0f} | {m['p50_itl_ms']:.1f} / {m['p99_itl_ms']:.1f} | "
+                    f"{m['server_cpu_ms_per_token']:.2f} |"
+                )
     for arm in args.arms:
         base = "vllm-lora" if arm.endswith("-lora") else "vllm"
         if arm == base or base not in args.arms:
             continue
         for c in args.concurrency:
-            ratios = [runs[arm][c]["output_throughput"] / runs[base][c]["output_throughput"] for runs in rounds]
+            ratios = [
+                runs[arm][c]["output_throughput"] / runs[base][c]["output_throughput"]
+                for runs in rounds
+            ]
             if args.rounds > 1:
-                print(f"rounds of {arm} / {base} at concurrency {c}: " + ", ".join(f"{r:.2f}x" for r in ratios))
+                print(
+                    f"rounds of {arm} / {base} at concurrency {c}: "
+                    + ", ".join(f"{r:.2f}x" for r in ratios)
+                )
             print(f"ratio {arm} / {base} at concurrency {c}: {statistics.median(ratios):.2f}x")
 
 
@@ -246,24 +396,63 @@ def run_round(args, workdir: str) -> dict[str, dict[int, dict]]:
     """Every arm once, one after the other: {arm: {concurrency: metrics}}."""
     runs: dict[str, dict[int, dict]] = {}
     if "vllm" in args.arms:
-        runs.update(measure(start_vllm(args.model_dir, 8100), "http://127.0.0.1:8100/health", 8100,
-                            {"vllm": CHAT}, args))
-    platform_arms = {arm: endpoint for arm, endpoint in
-                     (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT)) if arm in args.arms}
+        runs.update(
+            measure(
+                start_vllm(args.model_dir, 8100),
+                "http://127.0.0.1:8100/health",
+                8100,
+                {"vllm": CHAT},
+                args,
+            )
+        )
+    platform_arms = {
+        arm: endpoint
+        for arm, endpoint in (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT))
+        if arm in args.arms
+    }
     if platform_arms:
-        runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir), "http://127.0.0.1:8200/ready",
-                            8200, platform_arms, args))
+        runs.update(
+            measure(
+                start_bench_platform(args.model_dir, 8200, workdir),
+                "http://127.0.0.1:8200/ready",
+                8200,
+                platform_arms,
+                args,
+            )
+        )
     for arm, direct in (("rsllm", False), ("rsllm-direct", True)):
         if arm in args.arms:
-            runs.update(measure(start_ray_serve_llm(args.model_dir, 8300, direct),
-                                "http://127.0.0.1:8300/v1/models", 8300, {arm: CHAT}, args))
+            runs.update(
+                measure(
+                    start_ray_serve_llm(args.model_dir, 8300, direct),
+                    "http://127.0.0.1:8300/v1/models",
+                    8300,
+                    {arm: CHAT},
+                    args,
+                )
+            )
     if "vllm-lora" in args.arms:
-        runs.update(measure(start_vllm(args.model_dir, 8100, lora=True), "http://127.0.0.1:8100/health", 8100,
-                            {"vllm-lora": CHAT}, args, model=LORA_MODEL))
+        runs.update(
+            measure(
+                start_vllm(args.model_dir, 8100, lora=True),
+                "http://127.0.0.1:8100/health",
+                8100,
+                {"vllm-lora": CHAT},
+                args,
+                model=LORA_MODEL,
+            )
+        )
     if "one-hop-lora" in args.arms:
-        runs.update(measure(start_bench_platform(args.model_dir, 8200, workdir, lora=True),
-                            "http://127.0.0.1:8200/ready", 8200, {"one-hop-lora": "/models/bench-model" + CHAT},
-                            args, model=LORA_MODEL))
+        runs.update(
+            measure(
+                start_bench_platform(args.model_dir, 8200, workdir, lora=True),
+                "http://127.0.0.1:8200/ready",
+                8200,
+                {"one-hop-lora": "/models/bench-model" + CHAT},
+                args,
+                model=LORA_MODEL,
+            )
+        )
     return runs
 
 

@@ -25,7 +25,6 @@ import time
 
 import httpx
 import psutil
-
 from launch import default_models, start_platform, stop, wait_ready
 
 PORT = 8432
@@ -51,19 +50,38 @@ class PeakRSS(threading.Thread):
             time.sleep(0.02)
 
 
-async def uploads(base: str, concurrency: int, audio_bytes: int, video_bytes: int) -> collections.Counter:
+async def uploads(
+    base: str, concurrency: int, audio_bytes: int, video_bytes: int
+) -> collections.Counter:
     audio = os.urandom(audio_bytes)
-    video_body = json.dumps({"inputs": [{"name": "video", "shape": [1], "datatype": "BYTES",
-                                         "data": [base64.b64encode(os.urandom(video_bytes)).decode()]}]}).encode()
+    video_body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "video",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(os.urandom(video_bytes)).decode()],
+                }
+            ]
+        }
+    ).encode()
     statuses = collections.Counter()
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+
         async def one(i: int) -> None:
             if i % 2:
-                response = await client.post("/v2/models/tiny-videomae/infer", content=video_body,
-                                             headers={"content-type": "application/json"})
+                response = await client.post(
+                    "/v2/models/tiny-videomae/infer",
+                    content=video_body,
+                    headers={"content-type": "application/json"},
+                )
             else:
-                response = await client.post("/v1/audio/transcriptions", data={"model": "tiny-whisper"},
-                                             files={"file": ("a.wav", audio, "audio/wav")})
+                response = await client.post(
+                    "/v1/audio/transcriptions",
+                    data={"model": "tiny-whisper"},
+                    files={"file": ("a.wav", audio, "audio/wav")},
+                )
             statuses[(("video" if i % 2 else "audio"), response.status_code)] += 1
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))
@@ -71,15 +89,23 @@ async def uploads(base: str, concurrency: int, audio_bytes: int, video_bytes: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--bound-mib", type=int, default=1024, help="router.max_upload_memory_bytes, in MiB")
+    parser.add_argument(
+        "--bound-mib", type=int, default=1024, help="router.max_upload_memory_bytes, in MiB"
+    )
     args = parser.parse_args()
     models = default_models("tiny-whisper", "tiny-videomae")
     audio_bytes, video_bytes = 25 * MIB, 100 * MIB  # the models' default limits
     with tempfile.TemporaryDirectory() as workdir:
-        proc = start_platform(models, PORT, workdir,
-                              platform_args={"router": {"max_upload_memory_bytes": args.bound_mib * MIB}})
+        proc = start_platform(
+            models,
+            PORT,
+            workdir,
+            platform_args={"router": {"max_upload_memory_bytes": args.bound_mib * MIB}},
+        )
         try:
             wait_ready(f"http://127.0.0.1:{PORT}/ready", proc, timeout_s=600)
             router = router_process()
@@ -87,13 +113,24 @@ def main() -> None:
             sampler = PeakRSS(router)
             sampler.start()
             start = time.monotonic()
-            statuses = asyncio.run(uploads(f"http://127.0.0.1:{PORT}", args.concurrency, audio_bytes, video_bytes))
+            statuses = asyncio.run(
+                uploads(f"http://127.0.0.1:{PORT}", args.concurrency, audio_bytes, video_bytes)
+            )
             sampler.running = False
-            print(f"{args.concurrency} concurrent uploads (25 MiB audio files, 100 MiB videos as base64 JSON) "
-                  f"in {time.monotonic() - start:.0f} s")
-            print("answers:", ", ".join(f"{kind} {status}: {n}" for (kind, status), n in sorted(statuses.items())))
-            print(f"router RSS idle {idle / MIB:.0f} MiB, peak {sampler.peak / MIB:.0f} MiB, "
-                  f"growth {(sampler.peak - idle) / MIB:.0f} MiB against a bound of {args.bound_mib} MiB")
+            print(
+                f"{args.concurrency} concurrent uploads (25 MiB audio files, 100 MiB videos as base64 JSON) "
+                f"in {time.monotonic() - start:.0f} s"
+            )
+            print(
+                "answers:",
+                ", ".join(
+                    f"{kind} {status}: {n}" for (kind, status), n in sorted(statuses.items())
+                ),
+            )
+            print(
+                f"router RSS idle {idle / MIB:.0f} MiB, peak {sampler.peak / MIB:.0f} MiB, "
+                f"growth {(sampler.peak - idle) / MIB:.0f} MiB against a bound of {args.bound_mib} MiB"
+            )
         finally:
             stop(proc)
 

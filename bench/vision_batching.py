@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 from fastapi import Request  # module level: the endpoint's annotation must resolve here
-
 from launch import ROOT, closed_loop, start_platform, stop, wait_ready
 
 sys.path.insert(0, str(ROOT))
@@ -40,8 +39,9 @@ def build_vit_base(target: Path) -> Path:
 
     if not (target / "config.json").exists():
         labels = {i: f"class-{i}" for i in range(10)}
-        ViTForImageClassification(ViTConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
-                                  ).save_pretrained(target)
+        ViTForImageClassification(
+            ViTConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
+        ).save_pretrained(target)
         ViTImageProcessor().save_pretrained(target)
     return target
 
@@ -71,15 +71,39 @@ def plain_app():
 
 
 def start_plain(model_dir: str, cpus: int) -> subprocess.Popen:
-    env = {**os.environ, "BENCH_MODEL_DIR": model_dir, "OMP_NUM_THREADS": str(cpus), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "BENCH_MODEL_DIR": model_dir,
+        "OMP_NUM_THREADS": str(cpus),
+        "HF_HUB_OFFLINE": "1",
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "vision_batching:plain_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(PLAIN_PORT), "--log-level", "warning", "--app-dir", str(Path(__file__).parent)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "vision_batching:plain_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(PLAIN_PORT),
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(Path(__file__).parent),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def drive(url: str, payload: dict, requests: int, concurrency: int) -> dict:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        timeout=600, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
         async def one() -> None:
             (await client.post(url, **payload)).raise_for_status()
 
@@ -88,11 +112,15 @@ async def drive(url: str, payload: dict, requests: int, concurrency: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", default=None, help="an image-classification model; default: ViT-Base, random")
+    parser.add_argument(
+        "--model-dir", default=None, help="an image-classification model; default: ViT-Base, random"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--cpus", type=int, default=2, help="CPU threads for the model on both sides")
+    parser.add_argument(
+        "--cpus", type=int, default=2, help="CPU threads for the model on both sides"
+    )
     args = parser.parse_args()
 
     image = image_file("JPEG", 320, 240)
@@ -102,31 +130,64 @@ def main() -> None:
         plain = start_plain(model_dir, args.cpus)
         try:
             wait_ready(f"http://127.0.0.1:{PLAIN_PORT}/health", plain)
-            results["plain FastAPI, 1 image/request"] = asyncio.run(drive(
-                f"http://127.0.0.1:{PLAIN_PORT}/classify", {"content": image}, args.requests, args.concurrency))
+            results["plain FastAPI, 1 image/request"] = asyncio.run(
+                drive(
+                    f"http://127.0.0.1:{PLAIN_PORT}/classify",
+                    {"content": image},
+                    args.requests,
+                    args.concurrency,
+                )
+            )
         finally:
             stop(plain)
-        model = {"model_loading_config": {"model_id": "vit", "model_source": model_dir, "type": "vision"},
-                 "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus}},
-                 "engine_kwargs": {"task": "image-classification", "max_batch_size": args.batch_size, "top_k": 3}}
+        model = {
+            "model_loading_config": {
+                "model_id": "vit",
+                "model_source": model_dir,
+                "type": "vision",
+            },
+            "deployment_config": {"ray_actor_options": {"num_cpus": args.cpus}},
+            "engine_kwargs": {
+                "task": "image-classification",
+                "max_batch_size": args.batch_size,
+                "top_k": 3,
+            },
+        }
         platform = start_platform([model], PLATFORM_PORT, workdir)
         try:
             wait_ready(f"http://127.0.0.1:{PLATFORM_PORT}/ready", platform, timeout_s=600)
-            body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                "data": [base64.b64encode(image).decode()]}]}
-            results[f"platform, serve.batch {args.batch_size}"] = asyncio.run(drive(
-                f"http://127.0.0.1:{PLATFORM_PORT}/v2/models/vit/infer", {"json": body},
-                args.requests, args.concurrency))
+            body = {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "data": [base64.b64encode(image).decode()],
+                    }
+                ]
+            }
+            results[f"platform, serve.batch {args.batch_size}"] = asyncio.run(
+                drive(
+                    f"http://127.0.0.1:{PLATFORM_PORT}/v2/models/vit/infer",
+                    {"json": body},
+                    args.requests,
+                    args.concurrency,
+                )
+            )
             stats = httpx.get(f"http://127.0.0.1:{PLATFORM_PORT}/ready").json()["models"]["vit"]
         finally:
             stop(platform)
 
-    print(f"\n{args.requests} images (320x240 JPEG) at concurrency {args.concurrency}, {args.cpus} CPU threads, "
-          f"model {Path(model_dir).name}")
+    print(
+        f"\n{args.requests} images (320x240 JPEG) at concurrency {args.concurrency}, {args.cpus} CPU threads, "
+        f"model {Path(model_dir).name}"
+    )
     print(f"{'server':<34}{'images/s':>10}{'p50 s':>8}{'p99 s':>8}")
     for name, r in results.items():
         print(f"{name:<34}{r['per_s']:>10.2f}{r['p50_s']:>8.2f}{r['p99_s']:>8.2f}")
-    print(f"platform images per forward pass: {stats['batched_requests'] / max(1, stats['forward_passes']):.1f}")
+    print(
+        f"platform images per forward pass: {stats['batched_requests'] / max(1, stats['forward_passes']):.1f}"
+    )
     plain_rate, platform_rate = (r["per_s"] for r in results.values())
     print(f"platform / plain throughput: {platform_rate / plain_rate:.2f}x")
 

@@ -20,7 +20,13 @@ from ray.serve import Application
 from cloud.storage import resolve_model_source
 from common.rendered_apps import VARIANT_ROUTER_DEPLOYMENT
 from common.serve_env import with_replica_env
-from configs import DeploymentSpec, ModelType, load_platform_config, load_platform_settings, require_secrets
+from configs import (
+    DeploymentSpec,
+    ModelType,
+    load_platform_config,
+    load_platform_settings,
+    require_secrets,
+)
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.variant_router import VariantRouter
@@ -52,7 +58,9 @@ def build_model_app(args: dict[str, Any]) -> Application:
     return _bind_engines(spec, RouterSettings.from_config(config))
 
 
-def _bind_router(platform: PlatformSettings, settings: RouterSettings, engines: dict | None) -> Application:
+def _bind_router(
+    platform: PlatformSettings, settings: RouterSettings, engines: dict | None
+) -> Application:
     router = platform.router
     router_deployment = serve.deployment(MultiModelRouter).options(
         name="MultiModelRouter",
@@ -69,9 +77,17 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
     options = {**spec.options, "name": spec.name}
     options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
     entries = [_replica_entry(m) for m in spec.models]
-    if one_hop is not None and len(spec.models) == 1 and spec.models[0].model_loading_config.type is ModelType.VLLM:
+    if (
+        one_hop is not None
+        and len(spec.models) == 1
+        and spec.models[0].model_loading_config.type is ModelType.VLLM
+    ):
         engine = serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
-        return _with_variant_router(engine, spec.models[0]) if spec.models[0].variants() and _haproxy() else engine
+        return (
+            _with_variant_router(engine, spec.models[0])
+            if spec.models[0].variants() and _haproxy()
+            else engine
+        )
     return serve.deployment(EngineDeployment).options(**options).bind(entries)
 
 
@@ -81,8 +97,13 @@ def _with_variant_router(engine: Application, model: BaseModelEntry) -> Applicat
     answers one small request per request, and Serve restarts it where it fails. Ray's hook for
     this is private (``ray.serve.llm``'s direct streaming is its other user)."""
     router = serve.deployment(VariantRouter).options(
-        name=VARIANT_ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options=with_replica_env({"num_cpus": 0}))
-    return engine._with_ingress_request_router(router.bind(engine, model.model_id, sorted(model.variants())))
+        name=VARIANT_ROUTER_DEPLOYMENT,
+        num_replicas=1,
+        ray_actor_options=with_replica_env({"num_cpus": 0}),
+    )
+    return engine._with_ingress_request_router(
+        router.bind(engine, model.model_id, sorted(model.variants()))
+    )
 
 
 def _haproxy() -> bool:
@@ -111,4 +132,3 @@ def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:
 def _pinned(source: str) -> str:
     """Local paths made absolute; hub ids and cloud URIs (fetched by the replica) unchanged."""
     return source if source.startswith(CLOUD_SCHEMES) else resolve_model_source(source)
-

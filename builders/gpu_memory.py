@@ -14,20 +14,44 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from builders.model_architecture import (DTYPE_BYTES, kv_bytes_per_token, parameter_count, read_model_config,
-                                         stored_weight_bytes, text_config)
-from configs import DeploymentSpec
+from builders.model_architecture import (
+    DTYPE_BYTES,
+    kv_bytes_per_token,
+    parameter_count,
+    read_model_config,
+    stored_weight_bytes,
+    text_config,
+)
 from common.serve_options import replica_shape
+from configs import DeploymentSpec
 from configs.server_models import BaseModelEntry, ModelType
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # Memory CUDA reports for each GPU, by the names --gpu-type takes.
-GPU_MEMORY_GIB = {"T4": 15.0, "L4": 22.5, "A10G": 22.5, "L40S": 45.0, "A100-40GB": 40.0, "A100-80GB": 80.0,
-                  "H100-80GB": 79.6, "H200": 140.4}
+GPU_MEMORY_GIB = {
+    "T4": 15.0,
+    "L4": 22.5,
+    "A10G": 22.5,
+    "L40S": 45.0,
+    "A100-40GB": 40.0,
+    "A100-80GB": 80.0,
+    "H100-80GB": 79.6,
+    "H200": 140.4,
+}
 # Ray's accelerator_type resource of a node -> the GPU type above.
-RAY_ACCELERATOR_TYPES = {"T4": "T4", "L4": "L4", "A10G": "A10G", "L40S": "L40S", "A100-40G": "A100-40GB",
-                         "A100-80G": "A100-80GB", "H100": "H100-80GB", "H200": "H200"}
-CUDA_CONTEXT_BYTES = GIB // 2  # per process and GPU, outside torch's allocator (context, cuBLAS workspaces)
+RAY_ACCELERATOR_TYPES = {
+    "T4": "T4",
+    "L4": "L4",
+    "A10G": "A10G",
+    "L40S": "L40S",
+    "A100-40G": "A100-40GB",
+    "A100-80G": "A100-80GB",
+    "H100": "H100-80GB",
+    "H200": "H200",
+}
+CUDA_CONTEXT_BYTES = (
+    GIB // 2
+)  # per process and GPU, outside torch's allocator (context, cuBLAS workspaces)
 CUDA_GRAPH_BYTES = GIB // 2  # vLLM's captured decode graphs (none with enforce_eager)
 TRANSFORMERS_ACTIVATION_FRACTION = 0.2  # a forward pass of a batch, against the weights it runs
 LOGIT_BYTES = 8  # float32 logits and their probabilities, per vocabulary entry and sampled sequence
@@ -51,20 +75,29 @@ def estimate_replica(spec: DeploymentSpec, gpu_bytes: int | None) -> list[ModelM
     if not share:
         return []
     share_bytes = int(min(share, 1) * gpu_bytes) if gpu_bytes else None
-    return [_vllm_memory(m, gpu_bytes, share_bytes) if m.model_loading_config.type is ModelType.VLLM
-            else _transformers_memory(m, share_bytes) for m in spec.models]
+    return [
+        _vllm_memory(m, gpu_bytes, share_bytes)
+        if m.model_loading_config.type is ModelType.VLLM
+        else _transformers_memory(m, share_bytes)
+        for m in spec.models
+    ]
 
 
 def replica_problems(spec: DeploymentSpec, models: list[ModelMemory], gpu_bytes: int) -> list[str]:
     """Why a replica cannot run (empty: it can): a model past its budget, or models past the share."""
-    problems = [f"{spec.name}: {m.model_id} needs {_gib(m.needs)} GiB per GPU ({m.detail}) but may take "
-                f"{_gib(m.budget)} GiB" for m in models
-                if m.needs is not None and m.budget is not None and m.needs > m.budget]
+    problems = [
+        f"{spec.name}: {m.model_id} needs {_gib(m.needs)} GiB per GPU ({m.detail}) but may take "
+        f"{_gib(m.budget)} GiB"
+        for m in models
+        if m.needs is not None and m.budget is not None and m.needs > m.budget
+    ]
     share = min(replica_shape(spec.options).bundles[0][0], 1)
     total = sum(m.takes for m in models if m.takes is not None)
     if len(models) > 1 and total > share * gpu_bytes:
-        problems.append(f"{spec.name}: its models take {_gib(total)} GiB together, more than its GPU share "
-                        f"({share:g} x {_gib(gpu_bytes)} GiB)")
+        problems.append(
+            f"{spec.name}: its models take {_gib(total)} GiB together, more than its GPU share "
+            f"({share:g} x {_gib(gpu_bytes)} GiB)"
+        )
     return problems
 
 
@@ -79,7 +112,9 @@ def describe_memory(models: list[ModelMemory]) -> str:
     return taken if taken == needed else f"{taken} (needs {needed})"
 
 
-def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int | None) -> ModelMemory:
+def _vllm_memory(
+    model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int | None
+) -> ModelMemory:
     """``share_bytes``: the replica's share of one GPU, the budget when ``kv_cache_memory_bytes``
     (not ``gpu_memory_utilization``) sizes the KV cache."""
     kwargs = {**model.engine_kwargs, **model.engine_overrides()}
@@ -91,19 +126,27 @@ def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int 
         return ModelMemory(model.model_id, None, None, None, detail="model files out of reach")
     text = text_config(config)
     tp, pp = kwargs.get("tensor_parallel_size") or 1, kwargs.get("pipeline_parallel_size") or 1
-    large_gpu = gpu_bytes is not None and gpu_bytes >= 70 * GIB  # vLLM's own defaults follow the GPU
+    large_gpu = (
+        gpu_bytes is not None and gpu_bytes >= 70 * GIB
+    )  # vLLM's own defaults follow the GPU
     max_seqs = kwargs.get("max_num_seqs") or (1024 if large_gpu else 256)
     batched = kwargs.get("max_num_batched_tokens") or (8192 if large_gpu else 2048)
     max_len = kwargs.get("max_model_len") or text.get("max_position_embeddings") or 2048
     kv_dtype = kwargs.get("kv_cache_dtype", "auto")
     per_token = kv_bytes_per_token(config, DTYPE_BYTES.get(kv_dtype, dtype_bytes), tp, pp) or 0
-    activations = batched * (4 * text.get("hidden_size", 0) + 2 * text.get("intermediate_size", 0)) * dtype_bytes
+    activations = (
+        batched
+        * (4 * text.get("hidden_size", 0) + 2 * text.get("intermediate_size", 0))
+        * dtype_bytes
+    )
     activations += max_seqs * text.get("vocab_size", 0) * LOGIT_BYTES
     overhead = CUDA_CONTEXT_BYTES + (0 if kwargs.get("enforce_eager") else CUDA_GRAPH_BYTES)
     fixed = weights // (tp * pp) + activations + overhead
     needs = fixed + per_token * max_len
-    detail = (f"weights {_gib(weights // (tp * pp))}, KV cache for one {max_len}-token sequence "
-              f"{_gib(per_token * max_len)}, activations {_gib(activations)}, CUDA graphs and context {_gib(overhead)}")
+    detail = (
+        f"weights {_gib(weights // (tp * pp))}, KV cache for one {max_len}-token sequence "
+        f"{_gib(per_token * max_len)}, activations {_gib(activations)}, CUDA graphs and context {_gib(overhead)}"
+    )
     if kwargs.get("kv_cache_memory_bytes"):
         takes = fixed + kwargs["kv_cache_memory_bytes"]
         budget = share_bytes
@@ -112,9 +155,17 @@ def _vllm_memory(model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int 
         budget = int(kwargs.get("gpu_memory_utilization", 0.9) * gpu_bytes) if gpu_bytes else None
         takes = budget if budget is not None else needs
         kv_room = budget - fixed if budget is not None else None
-    sequences = max(0, kv_room // (per_token * max_len)) if kv_room is not None and per_token else None
-    return ModelMemory(model.model_id, needs, takes, budget,
-                       min(sequences, max_seqs) if sequences is not None else None, detail)
+    sequences = (
+        max(0, kv_room // (per_token * max_len)) if kv_room is not None and per_token else None
+    )
+    return ModelMemory(
+        model.model_id,
+        needs,
+        takes,
+        budget,
+        min(sequences, max_seqs) if sequences is not None else None,
+        detail,
+    )
 
 
 def _transformers_memory(model: BaseModelEntry, budget: int | None) -> ModelMemory:
@@ -131,7 +182,9 @@ def _transformers_memory(model: BaseModelEntry, budget: int | None) -> ModelMemo
 
 def _weight_bytes(source: str, config: dict | None, dtype_bytes: int) -> int | None:
     """From the architecture at the serving dtype, else as stored (quantized checkpoints)."""
-    parameters = parameter_count(config) if config and not config.get("quantization_config") else None
+    parameters = (
+        parameter_count(config) if config and not config.get("quantization_config") else None
+    )
     return parameters * dtype_bytes if parameters else stored_weight_bytes(source)
 
 
@@ -158,8 +211,12 @@ def cluster_gpu_type() -> str | None:
     (None: no GPU, an unknown type, or mixed types: the memory check is then left out)."""
     import ray
 
-    types = {key.split(":", 1)[1] for node in ray.nodes() if node["Alive"]
-             for key in node["Resources"] if key.startswith("accelerator_type:")}
+    types = {
+        key.split(":", 1)[1]
+        for node in ray.nodes()
+        if node["Alive"]
+        for key in node["Resources"]
+        if key.startswith("accelerator_type:")
+    }
     known = {RAY_ACCELERATOR_TYPES.get(t) for t in types}
     return known.pop() if len(known) == 1 and None not in known else None
-

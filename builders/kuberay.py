@@ -22,8 +22,8 @@ import yaml
 
 from builders.render import render_serve_config
 from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
-from configs import LoadedConfig
 from common.serve_options import replica_range, replica_shape
+from configs import LoadedConfig
 
 RAY_VERSION = "2.60.0"
 CRD_DIR = Path(__file__).parent / "crds"
@@ -63,29 +63,53 @@ def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
     return gpu, cpu
 
 
-def worker_groups(gpu: Demand, cpu: Demand, shape: WorkerShape, image: str, env: list[dict]) -> list[dict]:
+def worker_groups(
+    gpu: Demand, cpu: Demand, shape: WorkerShape, image: str, env: list[dict]
+) -> list[dict]:
     groups = []
     if gpu.max_gpus:
         low = math.ceil(max(gpu.min_gpus / shape.gpus, gpu.min_cpus / shape.cpus))
         high = math.ceil(max(gpu.max_gpus / shape.gpus, gpu.max_cpus / shape.cpus))
         groups.append(_group("gpu-workers", low, high, shape, image, env, gpus=shape.gpus))
     if cpu.max_cpus:
-        groups.append(_group("cpu-workers", math.ceil(cpu.min_cpus / shape.cpus), math.ceil(cpu.max_cpus / shape.cpus),
-                             shape, image, env, gpus=0))
+        groups.append(
+            _group(
+                "cpu-workers",
+                math.ceil(cpu.min_cpus / shape.cpus),
+                math.ceil(cpu.max_cpus / shape.cpus),
+                shape,
+                image,
+                env,
+                gpus=0,
+            )
+        )
     return groups
 
 
-def _group(name: str, low: int, high: int, shape: WorkerShape, image: str, env: list[dict], gpus: int) -> dict:
+def _group(
+    name: str, low: int, high: int, shape: WorkerShape, image: str, env: list[dict], gpus: int
+) -> dict:
     resources = {"cpu": str(shape.cpus), "memory": shape.memory}
     if gpus:
         resources["nvidia.com/gpu"] = str(gpus)
     return {
-        "groupName": name, "replicas": max(low, 1), "minReplicas": low, "maxReplicas": max(high, low, 1),
+        "groupName": name,
+        "replicas": max(low, 1),
+        "minReplicas": low,
+        "maxReplicas": max(high, low, 1),
         "rayStartParams": {},
-        "template": {"spec": {"containers": [{
-            "name": "ray-worker", "image": image, "env": env,
-            "resources": {"limits": resources, "requests": resources},
-        }]}},
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "ray-worker",
+                        "image": image,
+                        "env": env,
+                        "resources": {"limits": resources, "requests": resources},
+                    }
+                ]
+            }
+        },
     }
 
 
@@ -101,11 +125,15 @@ def fitted_worker_shape(loaded: dict[str, LoadedConfig], shape: WorkerShape) -> 
     if shape.gpus is None:
         return dataclasses.replace(shape, gpus=widest)
     if shape.gpus < widest:
-        raise ValueError(f"{name} needs {widest} GPUs on one node; pass --gpus-per-worker {widest} or more")
+        raise ValueError(
+            f"{name} needs {widest} GPUs on one node; pass --gpus-per-worker {widest} or more"
+        )
     return shape
 
 
-def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerShape, env: list[dict]) -> dict:
+def ray_cluster_spec(
+    loaded: dict[str, LoadedConfig], image: str, shape: WorkerShape, env: list[dict]
+) -> dict:
     shape = fitted_worker_shape(loaded, shape)
     gpu, cpu = demand(loaded)
     head_resources = {"cpu": "2", "memory": "8Gi"}
@@ -115,12 +143,24 @@ def ray_cluster_spec(loaded: dict[str, LoadedConfig], image: str, shape: WorkerS
         "headGroupSpec": {
             # The head runs Ray's control plane and the HTTP proxy, no model replicas.
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": {"spec": {"containers": [{
-                "name": "ray-head", "image": image, "env": env,
-                "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                          {"containerPort": 10001, "name": "client"}, {"containerPort": SERVE_PORT, "name": "serve"}],
-                "resources": {"limits": head_resources, "requests": head_resources},
-            }]}},
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "ray-head",
+                            "image": image,
+                            "env": env,
+                            "ports": [
+                                {"containerPort": 6379, "name": "gcs"},
+                                {"containerPort": 8265, "name": "dashboard"},
+                                {"containerPort": 10001, "name": "client"},
+                                {"containerPort": SERVE_PORT, "name": "serve"},
+                            ],
+                            "resources": {"limits": head_resources, "requests": head_resources},
+                        }
+                    ]
+                }
+            },
         },
         "workerGroupSpecs": worker_groups(gpu, cpu, shape, image, env),
     }
@@ -134,7 +174,11 @@ def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -
     of reaching the cluster."""
     config = render_serve_config(raw, loaded)
     rendered_schema(config)
-    config["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0", "port": SERVE_PORT}
+    config["http_options"] = {
+        **(raw.get("http_options") or {}),
+        "host": "0.0.0.0",
+        "port": SERVE_PORT,
+    }
     return config
 
 
@@ -144,26 +188,50 @@ def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
     variable's name). A ``key_file`` is the operator's Secret volume to mount."""
     from common.serve_env import CLUSTER_ENV_KEYS, STREAMING_ENV
 
-    names = sorted({c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env}
-                   | {k.key_env for c in loaded.values() for k in c.platform.api_keys if k.key_env})
-    return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + \
-        [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names]
+    names = sorted(
+        {c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env}
+        | {k.key_env for c in loaded.values() for k in c.platform.api_keys if k.key_env}
+    )
+    return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + [
+        {"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names
+    ]
 
 
-def render(kind: str, config_path: str, image: str, name: str, shape: WorkerShape,
-           entrypoint: str | None = None, secret: str = "rayserve-platform-keys") -> dict:
+def render(
+    kind: str,
+    config_path: str,
+    image: str,
+    name: str,
+    shape: WorkerShape,
+    entrypoint: str | None = None,
+    secret: str = "rayserve-platform-keys",
+) -> dict:
     raw = load_yaml(config_path)
     _, loaded = validate_serve_config(raw)  # the whole file first, as a deploy would
     cluster = ray_cluster_spec(loaded, image, shape, pod_env(loaded, secret))
     metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
     if kind == "rayservice":
-        return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": metadata,
-                "spec": {"serveConfigV2": yaml.safe_dump(cluster_serve_config(raw, loaded), sort_keys=False),
-                         "rayClusterConfig": cluster}}
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata,
-            "spec": {"entrypoint": entrypoint or f"python deploy_app.py --config {Path(config_path).name} --dry-run",
-                     "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 600,
-                     "rayClusterSpec": cluster}}
+        return {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "metadata": metadata,
+            "spec": {
+                "serveConfigV2": yaml.safe_dump(cluster_serve_config(raw, loaded), sort_keys=False),
+                "rayClusterConfig": cluster,
+            },
+        }
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": metadata,
+        "spec": {
+            "entrypoint": entrypoint
+            or f"python deploy_app.py --config {Path(config_path).name} --dry-run",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "rayClusterSpec": cluster,
+        },
+    }
 
 
 def crd_schema(kind: str) -> dict:
@@ -178,32 +246,53 @@ def validate(manifest: dict) -> list[str]:
     import jsonschema
 
     validator = jsonschema.Draft7Validator(crd_schema(manifest["kind"]))
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in validator.iter_errors(manifest)]
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deploy_app.py kuberay", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="deploy_app.py kuberay", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("kind", choices=["rayservice", "rayjob"])
     parser.add_argument("--config", default="model_config.yaml")
-    parser.add_argument("--image", required=True, help="the image the Dockerfile builds, pushed to a registry")
+    parser.add_argument(
+        "--image", required=True, help="the image the Dockerfile builds, pushed to a registry"
+    )
     parser.add_argument("--name", default="rayserve-platform")
     parser.add_argument("--entrypoint", help="rayjob: the command to run")
     parser.add_argument("--cpus-per-worker", type=int, default=8)
-    parser.add_argument("--gpus-per-worker", type=int, default=None,
-                        help="default: the most GPUs one replica needs on one node (at least 1)")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=None,
+        help="default: the most GPUs one replica needs on one node (at least 1)",
+    )
     parser.add_argument("--memory-per-worker", default="32Gi")
     parser.add_argument("--api-keys-secret", default="rayserve-platform-keys")
     args = parser.parse_args(argv)
     shape = WorkerShape(args.cpus_per_worker, args.gpus_per_worker, args.memory_per_worker)
     try:
-        manifest = render(args.kind, args.config, args.image, args.name, shape, args.entrypoint, args.api_keys_secret)
+        manifest = render(
+            args.kind,
+            args.config,
+            args.image,
+            args.name,
+            shape,
+            args.entrypoint,
+            args.api_keys_secret,
+        )
     except ValueError as err:  # an invalid config, or workers too small for a replica
         print(f"{args.config}: {err}", file=sys.stderr)
         return 1
     problems = validate(manifest)
     if problems:
-        print("the rendered manifest does not fit KubeRay's CRD:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(
+            "the rendered manifest does not fit KubeRay's CRD:\n  " + "\n  ".join(problems),
+            file=sys.stderr,
+        )
         return 1
     yaml.safe_dump(manifest, sys.stdout, sort_keys=False)
     return 0

@@ -19,10 +19,32 @@ from typing import Any
 
 from configs.server_models import CLOUD_SCHEMES
 
-DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float8": 1, "fp8": 1,
-               "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1}
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-                           "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+DTYPE_BYTES = {
+    "float32": 4,
+    "float": 4,
+    "float16": 2,
+    "half": 2,
+    "bfloat16": 2,
+    "float8": 1,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "int8": 1,
+}
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own cap on a header
 
 
@@ -41,7 +63,11 @@ def read_model_config(source: str) -> dict[str, Any] | None:
         cached = try_to_load_from_cache(source, "config.json")
         if isinstance(cached, str):
             return json.loads(Path(cached).read_text())
-        return json.loads(Path(hf_hub_download(source, "config.json")).read_text()) if hub_reachable() else None
+        return (
+            json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+            if hub_reachable()
+            else None
+        )
     except Exception:  # not found, gated: the estimate says unknown instead
         return None
 
@@ -76,7 +102,10 @@ def stored_weight_bytes(source: str) -> int | None:
         from huggingface_hub import get_safetensors_metadata
 
         metadata = get_safetensors_metadata(source)
-        return sum(count * SAFETENSORS_DTYPE_BYTES.get(dtype, 2) for dtype, count in metadata.parameter_count.items())
+        return sum(
+            count * SAFETENSORS_DTYPE_BYTES.get(dtype, 2)
+            for dtype, count in metadata.parameter_count.items()
+        )
     except Exception:
         return None
 
@@ -90,8 +119,11 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def _tensor_bytes(header: dict[str, Any]) -> int:
-    return sum(math.prod(t["shape"]) * SAFETENSORS_DTYPE_BYTES[t["dtype"]]
-               for name, t in header.items() if name != "__metadata__")
+    return sum(
+        math.prod(t["shape"]) * SAFETENSORS_DTYPE_BYTES[t["dtype"]]
+        for name, t in header.items()
+        if name != "__metadata__"
+    )
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +136,9 @@ def parameter_count(config: dict[str, Any]) -> int | None:
     if config.get("model_type") == "whisper":
         return _whisper_parameters(config)
     text = text_config(config)
-    if all(k in text for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")):
+    if all(
+        k in text for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    ):
         return _decoder_parameters(text)
     return None
 
@@ -127,7 +161,11 @@ def _decoder_parameters(c: dict[str, Any]) -> int:
         mlp = experts * 3 * hidden * expert_size + hidden * experts  # the experts and their router
         mlp += 3 * hidden * c.get("shared_expert_intermediate_size", 0)
     else:
-        mlp = (3 if c.get("hidden_act", "silu") in ("silu", "swiglu") else 2) * hidden * c["intermediate_size"]
+        mlp = (
+            (3 if c.get("hidden_act", "silu") in ("silu", "swiglu") else 2)
+            * hidden
+            * c["intermediate_size"]
+        )
     embeddings = c["vocab_size"] * hidden * (1 if c.get("tie_word_embeddings") else 2)
     return embeddings + layers * (attention + mlp + 2 * hidden) + hidden
 
@@ -140,7 +178,11 @@ def _whisper_parameters(c: dict[str, Any]) -> int:
     decoder_layer = 2 * (attention + 2 * d) + _feed_forward(d, c["decoder_ffn_dim"]) + 2 * d
     stem = c["num_mel_bins"] * d * 3 + d + d * d * 3 + d
     encoder = stem + c["max_source_positions"] * d + c["encoder_layers"] * encoder_layer + 2 * d
-    decoder = (c["vocab_size"] + c["max_target_positions"]) * d + c["decoder_layers"] * decoder_layer + 2 * d
+    decoder = (
+        (c["vocab_size"] + c["max_target_positions"]) * d
+        + c["decoder_layers"] * decoder_layer
+        + 2 * d
+    )
     return encoder + decoder
 
 
@@ -148,8 +190,9 @@ def _feed_forward(d: int, inner: int) -> int:
     return d * inner + inner + inner * d + d
 
 
-def kv_bytes_per_token(config: dict[str, Any], dtype_bytes: int, tensor_parallel: int = 1,
-                       pipeline_stages: int = 1) -> int | None:
+def kv_bytes_per_token(
+    config: dict[str, Any], dtype_bytes: int, tensor_parallel: int = 1, pipeline_stages: int = 1
+) -> int | None:
     """KV cache one token takes on one GPU of a TP x PP replica (KV heads fewer than the TP degree
     are replicated, as vLLM does)."""
     c = text_config(config)

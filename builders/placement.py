@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from common.serve_options import ReplicaShape, replica_range, replica_shape
 from common.text_table import format_table
 from configs import LoadedConfig
-from common.serve_options import ReplicaShape, replica_range, replica_shape
 
 EPSILON = 1e-9
 
@@ -61,7 +61,9 @@ def replica_demands(loaded: dict[str, LoadedConfig]) -> list[tuple[str, int, Rep
     return demands
 
 
-def plan(loaded: dict[str, LoadedConfig], nodes: int, gpus_per_node: int, cpus_per_node: float) -> list[Placement]:
+def plan(
+    loaded: dict[str, LoadedConfig], nodes: int, gpus_per_node: int, cpus_per_node: float
+) -> list[Placement]:
     """Place on ``nodes`` identical nodes (what ``--plan`` asks about)."""
     return plan_on(loaded, [Node(i, cpus_per_node, [1.0] * gpus_per_node) for i in range(nodes)])
 
@@ -71,25 +73,36 @@ def live_nodes() -> list[Node]:
     import ray
 
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    return [Node(i, res.get("CPU", 0), [1.0] * int(res.get("GPU", 0))) for i, res in enumerate(alive)]
+    return [
+        Node(i, res.get("CPU", 0), [1.0] * int(res.get("GPU", 0))) for i, res in enumerate(alive)
+    ]
 
 
 def plan_on(loaded: dict[str, LoadedConfig], cluster: list[Node]) -> list[Placement]:
     placements = []
-    for deployment, replica, shape in sorted(replica_demands(loaded), key=lambda d: (-d[2].gpus, -d[2].cpus)):
+    for deployment, replica, shape in sorted(
+        replica_demands(loaded), key=lambda d: (-d[2].gpus, -d[2].cpus)
+    ):
         who = f"{deployment} replica {replica + 1} ({shape.gpus:g} GPU, {shape.cpus:g} CPU"
-        who += f", {len(shape.bundles)} bundles {shape.strategy})" if len(shape.bundles) > 1 else ")"
+        who += (
+            f", {len(shape.bundles)} bundles {shape.strategy})" if len(shape.bundles) > 1 else ")"
+        )
         slots = _place_replica(cluster, shape, who)
         placements.append(Placement(deployment, replica + 1, slots, shape.cpus))
     return sorted(placements, key=lambda p: (p.node, p.gpu_ids, p.deployment, p.replica))
 
 
-def _place_replica(cluster: list[Node], shape: ReplicaShape, who: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
+def _place_replica(
+    cluster: list[Node], shape: ReplicaShape, who: str
+) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """Ray's placement-group strategies: STRICT_PACK one node, STRICT_SPREAD one node per bundle,
     PACK one node when possible, SPREAD different nodes when possible."""
     if shape.strategy in ("STRICT_PACK", "PACK"):
-        fits = [(_leftover(trial), node.index, trial) for node in cluster
-                if (trial := _try_bundles([copy.deepcopy(node)], shape.bundles)) is not None]
+        fits = [
+            (_leftover(trial), node.index, trial)
+            for node in cluster
+            if (trial := _try_bundles([copy.deepcopy(node)], shape.bundles)) is not None
+        ]
         if fits:
             _, index, trial = min(fits, key=lambda f: (f[0], f[1]))
             cluster[index] = trial[0][0]
@@ -97,11 +110,19 @@ def _place_replica(cluster: list[Node], shape: ReplicaShape, who: str) -> tuple[
         if shape.strategy == "STRICT_PACK":
             largest = max(len(node.gpus) for node in cluster)
             if shape.gpus > largest:
-                raise PlacementError(f"{who}: needs {shape.gpus:g} GPUs on one node; nodes have {largest}")
+                raise PlacementError(
+                    f"{who}: needs {shape.gpus:g} GPUs on one node; nodes have {largest}"
+                )
             where = "on any one node" if len(shape.bundles) > 1 else ""
-            raise PlacementError(f"{who} does not fit{where and ' ' + where}; what is left: {_free(cluster)}")
-    trial = _try_bundles(copy.deepcopy(cluster), shape.bundles, distinct=shape.strategy == "STRICT_SPREAD",
-                         prefer_new=shape.strategy != "PACK")
+            raise PlacementError(
+                f"{who} does not fit{where and ' ' + where}; what is left: {_free(cluster)}"
+            )
+    trial = _try_bundles(
+        copy.deepcopy(cluster),
+        shape.bundles,
+        distinct=shape.strategy == "STRICT_SPREAD",
+        prefer_new=shape.strategy != "PACK",
+    )
     if trial is None:
         raise PlacementError(f"{who} does not fit; what is left: {_free(cluster)}")
     cluster[:] = trial[0]
@@ -113,8 +134,11 @@ def _try_bundles(nodes: list[Node], bundles, distinct: bool = False, prefer_new:
     slots, used = [], set()
     for gpus, cpus in sorted(bundles, key=lambda b: (-b[0], -b[1])):
         candidates = [n for n in nodes if not (distinct and n.index in used)]
-        options = [(prefer_new and node.index in used, *option, node) for node in candidates
-                   if (option := _fit(node, gpus, cpus)) is not None]
+        options = [
+            (prefer_new and node.index in used, *option, node)
+            for node in candidates
+            if (option := _fit(node, gpus, cpus)) is not None
+        ]
         if not options:
             return None
         *_, gpu_ids, node = min(options, key=lambda o: (o[0], o[1], o[3].index))
@@ -148,7 +172,10 @@ def _leftover(trial) -> float:
 
 
 def _free(cluster: list[Node]) -> str:
-    return ", ".join(f"node {n.index}: {n.cpus:g} CPU, GPUs free {[round(g, 2) for g in n.gpus]}" for n in cluster)
+    return ", ".join(
+        f"node {n.index}: {n.cpus:g} CPU, GPUs free {[round(g, 2) for g in n.gpus]}"
+        for n in cluster
+    )
 
 
 def describe(placements: list[Placement]) -> str:

@@ -25,16 +25,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from common.rendered_apps import (CONFIG_FILE_ENV, MODEL_APP_IMPORT_PATH, MODEL_ROUTE_PREFIX, PLATFORM_IMPORT_PATH,
-                                  ROUTER_IMPORT_PATH)
+from common.rendered_apps import (
+    CONFIG_FILE_ENV,
+    MODEL_APP_IMPORT_PATH,
+    MODEL_ROUTE_PREFIX,
+    PLATFORM_IMPORT_PATH,
+    ROUTER_IMPORT_PATH,
+)
 from configs import LoadedConfig
 from configs.server_models import MODEL_APP_SETTINGS, ModelType
 
 PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
 
 
-def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig],
-                        source: str | None = None) -> dict[str, Any]:
+def render_serve_config(
+    raw: dict[str, Any], loaded: dict[str, LoadedConfig], source: str | None = None
+) -> dict[str, Any]:
     """``raw`` (a Serve config whose platform applications were validated into ``loaded``) with
     every platform application split into its router and one application per deployment.
     ``source``: the config file's name, which the router reports (``/ready``, the console)."""
@@ -51,7 +57,11 @@ def render_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig],
 
 
 def router_application(app: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-    args = {key: value for key, value in (app.get("args") or {}).items() if key not in PLATFORM_ONLY_KEYS}
+    args = {
+        key: value
+        for key, value in (app.get("args") or {}).items()
+        if key not in PLATFORM_ONLY_KEYS
+    }
     router = {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
     if source:  # the router's alone: renaming the file restarts no model
         runtime_env = copy.deepcopy(app.get("runtime_env") or {})
@@ -71,20 +81,46 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
     for spec in config.deployments():
         groups = [g for g in args.get("groups", []) if g.get("name") == spec.name]
         checker = _engine_kwargs_checker(spec.models)
-        model_args = {**copy.deepcopy(shared), "platform_app": platform_app,
-                      "models": [raw_models[m.model_id] for m in spec.models], **({"groups": groups} if groups else {}),
-                      **({"engine_kwargs_checked_by": checker} if checker else {})}
+        model_args = {
+            **copy.deepcopy(shared),
+            "platform_app": platform_app,
+            "models": [raw_models[m.model_id] for m in spec.models],
+            **({"groups": groups} if groups else {}),
+            **({"engine_kwargs_checked_by": checker} if checker else {}),
+        }
         one_hop = _serves_http(spec.models)
-        applications.append({
-            "name": model_app_name(platform_app, spec.name),
-            "route_prefix": one_hop_prefix(app.get("route_prefix", "/"), spec.models[0].model_id) if one_hop else None,
-            "import_path": MODEL_APP_IMPORT_PATH,
-            **({"runtime_env": copy.deepcopy(app["runtime_env"])} if app.get("runtime_env") else {}),
-            "args": model_args,
-            # Outside the args, so an edit of the timeout reaches the replicas without a restart.
-            **({"deployments": [{"name": spec.name, "user_config": {
-                "request_timeout_s": config.platform.router.request_timeout_s}}]} if one_hop else {}),
-        })
+        applications.append(
+            {
+                "name": model_app_name(platform_app, spec.name),
+                "route_prefix": one_hop_prefix(
+                    app.get("route_prefix", "/"), spec.models[0].model_id
+                )
+                if one_hop
+                else None,
+                "import_path": MODEL_APP_IMPORT_PATH,
+                **(
+                    {"runtime_env": copy.deepcopy(app["runtime_env"])}
+                    if app.get("runtime_env")
+                    else {}
+                ),
+                "args": model_args,
+                # Outside the args, so an edit of the timeout reaches the replicas without a restart.
+                **(
+                    {
+                        "deployments": [
+                            {
+                                "name": spec.name,
+                                "user_config": {
+                                    "request_timeout_s": config.platform.router.request_timeout_s
+                                },
+                            }
+                        ]
+                    }
+                    if one_hop
+                    else {}
+                ),
+            }
+        )
     return applications
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from common.rendered_apps import PLATFORM_IMPORT_PATH
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
+from common.rendered_apps import PLATFORM_IMPORT_PATH
 from configs import LoadedConfig, load_platform_config
 
 
@@ -39,7 +39,9 @@ def validate_serve_config(raw: Any) -> tuple[Any, dict[str, LoadedConfig]]:
         try:
             loaded[app.name] = load_platform_config(app.args)
         except ConfigError as err:
-            issues += [ConfigIssue(("applications", index, "args") + i.loc, i.message) for i in err.issues]
+            issues += [
+                ConfigIssue(("applications", index, "args") + i.loc, i.message) for i in err.issues
+            ]
     if issues:
         raise ConfigError(issues, prefix="")
     return schema, loaded
@@ -55,5 +57,10 @@ def rendered_schema(rendered: dict[str, Any]) -> Any:
         return ServeDeploySchema.model_validate(rendered)
     except ValidationError as err:
         issues = issues_from_validation_error(err, ServeDeploySchema)
-        raise ConfigError([ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")
-                           for i in issues], prefix="") from None
+        raise ConfigError(
+            [
+                ConfigIssue(i.loc, f"{i.message} (in the config rendered per model: see --render)")
+                for i in issues
+            ],
+            prefix="",
+        ) from None

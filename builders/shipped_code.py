@@ -37,11 +37,17 @@ def code_zip(root: Path = REPOSITORY) -> bytes:
     files = []
     for name in CODE:
         path = root / name
-        files += [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and _shipped(p)]
+        files += (
+            [path]
+            if path.is_file()
+            else [p for p in path.rglob("*") if p.is_file() and _shipped(p)]
+        )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(files):
-            info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(
+                path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0)
+            )
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes())
@@ -88,6 +94,10 @@ def absolute_paths(value: Any, base: Path | None = None) -> Any:
         return {key: absolute_paths(item, base) for key, item in value.items()}
     if isinstance(value, list):
         return [absolute_paths(item, base) for item in value]
-    if isinstance(value, str) and value.startswith(RELATIVE_PREFIXES) and os.path.exists(base / value):
+    if (
+        isinstance(value, str)
+        and value.startswith(RELATIVE_PREFIXES)
+        and os.path.exists(base / value)
+    ):
         return os.path.abspath(base / value)  # links kept: they may point elsewhere on another node
     return value

@@ -32,7 +32,18 @@ KEY_PREFIX = "download/"
 PUBLISH_INTERVAL_S = 1.0
 # Weight files, by the extension the loaders look for: the first format a repo has is the one fetched.
 WEIGHT_FORMATS = (".safetensors", ".bin", ".pt", ".pth")
-OTHER_WEIGHTS = (".ckpt", ".h5", ".msgpack", ".onnx", ".onnx_data", ".tflite", ".gguf", ".ot", ".npz", ".mlmodel")
+OTHER_WEIGHTS = (
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".onnx_data",
+    ".tflite",
+    ".gguf",
+    ".ot",
+    ".npz",
+    ".mlmodel",
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,10 @@ class Download:
             return f"downloaded {_size(self.done)} in {self.seconds:.0f} s"
         if not self.total:
             return f"downloading: {_size(self.done)} so far"
-        return f"downloading: {_size(min(self.done, self.total))} of {_size(self.total)} " \
-               f"({min(100, 100 * self.done // self.total)}%)"
+        return (
+            f"downloading: {_size(min(self.done, self.total))} of {_size(self.total)} "
+            f"({min(100, 100 * self.done // self.total)}%)"
+        )
 
 
 def _size(count: int) -> str:
@@ -65,7 +78,9 @@ def publish(key: str, download: Download | None) -> None:
     if download is None:
         internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
     else:
-        internal_kv._internal_kv_put(key, json.dumps(asdict(download)), overwrite=True, namespace=KV_NAMESPACE)
+        internal_kv._internal_kv_put(
+            key, json.dumps(asdict(download)), overwrite=True, namespace=KV_NAMESPACE
+        )
 
 
 def read_downloads() -> dict[str, Download]:
@@ -76,21 +91,33 @@ def read_downloads() -> dict[str, Download]:
     for key in internal_kv._internal_kv_list(KEY_PREFIX, namespace=KV_NAMESPACE):
         value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
         if value:  # not deleted meanwhile
-            downloads[key.decode()[len(KEY_PREFIX):]] = Download(**json.loads(value))
+            downloads[key.decode()[len(KEY_PREFIX) :]] = Download(**json.loads(value))
     return downloads
 
 
 class DownloadWatch:
     """Publish ``measure()`` (bytes on disk) against ``total`` every second until the block ends."""
 
-    def __init__(self, key: str, measure: Callable[[], int], total: int | None,
-                 interval_s: float = PUBLISH_INTERVAL_S, publish: Callable[[str, Download | None], None] = publish):
-        self.key, self.measure, self.total, self.interval_s, self._publish = key, measure, total, interval_s, publish
+    def __init__(
+        self,
+        key: str,
+        measure: Callable[[], int],
+        total: int | None,
+        interval_s: float = PUBLISH_INTERVAL_S,
+        publish: Callable[[str, Download | None], None] = publish,
+    ):
+        self.key, self.measure, self.total, self.interval_s, self._publish = (
+            key,
+            measure,
+            total,
+            interval_s,
+            publish,
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"download-watch {key}", daemon=True)
         self._started = time.monotonic()
 
-    def __enter__(self) -> "DownloadWatch":
+    def __enter__(self) -> DownloadWatch:
         self._thread.start()
         return self
 
@@ -100,8 +127,11 @@ class DownloadWatch:
         if error_type is not None:  # the start failed: its phase says why, not a stale progress
             self._safely(None)
             return
-        self._safely(Download(self.measure(), self.total, finished=True,
-                              seconds=time.monotonic() - self._started))
+        self._safely(
+            Download(
+                self.measure(), self.total, finished=True, seconds=time.monotonic() - self._started
+            )
+        )
 
     def _run(self) -> None:
         last = None
@@ -139,7 +169,13 @@ def hub_download_bytes(files: Iterable[tuple[str, int]]) -> int:
     """Bytes the loaders fetch of a Hub repo listing ``(path, size)``: the top-level weights of its
     first format (safetensors before bin...) and the top-level files that are not weights."""
     top = [(path, size) for path, size in files if "/" not in path]
-    weights = next(([size for path, size in top if path.endswith(ext)] for ext in WEIGHT_FORMATS
-                    if any(path.endswith(ext) for path, _ in top)), [])
+    weights = next(
+        (
+            [size for path, size in top if path.endswith(ext)]
+            for ext in WEIGHT_FORMATS
+            if any(path.endswith(ext) for path, _ in top)
+        ),
+        [],
+    )
     small = [size for path, size in top if not path.endswith(WEIGHT_FORMATS + OTHER_WEIGHTS)]
     return sum(weights) + sum(small)

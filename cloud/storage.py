@@ -57,8 +57,12 @@ def download_from_cloud(uri: str, cache_dir: Path) -> Path:
             raise FileNotFoundError(f"model_source {uri} does not exist")
         partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix=target.name + ".partial-"))
         try:
-            fs.copy_files(path, str(partial), source_filesystem=filesystem,
-                          destination_filesystem=fs.LocalFileSystem())
+            fs.copy_files(
+                path,
+                str(partial),
+                source_filesystem=filesystem,
+                destination_filesystem=fs.LocalFileSystem(),
+            )
             (partial / COMPLETE).touch()
             shutil.rmtree(target, ignore_errors=True)  # an unfinished copy left by an older version
             partial.rename(target)
@@ -72,7 +76,9 @@ def cache_path(uri: str, cache_dir: Path) -> Path:
     return cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def download_watch(source: str, key: str, cache_dir: Path = DEFAULT_CACHE) -> contextlib.AbstractContextManager:
+def download_watch(
+    source: str, key: str, cache_dir: Path = DEFAULT_CACHE
+) -> contextlib.AbstractContextManager:
     """A watch that publishes, under ``key``, how much of ``source`` the node has while it loads;
     nothing to watch for local paths and models already here."""
     if source.startswith(CLOUD_SCHEMES):
@@ -81,7 +87,11 @@ def download_watch(source: str, key: str, cache_dir: Path = DEFAULT_CACHE) -> co
             return contextlib.nullcontext()
         partial = lambda: bytes_under([target, *target.parent.glob(target.name + ".partial-*")])  # noqa: E731
         return DownloadWatch(key, partial, _cloud_total(source))
-    if os.path.exists(os.path.expanduser(source)) or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+    if os.path.exists(os.path.expanduser(source)) or os.environ.get("HF_HUB_OFFLINE") in (
+        "1",
+        "true",
+        "True",
+    ):
         return contextlib.nullcontext()
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.file_download import repo_folder_name
@@ -107,7 +117,9 @@ def _hub_total(repo_id: str) -> int | None:
 
         info = HfApi().model_info(repo_id, files_metadata=True, timeout=10)
         return hub_download_bytes((s.rfilename, s.size or 0) for s in info.siblings or ())
-    except Exception:  # offline, private without a token, unknown id: the loader reports real errors
+    except (
+        Exception
+    ):  # offline, private without a token, unknown id: the loader reports real errors
         return None
 
 

@@ -39,14 +39,17 @@ def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.n
     if container_kind not in SUPPORTED_CONTAINERS:
         raise AudioInputError(
             f"the file is not audio in a supported format; supported: {', '.join(SUPPORTED_CONTAINERS)}",
-            "unsupported_format")
+            "unsupported_format",
+        )
     max_samples = int(max_duration_s * sampling_rate)
     pieces: list[np.ndarray] = []
     total = 0
     try:
         with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[container_kind]) as container:
             if not container.streams.audio:
-                raise AudioInputError(f"the {container_kind} file has no audio stream", "no_audio_stream")
+                raise AudioInputError(
+                    f"the {container_kind} file has no audio stream", "no_audio_stream"
+                )
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
             for frame in container.decode(stream):
@@ -55,14 +58,19 @@ def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.n
                     total += out.samples
                 if total > max_samples:
                     raise AudioInputError(
-                        f"the audio is longer than the limit of {max_duration_s:g} s", "audio_too_long", 413)
+                        f"the audio is longer than the limit of {max_duration_s:g} s",
+                        "audio_too_long",
+                        413,
+                    )
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
     except AudioInputError:
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise AudioInputError(f"the {container_kind} file could not be decoded: {reason}", "invalid_audio") from None
+        raise AudioInputError(
+            f"the {container_kind} file could not be decoded: {reason}", "invalid_audio"
+        ) from None
     if not pieces or total == 0:
         raise AudioInputError(f"the {container_kind} file holds no audio samples", "invalid_audio")
     return np.concatenate(pieces).astype(np.float32, copy=False)
@@ -81,9 +89,13 @@ class OutputFormat:
 OUTPUT_FORMATS = {
     "wav": OutputFormat("wav", "pcm_s16le", "s16", "audio/wav"),
     "flac": OutputFormat("flac", "flac", "s16", "audio/flac"),
-    "mp3": OutputFormat("mp3", "libmp3lame", "fltp", "audio/mpeg", (8000, 16000, 22050, 24000, 32000, 44100, 48000)),
+    "mp3": OutputFormat(
+        "mp3", "libmp3lame", "fltp", "audio/mpeg", (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+    ),
     "opus": OutputFormat("ogg", "libopus", "flt", "audio/ogg", (8000, 12000, 16000, 24000, 48000)),
-    "aac": OutputFormat("adts", "aac", "fltp", "audio/aac", (16000, 22050, 24000, 32000, 44100, 48000)),
+    "aac": OutputFormat(
+        "adts", "aac", "fltp", "audio/aac", (16000, 22050, 24000, 32000, 44100, 48000)
+    ),
     "pcm": OutputFormat(None, "pcm_s16le", "s16", "audio/pcm", (24000,)),
 }
 
@@ -93,8 +105,11 @@ def encode_audio(samples: np.ndarray, sampling_rate: int, fmt: str) -> tuple[byt
     import av
 
     spec = OUTPUT_FORMATS[fmt]
-    rate = sampling_rate if not spec.rates or sampling_rate in spec.rates else _nearest_rate_above(
-        sampling_rate, spec.rates)
+    rate = (
+        sampling_rate
+        if not spec.rates or sampling_rate in spec.rates
+        else _nearest_rate_above(sampling_rate, spec.rates)
+    )
     frame = _frame(np.clip(samples, -1.0, 1.0), sampling_rate)
     resampler = av.AudioResampler(format=spec.sample_format, layout="mono", rate=rate)
     frames = resampler.resample(frame) + resampler.resample(None)
@@ -124,7 +139,9 @@ def change_tempo(samples: np.ndarray, sampling_rate: int, speed: float) -> np.nd
         speed /= 0.5
     factors.append(speed)
     graph = av.filter.Graph()
-    node = graph.add_abuffer(format="flt", sample_rate=sampling_rate, layout="mono", time_base=f"1/{sampling_rate}")
+    node = graph.add_abuffer(
+        format="flt", sample_rate=sampling_rate, layout="mono", time_base=f"1/{sampling_rate}"
+    )
     for factor in factors:
         tempo = graph.add("atempo", f"{factor}")
         node.link_to(tempo)
@@ -145,8 +162,9 @@ def change_tempo(samples: np.ndarray, sampling_rate: int, speed: float) -> np.nd
 def _frame(samples: np.ndarray, sampling_rate: int):
     import av
 
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1),
-                                       format="flt", layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout="mono"
+    )
     frame.sample_rate = sampling_rate
     frame.pts = 0
     return frame

@@ -5,8 +5,16 @@ other files or URLs named inside the upload)."""
 from __future__ import annotations
 
 # our name -> FFmpeg demuxer
-DEMUXERS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "aac": "aac", "ogg": "ogg", "webm": "matroska",
-            "mp4": "mp4", "avi": "avi"}
+DEMUXERS = {
+    "wav": "wav",
+    "flac": "flac",
+    "mp3": "mp3",
+    "aac": "aac",
+    "ogg": "ogg",
+    "webm": "matroska",
+    "mp4": "mp4",
+    "avi": "avi",
+}
 
 
 def sniff_container(data: bytes) -> str | None:

@@ -37,9 +37,13 @@ def replica_placement() -> dict:
     from ray.util.placement_group import get_current_placement_group, placement_group_table
 
     context = ray.get_runtime_context()
-    placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id(), "pid": os.getpid(),
-                 "gpu_ids": [str(gpu) for gpu in assigned_gpu_ids()],
-                 "gpu_share": context.get_assigned_resources().get("GPU", 0)}  # 0.5: half a GPU
+    placement = {
+        "node_id": context.get_node_id(),
+        "actor_id": context.get_actor_id(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(gpu) for gpu in assigned_gpu_ids()],
+        "gpu_share": context.get_assigned_resources().get("GPU", 0),
+    }  # 0.5: half a GPU
     group = get_current_placement_group()
     if group is not None:
         table = placement_group_table(group)

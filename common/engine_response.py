@@ -21,7 +21,7 @@ class EngineResponse:
     headers: dict[str, str] | None = None
 
     @classmethod
-    def json(cls, payload: Any, status_code: int = 200) -> "EngineResponse":
+    def json(cls, payload: Any, status_code: int = 200) -> EngineResponse:
         return cls(status_code, json.dumps(payload, separators=(",", ":")).encode())
 
     def error_message(self) -> str:
@@ -34,12 +34,22 @@ class EngineResponse:
 
     @classmethod
     def error(
-        cls, status_code: int, message: str, err_type: str = "BadRequestError",
-        param: str | None = None, code: str | int | None = None,
-    ) -> "EngineResponse":
+        cls,
+        status_code: int,
+        message: str,
+        err_type: str = "BadRequestError",
+        param: str | None = None,
+        code: str | int | None = None,
+    ) -> EngineResponse:
         """An error in the OpenAI shape ``{"error": {message, type, param, code}}``."""
-        body = {"message": message, "type": err_type, "param": param,
-                "code": code if code is not None else status_code}
-        if request_id := current_request_id.get():  # for the client to quote, as the router's own errors do
+        body = {
+            "message": message,
+            "type": err_type,
+            "param": param,
+            "code": code if code is not None else status_code,
+        }
+        if (
+            request_id := current_request_id.get()
+        ):  # for the client to quote, as the router's own errors do
             body["request_id"] = request_id
         return cls.json({"error": body}, status_code)

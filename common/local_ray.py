@@ -14,5 +14,8 @@ def forget_dead_cluster() -> None:
 
     recorded = services.find_bootstrap_address(None)
     if recorded is not None and recorded not in services.find_gcs_addresses():
-        print(f"ignoring {recorded}, the Ray cluster this machine last ran: it is gone", file=sys.stderr)
+        print(
+            f"ignoring {recorded}, the Ray cluster this machine last ran: it is gone",
+            file=sys.stderr,
+        )
         reset_ray_address()

@@ -36,15 +36,26 @@ def decode_image(data: bytes, max_pixels: int):
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise MediaInputError(f"the image is {width}x{height} pixels; the limit is {max_pixels}",
-                                      "image_too_large", 413)
+                raise MediaInputError(
+                    f"the image is {width}x{height} pixels; the limit is {max_pixels}",
+                    "image_too_large",
+                    413,
+                )
             image.load()
     except MediaInputError:
         raise
     except UnidentifiedImageError:
-        raise MediaInputError(f"not an image in a supported format; supported: {', '.join(IMAGE_FORMATS)}",
-                              "unsupported_format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaInputError(
+            f"not an image in a supported format; supported: {', '.join(IMAGE_FORMATS)}",
+            "unsupported_format",
+        ) from None
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise MediaInputError(f"the image could not be decoded: {exc}", "invalid_image") from None
     return image.convert("RGB")
 
@@ -68,8 +79,10 @@ def decode_video(data: bytes, sampling: FrameSampling, max_duration_s: float) ->
         raise MediaInputError("the video is empty", "empty_input")
     kind = sniff_container(data)
     if kind not in VIDEO_CONTAINERS:
-        raise MediaInputError(f"not a video in a supported container; supported: {', '.join(VIDEO_CONTAINERS)}",
-                              "unsupported_format")
+        raise MediaInputError(
+            f"not a video in a supported container; supported: {', '.join(VIDEO_CONTAINERS)}",
+            "unsupported_format",
+        )
     try:
         with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[kind]) as container:
             if not container.streams.video:
@@ -78,15 +91,20 @@ def decode_video(data: bytes, sampling: FrameSampling, max_duration_s: float) ->
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             duration = _duration_s(container, stream)
             if duration is not None and duration > max_duration_s:
-                raise MediaInputError(f"the video is {duration:.1f} s; the limit is {max_duration_s:g} s",
-                                      "video_too_long", 413)
+                raise MediaInputError(
+                    f"the video is {duration:.1f} s; the limit is {max_duration_s:g} s",
+                    "video_too_long",
+                    413,
+                )
             wanted = _frame_indexes(sampling, rate, duration)
             frames = _decode_frames(container, stream, wanted, int(max_duration_s * rate))
     except MediaInputError:
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise MediaInputError(f"the {kind} video could not be decoded: {reason}", "invalid_video") from None
+        raise MediaInputError(
+            f"the {kind} video could not be decoded: {reason}", "invalid_video"
+        ) from None
     if not frames:
         raise MediaInputError(f"the {kind} video holds no decodable frames", "invalid_video")
     while len(frames) < sampling.num_frames:  # short clips repeat their last frame
@@ -118,7 +136,9 @@ def _decode_frames(container, stream, wanted: list[int], max_frames: int) -> lis
     frames = []
     for index, frame in enumerate(container.decode(stream)):
         if index > max_frames:
-            raise MediaInputError("the video is longer than the duration limit", "video_too_long", 413)
+            raise MediaInputError(
+                "the video is longer than the duration limit", "video_too_long", 413
+            )
         if index in wanted_set:
             frames.append(frame.to_ndarray(format="rgb24"))
         if index >= last:

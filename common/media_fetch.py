@@ -46,7 +46,10 @@ class MediaFetchPolicy:
 
     def domain_allowed(self, host: str) -> bool:
         host = host.lower().rstrip(".")
-        return any(host == d or host.endswith("." + d) for d in (d.lower().lstrip("*.") for d in self.allowed_domains))
+        return any(
+            host == d or host.endswith("." + d)
+            for d in (d.lower().lstrip("*.") for d in self.allowed_domains)
+        )
 
 
 async def fetch_media(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | None]:
@@ -57,13 +60,16 @@ async def fetch_media(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | 
         async with asyncio.timeout(policy.timeout_s):
             return await _download(url, policy)
     except TimeoutError:
-        raise MediaURLError(f"downloading {url!r} took longer than {policy.timeout_s:g} s",
-                            "media_download_timeout") from None
+        raise MediaURLError(
+            f"downloading {url!r} took longer than {policy.timeout_s:g} s", "media_download_timeout"
+        ) from None
     except MediaURLError:
         raise
     except (httpx.HTTPError, ValueError, UnicodeError, OSError) as err:
         # A malformed port or host, a refused connection, a TLS failure: the URL's fault.
-        raise MediaURLError(f"fetching {url!r} failed: {err or type(err).__name__}", "media_fetch_failed") from None
+        raise MediaURLError(
+            f"fetching {url!r} failed: {err or type(err).__name__}", "media_fetch_failed"
+        ) from None
 
 
 def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None]:
@@ -72,9 +78,15 @@ def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None]:
         raise MediaURLError("malformed data: URL (no comma)")
     media_type = header.split(";")[0] or None
     if len(payload) * 3 // 4 > max_bytes:
-        raise MediaURLError(f"the data: URL holds more than {max_bytes} bytes", "media_too_large", 413)
+        raise MediaURLError(
+            f"the data: URL holds more than {max_bytes} bytes", "media_too_large", 413
+        )
     try:
-        data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(payload)
+        data = (
+            base64.b64decode(payload, validate=True)
+            if header.endswith(";base64")
+            else unquote_to_bytes(payload)
+        )
     except binascii.Error:
         raise MediaURLError("the data: URL is not valid base64") from None
     return data, media_type
@@ -87,32 +99,48 @@ async def _download(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | No
             address = await _checked_address(parts, policy)
             pinned = parts._replace(netloc=_netloc(address, parts.port)).geturl()
             headers = {"Host": parts.netloc.rpartition("@")[2]}
-            async with client.stream("GET", pinned, headers=headers,
-                                      extensions={"sni_hostname": parts.hostname}) as response:
+            async with client.stream(
+                "GET", pinned, headers=headers, extensions={"sni_hostname": parts.hostname}
+            ) as response:
                 if response.is_redirect and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])
                     continue
                 if response.status_code != 200:
-                    raise MediaURLError(f"fetching {url!r} answered HTTP {response.status_code}", "media_fetch_failed")
-                return await _read_capped(response, policy.max_bytes), response.headers.get("content-type")
+                    raise MediaURLError(
+                        f"fetching {url!r} answered HTTP {response.status_code}",
+                        "media_fetch_failed",
+                    )
+                return await _read_capped(response, policy.max_bytes), response.headers.get(
+                    "content-type"
+                )
     raise MediaURLError(f"{url!r} redirected more than {MAX_REDIRECTS} times", "media_fetch_failed")
 
 
 async def _checked_address(parts, policy: MediaFetchPolicy) -> str:
     if parts.scheme not in ("http", "https"):
-        raise MediaURLError("media URLs must be data: or http(s) URLs; local files and other schemes are refused")
+        raise MediaURLError(
+            "media URLs must be data: or http(s) URLs; local files and other schemes are refused"
+        )
     host = parts.hostname or ""
     if not policy.domain_allowed(host):
-        raise MediaURLError(f"host {host!r} is not in the media allowed_domains of this server", "media_domain_not_allowed")
+        raise MediaURLError(
+            f"host {host!r} is not in the media allowed_domains of this server",
+            "media_domain_not_allowed",
+        )
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, parts.port, type=socket.SOCK_STREAM
+        )
     except socket.gaierror:
         raise MediaURLError(f"host {host!r} does not resolve", "media_fetch_failed") from None
     addresses = {info[4][0] for info in infos}
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not policy.address_allowed(ip):
-            raise MediaURLError(f"host {host!r} resolves to a non-public address ({ip})", "media_address_not_allowed")
+            raise MediaURLError(
+                f"host {host!r} resolves to a non-public address ({ip})",
+                "media_address_not_allowed",
+            )
     return sorted(addresses)[0]
 
 
@@ -124,10 +152,14 @@ def _netloc(address: str, port: int | None) -> str:
 async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise MediaURLError(f"the media is {declared} bytes; the limit is {max_bytes}", "media_too_large", 413)
+        raise MediaURLError(
+            f"the media is {declared} bytes; the limit is {max_bytes}", "media_too_large", 413
+        )
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > max_bytes:
-            raise MediaURLError(f"the media exceeds the limit of {max_bytes} bytes", "media_too_large", 413)
+            raise MediaURLError(
+                f"the media exceeds the limit of {max_bytes} bytes", "media_too_large", 413
+            )
     return bytes(body)

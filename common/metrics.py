@@ -13,14 +13,31 @@ from __future__ import annotations
 
 import functools
 
-LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+LATENCY_BOUNDARIES_S = [
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+]
 TOKEN_LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 REQUEST_TAGS = ("model", "endpoint", "path")
 
 
 @functools.cache
-def platform_metrics() -> "PlatformMetrics":
+def platform_metrics() -> PlatformMetrics:
     return PlatformMetrics()
 
 
@@ -30,18 +47,37 @@ class PlatformMetrics:
     def __init__(self):
         from ray.util.metrics import Counter, Histogram
 
-        self.requests = Counter("platform_requests", "Requests answered, by model, endpoint, path and status.",
-                                tag_keys=REQUEST_TAGS + ("status",))
-        self.rejections = Counter("platform_rejected_requests",
-                                  "Requests refused or cut: full queue, rate limit, timeout, no replica, too large.",
-                                  tag_keys=("model", "path", "reason"))
-        self.latency = Histogram("platform_request_latency_s", "Seconds from the request to the end of its answer.",
-                                 boundaries=LATENCY_BOUNDARIES_S, tag_keys=REQUEST_TAGS)
+        self.requests = Counter(
+            "platform_requests",
+            "Requests answered, by model, endpoint, path and status.",
+            tag_keys=REQUEST_TAGS + ("status",),
+        )
+        self.rejections = Counter(
+            "platform_rejected_requests",
+            "Requests refused or cut: full queue, rate limit, timeout, no replica, too large.",
+            tag_keys=("model", "path", "reason"),
+        )
+        self.latency = Histogram(
+            "platform_request_latency_s",
+            "Seconds from the request to the end of its answer.",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=REQUEST_TAGS,
+        )
         self.time_to_first_token = Histogram(
-            "platform_time_to_first_token_s", "Seconds from a streamed request to its first event.",
-            boundaries=LATENCY_BOUNDARIES_S, tag_keys=REQUEST_TAGS)
+            "platform_time_to_first_token_s",
+            "Seconds from a streamed request to its first event.",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=REQUEST_TAGS,
+        )
         self.inter_token_latency = Histogram(
-            "platform_inter_token_latency_s", "A stream's mean seconds between events after the first.",
-            boundaries=TOKEN_LATENCY_BOUNDARIES_S, tag_keys=REQUEST_TAGS)
-        self.batch_size = Histogram("platform_batch_size", "Requests per forward pass of a batching engine.",
-                                    boundaries=BATCH_SIZE_BOUNDARIES, tag_keys=("model",))
+            "platform_inter_token_latency_s",
+            "A stream's mean seconds between events after the first.",
+            boundaries=TOKEN_LATENCY_BOUNDARIES_S,
+            tag_keys=REQUEST_TAGS,
+        )
+        self.batch_size = Histogram(
+            "platform_batch_size",
+            "Requests per forward pass of a batching engine.",
+            boundaries=BATCH_SIZE_BOUNDARIES,
+            tag_keys=("model",),
+        )

@@ -16,7 +16,9 @@ import uuid
 REQUEST_ID_HEADER = "x-request-id"
 _SANE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # what a log line and a header can carry as is
 
-current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 
 
 def accept_request_id(sent: str | bytes | None) -> str:

@@ -54,9 +54,14 @@ STREAMING_ENV = {
 
 # Read by Ray's own processes (raylet, the Serve controller) and HAProxy's wrapper, so they must be
 # set where Ray starts, and every replica must see the cluster's value: never per deployment.
-CLUSTER_ENV_KEYS = ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
-                    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S",
-                    "PLATFORM_HAPROXY_SCHED_BATCH")
+CLUSTER_ENV_KEYS = (
+    "RAY_worker_niceness",
+    "RAY_SERVE_ENABLE_HA_PROXY",
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
+    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S",
+    "PLATFORM_HAPROXY_SCHED_BATCH",
+)
 # Read by the replica processes themselves, so the builder can also hand them to each
 # deployment's runtime_env: `serve run` then gets them without any shell setup.
 REPLICA_ENV_KEYS = [key for key in STREAMING_ENV if key not in CLUSTER_ENV_KEYS]
@@ -74,7 +79,11 @@ def apply_streaming_env(http_port: int | None = None) -> None:
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
-        for key, value in {**haproxy_binary_env(), **haproxy_threads_env(), **haproxy_files_env(http_port)}.items():
+        for key, value in {
+            **haproxy_binary_env(),
+            **haproxy_threads_env(),
+            **haproxy_files_env(http_port),
+        }.items():
             os.environ.setdefault(key, value)
 
 
@@ -139,16 +148,25 @@ def haproxy_processes(http_port: int) -> list:
     of the platform serving ``http_port`` (``psutil.Process``, with ``info["cmdline"]``)."""
     import psutil
 
-    directory = os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
-    return [process for process in psutil.process_iter(["name", "cmdline"])
-            if process.info["name"] == "haproxy"
-            and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())]
+    directory = (
+        os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
+    )
+    return [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "haproxy"
+        and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())
+    ]
 
 
-HAPROXY_WRAPPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "haproxy")
+HAPROXY_WRAPPER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "haproxy"
+)
 HAPROXY_FILES = {
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
 }
 

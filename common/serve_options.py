@@ -32,8 +32,10 @@ def replica_shape(serve_options: dict[str, Any]) -> ReplicaShape:
     """The replica's placement group when it has one, else its actor's own resources."""
     bundles = serve_options.get("placement_group_bundles")
     if bundles:
-        return ReplicaShape(tuple((b.get("GPU", 0), b.get("CPU", 0)) for b in bundles),
-                            serve_options.get("placement_group_strategy") or "PACK")
+        return ReplicaShape(
+            tuple((b.get("GPU", 0), b.get("CPU", 0)) for b in bundles),
+            serve_options.get("placement_group_strategy") or "PACK",
+        )
     actor = serve_options.get("ray_actor_options", {})
     return ReplicaShape(((actor.get("num_gpus", 0), actor.get("num_cpus", 1)),))
 

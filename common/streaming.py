@@ -64,7 +64,10 @@ async def coalesce(source: AsyncIterator[str], min_interval_s: float = 0.0) -> A
 
 def is_event_stream(headers) -> bool:
     """Whether the headers of an ASGI ``http.response.start`` announce server-sent events."""
-    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers or ())
+    return any(
+        k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+        for k, v in headers or ()
+    )
 
 
 class ClosingStreamingResponse(StreamingResponse):

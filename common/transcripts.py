@@ -28,8 +28,9 @@ class Transcript:
     words: list[Segment] | None = None
 
 
-def render(transcript: Transcript, response_format: str, task: str,
-           temperature: float = 0.0, tokenize=None) -> tuple[bytes, str]:
+def render(
+    transcript: Transcript, response_format: str, task: str, temperature: float = 0.0, tokenize=None
+) -> tuple[bytes, str]:
     """The response body and its media type. ``tokenize`` maps text to token ids (verbose_json)."""
     if response_format == "json":
         return _json({"text": transcript.text}), "application/json"
@@ -46,18 +47,29 @@ def render(transcript: Transcript, response_format: str, task: str,
 
 def _verbose(transcript: Transcript, task: str, temperature: float, tokenize) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "task": task, "language": transcript.language, "duration": round(transcript.duration, 3),
+        "task": task,
+        "language": transcript.language,
+        "duration": round(transcript.duration, 3),
         "text": transcript.text,
         "segments": [
-            {"id": i, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
-             "tokens": tokenize(s.text) if tokenize else [], "temperature": temperature,
-             "compression_ratio": _compression_ratio(s.text)}
+            {
+                "id": i,
+                "seek": 0,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text,
+                "tokens": tokenize(s.text) if tokenize else [],
+                "temperature": temperature,
+                "compression_ratio": _compression_ratio(s.text),
+            }
             for i, s in enumerate(transcript.segments)
         ],
     }
     if transcript.words is not None:
-        body["words"] = [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)}
-                         for w in transcript.words]
+        body["words"] = [
+            {"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)}
+            for w in transcript.words
+        ]
     return body
 
 

@@ -8,10 +8,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
-from configs.audio_models import AudioModelEntry
 from common.serve_options import replica_range
 from common.upload_sizes import UPLOAD_COPIES_HELD, largest_upload_body
-from configs.server_models import BaseModelEntry, Capability, ModelType, PlatformConfig, PlatformSettings
+from configs.audio_models import AudioModelEntry
+from configs.server_models import (
+    BaseModelEntry,
+    Capability,
+    ModelType,
+    PlatformConfig,
+    PlatformSettings,
+)
 from configs.video_models import VideoModelEntry
 from configs.vision_models import VisionModelEntry
 from configs.vllm_models import VLLMModelEntry
@@ -46,15 +52,27 @@ class LoadedConfig:
 
     def deployments(self) -> list[DeploymentSpec]:
         """A deployment per ungrouped model, and one per group holding all of its models."""
-        specs = [DeploymentSpec(m.deployment_name, bounded_queue(m.serve_options()), [m])
-                 for m in self.models if not m.group]
+        specs = [
+            DeploymentSpec(m.deployment_name, bounded_queue(m.serve_options()), [m])
+            for m in self.models
+            if not m.group
+        ]
         for group in self.platform.groups:
             members = [m for m in self.models if m.group == group.name]
             # Room in the queue for every member's own default, unless the group sets it.
-            defaults = {**BaseModelEntry.default_serve_options,
-                        "max_ongoing_requests": sum(m.serve_options().get("max_ongoing_requests", 5) for m in members)}
-            specs.append(DeploymentSpec(group.name, bounded_queue(group.deployment_config.serve_options(defaults)),
-                                        members))
+            defaults = {
+                **BaseModelEntry.default_serve_options,
+                "max_ongoing_requests": sum(
+                    m.serve_options().get("max_ongoing_requests", 5) for m in members
+                ),
+            }
+            specs.append(
+                DeploymentSpec(
+                    group.name,
+                    bounded_queue(group.deployment_config.serve_options(defaults)),
+                    members,
+                )
+            )
         return specs
 
 
@@ -97,10 +115,14 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
     issues: list[ConfigIssue] = []
     indexed: list[tuple[int, BaseModelEntry]] = []
     for index, raw in enumerate(platform.models):
-        entry = _load_model_entry(raw, (models_key, index), issues, platform.engine_kwargs_checked_by)
+        entry = _load_model_entry(
+            raw, (models_key, index), issues, platform.engine_kwargs_checked_by
+        )
         if entry is not None:
             indexed.append((index, entry))
-    issues += _cross_model_issues(indexed, models_key) + _group_issues(platform, indexed, models_key)
+    issues += _cross_model_issues(indexed, models_key) + _group_issues(
+        platform, indexed, models_key
+    )
     issues += _upload_memory_issues(platform, indexed, models_key)
     issues += _pipeline_issues(platform, [entry for _, entry in indexed])
     if issues:
@@ -108,8 +130,9 @@ def load_platform_config(args: dict[str, Any] | None) -> LoadedConfig:
     return LoadedConfig(platform, [entry for _, entry in indexed], models_key)
 
 
-def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue],
-                      checked_by: str | None) -> BaseModelEntry | None:
+def _load_model_entry(
+    raw: Any, loc: tuple, issues: list[ConfigIssue], checked_by: str | None
+) -> BaseModelEntry | None:
     if not isinstance(raw, dict):
         issues.append(ConfigIssue(loc, "each model must be a mapping"))
         return None
@@ -117,13 +140,21 @@ def _load_model_entry(raw: Any, loc: tuple, issues: list[ConfigIssue],
     raw_type = loading.get("type") if isinstance(loading, dict) else None
     entry_cls = _entry_class(raw_type)
     if entry_cls is None and raw_type == ModelType.PIPELINE.value:
-        issues.append(ConfigIssue(loc + ("model_loading_config", "type"),
-                                  "a pipeline is declared under 'pipelines:' (model_id, steps), not among the models"))
+        issues.append(
+            ConfigIssue(
+                loc + ("model_loading_config", "type"),
+                "a pipeline is declared under 'pipelines:' (model_id, steps), not among the models",
+            )
+        )
         return None
     if entry_cls is None:
         allowed = ", ".join(t.value for t in MODEL_ENTRY_TYPES)
-        message = "required field is missing" if raw_type is None else f"unknown model type {raw_type!r}"
-        issues.append(ConfigIssue(loc + ("model_loading_config", "type"), f"{message}; allowed: {allowed}"))
+        message = (
+            "required field is missing" if raw_type is None else f"unknown model type {raw_type!r}"
+        )
+        issues.append(
+            ConfigIssue(loc + ("model_loading_config", "type"), f"{message}; allowed: {allowed}")
+        )
         return None
     entry = None
     try:
@@ -152,8 +183,9 @@ def _entry_class(raw_type: Any) -> type[BaseModelEntry] | None:
         return None
 
 
-def _group_issues(platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]],
-                  models_key: str) -> list[ConfigIssue]:
+def _group_issues(
+    platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]], models_key: str
+) -> list[ConfigIssue]:
     """A grouped model takes its deployment from the group, holds no variants, and is not vLLM
     (vLLM runs its own engine process and sizes memory for the GPU it alone holds)."""
     issues = []
@@ -164,23 +196,42 @@ def _group_issues(platform: PlatformConfig, indexed: list[tuple[int, BaseModelEn
         loc = (models_key, index)
         if entry.group not in names:
             allowed = ", ".join(names) or "none are defined"
-            issues.append(ConfigIssue(loc + ("group",), f"unknown group {entry.group!r}; groups: {allowed}"))
+            issues.append(
+                ConfigIssue(loc + ("group",), f"unknown group {entry.group!r}; groups: {allowed}")
+            )
         if entry.deployment_config.model_fields_set:
-            issues.append(ConfigIssue(loc + ("deployment_config",),
-                                      f"a model in group {entry.group!r} is deployed by the group: move "
-                                      "these options to the group's deployment_config"))
+            issues.append(
+                ConfigIssue(
+                    loc + ("deployment_config",),
+                    f"a model in group {entry.group!r} is deployed by the group: move "
+                    "these options to the group's deployment_config",
+                )
+            )
         if entry.model_loading_config.type is ModelType.VLLM:
-            issues.append(ConfigIssue(loc + ("group",), "vLLM models cannot join a group; give the model its "
-                                      "own deployment (and GPU share) instead"))
+            issues.append(
+                ConfigIssue(
+                    loc + ("group",),
+                    "vLLM models cannot join a group; give the model its "
+                    "own deployment (and GPU share) instead",
+                )
+            )
         if entry.multiplex_config is not None:
-            issues.append(ConfigIssue(loc + ("multiplex_config",), "a model in a group cannot have variants"))
+            issues.append(
+                ConfigIssue(loc + ("multiplex_config",), "a model in a group cannot have variants")
+            )
     model_names = {e.deployment_name for _, e in indexed if e.group is None}
     for position, group in enumerate(platform.groups):
         if names.index(group.name) != position:
-            issues.append(ConfigIssue(("groups", position, "name"), f"duplicate group {group.name!r}"))
+            issues.append(
+                ConfigIssue(("groups", position, "name"), f"duplicate group {group.name!r}")
+            )
         elif group.name in model_names:
-            issues.append(ConfigIssue(("groups", position, "name"),
-                                      f"{group.name!r} is also a model's deployment name"))
+            issues.append(
+                ConfigIssue(
+                    ("groups", position, "name"),
+                    f"{group.name!r} is also a model's deployment name",
+                )
+            )
         if not any(e.group == group.name for _, e in indexed):
             issues.append(ConfigIssue(("groups", position), f"group {group.name!r} has no models"))
     return issues
@@ -194,19 +245,23 @@ def _cross_model_issues(
     seen_names: dict[str, int] = {}
     for index, entry in indexed:
         if entry.model_id in seen_ids:
-            issues.append(ConfigIssue(
-                (models_key, index, "model_loading_config", "model_id"),
-                f"duplicate model_id {entry.model_id!r} (also {models_key}[{seen_ids[entry.model_id]}])",
-            ))
+            issues.append(
+                ConfigIssue(
+                    (models_key, index, "model_loading_config", "model_id"),
+                    f"duplicate model_id {entry.model_id!r} (also {models_key}[{seen_ids[entry.model_id]}])",
+                )
+            )
         seen_ids.setdefault(entry.model_id, index)
         if entry.group:
             continue  # group members share the group's deployment by design
         if entry.deployment_name in seen_names:
-            issues.append(ConfigIssue(
-                (models_key, index, "deployment_config", "name"),
-                f"duplicate deployment name {entry.deployment_name!r} "
-                f"(also {models_key}[{seen_names[entry.deployment_name]}])",
-            ))
+            issues.append(
+                ConfigIssue(
+                    (models_key, index, "deployment_config", "name"),
+                    f"duplicate deployment name {entry.deployment_name!r} "
+                    f"(also {models_key}[{seen_names[entry.deployment_name]}])",
+                )
+            )
         seen_names.setdefault(entry.deployment_name, index)
     return issues
 
@@ -218,36 +273,63 @@ def _pipeline_issues(platform: PlatformConfig, models: list[BaseModelEntry]) -> 
     issues = []
     for index, pipeline in enumerate(platform.pipelines):
         if pipeline.model_id in by_id:
-            issues.append(ConfigIssue(("pipelines", index, "model_id"),
-                                      f"{pipeline.model_id!r} is also a model's id; a pipeline needs a name of its own"))
+            issues.append(
+                ConfigIssue(
+                    ("pipelines", index, "model_id"),
+                    f"{pipeline.model_id!r} is also a model's id; a pipeline needs a name of its own",
+                )
+            )
         for number, step in enumerate(pipeline.steps):
             where = ("pipelines", index, "steps", number, "model")
             entry = by_id.get(step.model)
             if entry is None:
-                issues.append(ConfigIssue(where, f"no model {step.model!r}; models: {', '.join(sorted(by_id))}"))
+                issues.append(
+                    ConfigIssue(
+                        where, f"no model {step.model!r}; models: {', '.join(sorted(by_id))}"
+                    )
+                )
             elif step.spec.capability not in entry.capabilities():
                 serves = ", ".join(c.value for c in entry.capabilities())
-                issues.append(ConfigIssue(where, f"{step.model!r} cannot run a {step.task!r} step (it needs "
-                                                 f"{step.spec.capability.value}); the model serves: {serves}"))
+                issues.append(
+                    ConfigIssue(
+                        where,
+                        f"{step.model!r} cannot run a {step.task!r} step (it needs "
+                        f"{step.spec.capability.value}); the model serves: {serves}",
+                    )
+                )
     return issues
 
 
-def _upload_memory_issues(platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]],
-                          models_key: str) -> list[ConfigIssue]:
+def _upload_memory_issues(
+    platform: PlatformConfig, indexed: list[tuple[int, BaseModelEntry]], models_key: str
+) -> list[ConfigIssue]:
     """A router that could never hold one of a model's largest uploads would refuse them all."""
     bound = platform.router.max_upload_memory_bytes
     issues = []
     for index, entry in indexed:
         needed = UPLOAD_COPIES_HELD * largest_upload_body(entry.max_upload_bytes() or 0)
         if entry.max_upload_bytes() and needed > bound:
-            issues.append(ConfigIssue(("router", "max_upload_memory_bytes"),
-                                      f"{bound} cannot hold one of the largest uploads of {models_key}[{index}] "
-                                      f"({entry.model_id!r}: {needed} bytes at the peak); raise it or lower the "
-                                      f"model's file limit"))
+            issues.append(
+                ConfigIssue(
+                    ("router", "max_upload_memory_bytes"),
+                    f"{bound} cannot hold one of the largest uploads of {models_key}[{index}] "
+                    f"({entry.model_id!r}: {needed} bytes at the peak); raise it or lower the "
+                    f"model's file limit",
+                )
+            )
     return issues
 
 
 __all__ = [
-    "Capability", "ConfigError", "DeploymentSpec", "LoadedConfig", "ModelType", "PlatformConfig",
-    "PlatformSettings", "load_platform_config", "load_platform_settings", "require_secrets", "MODEL_ENTRY_TYPES",
+    "Capability",
+    "ConfigError",
+    "DeploymentSpec",
+    "LoadedConfig",
+    "ModelType",
+    "PlatformConfig",
+    "PlatformSettings",
+    "load_platform_config",
+    "load_platform_settings",
+    "require_secrets",
+    "MODEL_ENTRY_TYPES",
 ]

@@ -23,16 +23,26 @@ class APIKeyEntry(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     key_env: str | None = Field(default=None, description="environment variable holding the key")
-    key_file: str | None = Field(default=None, description="file holding the key (a mounted Secret)")
-    models: list[str] = Field(default_factory=list,
-                              description="model ids this key may use, variants included; empty: every model")
-    requests_per_minute: int | None = Field(default=None, ge=1, description="across every replica; then 429")
-    tokens_per_minute: int | None = Field(default=None, ge=1, description="prompt + completion tokens; then 429")
+    key_file: str | None = Field(
+        default=None, description="file holding the key (a mounted Secret)"
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="model ids this key may use, variants included; empty: every model",
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="across every replica; then 429"
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="prompt + completion tokens; then 429"
+    )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "APIKeyEntry":
+    def _one_source(self) -> APIKeyEntry:
         if (self.key_env is None) == (self.key_file is None):
-            raise ValueError("set exactly one of key_env (an environment variable) or key_file (a file path)")
+            raise ValueError(
+                "set exactly one of key_env (an environment variable) or key_file (a file path)"
+            )
         return self
 
     def missing(self) -> str | None:
@@ -44,7 +54,9 @@ class APIKeyEntry(StrictModel):
         return None
 
     def secret(self) -> str:
-        return (os.environ.get(self.key_env, "") if self.key_env else _read(self.key_file or "")).strip()
+        return (
+            os.environ.get(self.key_env, "") if self.key_env else _read(self.key_file or "")
+        ).strip()
 
 
 def refuse_inline_keys(value: Any) -> Any:
@@ -55,7 +67,8 @@ def refuse_inline_keys(value: Any) -> Any:
                 raise ValueError(
                     f"api_keys[{index}] is a key written in the config, where the Ray dashboard shows it; "
                     "give it a name and a source instead: {name: ..., key_env: VARIABLE} or {name: ..., "
-                    "key_file: /path}, or list plain keys in the variable named by api_keys_env")
+                    "key_file: /path}, or list plain keys in the variable named by api_keys_env"
+                )
     return value
 
 
@@ -71,7 +84,9 @@ class APIKey:
 
     def allows(self, model_id: str) -> bool:
         """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""
-        return not self.models or model_id in self.models or model_id.partition(":")[0] in self.models
+        return (
+            not self.models or model_id in self.models or model_id.partition(":")[0] in self.models
+        )
 
 
 def _read(path: str) -> str:

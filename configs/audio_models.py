@@ -20,33 +20,51 @@ class AudioTask(str, Enum):
     TEXT_TO_SPEECH = "text-to-speech"
 
 
-_TASK_ALIASES = {"automatic-speech-recognition": "speech-to-text", "asr": "speech-to-text",
-                 "stt": "speech-to-text", "tts": "text-to-speech", "text-to-audio": "text-to-speech"}
+_TASK_ALIASES = {
+    "automatic-speech-recognition": "speech-to-text",
+    "asr": "speech-to-text",
+    "stt": "speech-to-text",
+    "tts": "text-to-speech",
+    "text-to-audio": "text-to-speech",
+}
 
 
 class AudioEngineKwargs(TransformersEngineKwargs):
-    task: AudioTask = Field(default=AudioTask.SPEECH_TO_TEXT,
-                            description="speech-to-text (also: automatic-speech-recognition, asr) or text-to-speech (tts)")
+    task: AudioTask = Field(
+        default=AudioTask.SPEECH_TO_TEXT,
+        description="speech-to-text (also: automatic-speech-recognition, asr) or text-to-speech (tts)",
+    )
     max_batch_size: int = Field(default=8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
 
     # speech-to-text
-    chunk_length_s: float = Field(default=30.0, gt=0, le=600,
-                                  description="long audio is cut into windows of this length (Whisper: 30)")
-    stride_length_s: float | None = Field(default=None, ge=0, description="overlap between windows; default chunk/6")
-    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$",
-                                 description="default ISO-639-1 language; unset: the model detects it")
+    chunk_length_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="long audio is cut into windows of this length (Whisper: 30)",
+    )
+    stride_length_s: float | None = Field(
+        default=None, ge=0, description="overlap between windows; default chunk/6"
+    )
+    language: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2,3}$",
+        description="default ISO-639-1 language; unset: the model detects it",
+    )
     max_new_tokens: int | None = Field(default=None, ge=1, le=448)
     max_audio_bytes: int = Field(default=OPENAI_MAX_UPLOAD_BYTES, ge=1024)
     max_audio_duration_s: float = Field(default=3600.0, gt=0)
     translation: bool | None = Field(
-        default=None, description="serve /v1/audio/translations; unset: yes for Whisper models")
+        default=None, description="serve /v1/audio/translations; unset: yes for Whisper models"
+    )
 
     # text-to-speech
     max_input_chars: int = Field(default=4096, ge=1)
     voices: dict[str, int] = Field(
         default_factory=dict,
-        description="voice name -> speaker id of a multi-speaker model; empty: any voice name, the model's voice")
+        description="voice name -> speaker id of a multi-speaker model; empty: any voice name, the model's voice",
+    )
 
     @field_validator("task", mode="before")
     @classmethod

@@ -21,7 +21,9 @@ class _AudioRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    prompt: str | None = Field(default=None, max_length=4096, description="style or vocabulary hint")
+    prompt: str | None = Field(
+        default=None, max_length=4096, description="style or vocabulary hint"
+    )
     response_format: Literal[TRANSCRIPT_FORMATS] = "json"
     temperature: float = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -33,8 +35,12 @@ class TranslationRequest(_AudioRequest):
 class TranscriptionRequest(_AudioRequest):
     """``POST /v1/audio/transcriptions``."""
 
-    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code")
-    timestamp_granularities: list[Literal["word", "segment"]] = Field(default_factory=lambda: ["segment"])
+    language: str | None = Field(
+        default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code"
+    )
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(
+        default_factory=lambda: ["segment"]
+    )
 
 
 class SpeechRequest(BaseModel):
@@ -49,8 +55,11 @@ class SpeechRequest(BaseModel):
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
 
 
-_AUDIO_REQUESTS = {Capability.TRANSCRIPTION: TranscriptionRequest,
-                   Capability.TRANSLATION: TranslationRequest, Capability.SPEECH: SpeechRequest}
+_AUDIO_REQUESTS = {
+    Capability.TRANSCRIPTION: TranscriptionRequest,
+    Capability.TRANSLATION: TranslationRequest,
+    Capability.SPEECH: SpeechRequest,
+}
 
 
 class InvalidRequest(InputError):
@@ -73,7 +82,9 @@ def request_adapter(capability: Capability) -> TypeAdapter:
     elif capability is Capability.SCORE:
         from vllm.entrypoints.pooling.scoring.protocol import ScoreRequest as model  # a union
     elif capability is Capability.CLASSIFY:
-        from vllm.entrypoints.pooling.classify.protocol import ClassificationRequest as model  # a union
+        from vllm.entrypoints.pooling.classify.protocol import (
+            ClassificationRequest as model,
+        )  # a union
     elif capability is Capability.TOKENIZE:
         from vllm.entrypoints.serve.tokenize.protocol import TokenizeRequest as model  # a union
     elif capability is Capability.DETOKENIZE:
@@ -106,7 +117,10 @@ def validate_request(adapter: TypeAdapter, data: Any, prefix: tuple[str, ...] = 
         # vLLM's validators raise their own errors (VLLMValidationError: ``parameter``), which
         # pydantic passes through unwrapped; anything a validator raises is about the body.
         param = getattr(err, "parameter", None)
-        raise InvalidRequest(str(err.args[0]) if err.args else type(err).__name__, ".".join(prefix + (param,)) if param else None) from None
+        raise InvalidRequest(
+            str(err.args[0]) if err.args else type(err).__name__,
+            ".".join(prefix + (param,)) if param else None,
+        ) from None
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from common.base_pydantic import StrictModel
 from configs.capabilities import Capability
 
+
 @dataclass(frozen=True)
 class StepTask:
     capability: Capability  # what the step's model must serve
@@ -24,13 +25,17 @@ class StepTask:
     options: frozenset[str] = frozenset()  # the step fields this task reads
 
 
-def _task(capability: Capability, needs: set[str], gives: set[str], options: set[str] = frozenset()) -> StepTask:
+def _task(
+    capability: Capability, needs: set[str], gives: set[str], options: set[str] = frozenset()
+) -> StepTask:
     return StepTask(capability, frozenset(needs), frozenset(gives), frozenset(options))
 
 
 STEP_TASKS = {
     "transcribe": _task(Capability.TRANSCRIPTION, {"audio"}, {"text"}, {"language"}),
-    "chat": _task(Capability.CHAT, {"text"}, {"text"}, {"prompt", "system", "max_tokens", "temperature"}),
+    "chat": _task(
+        Capability.CHAT, {"text"}, {"text"}, {"prompt", "system", "max_tokens", "temperature"}
+    ),
     "speak": _task(Capability.SPEECH, {"text"}, {"audio"}, {"voice"}),
     "caption": _task(Capability.IMAGE_TO_TEXT, {"image"}, {"text"}),
     "classify-image": _task(Capability.IMAGE_CLASSIFICATION, {"image"}, {"text"}, {"top_n"}),
@@ -44,7 +49,9 @@ INPUT_FIELDS = ("audio", "image", "text", "documents")  # what a request may car
 class PipelineStep(StrictModel):
     task: Literal[tuple(STEP_TASKS)]
     model: str = Field(min_length=1, description="a configured model that serves the task")
-    prompt: str | None = Field(default=None, description="chat: the user message; {text} and {context} are filled in")
+    prompt: str | None = Field(
+        default=None, description="chat: the user message; {text} and {context} are filled in"
+    )
     system: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -53,12 +60,14 @@ class PipelineStep(StrictModel):
     top_n: int = Field(default=3, ge=1, le=100)
 
     @model_validator(mode="after")
-    def _options_of_its_task(self) -> "PipelineStep":
+    def _options_of_its_task(self) -> PipelineStep:
         allowed = STEP_TASKS[self.task].options | {"task", "model"}
         stray = sorted(name for name in self.model_fields_set if name not in allowed)
         if stray:
-            raise ValueError(f"{', '.join(stray)} do(es) not apply to a {self.task!r} step; "
-                             f"it takes: {', '.join(sorted(STEP_TASKS[self.task].options)) or 'no options'}")
+            raise ValueError(
+                f"{', '.join(stray)} do(es) not apply to a {self.task!r} step; "
+                f"it takes: {', '.join(sorted(STEP_TASKS[self.task].options)) or 'no options'}"
+            )
         return self
 
     @property
@@ -69,24 +78,30 @@ class PipelineStep(StrictModel):
 class PipelineConfig(StrictModel):
     model_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
     steps: list[PipelineStep] = Field(min_length=1, max_length=16)
-    timeout_s: float = Field(default=120, gt=0, description="the whole chain's; past it a 504 names the step")
+    timeout_s: float = Field(
+        default=120, gt=0, description="the whole chain's; past it a 504 names the step"
+    )
 
     @model_validator(mode="after")
-    def _values_flow(self) -> "PipelineConfig":
+    def _values_flow(self) -> PipelineConfig:
         """The request brings what the first step needs (and documents); each later step reads only
         what the request or an earlier step has."""
         available = set(self.steps[0].spec.needs) | {"documents"}
         for index, step in enumerate(self.steps):
             missing = step.spec.needs - available
             if missing:
-                raise ValueError(f"steps[{index}]: a {step.task!r} step needs {', '.join(sorted(missing))}, "
-                                 f"which no earlier step gives")
+                raise ValueError(
+                    f"steps[{index}]: a {step.task!r} step needs {', '.join(sorted(missing))}, "
+                    f"which no earlier step gives"
+                )
             available |= step.spec.gives
         return self
 
     def inputs(self) -> list[str]:
         """The request fields this pipeline takes (documents only when a step ranks them)."""
-        needs = set(self.steps[0].spec.needs) | {"documents" for s in self.steps if "documents" in s.spec.needs}
+        needs = set(self.steps[0].spec.needs) | {
+            "documents" for s in self.steps if "documents" in s.spec.needs
+        }
         return [name for name in INPUT_FIELDS if name in needs]
 
 
@@ -97,7 +112,11 @@ class PipelineRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    audio: str | None = Field(default=None, description="base64, a data: URL or an allowed http(s) URL")
-    image: str | None = Field(default=None, description="base64, a data: URL or an allowed http(s) URL")
+    audio: str | None = Field(
+        default=None, description="base64, a data: URL or an allowed http(s) URL"
+    )
+    image: str | None = Field(
+        default=None, description="base64, a data: URL or an allowed http(s) URL"
+    )
     text: str | None = Field(default=None, min_length=1)
     documents: list[str] | None = Field(default=None, min_length=1)

@@ -11,8 +11,16 @@ import os
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr,
-                      field_validator, model_validator)
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from common.base_pydantic import StrictModel
 from common.serve_options import MERGED_BATCHES
@@ -20,14 +28,15 @@ from configs.api_keys import APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
 from configs.pipeline_models import PipelineConfig
 
-
 CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
 
 
 class ModelLoadingConfig(StrictModel):
     model_id: str = Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
         description="The name clients send as `model`.",
     )
     model_source: str = Field(
@@ -79,7 +88,7 @@ class AutoscalingConfig(StrictModel):
     look_back_period_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingConfig":
+    def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
@@ -101,13 +110,15 @@ class DeploymentConfig(StrictModel):
     max_queued_requests: int | None = Field(default=None, ge=-1)
     ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
     placement_group_bundles: list[dict[str, float]] | None = None
-    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = (
+        None
+    )
     health_check_period_s: float | None = Field(default=None, gt=0)
     health_check_timeout_s: float | None = Field(default=None, gt=0)
     graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _replicas_or_autoscaling(self) -> "DeploymentConfig":
+    def _replicas_or_autoscaling(self) -> DeploymentConfig:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set num_replicas or autoscaling_config, not both")
         return self
@@ -118,7 +129,10 @@ class DeploymentConfig(StrictModel):
             **defaults,
             **self.model_dump(exclude_none=True, exclude_unset=True, exclude={"ray_actor_options"}),
         }
-        actor = {**defaults.get("ray_actor_options", {}), **self.ray_actor_options.model_dump(exclude_none=True)}
+        actor = {
+            **defaults.get("ray_actor_options", {}),
+            **self.ray_actor_options.model_dump(exclude_none=True),
+        }
         options["ray_actor_options"] = actor
         return options
 
@@ -127,7 +141,8 @@ class TransformersEngineKwargs(StrictModel):
     """What every transformers engine shares: weights, precision and Serve batching."""
 
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="auto: float16 on a GPU, float32 on the CPU")
+        default="auto", description="auto: float16 on a GPU, float32 on the CPU"
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     # Requests that arrive within batch_wait_timeout_s of each other share one forward pass.
@@ -141,8 +156,12 @@ class MultiplexConfig(StrictModel):
     Ray Serve's ``serve_multiplexed_model_id`` header); Serve routes each variant to replicas
     that hold it and keeps at most ``max_variants_per_replica`` loaded per replica."""
 
-    variants: dict[str, str] = Field(default_factory=dict, description="name -> source (path, hub id, s3://)")
-    variants_dir: str | None = Field(default=None, description="each subdirectory is a variant, named after it")
+    variants: dict[str, str] = Field(
+        default_factory=dict, description="name -> source (path, hub id, s3://)"
+    )
+    variants_dir: str | None = Field(
+        default=None, description="each subdirectory is a variant, named after it"
+    )
     max_variants_per_replica: int = Field(default=3, ge=1, le=1024)
 
     @field_validator("variants")
@@ -150,7 +169,9 @@ class MultiplexConfig(StrictModel):
     def _names_and_sources(cls, value: dict[str, str]) -> dict[str, str]:
         for name, source in value.items():
             if source.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(source)):
-                raise ValueError(f"variant {name!r}: local path {source!r} does not exist (relative to {os.getcwd()})")
+                raise ValueError(
+                    f"variant {name!r}: local path {source!r} does not exist (relative to {os.getcwd()})"
+                )
         return value
 
     @field_validator("variants_dir")
@@ -165,11 +186,14 @@ class MultiplexConfig(StrictModel):
     _found: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _some_variants(self) -> "MultiplexConfig":
+    def _some_variants(self) -> MultiplexConfig:
         if self.variants_dir:
             root = os.path.abspath(os.path.expanduser(self.variants_dir))
-            self._found = {name: os.path.join(root, name) for name in sorted(os.listdir(root))
-                           if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")}
+            self._found = {
+                name: os.path.join(root, name)
+                for name in sorted(os.listdir(root))
+                if os.path.isdir(os.path.join(root, name)) and not name.startswith(".")
+            }
         variants = self.all_variants()
         if not variants:
             raise ValueError("no variants: list them in variants or put them in variants_dir")
@@ -190,7 +214,9 @@ class BaseModelEntry(StrictModel):
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     engine_kwargs: Any = None
     multiplex_config: MultiplexConfig | None = None
-    group: str | None = Field(default=None, description="a name in groups: share that group's replicas")
+    group: str | None = Field(
+        default=None, description="a name in groups: share that group's replicas"
+    )
 
     # Serve options the engine type wants unless the YAML says otherwise.
     default_serve_options: ClassVar[dict[str, Any]] = {
@@ -211,7 +237,11 @@ class BaseModelEntry(StrictModel):
 
     @property
     def deployment_name(self) -> str:
-        return self.group or self.deployment_config.name or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
+        return (
+            self.group
+            or self.deployment_config.name
+            or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
+        )
 
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel] | None:
@@ -267,7 +297,7 @@ class CorsConfig(StrictModel):
     allow_headers: list[str] = Field(default_factory=lambda: ["Authorization", "Content-Type"])
 
     @model_validator(mode="after")
-    def _no_wildcard_with_credentials(self) -> "CorsConfig":
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
         if self.allow_credentials and "*" in self.allow_origins:
             raise ValueError(
                 "allow_origins '*' with allow_credentials: true lets any site act with a "
@@ -284,8 +314,12 @@ class MediaConfig(StrictModel):
     Local files are never read.
     """
 
-    allowed_domains: list[str] = Field(default_factory=list, description='e.g. ["images.example.com"]')
-    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list, description="CIDRs, e.g. 10.1.2.0/24")
+    allowed_domains: list[str] = Field(
+        default_factory=list, description='e.g. ["images.example.com"]'
+    )
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="CIDRs, e.g. 10.1.2.0/24"
+    )
     max_download_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     download_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
@@ -325,12 +359,18 @@ class PlatformSettings(StrictModel):
     of the parts its replicas enforce themselves (``MODEL_APP_SETTINGS``).
     """
 
-    api_keys: list[APIKeyEntry] = Field(default_factory=list, description="named keys, read from env or files")
-    api_keys_env: str | None = Field(default=None, description="env var with comma-separated keys for every model")
+    api_keys: list[APIKeyEntry] = Field(
+        default_factory=list, description="named keys, read from env or files"
+    )
+    api_keys_env: str | None = Field(
+        default=None, description="env var with comma-separated keys for every model"
+    )
     cors: CorsConfig = Field(default_factory=CorsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
-    pipelines: list[PipelineConfig] = Field(default_factory=list, description="models that chain other models")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list, description="models that chain other models"
+    )
 
     _inline_keys_refused = field_validator("api_keys", mode="before")(refuse_inline_keys)
 
@@ -340,17 +380,30 @@ class PlatformSettings(StrictModel):
         planned or rendered: secrets live on the cluster, not on the planner's machine."""
         missing = [reason for reason in (entry.missing() for entry in self.api_keys) if reason]
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
-            missing.append(f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
-                           "open to anyone; set the variable or remove api_keys_env")
+            missing.append(
+                f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
+                "open to anyone; set the variable or remove api_keys_env"
+            )
         return missing
 
     def resolved_api_keys(self) -> list[APIKey]:
         """Every key with its scope, read from its source now."""
-        keys = [APIKey(entry.secret(), entry.name, tuple(entry.models), entry.requests_per_minute,
-                       entry.tokens_per_minute) for entry in self.api_keys]
+        keys = [
+            APIKey(
+                entry.secret(),
+                entry.name,
+                tuple(entry.models),
+                entry.requests_per_minute,
+                entry.tokens_per_minute,
+            )
+            for entry in self.api_keys
+        ]
         if self.api_keys_env:
-            keys += [APIKey(k.strip(), self.api_keys_env) for k in os.environ.get(self.api_keys_env, "").split(",")
-                     if k.strip()]
+            keys += [
+                APIKey(k.strip(), self.api_keys_env)
+                for k in os.environ.get(self.api_keys_env, "").split(",")
+                if k.strip()
+            ]
         return keys
 
 
@@ -368,7 +421,11 @@ class PlatformConfig(PlatformSettings):
     )
     groups: list[GroupConfig] = Field(default_factory=list)
     platform_app: str | None = Field(
-        default=None, description="set by the renderer: the router application that serves these models")
+        default=None,
+        description="set by the renderer: the router application that serves these models",
+    )
     engine_kwargs_checked_by: str | None = Field(
-        default=None, description="set by the renderer: the engine library (name==version) that already "
-        "checked these models' engine_kwargs; a build with that same library installed skips the check")
+        default=None,
+        description="set by the renderer: the engine library (name==version) that already "
+        "checked these models' engine_kwargs; a build with that same library installed skips the check",
+    )

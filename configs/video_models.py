@@ -12,16 +12,24 @@ from configs.vision_models import MediaEngineKwargs, TensorModelEntry
 class VideoEngineKwargs(MediaEngineKwargs):
     task: Literal["video-classification"] = "video-classification"
     max_batch_size: int = Field(default=4, ge=1, le=128)
-    num_frames: int | None = Field(default=None, ge=1, le=512,
-                                   description="frames per clip; default: the model config's num_frames")
-    frame_stride: int = Field(default=0, ge=0, description="take every n-th frame; 0: spread over the clip")
-    fps: float | None = Field(default=None, gt=0, description="sample at this rate instead of a stride")
+    num_frames: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="frames per clip; default: the model config's num_frames",
+    )
+    frame_stride: int = Field(
+        default=0, ge=0, description="take every n-th frame; 0: spread over the clip"
+    )
+    fps: float | None = Field(
+        default=None, gt=0, description="sample at this rate instead of a stride"
+    )
     max_video_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     max_video_duration_s: float = Field(default=600.0, gt=0)
     max_inputs_per_request: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
-    def _stride_or_fps(self) -> "VideoEngineKwargs":
+    def _stride_or_fps(self) -> VideoEngineKwargs:
         if self.frame_stride and self.fps:
             raise ValueError("set frame_stride or fps, not both")
         return self

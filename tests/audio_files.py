@@ -13,13 +13,17 @@ def tone(seconds: float, rate: int = 16000, hz: float = 440.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-def audio_file(fmt: str, codec: str, rate: int = 16000, seconds: float = 1.0, channels: int = 1) -> bytes:
+def audio_file(
+    fmt: str, codec: str, rate: int = 16000, seconds: float = 1.0, channels: int = 1
+) -> bytes:
     """``seconds`` of a tone encoded with ``codec`` in the ``fmt`` container."""
     layout = "stereo" if channels == 2 else "mono"
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.tile(tone(seconds, rate), (channels, 1)), format="fltp", layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.tile(tone(seconds, rate), (channels, 1)), format="fltp", layout=layout
+        )
         frame.sample_rate = rate
         resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=rate)
         for out in resampler.resample(frame) + resampler.resample(None):

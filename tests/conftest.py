@@ -21,9 +21,12 @@ SESSION_TMP = Path(tempfile.mkdtemp(prefix="rsp-"))
 atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
 (SESSION_TMP / "ray").mkdir()
 for variable, directory in {
-    "TMPDIR": SESSION_TMP, "RAY_TMPDIR": SESSION_TMP,       # pytest's tmp_path, Ray's default temp dir
-    "XDG_CACHE_HOME": SESSION_TMP / "cache", "VLLM_CACHE_ROOT": SESSION_TMP / "cache" / "vllm",
-    "HF_HOME": SESSION_TMP / "cache" / "huggingface", "TORCHINDUCTOR_CACHE_DIR": SESSION_TMP / "cache" / "inductor",
+    "TMPDIR": SESSION_TMP,
+    "RAY_TMPDIR": SESSION_TMP,  # pytest's tmp_path, Ray's default temp dir
+    "XDG_CACHE_HOME": SESSION_TMP / "cache",
+    "VLLM_CACHE_ROOT": SESSION_TMP / "cache" / "vllm",
+    "HF_HOME": SESSION_TMP / "cache" / "huggingface",
+    "TORCHINDUCTOR_CACHE_DIR": SESSION_TMP / "cache" / "inductor",
 }.items():
     os.environ[variable] = str(directory)
 tempfile.tempdir = str(SESSION_TMP)
@@ -33,4 +36,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def ray_temp_dir() -> str:
     """A fresh, short temp dir for one Ray cluster (its socket paths must stay under 108 bytes)."""
     return tempfile.mkdtemp(prefix="r", dir=SESSION_TMP)
+
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -17,15 +17,23 @@ def image_file(fmt: str = "PNG", width: int = 64, height: int = 48, seed: int = 
     return buffer.getvalue()
 
 
-def video_file(fmt: str = "mp4", codec: str = "libx264", frames: int = 16, fps: int = 8,
-               width: int = 64, height: int = 48) -> bytes:
+def video_file(
+    fmt: str = "mp4",
+    codec: str = "libx264",
+    frames: int = 16,
+    fps: int = 8,
+    width: int = 64,
+    height: int = 48,
+) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         rng = np.random.RandomState(0)
         for _ in range(frames):
-            frame = av.VideoFrame.from_ndarray((rng.rand(height, width, 3) * 255).astype("uint8"), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                (rng.rand(height, width, 3) * 255).astype("uint8"), format="rgb24"
+            )
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -37,8 +45,18 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def infer_body(elements: list, input_name: str = "image", datatype: str = "BYTES", shape: list[int] | None = None,
-               **extra) -> dict:
+def infer_body(
+    elements: list,
+    input_name: str = "image",
+    datatype: str = "BYTES",
+    shape: list[int] | None = None,
+    **extra,
+) -> dict:
     """An Open Inference Protocol request with one input, by default of (base64 or URL) strings."""
-    tensor = {"name": input_name, "shape": shape or [len(elements)], "datatype": datatype, "data": elements}
+    tensor = {
+        "name": input_name,
+        "shape": shape or [len(elements)],
+        "datatype": datatype,
+        "data": elements,
+    }
     return {"inputs": [tensor], **extra}

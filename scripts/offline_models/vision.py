@@ -12,13 +12,22 @@ from offline_models.audio import CORPUS, _builds
 
 LABELS = ["cat", "dog", "bird", "car", "tree"]
 IMAGE_SIZE = 32
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                image_size=IMAGE_SIZE, patch_size=8)
+TINY_VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+)
 
 
 def _labelled(count: int | None = None) -> dict:
     labels = LABELS[:count] if count else LABELS
-    return {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    return {
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
 
 
 def _square(size: int = IMAGE_SIZE) -> dict:
@@ -43,10 +52,15 @@ def build_tiny_yolos(target: Path, seed: int) -> None:
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
     torch.manual_seed(seed)
-    config = YolosConfig(**{**TINY_VIT, "image_size": [IMAGE_SIZE, IMAGE_SIZE]}, num_detection_tokens=5,
-                         **_labelled())
+    config = YolosConfig(
+        **{**TINY_VIT, "image_size": [IMAGE_SIZE, IMAGE_SIZE]},
+        num_detection_tokens=5,
+        **_labelled(),
+    )
     YolosForObjectDetection(config).save_pretrained(target)
-    YolosImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE}).save_pretrained(target)
+    YolosImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE}
+    ).save_pretrained(target)
 
 
 def _bpe(target: Path, vocab_size: int = 300):
@@ -55,8 +69,12 @@ def _bpe(target: Path, vocab_size: int = 300):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS * 4, trainer=trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        CORPUS * 4,
+        trainer=trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return bpe
 
 
@@ -64,22 +82,42 @@ def _bpe(target: Path, vocab_size: int = 300):
 def build_tiny_clip(target: Path, seed: int) -> None:
     """A CLIP model for zero-shot image classification (any labels, given per request)."""
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPVisionConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        PreTrainedTokenizerFast,
+    )
 
     bpe = _bpe(target)
     bpe.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>",
-                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        model_max_length=64)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=64,
+    )
     torch.manual_seed(seed)
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=64, projection_dim=16,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        projection_dim=16,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vision = CLIPVisionConfig(**TINY_VIT, projection_dim=16)
-    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
-              ).save_pretrained(target)
+    CLIPModel(
+        CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    ).save_pretrained(target)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=_square())
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
 
@@ -88,21 +126,46 @@ def build_tiny_clip(target: Path, seed: int) -> None:
 def build_tiny_blip(target: Path, seed: int) -> None:
     """A BLIP captioning model (image-to-text)."""
     import torch
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor,
-                              BlipTextConfig, BlipVisionConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+        PreTrainedTokenizerFast,
+    )
 
     bpe = _bpe(target)
     bpe.add_special_tokens(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]", "[DEC]"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="[PAD]", cls_token="[CLS]",
-                                        sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]",
-                                        bos_token="[DEC]", model_max_length=32)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
+        model_max_length=32,
+    )
     torch.manual_seed(seed)
-    text = BlipTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=32, encoder_hidden_size=32,
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                          sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id)
+    text = BlipTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        encoder_hidden_size=32,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     vision = BlipVisionConfig(**TINY_VIT)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    model = BlipForConditionalGeneration(
+        BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    )
     model.generation_config.max_length = 16
     model.save_pretrained(target)
     image_processor = BlipImageProcessor(size=_square())
@@ -118,4 +181,6 @@ def build_tiny_videomae(target: Path, seed: int) -> None:
     torch.manual_seed(seed)
     config = VideoMAEConfig(**TINY_VIT, num_frames=4, tubelet_size=2, **_labelled(3))
     VideoMAEForVideoClassification(config).save_pretrained(target)
-    VideoMAEImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=_square()).save_pretrained(target)
+    VideoMAEImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=_square()).save_pretrained(
+        target
+    )

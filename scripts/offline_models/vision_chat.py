@@ -28,25 +28,60 @@ def build_tiny_llava(out: Path, chat_source: Path, seed: int = 0) -> Path:
     @_builds("tiny-llava", "config.json", "model.safetensors", "processor_config.json")
     def build(target: Path, seed: int) -> None:
         import torch
-        from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                                  LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+            PreTrainedTokenizerFast,
+        )
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(chat_source)
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
         tokenizer.chat_template = TEMPLATE
-        images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                    crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-        LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH, chat_template=TEMPLATE,
-                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(target)
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=32)
-        text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id)
-        config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-1,
-                             image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                             vision_feature_select_strategy="default")
+        images = CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        )
+        LlavaProcessor(
+            image_processor=images,
+            tokenizer=tokenizer,
+            patch_size=PATCH,
+            chat_template=TEMPLATE,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        ).save_pretrained(target)
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH,
+            projection_dim=32,
+        )
+        text = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=64,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            vision_feature_layer=-1,
+            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            vision_feature_select_strategy="default",
+        )
         torch.manual_seed(seed)
         LlavaForConditionalGeneration(config).save_pretrained(target)
 

@@ -15,14 +15,23 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 CONSOLE_PATH = "/console"
-CONTENT_TYPES = {"console.html": "text/html; charset=utf-8", "console.js": "text/javascript; charset=utf-8",
-                 "console.css": "text/css; charset=utf-8"}
+CONTENT_TYPES = {
+    "console.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+}
 # Images, recordings and generated speech become blob:/data: URLs in the page; nothing else is loaded.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                           "img-src 'self' blob: data:; media-src 'self' blob: data:; base-uri 'none'; "
-                           "form-action 'none'; frame-ancestors 'none'")
-HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
-           "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' blob: data:; media-src 'self' blob: data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def install_console(app: FastAPI) -> None:

@@ -12,11 +12,11 @@ from ray import serve
 from cloud.download_progress import progress_key
 from cloud.storage import download_watch
 from common.devices import replica_placement
+from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
 from configs import MODEL_ENTRY_TYPES, ModelType
 from configs.server_models import BaseModelEntry, Capability
 from servers import engine_class
-from common.engine_response import EngineResponse
 from servers.base_engine import BaseEngine
 
 logger = logging.getLogger("ray.serve")
@@ -37,10 +37,15 @@ class EngineDeployment:
             entry = _validated(raw)
             self.engines[entry.model_id] = engine_class(entry)(entry)
             # while the weights arrive, `deploy_app.py status` and /ready show how far they got
-            with download_watch(entry.model_loading_config.model_source, progress_key(_app_name(), entry.model_id)):
+            with download_watch(
+                entry.model_loading_config.model_source, progress_key(_app_name(), entry.model_id)
+            ):
                 await self.engines[entry.model_id].start()
-        self.variants = {model_id: Variants(engine) for model_id, engine in self.engines.items()
-                         if engine.entry.multiplex_config}
+        self.variants = {
+            model_id: Variants(engine)
+            for model_id, engine in self.engines.items()
+            if engine.entry.multiplex_config
+        }
 
     async def _engine_for(self, model_id: str) -> BaseEngine:
         """The engine of ``model_id``, or of the variant the request was routed for."""
@@ -49,8 +54,9 @@ class EngineDeployment:
             return await self.variants[model_id].engine(variant)
         return self.engines[model_id]
 
-    async def handle(self, model_id: str, capability: str, body: dict[str, Any],
-                     request_id: str | None = None) -> EngineResponse:
+    async def handle(
+        self, model_id: str, capability: str, body: dict[str, Any], request_id: str | None = None
+    ) -> EngineResponse:
         _adopt_request_id(request_id, model_id, capability)
         self.requests_total[model_id] += 1
         engine = await self._engine_for(model_id)

@@ -23,8 +23,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from common.streaming import is_event_stream
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
-from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
-                                     meters_tokens, response_tokens)
+from serve.router.key_limits import (
+    USAGE_HEADER,
+    KeyLimits,
+    StreamMeter,
+    ask_for_usage,
+    ask_for_usage_header,
+    meters_tokens,
+    response_tokens,
+)
 from serve.router.media_refs import inline_chat_media
 from serve.router.observed import ObservedRequests
 from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
@@ -32,10 +39,13 @@ from serve.router.uploads import parse_json_object, read_limited_body
 
 # (method, path under the route prefix) the one-hop path serves; vLLM answers its own 404 for
 # an endpoint the model lacks (embeddings on a chat model, ...).
-ONE_HOP_ENDPOINTS = {("POST", path) for path in VLLM_ENDPOINTS} | {("GET", "/v1/models"), ("GET", "/health")}
+ONE_HOP_ENDPOINTS = {("POST", path) for path in VLLM_ENDPOINTS} | {
+    ("GET", "/v1/models"),
+    ("GET", "/health"),
+}
 
 
-def with_cors(guard: "OneHopGuard") -> ASGIApp:
+def with_cors(guard: OneHopGuard) -> ASGIApp:
     """The guarded app behind the platform's CORS policy when it has one."""
     return CORSMiddleware(guard, **guard.settings.cors) if guard.settings.cors else guard
 
@@ -44,20 +54,34 @@ def observed_one_hop(app: ASGIApp, model_id: str, counts: Counter[str]) -> Obser
     """``app`` (the guarded vLLM app) with the one-hop path's request ids, metrics and log lines:
     the outermost layer of a vLLM replica's HTTP port. vLLM takes the prefixed request id."""
     posts = frozenset(path for method, path in ONE_HOP_ENDPOINTS if method == "POST")
-    return ObservedRequests(app, path="direct", model_id=model_id, endpoints=posts, engine_header=True, counts=counts)
+    return ObservedRequests(
+        app, path="direct", model_id=model_id, endpoints=posts, engine_header=True, counts=counts
+    )
 
 
-MAX_METERED_ANSWER_BYTES = 64 * 1024 * 1024  # a JSON answer read for its usage (embeddings can be large)
+MAX_METERED_ANSWER_BYTES = (
+    64 * 1024 * 1024
+)  # a JSON answer read for its usage (embeddings can be large)
 
 
 class OneHopGuard:
     """ASGI middleware: refuse, or pass the request on with its body checked (and media inlined)."""
 
-    def __init__(self, app: ASGIApp, settings: RouterSettings,
-                 on_model: Callable[[Any], Awaitable[None]] | None = None):
-        self.app, self.settings, self.on_model = app, settings, on_model  # on_model: sees each body's "model"
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: RouterSettings,
+        on_model: Callable[[Any], Awaitable[None]] | None = None,
+    ):
+        self.app, self.settings, self.on_model = (
+            app,
+            settings,
+            on_model,
+        )  # on_model: sees each body's "model"
         self.limits = KeyLimits(settings.platform_app or "")  # the rendered app names its platform
-        self.model_ids = {route.model_id for route in settings.routes.values() if route.variant is None}
+        self.model_ids = {
+            route.model_id for route in settings.routes.values() if route.variant is None
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -87,13 +111,19 @@ class OneHopGuard:
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
         request = Request(scope, receive)
-        path = scope["path"][len(scope.get("root_path", "")):] or "/"
+        path = scope["path"][len(scope.get("root_path", "")) :] or "/"
         if (request.method, path) not in ONE_HOP_ENDPOINTS:
-            raise APIError(404, f"{request.method} {path} is not served here; this URL serves "
-                           f"{', '.join(sorted(p for _, p in ONE_HOP_ENDPOINTS))}", code="not_found")
+            raise APIError(
+                404,
+                f"{request.method} {path} is not served here; this URL serves "
+                f"{', '.join(sorted(p for _, p in ONE_HOP_ENDPOINTS))}",
+                code="not_found",
+            )
         key = check_api_key(request.headers.get("authorization"), self.settings.api_keys)
         for model_id in self.model_ids:
-            check_scope(key, model_id)  # this URL serves one model: a key outside its scope gets nothing
+            check_scope(
+                key, model_id
+            )  # this URL serves one model: a key outside its scope gets nothing
         await self.limits.check(key)
         if request.method != "POST":
             return receive, send
@@ -103,8 +133,17 @@ class OneHopGuard:
         if self.on_model is not None:
             await self.on_model(body.get("model"))
         if meters_tokens(key):
-            meter = StreamMeter(keep_usage_event=ask_for_usage(body)) if body.get("stream") is True else None
-            send = _metered_send(send, meter, lambda tokens: self.limits.spend(key, tokens), ask_for_usage_header(body))
+            meter = (
+                StreamMeter(keep_usage_event=ask_for_usage(body))
+                if body.get("stream") is True
+                else None
+            )
+            send = _metered_send(
+                send,
+                meter,
+                lambda tokens: self.limits.spend(key, tokens),
+                ask_for_usage_header(body),
+            )
             changed = True
         return _replay(json.dumps(body).encode() if changed else bytes(raw), receive), send
 
@@ -125,7 +164,9 @@ class _AnswerState:
         await self._send(message)
 
 
-def _metered_send(send: Send, meter: StreamMeter | None, spend, keep_usage_header: bool = True) -> Send:
+def _metered_send(
+    send: Send, meter: StreamMeter | None, spend, keep_usage_header: bool = True
+) -> Send:
     """``send`` that counts the answer's tokens: from the event stream's usage event (``meter``),
     or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings); reported when
     the body ends. Error answers (JSON even for a stream request) pass unchanged."""
@@ -136,11 +177,18 @@ def _metered_send(send: Send, meter: StreamMeter | None, spend, keep_usage_heade
     async def metered_send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers") or [])
-            started.update(status=message["status"], usage=headers.get(usage_header),
-                           events=is_event_stream(message.get("headers")))
+            started.update(
+                status=message["status"],
+                usage=headers.get(usage_header),
+                events=is_event_stream(message.get("headers")),
+            )
             if not keep_usage_header:
-                message = {**message, "headers": [(k, v) for k, v in message.get("headers") or []
-                                                  if k.lower() != usage_header]}
+                message = {
+                    **message,
+                    "headers": [
+                        (k, v) for k, v in message.get("headers") or [] if k.lower() != usage_header
+                    ],
+                }
         elif message["type"] == "http.response.body":
             body, last = message.get("body", b""), not message.get("more_body", False)
             if meter is not None and started.get("events"):
@@ -149,7 +197,11 @@ def _metered_send(send: Send, meter: StreamMeter | None, spend, keep_usage_heade
             elif started.get("status") == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
                 answer.extend(body)
             if last:
-                spend(meter.tokens if meter is not None else response_tokens(bytes(answer), started.get("usage")))
+                spend(
+                    meter.tokens
+                    if meter is not None
+                    else response_tokens(bytes(answer), started.get("usage"))
+                )
         await send(message)
 
     return metered_send

@@ -45,9 +45,11 @@ def requested_variant(body: bytes, model_id: str, variants: frozenset[str]) -> s
     except (ValueError, RecursionError):  # not JSON (cut short, say), or nested past Python's stack
         found = _MODEL_FIELD.search(body)
         model = found.group(1).decode() if found else None
-    if not isinstance(model, str) or not model.startswith(f"{model_id}:"):  # the base model, another, none
+    if not isinstance(model, str) or not model.startswith(
+        f"{model_id}:"
+    ):  # the base model, another, none
         return ""
-    variant = model[len(model_id) + 1:]
+    variant = model[len(model_id) + 1 :]
     return variant if variant in variants else ""
 
 

@@ -14,25 +14,40 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from configs.server_models import Capability
-from configs.api_keys import APIKey
-from common.streaming import ClosingStreamingResponse
+
+from common.engine_response import EngineResponse
 from common.rendered_apps import CONFIG_FILE_ENV
+from common.streaming import ClosingStreamingResponse
+from configs.api_keys import APIKey
+from configs.server_models import Capability
 from serve.console import install_console
 from serve.platform_status import READY, UNAVAILABLE, ModelPhase
 from serve.router.auth import admitted, check_api_key, request_key, visible
-from serve.router.key_limits import (USAGE_HEADER, KeyLimits, StreamMeter, ask_for_usage, ask_for_usage_header,
-                                     metered, meters_tokens, response_tokens)
 from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
-from serve.router.routing import (VLLM_ENDPOINTS, ModelRoute, RouterSettings, deployment_states, model_state,
-                                  requested_model)
+from serve.router.key_limits import (
+    USAGE_HEADER,
+    KeyLimits,
+    StreamMeter,
+    ask_for_usage,
+    ask_for_usage_header,
+    metered,
+    meters_tokens,
+    response_tokens,
+)
 from serve.router.media_refs import inline_chat_media
 from serve.router.observed import ObservedRequests
 from serve.router.oip import install_oip_routes
-from serve.router.pipelines import install_pipeline_routes, pipeline_card, pipeline_state
 from serve.router.openapi_docs import openapi_description
+from serve.router.pipelines import install_pipeline_routes, pipeline_card, pipeline_state
+from serve.router.routing import (
+    VLLM_ENDPOINTS,
+    ModelRoute,
+    RouterSettings,
+    deployment_states,
+    model_state,
+    requested_model,
+)
 from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
-from common.engine_response import EngineResponse
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,16 +58,22 @@ UPLOAD_ENDPOINTS = {
     "/v1/audio/translations": Capability.TRANSLATION,
 }
 
-BODY_ENDPOINTS = {**{path: (c, "application/json") for path, c in JSON_ENDPOINTS.items()},
-                  **{path: (c, "multipart/form-data") for path, c in UPLOAD_ENDPOINTS.items()}}
+BODY_ENDPOINTS = {
+    **{path: (c, "application/json") for path, c in JSON_ENDPOINTS.items()},
+    **{path: (c, "multipart/form-data") for path, c in UPLOAD_ENDPOINTS.items()},
+}
 
 
 class EngineCaller(Protocol):
     """How the app reaches engines; Serve handles in production, fakes in unit tests."""
 
-    async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse: ...
+    async def call(
+        self, route: ModelRoute, capability: Capability, body: dict
+    ) -> EngineResponse: ...
 
-    def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]: ...
+    def stream(
+        self, route: ModelRoute, capability: Capability, body: dict
+    ) -> AsyncIterator[str | EngineResponse]: ...
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
@@ -61,7 +82,9 @@ class EngineCaller(Protocol):
         """Each model's phase and replica counts, by model id."""
 
 
-def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None) -> FastAPI:
+def create_router_app(
+    settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None
+) -> FastAPI:
     """``limits``: the platform's per-key request limits (None: keys are not rate limited)."""
     app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
@@ -79,46 +102,89 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
     async def readiness(request: Request) -> JSONResponse:
         bases = [r for r in visible(request, settings.routes).values() if r.variant is None]
         pipelines = visible(request, settings.pipelines)
-        steps = [settings.routes[s.model] for p in pipelines.values() for s in p.steps if s.model in settings.routes]
+        steps = [
+            settings.routes[s.model]
+            for p in pipelines.values()
+            for s in p.steps
+            if s.model in settings.routes
+        ]
         states = await deployment_states(engines, bases + steps)
-        models = {r.model_id: {"ready": states[r.deployment_name] is not None, "phase": READY,
-                               **model_state(r.model_id, states[r.deployment_name])} for r in bases}
+        models = {
+            r.model_id: {
+                "ready": states[r.deployment_name] is not None,
+                "phase": READY,
+                **model_state(r.model_id, states[r.deployment_name]),
+            }
+            for r in bases
+        }
         ready = all(state is not None for state in states.values())
-        phases = await engines.phases()  # the controller's view: why a model is not ready, replica counts
+        phases = (
+            await engines.phases()
+        )  # the controller's view: why a model is not ready, replica counts
         for model_id, model in models.items():
             phase = phases.get(model_id)
             if phase is not None:
                 model["phase"] = model["phase"] if model["ready"] else phase.phase
-                model.update(phase_detail=phase.detail,
-                             replicas={"running": phase.replicas_running, "target": phase.replicas_target})
+                model.update(
+                    phase_detail=phase.detail,
+                    replicas={"running": phase.replicas_running, "target": phase.replicas_target},
+                )
             elif not model["ready"]:
                 model.update(phase=UNAVAILABLE, phase_detail="no replica answered")
         chains = {name: pipeline_state(p, settings.routes, states) for name, p in pipelines.items()}
         ready = ready and all(chain["ready"] for chain in chains.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models, "pipelines": chains,
-                             "config_file": os.environ.get(CONFIG_FILE_ENV)},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {
+                "status": "ready" if ready else "not_ready",
+                "models": models,
+                "pipelines": chains,
+                "config_file": os.environ.get(CONFIG_FILE_ENV),
+            },
+            status_code=200 if ready else 503,
+        )
 
     @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
     async def openapi(request: Request) -> dict:
         # a thread: the first call imports vLLM's protocol models
-        return await asyncio.to_thread(openapi_description, app, BODY_ENDPOINTS, visible(request, settings.routes),
-                                       bool(settings.api_keys), sorted(visible(request, settings.pipelines)))
+        return await asyncio.to_thread(
+            openapi_description,
+            app,
+            BODY_ENDPOINTS,
+            visible(request, settings.routes),
+            bool(settings.api_keys),
+            sorted(visible(request, settings.pipelines)),
+        )
 
     @app.get("/v1/models", dependencies=protected)
     async def list_models(request: Request) -> dict:
         pipelines = [pipeline_card(p) for p in visible(request, settings.pipelines).values()]
-        return {"object": "list", "data": [r.card() for r in visible(request, settings.routes).values()] + pipelines}
+        return {
+            "object": "list",
+            "data": [r.card() for r in visible(request, settings.routes).values()] + pipelines,
+        }
 
     @app.get("/v1/models/{model_id:path}", dependencies=protected)
     async def get_model(model_id: str, request: Request) -> dict:
-        pipeline = None if model_id in settings.routes else admitted(request, settings.pipelines, model_id)
-        return pipeline_card(pipeline) if pipeline else _route_for(request, settings.routes, model_id).card()
+        pipeline = (
+            None if model_id in settings.routes else admitted(request, settings.pipelines, model_id)
+        )
+        return (
+            pipeline_card(pipeline)
+            if pipeline
+            else _route_for(request, settings.routes, model_id).card()
+        )
 
     async def forward(request: Request, capability: Capability) -> Response:
         body = await read_json_object(request, settings.max_request_bytes)
-        route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
-        body["model"] = route.model_id  # a variant named by header: vLLM knows its LoRA by the full name
+        route = _route_for(
+            request,
+            settings.routes,
+            requested_model(request.headers, body.get("model")),
+            capability,
+        )
+        body["model"] = (
+            route.model_id
+        )  # a variant named by header: vLLM knows its LoRA by the full name
         _check_context_length(route, body)
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             await inline_chat_media(body, settings.media)
@@ -129,8 +195,13 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
             if not counted:
                 return await _stream(engines.stream(route, capability, body))
             meter = StreamMeter(keep_usage_event=ask_for_usage(body))
-            return await _stream(metered(engines.stream(route, capability, body), meter,
-                                         lambda tokens: limits.spend(key, tokens)))
+            return await _stream(
+                metered(
+                    engines.stream(route, capability, body),
+                    meter,
+                    lambda tokens: limits.spend(key, tokens),
+                )
+            )
         result = await engines.call(route, capability, body)
         if counted and result.status_code == 200:
             headers = result.headers or {}
@@ -144,30 +215,58 @@ def create_router_app(settings: RouterSettings, engines: EngineCaller, limits: K
             return await _forward_upload(request, capability, held)
 
     async def _forward_upload(request: Request, capability: Capability, held) -> Response:
-        body = await read_upload_form(request, held.add_body(request, settings.max_upload_request_bytes))
-        route = _route_for(request, settings.routes, requested_model(request.headers, body.get("model")), capability)
+        body = await read_upload_form(
+            request, held.add_body(request, settings.max_upload_request_bytes)
+        )
+        route = _route_for(
+            request,
+            settings.routes,
+            requested_model(request.headers, body.get("model")),
+            capability,
+        )
         file = body.get("file")
         if not isinstance(file, bytes) or not file:
-            raise APIError(400, "'file' is required and must not be empty", param="file",
-                           code="missing_file" if file is None else "empty_file")
+            raise APIError(
+                400,
+                "'file' is required and must not be empty",
+                param="file",
+                code="missing_file" if file is None else "empty_file",
+            )
         if route.max_upload_bytes and len(file) > route.max_upload_bytes:
-            raise APIError(413, f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
-                           f"{route.max_upload_bytes}", param="file", code="file_too_large")
+            raise APIError(
+                413,
+                f"the file is {len(file)} bytes; {route.model_id!r} accepts up to "
+                f"{route.max_upload_bytes}",
+                param="file",
+                code="file_too_large",
+            )
         result = await engines.call(route, capability, body)
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
     install_pipeline_routes(app, settings, engines, protected[0])
     install_console(app)
-    app.add_middleware(ObservedRequests, path="router")  # outermost: ids and metrics of every answer
+    app.add_middleware(
+        ObservedRequests, path="router"
+    )  # outermost: ids and metrics of every answer
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():
-        app.add_api_route(path, _endpoint(forward, capability), methods=["POST"], dependencies=protected,
-                          name=capability.value)
+        app.add_api_route(
+            path,
+            _endpoint(forward, capability),
+            methods=["POST"],
+            dependencies=protected,
+            name=capability.value,
+        )
     for path, capability in UPLOAD_ENDPOINTS.items():
-        app.add_api_route(path, _endpoint(forward_upload, capability), methods=["POST"], dependencies=protected,
-                          name=capability.value)
+        app.add_api_route(
+            path,
+            _endpoint(forward_upload, capability),
+            methods=["POST"],
+            dependencies=protected,
+            name=capability.value,
+        )
     return app
 
 
@@ -187,19 +286,31 @@ def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
     return check
 
 
-def _route_for(request: Request, routes: Mapping[str, ModelRoute], model: Any,
-               capability: Capability | None = None) -> ModelRoute:
+def _route_for(
+    request: Request,
+    routes: Mapping[str, ModelRoute],
+    model: Any,
+    capability: Capability | None = None,
+) -> ModelRoute:
     if capability is not None and (model is None or model == ""):
         raise APIError(400, "'model' is required", param="model", code="missing_model")
     route = admitted(request, routes, model)
     if route is None:
         available = ", ".join(sorted(visible(request, routes)))
-        raise APIError(404, f"model {model!r} does not exist; available: {available}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {model!r} does not exist; available: {available}",
+            param="model",
+            code="model_not_found",
+        )
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
-        raise APIError(400, f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",
-                       param="model", code="unsupported_endpoint")
+        raise APIError(
+            400,
+            f"model {route.model_id!r} cannot serve {capability.value}; it serves: {serves}",
+            param="model",
+            code="unsupported_endpoint",
+        )
     return route
 
 
@@ -210,13 +321,21 @@ def _check_context_length(route: ModelRoute, body: dict[str, Any]) -> None:
     for key in ("max_tokens", "max_completion_tokens"):
         asked = body.get(key)
         if limit and isinstance(asked, int) and asked > limit:
-            raise APIError(400, f"{key} ({asked}) exceeds the model's context length ({limit})",
-                           param=key, code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"{key} ({asked}) exceeds the model's context length ({limit})",
+                param=key,
+                code="context_length_exceeded",
+            )
 
 
 def _as_response(result: EngineResponse) -> Response:
-    return Response(result.content, status_code=result.status_code, media_type=result.media_type,
-                    headers=result.headers)
+    return Response(
+        result.content,
+        status_code=result.status_code,
+        media_type=result.media_type,
+        headers=result.headers,
+    )
 
 
 async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
@@ -234,10 +353,18 @@ async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
                 yield chunk
         except APIError as err:  # the request timed out mid-stream
             yield err.event() + DONE_EVENT
-        except Exception:  # the engine replica died mid-stream: say so instead of cutting the connection
+        except (
+            Exception
+        ):  # the engine replica died mid-stream: say so instead of cutting the connection
             logger.exception("stream failed")
-            yield APIError(503, "the model's replica failed during the stream; retry the request",
-                           code="model_unavailable").event() + DONE_EVENT
+            yield (
+                APIError(
+                    503,
+                    "the model's replica failed during the stream; retry the request",
+                    code="model_unavailable",
+                ).event()
+                + DONE_EVENT
+            )
         finally:
             await chunks.aclose()  # client gone: cancels the engine call, which aborts generation
 

@@ -25,8 +25,12 @@ def check_api_key(authorization: str | None, api_keys: tuple[APIKey, ...]) -> AP
         if hmac.compare_digest(presented, key.secret.encode()):
             matched = key
     if scheme.lower() != "bearer" or matched is None:
-        raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return matched
 
 
@@ -38,14 +42,20 @@ def request_key(request) -> APIKey | None:
 def check_scope(key: APIKey | None, model_id: str) -> None:
     """A 403 when ``key`` may not use ``model_id``."""
     if key is not None and not key.allows(model_id):
-        raise APIError(403, f"this API key ({key.name}) may not use model {model_id!r}",
-                       param="model", code="model_not_allowed")
+        raise APIError(
+            403,
+            f"this API key ({key.name}) may not use model {model_id!r}",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 def visible(request, table: Mapping[str, Named]) -> dict[str, Named]:
     """The entries the request's key may use (all of them when the platform has no scoped keys)."""
     key = request_key(request)
-    return {name: entry for name, entry in table.items() if key is None or key.allows(entry.model_id)}
+    return {
+        name: entry for name, entry in table.items() if key is None or key.allows(entry.model_id)
+    }
 
 
 def admitted(request, table: Mapping[str, Named], name: Any) -> Named | None:

@@ -29,10 +29,16 @@ class SlidingWindow:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.requests: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self.tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(collections.deque)
+        self.requests: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self.tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(
+            collections.deque
+        )
 
-    def admit(self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None = None) -> float:
+    def admit(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None = None
+    ) -> float:
         """0 when a request is admitted (and counted), else the seconds until one would be."""
         now = self.clock()
         requests, tokens = self._pruned(key, now)
@@ -69,7 +75,9 @@ class KeyLimitsActor:
     def __init__(self):
         self.window = SlidingWindow()
 
-    def admit(self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None) -> float:
+    def admit(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
+    ) -> float:
         return self.window.admit(key, requests_per_minute, tokens_per_minute)
 
     def spend(self, key: str, tokens: int) -> None:
@@ -89,9 +97,13 @@ class KeyLimits:
             return
         wait_s = await self._admit(key)
         if wait_s > 0:
-            raise APIError(429, f"this API key ({key.name}) is over its per-minute limit; retry after the "
-                                "Retry-After header's seconds", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+            raise APIError(
+                429,
+                f"this API key ({key.name}) is over its per-minute limit; retry after the "
+                "Retry-After header's seconds",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
+            )
 
     def spend(self, key: APIKey, tokens: int) -> None:
         """Count ``tokens`` against ``key`` (not awaited: the answer is already on its way)."""
@@ -99,14 +111,20 @@ class KeyLimits:
             self._limits_actor().spend.remote(key.name, tokens)
 
     async def _admit(self, key: APIKey) -> float:
-        return await self._limits_actor().admit.remote(key.name, key.requests_per_minute, key.tokens_per_minute)
+        return await self._limits_actor().admit.remote(
+            key.name, key.requests_per_minute, key.tokens_per_minute
+        )
 
     def _limits_actor(self):
         if self._actor is None:
             from ray.serve._private.constants import SERVE_NAMESPACE
 
-            self._actor = KeyLimitsActor.options(name=self.actor_name, namespace=SERVE_NAMESPACE,
-                                                 get_if_exists=True, lifetime="detached").remote()
+            self._actor = KeyLimitsActor.options(
+                name=self.actor_name,
+                namespace=SERVE_NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+            ).remote()
         return self._actor
 
 
@@ -180,7 +198,9 @@ class StreamMeter:
         return self.keep_usage_event or bool(chunk.get("choices"))
 
 
-async def metered(chunks: AsyncIterator, meter: StreamMeter, spend: Callable[[int], None]) -> AsyncIterator:
+async def metered(
+    chunks: AsyncIterator, meter: StreamMeter, spend: Callable[[int], None]
+) -> AsyncIterator:
     """Relay ``chunks`` (strings and early engine responses) through ``meter``; report the tokens at the end."""
     try:
         async for chunk in chunks:

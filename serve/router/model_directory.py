@@ -14,8 +14,8 @@ import json
 import logging
 from typing import Any
 
-from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from common.config_errors import ConfigError
+from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from configs import load_platform_config
 from serve.router.routing import ModelRoute, model_routes
 
@@ -46,9 +46,13 @@ class ModelDirectory:
             key = json.dumps([name, args], sort_keys=True, default=str)
             if key not in self._by_args:
                 try:
-                    self._by_args[key] = model_routes(load_platform_config(args).models, app_name=name)
+                    self._by_args[key] = model_routes(
+                        load_platform_config(args).models, app_name=name
+                    )
                 except ConfigError as err:  # deploy_app refuses these; a hand-made config may not
-                    logger.warning("model application %r has an invalid config, not routed: %s", name, err)
+                    logger.warning(
+                        "model application %r has an invalid config, not routed: %s", name, err
+                    )
                     continue
             cache[key] = self._by_args[key]
             routes.update(cache[key])
@@ -74,4 +78,8 @@ async def _model_app_args() -> dict[str, dict[str, Any]]:
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     configs = await controller.get_app_configs.remote()
-    return {name: dict(app.args or {}) for name, app in configs.items() if app.import_path == MODEL_APP_IMPORT_PATH}
+    return {
+        name: dict(app.args or {})
+        for name, app in configs.items()
+        if app.import_path == MODEL_APP_IMPORT_PATH
+    }

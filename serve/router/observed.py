@@ -17,8 +17,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.metrics import platform_metrics
+from common.request_ids import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    current_request_id,
+    engine_request_id,
+)
 from common.streaming import is_event_stream
-from common.request_ids import REQUEST_ID_HEADER, accept_request_id, current_request_id, engine_request_id
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,9 +39,15 @@ class ObservedRequests:
     ``X-Request-Id`` (vLLM's own server takes its request id from that header). ``counts``: requests
     by model, kept for the replica's stats."""
 
-    def __init__(self, app: ASGIApp, path: str, model_id: str | None = None,
-                 endpoints: frozenset[str] | None = None, engine_header: bool = False,
-                 counts: Counter[str] | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        path: str,
+        model_id: str | None = None,
+        endpoints: frozenset[str] | None = None,
+        engine_header: bool = False,
+        counts: Counter[str] | None = None,
+    ):
         self.app, self.path, self.model_id, self.endpoints = app, path, model_id, endpoints
         self.engine_header, self.counts = engine_header, counts
 
@@ -56,7 +67,9 @@ class ObservedRequests:
         token = current_request_id.set(request_id)
         # Serve's own middleware has already given the request an id (the client's, or one it made)
         # and returns it; the answer gets ours only where it differs (the client's was unusable).
-        answer = _Answer(send, request_id if sent is None or sent.decode("latin-1") != request_id else None)
+        answer = _Answer(
+            send, request_id if sent is None or sent.decode("latin-1") != request_id else None
+        )
         started = time.perf_counter()
         try:
             await self.app(scope, receive, answer.send)
@@ -70,12 +83,14 @@ class ObservedRequests:
         if scope["method"] != "POST":
             return None
         if self.endpoints is not None:
-            path = scope["path"][len(scope.get("root_path", "")):]
+            path = scope["path"][len(scope.get("root_path", "")) :]
             return path if path in self.endpoints else None
         route = scope.get("route")
         return getattr(route, "path", None)
 
-    def _record(self, scope: Scope, endpoint: str, answer: "_Answer", started: float, request_id: str) -> None:
+    def _record(
+        self, scope: Scope, endpoint: str, answer: _Answer, started: float, request_id: str
+    ) -> None:
         elapsed = time.perf_counter() - started
         model = self.model_id or (scope.get("state") or {}).get("model_id", "-")
         tags = {"model": model, "endpoint": endpoint, "path": self.path}
@@ -87,13 +102,23 @@ class ObservedRequests:
         if answer.first_event is not None:
             metrics.time_to_first_token.observe(answer.first_event - started, tags)
             if answer.events > 1:
-                metrics.inter_token_latency.observe((answer.last_event - answer.first_event) / (answer.events - 1), tags)
+                metrics.inter_token_latency.observe(
+                    (answer.last_event - answer.first_event) / (answer.events - 1), tags
+                )
         reason = None
         if answer.status in REJECTION_STATUSES:
             reason = _error_code(answer.error_body) or str(answer.status)
             metrics.rejections.inc(1, {"model": model, "path": self.path, "reason": reason})
-        logger.info("%s %s model=%s status=%d%s %.1f ms request_id=%s", scope["method"], endpoint, model,
-                    answer.status, f" ({reason})" if reason else "", elapsed * 1000, request_id)
+        logger.info(
+            "%s %s model=%s status=%d%s %.1f ms request_id=%s",
+            scope["method"],
+            endpoint,
+            model,
+            answer.status,
+            f" ({reason})" if reason else "",
+            elapsed * 1000,
+            request_id,
+        )
 
 
 class _Answer:
@@ -109,7 +134,9 @@ class _Answer:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER]  # vLLM's own
+            headers = [
+                (k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER
+            ]  # vLLM's own
             self.stream = is_event_stream(headers)
             message = {**message, "headers": headers + ([(_HEADER, self._id)] if self._id else [])}
         elif message["type"] == "http.response.body" and (body := message.get("body", b"")):
@@ -127,4 +154,8 @@ def _error_code(body: bytes) -> str | None:
         error: Any = json.loads(body).get("error")
     except (ValueError, AttributeError):
         return None
-    return error.get("code") if isinstance(error, dict) and isinstance(error.get("code"), str) else None
+    return (
+        error.get("code")
+        if isinstance(error, dict) and isinstance(error.get("code"), str)
+        else None
+    )

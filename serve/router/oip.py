@@ -32,7 +32,9 @@ MODEL_VERSION = "1"
 MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
-def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: Depends, uploads: UploadMemory) -> None:
+def install_oip_routes(
+    app: FastAPI, settings: RouterSettings, engines, auth: Depends, uploads: UploadMemory
+) -> None:
     def tensor_routes() -> dict[str, ModelRoute]:
         """Read on every request: the routes change when models are added or removed."""
         return {r.model_id: r for r in settings.routes.values() if r.tensors}
@@ -47,7 +49,9 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         raise APIError(404, f"model '{name}' does not exist; /v2 models: {known}")
 
     async def all_ready(routes) -> bool:
-        return all(state is not None for state in (await deployment_states(engines, routes)).values())
+        return all(
+            state is not None for state in (await deployment_states(engines, routes)).values()
+        )
 
     @app.get("/v2", dependencies=[auth])
     async def server_metadata() -> dict:
@@ -66,15 +70,23 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
     @app.get("/v2/models/{name}/versions/{version}", dependencies=[auth])
     async def model_metadata(name: str, request: Request, version: str = MODEL_VERSION) -> dict:
         route = _versioned(route_for(request, name), version)
-        return {"name": route.model_id, "versions": [MODEL_VERSION], "platform": f"rayserve-platform/{route.model_type}",
-                **route.tensors}
+        return {
+            "name": route.model_id,
+            "versions": [MODEL_VERSION],
+            "platform": f"rayserve-platform/{route.model_type}",
+            **route.tensors,
+        }
 
     @app.get("/v2/models/{name}/ready", dependencies=[auth])
     @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=[auth])
-    async def model_is_ready(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
+    async def model_is_ready(
+        name: str, request: Request, version: str = MODEL_VERSION
+    ) -> JSONResponse:
         route = _versioned(route_for(request, name), version)
         is_ready = await all_ready([route])
-        return JSONResponse({"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503)
+        return JSONResponse(
+            {"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503
+        )
 
     @app.post("/v2/models/{name}/infer", dependencies=[auth])
     @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
@@ -84,7 +96,9 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
         try:
             with uploads.hold() as held:
                 raw = await read_limited_body(request, held.add_body(request, limit))
-                header, binary = _split_body(raw, request.headers.get("inference-header-content-length"))
+                header, binary = _split_body(
+                    raw, request.headers.get("inference-header-content-length")
+                )
                 inference = _parse(header)
                 tensor = _the_input(route, inference)
                 media = await _media(tensor, binary, route, settings, held, limit)
@@ -95,7 +109,9 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
             raise APIError.from_input(err) from None
         payload = json.loads(result.content)
         if result.status_code != 200:
-            raise APIError(result.status_code, payload.get("error", {}).get("message", "inference failed"))
+            raise APIError(
+                result.status_code, payload.get("error", {}).get("message", "inference failed")
+            )
         outputs = [o for o in payload["outputs"] if not wanted or o["name"] in wanted]
         answer = {"model_name": route.model_id, "model_version": MODEL_VERSION, "outputs": outputs}
         if inference.id is not None:
@@ -105,7 +121,9 @@ def install_oip_routes(app: FastAPI, settings: RouterSettings, engines, auth: De
 
 def _versioned(route: ModelRoute, version: str) -> ModelRoute:
     if version != MODEL_VERSION:
-        raise APIError(404, f"model '{route.model_id}' has no version '{version}'; versions: {MODEL_VERSION}")
+        raise APIError(
+            404, f"model '{route.model_id}' has no version '{version}'; versions: {MODEL_VERSION}"
+        )
     return route
 
 
@@ -115,7 +133,7 @@ def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         return raw, b""
     if not header_length.isdigit() or int(header_length) > len(raw):
         raise APIError(400, "Inference-Header-Content-Length does not fit the body")
-    return raw[: int(header_length)], raw[int(header_length):]
+    return raw[: int(header_length)], raw[int(header_length) :]
 
 
 def _parse(header: bytes) -> InferenceRequest:
@@ -124,20 +142,30 @@ def _parse(header: bytes) -> InferenceRequest:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise APIError(400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
+        raise APIError(
+            400, f"invalid inference request: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
 
 
 def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
     spec = route.tensors["inputs"][0]
     if len(inference.inputs) != 1 or inference.inputs[0].name != spec["name"]:
         names = [i.name for i in inference.inputs]
-        raise APIError(400, f"model '{route.model_id}' takes one input named '{spec['name']}'; got {names}")
+        raise APIError(
+            400, f"model '{route.model_id}' takes one input named '{spec['name']}'; got {names}"
+        )
     tensor = inference.inputs[0]
     if tensor.datatype != "BYTES":
-        raise APIError(400, f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}")
+        raise APIError(
+            400,
+            f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}",
+        )
     if len(tensor.shape) != 1 or tensor.shape[0] < 1:
-        raise APIError(400, f"input '{tensor.name}' must have shape [n] with n >= 1 (one element per "
-                            f"{spec['name']}), not {tensor.shape}")
+        raise APIError(
+            400,
+            f"input '{tensor.name}' must have shape [n] with n >= 1 (one element per "
+            f"{spec['name']}), not {tensor.shape}",
+        )
     return tensor
 
 
@@ -145,19 +173,31 @@ def _requested_outputs(route: ModelRoute, inference: InferenceRequest) -> set[st
     known = {o["name"] for o in route.tensors["outputs"]}
     wanted = {o.name for o in inference.outputs}
     if wanted - known:
-        raise APIError(400, f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}")
+        raise APIError(
+            400,
+            f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}",
+        )
     return wanted
 
 
-async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, settings: RouterSettings,
-                 held, request_limit: int) -> list[bytes]:
+async def _media(
+    tensor: RequestInput,
+    binary: bytes,
+    route: ModelRoute,
+    settings: RouterSettings,
+    held,
+    request_limit: int,
+) -> list[bytes]:
     """The input's elements as bytes. URLs are fetched only once the shape is known to match,
     a few at a time, holding no more than the request's own limit for this model."""
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if tensor.data is not None or not isinstance(size, int) or size != len(binary):
-            raise APIError(400, f"input '{tensor.name}': binary_data_size {size} does not match the "
-                                f"{len(binary)} binary bytes after the JSON header")
+            raise APIError(
+                400,
+                f"input '{tensor.name}': binary_data_size {size} does not match the "
+                f"{len(binary)} binary bytes after the JSON header",
+            )
         elements = _split_binary_bytes(binary)
         _check_shape(tensor, len(elements))
     else:
@@ -170,13 +210,18 @@ async def _media(tensor: RequestInput, binary: bytes, route: ModelRoute, setting
     limit = route.max_upload_bytes
     for index, element in enumerate(elements):
         if limit and len(element) > limit:
-            raise APIError(413, f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}")
+            raise APIError(
+                413,
+                f"element {index} of '{tensor.name}' is {len(element)} bytes; the limit is {limit}",
+            )
     return elements
 
 
 def _check_shape(tensor: RequestInput, elements: int) -> None:
     if elements != tensor.shape[0] or elements != math.prod(tensor.shape):
-        raise APIError(400, f"input '{tensor.name}' has shape {tensor.shape} but {elements} elements")
+        raise APIError(
+            400, f"input '{tensor.name}' has shape {tensor.shape} but {elements} elements"
+        )
 
 
 def _split_binary_bytes(binary: bytes) -> list[bytes]:
@@ -189,7 +234,7 @@ def _split_binary_bytes(binary: bytes) -> list[bytes]:
         offset += 4
         if offset + length > len(binary):
             raise APIError(400, "a BYTES element runs past the end of the binary data")
-        elements.append(binary[offset: offset + length])
+        elements.append(binary[offset : offset + length])
         offset += length
     return elements
 
@@ -199,7 +244,9 @@ def _flatten(data: Any) -> list[Any]:
         raise APIError(400, "input has no data (neither JSON 'data' nor binary_data_size)")
     if not isinstance(data, list):
         return [data]
-    return [leaf for item in data for leaf in (_flatten(item) if isinstance(item, list) else [item])]
+    return [
+        leaf for item in data for leaf in (_flatten(item) if isinstance(item, list) else [item])
+    ]
 
 
 class _Fetches:
@@ -218,17 +265,25 @@ class _Fetches:
 async def _element(element: Any, settings: RouterSettings, fetches: _Fetches) -> bytes:
     """A JSON BYTES element: a data: or http(s) URL (fetched under the media policy) or base64."""
     if not isinstance(element, str):
-        raise APIError(400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}")
+        raise APIError(
+            400, f"BYTES elements must be strings (base64 or a URL), not {type(element).__name__}"
+        )
     if element.startswith(("data:", "http://", "https://")):
         async with fetches.slots:
             data, _ = await fetch_media(element, settings.media)
         fetches.count(len(data))
         return data
     if "://" in element:
-        raise APIError(400, "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "
-                            "(file://, ...) are refused")
+        raise APIError(
+            400,
+            "BYTES elements must be base64 media or data:/http(s) URLs; other schemes "
+            "(file://, ...) are refused",
+        )
     try:  # a file path is not valid base64 (or decodes to bytes that are no image): never read
         return base64.b64decode(element, validate=True)
     except binascii.Error:
-        raise APIError(400, "a BYTES element is neither base64 media nor a data:/http(s) URL; file paths "
-                            "are refused") from None
+        raise APIError(
+            400,
+            "a BYTES element is neither base64 media nor a data:/http(s) URL; file paths "
+            "are refused",
+        ) from None

@@ -20,16 +20,16 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from configs.oip_models import InferenceRequest
-from configs.pipeline_models import PipelineRequest
 from configs.open_api_models import request_adapter
+from configs.pipeline_models import PipelineRequest
 from configs.server_models import Capability
 from serve.router.routing import ModelRoute
 
 COMPONENTS = "#/components/schemas/{model}"
 INFER = "infer"
 PIPELINE_PATH = "/v1/pipelines"
-ERRORS_V1 = "An error in OpenAI's shape: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"
-ERRORS_V2 = "An error in the Open Inference Protocol's shape: {\"error\": \"<message>\"}"
+ERRORS_V1 = 'An error in OpenAI\'s shape: {"error": {"message", "type", "param", "code"}}'
+ERRORS_V2 = 'An error in the Open Inference Protocol\'s shape: {"error": "<message>"}'
 PATH_MODEL_PARAMS = ("model_id", "name")  # path parameters that name a model
 # What a request model's validators demand beyond its fields' schemas, said in JSON Schema.
 ONE_OF_REQUIRED = {"CompletionRequest": ["prompt", "prompt_embeds"]}
@@ -44,9 +44,13 @@ def _body_schemas(capabilities: tuple[Capability, ...]) -> tuple[dict[str, dict]
     return {key: schema for (key, _), schema in refs.items()}, definitions.get("$defs", {})
 
 
-def openapi_description(app: FastAPI, endpoints: Mapping[str, tuple[Capability, str]],
-                        routes: Mapping[str, ModelRoute], secured: bool,
-                        pipelines: list[str] | None = None) -> dict[str, Any]:
+def openapi_description(
+    app: FastAPI,
+    endpoints: Mapping[str, tuple[Capability, str]],
+    routes: Mapping[str, ModelRoute],
+    secured: bool,
+    pipelines: list[str] | None = None,
+) -> dict[str, Any]:
     """The app's description with each body; ``endpoints``: path -> (capability, media type) of the
     endpoints that read a body themselves; ``routes`` and ``pipelines``: the models and pipelines
     the caller may use (None: the app has no pipeline route)."""
@@ -61,21 +65,34 @@ def openapi_description(app: FastAPI, endpoints: Mapping[str, tuple[Capability, 
         schema = _with_model(bodies[capability.value], schemas, models)
         if media_type == "multipart/form-data":
             schema = _upload_form(schema, schemas)
-        doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {media_type: {"schema": schema}}}
+        doc["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {media_type: {"schema": schema}},
+        }
     if pipelines is not None:
         schema = TypeAdapter(PipelineRequest).json_schema(ref_template=COMPONENTS)
-        schema["properties"]["model"] = {"type": "string", "enum": pipelines} if pipelines else {"type": "string"}
+        schema["properties"]["model"] = (
+            {"type": "string", "enum": pipelines} if pipelines else {"type": "string"}
+        )
         doc["paths"][PIPELINE_PATH]["post"]["requestBody"] = {
-            "required": True, "content": {"application/json": {"schema": schema}}}
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
     tensor_models = sorted(r.model_id for r in routes.values() if r.tensors)
     for path, operations in doc["paths"].items():
         for operation in operations.values():
             _name_models(operation, tensor_models if path.startswith("/v2") else sorted(routes))
-            operation["responses"].pop("422", None)  # FastAPI's; errors here are 4xx in the endpoint's shape
-            operation["responses"]["4XX"] = {"description": ERRORS_V2 if path.startswith("/v2") else ERRORS_V1}
+            operation["responses"].pop(
+                "422", None
+            )  # FastAPI's; errors here are 4xx in the endpoint's shape
+            operation["responses"]["4XX"] = {
+                "description": ERRORS_V2 if path.startswith("/v2") else ERRORS_V1
+            }
             if path.endswith("/infer"):
-                operation["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": bodies[INFER]}}}
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": bodies[INFER]}},
+                }
     if secured:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
@@ -92,19 +109,26 @@ def _with_model(schema: dict, schemas: dict[str, dict], models: list[str]) -> di
     used by this endpoint alone, so its component is narrowed in place."""
     for ref in schema.get("anyOf", [schema]):
         component = schemas[ref["$ref"].rsplit("/", 1)[1]]
-        component["properties"]["model"] = {"type": "string", "enum": models} if models else {"type": "string"}
+        component["properties"]["model"] = (
+            {"type": "string", "enum": models} if models else {"type": "string"}
+        )
         component["required"] = sorted(set(component.get("required", [])) | {"model"})
         if component.get("title") in ONE_OF_REQUIRED:
-            component["anyOf"] = [{"required": [field]} for field in ONE_OF_REQUIRED[component["title"]]]
+            component["anyOf"] = [
+                {"required": [field]} for field in ONE_OF_REQUIRED[component["title"]]
+            ]
     return schema
 
 
 def _upload_form(schema: dict, schemas: dict[str, dict]) -> dict:
     """A multipart form: the request model's fields beside the uploaded ``file``."""
     fields = schemas[schema["$ref"].rsplit("/", 1)[1]]
-    return {"type": "object", "additionalProperties": False,
-            "properties": {**fields["properties"], "file": {"type": "string", "format": "binary"}},
-            "required": sorted(set(fields.get("required", [])) | {"file"})}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {**fields["properties"], "file": {"type": "string", "format": "binary"}},
+        "required": sorted(set(fields.get("required", [])) | {"file"}),
+    }
 
 
 def _name_models(operation: dict, models: list[str]) -> None:

@@ -37,7 +37,9 @@ class StepFailed(APIError):
     """A step's engine answered with an error: its status (4xx stay 4xx), naming the step."""
 
 
-def install_pipeline_routes(app: FastAPI, settings: RouterSettings, engines: Any, auth: Any) -> None:
+def install_pipeline_routes(
+    app: FastAPI, settings: RouterSettings, engines: Any, auth: Any
+) -> None:
     @app.post("/v1/pipelines", dependencies=[auth])
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
@@ -47,36 +49,72 @@ def install_pipeline_routes(app: FastAPI, settings: RouterSettings, engines: Any
             async with asyncio.timeout(pipeline.timeout_s):
                 result = await run.run(body, settings.media)
         except TimeoutError:
-            raise APIError(504, f"{pipeline.model_id!r} ran past its timeout_s ({pipeline.timeout_s:g} s) in "
-                                f"{run.current}", code="timeout") from None
+            raise APIError(
+                504,
+                f"{pipeline.model_id!r} ran past its timeout_s ({pipeline.timeout_s:g} s) in "
+                f"{run.current}",
+                code="timeout",
+            ) from None
         return JSONResponse(result, headers={"Server-Timing": run.server_timing()})
 
 
 def pipeline_card(pipeline: PipelineConfig) -> dict[str, Any]:
     """The pipeline's ``/v1/models`` entry: a model of type ``pipeline``, with its inputs and steps."""
-    return {"id": pipeline.model_id, "object": "model", "created": CREATED, "owned_by": "rayserve-platform",
-            "type": "pipeline", "capabilities": [Capability.PIPELINE.value], "inputs": pipeline.inputs(),
-            "steps": [{"task": step.task, "model": step.model} for step in pipeline.steps]}
+    return {
+        "id": pipeline.model_id,
+        "object": "model",
+        "created": CREATED,
+        "owned_by": "rayserve-platform",
+        "type": "pipeline",
+        "capabilities": [Capability.PIPELINE.value],
+        "inputs": pipeline.inputs(),
+        "steps": [{"task": step.task, "model": step.model} for step in pipeline.steps],
+    }
 
 
-def pipeline_state(pipeline: PipelineConfig, routes: Mapping[str, ModelRoute],
-                   deployments: Mapping[str, dict | None]) -> dict[str, Any]:
+def pipeline_state(
+    pipeline: PipelineConfig,
+    routes: Mapping[str, ModelRoute],
+    deployments: Mapping[str, dict | None],
+) -> dict[str, Any]:
     """Ready when every step's model is (``deployments``: each deployment's stats, None when not ready)."""
-    waiting = sorted({step.model for step in pipeline.steps if step.model not in routes
-                      or deployments.get(routes[step.model].deployment_name) is None})
+    waiting = sorted(
+        {
+            step.model
+            for step in pipeline.steps
+            if step.model not in routes
+            or deployments.get(routes[step.model].deployment_name) is None
+        }
+    )
     if not waiting:
-        return {"ready": True, "phase": "ready", "phase_detail": f"{len(pipeline.steps)} steps ready"}
-    return {"ready": False, "phase": "unavailable", "phase_detail": f"steps' models not ready: {', '.join(waiting)}"}
+        return {
+            "ready": True,
+            "phase": "ready",
+            "phase_detail": f"{len(pipeline.steps)} steps ready",
+        }
+    return {
+        "ready": False,
+        "phase": "unavailable",
+        "phase_detail": f"steps' models not ready: {', '.join(waiting)}",
+    }
 
 
-def _pipeline_for(request: Request, pipelines: Mapping[str, PipelineConfig], model: Any) -> PipelineConfig:
+def _pipeline_for(
+    request: Request, pipelines: Mapping[str, PipelineConfig], model: Any
+) -> PipelineConfig:
     if model is None or model == "":
-        raise APIError(400, "'model' is required: the pipeline's id", param="model", code="missing_model")
+        raise APIError(
+            400, "'model' is required: the pipeline's id", param="model", code="missing_model"
+        )
     pipeline = admitted(request, pipelines, model)
     if pipeline is None:
         names = sorted(visible(request, pipelines))
-        raise APIError(404, f"pipeline {model!r} does not exist; pipelines: {', '.join(names) or 'none'}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"pipeline {model!r} does not exist; pipelines: {', '.join(names) or 'none'}",
+            param="model",
+            code="model_not_found",
+        )
     return pipeline
 
 
@@ -96,53 +134,83 @@ class PipelineRun:
             started = time.perf_counter()
             output = await STEP_RUNNERS[step.task](self, step, self._route(step))
             self.values.update(output)
-            self.steps.append({"task": step.task, "model": step.model, "output": _shown(output),
-                               "latency_ms": round((time.perf_counter() - started) * 1000, 1)})
+            self.steps.append(
+                {
+                    "task": step.task,
+                    "model": step.model,
+                    "output": _shown(output),
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            )
         produced = set().union(*(step.spec.gives for step in self.pipeline.steps))
-        return {"object": "pipeline.result", "model": self.pipeline.model_id,
-                "output": _shown({k: v for k, v in self.values.items() if k in produced}), "steps": self.steps}
+        return {
+            "object": "pipeline.result",
+            "model": self.pipeline.model_id,
+            "output": _shown({k: v for k, v in self.values.items() if k in produced}),
+            "steps": self.steps,
+        }
 
     def server_timing(self) -> str:
         """The steps' durations as a ``Server-Timing`` header (browsers' dev tools show it)."""
-        return ", ".join(f'step{i};dur={s["latency_ms"]};desc="{s["task"]} {s["model"]}"'
-                         for i, s in enumerate(self.steps))
+        return ", ".join(
+            f'step{i};dur={s["latency_ms"]};desc="{s["task"]} {s["model"]}"'
+            for i, s in enumerate(self.steps)
+        )
 
     async def _read_inputs(self, body: dict[str, Any], media: MediaFetchPolicy) -> None:
         wanted = self.pipeline.inputs()
         stray = sorted(set(body) - set(wanted) - {"model"})
         if stray:
-            raise APIError(400, f"{self.pipeline.model_id!r} takes {', '.join(wanted)}; not {', '.join(stray)}",
-                           param=stray[0])
+            raise APIError(
+                400,
+                f"{self.pipeline.model_id!r} takes {', '.join(wanted)}; not {', '.join(stray)}",
+                param=stray[0],
+            )
         for name in wanted:
             value = body.get(name)
             if value is None:
-                raise APIError(400, f"{name!r} is required by {self.pipeline.model_id!r}", param=name,
-                               code="missing_input")
+                raise APIError(
+                    400,
+                    f"{name!r} is required by {self.pipeline.model_id!r}",
+                    param=name,
+                    code="missing_input",
+                )
             self.values[name] = await _READERS[name](name, value, media)
 
     def _route(self, step: PipelineStep) -> ModelRoute:
         route = self.routes.get(step.model)
         if route is None:  # the model's application is gone or not yet running
-            raise APIError(503, f"{self.current}: model {step.model!r} is not deployed", code="model_unavailable")
+            raise APIError(
+                503,
+                f"{self.current}: model {step.model!r} is not deployed",
+                code="model_unavailable",
+            )
         return route
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict[str, Any]) -> Any:
         result = await self.engines.call(route, capability, {"model": route.model_id, **body})
         if result.status_code != 200:
-            raise StepFailed(result.status_code, f"{self.current}: {result.error_message()}",
-                             code="pipeline_step_failed")
+            raise StepFailed(
+                result.status_code,
+                f"{self.current}: {result.error_message()}",
+                code="pipeline_step_failed",
+            )
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
 
 async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
     """Audio or an image: a URL the media policy allows (data: always), or base64."""
     if not isinstance(value, str) or not value:
-        raise APIError(400, f"{name!r} must be base64, a data: URL or an allowed http(s) URL", param=name)
+        raise APIError(
+            400, f"{name!r} must be base64, a data: URL or an allowed http(s) URL", param=name
+        )
     try:
         if value.startswith(("data:", "http://", "https://")):
             return (await fetch_media(value, media))[0]
         if len(value) > media.max_bytes * 4 // 3 + 4:
-            raise APIError(413, f"{name!r} is over {media.max_bytes} bytes", param=name, code="input_too_large")
+            raise APIError(
+                413, f"{name!r} is over {media.max_bytes} bytes", param=name, code="input_too_large"
+            )
         return base64.b64decode(value, validate=True)
     except InputError as err:
         raise APIError.from_input(err, param=name) from None
@@ -152,15 +220,26 @@ async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
 
 async def _text(name: str, value: Any, media: MediaFetchPolicy) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > TEXT_LIMIT:
-        raise APIError(400, f"{name!r} must be non-empty text of at most {TEXT_LIMIT} characters", param=name)
+        raise APIError(
+            400, f"{name!r} must be non-empty text of at most {TEXT_LIMIT} characters", param=name
+        )
     return value
 
 
 async def _documents(name: str, value: Any, media: MediaFetchPolicy) -> list[str]:
-    if (not isinstance(value, list) or not value or len(value) > MAX_DOCUMENTS
-            or not all(isinstance(d, str) for d in value) or sum(map(len, value)) > TEXT_LIMIT):
-        raise APIError(400, f"{name!r} must be a list of 1 to {MAX_DOCUMENTS} strings, {TEXT_LIMIT} characters "
-                            f"in all", param=name)
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_DOCUMENTS
+        or not all(isinstance(d, str) for d in value)
+        or sum(map(len, value)) > TEXT_LIMIT
+    ):
+        raise APIError(
+            400,
+            f"{name!r} must be a list of 1 to {MAX_DOCUMENTS} strings, {TEXT_LIMIT} characters "
+            f"in all",
+            param=name,
+        )
     return value
 
 
@@ -169,30 +248,49 @@ _READERS = {"audio": _media, "image": _media, "text": _text, "documents": _docum
 
 async def _transcribe(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
     options = {"language": step.language} if step.language else {}
-    answer = await run.call(route, Capability.TRANSCRIPTION, {"file": run.values["audio"], "response_format": "json",
-                                                               **options})
+    answer = await run.call(
+        route,
+        Capability.TRANSCRIPTION,
+        {"file": run.values["audio"], "response_format": "json", **options},
+    )
     return {"text": answer["text"]}
 
 
 async def _chat(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
     context = run.values.get("context")
     default = "Answer from this context:\n{context}\n\nQuestion: {text}" if context else "{text}"
-    prompt = (step.prompt or default).replace("{context}", context or "").replace("{text}", run.values["text"])
-    messages = ([{"role": "system", "content": step.system}] if step.system else []) + \
-        [{"role": "user", "content": prompt}]
-    options = {k: v for k, v in (("max_tokens", step.max_tokens), ("temperature", step.temperature)) if v is not None}
+    prompt = (
+        (step.prompt or default)
+        .replace("{context}", context or "")
+        .replace("{text}", run.values["text"])
+    )
+    messages = ([{"role": "system", "content": step.system}] if step.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    options = {
+        k: v
+        for k, v in (("max_tokens", step.max_tokens), ("temperature", step.temperature))
+        if v is not None
+    }
     answer = await run.call(route, Capability.CHAT, {"messages": messages, **options})
     return {"text": answer["choices"][0]["message"]["content"] or ""}
 
 
 async def _speak(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
-    audio = await run.call(route, Capability.SPEECH, {"input": run.values["text"], "voice": step.voice,
-                                                      "response_format": "wav"})
+    audio = await run.call(
+        route,
+        Capability.SPEECH,
+        {"input": run.values["text"], "voice": step.voice, "response_format": "wav"},
+    )
     return {"audio": audio}
 
 
-async def _image_outputs(run: PipelineRun, route: ModelRoute, capability: Capability, **parameters) -> dict:
-    answer = await run.call(route, capability, {"inputs": [run.values["image"]], "parameters": parameters})
+async def _image_outputs(
+    run: PipelineRun, route: ModelRoute, capability: Capability, **parameters
+) -> dict:
+    answer = await run.call(
+        route, capability, {"inputs": [run.values["image"]], "parameters": parameters}
+    )
     return {output["name"]: output["data"] for output in answer["outputs"]}
 
 
@@ -200,26 +298,40 @@ async def _caption(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> d
     return {"text": (await _image_outputs(run, route, Capability.IMAGE_TO_TEXT))["captions"][0]}
 
 
-async def _classify_image(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
+async def _classify_image(
+    run: PipelineRun, step: PipelineStep, route: ModelRoute
+) -> dict[str, Any]:
     outputs = await _image_outputs(run, route, Capability.IMAGE_CLASSIFICATION, top_k=step.top_n)
     labels, scores = outputs["labels"], outputs["scores"]
     return {"text": ", ".join(f"{label} ({score:.2f})" for label, score in zip(labels, scores))}
 
 
 async def _detect(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
-    detections = json.loads((await _image_outputs(run, route, Capability.OBJECT_DETECTION))["detections"][0])
+    detections = json.loads(
+        (await _image_outputs(run, route, Capability.OBJECT_DETECTION))["detections"][0]
+    )
     found = [f"{d['label']} ({d['score']:.2f})" for d in detections]
     return {"text": "detected: " + (", ".join(found) if found else "nothing")}
 
 
 async def _rerank(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:
-    answer = await run.call(route, Capability.RERANK, {"query": run.values["text"], "documents": run.values["documents"],
-                                                       "top_n": step.top_n})
+    answer = await run.call(
+        route,
+        Capability.RERANK,
+        {"query": run.values["text"], "documents": run.values["documents"], "top_n": step.top_n},
+    )
     return {"context": "\n".join(run.values["documents"][r["index"]] for r in answer["results"])}
 
 
-STEP_RUNNERS = {"transcribe": _transcribe, "chat": _chat, "speak": _speak, "caption": _caption,
-                "classify-image": _classify_image, "detect": _detect, "rerank": _rerank}
+STEP_RUNNERS = {
+    "transcribe": _transcribe,
+    "chat": _chat,
+    "speak": _speak,
+    "caption": _caption,
+    "classify-image": _classify_image,
+    "detect": _detect,
+    "rerank": _rerank,
+}
 
 
 def _shown(values: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
 from configs.server_models import Capability
 from serve.platform_status import ModelPhase, phases_by_model
@@ -20,45 +21,54 @@ from serve.router.key_limits import KeyLimits
 from serve.router.model_directory import ModelDirectory
 from serve.router.replica_watch import NoReplica, ReplicaWatch
 from serve.router.routing import ModelRoute, RouterSettings
-from common.engine_response import EngineResponse
 
 logger = logging.getLogger("ray.serve")
 PHASES_TTL_S = 2.0
 _END = object()
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
 CONTROLLER_TIMEOUT_S = 5.0
-REPLACEMENT_RETRY_AFTER_S = 5  # a dead replica's replacement takes seconds (vision) to a minute (vLLM)
+REPLACEMENT_RETRY_AFTER_S = (
+    5  # a dead replica's replacement takes seconds (vision) to a minute (vLLM)
+)
 
 
 class ServeEngineCaller:
     """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
     ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle] | None, timeout_s: float, app_name: str = ""):
+    def __init__(
+        self, handles: dict[str, DeploymentHandle] | None, timeout_s: float, app_name: str = ""
+    ):
         self.handles = dict(handles or {})
         self.app_name = app_name  # the router's application, which holds the bound engines
         self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
         self.watches: dict[str, ReplicaWatch] = {}
-        self._phases: tuple[float, dict[str, ModelPhase]] | None = None  # (read at, phases by model)
+        self._phases: tuple[float, dict[str, ModelPhase]] | None = (
+            None  # (read at, phases by model)
+        )
 
     def _deployment(self, route: ModelRoute) -> DeploymentHandle:
         if route.app_name is None:  # bound into the router's application
             return self.handles[route.deployment_name]
         key = f"{route.app_name}/{route.deployment_name}"
         if key not in self.handles:
-            self.handles[key] = serve.get_deployment_handle(route.deployment_name, app_name=route.app_name)
+            self.handles[key] = serve.get_deployment_handle(
+                route.deployment_name, app_name=route.app_name
+            )
         return self.handles[key]
 
     def _handle(self, route: ModelRoute, stream: bool = False) -> DeploymentHandle:
         # A variant goes to replicas that already hold it (Serve's multiplexed routing).
         return self._deployment(route).options(
-            stream=stream, multiplexed_model_id=route.variant or "")
+            stream=stream, multiplexed_model_id=route.variant or ""
+        )
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
-            response = self._handle(route).handle.remote(route.engine_model_id, capability.value, body,
-                                                         current_request_id.get())
+            response = self._handle(route).handle.remote(
+                route.engine_model_id, capability.value, body, current_request_id.get()
+            )
             try:
                 with _unavailable_as_503(route.deployment_name):
                     return await self._answer(route, deadline, response)
@@ -69,16 +79,21 @@ class ServeEngineCaller:
                 response.cancel()
                 raise
 
-    async def stream(self, route: ModelRoute, capability: Capability, body: dict) -> AsyncIterator[str | EngineResponse]:
+    async def stream(
+        self, route: ModelRoute, capability: Capability, body: dict
+    ) -> AsyncIterator[str | EngineResponse]:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
-            response = self._handle(route, stream=True).handle_stream.remote(route.engine_model_id, capability.value,
-                                                                             body, current_request_id.get())
+            response = self._handle(route, stream=True).handle_stream.remote(
+                route.engine_model_id, capability.value, body, current_request_id.get()
+            )
             try:
                 with _unavailable_as_503(route.deployment_name):
                     first = await self._answer(route, deadline, anext(response, None))
                 break
-            except RayActorError as exc:  # died before the first chunk: nothing was sent, try another
+            except (
+                RayActorError
+            ) as exc:  # died before the first chunk: nothing was sent, try another
                 response.cancel()
                 if retry:
                     raise _replica_failed(route) from exc
@@ -101,12 +116,18 @@ class ServeEngineCaller:
         if route.min_replicas == 0:
             return await self._by(deadline, awaitable)
         key = f"{route.app_name}/{route.deployment_name}"
-        watch = self.watches.get(key) or self.watches.setdefault(key, ReplicaWatch(self._deployment(route)))
+        watch = self.watches.get(key) or self.watches.setdefault(
+            key, ReplicaWatch(self._deployment(route))
+        )
         try:
             return await self._by(deadline, watch.answer(awaitable))
         except NoReplica:
-            raise APIError(503, f"{route.deployment_name} has no running replica (one is starting); retry shortly",
-                           code="model_unavailable", headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)}) from None
+            raise APIError(
+                503,
+                f"{route.deployment_name} has no running replica (one is starting); retry shortly",
+                code="model_unavailable",
+                headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)},
+            ) from None
 
     async def _by(self, deadline: float, awaitable):
         """``awaitable``'s result, or a 504 once the request's ``request_timeout_s`` is spent."""
@@ -121,7 +142,9 @@ class ServeEngineCaller:
         does not queue behind the engine's requests, so a busy model stays ready. The replica's
         own stats join in when one answers within ``timeout_s``; while the deployment is
         starting or updating, that answer alone decides."""
-        state, stats = await asyncio.gather(self._controller_state(route), self._stats(route, timeout_s))
+        state, stats = await asyncio.gather(
+            self._controller_state(route), self._stats(route, timeout_s)
+        )
         if state in SERVING_STATES:
             return {"deployment_status": state, **(stats or {"stats": "busy"})}
         if state is None or state == "UPDATING":  # no word from the controller, or a rollout
@@ -155,18 +178,28 @@ class ServeEngineCaller:
 
         try:
             controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-            raw = await asyncio.wait_for(controller.get_deployment_status.remote(
-                route.deployment_name, route.app_name or self.app_name), CONTROLLER_TIMEOUT_S)
+            raw = await asyncio.wait_for(
+                controller.get_deployment_status.remote(
+                    route.deployment_name, route.app_name or self.app_name
+                ),
+                CONTROLLER_TIMEOUT_S,
+            )
         except Exception:  # the controller restarting
             return None
         if raw is None:
             return None
-        return DeploymentStatusInfo.from_proto(DeploymentStatusInfoProto.FromString(raw)).status.value
+        return DeploymentStatusInfo.from_proto(
+            DeploymentStatusInfoProto.FromString(raw)
+        ).status.value
 
 
 def _replica_failed(route: ModelRoute) -> APIError:
-    return APIError(503, f"{route.deployment_name}'s replica failed before answering; retry the request",
-                    code="model_unavailable", headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)})
+    return APIError(
+        503,
+        f"{route.deployment_name}'s replica failed before answering; retry the request",
+        code="model_unavailable",
+        headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)},
+    )
 
 
 class _unavailable_as_503:
@@ -180,11 +213,19 @@ class _unavailable_as_503:
 
     def __exit__(self, exc_type, exc, tb):
         if isinstance(exc, BackPressureError):
-            raise APIError(503, f"{self.deployment} is at capacity; retry shortly",
-                           code="server_busy", headers={"Retry-After": "1"}) from exc
+            raise APIError(
+                503,
+                f"{self.deployment} is at capacity; retry shortly",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            ) from exc
         if isinstance(exc, DeploymentUnavailableError):
-            raise APIError(503, f"{self.deployment} has no replica available", code="model_unavailable",
-                           headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)}) from exc
+            raise APIError(
+                503,
+                f"{self.deployment} has no replica available",
+                code="model_unavailable",
+                headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)},
+            ) from exc
         return False
 
 
@@ -196,7 +237,9 @@ class MultiModelRouter:
         """``engines``: the bound engine deployments of a one-application platform; None when each
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
-        self.engines = ServeEngineCaller(engines, settings.request_timeout_s, serve.get_replica_context().app_name)
+        self.engines = ServeEngineCaller(
+            engines, settings.request_timeout_s, serve.get_replica_context().app_name
+        )
         if engines is None:
             self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
             await self.directory.start()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.media_fetch import MediaFetchPolicy
-from configs import LoadedConfig
-from configs.pipeline_models import PipelineConfig
 from common.serve_options import replica_range
 from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
+from configs import LoadedConfig
+from configs.pipeline_models import PipelineConfig
 from configs.server_models import BaseModelEntry, Capability, PlatformSettings
-
 
 # The JSON endpoints vLLM's OpenAI server has, at its own paths (the Jina/Cohere-shaped rerank
 # and the /v1 aliases it keeps): the router's /v1 and a model's one-hop URL serve the same set.
@@ -51,7 +50,9 @@ class ModelRoute:
     capabilities: tuple[Capability, ...]
     max_context_tokens: int | None = None
     max_upload_bytes: int | None = None
-    tensors: dict[str, list[dict[str, Any]]] | None = None  # /v2 inputs and outputs, when served there
+    tensors: dict[str, list[dict[str, Any]]] | None = (
+        None  # /v2 inputs and outputs, when served there
+    )
     min_replicas: int = 1  # 0: scaled to zero when idle; a request waits while a replica starts
     variant: str | None = None  # a multiplexed variant of the model ``parent``
     parent: str | None = None
@@ -60,9 +61,14 @@ class ModelRoute:
 
     def card(self) -> dict[str, Any]:
         """The ``/v1/models`` entry: OpenAI's fields plus what the model can serve."""
-        card = {"id": self.model_id, "object": "model", "created": self.created,
-                "owned_by": "rayserve-platform", "type": self.model_type,
-                "capabilities": [c.value for c in self.capabilities]}
+        card = {
+            "id": self.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "rayserve-platform",
+            "type": self.model_type,
+            "capabilities": [c.value for c in self.capabilities],
+        }
         if self.max_context_tokens:
             card["max_model_len"] = self.max_context_tokens
         if self.parent:
@@ -74,12 +80,15 @@ class ModelRoute:
         """The model whose engine answers: the base model of a variant."""
         return self.parent or self.model_id
 
-    def variant_route(self, variant: str) -> "ModelRoute":
-        return dataclasses.replace(self, model_id=f"{self.model_id}:{variant}", variant=variant,
-                                   parent=self.model_id)
+    def variant_route(self, variant: str) -> ModelRoute:
+        return dataclasses.replace(
+            self, model_id=f"{self.model_id}:{variant}", variant=variant, parent=self.model_id
+        )
 
 
-async def deployment_states(engines: Any, routes: Iterable[ModelRoute], timeout_s: float = 2.0) -> dict[str, dict | None]:
+async def deployment_states(
+    engines: Any, routes: Iterable[ModelRoute], timeout_s: float = 2.0
+) -> dict[str, dict | None]:
     """Stats of each deployment behind ``routes`` (None: no replica answered), probed once however
     many models or variants it serves. Deployments that scale to zero count as ready without a
     probe: asking them for stats would start (and keep alive) a replica no request needs."""
@@ -114,8 +123,12 @@ class RouterSettings:
     request_timeout_s: float = 600
     media: MediaFetchPolicy = field(default_factory=MediaFetchPolicy)
     max_upload_memory_bytes: int = 1024 * 1024 * 1024
-    platform_app: str | None = None  # the router application (its key limits); None: this replica's own
-    pipelines: dict[str, PipelineConfig] = field(default_factory=dict)  # by id; their steps name routes
+    platform_app: str | None = (
+        None  # the router application (its key limits); None: this replica's own
+    )
+    pipelines: dict[str, PipelineConfig] = field(
+        default_factory=dict
+    )  # by id; their steps name routes
 
     @property
     def max_upload_request_bytes(self) -> int:
@@ -129,12 +142,16 @@ class RouterSettings:
         return max(self.max_request_bytes, largest_upload_body(route.max_upload_bytes or 0))
 
     @classmethod
-    def from_config(cls, config: LoadedConfig) -> "RouterSettings":
-        return dataclasses.replace(cls.from_settings(config.platform, model_routes(config.models)),
-                                   platform_app=config.platform.platform_app)
+    def from_config(cls, config: LoadedConfig) -> RouterSettings:
+        return dataclasses.replace(
+            cls.from_settings(config.platform, model_routes(config.models)),
+            platform_app=config.platform.platform_app,
+        )
 
     @classmethod
-    def from_settings(cls, platform: PlatformSettings, routes: dict[str, ModelRoute]) -> "RouterSettings":
+    def from_settings(
+        cls, platform: PlatformSettings, routes: dict[str, ModelRoute]
+    ) -> RouterSettings:
         return cls(
             routes=routes,
             api_keys=tuple(platform.resolved_api_keys()),
@@ -152,7 +169,9 @@ class RouterSettings:
         )
 
 
-def model_routes(models: Iterable[BaseModelEntry], app_name: str | None = None) -> dict[str, ModelRoute]:
+def model_routes(
+    models: Iterable[BaseModelEntry], app_name: str | None = None
+) -> dict[str, ModelRoute]:
     """The route of every model, and of each of its variants (``<model_id>:<variant>``), served
     by the application ``app_name`` (None: the router's own)."""
     models = list(models)
@@ -172,5 +191,7 @@ def model_routes(models: Iterable[BaseModelEntry], app_name: str | None = None) 
     }
     routes = dict(bases)
     for m in models:
-        routes.update({f"{m.model_id}:{name}": bases[m.model_id].variant_route(name) for name in m.variants()})
+        routes.update(
+            {f"{m.model_id}:{name}": bases[m.model_id].variant_route(name) for name in m.variants()}
+        )
     return routes

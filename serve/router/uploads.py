@@ -40,8 +40,12 @@ class UploadMemory:
 
     def _take(self, nbytes: int) -> None:
         if self.held_bytes + nbytes > self.total_bytes:
-            raise APIError(503, "the router holds as many uploads as its memory allows; retry shortly",
-                           code="server_busy", headers={"Retry-After": "1"})
+            raise APIError(
+                503,
+                "the router holds as many uploads as its memory allows; retry shortly",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            )
         self.held_bytes += nbytes
 
 
@@ -87,20 +91,32 @@ async def read_upload_form(request: Request, limit: int) -> dict[str, Any]:
     The body is counted while it streams in, so an oversized upload stops at ``limit``.
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise APIError(400, "send the audio as multipart/form-data with a 'file' field",
-                       code="invalid_content_type")
-    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1,
-                             max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        raise APIError(
+            400,
+            "send the audio as multipart/form-data with a 'file' field",
+            code="invalid_content_type",
+        )
+    parser = MultiPartParser(
+        request.headers,
+        _limited(request, limit),
+        max_files=1,
+        max_fields=MAX_FORM_FIELDS,
+        max_part_size=MAX_FIELD_BYTES,
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise APIError(400, f"malformed multipart form: {exc.message}", code="invalid_form") from None
+        raise APIError(
+            400, f"malformed multipart form: {exc.message}", code="invalid_form"
+        ) from None
     body: dict[str, Any] = {}
     try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "file":
-                    raise APIError(400, f"unexpected file field {key!r}; upload the audio as 'file'", param=key)
+                    raise APIError(
+                        400, f"unexpected file field {key!r}; upload the audio as 'file'", param=key
+                    )
                 body["file"], body["filename"] = await value.read(), value.filename
             elif key.endswith("[]"):
                 body.setdefault(key[:-2], []).append(value)
@@ -124,10 +140,14 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The body's pieces; a 413 up front when Content-Length says too much, else once the count does."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large")
+        raise APIError(
+            413, f"request body is {declared} bytes; the limit is {limit}", code="request_too_large"
+        )
     received = 0
     async for piece in request.stream():
         received += len(piece)
         if received > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+            raise APIError(
+                413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
+            )
         yield piece

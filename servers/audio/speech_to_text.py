@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from common.audio_codec import AudioInputError, decode_audio
+from common.engine_response import EngineResponse
 from common.transcripts import Segment, Transcript, render
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from servers.batching import Job, TaskRunner
-from common.engine_response import EngineResponse
 
 
 class SpeechToText(TaskRunner):
@@ -21,8 +21,14 @@ class SpeechToText(TaskRunner):
     def load(self, source: str, device: str, dtype: Any) -> None:
         from transformers import pipeline
 
-        self.pipe = pipeline("automatic-speech-recognition", model=source, device=device, dtype=dtype,
-                             revision=self.kwargs.revision, trust_remote_code=self.kwargs.trust_remote_code)
+        self.pipe = pipeline(
+            "automatic-speech-recognition",
+            model=source,
+            device=device,
+            dtype=dtype,
+            revision=self.kwargs.revision,
+            trust_remote_code=self.kwargs.trust_remote_code,
+        )
         self.pipe._forward = self._counted(self.pipe._forward)
         self.sampling_rate = self.pipe.feature_extractor.sampling_rate
         self.is_whisper = self.pipe.type == "seq2seq_whisper"
@@ -34,22 +40,34 @@ class SpeechToText(TaskRunner):
         return [Capability.TRANSCRIPTION] + ([Capability.TRANSLATION] if self.is_whisper else [])
 
     def prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job]:
-        request = parse_request(capability, {k: v for k, v in body.items() if k not in ("file", "filename")})
+        request = parse_request(
+            capability, {k: v for k, v in body.items() if k not in ("file", "filename")}
+        )
         data = body.get("file")
         if not isinstance(data, bytes):
-            raise InvalidRequest("'file' is required: upload the audio as multipart form data", "file")
+            raise InvalidRequest(
+                "'file' is required: upload the audio as multipart form data", "file"
+            )
         if len(data) > self.kwargs.max_audio_bytes:
-            raise AudioInputError(f"the file is {len(data)} bytes; the limit is {self.kwargs.max_audio_bytes}",
-                                  "file_too_large", 413)
+            raise AudioInputError(
+                f"the file is {len(data)} bytes; the limit is {self.kwargs.max_audio_bytes}",
+                "file_too_large",
+                413,
+            )
         granularities = getattr(request, "timestamp_granularities", ["segment"])
         words = "word" in granularities
         if words and request.response_format != "verbose_json":
-            raise InvalidRequest("timestamp_granularities needs response_format 'verbose_json'",
-                                 "timestamp_granularities")
+            raise InvalidRequest(
+                "timestamp_granularities needs response_format 'verbose_json'",
+                "timestamp_granularities",
+            )
         language = getattr(request, "language", None) or self.kwargs.language
         if language and self.is_whisper and self.languages and language not in self.languages:
-            raise InvalidRequest(f"language {language!r} is not one this model knows; it knows: "
-                                 f"{', '.join(self.languages)}", "language")
+            raise InvalidRequest(
+                f"language {language!r} is not one this model knows; it knows: "
+                f"{', '.join(self.languages)}",
+                "language",
+            )
         samples = decode_audio(data, self.sampling_rate, self.kwargs.max_audio_duration_s)
         task = "translate" if capability is Capability.TRANSLATION else "transcribe"
         prompt = request.prompt if self.is_whisper else None  # CTC models take no prompt
@@ -63,14 +81,23 @@ class SpeechToText(TaskRunner):
         return_timestamps = "word" if words or not self.is_whisper else True
         options = {"generate_kwargs": self._generate_kwargs(first)} if self.is_whisper else {}
         outputs = self.pipe(
-            [job.payload for job in jobs], batch_size=len(jobs),
-            chunk_length_s=self.kwargs.chunk_length_s, stride_length_s=self.kwargs.stride_length_s,
-            return_timestamps=return_timestamps, ignore_warning=True, **options,
+            [job.payload for job in jobs],
+            batch_size=len(jobs),
+            chunk_length_s=self.kwargs.chunk_length_s,
+            stride_length_s=self.kwargs.stride_length_s,
+            return_timestamps=return_timestamps,
+            ignore_warning=True,
+            **options,
         )
         transcripts = [self._transcript(job, output, words) for job, output in zip(jobs, outputs)]
         # Only verbose_json reports the language; detect it when the request did not name one.
-        undetected = [i for i, job in enumerate(jobs) if job.request.response_format == "verbose_json"
-                      and not job.extra["language"] and job.extra["task"] == "transcribe"]
+        undetected = [
+            i
+            for i, job in enumerate(jobs)
+            if job.request.response_format == "verbose_json"
+            and not job.extra["language"]
+            and job.extra["task"] == "transcribe"
+        ]
         if undetected and self.is_whisper and self.languages:
             for i, code in zip(undetected, self._detect_languages([jobs[i] for i in undetected])):
                 transcripts[i].language = _language_name(code)
@@ -81,12 +108,20 @@ class SpeechToText(TaskRunner):
         import torch
 
         extractor = self.pipe.feature_extractor
-        features = extractor([job.payload[: extractor.n_samples] for job in jobs], sampling_rate=self.sampling_rate,
-                             return_tensors="pt").input_features
+        features = extractor(
+            [job.payload[: extractor.n_samples] for job in jobs],
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+        ).input_features
         with torch.inference_mode():
-            token_ids = self.pipe.model.detect_language(features.to(self.pipe.device, self.pipe.model.dtype))
+            token_ids = self.pipe.model.detect_language(
+                features.to(self.pipe.device, self.pipe.model.dtype)
+            )
         self.forward_passes += 1
-        return [token.strip("<|>") for token in self.pipe.tokenizer.convert_ids_to_tokens(token_ids.view(-1).tolist())]
+        return [
+            token.strip("<|>")
+            for token in self.pipe.tokenizer.convert_ids_to_tokens(token_ids.view(-1).tolist())
+        ]
 
     def _generate_kwargs(self, job: Job) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"task": job.extra["task"]}
@@ -96,7 +131,8 @@ class SpeechToText(TaskRunner):
             kwargs.update(do_sample=True, temperature=job.request.temperature)
         if job.request.prompt:
             kwargs["prompt_ids"] = self.pipe.tokenizer.get_prompt_ids(
-                job.request.prompt, return_tensors="pt").to(self.pipe.device)
+                job.request.prompt, return_tensors="pt"
+            ).to(self.pipe.device)
         if self.kwargs.max_new_tokens:
             kwargs["max_new_tokens"] = self.kwargs.max_new_tokens
         return kwargs
@@ -109,14 +145,24 @@ class SpeechToText(TaskRunner):
         else:
             segments = pieces
         language = "en" if job.extra["task"] == "translate" else job.extra["language"]
-        return Transcript(text=output["text"].strip(), duration=duration, language=_language_name(language),
-                          segments=segments, words=pieces if words else None)
+        return Transcript(
+            text=output["text"].strip(),
+            duration=duration,
+            language=_language_name(language),
+            segments=segments,
+            words=pieces if words else None,
+        )
 
     def respond(self, jobs: list[Job], results: list[Transcript]) -> EngineResponse:
         job, result = jobs[0], results[0]
         tokenizer = self.pipe.tokenizer
-        body, media_type = render(result, job.request.response_format, job.extra["task"], job.request.temperature,
-                                  tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False))
+        body, media_type = render(
+            result,
+            job.request.response_format,
+            job.extra["task"],
+            job.request.temperature,
+            tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        )
         return EngineResponse(200, body, media_type)
 
 
@@ -130,7 +176,9 @@ def _language_name(code: str | None) -> str | None:
 def _segment(chunk: dict[str, Any], duration: float) -> Segment:
     start, end = chunk.get("timestamp") or (0.0, None)
     start = min(float(start or 0.0), duration)
-    end = duration if end is None else min(float(end), duration)  # an unfinished last segment ends with the audio
+    end = (
+        duration if end is None else min(float(end), duration)
+    )  # an unfinished last segment ends with the audio
     return Segment(start, max(end, start), chunk.get("text", ""))
 
 
@@ -139,6 +187,7 @@ def _group_words(words: list[Segment], window_s: float) -> list[Segment]:
     groups: dict[int, list[Segment]] = {}
     for word in words:
         groups.setdefault(int(word.start // window_s), []).append(word)
-    return [Segment(g[0].start, g[-1].end, " ".join(w.text.strip() for w in g).strip())
-            for _, g in sorted(groups.items())]
-
+    return [
+        Segment(g[0].start, g[-1].end, " ".join(w.text.strip() for w in g).strip())
+        for _, g in sorted(groups.items())
+    ]

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from common.audio_codec import change_tempo, encode_audio
+from common.engine_response import EngineResponse
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from servers.batching import Job, TaskRunner
-from common.engine_response import EngineResponse
 
 
 class TextToSpeech(TaskRunner):
@@ -23,7 +23,10 @@ class TextToSpeech(TaskRunner):
     def load(self, source: str, device: str, dtype: Any) -> None:
         from transformers import AutoConfig, AutoTokenizer, VitsModel, pipeline
 
-        options = {"revision": self.kwargs.revision, "trust_remote_code": self.kwargs.trust_remote_code}
+        options = {
+            "revision": self.kwargs.revision,
+            "trust_remote_code": self.kwargs.trust_remote_code,
+        }
         self.device = device
         if AutoConfig.from_pretrained(source, **options).model_type == "vits":
             self.tokenizer = AutoTokenizer.from_pretrained(source, **options)
@@ -32,13 +35,17 @@ class TextToSpeech(TaskRunner):
             self.sampling_rate = self.model.config.sampling_rate
             self.speakers = self.model.config.num_speakers
         else:
-            self.pipe = pipeline("text-to-speech", model=source, device=device, dtype=dtype, **options)
+            self.pipe = pipeline(
+                "text-to-speech", model=source, device=device, dtype=dtype, **options
+            )
             self.pipe._forward = self._counted(self.pipe._forward)
             self.sampling_rate = self.pipe.sampling_rate
             self.speakers = 1
         for voice, speaker in self.kwargs.voices.items():
             if not 0 <= speaker < self.speakers:
-                raise ValueError(f"voice {voice!r} maps to speaker {speaker}; the model has {self.speakers}")
+                raise ValueError(
+                    f"voice {voice!r} maps to speaker {speaker}; the model has {self.speakers}"
+                )
 
     def capabilities(self) -> list[Capability]:
         return [Capability.SPEECH]
@@ -46,12 +53,17 @@ class TextToSpeech(TaskRunner):
     def prepare(self, capability: Capability, body: dict[str, Any]) -> list[Job]:
         request = parse_request(capability, body)
         if len(request.input) > self.kwargs.max_input_chars:
-            raise InvalidRequest(f"input is {len(request.input)} characters; the limit is "
-                                 f"{self.kwargs.max_input_chars}", "input")
+            raise InvalidRequest(
+                f"input is {len(request.input)} characters; the limit is "
+                f"{self.kwargs.max_input_chars}",
+                "input",
+            )
         voices = self.kwargs.voices
         if voices and request.voice not in voices:
-            raise InvalidRequest(f"voice {request.voice!r} does not exist; voices: {', '.join(sorted(voices))}",
-                                 "voice")
+            raise InvalidRequest(
+                f"voice {request.voice!r} does not exist; voices: {', '.join(sorted(voices))}",
+                "voice",
+            )
         if self.model is not None and not self.tokenizer(request.input)["input_ids"]:
             raise InvalidRequest("input has no characters this model can speak", "input")
         return [Job(request, request.input, (voices.get(request.voice), request.speed))]
@@ -62,7 +74,9 @@ class TextToSpeech(TaskRunner):
         import torch
 
         speaker, speed = jobs[0].group_key
-        inputs = self.tokenizer([job.payload for job in jobs], padding=True, return_tensors="pt").to(self.device)
+        inputs = self.tokenizer(
+            [job.payload for job in jobs], padding=True, return_tensors="pt"
+        ).to(self.device)
         with torch.inference_mode():
             output = self.model(**inputs, speaker_id=speaker, speaking_rate=speed)
         waveforms = output.waveform.float().cpu().numpy()
@@ -73,5 +87,7 @@ class TextToSpeech(TaskRunner):
         return change_tempo(samples, self.sampling_rate, job.request.speed)
 
     def respond(self, jobs: list[Job], results: list[np.ndarray]) -> EngineResponse:
-        body, media_type = encode_audio(results[0], self.sampling_rate, jobs[0].request.response_format)
+        body, media_type = encode_audio(
+            results[0], self.sampling_rate, jobs[0].request.response_format
+        )
         return EngineResponse(200, body, media_type)

@@ -21,8 +21,14 @@ SUMMARY = "batch: "
 
 def _batch(*args: str) -> str:
     """Run the job; its summary line."""
-    done = subprocess.run([sys.executable, "deploy_app.py", "batch", "--config", "model_config.yaml", *args],
-                          cwd=ROOT, env=platform_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "deploy_app.py", "batch", "--config", "model_config.yaml", *args],
+        cwd=ROOT,
+        env=platform_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return next(line for line in done.stdout.splitlines() if line.startswith(SUMMARY))
 
@@ -33,24 +39,39 @@ def _records(path) -> dict[str, dict]:
 
 def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    rows = [{"id": "greeting", "prompt": "Hello!"},
-            {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 3},
-            {"prompt": "A third one."},
-            {"id": "broken", "prompt": "x", "temperature": -5}]  # vLLM refuses it: written with its error
+    rows = [
+        {"id": "greeting", "prompt": "Hello!"},
+        {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 3},
+        {"prompt": "A third one."},
+        {"id": "broken", "prompt": "x", "temperature": -5},
+    ]  # vLLM refuses it: written with its error
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
     answers = tmp_path / "answers.jsonl"
-    summary = _batch("--model", "tiny-chat", "--input", str(prompts), "--output", str(answers),
-                     "--parameters", '{"max_tokens": 6}')
+    summary = _batch(
+        "--model",
+        "tiny-chat",
+        "--input",
+        str(prompts),
+        "--output",
+        str(answers),
+        "--parameters",
+        '{"max_tokens": 6}',
+    )
     assert "4 rows" in summary and "3 answered, 1 with an error; 0 already" in summary
     records = _records(answers)
     assert len(records) == 4 and records["broken"]["error"]["status"] == 400
     assert "temperature" in records["broken"]["error"]["message"]
     greeting = records["greeting"]["response"]
     assert greeting["object"] == "chat.completion" and greeting["usage"]["completion_tokens"] <= 6
-    story = next(r["response"] for k, r in records.items() if k not in ("greeting", "broken")
-                 and r["response"]["usage"]["completion_tokens"] <= 3)
+    story = next(
+        r["response"]
+        for k, r in records.items()
+        if k not in ("greeting", "broken") and r["response"]["usage"]["completion_tokens"] <= 3
+    )
     assert story["choices"][0]["finish_reason"] in ("length", "stop")
-    prompts.write_text(prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n")
+    prompts.write_text(
+        prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n"
+    )
     again = _batch("--model", "tiny-chat", "--input", str(prompts), "--output", str(answers))
     assert "1 rows" in again and "4 already" in again
     assert set(_records(answers)) == set(records) | {"new"}
@@ -72,27 +93,61 @@ def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(tmp_
     for i in range(3):
         (audio / f"take{i}.wav").write_bytes(audio_file("wav", "pcm_s16le", seconds=1.0 + i))
     (audio / "notes.wav").write_bytes(b"%PDF-1.4 not audio")
-    summary = _batch("--model", "tiny-whisper", "--input", str(audio), "--output", str(tmp_path / "transcripts.jsonl"))
+    summary = _batch(
+        "--model",
+        "tiny-whisper",
+        "--input",
+        str(audio),
+        "--output",
+        str(tmp_path / "transcripts.jsonl"),
+    )
     assert "3 answered, 1 with an error" in summary
     transcripts = _records(tmp_path / "transcripts.jsonl")
-    assert all(isinstance(transcripts[str(audio / f"take{i}.wav")]["response"]["text"], str) for i in range(3))
+    assert all(
+        isinstance(transcripts[str(audio / f"take{i}.wav")]["response"]["text"], str)
+        for i in range(3)
+    )
     assert transcripts[str(audio / "notes.wav")]["error"]["status"] == 400
 
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(4):
         (photos / f"p{i}.png").write_bytes(image_file("PNG", seed=i))
-    summary = _batch("--model", "tiny-vit", "--input", str(photos / "*.png"), "--output", str(tmp_path / "labels.jsonl"),
-                     "--parameters", '{"top_k": 2}')
+    summary = _batch(
+        "--model",
+        "tiny-vit",
+        "--input",
+        str(photos / "*.png"),
+        "--output",
+        str(tmp_path / "labels.jsonl"),
+        "--parameters",
+        '{"top_k": 2}',
+    )
     assert "4 answered" in summary
     labels = _records(tmp_path / "labels.jsonl")
     assert all(record["response"]["outputs"][0]["shape"] == [1, 2] for record in labels.values())
 
 
 def test_a_model_or_endpoint_it_cannot_serve_is_refused_before_ray_starts(tmp_path):
-    for args, words in ((["--model", "nope"], "no model 'nope'"),
-                        (["--model", "tiny-vit", "--endpoint", "chat"], "cannot serve chat")):
-        done = subprocess.run([sys.executable, "deploy_app.py", "batch", "--input", "x.jsonl", "--output",
-                               str(tmp_path / "o.jsonl"), *args], cwd=ROOT, env=platform_env(), capture_output=True,
-                              text=True, timeout=120)
+    for args, words in (
+        (["--model", "nope"], "no model 'nope'"),
+        (["--model", "tiny-vit", "--endpoint", "chat"], "cannot serve chat"),
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "deploy_app.py",
+                "batch",
+                "--input",
+                "x.jsonl",
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                *args,
+            ],
+            cwd=ROOT,
+            env=platform_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and words in done.stderr

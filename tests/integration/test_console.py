@@ -25,10 +25,16 @@ WAIT_S = 120
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--autoplay-policy=no-user-gesture-required",
-                     # a microphone that plays a tone, allowed without asking
-                     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--autoplay-policy=no-user-gesture-required",
+        # a microphone that plays a tone, allowed without asking
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -109,27 +115,43 @@ def test_without_a_key_only_the_login_shows_and_a_wrong_key_is_refused(browser, 
     assert not browser.find_element(By.ID, "tabs").is_displayed()
     _screenshot(browser, "login")
     # The page made only calls to the platform itself, and nothing but them
-    origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    origins = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
+    )
     assert set(origins) == {platform_url}
 
 
 def test_every_model_is_listed_with_its_phase_and_placement(console, platform_url):
-    cards = httpx.get(f"{platform_url}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
+    cards = httpx.get(f"{platform_url}/v1/models", headers=auth_headers(), timeout=30).json()[
+        "data"
+    ]
     bases = {card["id"] for card in cards if "parent" not in card}
     _tab(console, "models")
 
     def rows(driver):
-        found = {row.get_attribute("data-model"): row for row in driver.find_elements(By.CSS_SELECTOR, "#models-table tbody tr")}
-        return found if set(found) == bases and all(r.get_attribute("data-phase") == "ready" for r in found.values()) else None
+        found = {
+            row.get_attribute("data-model"): row
+            for row in driver.find_elements(By.CSS_SELECTOR, "#models-table tbody tr")
+        }
+        return (
+            found
+            if set(found) == bases
+            and all(r.get_attribute("data-phase") == "ready" for r in found.values())
+            else None
+        )
 
     table = _wait(console, rows)
     chat = [cell.text for cell in table["tiny-chat"].find_elements(By.TAG_NAME, "td")]
-    assert chat[1] == "vllm" and "chat" in chat[2] and chat[4] == "1/1" and chat[5]  # type, capabilities, replicas, node
+    assert (
+        chat[1] == "vllm" and "chat" in chat[2] and chat[4] == "1/1" and chat[5]
+    )  # type, capabilities, replicas, node
     assert "sql" in chat[9]  # its LoRA variants
     detector = [cell.text for cell in table["tiny-detector"].find_elements(By.TAG_NAME, "td")]
     assert detector[7] == "0"  # in flight, from its group's replica
     summary = console.find_element(By.ID, "platform-summary").text
-    assert "ready on 1 node(s)" in summary and summary.endswith("; config: config.yaml")  # the session's file
+    assert "ready on 1 node(s)" in summary and summary.endswith(
+        "; config: config.yaml"
+    )  # the session's file
     _screenshot(console, "models")
 
 
@@ -143,12 +165,17 @@ def test_a_chat_answer_streams_into_the_page(console):
         new MutationObserver(() => { window.answerUpdates += 1; })
           .observe(document.getElementById('chat-transcript'), {subtree: true, childList: true, characterData: true});""")
     _send(console, "chat")
-    answer = _wait(console, lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-transcript .assistant.done") or None)[0]
+    answer = _wait(
+        console,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-transcript .assistant.done") or None,
+    )[0]
     _no_error(console, "chat-error")
     assert answer.text.strip()
     assert console.execute_script("return window.answerUpdates") > 3
     code = console.find_element(By.ID, "chat-code").text
-    assert "curl -s" in code and "/v1/chat/completions" in code and '"model":"tiny-chat:sql"' in code
+    assert (
+        "curl -s" in code and "/v1/chat/completions" in code and '"model":"tiny-chat:sql"' in code
+    )
     assert "client.chat.completions.create" in code and API_KEY not in code  # no secret in the page
     _screenshot(console, "chat")
 
@@ -167,7 +194,9 @@ def test_embeddings_show_a_similarity_matrix(console):
     rows = _result_rows(console, "embeddings-matrix")
     matrix = [[float(c.text) for c in row.find_elements(By.TAG_NAME, "td")[1:]] for row in rows]
     assert len(matrix) == 3 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(3))
-    assert matrix[0][1] > matrix[0][2]  # the real MiniLM: the cat and the feline are closer than the markets
+    assert (
+        matrix[0][1] > matrix[0][2]
+    )  # the real MiniLM: the cat and the feline are closer than the markets
 
 
 def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
@@ -177,11 +206,15 @@ def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
     _playground(console, "transcribe", "tiny-whisper")
     _upload(console, "transcribe-file", path)
     _send(console, "transcribe")
-    header = _wait(console, lambda d: d.find_elements(By.CSS_SELECTOR, "#transcribe-segments th") or None)
+    header = _wait(
+        console, lambda d: d.find_elements(By.CSS_SELECTOR, "#transcribe-segments th") or None
+    )
     _no_error(console, "transcribe-error")
     assert [h.text for h in header] == ["start (s)", "end (s)", "text"]
     segments = console.find_elements(By.CSS_SELECTOR, "#transcribe-segments tr")[1:]
-    times = [[float(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")[:2]] for row in segments]
+    times = [
+        [float(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")[:2]] for row in segments
+    ]
     assert times and all(0 <= start <= end for start, end in times), times
     assert "-F file=@a.wav" in console.find_element(By.ID, "transcribe-code").text
     _screenshot(console, "transcribe")
@@ -189,8 +222,10 @@ def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
 
 def test_a_microphone_recording_is_transcribed(console):
     _playground(console, "transcribe", "tiny-whisper")
-    console.execute_script("document.getElementById('transcribe-file').value = '';"
-                           "document.getElementById('transcribe-segments').replaceChildren();")
+    console.execute_script(
+        "document.getElementById('transcribe-file').value = '';"
+        "document.getElementById('transcribe-segments').replaceChildren();"
+    )
     record = console.find_element(By.ID, "transcribe-record")
     record.click()
     _wait(console, lambda d: record.text == "Stop")
@@ -207,10 +242,16 @@ def test_generated_speech_gets_a_playable_source(console):
     _playground(console, "speech", "tiny-tts")
     Select(console.find_element(By.ID, "speech-format")).select_by_visible_text("wav")
     _send(console, "speech")
-    _wait(console, lambda d: d.execute_script(
-        "const a = document.getElementById('speech-audio'); return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"))
+    _wait(
+        console,
+        lambda d: d.execute_script(
+            "const a = document.getElementById('speech-audio'); return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"
+        ),
+    )
     _no_error(console, "speech-error")
-    assert console.execute_script("return document.getElementById('speech-audio').play().then(() => true)")
+    assert console.execute_script(
+        "return document.getElementById('speech-audio').play().then(() => true)"
+    )
     _screenshot(console, "speech")
 
 

@@ -26,8 +26,13 @@ EXAMPLES = int(os.environ.get("PLATFORM_FUZZ_EXAMPLES", "12"))
 DERANDOMIZE = os.environ.get("PLATFORM_FUZZ_RANDOM") != "1"
 REQUEST_TIMEOUT_S = 300
 MAX_GENERATED = 8  # n and tokens per case
-READINESS = {"/ready", "/v1/health", "/v2/health/ready", "/v2/models/{name}/ready",
-             "/v2/models/{name}/versions/{version}/ready"}
+READINESS = {
+    "/ready",
+    "/v1/health",
+    "/v2/health/ready",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+}
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +47,13 @@ def fuzzed_url(request) -> str:
 @pytest.fixture(scope="module")
 def platform_schema(fuzzed_url):
     """The description the platform serves to this key, pointed at the platform."""
-    description = httpx.get(f"{fuzzed_url}/openapi.json", headers=auth_headers(), timeout=120).json()
+    description = httpx.get(
+        f"{fuzzed_url}/openapi.json", headers=auth_headers(), timeout=120
+    ).json()
     schema = schemathesis.openapi.from_dict(description)
-    schema.config.update(base_url=fuzzed_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S)
+    schema.config.update(
+        base_url=fuzzed_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S
+    )
     return schema
 
 
@@ -57,9 +66,13 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(fuzzed_url, platform_sche
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
                 _fuzz(operation, mode, answers[operation.label], errors[operation.label])
-            except hypothesis.errors.Unsatisfiable:  # no input of the operation can break its description
+            except (
+                hypothesis.errors.Unsatisfiable
+            ):  # no input of the operation can break its description
                 assert mode is GenerationMode.NEGATIVE, operation.label
-            except Exception as exc:  # every operation is fuzzed; the failures are reported together
+            except (
+                Exception
+            ) as exc:  # every operation is fuzzed; the failures are reported together
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     cases = sum(sum(counts.values()) for counts in answers.values())
     print(f"\n{cases} cases, answers by status (and the commonest errors):")
@@ -70,18 +83,30 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(fuzzed_url, platform_sche
     assert _replica_actors(fuzzed_url) == before
 
 
-def _fuzz(operation, mode: GenerationMode, answers: collections.Counter, errors: collections.Counter) -> None:
-    @hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
-                         suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate])
+def _fuzz(
+    operation, mode: GenerationMode, answers: collections.Counter, errors: collections.Counter
+) -> None:
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.generate],
+    )
     @hypothesis.given(operation.as_strategy(generation_mode=mode))
     def case_is_answered(case):
         _bound_generation(case.body)
         response = case.call()
         answers[response.status_code] += 1
-        if case.path in READINESS and response.status_code == 503:  # "not ready" is these endpoints' answer
+        if (
+            case.path in READINESS and response.status_code == 503
+        ):  # "not ready" is these endpoints' answer
             return
-        assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} " \
-                                            f"{response.text[:500]}\nbody: {str(case.body)[:500]}"
+        assert response.status_code < 500, (
+            f"{case.method} {case.formatted_path}: {response.status_code} "
+            f"{response.text[:500]}\nbody: {str(case.body)[:500]}"
+        )
         if response.status_code >= 400:
             errors[assert_error_shape(case.formatted_path, response)[:80]] += 1
 
@@ -93,7 +118,11 @@ def _bound_generation(body) -> None:
     cores (out-of-range values stay: they must be 400s); the caps themselves are vLLM's."""
     if isinstance(body, dict):
         for field in ("n", "best_of", "max_tokens", "max_completion_tokens", "min_tokens"):
-            if isinstance(body.get(field), int) and not isinstance(body[field], bool) and body[field] > MAX_GENERATED:
+            if (
+                isinstance(body.get(field), int)
+                and not isinstance(body[field], bool)
+                and body[field] > MAX_GENERATED
+            ):
                 body[field] = MAX_GENERATED
 
 
@@ -106,9 +135,15 @@ def assert_error_shape(path: str, response) -> str:
         assert isinstance(error, str) and error, body
         return error
     # The platform's own errors carry the request id; vLLM's, passed on, may not.
-    assert {"message", "type", "param", "code"} <= set(error) <= {"message", "type", "param", "code", "request_id"}, body
+    assert (
+        {"message", "type", "param", "code"}
+        <= set(error)
+        <= {"message", "type", "param", "code", "request_id"}
+    ), body
     sent_back = response.headers["x-request-id"]  # schemathesis lists a header's values
-    (sent_back,) = sent_back if isinstance(sent_back, list) else [sent_back]  # one id, not Serve's and ours
+    (sent_back,) = (
+        sent_back if isinstance(sent_back, list) else [sent_back]
+    )  # one id, not Serve's and ours
     assert error["message"] and error.get("request_id", sent_back) == sent_back, body
     return error["message"]
 
@@ -116,5 +151,8 @@ def assert_error_shape(path: str, response) -> str:
 def _replica_actors(base: str) -> dict[str, str]:
     ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=60)
     assert ready.status_code == 200, ready.text
-    return {model: state["placement"]["actor_id"] for model, state in ready.json()["models"].items()
-            if "placement" in state}
+    return {
+        model: state["placement"]["actor_id"]
+        for model, state in ready.json()["models"].items()
+        if "placement" in state
+    }

@@ -12,7 +12,9 @@ PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}
 
 
 def _greedy(client, model: str, **extra) -> tuple[str, str]:
-    answer = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12, temperature=0, **extra)
+    answer = client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=12, temperature=0, **extra
+    )
     return answer.model, answer.choices[0].message.content
 
 
@@ -34,15 +36,19 @@ def test_an_adapter_request_reaches_the_base_model_with_the_adapter(client):
 
 def test_serves_multiplexed_header_selects_the_adapter(client, http):
     _, sql = _greedy(client, "tiny-chat:sql")
-    answer = http.post("/v1/chat/completions", headers={"serve_multiplexed_model_id": "sql"},
-                       json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 12, "temperature": 0})
+    answer = http.post(
+        "/v1/chat/completions",
+        headers={"serve_multiplexed_model_id": "sql"},
+        json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 12, "temperature": 0},
+    )
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == sql
 
 
 def test_streaming_through_an_adapter(client):
     _, sql = _greedy(client, "tiny-chat:sql")
-    stream = client.chat.completions.create(model="tiny-chat:sql", messages=PROMPT, max_tokens=12, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="tiny-chat:sql", messages=PROMPT, max_tokens=12, temperature=0, stream=True
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == sql
 
 
@@ -50,13 +56,19 @@ def test_streaming_through_an_adapter(client):
 def test_unknown_variants_are_404(http, model):
     answer = http.post("/v1/chat/completions", json={"model": model, "messages": PROMPT})
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
-    assert http.post("/v1/chat/completions", json={"model": "tiny-chat", "messages": PROMPT,
-                                                   "max_tokens": 2}).status_code == 200
+    assert (
+        http.post(
+            "/v1/chat/completions", json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 2}
+        ).status_code
+        == 200
+    )
 
 
 def _classify(http, model: str, headers: dict | None = None) -> list[float]:
     body = infer_body([b64(image_file(seed=3))], parameters={"top_k": 3})
-    answer = http.post(f"/v2/models/{model}/infer", json=body, headers={**auth_headers(), **(headers or {})})
+    answer = http.post(
+        f"/v2/models/{model}/infer", json=body, headers={**auth_headers(), **(headers or {})}
+    )
     assert answer.status_code == 200, answer.text
     return next(o for o in answer.json()["outputs"] if o["name"] == "scores")["data"]
 
@@ -80,9 +92,17 @@ def test_a_group_serves_its_models_from_one_replica(http):
     members = ["tiny-detector", "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder"]
     assert {m: models[m]["group_models"] for m in members} == {m: sorted(members) for m in members}
     assert len({models[m]["placement"]["actor_id"] for m in members}) == 1
-    assert models["tiny-vit"]["placement"]["actor_id"] != models["tiny-detector"]["placement"]["actor_id"]
+    assert (
+        models["tiny-vit"]["placement"]["actor_id"]
+        != models["tiny-detector"]["placement"]["actor_id"]
+    )
     for model in members[:2]:  # each member answers with its own model behind the shared replica
         answer = http.post(f"/v2/models/{model}/infer", json=infer_body([b64(image_file())]))
         assert answer.status_code == 200 and answer.json()["model_name"] == model
     after = http.get("/ready").json()["models"]  # each member's own counters
-    assert [after[m]["requests_total"] - models[m]["requests_total"] for m in members] == [1, 1, 0, 0]
+    assert [after[m]["requests_total"] - models[m]["requests_total"] for m in members] == [
+        1,
+        1,
+        0,
+        0,
+    ]

@@ -13,25 +13,45 @@ import psutil
 import pytest
 
 from common.serve_env import haproxy_processes
-from tests.integration.conftest import (API_KEY, LIMITED_KEY, SCOPED_KEY, TOKEN_KEY, assert_leaving_a_stream_stops_it,
-                                       auth_headers)
+from tests.integration.conftest import (
+    API_KEY,
+    LIMITED_KEY,
+    SCOPED_KEY,
+    TOKEN_KEY,
+    assert_leaving_a_stream_stops_it,
+    auth_headers,
+)
 from tests.integration.test_openai_api import CHAT, EMBED, HELLO
+
 
 @pytest.fixture(scope="module")
 def fast(platform_url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform_url}/models/{CHAT}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    return openai.OpenAI(
+        base_url=f"{platform_url}/models/{CHAT}/v1", api_key=API_KEY, max_retries=0, timeout=120
+    )
 
 
 def _stats(platform_url: str, model: str = CHAT) -> dict:
-    return httpx.get(f"{platform_url}/ready", headers=auth_headers(), timeout=30).json()["models"][model]
+    return httpx.get(f"{platform_url}/ready", headers=auth_headers(), timeout=30).json()["models"][
+        model
+    ]
 
 
 def test_chat_and_stream_through_the_model_url(fast):
-    reply = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=8, seed=3, temperature=0.5)
+    reply = fast.chat.completions.create(
+        model=CHAT, messages=HELLO, max_tokens=8, seed=3, temperature=0.5
+    )
     assert reply.model == CHAT and reply.usage.completion_tokens <= 8
-    chunks = list(fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=10, stream=True,
-                                               stream_options={"include_usage": True},
-                                               extra_body={"ignore_eos": True}))
+    chunks = list(
+        fast.chat.completions.create(
+            model=CHAT,
+            messages=HELLO,
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert chunks[-1].usage.completion_tokens == 10
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
@@ -39,30 +59,42 @@ def test_chat_and_stream_through_the_model_url(fast):
 def test_same_engine_as_the_shared_endpoint(fast, client):
     """Greedy answers agree: both paths reach the same vLLM engine with the same template."""
     one_hop = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
-    shared = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
+    shared = client.chat.completions.create(
+        model=CHAT, messages=HELLO, max_tokens=12, temperature=0
+    )
     assert one_hop.choices[0].message.content == shared.choices[0].message.content
 
 
 def test_completions_and_embeddings(platform_url, fast):
     completion = fast.completions.create(model=CHAT, prompt="Once upon", max_tokens=5, stop=["\n"])
     assert completion.choices[0].finish_reason in ("length", "stop")
-    embed = openai.OpenAI(base_url=f"{platform_url}/models/{EMBED}/v1", api_key=API_KEY, max_retries=0)
+    embed = openai.OpenAI(
+        base_url=f"{platform_url}/models/{EMBED}/v1", api_key=API_KEY, max_retries=0
+    )
     vectors = embed.embeddings.create(model=EMBED, input=["the cat sat", "a dog ran"]).data
     assert [len(v.embedding) for v in vectors] == [384, 384]
 
 
 def test_lora_variant_through_the_model_url(fast):
     base = fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0)
-    sql = fast.chat.completions.create(model=f"{CHAT}:sql", messages=HELLO, max_tokens=12, temperature=0)
-    assert sql.model == f"{CHAT}:sql" and sql.choices[0].message.content != base.choices[0].message.content
+    sql = fast.chat.completions.create(
+        model=f"{CHAT}:sql", messages=HELLO, max_tokens=12, temperature=0
+    )
+    assert (
+        sql.model == f"{CHAT}:sql"
+        and sql.choices[0].message.content != base.choices[0].message.content
+    )
     assert {m.id for m in fast.models.list().data} >= {CHAT, f"{CHAT}:sql", f"{CHAT}:poet"}
 
 
 def test_errors_keep_the_openai_shape(platform_url, fast):
     url = f"{platform_url}/models/{CHAT}/v1"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer k\u00e9y"}):
-        response = httpx.post(f"{url}/chat/completions", json={"model": CHAT, "messages": HELLO},
-                              headers={k: v.encode() for k, v in headers.items()})
+        response = httpx.post(
+            f"{url}/chat/completions",
+            json={"model": CHAT, "messages": HELLO},
+            headers={k: v.encode() for k, v in headers.items()},
+        )
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.NotFoundError):
         fast.chat.completions.create(model="no-such-model", messages=HELLO)
@@ -72,8 +104,11 @@ def test_errors_keep_the_openai_shape(platform_url, fast):
         fast.chat.completions.create(model=CHAT, messages=HELLO, extra_body={"cache_salt": {}})
     bad = httpx.post(f"{url}/chat/completions", content=b'{"model": ', headers=auth_headers())
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
-    nested = httpx.post(f"{url}/chat/completions", content=b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-                        headers=auth_headers())
+    nested = httpx.post(
+        f"{url}/chat/completions",
+        content=b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        headers=auth_headers(),
+    )
     assert nested.status_code in (400, 413) and "error" in nested.json()
     # vLLM's admin and scaling routes are not exposed on this path.
     for path in ("/scale_elastic_ep", "/invocations", "/v1/load_lora_adapter"):
@@ -82,16 +117,26 @@ def test_errors_keep_the_openai_shape(platform_url, fast):
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
 
 
-@pytest.mark.parametrize("part", [
-    {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"}},
-    {"image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"}},  # no "type": still media
-    {"type": "text", "text": "hi", "image_url": "http://[::ffff:169.254.169.254]/x.png"},
-    {"image_url": {"url": "file:///etc/passwd"}},
-])
+@pytest.mark.parametrize(
+    "part",
+    [
+        {
+            "type": "image_url",
+            "image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"},
+        },
+        {
+            "image_url": {"url": "http://169.254.169.254/latest/meta-data/x.png"}
+        },  # no "type": still media
+        {"type": "text", "text": "hi", "image_url": "http://[::ffff:169.254.169.254]/x.png"},
+        {"image_url": {"url": "file:///etc/passwd"}},
+    ],
+)
 def test_media_urls_follow_the_platform_policy(platform_url, part):
     body = {"model": CHAT, "messages": [{"role": "user", "content": [part]}], "max_tokens": 2}
     for url in (f"{platform_url}/models/{CHAT}/v1", f"{platform_url}/v1"):
-        response = httpx.post(f"{url}/chat/completions", json=body, headers=auth_headers(), timeout=30)
+        response = httpx.post(
+            f"{url}/chat/completions", json=body, headers=auth_headers(), timeout=30
+        )
         assert 400 <= response.status_code < 500, response.text
         assert response.json()["error"]["message"]
 
@@ -124,7 +169,9 @@ def test_a_single_cpu_shard_runs_inside_vllms_engine_core(platform_url):
     [engine_core] = [p for p in replica.children() if p.cmdline()[:1] == ["VLLM::EngineCore"]]
     assert not [p for p in engine_core.children() if p.cmdline()[:1] == ["VLLM::Worker"]]
     [cores] = {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()}
-    assert cores < os.sched_getaffinity(replica.pid)  # vLLM's binding for its worker, on every thread
+    assert cores < os.sched_getaffinity(
+        replica.pid
+    )  # vLLM's binding for its worker, on every thread
 
 
 def test_haproxy_runs_under_sched_batch(platform_url):
@@ -141,14 +188,21 @@ def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
     # HAProxy splicing, about one in three of those stranded its session (HAProxy spinning on it,
     # vLLM generating on), so that case is tried several times.
     for pause_s in (0, 3, 3, 3, 3):
-        assert_leaving_a_stream_stops_it(f"{platform_url}/models/{CHAT}/v1/chat/completions", CHAT,
-                                         lambda: _stats(platform_url), "requests_aborted", pause_s=pause_s)
+        assert_leaving_a_stream_stops_it(
+            f"{platform_url}/models/{CHAT}/v1/chat/completions",
+            CHAT,
+            lambda: _stats(platform_url),
+            "requests_aborted",
+            pause_s=pause_s,
+        )
     assert fast.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=2).choices
 
 
 def test_a_scoped_key_reaches_only_its_model_on_either_path(platform_url):
     def client(prefix: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{platform_url}{prefix}/v1", api_key=SCOPED_KEY, max_retries=0, timeout=60)
+        return openai.OpenAI(
+            base_url=f"{platform_url}{prefix}/v1", api_key=SCOPED_KEY, max_retries=0, timeout=60
+        )
 
     for prefix in (f"/models/{EMBED}", ""):
         assert client(prefix).embeddings.create(model=EMBED, input="hello").data[0].embedding
@@ -161,31 +215,52 @@ def test_a_scoped_key_reaches_only_its_model_on_either_path(platform_url):
 
 def test_a_keys_requests_per_minute_are_counted_across_both_paths(platform_url):
     def embed(prefix: str) -> httpx.Response:
-        return httpx.post(f"{platform_url}{prefix}/v1/embeddings", json={"model": EMBED, "input": "hi"},
-                          headers={"Authorization": f"Bearer {LIMITED_KEY}"}, timeout=60)
+        return httpx.post(
+            f"{platform_url}{prefix}/v1/embeddings",
+            json={"model": EMBED, "input": "hi"},
+            headers={"Authorization": f"Bearer {LIMITED_KEY}"},
+            timeout=60,
+        )
 
     # The router replica and the engine replica count in one window: 3 requests, then 429s.
     assert [embed(p).status_code for p in ("", f"/models/{EMBED}", "")] == [200, 200, 200]
     for prefix in (f"/models/{EMBED}", ""):
         refused = embed(prefix)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert (
+            refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        )
         assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert embed("").status_code == 429 and httpx.post(  # other keys are not held back
-        f"{platform_url}/v1/embeddings", json={"model": EMBED, "input": "hi"}, headers=auth_headers()).status_code == 200
+    assert (
+        embed("").status_code == 429
+        and httpx.post(  # other keys are not held back
+            f"{platform_url}/v1/embeddings",
+            json={"model": EMBED, "input": "hi"},
+            headers=auth_headers(),
+        ).status_code
+        == 200
+    )
 
 
 def test_a_keys_tokens_per_minute_are_counted_from_streams_and_answers_on_both_paths(platform_url):
-    one_hop, shared = (openai.OpenAI(base_url=f"{platform_url}{p}/v1", api_key=TOKEN_KEY, max_retries=0, timeout=60)
-                       for p in (f"/models/{CHAT}", ""))
+    one_hop, shared = (
+        openai.OpenAI(
+            base_url=f"{platform_url}{p}/v1", api_key=TOKEN_KEY, max_retries=0, timeout=60
+        )
+        for p in (f"/models/{CHAT}", "")
+    )
     # A stream on the one-hop path: its usage is counted, though the client did not ask to see it.
-    chunks = list(one_hop.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=16, stream=True,
-                                                  extra_body={"ignore_eos": True}))
+    chunks = list(
+        one_hop.chat.completions.create(
+            model=CHAT, messages=HELLO, max_tokens=16, stream=True, extra_body={"ignore_eos": True}
+        )
+    )
     assert chunks and all(chunk.usage is None and chunk.choices for chunk in chunks)
     used = 0
     for _ in range(6):  # 60 tokens a minute: a few 16-token answers, then 429 on either path
         try:
-            used += shared.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=16,
-                                                   extra_body={"ignore_eos": True}).usage.total_tokens
+            used += shared.chat.completions.create(
+                model=CHAT, messages=HELLO, max_tokens=16, extra_body={"ignore_eos": True}
+            ).usage.total_tokens
         except openai.RateLimitError as err:
             assert err.body["code"] == "rate_limit_exceeded"
             break

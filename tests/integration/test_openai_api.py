@@ -14,10 +14,34 @@ from tests.integration.conftest import ALLOWED_ORIGIN, assert_leaving_a_stream_s
 CHAT = "tiny-chat"
 EMBED = "all-minilm-l6-v2"
 RERANKER = "tiny-reranker"
-ALL_MODELS = {CHAT, EMBED, RERANKER, "tiny-llava", "tiny-whisper", "tiny-tts", "tiny-ctc", "tiny-vit", "tiny-videomae", "tiny-detector",
-              "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder", "tiny-vit-variants"}
-PIPELINES = {"voice-chat", "rag-lite", "describe-image"}  # the default config's two and the session's one
-VARIANTS = {"tiny-chat:sql", "tiny-chat:poet", "tiny-vit-variants:a", "tiny-vit-variants:b", "tiny-vit-variants:c"}
+ALL_MODELS = {
+    CHAT,
+    EMBED,
+    RERANKER,
+    "tiny-llava",
+    "tiny-whisper",
+    "tiny-tts",
+    "tiny-ctc",
+    "tiny-vit",
+    "tiny-videomae",
+    "tiny-detector",
+    "tiny-zero-shot",
+    "tiny-captioner",
+    "tiny-image-embedder",
+    "tiny-vit-variants",
+}
+PIPELINES = {
+    "voice-chat",
+    "rag-lite",
+    "describe-image",
+}  # the default config's two and the session's one
+VARIANTS = {
+    "tiny-chat:sql",
+    "tiny-chat:poet",
+    "tiny-vit-variants:a",
+    "tiny-vit-variants:b",
+    "tiny-vit-variants:c",
+}
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
 
 
@@ -30,7 +54,11 @@ def test_models_list_every_configured_model_with_type_and_capabilities(client):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == ALL_MODELS | VARIANTS | PIPELINES
     text = ["tokenize", "detokenize"]
-    assert models[CHAT].type == "vllm" and models[CHAT].capabilities == ["chat", "completions", *text]
+    assert models[CHAT].type == "vllm" and models[CHAT].capabilities == [
+        "chat",
+        "completions",
+        *text,
+    ]
     assert models[EMBED].capabilities == ["embeddings", "rerank", "score", *text]
     assert models[RERANKER].capabilities == ["rerank", "score", "classify", *text]
     assert client.models.retrieve(EMBED).id == EMBED
@@ -46,21 +74,33 @@ def test_readiness_and_liveness(platform_url, http):
 
 def test_chat_completion_with_sampling_parameters(client):
     reply = client.chat.completions.create(
-        model=CHAT, messages=HELLO, max_tokens=12, temperature=0.8, seed=7, n=2,
-        logprobs=True, top_logprobs=2,
+        model=CHAT,
+        messages=HELLO,
+        max_tokens=12,
+        temperature=0.8,
+        seed=7,
+        n=2,
+        logprobs=True,
+        top_logprobs=2,
     )
     assert reply.model == CHAT and len(reply.choices) == 2
     assert reply.usage.completion_tokens <= 24 and reply.usage.prompt_tokens > 0
     assert all(len(c.logprobs.content[0].top_logprobs) == 2 for c in reply.choices)
-    again = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=12, temperature=0.8,
-                                           seed=7, n=2)
+    again = client.chat.completions.create(
+        model=CHAT, messages=HELLO, max_tokens=12, temperature=0.8, seed=7, n=2
+    )
     assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
 
 
 def test_chat_stream_with_usage(client):
-    stream = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=10, stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        model=CHAT,
+        messages=HELLO,
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage.completion_tokens == 10
@@ -79,19 +119,34 @@ def test_stream_is_sse_ending_in_done(http):
 
 
 def test_completions_with_stop_and_stream(client):
-    reply = client.completions.create(model=CHAT, prompt="The quick brown", max_tokens=8, stop=["\n"])
+    reply = client.completions.create(
+        model=CHAT, prompt="The quick brown", max_tokens=8, stop=["\n"]
+    )
     assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.total_tokens > 0
-    streamed = list(client.completions.create(model=CHAT, prompt="The quick brown", max_tokens=6,
-                                              stream=True, extra_body={"ignore_eos": True}))
+    streamed = list(
+        client.completions.create(
+            model=CHAT,
+            prompt="The quick brown",
+            max_tokens=6,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert sum(1 for c in streamed if c.choices and c.choices[0].text) >= 1
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
 def test_json_schema_response_format(client):
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     reply = client.chat.completions.create(
-        model=CHAT, messages=HELLO, max_tokens=40,
+        model=CHAT,
+        messages=HELLO,
+        max_tokens=40,
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
     )
     assert isinstance(json.loads(reply.choices[0].message.content)["answer"], int)
@@ -112,11 +167,15 @@ def test_embeddings_from_the_real_minilm_model(client):
 @pytest.mark.parametrize("prefix", ["", f"/models/{EMBED}"])  # through the router, and one hop
 @pytest.mark.parametrize("encoding_format", ["bytes", "bytes_only"])
 def test_embeddings_as_raw_bytes(http, prefix, encoding_format):
-    reply = http.post(f"{prefix}/v1/embeddings",
-                      json={"model": EMBED, "input": ["the cat", "a dog"], "encoding_format": encoding_format})
+    reply = http.post(
+        f"{prefix}/v1/embeddings",
+        json={"model": EMBED, "input": ["the cat", "a dog"], "encoding_format": encoding_format},
+    )
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
     vectors = np.frombuffer(reply.content, dtype="<f4").reshape(2, 384)
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)  # the model's normalized embeddings
+    assert np.allclose(
+        np.linalg.norm(vectors, axis=1), 1, atol=1e-3
+    )  # the model's normalized embeddings
     if encoding_format == "bytes":  # vLLM's metadata header: ids, shapes and usage
         assert json.loads(reply.headers["metadata"])["usage"]["prompt_tokens"] > 0
     else:
@@ -124,25 +183,67 @@ def test_embeddings_as_raw_bytes(http, prefix, encoding_format):
 
 
 BAD_REQUESTS = [
-    ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": HELLO}, 404, "model_not_found"),
+    (
+        "unknown model",
+        "/v1/chat/completions",
+        {"model": "nope", "messages": HELLO},
+        404,
+        "model_not_found",
+    ),
     ("missing model", "/v1/chat/completions", {"messages": HELLO}, 400, "missing_model"),
-    ("chat on embedding model", "/v1/chat/completions", {"model": EMBED, "messages": HELLO}, 400,
-     "unsupported_endpoint"),
-    ("embeddings on chat model", "/v1/embeddings", {"model": CHAT, "input": "x"}, 400, "unsupported_endpoint"),
+    (
+        "chat on embedding model",
+        "/v1/chat/completions",
+        {"model": EMBED, "messages": HELLO},
+        400,
+        "unsupported_endpoint",
+    ),
+    (
+        "embeddings on chat model",
+        "/v1/embeddings",
+        {"model": CHAT, "input": "x"},
+        400,
+        "unsupported_endpoint",
+    ),
     ("messages not a list", "/v1/chat/completions", {"model": CHAT, "messages": "hi"}, 400, None),
-    ("max_tokens over context", "/v1/chat/completions", {"model": CHAT, "messages": HELLO, "max_tokens": 4096},
-     400, "context_length_exceeded"),
-    ("prompt over context", "/v1/chat/completions",
-     {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}]}, 400, None),
-    ("prompt over context, streamed", "/v1/chat/completions",
-     {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}], "stream": True}, 400, None),
-    ("negative temperature", "/v1/completions", {"model": CHAT, "prompt": "x", "temperature": -1}, 400, None),
+    (
+        "max_tokens over context",
+        "/v1/chat/completions",
+        {"model": CHAT, "messages": HELLO, "max_tokens": 4096},
+        400,
+        "context_length_exceeded",
+    ),
+    (
+        "prompt over context",
+        "/v1/chat/completions",
+        {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}]},
+        400,
+        None,
+    ),
+    (
+        "prompt over context, streamed",
+        "/v1/chat/completions",
+        {"model": CHAT, "messages": [{"role": "user", "content": "cat " * 3000}], "stream": True},
+        400,
+        None,
+    ),
+    (
+        "negative temperature",
+        "/v1/completions",
+        {"model": CHAT, "prompt": "x", "temperature": -1},
+        400,
+        None,
+    ),
     ("embedding without input", "/v1/embeddings", {"model": EMBED}, 400, None),
 ]
 
 
-@pytest.mark.parametrize("path,body,status,code", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_request_gets_openai_error_and_server_keeps_serving(client, http, path, body, status, code):
+@pytest.mark.parametrize(
+    "path,body,status,code", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_request_gets_openai_error_and_server_keeps_serving(
+    client, http, path, body, status, code
+):
     response = http.post(path, json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -153,7 +254,9 @@ def test_bad_request_gets_openai_error_and_server_keeps_serving(client, http, pa
 
 
 def test_malformed_json_and_oversized_body(client, http):
-    response = http.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     huge = {"model": CHAT, "messages": [{"role": "user", "content": "x" * 300_000}]}
     response = http.post("/v1/chat/completions", json=huge)
@@ -180,12 +283,19 @@ def test_api_key_is_required(platform_url, client):
 
 
 def test_cors_allows_only_the_listed_origin(platform_url):
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
-    ok = httpx.options(f"{platform_url}/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight})
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    ok = httpx.options(
+        f"{platform_url}/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN, **preflight}
+    )
     assert ok.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
     assert ok.headers.get("access-control-allow-credentials") == "true"
-    other = httpx.options(f"{platform_url}/v1/chat/completions",
-                          headers={"Origin": "https://evil.example", **preflight})
+    other = httpx.options(
+        f"{platform_url}/v1/chat/completions",
+        headers={"Origin": "https://evil.example", **preflight},
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -194,8 +304,12 @@ def _engine_stats(http) -> dict:
 
 
 def test_client_disconnect_mid_stream_aborts_generation(platform_url, http, client):
-    assert_leaving_a_stream_stops_it(f"{platform_url}/v1/chat/completions", CHAT,
-                                     lambda: _engine_stats(http), "streams_cancelled")
+    assert_leaving_a_stream_stops_it(
+        f"{platform_url}/v1/chat/completions",
+        CHAT,
+        lambda: _engine_stats(http),
+        "streams_cancelled",
+    )
     assert_still_serving(client)
 
 
@@ -205,8 +319,13 @@ async def test_concurrent_streams_all_complete(aclient):
 
     async def one(i: int) -> int:
         stream = await aclient.chat.completions.create(
-            model=CHAT, messages=[{"role": "user", "content": f"story {i}"}], max_tokens=16, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            model=CHAT,
+            messages=[{"role": "user", "content": f"story {i}"}],
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
         usage = None
         async for chunk in stream:
             usage = chunk.usage or usage

@@ -14,8 +14,11 @@ from tests.audio_files import audio_file
 from tests.integration.test_openai_api import assert_still_serving
 from tests.media_files import image_file
 
-DOCUMENTS = ["The stock market fell sharply today.", "A cat says meow and purrs when it is happy.",
-             "Dogs bark at the mailman."]
+DOCUMENTS = [
+    "The stock market fell sharply today.",
+    "A cat says meow and purrs when it is happy.",
+    "Dogs bark at the mailman.",
+]
 
 
 def _run(http: httpx.Client, body: dict) -> httpx.Response:
@@ -23,14 +26,20 @@ def _run(http: httpx.Client, body: dict) -> httpx.Response:
 
 
 def _step_timings(response: httpx.Response) -> list[float]:
-    return [float(part.split("dur=")[1].split(";")[0]) for part in response.headers["server-timing"].split(", ")]
+    return [
+        float(part.split("dur=")[1].split(";")[0])
+        for part in response.headers["server-timing"].split(", ")
+    ]
 
 
 def test_pipelines_are_listed_as_models_of_type_pipeline(client):
     cards = {m.id: m for m in client.models.list().data}
     assert {cards[p].type for p in ("voice-chat", "rag-lite", "describe-image")} == {"pipeline"}
-    assert cards["voice-chat"].steps == [{"task": "transcribe", "model": "tiny-whisper"},
-                                         {"task": "chat", "model": "tiny-chat"}, {"task": "speak", "model": "tiny-tts"}]
+    assert cards["voice-chat"].steps == [
+        {"task": "transcribe", "model": "tiny-whisper"},
+        {"task": "chat", "model": "tiny-chat"},
+        {"task": "speak", "model": "tiny-tts"},
+    ]
     assert cards["rag-lite"].inputs == ["text", "documents"]
 
 
@@ -42,15 +51,21 @@ def test_voice_chat_hears_answers_and_speaks(http):
     transcript, reply, speech = (step["output"] for step in result["steps"])
     assert [s["model"] for s in result["steps"]] == ["tiny-whisper", "tiny-chat", "tiny-tts"]
     assert isinstance(transcript["text"], str) and reply["text"] == result["output"]["text"]
-    with wave.open(io.BytesIO(base64.b64decode(result["output"]["audio"]))) as wav:  # a playable WAV
+    with wave.open(
+        io.BytesIO(base64.b64decode(result["output"]["audio"]))
+    ) as wav:  # a playable WAV
         assert wav.getnframes() > 0 and wav.getframerate() > 0
-    assert speech["audio"] == result["output"]["audio"] and result["output"]["audio_format"] == "wav"
+    assert (
+        speech["audio"] == result["output"]["audio"] and result["output"]["audio_format"] == "wav"
+    )
     timings = _step_timings(response)
     assert len(timings) == 3 and timings == [s["latency_ms"] for s in result["steps"]]
 
 
 def test_rag_lite_answers_from_the_document_the_real_embedder_ranks_first(http):
-    response = _run(http, {"model": "rag-lite", "text": "Which animal purrs?", "documents": DOCUMENTS})
+    response = _run(
+        http, {"model": "rag-lite", "text": "Which animal purrs?", "documents": DOCUMENTS}
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     context = result["steps"][0]["output"]["context"].split("\n")
@@ -66,13 +81,24 @@ def test_describe_image_captions_then_chats(http):
     assert isinstance(caption, str) and isinstance(answer, str)
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({"model": "voice-chat", "audio": base64.b64encode(b"%PDF-1.4 not audio").decode()}, 400, None),  # step 0 refuses
-    ({"model": "voice-chat", "audio": "http://127.0.0.1:1/secret.wav"}, 400, "audio"),  # not an allowed address
-    ({"model": "rag-lite", "text": "q"}, 400, "documents"),
-    ({"model": "describe-image", "image": "@@@"}, 400, "image"),
-    ({"model": "no-such-pipeline", "text": "q"}, 404, "model"),
-])
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        (
+            {"model": "voice-chat", "audio": base64.b64encode(b"%PDF-1.4 not audio").decode()},
+            400,
+            None,
+        ),  # step 0 refuses
+        (
+            {"model": "voice-chat", "audio": "http://127.0.0.1:1/secret.wav"},
+            400,
+            "audio",
+        ),  # not an allowed address
+        ({"model": "rag-lite", "text": "q"}, 400, "documents"),
+        ({"model": "describe-image", "image": "@@@"}, 400, "image"),
+        ({"model": "no-such-pipeline", "text": "q"}, 404, "model"),
+    ],
+)
 def test_bad_inputs_are_4xx_and_the_platform_keeps_serving(http, client, body, status, param):
     response = _run(http, body)
     assert response.status_code == status, response.text

@@ -10,13 +10,13 @@ a request that runs past it, on both paths. Last, ``--watch`` applies each save 
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -24,42 +24,90 @@ import pytest
 import yaml
 
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import (API_KEY, ROOT, auth_headers, deploy_command, platform_env, running_platform,
-                                       wait_for_stats)
+from tests.integration.conftest import (
+    API_KEY,
+    ROOT,
+    auth_headers,
+    deploy_command,
+    platform_env,
+    running_platform,
+    wait_for_stats,
+)
 from tests.integration.test_openai_api import HELLO
 
 
 def _vit(model_id: str) -> dict:
-    return {"model_loading_config": {"model_id": model_id, "model_source": "./.models/tiny-vit", "type": "vision"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}}, "engine_kwargs": {"task": "image-classification"}}
+    return {
+        "model_loading_config": {
+            "model_id": model_id,
+            "model_source": "./.models/tiny-vit",
+            "type": "vision",
+        },
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}},
+        "engine_kwargs": {"task": "image-classification"},
+    }
 
 
 def _embedder(max_num_seqs: int) -> dict:
-    return {"model_loading_config": {"model_id": "d-embed", "model_source": "./.models/all-minilm-l6-v2", "type": "vllm"},
-            "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}},
-            "engine_kwargs": {"runner": "pooling", "max_model_len": 128, "max_num_seqs": max_num_seqs,
-                              "kv_cache_memory_bytes": 32 * 1024 * 1024, "dtype": "float32"}}
+    return {
+        "model_loading_config": {
+            "model_id": "d-embed",
+            "model_source": "./.models/all-minilm-l6-v2",
+            "type": "vllm",
+        },
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}},
+        "engine_kwargs": {
+            "runner": "pooling",
+            "max_model_len": 128,
+            "max_num_seqs": max_num_seqs,
+            "kv_cache_memory_bytes": 32 * 1024 * 1024,
+            "dtype": "float32",
+        },
+    }
 
 
-CHAT = {"model_loading_config": {"model_id": "a-chat", "model_source": "./.models/tiny-chat", "type": "vllm"},
-        "deployment_config": {"ray_actor_options": {"num_cpus": 0.25}},
-        "engine_kwargs": {"max_model_len": 256, "max_num_seqs": 16, "kv_cache_memory_bytes": 64 * 1024 * 1024,
-                          "dtype": "float32"}}
+CHAT = {
+    "model_loading_config": {
+        "model_id": "a-chat",
+        "model_source": "./.models/tiny-chat",
+        "type": "vllm",
+    },
+    "deployment_config": {"ray_actor_options": {"num_cpus": 0.25}},
+    "engine_kwargs": {
+        "max_model_len": 256,
+        "max_num_seqs": 16,
+        "kv_cache_memory_bytes": 64 * 1024 * 1024,
+        "dtype": "float32",
+    },
+}
 
 
 def _config(models: list[dict], port: int) -> dict:
-    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-            "applications": [{"name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
-                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-                              "args": {"models": models, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "platform",
+                "route_prefix": "/",
+                "import_path": "builders.app_builder:build_app",
+                "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
+                "args": {"models": models, "api_keys_env": "PLATFORM_TEST_API_KEYS"},
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     """(base URL, config path, environment) of a running platform of A, B and D."""
     workdir = tmp_path_factory.mktemp("reconfigure")
-    env = platform_env(ray_temp_dir())  # kept: `--address auto` finds this platform's Ray through it
-    with running_platform(_config([CHAT, _vit("b-vit"), _embedder(8)], 0), workdir, env=env) as base:
+    env = platform_env(
+        ray_temp_dir()
+    )  # kept: `--address auto` finds this platform's Ray through it
+    with running_platform(
+        _config([CHAT, _vit("b-vit"), _embedder(8)], 0), workdir, env=env
+    ) as base:
         yield base, workdir / "config.yaml", env
 
 
@@ -73,8 +121,9 @@ def _actor_ids(base: str) -> dict[str, str]:
 
 def _apply(path, config: dict, env: dict) -> subprocess.CompletedProcess:
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run(deploy_command(path, "auto"), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        deploy_command(path, "auto"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 class StreamingClient(threading.Thread):
@@ -82,8 +131,10 @@ class StreamingClient(threading.Thread):
 
     def __init__(self, base: str):
         super().__init__(daemon=True)
-        self.clients = [openai.OpenAI(base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=60)
-                        for prefix in ("", "/models/a-chat")]
+        self.clients = [
+            openai.OpenAI(base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+            for prefix in ("", "/models/a-chat")
+        ]
         self.done, self.failures = 0, []
         self.stop = threading.Event()
 
@@ -91,11 +142,20 @@ class StreamingClient(threading.Thread):
         while not self.stop.is_set():
             client = self.clients[self.done % 2]
             try:
-                chunks = list(client.chat.completions.create(model="a-chat", messages=HELLO, max_tokens=16,
-                                                             stream=True, extra_body={"ignore_eos": True}))
+                chunks = list(
+                    client.chat.completions.create(
+                        model="a-chat",
+                        messages=HELLO,
+                        max_tokens=16,
+                        stream=True,
+                        extra_body={"ignore_eos": True},
+                    )
+                )
                 assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 0
                 self.done += 1
-                self.stop.wait(0.5)  # a steady client, not a flood: the edit's replicas start on the same 2 cores
+                self.stop.wait(
+                    0.5
+                )  # a steady client, not a flood: the edit's replicas start on the same 2 cores
             except Exception as exc:  # counted, not raised: the test asserts on the count
                 self.failures.append(repr(exc))
                 self.done += 1
@@ -115,7 +175,10 @@ def test_an_edit_restarts_only_what_changed(platform):
     finally:
         streaming.stop.set()
         streaming.join(120)
-    assert streaming.failures == [] and streaming.done >= 2, (streaming.done, streaming.failures[:3])
+    assert streaming.failures == [] and streaming.done >= 2, (
+        streaming.done,
+        streaming.failures[:3],
+    )
     after = _models(base)
     assert set(after) == {"a-chat", "c-vit", "d-embed"}
     assert after["a-chat"]["placement"]["actor_id"] == before["a-chat"]["placement"]["actor_id"]
@@ -125,8 +188,9 @@ def test_an_edit_restarts_only_what_changed(platform):
     assert {m.id for m in client.models.list().data} == {"a-chat", "c-vit", "d-embed"}
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="b-vit", messages=HELLO)
-    image = httpx.post(f"{base}/v2/models/c-vit/infer", headers=auth_headers(), timeout=60,
-                       json=_image_request())
+    image = httpx.post(
+        f"{base}/v2/models/c-vit/infer", headers=auth_headers(), timeout=60, json=_image_request()
+    )
     assert image.status_code == 200 and image.json()["outputs"], image.text
 
 
@@ -138,7 +202,9 @@ def test_a_bad_edit_changes_nothing(platform):
     bad["applications"][0]["args"]["models"][1]["deployment_config"]["num_replicas"] = 0
     result = _apply(path, bad, env)
     assert result.returncode == 1
-    assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, result.stderr
+    assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, (
+        result.stderr
+    )
     assert _actor_ids(base) == before
     path.write_text(yaml.safe_dump(good))
 
@@ -152,7 +218,14 @@ def _image_request() -> dict:
 def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platform):
     base, _, _ = platform
     pid = _models(base)["a-chat"]["placement"]["pid"]
-    body = {"model": "a-chat", "messages": HELLO, "max_tokens": 200, "n": 16, "stream": True, "ignore_eos": True}
+    body = {
+        "model": "a-chat",
+        "messages": HELLO,
+        "max_tokens": 200,
+        "n": 16,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -175,7 +248,11 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platfor
 def _replica_pid(base: str) -> int | None:
     """The pid of the replica that answers a-chat's stats, once /ready is 200."""
     ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
-    return ready.json()["models"]["a-chat"].get("placement", {}).get("pid") if ready.status_code == 200 else None
+    return (
+        ready.json()["models"]["a-chat"].get("placement", {}).get("pid")
+        if ready.status_code == 200
+        else None
+    )
 
 
 def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(platform):
@@ -190,24 +267,42 @@ def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(plat
     # 16 sequences of 230 tokens each fill all of A's max_num_seqs for about a second on the CPU;
     # a blocker sent first makes both requests under test wait behind it, well past 0.5 s.
     body = {"model": "a-chat", "messages": HELLO, "max_tokens": 230, "n": 16, "ignore_eos": True}
-    with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http, ThreadPoolExecutor(3) as pool:
+    with (
+        httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http,
+        ThreadPoolExecutor(3) as pool,
+    ):
         blocker = pool.submit(http.post, "/v1/chat/completions", json=body)
         time.sleep(0.1)
         plain = pool.submit(http.post, "/v1/chat/completions", json=body)
-        streamed = pool.submit(_stream_events, http, "/models/a-chat/v1/chat/completions", {**body, "stream": True})
+        streamed = pool.submit(
+            _stream_events, http, "/models/a-chat/v1/chat/completions", {**body, "stream": True}
+        )
         blocker, plain, (status, events) = blocker.result(), plain.result(), streamed.result()
     assert plain.status_code == 504, plain.text[:300]
-    assert plain.json()["error"]["code"] == "timeout" and plain.json()["error"]["type"] == "timeout_error"
-    assert status == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout", events[-3:]
+    assert (
+        plain.json()["error"]["code"] == "timeout"
+        and plain.json()["error"]["type"] == "timeout_error"
+    )
+    assert (
+        status == 200
+        and events[-1] == "[DONE]"
+        and json.loads(events[-2])["error"]["code"] == "timeout"
+    ), events[-3:]
     # The generations were aborted in vLLM, not left to run to their end.
-    stats = wait_for_stats(lambda: _models(base)["a-chat"],
-                           lambda s: s["requests_aborted"] >= aborted_before + 2 and s["unfinished_requests"] == 0)
-    assert stats["requests_aborted"] >= aborted_before + 2 and stats["unfinished_requests"] == 0, stats
+    stats = wait_for_stats(
+        lambda: _models(base)["a-chat"],
+        lambda s: s["requests_aborted"] >= aborted_before + 2 and s["unfinished_requests"] == 0,
+    )
+    assert stats["requests_aborted"] >= aborted_before + 2 and stats["unfinished_requests"] == 0, (
+        stats
+    )
 
 
 def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[str]]:
     with http.stream("POST", url, json=body) as response:
-        return response.status_code, [line.removeprefix("data: ") for line in response.iter_lines() if line]
+        return response.status_code, [
+            line.removeprefix("data: ") for line in response.iter_lines() if line
+        ]
 
 
 def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
@@ -216,10 +311,17 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
     actors = _actor_ids(base)
     log = path.parent / "watch.log"
     with open(log, "w") as out:
-        watcher = subprocess.Popen(deploy_command(path, "auto") + ["--watch"], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        watcher = subprocess.Popen(
+            deploy_command(path, "auto") + ["--watch"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        _wait_for_line(log, "watching", 1, watcher)  # the file applied as it is (nothing changed), then watched
+        _wait_for_line(
+            log, "watching", 1, watcher
+        )  # the file applied as it is (nothing changed), then watched
         bad = copy.deepcopy(good)
         bad["applications"][0]["args"]["models"][0]["deployment_config"]["num_replicas"] = 0
         path.write_text(yaml.safe_dump(bad))
@@ -233,7 +335,10 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
         _wait_for_line(log, "ready: http", 2, watcher)
         after = _models(base)
         assert {m: s["placement"]["actor_id"] for m, s in after.items() if m != "e-vit"} == actors
-        assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (after.keys(), log.read_text()[-3000:])
+        assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (
+            after.keys(),
+            log.read_text()[-3000:],
+        )
         path.write_text(yaml.safe_dump(good))  # the next save removes it again
         _wait_for_line(log, "ready: http", 3, watcher)
         assert _actor_ids(base) == actors
@@ -247,11 +352,15 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
     assert set(_models(base)) == set(actors)
 
 
-def _wait_for_line(log, text: str, count: int, process: subprocess.Popen, timeout_s: float = 900) -> None:
+def _wait_for_line(
+    log, text: str, count: int, process: subprocess.Popen, timeout_s: float = 900
+) -> None:
     """Until ``log`` holds ``count`` lines that start with ``text``."""
     deadline = time.time() + timeout_s
     while time.time() < deadline and process.poll() is None:
         if sum(line.startswith(text) for line in log.read_text().splitlines()) >= count:
             return
         time.sleep(0.5)
-    raise AssertionError(f"no {count} x {text!r} (exit {process.poll()}):\n{log.read_text()[-3000:]}")
+    raise AssertionError(
+        f"no {count} x {text!r} (exit {process.poll()}):\n{log.read_text()[-3000:]}"
+    )

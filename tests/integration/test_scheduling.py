@@ -29,26 +29,58 @@ from tests.media_files import b64, image_file, infer_body
 
 
 def _vit(model_id: str, actor: dict, engine_kwargs: dict | None = None, **deployment) -> dict:
-    return {"model_loading_config": {"model_id": model_id, "model_source": "./.models/tiny-vit", "type": "vision"},
-            "deployment_config": {"ray_actor_options": actor, **deployment}, "engine_kwargs": {"task": "image-classification", **(engine_kwargs or {})}}
+    return {
+        "model_loading_config": {
+            "model_id": model_id,
+            "model_source": "./.models/tiny-vit",
+            "type": "vision",
+        },
+        "deployment_config": {"ray_actor_options": actor, **deployment},
+        "engine_kwargs": {"task": "image-classification", **(engine_kwargs or {})},
+    }
 
 
 ON_NODE_A_HALF_GPU = {"num_cpus": 0.1, "num_gpus": 0.5, "resources": {"node-a": 0.1}}
 MODELS = [
     _vit("share-a", ON_NODE_A_HALF_GPU),
     _vit("share-b", ON_NODE_A_HALF_GPU),
-    {"model_loading_config": {"model_id": "sharded-chat", "model_source": "./.models/tiny-chat", "type": "vllm"},
-     "deployment_config": {"ray_actor_options": {"num_cpus": 0.5}},
-     "engine_kwargs": {"tensor_parallel_size": 2, "max_model_len": 256, "max_num_seqs": 8, "dtype": "float32",
-                       "kv_cache_memory_bytes": 64 * 1024 * 1024}},
-    _vit("cold-start", {"num_cpus": 0.1},
-         autoscaling_config={"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "upscale_delay_s": 0,
-                             "metrics_interval_s": 0.5, "look_back_period_s": 1}),
+    {
+        "model_loading_config": {
+            "model_id": "sharded-chat",
+            "model_source": "./.models/tiny-chat",
+            "type": "vllm",
+        },
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0.5}},
+        "engine_kwargs": {
+            "tensor_parallel_size": 2,
+            "max_model_len": 256,
+            "max_num_seqs": 8,
+            "dtype": "float32",
+            "kv_cache_memory_bytes": 64 * 1024 * 1024,
+        },
+    },
+    _vit(
+        "cold-start",
+        {"num_cpus": 0.1},
+        autoscaling_config={
+            "min_replicas": 0,
+            "max_replicas": 1,
+            "initial_replicas": 0,
+            "upscale_delay_s": 0,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 1,
+        },
+    ),
     # One request at a time, one waiting; a lone request waits 5 s for company in its batch: the
     # window in which a burst must arrive to find the replica full (on a loaded 2-core machine
     # twenty requests through HAProxy and the router took more than 2 s to arrive).
-    _vit("one-at-a-time", {"num_cpus": 0.1}, {"max_batch_size": 4, "batch_wait_timeout_s": 5},
-         max_ongoing_requests=1, max_queued_requests=1),
+    _vit(
+        "one-at-a-time",
+        {"num_cpus": 0.1},
+        {"max_batch_size": 4, "batch_wait_timeout_s": 5},
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+    ),
     _vit("twin", {"num_cpus": 0.1}, num_replicas=2),
     _vit("lone", {"num_cpus": 0.1}),
 ]
@@ -63,11 +95,15 @@ def cluster(tmp_path_factory):
 
 
 def _cluster():
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "num_gpus": 0, "temp_dir": ray_temp_dir()})
-    nodes = {"head": cluster.head_node,
-             "a": cluster.add_node(num_cpus=2, num_gpus=1, resources={"node-a": 1}),
-             "b": cluster.add_node(num_cpus=2, num_gpus=2, resources={"node-b": 1})}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "num_gpus": 0, "temp_dir": ray_temp_dir()},
+    )
+    nodes = {
+        "head": cluster.head_node,
+        "a": cluster.add_node(num_cpus=2, num_gpus=1, resources={"node-a": 1}),
+        "b": cluster.add_node(num_cpus=2, num_gpus=2, resources={"node-b": 1}),
+    }
     cluster.wait_for_nodes()
     try:
         yield cluster, {name: node.node_id for name, node in nodes.items()}
@@ -79,11 +115,21 @@ def _cluster():
 def scheduled(cluster, tmp_path_factory):
     """(base URL, node ids by name) of the platform running on the cluster."""
     ray_cluster, node_ids = cluster
-    config = {"proxy_location": "HeadOnly", "applications": [{
-        "name": "platform", "route_prefix": "/", "import_path": "builders.app_builder:build_app",
-        "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-        "args": {"models": MODELS, "api_keys_env": "PLATFORM_TEST_API_KEYS"}}]}
-    with running_platform(config, tmp_path_factory.mktemp("scheduled"), ray_cluster.address) as base:
+    config = {
+        "proxy_location": "HeadOnly",
+        "applications": [
+            {
+                "name": "platform",
+                "route_prefix": "/",
+                "import_path": "builders.app_builder:build_app",
+                "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
+                "args": {"models": MODELS, "api_keys_env": "PLATFORM_TEST_API_KEYS"},
+            }
+        ],
+    }
+    with running_platform(
+        config, tmp_path_factory.mktemp("scheduled"), ray_cluster.address
+    ) as base:
         ray.init(address=ray_cluster.address, namespace="serve")
         try:
             yield base, node_ids
@@ -119,8 +165,9 @@ def test_a_tensor_parallel_model_holds_one_gpu_bundle_per_shard_on_one_node(sche
     assert stats["tensor_parallel_size"] == 2
 
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    answer = client.chat.completions.create(model="sharded-chat", max_tokens=5,
-                                            messages=[{"role": "user", "content": "hello"}])
+    answer = client.chat.completions.create(
+        model="sharded-chat", max_tokens=5, messages=[{"role": "user", "content": "hello"}]
+    )
     assert answer.usage.completion_tokens >= 1 and answer.model == "sharded-chat"
 
 
@@ -130,7 +177,9 @@ def test_a_model_scaled_to_zero_answers_its_first_request(scheduled):
     assert status.replica_states.get("RUNNING", 0) == 0
     cold = _replica_stats(base)["cold-start"]
     assert cold["ready"] and cold["scales_from_zero"] and cold["phase"] == "ready", cold
-    assert cold["replicas"] == {"running": 0, "target": 0} and "scaled to zero" in cold["phase_detail"]
+    assert (
+        cold["replicas"] == {"running": 0, "target": 0} and "scaled to zero" in cold["phase_detail"]
+    )
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=300) as client:
         response = _infer(client, "cold-start")
     assert response.status_code == 200, response.text
@@ -157,12 +206,16 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
     statuses = [r.status_code for r, _ in finished]
     assert set(statuses) == {200, 503} and statuses.count(200) <= 2, statuses
     refused = [(r, elapsed) for r, elapsed in finished if r.status_code == 503]
-    assert all(r.headers.get("retry-after") and "at capacity" in r.json()["error"] for r, _ in refused)
+    assert all(
+        r.headers.get("retry-after") and "at capacity" in r.json()["error"] for r, _ in refused
+    )
     # Refusals do not wait for the running request: all of them come back before any answer.
     assert statuses.index(200) == len(refused)
     waits_ms = sorted(elapsed * 1000 for _, elapsed in refused)
-    print(f"burst of 20 at capacity 2: {len(refused)} refused, 503 after {waits_ms[len(waits_ms) // 2]:.0f} ms "
-          f"(p50), {waits_ms[-1]:.0f} ms (max)")
+    print(
+        f"burst of 20 at capacity 2: {len(refused)} refused, 503 after {waits_ms[len(waits_ms) // 2]:.0f} ms "
+        f"(p50), {waits_ms[-1]:.0f} ms (max)"
+    )
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
         assert _infer(client, "one-at-a-time").status_code == 200
 
@@ -188,23 +241,47 @@ def test_ready_does_not_queue_behind_a_busy_model(scheduled):
 
 def test_a_model_wider_than_any_node_is_refused_before_deploying(scheduled, cluster, tmp_path):
     ray_cluster, _ = cluster
-    wide = {**MODELS[2], "model_loading_config": {**MODELS[2]["model_loading_config"], "model_id": "too-wide"},
-            "engine_kwargs": {**MODELS[2]["engine_kwargs"], "tensor_parallel_size": 4}}
-    config = {"applications": [{"name": "too-wide", "route_prefix": "/wide",
-                                "import_path": "builders.app_builder:build_app", "args": {"models": [wide]}}]}
+    wide = {
+        **MODELS[2],
+        "model_loading_config": {**MODELS[2]["model_loading_config"], "model_id": "too-wide"},
+        "engine_kwargs": {**MODELS[2]["engine_kwargs"], "tensor_parallel_size": 4},
+    }
+    config = {
+        "applications": [
+            {
+                "name": "too-wide",
+                "route_prefix": "/wide",
+                "import_path": "builders.app_builder:build_app",
+                "args": {"models": [wide]},
+            }
+        ]
+    }
     path = tmp_path / "wide.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "deploy_app.py", "--config", str(path), "--address", ray_cluster.address],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "deploy_app.py", "--config", str(path), "--address", ray_cluster.address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
-    assert "too-wide replica 1 (4 GPU" in result.stderr and "needs 4 GPUs on one node; nodes have 2" in result.stderr
+    assert (
+        "too-wide replica 1 (4 GPU" in result.stderr
+        and "needs 4 GPUs on one node; nodes have 2" in result.stderr
+    )
     assert "too-wide" not in serve.status().applications  # nothing was deployed
 
 
 def _replica_pids(model: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:platform.{model}:{model}"), ("state", "=", "ALIVE")])
+    actors = list_actors(
+        filters=[
+            ("class_name", "=", f"ServeReplica:platform.{model}:{model}"),
+            ("state", "=", "ALIVE"),
+        ]
+    )
     return [actor.pid for actor in actors]
 
 
@@ -216,7 +293,9 @@ def test_with_two_replicas_one_killed_every_request_after_the_kill_succeeds(sche
         assert _infer(client, "twin").status_code == 200
         os.kill(pids[0], signal.SIGKILL)
         statuses = [_infer(client, "twin").status_code for _ in range(20)]
-    assert statuses == [200] * 20  # one lands on the dead replica at most, and is retried on the other
+    assert (
+        statuses == [200] * 20
+    )  # one lands on the dead replica at most, and is retried on the other
 
 
 def test_with_one_replica_killed_requests_get_503_at_once_until_it_is_replaced(scheduled):
@@ -235,8 +314,12 @@ def test_with_one_replica_killed_requests_get_503_at_once_until_it_is_replaced(s
                 assert "replica" in response.json()["error"], response.text
                 time.sleep(0.2)
     recovery_s = time.monotonic() - killed_at
-    print(f"lone: replaced and answering {recovery_s:.1f} s after the kill; {len(answers) - 1} refusals before")
+    print(
+        f"lone: replaced and answering {recovery_s:.1f} s after the kill; {len(answers) - 1} refusals before"
+    )
     assert answers[-1][0] == 200
-    assert {status for status, _ in answers[:-1]} == {503} and all(retry for _, retry in answers[:-1])
+    assert {status for status, _ in answers[:-1]} == {503} and all(
+        retry for _, retry in answers[:-1]
+    )
     assert len(answers) > 1  # the replacement was not instant: requests in between were refused
     assert _replica_pids("lone") not in ([], [pid])

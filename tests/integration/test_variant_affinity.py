@@ -34,13 +34,27 @@ def platform(tmp_path_factory):
     (chat,) = [m for m in args["models"] if m["model_loading_config"]["model_id"] == MODEL]
     chat["deployment_config"] = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}
     chat["multiplex_config"]["max_variants_per_replica"] = 1
-    chat["engine_kwargs"].update(max_model_len=256, max_num_seqs=8, kv_cache_memory_bytes=64 * 1024 * 1024)
+    chat["engine_kwargs"].update(
+        max_model_len=256, max_num_seqs=8, kv_cache_memory_bytes=64 * 1024 * 1024
+    )
     cold = copy.deepcopy(chat)  # the same with no replica until its first request
     cold["model_loading_config"]["model_id"] = COLD
-    cold["deployment_config"] = {"ray_actor_options": {"num_cpus": 0.25}, "autoscaling_config": {
-        "min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "upscale_delay_s": 0,
-        "downscale_delay_s": 600, "metrics_interval_s": 0.5, "look_back_period_s": 1}}
-    config["applications"][0]["args"] = {"models": [chat, cold], "api_keys_env": "PLATFORM_TEST_API_KEYS"}
+    cold["deployment_config"] = {
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {
+            "min_replicas": 0,
+            "max_replicas": 1,
+            "initial_replicas": 0,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 600,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 1,
+        },
+    }
+    config["applications"][0]["args"] = {
+        "models": [chat, cold],
+        "api_keys_env": "PLATFORM_TEST_API_KEYS",
+    }
     env = platform_env()
     with running_platform(config, tmp_path_factory.mktemp("affinity"), env=env) as base:
         yield base, env
@@ -63,8 +77,15 @@ print(json.dumps(seen))
 
 def _replicas(env) -> dict[str, dict]:
     """Each replica's loaded variants and request count, by actor id."""
-    done = subprocess.run([sys.executable, "-c", REPLICA_STATS], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", REPLICA_STATS],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(seen) == 2, seen
     return seen
@@ -72,7 +93,9 @@ def _replicas(env) -> dict[str, dict]:
 
 def _ask(client: openai.OpenAI, model: str, times: int) -> None:
     for _ in range(times):
-        assert client.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
+        assert (
+            client.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
+        )
 
 
 def _served(before: dict, after: dict) -> dict[str, int]:
@@ -81,7 +104,9 @@ def _served(before: dict, after: dict) -> dict[str, int]:
 
 def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platform):
     base, env = platform
-    one_hop = openai.OpenAI(base_url=f"{base}/models/{MODEL}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    one_hop = openai.OpenAI(
+        base_url=f"{base}/models/{MODEL}/v1", api_key=API_KEY, max_retries=0, timeout=120
+    )
     shared = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
     for _ in range(5):  # until each adapter has a replica of its own: the first picks may share one
         for variant in ("sql", "poet"):
@@ -97,14 +122,20 @@ def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platf
         before = _replicas(env)
         _ask(client, f"{MODEL}:sql", 6)
         after = _replicas(env)
-        assert _served(before, after) == {replica: 6 if replica == sql_replica else 0 for replica in after}
-        assert {replica: stats["variants"] for replica, stats in after.items()} == held  # nothing reloaded
+        assert _served(before, after) == {
+            replica: 6 if replica == sql_replica else 0 for replica in after
+        }
+        assert {
+            replica: stats["variants"] for replica, stats in after.items()
+        } == held  # nothing reloaded
 
 
 def test_a_variant_of_a_model_scaled_to_zero_answers_its_first_request_on_the_model_url(platform):
     """With no replica, HAProxy has none to ask the VariantRouter about: Serve's fallback proxy
     takes the request and waits for the replica it starts."""
     base, _ = platform
-    cold = openai.OpenAI(base_url=f"{base}/models/{COLD}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    cold = openai.OpenAI(
+        base_url=f"{base}/models/{COLD}/v1", api_key=API_KEY, max_retries=0, timeout=300
+    )
     _ask(cold, f"{COLD}:sql", 1)
     _ask(cold, f"{COLD}:poet", 1)  # and the next, through the router, on the replica now up

@@ -19,8 +19,15 @@ QUESTION = "What is in this picture?"
 
 
 def _ask(url: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": QUESTION}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": QUESTION},
+            ],
+        }
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,42 +59,79 @@ def test_the_model_is_a_vision_model_that_chats(client):
 
 
 def test_an_image_as_a_data_url_gets_an_answer(client):
-    reply = client.chat.completions.create(model=VLM, messages=_ask(f"data:image/png;base64,{b64(PNG)}"),
-                                           max_tokens=8, temperature=0)
+    reply = client.chat.completions.create(
+        model=VLM, messages=_ask(f"data:image/png;base64,{b64(PNG)}"), max_tokens=8, temperature=0
+    )
     assert reply.model == VLM and reply.choices[0].finish_reason in ("length", "stop")
     assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens <= 8
-    text_only = client.chat.completions.create(model=VLM, messages=[{"role": "user", "content": QUESTION}], max_tokens=1)
+    text_only = client.chat.completions.create(
+        model=VLM, messages=[{"role": "user", "content": QUESTION}], max_tokens=1
+    )
     assert reply.usage.prompt_tokens > text_only.usage.prompt_tokens  # the image's patch tokens
 
 
 def test_a_stream_says_what_the_whole_answer_says(client):
     messages = _ask(f"data:image/png;base64,{b64(PNG)}")
-    whole = client.chat.completions.create(model=VLM, messages=messages, max_tokens=12, temperature=0)
-    chunks = list(client.chat.completions.create(model=VLM, messages=messages, max_tokens=12, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    whole = client.chat.completions.create(
+        model=VLM, messages=messages, max_tokens=12, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=VLM,
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == whole.choices[0].message.content
+    )
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
 
 
 def test_an_allowed_http_image_is_fetched_by_the_router_once(client, image_server):
     base, served = image_server
     before = len(served)
-    reply = client.chat.completions.create(model=VLM, messages=_ask(f"{base}/cat.png"), max_tokens=4)
+    reply = client.chat.completions.create(
+        model=VLM, messages=_ask(f"{base}/cat.png"), max_tokens=4
+    )
     assert reply.choices[0].finish_reason in ("length", "stop")
     assert served[before:] == ["/cat.png"]
 
 
-@pytest.mark.parametrize("content,extra,param", [
-    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}], {}, "messages"),
-    ([{"type": "image_url", "image_url": {"url": "http://localhost:8000/cat.png"}}], {}, "messages"),
-    (QUESTION, {"max_tokens": 100000}, "max_tokens"),
-    (QUESTION, {"n": 2}, "n"),
-    (QUESTION, {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-])
+@pytest.mark.parametrize(
+    "content,extra,param",
+    [
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}],
+            {},
+            "messages",
+        ),
+        (
+            [{"type": "image_url", "image_url": {"url": "http://localhost:8000/cat.png"}}],
+            {},
+            "messages",
+        ),
+        (QUESTION, {"max_tokens": 100000}, "max_tokens"),
+        (QUESTION, {"n": 2}, "n"),
+        (
+            QUESTION,
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            "tools",
+        ),
+    ],
+)
 def test_bad_inputs_are_400s(client, content, extra, param):
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=VLM, messages=[{"role": "user", "content": content}], **extra)
+        client.chat.completions.create(
+            model=VLM, messages=[{"role": "user", "content": content}], **extra
+        )
     assert info.value.body["param"] == param
     assert_still_serving(client)

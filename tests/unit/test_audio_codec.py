@@ -3,17 +3,32 @@
 import numpy as np
 import pytest
 
-from common.audio_codec import (OUTPUT_FORMATS, AudioInputError, change_tempo, decode_audio, encode_audio,
-                                sniff_container)
-from tests.audio_files import audio_file as container_bytes, tone
+from common.audio_codec import (
+    OUTPUT_FORMATS,
+    AudioInputError,
+    change_tempo,
+    decode_audio,
+    encode_audio,
+    sniff_container,
+)
+from tests.audio_files import audio_file as container_bytes
+from tests.audio_files import tone
 
 RATE = 16000
 
 
-@pytest.mark.parametrize("fmt,codec,kind", [
-    ("wav", "pcm_s16le", "wav"), ("flac", "flac", "flac"), ("mp3", "libmp3lame", "mp3"),
-    ("ogg", "libopus", "ogg"), ("webm", "libopus", "webm"), ("ipod", "aac", "mp4"), ("adts", "aac", "aac"),
-])
+@pytest.mark.parametrize(
+    "fmt,codec,kind",
+    [
+        ("wav", "pcm_s16le", "wav"),
+        ("flac", "flac", "flac"),
+        ("mp3", "libmp3lame", "mp3"),
+        ("ogg", "libopus", "ogg"),
+        ("webm", "libopus", "webm"),
+        ("ipod", "aac", "mp4"),
+        ("adts", "aac", "aac"),
+    ],
+)
 def test_supported_containers_decode_to_mono_at_the_model_rate(fmt, codec, kind):
     data = container_bytes(fmt, codec, 48000, seconds=2.0, channels=2)
     assert sniff_container(data) == kind
@@ -23,12 +38,15 @@ def test_supported_containers_decode_to_mono_at_the_model_rate(fmt, codec, kind)
     assert 0.2 < np.abs(samples).max() < 0.45  # FFmpeg downmixes stereo at -3 dB per channel
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"", "empty_file"),
-    (b"just some text, not audio", "unsupported_format"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(64), "unsupported_format"),
-    (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40), "invalid_audio"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", "empty_file"),
+        (b"just some text, not audio", "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "unsupported_format"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40), "invalid_audio"),
+    ],
+)
 def test_unusable_uploads_are_refused_with_a_reason(data, code):
     with pytest.raises(AudioInputError) as info:
         decode_audio(data, RATE, 10)

@@ -7,9 +7,18 @@ from configs.server_models import Capability
 
 
 def audio_args(**engine_kwargs) -> dict:
-    return {"models": [{"model_loading_config": {"model_id": "asr", "model_source": "openai/whisper-small",
-                                                 "type": "AUDIO"},
-                        "engine_kwargs": engine_kwargs}]}
+    return {
+        "models": [
+            {
+                "model_loading_config": {
+                    "model_id": "asr",
+                    "model_source": "openai/whisper-small",
+                    "type": "AUDIO",
+                },
+                "engine_kwargs": engine_kwargs,
+            }
+        ]
+    }
 
 
 def load_one(**engine_kwargs):
@@ -41,14 +50,17 @@ def test_queue_is_large_enough_to_fill_a_batch():
     assert load_one(max_batch_size=1).serve_options()["max_ongoing_requests"] == 16
 
 
-@pytest.mark.parametrize("kwargs,path,message", [
-    ({"task": "speech"}, "engine_kwargs.task", "speech-to-text"),
-    ({"max_batch_size": 0}, "engine_kwargs.max_batch_size", "greater than or equal to 1"),
-    ({"language": "English"}, "engine_kwargs.language", "pattern"),
-    ({"chunk_lenght_s": 10}, "engine_kwargs.chunk_lenght_s", "chunk_length_s"),
-    ({"voices": {"alloy": "x"}}, "engine_kwargs.voices.alloy", "integer"),
-    ({"dtype": "float64"}, "engine_kwargs.dtype", "'auto'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,path,message",
+    [
+        ({"task": "speech"}, "engine_kwargs.task", "speech-to-text"),
+        ({"max_batch_size": 0}, "engine_kwargs.max_batch_size", "greater than or equal to 1"),
+        ({"language": "English"}, "engine_kwargs.language", "pattern"),
+        ({"chunk_lenght_s": 10}, "engine_kwargs.chunk_lenght_s", "chunk_length_s"),
+        ({"voices": {"alloy": "x"}}, "engine_kwargs.voices.alloy", "integer"),
+        ({"dtype": "float64"}, "engine_kwargs.dtype", "'auto'"),
+    ],
+)
 def test_bad_audio_config_names_the_field(kwargs, path, message):
     with pytest.raises(ConfigError) as info:
         load_platform_config(audio_args(**kwargs))

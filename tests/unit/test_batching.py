@@ -38,7 +38,9 @@ class GatedEngine(BatchedEngine):
 
 
 def _engine() -> GatedEngine:
-    return GatedEngine(SimpleNamespace(model_id="m", engine_kwargs=SimpleNamespace(max_batch_size=8)))
+    return GatedEngine(
+        SimpleNamespace(model_id="m", engine_kwargs=SimpleNamespace(max_batch_size=8))
+    )
 
 
 async def _until(condition, timeout_s=10.0):
@@ -53,7 +55,9 @@ def test_a_cancelled_batch_leaves_the_batches_merged_with_it_their_results():
         engine = _engine()
         runner = engine.runner
         first = asyncio.create_task(engine._run_merged([Job(None, "a")]))
-        await _until(lambda: len(runner.calls) == 1)  # "a" runs; "b" and "c" wait and are merged next
+        await _until(
+            lambda: len(runner.calls) == 1
+        )  # "a" runs; "b" and "c" wait and are merged next
         b = asyncio.create_task(engine._run_merged([Job(None, "b")]))
         c = asyncio.create_task(engine._run_merged([Job(None, "c")]))
         await asyncio.sleep(0.05)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders.serve_config import load_serve_config
 from common.config_errors import ConfigError
 from configs import load_platform_config
-from builders.serve_config import load_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,18 +47,31 @@ applications:
 
 
 def good_args() -> dict:
-    return {"models": [{
-        "model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
-        "deployment_config": {"ray_actor_options": {"num_cpus": 1}},
-        "engine_kwargs": {"max_model_len": 512, "max_num_seqs": 8},
-    }]}
+    return {
+        "models": [
+            {
+                "model_loading_config": {
+                    "model_id": "chat",
+                    "model_source": "org/model",
+                    "type": "vllm",
+                },
+                "deployment_config": {"ray_actor_options": {"num_cpus": 1}},
+                "engine_kwargs": {"max_model_len": 512, "max_num_seqs": 8},
+            }
+        ]
+    }
 
 
 def test_seed_config_validates_with_our_import_path():
     config = load_platform_config(SEED_CONFIG["applications"][0]["args"])
     model = config.models[0]
     assert model.model_id == "falcon3-1b-instruct"
-    assert [c.value for c in model.capabilities()] == ["chat", "completions", "tokenize", "detokenize"]
+    assert [c.value for c in model.capabilities()] == [
+        "chat",
+        "completions",
+        "tokenize",
+        "detokenize",
+    ]
     options = model.serve_options()
     assert options["name"] == "falcon3-1b-deployment"
     assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.4}
@@ -66,12 +79,18 @@ def test_seed_config_validates_with_our_import_path():
     assert options["autoscaling_config"]["target_ongoing_requests"] == 50
 
 
-@pytest.mark.parametrize("engine_kwargs,capabilities", [
-    ({}, ["chat", "completions"]),
-    ({"runner": "pooling"}, ["embeddings", "rerank", "score"]),  # vLLM scores embedders by cosine
-    ({"runner": "pooling", "convert": "embed"}, ["embeddings", "rerank", "score"]),
-    ({"convert": "classify"}, ["rerank", "score", "classify"]),  # a cross-encoder
-])
+@pytest.mark.parametrize(
+    "engine_kwargs,capabilities",
+    [
+        ({}, ["chat", "completions"]),
+        (
+            {"runner": "pooling"},
+            ["embeddings", "rerank", "score"],
+        ),  # vLLM scores embedders by cosine
+        ({"runner": "pooling", "convert": "embed"}, ["embeddings", "rerank", "score"]),
+        ({"convert": "classify"}, ["rerank", "score", "classify"]),  # a cross-encoder
+    ],
+)
 def test_a_vllm_models_endpoints_follow_its_pooling_task(engine_kwargs, capabilities):
     args = good_args()
     args["models"][0]["engine_kwargs"].update(engine_kwargs)
@@ -99,6 +118,7 @@ def _mutate(path: str, value, delete: bool = False):
         else:
             target[last] = value
         return args
+
     return apply
 
 
@@ -108,57 +128,145 @@ def _duplicate_model(args: dict) -> dict:
 
 
 BAD_CONFIGS = [
-    ("unknown type", _mutate("models.0.model_loading_config.type", "tensorflow"),
-     "models[0].model_loading_config.type", "unknown model type 'tensorflow'; allowed: vllm, audio"),
-    ("missing model_source", _mutate("models.0.model_loading_config.model_source", None, delete=True),
-     "models[0].model_loading_config.model_source", "required field is missing"),
-    ("missing model_id", _mutate("models.0.model_loading_config.model_id", None, delete=True),
-     "models[0].model_loading_config.model_id", "required field is missing"),
-    ("duplicate model_id", _duplicate_model,
-     "models[1].model_loading_config.model_id", "duplicate model_id 'chat'"),
-    ("misspelt engine key", _mutate("models.0.engine_kwargs.max_num_seq", 4),
-     "models[0].engine_kwargs.max_num_seq", "did you mean 'max_num_seqs'?"),
-    ("engine key of wrong type", _mutate("models.0.engine_kwargs.max_model_len", "long"),
-     "models[0].engine_kwargs.max_model_len", "valid integer"),
-    ("engine enum value", _mutate("models.0.engine_kwargs.dtype", "float8"),
-     "models[0].engine_kwargs.dtype", "'bfloat16'"),
-    ("platform-owned engine key", _mutate("models.0.engine_kwargs.model", "x"),
-     "models[0].engine_kwargs", "set from model_loading_config.model_source"),
-    ("negative replicas", _mutate("models.0.deployment_config.num_replicas", -1),
-     "models[0].deployment_config.num_replicas", "greater than or equal to 1"),
-    ("negative gpus", _mutate("models.0.deployment_config.ray_actor_options.num_gpus", -0.5),
-     "models[0].deployment_config.ray_actor_options.num_gpus", "greater than or equal to 0"),
-    ("fractional gpus above one", _mutate("models.0.deployment_config.ray_actor_options.num_gpus", 1.5),
-     "models[0].deployment_config.ray_actor_options.num_gpus", "whole number"),
-    ("misspelt actor option", _mutate("models.0.deployment_config.ray_actor_options.num_gpu", 1),
-     "models[0].deployment_config.ray_actor_options.num_gpu", "did you mean 'num_gpus'?"),
-    ("replicas and autoscaling", _mutate("models.0.deployment_config",
-                                         {"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}),
-     "models[0].deployment_config", "num_replicas or autoscaling_config"),
-    ("min above max replicas", _mutate("models.0.deployment_config.autoscaling_config",
-                                       {"min_replicas": 3, "max_replicas": 2}),
-     "models[0].deployment_config.autoscaling_config", "min_replicas (3) is above max_replicas (2)"),
-    ("zero max_ongoing_requests", _mutate("models.0.deployment_config.max_ongoing_requests", 0),
-     "models[0].deployment_config.max_ongoing_requests", "greater than or equal to 1"),
-    ("unknown top-level key", _mutate("api_key", "secret"),
-     "args.api_key", "did you mean 'api_keys'?"),
-    ("missing local path", _mutate("models.0.model_loading_config.model_source", "./no/such/dir"),
-     "models[0].model_loading_config.model_source", "does not exist"),
-    ("wildcard CORS with credentials", _mutate("cors", {"allow_origins": ["*"], "allow_credentials": True}),
-     "args.cors", "list the origins explicitly"),
-    ("model entry not a mapping", _mutate("models.0", "chat"),
-     "models[0]", "valid dictionary"),
-    ("empty models", _mutate("models", []),
-     "args.models", "at least 1 item"),
-    ("router memory below one upload", lambda args: _mutate("router.max_upload_memory_bytes", 64 * 1024 * 1024)(
-        _mutate("models.0", {"model_loading_config": {"model_id": "asr", "model_source": "org/whisper",
-                                                      "type": "audio"},
-                             "engine_kwargs": {"task": "speech-to-text"}})(args)),
-     "args.router.max_upload_memory_bytes", "cannot hold one of the largest uploads of models[0] ('asr'"),
+    (
+        "unknown type",
+        _mutate("models.0.model_loading_config.type", "tensorflow"),
+        "models[0].model_loading_config.type",
+        "unknown model type 'tensorflow'; allowed: vllm, audio",
+    ),
+    (
+        "missing model_source",
+        _mutate("models.0.model_loading_config.model_source", None, delete=True),
+        "models[0].model_loading_config.model_source",
+        "required field is missing",
+    ),
+    (
+        "missing model_id",
+        _mutate("models.0.model_loading_config.model_id", None, delete=True),
+        "models[0].model_loading_config.model_id",
+        "required field is missing",
+    ),
+    (
+        "duplicate model_id",
+        _duplicate_model,
+        "models[1].model_loading_config.model_id",
+        "duplicate model_id 'chat'",
+    ),
+    (
+        "misspelt engine key",
+        _mutate("models.0.engine_kwargs.max_num_seq", 4),
+        "models[0].engine_kwargs.max_num_seq",
+        "did you mean 'max_num_seqs'?",
+    ),
+    (
+        "engine key of wrong type",
+        _mutate("models.0.engine_kwargs.max_model_len", "long"),
+        "models[0].engine_kwargs.max_model_len",
+        "valid integer",
+    ),
+    (
+        "engine enum value",
+        _mutate("models.0.engine_kwargs.dtype", "float8"),
+        "models[0].engine_kwargs.dtype",
+        "'bfloat16'",
+    ),
+    (
+        "platform-owned engine key",
+        _mutate("models.0.engine_kwargs.model", "x"),
+        "models[0].engine_kwargs",
+        "set from model_loading_config.model_source",
+    ),
+    (
+        "negative replicas",
+        _mutate("models.0.deployment_config.num_replicas", -1),
+        "models[0].deployment_config.num_replicas",
+        "greater than or equal to 1",
+    ),
+    (
+        "negative gpus",
+        _mutate("models.0.deployment_config.ray_actor_options.num_gpus", -0.5),
+        "models[0].deployment_config.ray_actor_options.num_gpus",
+        "greater than or equal to 0",
+    ),
+    (
+        "fractional gpus above one",
+        _mutate("models.0.deployment_config.ray_actor_options.num_gpus", 1.5),
+        "models[0].deployment_config.ray_actor_options.num_gpus",
+        "whole number",
+    ),
+    (
+        "misspelt actor option",
+        _mutate("models.0.deployment_config.ray_actor_options.num_gpu", 1),
+        "models[0].deployment_config.ray_actor_options.num_gpu",
+        "did you mean 'num_gpus'?",
+    ),
+    (
+        "replicas and autoscaling",
+        _mutate(
+            "models.0.deployment_config",
+            {"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}},
+        ),
+        "models[0].deployment_config",
+        "num_replicas or autoscaling_config",
+    ),
+    (
+        "min above max replicas",
+        _mutate(
+            "models.0.deployment_config.autoscaling_config", {"min_replicas": 3, "max_replicas": 2}
+        ),
+        "models[0].deployment_config.autoscaling_config",
+        "min_replicas (3) is above max_replicas (2)",
+    ),
+    (
+        "zero max_ongoing_requests",
+        _mutate("models.0.deployment_config.max_ongoing_requests", 0),
+        "models[0].deployment_config.max_ongoing_requests",
+        "greater than or equal to 1",
+    ),
+    (
+        "unknown top-level key",
+        _mutate("api_key", "secret"),
+        "args.api_key",
+        "did you mean 'api_keys'?",
+    ),
+    (
+        "missing local path",
+        _mutate("models.0.model_loading_config.model_source", "./no/such/dir"),
+        "models[0].model_loading_config.model_source",
+        "does not exist",
+    ),
+    (
+        "wildcard CORS with credentials",
+        _mutate("cors", {"allow_origins": ["*"], "allow_credentials": True}),
+        "args.cors",
+        "list the origins explicitly",
+    ),
+    ("model entry not a mapping", _mutate("models.0", "chat"), "models[0]", "valid dictionary"),
+    ("empty models", _mutate("models", []), "args.models", "at least 1 item"),
+    (
+        "router memory below one upload",
+        lambda args: _mutate("router.max_upload_memory_bytes", 64 * 1024 * 1024)(
+            _mutate(
+                "models.0",
+                {
+                    "model_loading_config": {
+                        "model_id": "asr",
+                        "model_source": "org/whisper",
+                        "type": "audio",
+                    },
+                    "engine_kwargs": {"task": "speech-to-text"},
+                },
+            )(args)
+        ),
+        "args.router.max_upload_memory_bytes",
+        "cannot hold one of the largest uploads of models[0] ('asr'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("mutate,path,message", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "mutate,path,message", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
 def test_bad_config_names_the_field(mutate, path, message):
     with pytest.raises(ConfigError) as info:
         load_platform_config(mutate(good_args()))
@@ -186,7 +294,9 @@ def test_serve_file_errors_carry_the_application_path(tmp_path):
     assert "applications[0].args.llm_configs[0].engine_kwargs.max_num_seq" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["model_config.yaml", "examples/production.yaml", "examples/vision-language.yaml"])
+@pytest.mark.parametrize(
+    "name", ["model_config.yaml", "examples/production.yaml", "examples/vision-language.yaml"]
+)
 def test_shipped_configs_validate(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("PLATFORM_API_KEYS", raising=False)  # validating needs no secret
@@ -204,10 +314,14 @@ def test_secrets_are_needed_where_the_platform_serves_not_where_it_is_planned(mo
     assert main(["--config", config, "--plan", "--nodes", "4"]) == 0
     assert main(["--config", config, "--render"]) == 0
     assert main(["--config", config]) == 1  # would start a Ray here that serves with no key
-    assert "api_keys_env names 'PLATFORM_API_KEYS', which is not set here" in capsys.readouterr().err
+    assert (
+        "api_keys_env names 'PLATFORM_API_KEYS', which is not set here" in capsys.readouterr().err
+    )
     args = yaml.safe_load(open(config))["applications"][0]["args"]
-    for build in (lambda: build_router({"api_keys_env": "PLATFORM_API_KEYS"}),
-                  lambda: build_model_app({**args, "models": args["models"][:1], "groups": []})):
+    for build in (
+        lambda: build_router({"api_keys_env": "PLATFORM_API_KEYS"}),
+        lambda: build_model_app({**args, "models": args["models"][:1], "groups": []}),
+    ):
         with pytest.raises(ConfigError, match=r"args\.api_keys_env: api_keys_env names"):
             build()
 
@@ -227,15 +341,22 @@ def test_every_deployment_gets_a_bounded_queue_unless_the_yaml_sets_one():
 def test_keys_are_named_and_read_from_env_or_files_never_inline(tmp_path, monkeypatch):
     from configs import load_platform_settings, require_secrets
 
-    with pytest.raises(ConfigError, match=r"args\.api_keys: .*api_keys\[0\] is a key written in the config"):
+    with pytest.raises(
+        ConfigError, match=r"args\.api_keys: .*api_keys\[0\] is a key written in the config"
+    ):
         load_platform_settings({"api_keys": ["sk-inline"]})
     with pytest.raises(ConfigError, match=r"args\.api_keys\[0\]: .*exactly one of key_env"):
         load_platform_settings({"api_keys": [{"name": "a", "key_env": "A", "key_file": "/x"}]})
     key_file = tmp_path / "team-b"
     key_file.write_text("sk-from-file\n")
-    settings = load_platform_settings({"api_keys": [
-        {"name": "team-a", "key_env": "TEAM_A_KEY", "models": ["tiny-chat"]},
-        {"name": "team-b", "key_file": str(key_file)}]})
+    settings = load_platform_settings(
+        {
+            "api_keys": [
+                {"name": "team-a", "key_env": "TEAM_A_KEY", "models": ["tiny-chat"]},
+                {"name": "team-b", "key_file": str(key_file)},
+            ]
+        }
+    )
     monkeypatch.delenv("TEAM_A_KEY", raising=False)
     with pytest.raises(ConfigError, match="'TEAM_A_KEY' is not set here"):
         require_secrets(settings)

@@ -9,9 +9,16 @@ from cloud.storage import download_watch
 
 
 def test_the_first_weights_format_and_the_small_files_count():
-    listing = [("config.json", 700), ("tokenizer.json", 2_000), ("model-00001-of-00002.safetensors", 5_000),
-               ("model-00002-of-00002.safetensors", 3_000), ("pytorch_model.bin", 8_000), ("model.onnx", 9_000),
-               ("original/consolidated.00.pth", 16_000), ("onnx/model.onnx", 9_000)]
+    listing = [
+        ("config.json", 700),
+        ("tokenizer.json", 2_000),
+        ("model-00001-of-00002.safetensors", 5_000),
+        ("model-00002-of-00002.safetensors", 3_000),
+        ("pytorch_model.bin", 8_000),
+        ("model.onnx", 9_000),
+        ("original/consolidated.00.pth", 16_000),
+        ("onnx/model.onnx", 9_000),
+    ]
     assert hub_download_bytes(listing) == 700 + 2_000 + 5_000 + 3_000
     assert hub_download_bytes([("config.json", 10), ("pytorch_model.bin", 100)]) == 110
 
@@ -37,7 +44,9 @@ def test_the_watch_publishes_growth_while_the_files_arrive_then_the_finished_tot
             grown.set()
 
     weights = tmp_path / "weights"
-    with DownloadWatch("platform.m/m", lambda: bytes_under([tmp_path]), 400, interval_s=0.01, publish=record):
+    with DownloadWatch(
+        "platform.m/m", lambda: bytes_under([tmp_path]), 400, interval_s=0.01, publish=record
+    ):
         assert started.wait(5)
         weights.write_bytes(b"x" * 200)
         assert grown.wait(5)
@@ -46,13 +55,20 @@ def test_the_watch_publishes_growth_while_the_files_arrive_then_the_finished_tot
     assert dones[0] == 0 and 200 in dones and dones == sorted(dones)
     assert all(not d.finished and d.total == 400 for _, d in published[:-1])
     key, last = published[-1]
-    assert key == "platform.m/m" and last.finished and last.done == 400 and last.describe().startswith("downloaded")
+    assert (
+        key == "platform.m/m"
+        and last.finished
+        and last.done == 400
+        and last.describe().startswith("downloaded")
+    )
 
 
 def test_a_failed_start_leaves_no_progress_behind(tmp_path):
     published = []
     try:
-        with DownloadWatch("k", lambda: 0, None, interval_s=0.01, publish=lambda k, d: published.append(d)):
+        with DownloadWatch(
+            "k", lambda: 0, None, interval_s=0.01, publish=lambda k, d: published.append(d)
+        ):
             time.sleep(0.05)
             raise OSError("no such model")
     except OSError:

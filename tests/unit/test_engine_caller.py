@@ -61,7 +61,9 @@ class FakeHandle:
         return self
 
     def remote(self, *args):
-        self.responses.append(FakeResponse(self.delays, died=len(self.responses) < self.dead_replicas))
+        self.responses.append(
+            FakeResponse(self.delays, died=len(self.responses) < self.dead_replicas)
+        )
         return self.responses[-1]
 
 
@@ -93,11 +95,14 @@ async def _collect(caller, route=ROUTE) -> list:
     return got
 
 
-@pytest.mark.parametrize("delays,expected", [
-    ([5], [504]),  # no output before the deadline: the router answers 504
-    ([0.01, 0.01, 5], ["chunk", "chunk", 504]),  # the deadline covers the whole stream
-    ([0.01, 0.01], ["chunk", "chunk"]),
-])
+@pytest.mark.parametrize(
+    "delays,expected",
+    [
+        ([5], [504]),  # no output before the deadline: the router answers 504
+        ([0.01, 0.01, 5], ["chunk", "chunk", 504]),  # the deadline covers the whole stream
+        ([0.01, 0.01], ["chunk", "chunk"]),
+    ],
+)
 def test_the_timeout_covers_the_whole_stream(delays, expected):
     caller, handle = _caller(delays)
     assert asyncio.run(_collect(caller)) == expected
@@ -107,7 +112,11 @@ def test_the_timeout_covers_the_whole_stream(delays, expected):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_replica_that_died_before_answering_is_retried_once_on_another(stream):
     caller, handle = _caller([0.01], dead_replicas=1)
-    got = asyncio.run(_collect(caller)) if stream else asyncio.run(caller.call(ROUTE, Capability.CHAT, {}))
+    got = (
+        asyncio.run(_collect(caller))
+        if stream
+        else asyncio.run(caller.call(ROUTE, Capability.CHAT, {}))
+    )
     assert got == (["chunk"] if stream else "answer") and len(handle.responses) == 2
 
 
@@ -139,7 +148,9 @@ def _watched(delays, replicas: int) -> tuple[ServeEngineCaller, FakeHandle, _Ser
     return caller, handle, handle._router
 
 
-@pytest.mark.parametrize("replicas,min_replicas,refused", [(0, 1, True), (1, 1, False), (0, 0, False)])
+@pytest.mark.parametrize(
+    "replicas,min_replicas,refused", [(0, 1, True), (1, 1, False), (0, 0, False)]
+)
 def test_a_model_without_a_running_replica_is_a_503_at_once(replicas, min_replicas, refused):
     """Unless it scales to zero on purpose: then the request waits for the replica it starts."""
     caller, handle, _ = _watched([0.01], replicas)

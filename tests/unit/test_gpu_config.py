@@ -7,8 +7,19 @@ from configs import ConfigError, load_platform_config
 
 def vllm_entry(num_gpus=None, **engine_kwargs) -> dict:
     actor = {} if num_gpus is None else {"num_gpus": num_gpus}
-    return {"models": [{"model_loading_config": {"model_id": "m", "model_source": "org/model", "type": "vllm"},
-                        "deployment_config": {"ray_actor_options": actor}, "engine_kwargs": engine_kwargs}]}
+    return {
+        "models": [
+            {
+                "model_loading_config": {
+                    "model_id": "m",
+                    "model_source": "org/model",
+                    "type": "vllm",
+                },
+                "deployment_config": {"ray_actor_options": actor},
+                "engine_kwargs": engine_kwargs,
+            }
+        ]
+    }
 
 
 def load(num_gpus=None, **engine_kwargs):
@@ -30,11 +41,16 @@ def test_a_share_without_utilization_gets_one_that_fits():
 
 def test_parallel_models_get_one_bundle_per_shard():
     options = load(tensor_parallel_size=2, pipeline_parallel_size=2).serve_options()
-    assert options["ray_actor_options"]["num_gpus"] == 0  # vLLM's workers hold the GPUs, not the replica
+    assert (
+        options["ray_actor_options"]["num_gpus"] == 0
+    )  # vLLM's workers hold the GPUs, not the replica
     assert options["placement_group_bundles"] == [{"CPU": 1, "GPU": 1}] + [{"GPU": 1}] * 3
     assert options["placement_group_strategy"] == "PACK"  # pipeline stages may span nodes
     tp_only = load(2, tensor_parallel_size=2).serve_options()
-    assert len(tp_only["placement_group_bundles"]) == 2 and tp_only["placement_group_strategy"] == "STRICT_PACK"
+    assert (
+        len(tp_only["placement_group_bundles"]) == 2
+        and tp_only["placement_group_strategy"] == "STRICT_PACK"
+    )
     assert "placement_group_bundles" not in load(1).serve_options()
 
 
@@ -42,23 +58,34 @@ def test_tensor_parallel_zero_means_every_gpu_of_the_replica():
     entry = load(4, tensor_parallel_size=0, pipeline_parallel_size=2)
     assert entry.world_size() == 4 and entry.engine_overrides()["tensor_parallel_size"] == 2
     assert len(entry.serve_options()["placement_group_bundles"]) == 4
-    assert load(0.4, tensor_parallel_size=0).engine_overrides()["tensor_parallel_size"] == 1  # the seed's "auto"
+    assert (
+        load(0.4, tensor_parallel_size=0).engine_overrides()["tensor_parallel_size"] == 1
+    )  # the seed's "auto"
 
 
 def test_a_strategy_from_the_yaml_and_explicit_bundles_are_kept():
     raw = vllm_entry(2, tensor_parallel_size=2)
     raw["models"][0]["deployment_config"]["placement_group_strategy"] = "SPREAD"
-    assert load_platform_config(raw).models[0].serve_options()["placement_group_strategy"] == "SPREAD"
+    assert (
+        load_platform_config(raw).models[0].serve_options()["placement_group_strategy"] == "SPREAD"
+    )
     bundles = [{"CPU": 2, "GPU": 1}, {"GPU": 1, "CPU": 1}]
     raw["models"][0]["deployment_config"]["placement_group_bundles"] = bundles
     assert load_platform_config(raw).models[0].serve_options()["placement_group_bundles"] == bundles
 
 
-@pytest.mark.parametrize("num_gpus,engine_kwargs,message", [
-    (1, {"tensor_parallel_size": 4}, "needs 4 GPUs"),
-    (2, {}, "tensor_parallel_size: 2"),
-    (3, {"tensor_parallel_size": 0, "pipeline_parallel_size": 2}, "not a multiple of pipeline_parallel_size"),
-])
+@pytest.mark.parametrize(
+    "num_gpus,engine_kwargs,message",
+    [
+        (1, {"tensor_parallel_size": 4}, "needs 4 GPUs"),
+        (2, {}, "tensor_parallel_size: 2"),
+        (
+            3,
+            {"tensor_parallel_size": 0, "pipeline_parallel_size": 2},
+            "not a multiple of pipeline_parallel_size",
+        ),
+    ],
+)
 def test_parallelism_that_does_not_match_the_gpus_is_refused(num_gpus, engine_kwargs, message):
     with pytest.raises(ConfigError) as info:
         load(num_gpus, **engine_kwargs)

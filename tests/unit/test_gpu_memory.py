@@ -21,7 +21,12 @@ import pytest
 import yaml
 
 from builders.gpu_memory import GIB, estimate_replica, gpu_bytes_for
-from builders.model_architecture import kv_bytes_per_token, parameter_count, read_model_config, stored_weight_bytes
+from builders.model_architecture import (
+    kv_bytes_per_token,
+    parameter_count,
+    read_model_config,
+    stored_weight_bytes,
+)
 from configs import load_platform_config
 from deploy_app import main
 from tests.conftest import ROOT
@@ -33,9 +38,14 @@ def _config(name: str) -> dict:
     return json.loads((CONFIGS / name / "config.json").read_text())
 
 
-@pytest.mark.parametrize("name,parameters", [("llama-3.1-8b-instruct", 8_030_261_248),
-                                             ("qwen2.5-14b-instruct", 14_770_033_664),
-                                             ("whisper-large-v3", 1_543_490_560)])
+@pytest.mark.parametrize(
+    "name,parameters",
+    [
+        ("llama-3.1-8b-instruct", 8_030_261_248),
+        ("qwen2.5-14b-instruct", 14_770_033_664),
+        ("whisper-large-v3", 1_543_490_560),
+    ],
+)
 def test_parameter_counts_of_real_architectures(name, parameters):
     assert parameter_count(_config(name)) == parameters
 
@@ -43,20 +53,31 @@ def test_parameter_counts_of_real_architectures(name, parameters):
 @pytest.mark.parametrize("model", ["tiny-chat", "tiny-whisper"])
 def test_the_count_from_the_config_matches_the_weights_on_disk(model):
     source = str(ROOT / ".models" / model)
-    assert parameter_count(read_model_config(source)) * 4 == stored_weight_bytes(source)  # float32 files
+    assert parameter_count(read_model_config(source)) * 4 == stored_weight_bytes(
+        source
+    )  # float32 files
 
 
 def test_kv_cache_per_token_and_its_tensor_parallel_shards():
     llama = _config("llama-3.1-8b-instruct")
     assert kv_bytes_per_token(llama, 2) == 128 * 1024
     assert kv_bytes_per_token(llama, 2, tensor_parallel=2) == 64 * 1024
-    assert kv_bytes_per_token(llama, 2, tensor_parallel=16) == 16 * 1024  # 8 KV heads: replicated past TP 8
+    assert (
+        kv_bytes_per_token(llama, 2, tensor_parallel=16) == 16 * 1024
+    )  # 8 KV heads: replicated past TP 8
     assert kv_bytes_per_token(_config("qwen2.5-14b-instruct"), 2) == 192 * 1024
 
 
 def _entry(name: str, model_type: str, gpus: float, **engine_kwargs) -> dict:
-    entry = {"model_loading_config": {"model_id": name, "model_source": str(CONFIGS / name), "type": model_type},
-             "deployment_config": {"ray_actor_options": {"num_gpus": gpus}}, "engine_kwargs": engine_kwargs}
+    entry = {
+        "model_loading_config": {
+            "model_id": name,
+            "model_source": str(CONFIGS / name),
+            "type": model_type,
+        },
+        "deployment_config": {"ray_actor_options": {"num_gpus": gpus}},
+        "engine_kwargs": engine_kwargs,
+    }
     return entry
 
 
@@ -82,20 +103,44 @@ def test_qwen_14b_fits_two_l4s_not_one():
 
 def test_whisper_in_a_quarter_of_an_l4():
     memory = _replica(_entry("whisper-large-v3", "audio", 0.25, task="speech-to-text"), "L4")
-    assert round(memory.needs / GIB, 2) == 3.95 and memory.budget == int(0.25 * gpu_bytes_for("L4", None))
+    assert round(memory.needs / GIB, 2) == 3.95 and memory.budget == int(
+        0.25 * gpu_bytes_for("L4", None)
+    )
 
 
 def test_the_plan_refuses_a_config_that_cannot_fit_naming_the_model_and_numbers(tmp_path, capsys):
     path = tmp_path / "config.yaml"
-    models = [_entry("qwen2.5-14b-instruct", "vllm", 1), _entry("whisper-large-v3", "audio", 0.1, task="speech-to-text")]
-    path.write_text(yaml.safe_dump({"applications": [{"name": "p", "import_path": "builders.app_builder:build_app",
-                                                      "args": {"models": models}}]}))
+    models = [
+        _entry("qwen2.5-14b-instruct", "vllm", 1),
+        _entry("whisper-large-v3", "audio", 0.1, task="speech-to-text"),
+    ]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    {
+                        "name": "p",
+                        "import_path": "builders.app_builder:build_app",
+                        "args": {"models": models},
+                    }
+                ]
+            }
+        )
+    )
     assert main(["--config", str(path), "--plan", "--gpu-type", "L4"]) == 1
     err = capsys.readouterr().err
     assert "does not fit GPUs of 22.5 GiB (L4)" in err
-    assert "qwen2.5-14b-instruct needs 35.0 GiB per GPU (weights 27.5, KV cache for one 32768-token sequence 6.0" in err
-    assert "whisper-large-v3 needs 3.9 GiB per GPU (weights 2.9" in err and "may take 2.2 GiB" in err
-    assert main(["--config", str(path), "--plan", "--gpu-memory-gib", "141", "--gpus-per-node", "2"]) == 0
+    assert (
+        "qwen2.5-14b-instruct needs 35.0 GiB per GPU (weights 27.5, KV cache for one 32768-token sequence 6.0"
+        in err
+    )
+    assert (
+        "whisper-large-v3 needs 3.9 GiB per GPU (weights 2.9" in err and "may take 2.2 GiB" in err
+    )
+    assert (
+        main(["--config", str(path), "--plan", "--gpu-memory-gib", "141", "--gpus-per-node", "2"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "gpu_mem_gib" in table and "126.9 (needs 36.4)" in table  # vLLM takes 0.9 of the GPU
     assert "2 GPUs of 141.0 GiB" in table

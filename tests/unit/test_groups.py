@@ -7,14 +7,26 @@ from configs import ConfigError, load_platform_config
 
 
 def _vision(model_id, group=None, **extra):
-    entry = {"model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
-             "engine_kwargs": {"task": "image-classification", "max_batch_size": 4}, **extra}
+    entry = {
+        "model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
+        "engine_kwargs": {"task": "image-classification", "max_batch_size": 4},
+        **extra,
+    }
     return {**entry, "group": group} if group else entry
 
 
 def _args(*models, groups=None):
-    return {"models": list(models), "groups": groups if groups is not None else [
-        {"name": "small", "deployment_config": {"ray_actor_options": {"num_cpus": 1, "num_gpus": 0.25}}}]}
+    return {
+        "models": list(models),
+        "groups": groups
+        if groups is not None
+        else [
+            {
+                "name": "small",
+                "deployment_config": {"ray_actor_options": {"num_cpus": 1, "num_gpus": 0.25}},
+            }
+        ],
+    }
 
 
 def test_a_group_is_one_deployment_holding_its_models():
@@ -29,18 +41,52 @@ def test_a_group_is_one_deployment_holding_its_models():
     assert [(p.deployment, p.gpu_ids) for p in placements if p.gpu_ids] == [("small", (0,))]
 
 
-@pytest.mark.parametrize("models,groups,loc,message", [
-    ([_vision("a", "nope")], None, "models[0].group", "unknown group 'nope'; groups: small"),
-    ([_vision("a", "small", deployment_config={"num_replicas": 2})], None, "models[0].deployment_config",
-     "move these options to the group"),
-    ([{"model_loading_config": {"model_id": "llm", "model_source": "org/llm", "type": "vllm"}, "group": "small"}],
-     None, "models[0].group", "vLLM models cannot join a group"),
-    ([_vision("a", "small", multiplex_config={"variants": {"x": "org/x"}})], None, "models[0].multiplex_config",
-     "cannot have variants"),
-    ([_vision("a")], None, "groups[0]", "group 'small' has no models"),
-    ([_vision("a", "g"), _vision("g")], [{"name": "g"}], "groups[0].name", "also a model's deployment name"),
-    ([_vision("a", "g")], [{"name": "g"}, {"name": "g"}], "groups[1].name", "duplicate group 'g'"),
-])
+@pytest.mark.parametrize(
+    "models,groups,loc,message",
+    [
+        ([_vision("a", "nope")], None, "models[0].group", "unknown group 'nope'; groups: small"),
+        (
+            [_vision("a", "small", deployment_config={"num_replicas": 2})],
+            None,
+            "models[0].deployment_config",
+            "move these options to the group",
+        ),
+        (
+            [
+                {
+                    "model_loading_config": {
+                        "model_id": "llm",
+                        "model_source": "org/llm",
+                        "type": "vllm",
+                    },
+                    "group": "small",
+                }
+            ],
+            None,
+            "models[0].group",
+            "vLLM models cannot join a group",
+        ),
+        (
+            [_vision("a", "small", multiplex_config={"variants": {"x": "org/x"}})],
+            None,
+            "models[0].multiplex_config",
+            "cannot have variants",
+        ),
+        ([_vision("a")], None, "groups[0]", "group 'small' has no models"),
+        (
+            [_vision("a", "g"), _vision("g")],
+            [{"name": "g"}],
+            "groups[0].name",
+            "also a model's deployment name",
+        ),
+        (
+            [_vision("a", "g")],
+            [{"name": "g"}, {"name": "g"}],
+            "groups[1].name",
+            "duplicate group 'g'",
+        ),
+    ],
+)
 def test_bad_groups_are_refused_naming_the_field(models, groups, loc, message):
     with pytest.raises(ConfigError) as info:
         load_platform_config(_args(*models, groups=groups))

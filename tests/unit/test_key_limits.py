@@ -6,8 +6,14 @@ from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
 from serve.router.app import create_router_app
-from serve.router.key_limits import (KeyLimits, SlidingWindow, StreamMeter, ask_for_usage, ask_for_usage_header,
-                                     response_tokens)
+from serve.router.key_limits import (
+    KeyLimits,
+    SlidingWindow,
+    StreamMeter,
+    ask_for_usage,
+    ask_for_usage_header,
+    response_tokens,
+)
 from serve.router.routing import RouterSettings
 from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines, assert_openai_error
 
@@ -47,11 +53,18 @@ def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():
     app = create_router_app(RouterSettings(ROUTES, api_keys=keys), FakeEngines(), LocalLimits())
     c = TestClient(app)
     limited, free = {"Authorization": "Bearer limited"}, {"Authorization": "Bearer free"}
-    assert [c.post("/v1/chat/completions", json=CHAT, headers=limited).status_code for _ in range(2)] == [200, 200]
+    assert [
+        c.post("/v1/chat/completions", json=CHAT, headers=limited).status_code for _ in range(2)
+    ] == [200, 200]
     refused = c.post("/v1/chat/completions", json=CHAT, headers=limited)
     assert_openai_error(refused, 429, "rate_limit_exceeded")
-    assert refused.headers["retry-after"] == "60" and refused.json()["error"]["type"] == "rate_limit_error"
-    assert all(c.post("/v1/chat/completions", json=CHAT, headers=free).status_code == 200 for _ in range(5))
+    assert (
+        refused.headers["retry-after"] == "60"
+        and refused.json()["error"]["type"] == "rate_limit_error"
+    )
+    assert all(
+        c.post("/v1/chat/completions", json=CHAT, headers=free).status_code == 200 for _ in range(5)
+    )
 
 
 def test_tokens_per_minute_wait_for_enough_old_tokens_to_leave_the_window():
@@ -63,15 +76,20 @@ def test_tokens_per_minute_wait_for_enough_old_tokens_to_leave_the_window():
     assert window.admit("a", None, 100) == 0  # 70 used: under the limit, admitted
     window.spend("a", 50)
     clock.now += 10
-    assert window.admit("a", None, 100) == 40  # 120 used; under 100 once the first 70 leave, at t=60
+    assert (
+        window.admit("a", None, 100) == 40
+    )  # 120 used; under 100 once the first 70 leave, at t=60
     clock.now += 40
     assert window.admit("a", None, 100) == 0
 
 
 def test_a_stream_meter_reads_the_usage_and_drops_the_event_the_client_did_not_ask_for():
     usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
-    events = ['data: {"choices": [{"delta": {"content": "a"}}], "usage": null}',
-              'data: {"choices": [], "usage": %s}' % json.dumps(usage), "data: [DONE]"]
+    events = [
+        'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}',
+        'data: {"choices": [], "usage": %s}' % json.dumps(usage),
+        "data: [DONE]",
+    ]
     stream = "".join(e + "\n\n" for e in events)
     quiet = StreamMeter(keep_usage_event=False)
     # Fed in pieces that split an event: whole events come out, the usage event does not.
@@ -92,9 +110,15 @@ def test_usage_is_asked_of_streams_and_read_from_answers():
 def test_raw_bytes_embeddings_are_asked_with_their_usage_header():
     body = {"encoding_format": "bytes_only"}
     assert ask_for_usage_header(body) is False and body["encoding_format"] == "bytes"
-    assert ask_for_usage_header({"encoding_format": "bytes"}) is True and ask_for_usage_header({}) is True
+    assert (
+        ask_for_usage_header({"encoding_format": "bytes"}) is True
+        and ask_for_usage_header({}) is True
+    )
     header = json.dumps({"usage": {"total_tokens": 5}})
-    assert response_tokens(b"\x00\x00\x80\x3f", header) == 5 and response_tokens(b"\x00\x00\x80\x3f") == 0
+    assert (
+        response_tokens(b"\x00\x00\x80\x3f", header) == 5
+        and response_tokens(b"\x00\x00\x80\x3f") == 0
+    )
 
 
 def test_a_stream_without_a_final_blank_line_loses_nothing():

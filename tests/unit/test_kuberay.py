@@ -20,7 +20,9 @@ def _repo_root(monkeypatch, request):
 @pytest.mark.parametrize("config", ROOT_CONFIGS)
 @pytest.mark.parametrize("kind", ["rayservice", "rayjob"])
 def test_rendered_manifests_fit_the_crds(config, kind):
-    manifest = render(kind, config, "registry.example/rayserve-platform:1", "platform", WorkerShape())
+    manifest = render(
+        kind, config, "registry.example/rayserve-platform:1", "platform", WorkerShape()
+    )
     assert validate(manifest) == []
 
 
@@ -32,39 +34,85 @@ def test_serve_config_is_the_rendered_file_listening_on_the_pod():
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     original = yaml.safe_load(open("examples/production.yaml"))
     (platform,) = load_serve_config("examples/production.yaml")[1].values()
-    assert served["applications"] == render_serve_config(original, {"platform": platform})["applications"]
+    assert (
+        served["applications"]
+        == render_serve_config(original, {"platform": platform})["applications"]
+    )
     router, *models = served["applications"]
-    assert router["import_path"] == "builders.app_builder:build_router" and "models" not in router["args"]
-    assert [app["name"] for app in models] == [f"{router['name']}.{spec.name}" for spec in platform.deployments()]  # a group is one app
+    assert (
+        router["import_path"] == "builders.app_builder:build_router"
+        and "models" not in router["args"]
+    )
+    assert [app["name"] for app in models] == [
+        f"{router['name']}.{spec.name}" for spec in platform.deployments()
+    ]  # a group is one app
     assert served["http_options"]["host"] == "0.0.0.0" and served["http_options"]["port"] == 8000
 
 
 def test_worker_groups_are_sized_from_the_models():
-    cluster = render("rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 2, "32Gi")
-                     )["spec"]["rayClusterConfig"]
+    cluster = render(
+        "rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 2, "32Gi")
+    )["spec"]["rayClusterConfig"]
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     # GPU replicas at minimum: shares 0.4 + 0.4 + 0.15 + 0.05 + 0.2, the 8B model's 1, the 14B model's 2
     # (4.2 GPUs, 23 CPUs: 3 workers of 8 CPUs); the 8B model autoscales to 4 (7.2 GPUs, 35 CPUs: 5)
     assert (groups["gpu-workers"]["minReplicas"], groups["gpu-workers"]["maxReplicas"]) == (3, 5)
-    assert groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (1, 1)  # 8 CPUs
+    assert (
+        groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"
+        ]
+        == "2"
+    )
+    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (
+        1,
+        1,
+    )  # 8 CPUs
     env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in env
-    for variable in ("PLATFORM_API_KEYS", "SEARCH_TEAM_KEY"):  # every key's variable comes from the Secret
-        assert {"name": variable,
-                "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": variable}}} in env
+    for variable in (
+        "PLATFORM_API_KEYS",
+        "SEARCH_TEAM_KEY",
+    ):  # every key's variable comes from the Secret
+        assert {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": "rayserve-platform-keys", "key": variable}},
+        } in env
 
 
 def test_workers_narrower_than_a_sharded_replica_are_refused(capsys):
-    assert main(["rayservice", "--config", "examples/production.yaml", "--image", "img", "--gpus-per-worker", "1"]) == 1
-    assert "qwen2.5-14b-instruct needs 2 GPUs on one node; pass --gpus-per-worker 2" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "rayservice",
+                "--config",
+                "examples/production.yaml",
+                "--image",
+                "img",
+                "--gpus-per-worker",
+                "1",
+            ]
+        )
+        == 1
+    )
+    assert (
+        "qwen2.5-14b-instruct needs 2 GPUs on one node; pass --gpus-per-worker 2"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_rendered_clash_is_refused_before_a_manifest_is_written(tmp_path, capsys):
     # The platform "p" and a second platform named like p's rendered model application "p.x".
     path = tmp_path / "clash.yaml"
-    path.write_text(yaml.safe_dump({"applications": [_platform("p", "/a", [_vllm("x")]),
-                                                     _platform("p.x", "/b", [_vision("y")])]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    _platform("p", "/a", [_vllm("x")]),
+                    _platform("p.x", "/b", [_vision("y")]),
+                ]
+            }
+        )
+    )
     assert main(["rayservice", "--config", str(path), "--image", "img"]) == 1
     captured = capsys.readouterr()
     assert 'multiple configs for application "p.x"' in captured.err and captured.out == ""
@@ -82,5 +130,19 @@ def test_validation_catches_a_broken_manifest():
 def test_cli_prints_yaml(capsys):
     from deploy_app import main as deploy_app_main  # `python deploy_app.py kuberay ...`
 
-    assert deploy_app_main(["kuberay", "rayjob", "--config", "model_config.yaml", "--image", "img", "--entrypoint", "python bench/x.py"]) == 0
+    assert (
+        deploy_app_main(
+            [
+                "kuberay",
+                "rayjob",
+                "--config",
+                "model_config.yaml",
+                "--image",
+                "img",
+                "--entrypoint",
+                "python bench/x.py",
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"] == "python bench/x.py"

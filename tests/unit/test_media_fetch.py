@@ -60,32 +60,53 @@ def test_allowed_domain_on_an_opened_network_is_fetched(server_port):
     assert fetch(f"http://localhost:{server_port}/cat.png") == (BODY, "image/png")
 
 
-@pytest.mark.parametrize("url,code", [
-    ("file:///etc/passwd", "invalid_media_url"),
-    ("/etc/passwd", "invalid_media_url"),
-    ("ftp://localhost/x", "invalid_media_url"),
-    ("http://example.org/x.png", "media_domain_not_allowed"),
-    ("http://127.0.0.1/x.png", "media_domain_not_allowed"),  # an address is not a listed domain
-])
+@pytest.mark.parametrize(
+    "url,code",
+    [
+        ("file:///etc/passwd", "invalid_media_url"),
+        ("/etc/passwd", "invalid_media_url"),
+        ("ftp://localhost/x", "invalid_media_url"),
+        ("http://example.org/x.png", "media_domain_not_allowed"),
+        ("http://127.0.0.1/x.png", "media_domain_not_allowed"),  # an address is not a listed domain
+    ],
+)
 def test_other_schemes_paths_and_unlisted_hosts_are_refused(url, code):
     assert refused(url).code == code
 
 
 def test_private_addresses_are_refused_unless_the_operator_opens_them(server_port):
     closed = MediaFetchPolicy(allowed_domains=("localhost",))
-    assert refused(f"http://localhost:{server_port}/cat.png", closed).code == "media_address_not_allowed"
+    assert (
+        refused(f"http://localhost:{server_port}/cat.png", closed).code
+        == "media_address_not_allowed"
+    )
 
 
-@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::1]", "[::ffff:127.0.0.1]",
-                                  "[0:0:0:0:0:ffff:7f00:1]", "169.254.169.254", "[fd00::1]", "localhost."])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "2130706433",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[0:0:0:0:0:ffff:7f00:1]",
+        "169.254.169.254",
+        "[fd00::1]",
+        "localhost.",
+    ],
+)
 def test_other_spellings_of_internal_addresses_are_refused(host):
     # The operator allows a domain; none of these spellings is it, and none may reach an internal address.
     policy = MediaFetchPolicy(allowed_domains=("example.com",))
     assert refused(f"http://{host}/latest/meta-data", policy).code == "media_domain_not_allowed"
 
 
-@pytest.mark.parametrize("url", ["http://localhost:99999/x.png", "http://localhost:port/x.png",
-                                 "http://localhost:1/x.png"])  # out of range, not a number, nothing listening
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:99999/x.png", "http://localhost:port/x.png", "http://localhost:1/x.png"],
+)  # out of range, not a number, nothing listening
 def test_unreachable_or_malformed_urls_of_allowed_domains_are_4xx(url):
     error = refused(url)
     assert error.status_code == 400 and error.code == "media_fetch_failed", error.message
@@ -109,4 +130,6 @@ def test_subdomains_of_allowed_domains_match_but_lookalikes_do_not():
     policy = MediaFetchPolicy(allowed_domains=("example.com", "*.cdn.example.org"))
     assert policy.domain_allowed("img.example.com") and policy.domain_allowed("EXAMPLE.com.")
     assert policy.domain_allowed("a.cdn.example.org")
-    assert not policy.domain_allowed("badexample.com") and not policy.domain_allowed("example.com.evil.net")
+    assert not policy.domain_allowed("badexample.com") and not policy.domain_allowed(
+        "example.com.evil.net"
+    )

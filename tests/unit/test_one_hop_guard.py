@@ -42,10 +42,14 @@ def _model_app(cancelled: asyncio.Event, stall_after: int) -> Starlette:
 
 async def _post(stream: bool, stall_after: int = 0) -> tuple[httpx.Response, asyncio.Event]:
     cancelled = asyncio.Event()
-    guard = OneHopGuard(_model_app(cancelled, stall_after), RouterSettings(routes={}, request_timeout_s=TIMEOUT_S))
+    guard = OneHopGuard(
+        _model_app(cancelled, stall_after), RouterSettings(routes={}, request_timeout_s=TIMEOUT_S)
+    )
     transport = httpx.ASGITransport(app=guard)
     async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-        response = await client.post("/v1/chat/completions", json={"messages": [], "stream": stream})
+        response = await client.post(
+            "/v1/chat/completions", json={"messages": [], "stream": stream}
+        )
     return response, cancelled
 
 
@@ -53,7 +57,10 @@ async def _post(stream: bool, stall_after: int = 0) -> tuple[httpx.Response, asy
 async def test_a_request_past_the_timeout_is_a_504_and_the_model_call_is_cancelled():
     response, cancelled = await _post(stream=False)
     assert response.status_code == 504
-    assert response.json()["error"]["code"] == "timeout" and response.json()["error"]["type"] == "timeout_error"
+    assert (
+        response.json()["error"]["code"] == "timeout"
+        and response.json()["error"]["type"] == "timeout_error"
+    )
     assert cancelled.is_set()
 
 
@@ -76,7 +83,12 @@ async def test_raw_bytes_embeddings_are_metered_from_their_usage_header_dropped_
 
     metered = _metered_send(send, None, spent.append, keep_usage_header=False)
     binary = [(b"content-type", b"application/octet-stream")]
-    await metered({"type": "http.response.start", "status": 200,
-                   "headers": binary + [(b"metadata", b'{"usage": {"total_tokens": 3}}')]})
+    await metered(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": binary + [(b"metadata", b'{"usage": {"total_tokens": 3}}')],
+        }
+    )
     await metered({"type": "http.response.body", "body": b"\x00\x00\x80\x3f", "more_body": False})
     assert spent == [3] and sent[0]["headers"] == binary

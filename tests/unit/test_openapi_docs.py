@@ -34,9 +34,13 @@ def test_json_bodies_are_vllms_protocol_models_naming_the_models_that_serve_them
     completion = _component(doc, _body(doc, "/v1/completions"))
     assert completion["properties"]["model"]["enum"] == ["chat", "chat:sql"]
     embedding_forms = _body(doc, "/v1/embeddings")["anyOf"]
-    assert {_component(doc, ref)["title"] for ref in embedding_forms} >= {"EmbeddingCompletionRequest",
-                                                                           "EmbeddingChatRequest"}
-    assert all(_component(doc, ref)["properties"]["model"]["enum"] == ["embed"] for ref in embedding_forms)
+    assert {_component(doc, ref)["title"] for ref in embedding_forms} >= {
+        "EmbeddingCompletionRequest",
+        "EmbeddingChatRequest",
+    }
+    assert all(
+        _component(doc, ref)["properties"]["model"]["enum"] == ["embed"] for ref in embedding_forms
+    )
 
 
 def test_uploads_are_multipart_forms_with_the_file():
@@ -58,8 +62,12 @@ def test_v2_inference_takes_the_protocols_tensors_for_tensor_models():
 
 def test_a_scoped_key_sees_only_its_models():
     doc = _description("embed-key")
-    assert doc["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]["schema"]["enum"] == ["embed"]
-    assert _component(doc, _body(doc, "/v1/chat/completions"))["properties"]["model"] == {"type": "string"}
+    assert doc["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]["schema"]["enum"] == [
+        "embed"
+    ]
+    assert _component(doc, _body(doc, "/v1/chat/completions"))["properties"]["model"] == {
+        "type": "string"
+    }
 
 
 def test_bearer_auth_is_described_and_health_is_open():
@@ -73,7 +81,9 @@ def test_the_other_vllm_endpoints_and_pipelines_are_described():
     rerank = _component(doc, _body(doc, "/v1/rerank"))
     assert rerank["title"] == "RerankRequest" and {"query", "documents"} <= set(rerank["required"])
     assert {_component(doc, ref)["title"] for ref in _body(doc, "/tokenize")["anyOf"]} == {
-        "TokenizeCompletionRequest", "TokenizeChatRequest"}
+        "TokenizeCompletionRequest",
+        "TokenizeChatRequest",
+    }
     pipeline = _body(doc, "/v1/pipelines")
     assert pipeline["title"] == "PipelineRequest" and pipeline["additionalProperties"] is False
     assert set(pipeline["properties"]) == {"model", "audio", "image", "text", "documents"}

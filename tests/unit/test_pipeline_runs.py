@@ -8,24 +8,46 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from common.engine_response import EngineResponse
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
-from common.engine_response import EngineResponse
 from tests.unit.test_router_app import assert_openai_error
 
-ROUTES = {name: ModelRoute(name, kind, f"{name}-dep", (capability,)) for name, kind, capability in [
-    ("asr", "audio", Capability.TRANSCRIPTION), ("llm", "vllm", Capability.CHAT), ("tts", "audio", Capability.SPEECH),
-    ("captioner", "vision", Capability.IMAGE_TO_TEXT), ("ranker", "vllm", Capability.RERANK)]}
+ROUTES = {
+    name: ModelRoute(name, kind, f"{name}-dep", (capability,))
+    for name, kind, capability in [
+        ("asr", "audio", Capability.TRANSCRIPTION),
+        ("llm", "vllm", Capability.CHAT),
+        ("tts", "audio", Capability.SPEECH),
+        ("captioner", "vision", Capability.IMAGE_TO_TEXT),
+        ("ranker", "vllm", Capability.RERANK),
+    ]
+}
 PIPELINES = [
-    {"model_id": "voice-chat", "steps": [{"task": "transcribe", "model": "asr"},
-                                         {"task": "chat", "model": "llm", "system": "Be brief.", "max_tokens": 8},
-                                         {"task": "speak", "model": "tts", "voice": "echo"}]},
-    {"model_id": "rag-lite", "steps": [{"task": "rerank", "model": "ranker", "top_n": 1},
-                                       {"task": "chat", "model": "llm"}]},
-    {"model_id": "describe-image", "steps": [{"task": "caption", "model": "captioner"},
-                                             {"task": "chat", "model": "llm", "prompt": "Describe: {text}"}]},
+    {
+        "model_id": "voice-chat",
+        "steps": [
+            {"task": "transcribe", "model": "asr"},
+            {"task": "chat", "model": "llm", "system": "Be brief.", "max_tokens": 8},
+            {"task": "speak", "model": "tts", "voice": "echo"},
+        ],
+    },
+    {
+        "model_id": "rag-lite",
+        "steps": [
+            {"task": "rerank", "model": "ranker", "top_n": 1},
+            {"task": "chat", "model": "llm"},
+        ],
+    },
+    {
+        "model_id": "describe-image",
+        "steps": [
+            {"task": "caption", "model": "captioner"},
+            {"task": "chat", "model": "llm", "prompt": "Describe: {text}"},
+        ],
+    },
     {"model_id": "slow", "timeout_s": 0.2, "steps": [{"task": "chat", "model": "llm"}]},
     {"model_id": "gone", "steps": [{"task": "chat", "model": "not-deployed"}]},
 ]
@@ -48,15 +70,29 @@ class StepEngines:
                 return EngineResponse.error(400, "the engine refuses", param="messages")
             if prompt == "hang":
                 await asyncio.sleep(5)
-            return EngineResponse.json({"choices": [{"message": {"content": f"reply to <{prompt}>"}}]})
+            return EngineResponse.json(
+                {"choices": [{"message": {"content": f"reply to <{prompt}>"}}]}
+            )
         if capability is Capability.SPEECH:
             return EngineResponse(200, WAV, "audio/wav")
         if capability is Capability.IMAGE_TO_TEXT:
-            return EngineResponse.json({"outputs": [{"name": "captions", "datatype": "BYTES", "shape": [1],
-                                                     "data": ["a cat on a mat"]}]})
+            return EngineResponse.json(
+                {
+                    "outputs": [
+                        {
+                            "name": "captions",
+                            "datatype": "BYTES",
+                            "shape": [1],
+                            "data": ["a cat on a mat"],
+                        }
+                    ]
+                }
+            )
         if capability is Capability.RERANK:
             ranked = sorted(range(len(body["documents"])), key=lambda i: -len(body["documents"][i]))
-            return EngineResponse.json({"results": [{"index": i, "relevance_score": 1.0} for i in ranked[:body["top_n"]]]})
+            return EngineResponse.json(
+                {"results": [{"index": i, "relevance_score": 1.0} for i in ranked[: body["top_n"]]]}
+            )
         raise AssertionError(capability)
 
     async def status(self, route, timeout_s):
@@ -69,32 +105,69 @@ class StepEngines:
 def client() -> tuple[TestClient, StepEngines]:
     engines = StepEngines()
     pipelines = {p["model_id"]: PipelineConfig.model_validate(p) for p in PIPELINES}
-    return TestClient(create_router_app(RouterSettings(ROUTES, pipelines=pipelines), engines)), engines
+    return TestClient(
+        create_router_app(RouterSettings(ROUTES, pipelines=pipelines), engines)
+    ), engines
 
 
 def test_voice_chat_transcribes_answers_and_speaks():
     c, engines = client()
-    answer = c.post("/v1/pipelines", json={"model": "voice-chat", "audio": base64.b64encode(b"x" * 100).decode()})
+    answer = c.post(
+        "/v1/pipelines",
+        json={"model": "voice-chat", "audio": base64.b64encode(b"x" * 100).decode()},
+    )
     assert answer.status_code == 200, answer.text
     result = answer.json()
-    assert result["output"] == {"text": "reply to <heard 100 bytes>", "audio": base64.b64encode(WAV).decode(),
-                                "audio_format": "wav"}
-    assert [(s["task"], s["model"]) for s in result["steps"]] == [("transcribe", "asr"), ("chat", "llm"), ("speak", "tts")]
-    assert result["steps"][0]["output"] == {"text": "heard 100 bytes"} and all(s["latency_ms"] >= 0 for s in result["steps"])
+    assert result["output"] == {
+        "text": "reply to <heard 100 bytes>",
+        "audio": base64.b64encode(WAV).decode(),
+        "audio_format": "wav",
+    }
+    assert [(s["task"], s["model"]) for s in result["steps"]] == [
+        ("transcribe", "asr"),
+        ("chat", "llm"),
+        ("speak", "tts"),
+    ]
+    assert result["steps"][0]["output"] == {"text": "heard 100 bytes"} and all(
+        s["latency_ms"] >= 0 for s in result["steps"]
+    )
     chat = engines.calls[1][2]
-    assert chat["messages"] == [{"role": "system", "content": "Be brief."},
-                                {"role": "user", "content": "heard 100 bytes"}] and chat["max_tokens"] == 8
-    assert engines.calls[2][2] == {"model": "tts", "input": "reply to <heard 100 bytes>", "voice": "echo",
-                                   "response_format": "wav"}
+    assert (
+        chat["messages"]
+        == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "heard 100 bytes"},
+        ]
+        and chat["max_tokens"] == 8
+    )
+    assert engines.calls[2][2] == {
+        "model": "tts",
+        "input": "reply to <heard 100 bytes>",
+        "voice": "echo",
+        "response_format": "wav",
+    }
     timing = answer.headers["server-timing"].split(", ")
-    assert [t.split(";")[0] for t in timing] == ["step0", "step1", "step2"] and 'desc="chat llm"' in timing[1]
+    assert [t.split(";")[0] for t in timing] == [
+        "step0",
+        "step1",
+        "step2",
+    ] and 'desc="chat llm"' in timing[1]
 
 
 def test_rag_lite_answers_from_the_best_document():
     c, engines = client()
-    body = {"model": "rag-lite", "text": "what purrs?", "documents": ["short", "the longest document here", "mid one"]}
+    body = {
+        "model": "rag-lite",
+        "text": "what purrs?",
+        "documents": ["short", "the longest document here", "mid one"],
+    }
     result = c.post("/v1/pipelines", json=body).json()
-    assert engines.calls[0][2] == {"model": "ranker", "query": "what purrs?", "documents": body["documents"], "top_n": 1}
+    assert engines.calls[0][2] == {
+        "model": "ranker",
+        "query": "what purrs?",
+        "documents": body["documents"],
+        "top_n": 1,
+    }
     prompt = engines.calls[1][2]["messages"][-1]["content"]
     assert prompt == "Answer from this context:\nthe longest document here\n\nQuestion: what purrs?"
     assert result["output"]["context"] == "the longest document here"
@@ -111,21 +184,34 @@ def test_describe_image_takes_a_data_url_and_fills_the_prompt():
 def test_pipelines_are_models_of_their_own_type():
     c, _ = client()
     cards = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
-    assert cards["voice-chat"]["type"] == "pipeline" and cards["voice-chat"]["capabilities"] == ["pipeline"]
+    assert cards["voice-chat"]["type"] == "pipeline" and cards["voice-chat"]["capabilities"] == [
+        "pipeline"
+    ]
     assert cards["rag-lite"]["inputs"] == ["text", "documents"]
-    assert c.get("/v1/models/describe-image").json()["steps"][0] == {"task": "caption", "model": "captioner"}
+    assert c.get("/v1/models/describe-image").json()["steps"][0] == {
+        "task": "caption",
+        "model": "captioner",
+    }
 
 
-@pytest.mark.parametrize("body,status,code,param", [
-    ({"model": "nope", "text": "x"}, 404, "model_not_found", "model"),
-    ({"text": "x"}, 400, "missing_model", "model"),
-    ({"model": "voice-chat"}, 400, "missing_input", "audio"),
-    ({"model": "voice-chat", "audio": "not base64!"}, 400, None, "audio"),
-    ({"model": "voice-chat", "audio": "http://169.254.169.254/latest"}, 400, None, "audio"),  # not an allowed domain
-    ({"model": "voice-chat", "audio": "AAAA", "text": "x"}, 400, None, "text"),
-    ({"model": "rag-lite", "text": "q", "documents": "one string"}, 400, None, "documents"),
-    ({"model": "rag-lite", "text": "", "documents": ["a"]}, 400, None, "text"),
-])
+@pytest.mark.parametrize(
+    "body,status,code,param",
+    [
+        ({"model": "nope", "text": "x"}, 404, "model_not_found", "model"),
+        ({"text": "x"}, 400, "missing_model", "model"),
+        ({"model": "voice-chat"}, 400, "missing_input", "audio"),
+        ({"model": "voice-chat", "audio": "not base64!"}, 400, None, "audio"),
+        (
+            {"model": "voice-chat", "audio": "http://169.254.169.254/latest"},
+            400,
+            None,
+            "audio",
+        ),  # not an allowed domain
+        ({"model": "voice-chat", "audio": "AAAA", "text": "x"}, 400, None, "text"),
+        ({"model": "rag-lite", "text": "q", "documents": "one string"}, 400, None, "documents"),
+        ({"model": "rag-lite", "text": "", "documents": ["a"]}, 400, None, "text"),
+    ],
+)
 def test_bad_requests_fail_before_any_step(body, status, code, param):
     c, engines = client()
     assert_openai_error(c.post("/v1/pipelines", json=body), status, code, param)
@@ -148,21 +234,39 @@ def test_a_pipeline_past_its_timeout_is_a_504_naming_the_step():
 
 def test_a_step_whose_model_is_not_deployed_is_a_503():
     c, _ = client()
-    assert_openai_error(c.post("/v1/pipelines", json={"model": "gone", "text": "hi"}), 503, "model_unavailable")
+    assert_openai_error(
+        c.post("/v1/pipelines", json={"model": "gone", "text": "hi"}), 503, "model_unavailable"
+    )
 
 
 def test_the_flow_is_checked_when_the_config_loads():
     with pytest.raises(ValueError, match=r"steps\[1\]: a 'caption' step needs image"):
-        PipelineConfig.model_validate({"model_id": "p", "steps": [{"task": "chat", "model": "llm"},
-                                                                  {"task": "caption", "model": "c"}]})
+        PipelineConfig.model_validate(
+            {
+                "model_id": "p",
+                "steps": [{"task": "chat", "model": "llm"}, {"task": "caption", "model": "c"}],
+            }
+        )
     with pytest.raises(ValueError, match="voice do\\(es\\) not apply to a 'chat' step"):
-        PipelineConfig.model_validate({"model_id": "p", "steps": [{"task": "chat", "model": "llm", "voice": "x"}]})
-    assert json.loads(PipelineConfig.model_validate(PIPELINES[0]).model_dump_json())["timeout_s"] == 120
+        PipelineConfig.model_validate(
+            {"model_id": "p", "steps": [{"task": "chat", "model": "llm", "voice": "x"}]}
+        )
+    assert (
+        json.loads(PipelineConfig.model_validate(PIPELINES[0]).model_dump_json())["timeout_s"]
+        == 120
+    )
 
 
 def test_ready_lists_each_pipeline_ready_when_its_steps_models_are():
     c, _ = client()
     body = c.get("/ready").json()
-    assert body["pipelines"]["voice-chat"] == {"ready": True, "phase": "ready", "phase_detail": "3 steps ready"}
-    assert body["pipelines"]["gone"]["ready"] is False and "not-deployed" in body["pipelines"]["gone"]["phase_detail"]
+    assert body["pipelines"]["voice-chat"] == {
+        "ready": True,
+        "phase": "ready",
+        "phase_detail": "3 steps ready",
+    }
+    assert (
+        body["pipelines"]["gone"]["ready"] is False
+        and "not-deployed" in body["pipelines"]["gone"]["phase_detail"]
+    )
     assert body["status"] == "not_ready"  # a pipeline of the config cannot run

@@ -9,18 +9,26 @@ from deploy_app import main
 
 
 def _vllm(model_id: str) -> dict:
-    return {"model_loading_config": {"model_id": model_id, "model_source": "org/llm", "type": "vllm"}}
+    return {
+        "model_loading_config": {"model_id": model_id, "model_source": "org/llm", "type": "vllm"}
+    }
 
 
 def _vision(model_id: str, group: str | None = None) -> dict:
-    entry = {"model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
-             "engine_kwargs": {"task": "image-classification"}}
+    entry = {
+        "model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
+        "engine_kwargs": {"task": "image-classification"},
+    }
     return {**entry, "group": group} if group else entry
 
 
 def _platform(name: str, route_prefix: str, models: list[dict], **args) -> dict:
-    return {"name": name, "route_prefix": route_prefix, "import_path": "builders.app_builder:build_app",
-            "args": {"models": models, **args}}
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": "builders.app_builder:build_app",
+        "args": {"models": models, **args},
+    }
 
 
 def _render(*apps: dict) -> dict:
@@ -30,8 +38,16 @@ def _render(*apps: dict) -> dict:
 
 
 def test_each_model_is_an_application_named_after_its_platform():
-    apps = _render(_platform("platform", "/", [_vllm("chat"), _vision("a", "pair"), _vision("b", "pair")],
-                             groups=[{"name": "pair"}], api_keys=[{"name": "k", "key_env": "K"}], router={"max_request_bytes": 1024}))
+    apps = _render(
+        _platform(
+            "platform",
+            "/",
+            [_vllm("chat"), _vision("a", "pair"), _vision("b", "pair")],
+            groups=[{"name": "pair"}],
+            api_keys=[{"name": "k", "key_env": "K"}],
+            router={"max_request_bytes": 1024},
+        )
+    )
     assert set(apps) == {"platform", "platform.chat", "platform.pair"}
     router = apps["platform"]
     assert router.import_path == "builders.app_builder:build_router" and "models" not in router.args
@@ -41,21 +57,36 @@ def test_each_model_is_an_application_named_after_its_platform():
     assert [m["model_loading_config"]["model_id"] for m in pair.args["models"]] == ["a", "b"]
     for app in (chat, pair):
         assert app.import_path == "builders.app_builder:build_model_app"
-        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == [{"name": "k", "key_env": "K"}]
+        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == [
+            {"name": "k", "key_env": "K"}
+        ]
         assert app.args["router"] == {"max_request_bytes": 1024}
 
 
 def test_a_platform_may_share_its_name_with_a_model_and_its_models_with_another_platform():
-    apps = _render(_platform("chat", "/a", [_vllm("chat")]), _platform("other", "/b", [_vllm("chat")]))
+    apps = _render(
+        _platform("chat", "/a", [_vllm("chat")]), _platform("other", "/b", [_vllm("chat")])
+    )
     assert set(apps) == {"chat", "chat.chat", "other", "other.chat"}
-    assert apps["chat.chat"].route_prefix == "/a/models/chat" and apps["other.chat"].route_prefix == "/b/models/chat"
+    assert (
+        apps["chat.chat"].route_prefix == "/a/models/chat"
+        and apps["other.chat"].route_prefix == "/b/models/chat"
+    )
 
 
 def test_a_rendered_clash_is_a_config_error_before_anything_starts(tmp_path, capsys):
     # The platform "p" at "/a" and a second platform named like p's rendered model application.
     path = tmp_path / "clash.yaml"
-    path.write_text(yaml.safe_dump({"applications": [_platform("p", "/a", [_vllm("x")]),
-                                                     _platform("p.x", "/b", [_vision("y")])]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    _platform("p", "/a", [_vllm("x")]),
+                    _platform("p.x", "/b", [_vision("y")]),
+                ]
+            }
+        )
+    )
     assert main(["--config", str(path), "--render"]) == 1
     error = capsys.readouterr().err
     assert 'multiple configs for application "p.x"' in error and "see --render" in error
@@ -69,23 +100,46 @@ def test_the_one_hop_prefix_sits_under_the_platform_route(route_prefix, expected
 def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
     """Serve versions an application by its args: the timeout rides in the deployment's
     user_config instead, so editing it reconfigures the replicas without restarting them."""
+
     def chat_app(timeout_s: float):
-        apps = _render(_platform("p", "/", [_vllm("chat"), _vision("v")], router={"request_timeout_s": timeout_s}))
-        assert not apps["p.v"].deployments  # no HTTP path of its own: the router's timeout covers it
+        apps = _render(
+            _platform(
+                "p", "/", [_vllm("chat"), _vision("v")], router={"request_timeout_s": timeout_s}
+            )
+        )
+        assert not apps[
+            "p.v"
+        ].deployments  # no HTTP path of its own: the router's timeout covers it
         return apps["p.chat"]
 
     short, long = chat_app(0.5), chat_app(30)
-    assert [(d.name, d.user_config) for d in short.deployments] == [("chat", {"request_timeout_s": 0.5})]
+    assert [(d.name, d.user_config) for d in short.deployments] == [
+        ("chat", {"request_timeout_s": 0.5})
+    ]
     assert long.deployments[0].user_config == {"request_timeout_s": 30}
     assert short.args == long.args
 
 
 def test_the_config_files_name_reaches_the_router_alone():
-    raw = {"applications": [{**_platform("platform", "/", [_vllm("chat")]), "runtime_env": {"env_vars": {"A": "1"}}}]}
+    raw = {
+        "applications": [
+            {**_platform("platform", "/", [_vllm("chat")]), "runtime_env": {"env_vars": {"A": "1"}}}
+        ]
+    }
     _, loaded = validate_serve_config(raw)
-    apps = {app.name: app for app in rendered_schema(render_serve_config(raw, loaded, "model_config.yaml")).applications}
-    assert apps["platform"].runtime_env["env_vars"] == {"A": "1", "PLATFORM_CONFIG_FILE": "model_config.yaml"}
-    assert apps["platform.chat"].runtime_env["env_vars"] == {"A": "1"}  # renaming the file restarts no model
+    apps = {
+        app.name: app
+        for app in rendered_schema(
+            render_serve_config(raw, loaded, "model_config.yaml")
+        ).applications
+    }
+    assert apps["platform"].runtime_env["env_vars"] == {
+        "A": "1",
+        "PLATFORM_CONFIG_FILE": "model_config.yaml",
+    }
+    assert apps["platform.chat"].runtime_env["env_vars"] == {
+        "A": "1"
+    }  # renaming the file restarts no model
     assert raw["applications"][0]["runtime_env"]["env_vars"] == {"A": "1"}
 
 
@@ -96,12 +150,21 @@ def test_a_vllm_application_is_stamped_with_the_vllm_that_checked_its_engine_kwa
 
     apps = _render(_platform("p", "/", [_vllm("chat"), _vision("v")]))
     assert apps["p.chat"].args["engine_kwargs_checked_by"] == installed_vllm() is not None
-    assert "engine_kwargs_checked_by" not in apps["p.v"].args  # an upgrade of vLLM restarts no other model
+    assert (
+        "engine_kwargs_checked_by" not in apps["p.v"].args
+    )  # an upgrade of vLLM restarts no other model
 
-    misspelt = {"models": [{**_vllm("chat"), "engine_kwargs": {"max_num_seqz": 4}}], "platform_app": "p"}
+    misspelt = {
+        "models": [{**_vllm("chat"), "engine_kwargs": {"max_num_seqz": 4}}],
+        "platform_app": "p",
+    }
     with pytest.raises(ConfigError, match=r"models\[0\]\.engine_kwargs\.max_num_seqz: unknown key"):
-        load_platform_config({**misspelt, "engine_kwargs_checked_by": "vllm==0.0.1"})  # another vLLM: checked
+        load_platform_config(
+            {**misspelt, "engine_kwargs_checked_by": "vllm==0.0.1"}
+        )  # another vLLM: checked
     imported = []
     monkeypatch.setattr("configs.vllm_models.vllm_engine_kwargs_model", lambda: imported.append(1))
-    load_platform_config({**misspelt, "engine_kwargs_checked_by": installed_vllm()})  # this vLLM: already checked
+    load_platform_config(
+        {**misspelt, "engine_kwargs_checked_by": installed_vllm()}
+    )  # this vLLM: already checked
     assert imported == []

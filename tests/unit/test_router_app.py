@@ -6,30 +6,45 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
+from common.upload_sizes import FORM_OVERHEAD_BYTES
 from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.platform_status import ModelPhase
 from serve.router.app import create_router_app
 from serve.router.errors import APIError
-from common.upload_sizes import FORM_OVERHEAD_BYTES
 from serve.router.routing import ModelRoute, RouterSettings, model_state
-from common.engine_response import EngineResponse
 
 ROUTES = {
     "chat": ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT, Capability.COMPLETIONS), 256),
     "embed": ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,)),
-    "asr": ModelRoute("asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000),
+    "asr": ModelRoute(
+        "asr", "audio", "asr-dep", (Capability.TRANSCRIPTION,), max_upload_bytes=1000
+    ),
 }
 ROUTES["chat:sql"] = ROUTES["chat"].variant_route("sql")
-_TENSORS = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}]}
+_TENSORS = {
+    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}],
+}
 TENSOR_ROUTES = dict(ROUTES)
-TENSOR_ROUTES["vit"] = ModelRoute("vit", "vision", "vit-dep", (Capability.IMAGE_CLASSIFICATION,), max_upload_bytes=1000,
-                           tensors=_TENSORS)
-TENSOR_ROUTES["big"] = ModelRoute("big", "video", "big-dep", (Capability.VIDEO_CLASSIFICATION,),
-                           max_upload_bytes=50 * 1024 * 1024, tensors={**_TENSORS, "inputs": [
-                               {"name": "video", "datatype": "BYTES", "shape": [-1]}]})
+TENSOR_ROUTES["vit"] = ModelRoute(
+    "vit",
+    "vision",
+    "vit-dep",
+    (Capability.IMAGE_CLASSIFICATION,),
+    max_upload_bytes=1000,
+    tensors=_TENSORS,
+)
+TENSOR_ROUTES["big"] = ModelRoute(
+    "big",
+    "video",
+    "big-dep",
+    (Capability.VIDEO_CLASSIFICATION,),
+    max_upload_bytes=50 * 1024 * 1024,
+    tensors={**_TENSORS, "inputs": [{"name": "video", "datatype": "BYTES", "shape": [-1]}]},
+)
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -46,7 +61,9 @@ class FakeEngines:
         self.request_ids.append(current_request_id.get())
         self.calls.append((deployment, capability, body))
         self.variants.append(route.variant)
-        return self.refuse or EngineResponse.json({"deployment": deployment, "capability": capability.value})
+        return self.refuse or EngineResponse.json(
+            {"deployment": deployment, "capability": capability.value}
+        )
 
     async def stream(self, route, capability, body):
         deployment = route.deployment_name
@@ -71,9 +88,19 @@ class FakeEngines:
         return None if route.deployment_name == "embed-dep" else {"unfinished_requests": 0}
 
     async def phases(self):
-        return {"embed": ModelPhase("platform.embed-dep", ("embed",), "waiting",
-                                    "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0", 0, 1),
-                "chat": ModelPhase("platform.chat-dep", ("chat",), "ready", "2/2 replicas running", 2, 2)}
+        return {
+            "embed": ModelPhase(
+                "platform.embed-dep",
+                ("embed",),
+                "waiting",
+                "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0",
+                0,
+                1,
+            ),
+            "chat": ModelPhase(
+                "platform.chat-dep", ("chat",), "ready", "2/2 replicas running", 2, 2
+            ),
+        }
 
 
 def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
@@ -84,8 +111,15 @@ def client(routes=ROUTES, **settings) -> tuple[TestClient, FakeEngines]:
 def assert_openai_error(response, status, code=None, param=None):
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert {"message", "type", "param", "code"} <= set(error) <= {"message", "type", "param", "code", "request_id"}
-    assert error.get("request_id", response.headers["x-request-id"]) == response.headers["x-request-id"]
+    assert (
+        {"message", "type", "param", "code"}
+        <= set(error)
+        <= {"message", "type", "param", "code", "request_id"}
+    )
+    assert (
+        error.get("request_id", response.headers["x-request-id"])
+        == response.headers["x-request-id"]
+    )
     assert error["message"]
     if code is not None:
         assert error["code"] == code
@@ -95,26 +129,44 @@ def assert_openai_error(response, status, code=None, param=None):
 
 def test_routes_by_model_and_capability():
     c, engines = client()
-    assert c.post("/v1/chat/completions", json=CHAT).json() == {"deployment": "chat-dep", "capability": "chat"}
-    assert c.post("/v1/embeddings", json={"model": "embed", "input": "x"}).json()["deployment"] == "embed-dep"
+    assert c.post("/v1/chat/completions", json=CHAT).json() == {
+        "deployment": "chat-dep",
+        "capability": "chat",
+    }
+    assert (
+        c.post("/v1/embeddings", json={"model": "embed", "input": "x"}).json()["deployment"]
+        == "embed-dep"
+    )
     assert [call[1] for call in engines.calls] == [Capability.CHAT, Capability.EMBEDDINGS]
 
 
-RERANKER = ModelRoute("reranker", "vllm", "reranker-dep",
-                      (Capability.RERANK, Capability.SCORE, Capability.CLASSIFY, Capability.TOKENIZE,
-                       Capability.DETOKENIZE))
+RERANKER = ModelRoute(
+    "reranker",
+    "vllm",
+    "reranker-dep",
+    (
+        Capability.RERANK,
+        Capability.SCORE,
+        Capability.CLASSIFY,
+        Capability.TOKENIZE,
+        Capability.DETOKENIZE,
+    ),
+)
 
 
-@pytest.mark.parametrize("path,body,capability", [
-    ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": 1}, Capability.RERANK),
-    ("/rerank", {"query": "q", "documents": ["a"]}, Capability.RERANK),
-    ("/v1/score", {"queries": "q", "documents": ["a", "b"]}, Capability.SCORE),
-    ("/score", {"text_1": "q", "text_2": "a"}, Capability.SCORE),
-    ("/classify", {"input": ["x", "y"]}, Capability.CLASSIFY),
-    ("/tokenize", {"prompt": "hello"}, Capability.TOKENIZE),
-    ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, Capability.TOKENIZE),
-    ("/detokenize", {"tokens": [1, 2]}, Capability.DETOKENIZE),
-])
+@pytest.mark.parametrize(
+    "path,body,capability",
+    [
+        ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": 1}, Capability.RERANK),
+        ("/rerank", {"query": "q", "documents": ["a"]}, Capability.RERANK),
+        ("/v1/score", {"queries": "q", "documents": ["a", "b"]}, Capability.SCORE),
+        ("/score", {"text_1": "q", "text_2": "a"}, Capability.SCORE),
+        ("/classify", {"input": ["x", "y"]}, Capability.CLASSIFY),
+        ("/tokenize", {"prompt": "hello"}, Capability.TOKENIZE),
+        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, Capability.TOKENIZE),
+        ("/detokenize", {"tokens": [1, 2]}, Capability.DETOKENIZE),
+    ],
+)
 def test_vllms_other_endpoints_reach_the_model_that_serves_them(path, body, capability):
     c, engines = client({**ROUTES, "reranker": RERANKER})
     answer = c.post(path, json={"model": "reranker", **body})
@@ -122,10 +174,13 @@ def test_vllms_other_endpoints_reach_the_model_that_serves_them(path, body, capa
     assert engines.calls == [("reranker-dep", capability, {"model": "reranker", **body})]
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/rerank", {"model": "chat", "query": "q", "documents": ["a"]}),
-    ("/tokenize", {"model": "asr", "prompt": "x"}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/rerank", {"model": "chat", "query": "q", "documents": ["a"]}),
+        ("/tokenize", {"model": "asr", "prompt": "x"}),
+    ],
+)
 def test_an_endpoint_a_model_does_not_serve_is_a_400_before_any_engine(path, body):
     c, engines = client({**ROUTES, "reranker": RERANKER})
     assert_openai_error(c.post(path, json=body), 400, "unsupported_endpoint", "model")
@@ -140,9 +195,13 @@ def test_a_variant_is_named_by_model_or_by_serves_multiplexed_header():
     assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert engines.variants == ["sql", "sql", None]
     assert [call[2]["model"] for call in engines.calls] == ["chat:sql", "chat:sql", "chat"]
-    assert_openai_error(c.post("/v1/chat/completions", json={**CHAT, "model": "chat:nope"}), 404, "model_not_found")
+    assert_openai_error(
+        c.post("/v1/chat/completions", json={**CHAT, "model": "chat:nope"}), 404, "model_not_found"
+    )
     unknown = {"serve_multiplexed_model_id": "nope"}
-    assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=unknown), 404, "model_not_found")
+    assert_openai_error(
+        c.post("/v1/chat/completions", json=CHAT, headers=unknown), 404, "model_not_found"
+    )
     assert len(engines.calls) == 3
 
 
@@ -156,12 +215,15 @@ def test_models_list_and_card():
     assert_openai_error(c.get("/v1/models/nope"), 404, "model_not_found")
 
 
-@pytest.mark.parametrize("body,status,code,param", [
-    ({**CHAT, "model": "nope"}, 404, "model_not_found", "model"),
-    ({k: v for k, v in CHAT.items() if k != "model"}, 400, "missing_model", "model"),
-    ({**CHAT, "model": "embed"}, 400, "unsupported_endpoint", "model"),
-    ({**CHAT, "max_tokens": 100000}, 400, "context_length_exceeded", "max_tokens"),
-])
+@pytest.mark.parametrize(
+    "body,status,code,param",
+    [
+        ({**CHAT, "model": "nope"}, 404, "model_not_found", "model"),
+        ({k: v for k, v in CHAT.items() if k != "model"}, 400, "missing_model", "model"),
+        ({**CHAT, "model": "embed"}, 400, "unsupported_endpoint", "model"),
+        ({**CHAT, "max_tokens": 100000}, 400, "context_length_exceeded", "max_tokens"),
+    ],
+)
 def test_requests_the_router_can_refuse_never_reach_an_engine(body, status, code, param):
     c, engines = client()
     assert_openai_error(c.post("/v1/chat/completions", json=body), status, code, param)
@@ -194,15 +256,22 @@ def test_stream_is_relayed_and_early_errors_keep_their_status():
         body = "".join(response.iter_text())
     assert body == "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
     assert engines.closed.is_set()
-    assert_openai_error(c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 1}),
-                        400, param="max_tokens")
+    assert_openai_error(
+        c.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 1}),
+        400,
+        param="max_tokens",
+    )
 
 
-@pytest.mark.parametrize("max_tokens,status,code", [(2, "service_unavailable_error", "model_unavailable"),
-                                                     (3, "timeout_error", "timeout")])
+@pytest.mark.parametrize(
+    "max_tokens,status,code",
+    [(2, "service_unavailable_error", "model_unavailable"), (3, "timeout_error", "timeout")],
+)
 def test_a_stream_that_fails_midway_ends_with_an_error_event(max_tokens, status, code):
     c, engines = client()
-    with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": max_tokens}) as response:
+    with c.stream(
+        "POST", "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": max_tokens}
+    ) as response:
         assert response.status_code == 200
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
     assert events[0] == "0" and events[-1] == "[DONE]"
@@ -216,23 +285,41 @@ def test_api_keys_guard_everything_but_liveness():
     c, engines = client(api_keys=(APIKey("k1", "one"), APIKey("k2", "two")))
     assert c.get("/health").status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
-        assert_openai_error(c.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
+        assert_openai_error(
+            c.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key"
+        )
         assert_openai_error(c.get("/v1/models", headers=headers), 401)
         for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/chat"):
             refused = c.get(path, headers=headers)  # in the Open Inference Protocol's error shape
             assert refused.status_code == 401 and isinstance(refused.json()["error"], str), path
     assert engines.calls == []
     assert c.get("/v2/health/live", headers={"Authorization": "Bearer k1"}).json() == {"live": True}
-    assert c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k2"}).status_code == 200
+    assert (
+        c.post(
+            "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k2"}
+        ).status_code
+        == 200
+    )
 
 
 def test_cors_only_for_listed_origins():
-    c, _ = client(cors={"allow_origins": ["https://app.example"], "allow_credentials": True,
-                        "allow_methods": ["POST"], "allow_headers": ["Authorization", "Content-Type"]})
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    c, _ = client(
+        cors={
+            "allow_origins": ["https://app.example"],
+            "allow_credentials": True,
+            "allow_methods": ["POST"],
+            "allow_headers": ["Authorization", "Content-Type"],
+        }
+    )
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     ok = c.options("/v1/chat/completions", headers={"Origin": "https://app.example", **preflight})
     assert ok.headers["access-control-allow-origin"] == "https://app.example"
-    evil = c.options("/v1/chat/completions", headers={"Origin": "https://evil.example", **preflight})
+    evil = c.options(
+        "/v1/chat/completions", headers={"Origin": "https://evil.example", **preflight}
+    )
     assert "access-control-allow-origin" not in evil.headers
 
 
@@ -241,11 +328,21 @@ def test_readiness_names_each_model():
     response = c.get("/ready")
     assert response.status_code == 503
     assert response.json()["models"] == {
-        "chat": {"ready": True, "phase": "ready", "unfinished_requests": 0, "phase_detail": "2/2 replicas running",
-                 "replicas": {"running": 2, "target": 2}},
-        "embed": {"ready": False, "phase": "waiting", "replicas": {"running": 0, "target": 1},
-                  "phase_detail": "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0"},
-        "asr": {"ready": True, "phase": "ready", "unfinished_requests": 0}}  # no word from the controller
+        "chat": {
+            "ready": True,
+            "phase": "ready",
+            "unfinished_requests": 0,
+            "phase_detail": "2/2 replicas running",
+            "replicas": {"running": 2, "target": 2},
+        },
+        "embed": {
+            "ready": False,
+            "phase": "waiting",
+            "replicas": {"running": 0, "target": 1},
+            "phase_detail": "1 replica(s) not placed: needs GPU 1; largest free on a node: GPU 0",
+        },
+        "asr": {"ready": True, "phase": "ready", "unfinished_requests": 0},
+    }  # no word from the controller
 
 
 def upload(test_client, data=None, files=None, path="/v1/audio/transcriptions"):
@@ -254,9 +351,16 @@ def upload(test_client, data=None, files=None, path="/v1/audio/transcriptions"):
 
 def test_upload_forwards_file_and_fields_with_repeated_fields_as_lists():
     test_client, engines = client()
-    response = upload(test_client, {"model": "asr", "response_format": "verbose_json", "temperature": "0.2",
-                                    "timestamp_granularities[]": ["word", "segment"]},
-                      {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")})
+    response = upload(
+        test_client,
+        {
+            "model": "asr",
+            "response_format": "verbose_json",
+            "temperature": "0.2",
+            "timestamp_granularities[]": ["word", "segment"],
+        },
+        {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")},
+    )
     assert response.status_code == 200, response.text
     deployment, capability, body = engines.calls[-1]
     assert (deployment, capability) == ("asr-dep", Capability.TRANSCRIPTION)
@@ -264,14 +368,17 @@ def test_upload_forwards_file_and_fields_with_repeated_fields_as_lists():
     assert body["timestamp_granularities"] == ["word", "segment"] and body["temperature"] == "0.2"
 
 
-@pytest.mark.parametrize("data,files,status,code,param", [
-    ({"model": "asr"}, None, 400, "invalid_content_type", None),  # urlencoded, not multipart
-    ({"model": "asr"}, {"other": ("a.wav", b"x")}, 400, None, "other"),
-    ({"model": "asr"}, {"file": ("a.wav", b"")}, 400, "empty_file", "file"),
-    ({"model": "asr"}, {"file": ("a.wav", b"x" * 1001)}, 413, "file_too_large", "file"),
-    ({"model": "chat"}, {"file": ("a.wav", b"x")}, 400, "unsupported_endpoint", "model"),
-    ({}, {"file": ("a.wav", b"x")}, 400, "missing_model", "model"),
-])
+@pytest.mark.parametrize(
+    "data,files,status,code,param",
+    [
+        ({"model": "asr"}, None, 400, "invalid_content_type", None),  # urlencoded, not multipart
+        ({"model": "asr"}, {"other": ("a.wav", b"x")}, 400, None, "other"),
+        ({"model": "asr"}, {"file": ("a.wav", b"")}, 400, "empty_file", "file"),
+        ({"model": "asr"}, {"file": ("a.wav", b"x" * 1001)}, 413, "file_too_large", "file"),
+        ({"model": "chat"}, {"file": ("a.wav", b"x")}, 400, "unsupported_endpoint", "model"),
+        ({}, {"file": ("a.wav", b"x")}, 400, "missing_model", "model"),
+    ],
+)
 def test_bad_uploads_are_refused_before_the_engine(data, files, status, code, param):
     test_client, engines = client()
     assert_openai_error(upload(test_client, data, files), status, code, param)
@@ -281,18 +388,31 @@ def test_bad_uploads_are_refused_before_the_engine(data, files, status, code, pa
 def test_upload_body_is_capped_while_it_streams():
     test_client, engines = client(max_request_bytes=1024)
     big = b"x" * (FORM_OVERHEAD_BYTES + 4096)
-    assert_openai_error(upload(test_client, files={"file": ("a.wav", big)}), 413, "request_too_large")
+    assert_openai_error(
+        upload(test_client, files={"file": ("a.wav", big)}), 413, "request_too_large"
+    )
     assert engines.calls == []
 
 
 def test_speech_is_json_and_checked_against_the_protocol():
     test_client, engines = client()
-    bad = test_client.post("/v1/audio/speech", json={"model": "asr", "input": "hi", "voice": "alloy"})
+    bad = test_client.post(
+        "/v1/audio/speech", json={"model": "asr", "input": "hi", "voice": "alloy"}
+    )
     assert_openai_error(bad, 400, "unsupported_endpoint")
 
 
 def _infer(elements: list[str], shape: list[int] | None = None) -> dict:
-    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape or [len(elements)], "data": elements}]}
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": shape or [len(elements)],
+                "data": elements,
+            }
+        ]
+    }
 
 
 def test_a_v2_body_is_limited_by_its_own_model_not_the_largest_one():
@@ -304,25 +424,33 @@ def test_a_v2_body_is_limited_by_its_own_model_not_the_largest_one():
 
 
 def settings_limit(model: str) -> int:
-    return RouterSettings(TENSOR_ROUTES, max_request_bytes=2048).tensor_request_bytes(TENSOR_ROUTES[model])
+    return RouterSettings(TENSOR_ROUTES, max_request_bytes=2048).tensor_request_bytes(
+        TENSOR_ROUTES[model]
+    )
 
 
 def test_the_shape_is_checked_before_any_url_is_fetched():
     c, engines = client(TENSOR_ROUTES)
     urls = ["https://images.example.com/a.png"] * 3
     response = c.post("/v2/models/vit/infer", json=_infer(urls, shape=[1]))
-    assert response.status_code == 400 and "has shape [1] but 3 elements" in response.json()["error"]
+    assert (
+        response.status_code == 400 and "has shape [1] but 3 elements" in response.json()["error"]
+    )
 
 
 def test_uploads_past_the_routers_memory_are_a_503_at_once():
     c, engines = client(TENSOR_ROUTES, max_upload_memory_bytes=100_000)
     body = json.dumps(_infer(["QUJD" * 40_000])).encode()  # 160 kB: more than the router may hold
-    response = c.post("/v2/models/vit/infer", content=body, headers={"Content-Type": "application/json"})
+    response = c.post(
+        "/v2/models/vit/infer", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     small = c.post("/v2/models/vit/infer", json=_infer(["QUJD"], shape=[2]))
     assert small.status_code == 400  # not 503: the reservation was returned
     files = {"file": ("a.wav", b"x" * 150_000, "audio/wav")}
-    assert_openai_error(c.post("/v1/audio/transcriptions", data={"model": "asr"}, files=files), 503, "server_busy")
+    assert_openai_error(
+        c.post("/v1/audio/transcriptions", data={"model": "asr"}, files=files), 503, "server_busy"
+    )
 
 
 def test_upload_memory_is_returned_when_a_request_ends():
@@ -342,23 +470,47 @@ def test_upload_memory_is_returned_when_a_request_ends():
 
 
 def test_a_scoped_key_uses_only_its_models():
-    c, engines = client(TENSOR_ROUTES, api_keys=(APIKey("chat-only", "team-a", ("chat",)), APIKey("all", "ops")))
+    c, engines = client(
+        TENSOR_ROUTES, api_keys=(APIKey("chat-only", "team-a", ("chat",)), APIKey("all", "ops"))
+    )
     scoped, everything = {"Authorization": "Bearer chat-only"}, {"Authorization": "Bearer all"}
     assert c.post("/v1/chat/completions", json=CHAT, headers=scoped).status_code == 200
-    assert c.post("/v1/chat/completions", json={**CHAT, "model": "chat:sql"}, headers=scoped).status_code == 200
-    assert_openai_error(c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=scoped),
-                        403, "model_not_allowed", "model")
-    assert [m["id"] for m in c.get("/v1/models", headers=scoped).json()["data"]] == ["chat", "chat:sql"]
+    assert (
+        c.post(
+            "/v1/chat/completions", json={**CHAT, "model": "chat:sql"}, headers=scoped
+        ).status_code
+        == 200
+    )
+    assert_openai_error(
+        c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=scoped),
+        403,
+        "model_not_allowed",
+        "model",
+    )
+    assert [m["id"] for m in c.get("/v1/models", headers=scoped).json()["data"]] == [
+        "chat",
+        "chat:sql",
+    ]
     assert_openai_error(c.get("/v1/models/embed", headers=scoped), 403, "model_not_allowed")
-    assert "embed" not in c.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=scoped).text
+    assert (
+        "embed"
+        not in c.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=scoped).text
+    )
     assert set(c.get("/ready", headers=scoped).json()["models"]) == {"chat"}
     refused = c.post("/v2/models/vit/infer", json=_infer(["QUJD"]), headers=scoped)
     assert refused.status_code == 403 and "may not use model 'vit'" in refused.json()["error"]
-    assert c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=everything).status_code == 200
+    assert (
+        c.post(
+            "/v1/embeddings", json={"model": "embed", "input": "x"}, headers=everything
+        ).status_code
+        == 200
+    )
     assert len(c.get("/v1/models", headers=everything).json()["data"]) == len(TENSOR_ROUTES)
 
 
-@pytest.mark.parametrize("sent,kept", [("client-42", True), ("a" * 129, False), ("has space", False), (None, False)])
+@pytest.mark.parametrize(
+    "sent,kept", [("client-42", True), ("a" * 129, False), ("has space", False), (None, False)]
+)
 def test_every_answer_carries_the_request_id_and_the_engine_gets_it(sent, kept):
     http, engines = client()
     headers = {"X-Request-Id": sent} if sent else {}
@@ -370,7 +522,9 @@ def test_every_answer_carries_the_request_id_and_the_engine_gets_it(sent, kept):
         assert request_id == sent == refused.json()["error"]["request_id"]
     else:
         assert answered.headers["x-request-id"] == request_id != sent and len(request_id) == 32
-        assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"] != request_id
+        assert (
+            refused.json()["error"]["request_id"] == refused.headers["x-request-id"] != request_id
+        )
 
 
 def test_the_console_is_three_files_under_a_strict_policy_and_needs_no_key():
@@ -378,8 +532,14 @@ def test_the_console_is_three_files_under_a_strict_policy_and_needs_no_key():
     page = c.get("/console")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
-    assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
-    assert "<script src=\"console/console.js\"" in page.text and "<script>" not in page.text  # no inline script
+    assert (
+        "script-src 'self'" in policy
+        and "default-src 'none'" in policy
+        and "unsafe-inline" not in policy
+    )
+    assert (
+        '<script src="console/console.js"' in page.text and "<script>" not in page.text
+    )  # no inline script
     assert c.get("/console/console.js").headers["content-type"].startswith("text/javascript")
     assert c.get("/console/console.css").headers["content-type"].startswith("text/css")
     for other in ("/console/console.html", "/console/..%2Fapp.py", "/console/secrets.txt"):
@@ -390,7 +550,14 @@ def test_the_console_is_three_files_under_a_strict_policy_and_needs_no_key():
 
 def test_a_group_member_reports_its_own_counters_and_its_group():
     placement = {"actor_id": "a1"}
-    group = {"engines": {"b": {"requests_total": 2}, "a": {"requests_total": 5}}, "placement": placement}
-    assert model_state("a", group) == {"requests_total": 5, "placement": placement, "group_models": ["a", "b"]}
+    group = {
+        "engines": {"b": {"requests_total": 2}, "a": {"requests_total": 5}},
+        "placement": placement,
+    }
+    assert model_state("a", group) == {
+        "requests_total": 5,
+        "placement": placement,
+        "group_models": ["a", "b"],
+    }
     assert model_state("c", {"requests_total": 1}) == {"requests_total": 1}  # a model of its own
     assert model_state("c", None) == {}  # no replica answered

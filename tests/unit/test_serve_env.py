@@ -6,23 +6,40 @@ from pathlib import Path
 
 import psutil
 
-from common.serve_env import (HAPROXY_WRAPPER, STREAMING_ENV, apply_streaming_env, haproxy_binary_env, haproxy_files_env,
-                               haproxy_threads_env, stop_leftover_haproxy, with_replica_env)
+from common.serve_env import (
+    HAPROXY_WRAPPER,
+    STREAMING_ENV,
+    apply_streaming_env,
+    haproxy_binary_env,
+    haproxy_files_env,
+    haproxy_threads_env,
+    stop_leftover_haproxy,
+    with_replica_env,
+)
 
 
 def test_application_runtime_env_is_kept_and_the_deployment_wins(monkeypatch):
     monkeypatch.delenv("PLATFORM_STREAM_INTERVAL_MS", raising=False)
-    app_env = {"working_dir": "s3://bucket/code.zip", "env_vars": {"HF_TOKEN": "t", "PLATFORM_STREAM_INTERVAL_MS": "20"}}
+    app_env = {
+        "working_dir": "s3://bucket/code.zip",
+        "env_vars": {"HF_TOKEN": "t", "PLATFORM_STREAM_INTERVAL_MS": "20"},
+    }
     options = with_replica_env(
-        {"num_cpus": 1, "runtime_env": {"pip": ["x"], "env_vars": {"HF_TOKEN": "mine"}}}, inherited=app_env)
+        {"num_cpus": 1, "runtime_env": {"pip": ["x"], "env_vars": {"HF_TOKEN": "mine"}}},
+        inherited=app_env,
+    )
     runtime_env = options["runtime_env"]
     assert options["num_cpus"] == 1
     assert runtime_env["working_dir"] == "s3://bucket/code.zip" and runtime_env["pip"] == ["x"]
     assert runtime_env["env_vars"]["HF_TOKEN"] == "mine"
     assert runtime_env["env_vars"]["PLATFORM_STREAM_INTERVAL_MS"] == "20"
-    assert runtime_env["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == \
-        STREAMING_ENV["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"]
-    assert "RAY_worker_niceness" not in runtime_env["env_vars"]  # a raylet setting, not a replica one
+    assert (
+        runtime_env["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"]
+        == STREAMING_ENV["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"]
+    )
+    assert (
+        "RAY_worker_niceness" not in runtime_env["env_vars"]
+    )  # a raylet setting, not a replica one
 
 
 def test_process_environment_overrides_defaults(monkeypatch):
@@ -47,12 +64,21 @@ def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     ours, theirs = haproxy_files_env(8000), haproxy_files_env(8001)
     node_dir = "0123abcd"  # Ray puts the config in a directory of the node's id
-    mine, other = (_haproxy_look_alike(tmp_path, Path(files["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent / node_dir
-                                       / "haproxy.cfg") for files in (ours, theirs))
+    mine, other = (
+        _haproxy_look_alike(
+            tmp_path,
+            Path(files["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent / node_dir / "haproxy.cfg",
+        )
+        for files in (ours, theirs)
+    )
     try:
-        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg")  # an operator's own
+        monkeypatch.setenv(
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg"
+        )  # an operator's own
         assert stop_leftover_haproxy(8000) == [] and mine.poll() is None
-        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+        monkeypatch.setenv(
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+        )
         assert stop_leftover_haproxy(8000) == [mine.pid]
         assert not psutil.pid_exists(mine.pid) and other.poll() is None  # killed, and reaped
     finally:
@@ -67,34 +93,60 @@ def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
     wrapper = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
     assert os.access(wrapper, os.X_OK) and "-dS" in wrapper.read_text()
     assert os.access(env["PLATFORM_HAPROXY_BINARY"], os.X_OK)
-    version = subprocess.run([str(wrapper), "-vv"], env={**os.environ, **env}, capture_output=True, text=True)
+    version = subprocess.run(
+        [str(wrapper), "-vv"], env={**os.environ, **env}, capture_output=True, text=True
+    )
     assert version.returncode == 0 and "HAProxy version" in version.stdout, version.stderr
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/sbin/haproxy")  # an operator's own wins
+    monkeypatch.setenv(
+        "RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/sbin/haproxy"
+    )  # an operator's own wins
     assert haproxy_binary_env() == {}
 
 
 def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
     """A stand-in for HAProxy that prints its scheduling policy and arguments."""
     stand_in = tmp_path / "haproxy"
-    stand_in.write_text('#!/bin/sh\nexec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n')
+    stand_in.write_text(
+        '#!/bin/sh\nexec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n'
+    )
     stand_in.chmod(0o755)
-    inherited = {key: value for key, value in os.environ.items() if key != "PLATFORM_HAPROXY_SCHED_BATCH"}
+    inherited = {
+        key: value for key, value in os.environ.items() if key != "PLATFORM_HAPROXY_SCHED_BATCH"
+    }
 
     def started(**env: str) -> list[str]:
-        run = subprocess.run([HAPROXY_WRAPPER, "-f", "haproxy.cfg"], capture_output=True, text=True, check=True,
-                             env={**inherited, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env})
+        run = subprocess.run(
+            [HAPROXY_WRAPPER, "-f", "haproxy.cfg"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**inherited, "PLATFORM_HAPROXY_BINARY": str(stand_in), **env},
+        )
         return run.stdout.split()
 
     assert started() == [str(os.SCHED_BATCH), "-dS", "-f", "haproxy.cfg"]  # by default
-    assert started(PLATFORM_HAPROXY_SCHED_BATCH="0") == [str(os.sched_getscheduler(0)), "-dS", "-f", "haproxy.cfg"]
+    assert started(PLATFORM_HAPROXY_SCHED_BATCH="0") == [
+        str(os.sched_getscheduler(0)),
+        "-dS",
+        "-f",
+        "haproxy.cfg",
+    ]
 
 
 def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
-    threads = {cores: haproxy_threads_env(cores)["RAY_SERVE_HAPROXY_NBTHREAD"] for cores in (1, 2, 4, 6, 8, 64)}
+    threads = {
+        cores: haproxy_threads_env(cores)["RAY_SERVE_HAPROXY_NBTHREAD"]
+        for cores in (1, 2, 4, 6, 8, 64)
+    }
     assert threads == {1: "1", 2: "1", 4: "2", 6: "3", 8: "4", 64: "4"}
     monkeypatch.setattr(os, "environ", {})  # what apply_streaming_env sets stays in this test
     apply_streaming_env(8123)
-    assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == haproxy_threads_env()["RAY_SERVE_HAPROXY_NBTHREAD"]
-    monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_NBTHREAD": "8"})  # an operator's own count wins
+    assert (
+        os.environ["RAY_SERVE_HAPROXY_NBTHREAD"]
+        == haproxy_threads_env()["RAY_SERVE_HAPROXY_NBTHREAD"]
+    )
+    monkeypatch.setattr(
+        os, "environ", {"RAY_SERVE_HAPROXY_NBTHREAD": "8"}
+    )  # an operator's own count wins
     apply_streaming_env(8123)
     assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == "8"

@@ -22,8 +22,12 @@ def test_replicas_starting_together_share_one_whole_copy(tmp_path):
         targets = list(pool.map(download_from_cloud, [f"file://{source}"] * 6, [cache] * 6))
     assert len(set(targets)) == 1
     target = Path(targets[0])
-    assert (target / "sub" / "weights.bin").read_bytes() == (source / "sub" / "weights.bin").read_bytes()
-    assert sorted(p.name for p in cache.iterdir()) == sorted([target.name, target.name + ".lock"])  # no partials
+    assert (target / "sub" / "weights.bin").read_bytes() == (
+        source / "sub" / "weights.bin"
+    ).read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [target.name, target.name + ".lock"]
+    )  # no partials
 
 
 def test_an_unfinished_copy_is_replaced(tmp_path):

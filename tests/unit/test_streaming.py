@@ -61,7 +61,9 @@ async def test_min_interval_sends_the_first_chunk_at_once_and_batches_the_rest()
     loop = asyncio.get_running_loop()
     start = loop.time()
     arrivals = []
-    async for batch in coalesce(_source([f"{i}," for i in range(30)], 0.002, state), min_interval_s=0.03):
+    async for batch in coalesce(
+        _source([f"{i}," for i in range(30)], 0.002, state), min_interval_s=0.03
+    ):
         arrivals.append((loop.time() - start, batch))
     assert arrivals[0][1] == "0,"  # not held back: time to first token is untouched
     assert "".join(b for _, b in arrivals) == "".join(f"{i}," for i in range(30))

@@ -7,7 +7,9 @@ import pytest
 from common.transcripts import Segment, Transcript, render
 
 TRANSCRIPT = Transcript(
-    text="hello there. general kenobi", duration=3725.5, language="english",
+    text="hello there. general kenobi",
+    duration=3725.5,
+    language="english",
     segments=[Segment(0.0, 1.25, " hello there."), Segment(3601.5, 3725.5, " general kenobi")],
     words=[Segment(0.0, 0.5, "hello"), Segment(0.6, 1.25, "there.")],
 )
@@ -38,13 +40,27 @@ def test_subtitles_without_segments_use_one_cue_for_the_whole_audio():
 
 
 def test_verbose_json_has_segments_words_and_tokens():
-    body = json.loads(render(TRANSCRIPT, "verbose_json", "translate", 0.2, tokenize=lambda t: [len(t)])[0])
-    assert body["task"] == "translate" and body["language"] == "english" and body["duration"] == 3725.5
+    body = json.loads(
+        render(TRANSCRIPT, "verbose_json", "translate", 0.2, tokenize=lambda t: [len(t)])[0]
+    )
+    assert (
+        body["task"] == "translate" and body["language"] == "english" and body["duration"] == 3725.5
+    )
     assert [s["id"] for s in body["segments"]] == [0, 1]
     assert body["segments"][1] | {"compression_ratio": 0} == {
-        "id": 1, "seek": 0, "start": 3601.5, "end": 3725.5, "text": " general kenobi",
-        "tokens": [15], "temperature": 0.2, "compression_ratio": 0}
-    assert body["words"] == [{"word": "hello", "start": 0.0, "end": 0.5}, {"word": "there.", "start": 0.6, "end": 1.25}]
+        "id": 1,
+        "seek": 0,
+        "start": 3601.5,
+        "end": 3725.5,
+        "text": " general kenobi",
+        "tokens": [15],
+        "temperature": 0.2,
+        "compression_ratio": 0,
+    }
+    assert body["words"] == [
+        {"word": "hello", "start": 0.0, "end": 0.5},
+        {"word": "there.", "start": 0.6, "end": 1.25},
+    ]
 
 
 def test_unknown_format_is_refused():

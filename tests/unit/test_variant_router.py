@@ -13,26 +13,43 @@ from tests.lora_files import lora_adapter
 VARIANTS = frozenset({"sql", "poet"})
 
 
-@pytest.mark.parametrize("body,variant", [
-    ({"model": "chat:sql", "messages": []}, "sql"),
-    ({"messages": [{"role": "user", "content": 'say "model": "chat:poet"'}], "model": "chat:poet"}, "poet"),
-    ({"model": "chat"}, ""),  # the base model
-    ({"model": "chat:nope"}, ""),  # not a variant: vLLM answers its 404 wherever it lands
-    ({"model": "chat-2:sql"}, ""),  # another model's name that starts alike
-    ({"model": ["chat:sql"]}, ""),
-    ({"prompt": "no model"}, ""),
-])
+@pytest.mark.parametrize(
+    "body,variant",
+    [
+        ({"model": "chat:sql", "messages": []}, "sql"),
+        (
+            {
+                "messages": [{"role": "user", "content": 'say "model": "chat:poet"'}],
+                "model": "chat:poet",
+            },
+            "poet",
+        ),
+        ({"model": "chat"}, ""),  # the base model
+        ({"model": "chat:nope"}, ""),  # not a variant: vLLM answers its 404 wherever it lands
+        ({"model": "chat-2:sql"}, ""),  # another model's name that starts alike
+        ({"model": ["chat:sql"]}, ""),
+        ({"prompt": "no model"}, ""),
+    ],
+)
 def test_the_variant_a_body_names(body, variant):
     assert requested_variant(json.dumps(body).encode(), "chat", VARIANTS) == variant
 
 
 def test_a_body_cut_at_haproxys_buffer_still_names_its_variant_when_the_model_came_first():
-    body = json.dumps({"model": "chat:sql", "messages": [{"role": "user", "content": "x" * 1000}]}).encode()
+    body = json.dumps(
+        {"model": "chat:sql", "messages": [{"role": "user", "content": "x" * 1000}]}
+    ).encode()
     assert requested_variant(body[:200], "chat", VARIANTS) == "sql"
-    cut_before = json.dumps({"messages": [{"role": "user", "content": 'a "model": "chat:poet" b'}],
-                             "model": "chat:sql"}).encode()[:60]
-    assert requested_variant(cut_before, "chat", VARIANTS) == ""  # only quoted text of a message came
-    assert requested_variant(b"[1, 2]", "chat", VARIANTS) == "" and requested_variant(b"", "chat", VARIANTS) == ""
+    cut_before = json.dumps(
+        {"messages": [{"role": "user", "content": 'a "model": "chat:poet" b'}], "model": "chat:sql"}
+    ).encode()[:60]
+    assert (
+        requested_variant(cut_before, "chat", VARIANTS) == ""
+    )  # only quoted text of a message came
+    assert (
+        requested_variant(b"[1, 2]", "chat", VARIANTS) == ""
+        and requested_variant(b"", "chat", VARIANTS) == ""
+    )
 
 
 def test_a_body_no_parser_can_read_gets_no_variant_and_no_error():
@@ -42,18 +59,27 @@ def test_a_body_no_parser_can_read_gets_no_variant_and_no_error():
 
 
 def _model_app(multiplex_config=None):
-    entry = {"model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
-             "engine_kwargs": {"max_model_len": 256}}
+    entry = {
+        "model_loading_config": {"model_id": "chat", "model_source": "org/model", "type": "vllm"},
+        "engine_kwargs": {"max_model_len": 256},
+    }
     if multiplex_config:
         entry["multiplex_config"] = multiplex_config
     return build_model_app({"models": [entry], "platform_app": "platform"})
 
 
-def test_only_a_vllm_model_with_variants_gets_a_variant_router_and_only_behind_haproxy(tmp_path, monkeypatch):
+def test_only_a_vllm_model_with_variants_gets_a_variant_router_and_only_behind_haproxy(
+    tmp_path, monkeypatch
+):
     from ray.serve._private import constants
 
     monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", False)
-    assert _model_app({"variants": {"sql": str(lora_adapter(tmp_path / "plain"))}})._ingress_request_router is None
+    assert (
+        _model_app(
+            {"variants": {"sql": str(lora_adapter(tmp_path / "plain"))}}
+        )._ingress_request_router
+        is None
+    )
     monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", True)
     with_variants = _model_app({"variants": {"sql": str(lora_adapter(tmp_path / "sql"))}})
     router = with_variants._ingress_request_router

@@ -20,19 +20,32 @@ def _png(width=8, height=8) -> str:
 
 
 def test_messages_become_the_templates_parts_with_images_decoded():
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image_url", "image_url": {"url": _png()}}]}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": _png()}},
+            ],
+        },
+    ]
     conversation, images = _conversation(messages, LIMITS)
-    assert conversation == [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                            {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"}]}]
+    assert conversation == [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"}]},
+    ]
     assert [image.size for image in images] == [(8, 8)]
 
 
-@pytest.mark.parametrize("part,words", [
-    ({"type": "image_url", "image_url": {"url": "http://example.org/x.png"}}, "data: URL"),
-    ({"image_url": {"url": "file:///etc/passwd"}}, "data: URL"),  # untyped parts are media too
-    ({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}, "not supported"),
-])
+@pytest.mark.parametrize(
+    "part,words",
+    [
+        ({"type": "image_url", "image_url": {"url": "http://example.org/x.png"}}, "data: URL"),
+        ({"image_url": {"url": "file:///etc/passwd"}}, "data: URL"),  # untyped parts are media too
+        ({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}, "not supported"),
+    ],
+)
 def test_parts_it_cannot_take_are_refused(part, words):
     with pytest.raises(InvalidRequest, match=words):
         _conversation([{"role": "user", "content": [part]}], LIMITS)
@@ -40,7 +53,15 @@ def test_parts_it_cannot_take_are_refused(part, words):
 
 def test_images_over_the_pixel_limit_or_count_are_refused():
     with pytest.raises(Exception) as big:
-        _conversation([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _png(200, 200)}}]}], LIMITS)
+        _conversation(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": _png(200, 200)}}],
+                }
+            ],
+            LIMITS,
+        )
     assert big.value.status_code == 413 and big.value.param == "messages"
     many = [{"type": "image_url", "image_url": {"url": _png()}}] * (MAX_IMAGES + 1)
     with pytest.raises(InvalidRequest, match="images"):
@@ -50,5 +71,9 @@ def test_images_over_the_pixel_limit_or_count_are_refused():
 def test_stop_sequences_and_chunks():
     assert _stop_at("hello world. more", [". ", "zzz"]) == 11 and _stop_at("hello", ["x"]) is None
     event = _chunk_event("id-1", 7, "m")
-    assert event({"content": "hi"}).startswith('data: {"id":"id-1","object":"chat.completion.chunk","created":7')
-    assert '"choices":[],"usage":{"completion_tokens":1}' in event(None, usage={"completion_tokens": 1})
+    assert event({"content": "hi"}).startswith(
+        'data: {"id":"id-1","object":"chat.completion.chunk","created":7'
+    )
+    assert '"choices":[],"usage":{"completion_tokens":1}' in event(
+        None, usage={"completion_tokens": 1}
+    )

@@ -10,16 +10,28 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from servers.vllm_cpu_placement import (ENGINE_CORE_PINNING_ENV, bind_cpu_shards, engine_core_beside_worker, worker_core,
-                                        worker_inside_engine_core)
+from servers.vllm_cpu_placement import (
+    ENGINE_CORE_PINNING_ENV,
+    bind_cpu_shards,
+    engine_core_beside_worker,
+    worker_core,
+    worker_inside_engine_core,
+)
 
 
-@pytest.mark.parametrize("workers,replica,expected", [
-    ([{0}], {0, 1}, 0),                    # 2 cores: vLLM binds its worker to core 0, leaves core 1
-    ([{4, 5, 6}, {8, 9, 10}], set(range(12)), 4),
-    ([{0, 1}], {0, 1}, None),               # VLLM_CPU_OMP_THREADS_BIND=nobind: nothing bound, nothing to share
-    ([], {0, 1}, None),                     # no worker process
-])
+@pytest.mark.parametrize(
+    "workers,replica,expected",
+    [
+        ([{0}], {0, 1}, 0),  # 2 cores: vLLM binds its worker to core 0, leaves core 1
+        ([{4, 5, 6}, {8, 9, 10}], set(range(12)), 4),
+        (
+            [{0, 1}],
+            {0, 1},
+            None,
+        ),  # VLLM_CPU_OMP_THREADS_BIND=nobind: nothing bound, nothing to share
+        ([], {0, 1}, None),  # no worker process
+    ],
+)
 def test_the_engine_core_goes_to_its_first_workers_first_core(workers, replica, expected):
     assert worker_core(workers, replica) == expected
 
@@ -33,8 +45,13 @@ def test_shards_get_their_own_cores(monkeypatch):
 
 def _parallel_config(world_size: int) -> SimpleNamespace:
     """What vLLM's OpenMP binding reads of its config, for ``world_size`` shards on this node."""
-    parallel = SimpleNamespace(world_size=world_size, local_world_size=world_size, data_parallel_rank_local=None,
-                               _api_process_count=1, distributed_executor_backend="mp")
+    parallel = SimpleNamespace(
+        world_size=world_size,
+        local_world_size=world_size,
+        data_parallel_rank_local=None,
+        _api_process_count=1,
+        distributed_executor_backend="mp",
+    )
     return SimpleNamespace(parallel_config=parallel, kv_transfer_config=None)
 
 
@@ -51,7 +68,9 @@ def test_a_single_shard_runs_in_the_engine_core_with_its_workers_binding(monkeyp
 
 
 @pytest.mark.parametrize("world_size,pinning", [(2, "1"), (1, "0")])
-def test_several_shards_or_an_operators_no_keep_vllms_worker_processes(monkeypatch, world_size, pinning):
+def test_several_shards_or_an_operators_no_keep_vllms_worker_processes(
+    monkeypatch, world_size, pinning
+):
     monkeypatch.setenv(ENGINE_CORE_PINNING_ENV, pinning)
     monkeypatch.delenv("OMP_PLACES", raising=False)
     config = _parallel_config(world_size)
@@ -81,8 +100,11 @@ def engine_core():
     try:
         core = psutil.Process(process.pid)
         deadline = time.monotonic() + 30
-        while not any(len(os.sched_getaffinity(w.pid)) == 1 for w in core.children()
-                      if w.cmdline()[:1] == ["VLLM::Worker"]):
+        while not any(
+            len(os.sched_getaffinity(w.pid)) == 1
+            for w in core.children()
+            if w.cmdline()[:1] == ["VLLM::Worker"]
+        ):
             assert time.monotonic() < deadline, "the stand-in worker did not start"
             time.sleep(0.1)
         yield core
@@ -93,7 +115,10 @@ def engine_core():
         process.wait()
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a worker bound to fewer cores than the replica needs 2 cores")
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="a worker bound to fewer cores than the replica needs 2 cores",
+)
 def test_the_engine_core_is_pinned_beside_its_worker(engine_core, monkeypatch):
     monkeypatch.delenv(ENGINE_CORE_PINNING_ENV, raising=False)
     last = max(os.sched_getaffinity(0))

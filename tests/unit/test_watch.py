@@ -14,7 +14,10 @@ WAIT_S = 30  # a save is seen after watchfiles' debounce (1.6 s); far more on a 
 
 def _watching(path, applied: queue.Queue):
     stop = threading.Event()
-    thread = threading.Thread(target=deploy_app.watch_and_apply, args=(str(path), lambda: applied.put(path.read_text()), stop))
+    thread = threading.Thread(
+        target=deploy_app.watch_and_apply,
+        args=(str(path), lambda: applied.put(path.read_text()), stop),
+    )
     thread.start()
     return stop, thread
 
@@ -31,7 +34,9 @@ def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(
         (tmp_path / "other.yaml").write_text("y")  # another file in the directory
         path.write_text("models: [a, b]\n")
         assert applied.get(timeout=WAIT_S) == "models: [a, b]\n"
-        replacement = tmp_path / ".model_config.yaml.swp"  # as editors save: a new file renamed over the old
+        replacement = (
+            tmp_path / ".model_config.yaml.swp"
+        )  # as editors save: a new file renamed over the old
         replacement.write_text("models: [b]\n")
         os.replace(replacement, path)
         assert applied.get(timeout=WAIT_S) == "models: [b]\n"
@@ -51,7 +56,9 @@ def _wait_for_output(capsys, text: str) -> None:
     assert text in seen, seen
 
 
-def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_without_a_traceback(monkeypatch, capsys):
+def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_without_a_traceback(
+    monkeypatch, capsys
+):
     def sigterm_before_it_connects(*_args, **_kwargs):
         # the handler is in place before Ray is joined: a SIGTERM then is a Ctrl-C, not the end of the process
         assert signal.getsignal(signal.SIGTERM) is deploy_app._stop_on_sigterm
@@ -61,7 +68,9 @@ def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_witho
     monkeypatch.setattr(deploy_app, "deploy", sigterm_before_it_connects)
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        code = deploy_app.main(["--config", "model_config.yaml", "--address", "auto", "--no-fit-check"])
+        code = deploy_app.main(
+            ["--config", "model_config.yaml", "--address", "auto", "--no-fit-check"]
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 130
