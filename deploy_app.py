@@ -52,6 +52,7 @@ def deploy(
     num_gpus: int | None = None,
     gpu_bytes: int | None = None,
     metrics_port: int | None = None,
+    num_cpus: float | None = None,
 ) -> bool:
     """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live;
     False when a model failed to start (the others serve)."""
@@ -59,7 +60,7 @@ def deploy(
     from ray.serve._private import api as serve_api
 
     if not ray.is_initialized():  # the first apply of this process (--watch applies again)
-        _connect(schema, address, num_gpus, metrics_port)
+        _connect(schema, address, num_gpus, metrics_port, num_cpus)
     if check_fit:
         _check_fit(loaded, gpu_bytes)
     client = serve_api.serve_start(
@@ -89,7 +90,11 @@ def deploy(
 
 
 def _connect(
-    schema: Any, address: str | None, num_gpus: int | None, metrics_port: int | None
+    schema: Any,
+    address: str | None,
+    num_gpus: int | None,
+    metrics_port: int | None,
+    num_cpus: float | None = None,
 ) -> None:
     """Join the Ray cluster at ``address``, or start one here when it is None."""
     import ray
@@ -98,7 +103,9 @@ def _connect(
     apply_streaming_env(schema.http_options.port if address is None else None)
     if address is None:
         forget_dead_cluster()
-    local = {"num_gpus": num_gpus} if num_gpus is not None else {}
+    local: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus is not None else {}
+    if num_cpus is not None:
+        local["num_cpus"] = num_cpus
     if metrics_port is not None:
         local["_metrics_export_port"] = metrics_port
     context = ray.init(
@@ -275,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         "are logical GPUs, to try placement on a CPU machine",
     )
     parser.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="CPUs of the local Ray this starts (default: the machine's cores); more are logical "
+        "CPUs, for replicas whose num_cpus add up to more than the machine has",
+    )
+    parser.add_argument(
         "--gpu-type",
         choices=sorted(GPU_MEMORY_GIB),
         default=None,
@@ -350,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             num_gpus=args.num_gpus,
             gpu_bytes=gpu_bytes,
             metrics_port=args.metrics_export_port,
+            num_cpus=args.num_cpus,
         )
 
     def run_saved_file() -> (
