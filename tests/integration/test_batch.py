@@ -1,5 +1,7 @@
 """``deploy_app.py batch``: offline inference with Ray Data on the default config's engines (real
-vLLM, real MiniLM, tiny Whisper and ViT), each run on a Ray of its own, as a user runs it."""
+vLLM, real MiniLM, tiny Whisper and ViT), each run on the session platform's Ray with
+``--address auto``, as a user runs it beside a serving platform (skipped under ``PLATFORM_URL``).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +14,33 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.audio_files import audio_file
-from tests.integration.conftest import ROOT, platform_env
+from tests.integration.helpers import ROOT, platform_env
 from tests.media_files import image_file
 
-pytestmark = pytest.mark.integration
 SUMMARY = "batch: "
 
 
-def _batch(*args: str) -> str:
-    """Run the job; its summary line."""
+@pytest.fixture(scope="module")
+def ray_env(platform) -> dict[str, str]:
+    """The environment in which ``--address auto`` finds the session platform's Ray."""
+    return platform.require_owned().env
+
+
+def _batch(env: dict[str, str], *args: str) -> str:
+    """Run the job on the session's Ray; its summary line."""
     done = subprocess.run(
-        [sys.executable, "deploy_app.py", "batch", "--config", "model_config.yaml", *args],
+        [
+            sys.executable,
+            "deploy_app.py",
+            "batch",
+            "--config",
+            "model_config.yaml",
+            "--address",
+            "auto",
+            *args,
+        ],
         cwd=ROOT,
-        env=platform_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -37,7 +53,7 @@ def _records(path) -> dict[str, dict]:
     return {record["id"]: record for record in map(json.loads, open(path))}
 
 
-def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(tmp_path):
+def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_env, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     rows = [
         {"id": "greeting", "prompt": "Hello!"},
@@ -48,6 +64,7 @@ def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(tmp_pa
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
     answers = tmp_path / "answers.jsonl"
     summary = _batch(
+        ray_env,
         "--model",
         "tiny-chat",
         "--input",
@@ -72,28 +89,33 @@ def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(tmp_pa
     prompts.write_text(
         prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n"
     )
-    again = _batch("--model", "tiny-chat", "--input", str(prompts), "--output", str(answers))
+    again = _batch(
+        ray_env, "--model", "tiny-chat", "--input", str(prompts), "--output", str(answers)
+    )
     assert "1 rows" in again and "4 already" in again
     assert set(_records(answers)) == set(records) | {"new"}
 
 
-def test_embeddings_from_parquet_into_a_parquet_folder(tmp_path):
+def test_embeddings_from_parquet_into_a_parquet_folder(ray_env, tmp_path):
     texts = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"id": ["cat", "dog"], "input": ["a cat purrs", "a dog barks"]}), texts)
     vectors = tmp_path / "vectors.parquet"
-    summary = _batch("--model", "all-minilm-l6-v2", "--input", str(texts), "--output", str(vectors))
+    summary = _batch(
+        ray_env, "--model", "all-minilm-l6-v2", "--input", str(texts), "--output", str(vectors)
+    )
     assert "2 answered, 0 with an error" in summary
     table = {row["id"]: json.loads(row["response"]) for row in pq.read_table(vectors).to_pylist()}
     assert [len(table[k]["data"][0]["embedding"]) for k in ("cat", "dog")] == [384, 384]
 
 
-def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(tmp_path):
+def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(ray_env, tmp_path):
     audio = tmp_path / "recordings"
     audio.mkdir()
     for i in range(3):
         (audio / f"take{i}.wav").write_bytes(audio_file("wav", "pcm_s16le", seconds=1.0 + i))
     (audio / "notes.wav").write_bytes(b"%PDF-1.4 not audio")
     summary = _batch(
+        ray_env,
         "--model",
         "tiny-whisper",
         "--input",
@@ -114,6 +136,7 @@ def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(tmp_
     for i in range(4):
         (photos / f"p{i}.png").write_bytes(image_file("PNG", seed=i))
     summary = _batch(
+        ray_env,
         "--model",
         "tiny-vit",
         "--input",

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file
-from tests.integration.conftest import API_KEY, ROOT, auth_headers
+from tests.integration.helpers import API_KEY, ROOT, auth_headers
 from tests.media_files import image_file
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -229,7 +229,7 @@ def test_a_microphone_recording_is_transcribed(console):
     record = console.find_element(By.ID, "transcribe-record")
     record.click()
     _wait(console, lambda d: record.text == "Stop")
-    time.sleep(2)
+    time.sleep(2)  # two seconds of the fake microphone's tone: the length of the recording
     record.click()
     _wait(console, lambda d: record.text == "Record")
     _send(console, "transcribe")
@@ -301,5 +301,7 @@ def test_logging_out_forgets_the_key(console):
     console.find_element(By.ID, "logout").click()
     _wait(console, lambda d: d.find_element(By.ID, "login").is_displayed())
     assert console.execute_script("return sessionStorage.length") == 0
-    time.sleep(0.5)
+    _wait(console, lambda d: not d.find_element(By.ID, "tabs").is_displayed(), timeout=10)
+    console.refresh()  # and a reload asks for a key again
+    _wait(console, lambda d: d.find_element(By.ID, "login").is_displayed(), timeout=30)
     assert not console.find_element(By.ID, "tabs").is_displayed()

@@ -5,7 +5,8 @@ ones that break the description on purpose) and sends them to the running platfo
 models behind it. Every answer must be a non-5xx; every error must be in its endpoint's shape;
 no replica may restart. CI runs a few hundred cases, the same ones each run; set
 ``PLATFORM_FUZZ_EXAMPLES`` (cases per operation and mode) and ``PLATFORM_FUZZ_RANDOM=1`` for a
-longer run with fresh cases, and ``PLATFORM_FUZZ_URL`` to fuzz a platform already running.
+longer run with fresh cases, and ``PLATFORM_URL`` to fuzz a platform already running (several
+such processes at once for a long run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
-from tests.integration.conftest import auth_headers
+from tests.integration.helpers import auth_headers
 
 EXAMPLES = int(os.environ.get("PLATFORM_FUZZ_EXAMPLES", "12"))
 DERANDOMIZE = os.environ.get("PLATFORM_FUZZ_RANDOM") != "1"
@@ -34,31 +35,22 @@ READINESS = {
     "/v2/models/{name}/versions/{version}/ready",
 }
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
-def fuzzed_url(request) -> str:
-    """The session's platform, or one already running at ``PLATFORM_FUZZ_URL`` (a long run from
-    several processes at once)."""
-    return os.environ.get("PLATFORM_FUZZ_URL") or request.getfixturevalue("platform_url")
-
-
-@pytest.fixture(scope="module")
-def platform_schema(fuzzed_url):
+def platform_schema(platform_url):
     """The description the platform serves to this key, pointed at the platform."""
     description = httpx.get(
-        f"{fuzzed_url}/openapi.json", headers=auth_headers(), timeout=120
+        f"{platform_url}/openapi.json", headers=auth_headers(), timeout=120
     ).json()
     schema = schemathesis.openapi.from_dict(description)
     schema.config.update(
-        base_url=fuzzed_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S
+        base_url=platform_url, headers=auth_headers(), request_timeout=REQUEST_TIMEOUT_S
     )
     return schema
 
 
-def test_no_request_gets_a_5xx_and_no_replica_restarts(fuzzed_url, platform_schema):
-    before = _replica_actors(fuzzed_url)
+def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_schema):
+    before = _replica_actors(platform_url)
     answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
@@ -80,7 +72,7 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(fuzzed_url, platform_sche
         common = "; ".join(f"{n}x {message}" for message, n in errors[label].most_common(3))
         print(f"  {label}: {dict(sorted(counts.items()))}  {common}")
     assert not failures, "\n\n".join(failures)
-    assert _replica_actors(fuzzed_url) == before
+    assert _replica_actors(platform_url) == before
 
 
 def _fuzz(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import auth_headers
+from tests.integration.helpers import auth_headers
 from tests.media_files import b64, image_file, infer_body
 
 PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from common.serve_env import haproxy_processes
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     API_KEY,
     LIMITED_KEY,
     SCOPED_KEY,
@@ -21,7 +21,8 @@ from tests.integration.conftest import (
     assert_leaving_a_stream_stops_it,
     auth_headers,
 )
-from tests.integration.test_openai_api import CHAT, EMBED, HELLO
+from tests.integration.helpers import HELLO
+from tests.integration.session_config import CHAT, EMBED
 
 
 @pytest.fixture(scope="module")

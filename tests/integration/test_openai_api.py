@@ -9,11 +9,14 @@ import numpy as np
 import openai
 import pytest
 
-from tests.integration.conftest import ALLOWED_ORIGIN, assert_leaving_a_stream_stops_it
+from tests.integration.helpers import (
+    ALLOWED_ORIGIN,
+    HELLO,
+    assert_leaving_a_stream_stops_it,
+    assert_still_serving,
+)
+from tests.integration.session_config import AFFINITY_CHAT, CHAT, COLD_CHAT, EMBED, RERANKER
 
-CHAT = "tiny-chat"
-EMBED = "all-minilm-l6-v2"
-RERANKER = "tiny-reranker"
 ALL_MODELS = {
     CHAT,
     EMBED,
@@ -29,25 +32,16 @@ ALL_MODELS = {
     "tiny-captioner",
     "tiny-image-embedder",
     "tiny-vit-variants",
+    AFFINITY_CHAT,
+    COLD_CHAT,
 }
-PIPELINES = {
-    "voice-chat",
-    "rag-lite",
-    "describe-image",
-}  # the default config's two and the session's one
+PIPELINES = {"voice-chat", "rag-lite", "describe-image"}  # the default config's two, the session's one
 VARIANTS = {
-    "tiny-chat:sql",
-    "tiny-chat:poet",
+    *(f"{chat}:{name}" for chat in (CHAT, AFFINITY_CHAT, COLD_CHAT) for name in ("sql", "poet")),
     "tiny-vit-variants:a",
     "tiny-vit-variants:b",
     "tiny-vit-variants:c",
 }
-HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
-
-
-def assert_still_serving(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=4)
-    assert reply.choices[0].finish_reason in ("length", "stop")
 
 
 def test_models_list_every_configured_model_with_type_and_capabilities(client):

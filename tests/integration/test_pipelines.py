@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.audio_files import audio_file
-from tests.integration.test_openai_api import assert_still_serving
+from tests.integration.helpers import assert_still_serving
 from tests.media_files import image_file
 
 DOCUMENTS = [

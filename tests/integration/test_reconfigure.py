@@ -1,10 +1,11 @@
-"""Editing the YAML of a running platform: only what changed restarts.
+"""Editing the YAML of the running session platform: only what changed restarts.
 
-The platform runs A (tiny-chat), B (an image classifier) and D (the embedding model). While a
-client streams to A through both the shared ``/v1`` and A's own URL, ``deploy_app.py
---address auto`` applies an edit that adds C, removes B and changes D's ``max_num_seqs``.
-Then A's replica is killed while it streams, and an edit of ``router.request_timeout_s`` cuts
-a request that runs past it, on both paths. Last, ``--watch`` applies each save of the file.
+An edit adds B (an image classifier) and D (an embedding model on vLLM). While a client streams
+from tiny-chat through both the shared ``/v1`` and its own URL, ``deploy_app.py --address auto``
+applies an edit that adds C, removes B and changes D's ``max_num_seqs``: every model of the
+session stays up. Then tiny-chat's replica is killed while it streams, and an edit of
+``router.request_timeout_s`` cuts a request that runs past it, on both paths. Last, ``--watch``
+applies each save of the file. Each test leaves the session's own config applied again.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import ray_temp_dir
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     API_KEY,
+    HELLO,
     ROOT,
     auth_headers,
     deploy_command,
-    platform_env,
-    running_platform,
-    wait_for_stats,
+    wait_until,
 )
-from tests.integration.test_openai_api import HELLO
+from tests.integration.session_config import AFFINITY_CHAT, CHAT
+from tests.media_files import b64, image_file, infer_body
+
+pytestmark = pytest.mark.edits_platform
 
 
 def _vit(model_id: str) -> dict:
@@ -62,53 +64,27 @@ def _embedder(max_num_seqs: int) -> dict:
             "max_num_seqs": max_num_seqs,
             "kv_cache_memory_bytes": 32 * 1024 * 1024,
             "dtype": "float32",
+            "enforce_eager": True,
+            "distributed_executor_backend": "uni",
         },
     }
 
 
-CHAT = {
-    "model_loading_config": {
-        "model_id": "a-chat",
-        "model_source": "./.models/tiny-chat",
-        "type": "vllm",
-    },
-    "deployment_config": {"ray_actor_options": {"num_cpus": 0.25}},
-    "engine_kwargs": {
-        "max_model_len": 256,
-        "max_num_seqs": 16,
-        "kv_cache_memory_bytes": 64 * 1024 * 1024,
-        "dtype": "float32",
-    },
-}
+def _with(platform, models: list[dict] = (), **router) -> dict:
+    """The session's config with ``models`` added and ``router`` settings changed."""
+    config = copy.deepcopy(platform.config)
+    args = config["applications"][0]["args"]
+    args["models"] += models
+    args["router"] = {**args.get("router", {}), **router}
+    return config
 
 
-def _config(models: list[dict], port: int) -> dict:
-    return {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "platform",
-                "route_prefix": "/",
-                "import_path": "builders.app_builder:build_app",
-                "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-                "args": {"models": models, "api_keys_env": "PLATFORM_TEST_API_KEYS"},
-            }
-        ],
-    }
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    """(base URL, config path, environment) of a running platform of A, B and D."""
-    workdir = tmp_path_factory.mktemp("reconfigure")
-    env = platform_env(
-        ray_temp_dir()
-    )  # kept: `--address auto` finds this platform's Ray through it
-    with running_platform(
-        _config([CHAT, _vit("b-vit"), _embedder(8)], 0), workdir, env=env
-    ) as base:
-        yield base, workdir / "config.yaml", env
+@pytest.fixture
+def session(platform):
+    """The session platform; its own config is applied again after the test."""
+    platform.require_owned()
+    yield platform
+    platform.restore()
 
 
 def _models(base: str) -> dict:
@@ -116,14 +92,18 @@ def _models(base: str) -> dict:
 
 
 def _actor_ids(base: str) -> dict[str, str]:
-    return {model: state["placement"]["actor_id"] for model, state in _models(base).items()}
+    """The actor of each model's replica, for the models with one (``/ready`` shows the replica
+    that answered its stats: of a model with two, either one)."""
+    return {
+        model: state["placement"]["actor_id"]
+        for model, state in _models(base).items()
+        if "placement" in state and model != AFFINITY_CHAT
+    }
 
 
-def _apply(path, config: dict, env: dict) -> subprocess.CompletedProcess:
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        deploy_command(path, "auto"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+def _applied(platform, config: dict) -> None:
+    result = platform.apply(config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 class StreamingClient(threading.Thread):
@@ -133,7 +113,7 @@ class StreamingClient(threading.Thread):
         super().__init__(daemon=True)
         self.clients = [
             openai.OpenAI(base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=60)
-            for prefix in ("", "/models/a-chat")
+            for prefix in ("", f"/models/{CHAT}")
         ]
         self.done, self.failures = 0, []
         self.stop = threading.Event()
@@ -144,7 +124,7 @@ class StreamingClient(threading.Thread):
             try:
                 chunks = list(
                     client.chat.completions.create(
-                        model="a-chat",
+                        model=CHAT,
                         messages=HELLO,
                         max_tokens=16,
                         stream=True,
@@ -161,17 +141,16 @@ class StreamingClient(threading.Thread):
                 self.done += 1
 
 
-def test_an_edit_restarts_only_what_changed(platform):
-    base, path, env = platform
+def test_an_edit_restarts_only_what_changed(session):
+    base = session.url
+    _applied(session, _with(session, [_vit("b-vit"), _embedder(8)]))
     before = _models(base)
-    assert set(before) == {"a-chat", "b-vit", "d-embed"}
+    assert {"b-vit", "d-embed", CHAT} <= set(before)
+    untouched = {m: a for m, a in _actor_ids(base).items() if m not in ("b-vit", "d-embed")}
     streaming = StreamingClient(base)
     streaming.start()
     try:
-        edited = _config([CHAT, _embedder(16), _vit("c-vit")], 0)
-        edited["http_options"] = yaml.safe_load(path.read_text())["http_options"]
-        result = _apply(path, edited, env)
-        assert result.returncode == 0, result.stdout + result.stderr
+        _applied(session, _with(session, [_embedder(16), _vit("c-vit")]))
     finally:
         streaming.stop.set()
         streaming.join(120)
@@ -180,12 +159,14 @@ def test_an_edit_restarts_only_what_changed(platform):
         streaming.failures[:3],
     )
     after = _models(base)
-    assert set(after) == {"a-chat", "c-vit", "d-embed"}
-    assert after["a-chat"]["placement"]["actor_id"] == before["a-chat"]["placement"]["actor_id"]
+    assert set(after) == set(before) - {"b-vit"} | {"c-vit"}
+    # every model the edit did not name kept its replica, the one it changed got a new one
+    assert {m: a for m, a in _actor_ids(base).items() if m in untouched} == untouched
     assert after["d-embed"]["placement"]["actor_id"] != before["d-embed"]["placement"]["actor_id"]
     assert after["d-embed"]["max_num_seqs"] == 16
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
-    assert {m.id for m in client.models.list().data} == {"a-chat", "c-vit", "d-embed"}
+    listed = {m.id for m in client.models.list().data}
+    assert {"c-vit", "d-embed"} <= listed and "b-vit" not in listed
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="b-vit", messages=HELLO)
     image = httpx.post(
@@ -194,32 +175,27 @@ def test_an_edit_restarts_only_what_changed(platform):
     assert image.status_code == 200 and image.json()["outputs"], image.text
 
 
-def test_a_bad_edit_changes_nothing(platform):
-    base, path, env = platform
-    before = _actor_ids(base)
-    good = yaml.safe_load(path.read_text())
-    bad = copy.deepcopy(good)
+def test_a_bad_edit_changes_nothing(session):
+    before = _actor_ids(session.url)
+    bad = copy.deepcopy(session.config)
     bad["applications"][0]["args"]["models"][1]["deployment_config"]["num_replicas"] = 0
-    result = _apply(path, bad, env)
+    result = session.apply(bad)
     assert result.returncode == 1
     assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, (
         result.stderr
     )
-    assert _actor_ids(base) == before
-    path.write_text(yaml.safe_dump(good))
+    assert _actor_ids(session.url) == before
 
 
 def _image_request() -> dict:
-    from tests.media_files import b64, image_file, infer_body
-
     return infer_body([b64(image_file())])
 
 
-def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platform):
-    base, _, _ = platform
-    pid = _models(base)["a-chat"]["placement"]["pid"]
+def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(session):
+    base = session.url
+    pid = _replica_pid(base)
     body = {
-        "model": "a-chat",
+        "model": CHAT,
         "messages": HELLO,
         "max_tokens": 200,
         "n": 16,
@@ -237,65 +213,53 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(platfor
     error = json.loads(events[-2])["error"]
     assert error["code"] == "model_unavailable" and error["type"] == "service_unavailable_error"
     # Serve replaces the replica with no operator action; the model answers again.
-    deadline = time.time() + 600
-    while time.time() < deadline and _replica_pid(base) in (None, pid):
-        time.sleep(2)
-    assert _replica_pid(base) not in (None, pid)
+    replaced = wait_until(lambda: _replica_pid(base), lambda p: p not in (None, pid), 600, 2)
+    assert replaced not in (None, pid)
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    assert client.chat.completions.create(model="a-chat", messages=HELLO, max_tokens=4).choices
+    assert client.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=4).choices
 
 
 def _replica_pid(base: str) -> int | None:
-    """The pid of the replica that answers a-chat's stats, once /ready is 200."""
+    """The pid of the replica that answers tiny-chat's stats, once /ready is 200."""
     ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
-    return (
-        ready.json()["models"]["a-chat"].get("placement", {}).get("pid")
-        if ready.status_code == 200
-        else None
-    )
+    if ready.status_code != 200:
+        return None
+    return ready.json()["models"][CHAT].get("placement", {}).get("pid")
 
 
-def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(platform):
-    base, path, env = platform
-    config = yaml.safe_load(path.read_text())
-    config["applications"][0]["args"]["router"] = {"request_timeout_s": 0.5}
+def test_a_request_past_request_timeout_s_is_cut_and_its_generation_aborted(session):
+    base = session.url
     pid_before = _replica_pid(base)
-    result = _apply(path, config, env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    _applied(session, _with(session, request_timeout_s=0.5))
     assert _replica_pid(base) == pid_before is not None  # reconfigured in place, not restarted
-    aborted_before = _models(base)["a-chat"]["requests_aborted"]
-    # 16 sequences of 230 tokens each fill all of A's max_num_seqs for about a second on the CPU;
-    # a blocker sent first makes both requests under test wait behind it, well past 0.5 s.
-    body = {"model": "a-chat", "messages": HELLO, "max_tokens": 230, "n": 16, "ignore_eos": True}
+    aborted_before = _models(base)[CHAT]["requests_aborted"]
+    # As many sequences as tiny-chat's max_num_seqs, of 230 tokens each, keep it busy for seconds
+    # on the CPU; a blocker sent first makes both requests under test wait behind it, well past
+    # 0.5 s.
+    body = {"model": CHAT, "messages": HELLO, "max_tokens": 230, "n": 64, "ignore_eos": True}
     with (
         httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as http,
         ThreadPoolExecutor(3) as pool,
     ):
         blocker = pool.submit(http.post, "/v1/chat/completions", json=body)
-        time.sleep(0.1)
+        wait_until(lambda: _models(base)[CHAT]["unfinished_requests"], bool, timeout_s=30)
         plain = pool.submit(http.post, "/v1/chat/completions", json=body)
         streamed = pool.submit(
-            _stream_events, http, "/models/a-chat/v1/chat/completions", {**body, "stream": True}
+            _stream_events, http, f"/models/{CHAT}/v1/chat/completions", {**body, "stream": True}
         )
         blocker, plain, (status, events) = blocker.result(), plain.result(), streamed.result()
     assert plain.status_code == 504, plain.text[:300]
-    assert (
-        plain.json()["error"]["code"] == "timeout"
-        and plain.json()["error"]["type"] == "timeout_error"
-    )
-    assert (
-        status == 200
-        and events[-1] == "[DONE]"
-        and json.loads(events[-2])["error"]["code"] == "timeout"
-    ), events[-3:]
+    assert plain.json()["error"]["code"] == "timeout"
+    assert plain.json()["error"]["type"] == "timeout_error"
+    assert status == 200 and events[-1] == "[DONE]", events[-3:]
+    assert json.loads(events[-2])["error"]["code"] == "timeout", events[-3:]
     # The generations were aborted in vLLM, not left to run to their end.
-    stats = wait_for_stats(
-        lambda: _models(base)["a-chat"],
+    stats = wait_until(
+        lambda: _models(base)[CHAT],
         lambda s: s["requests_aborted"] >= aborted_before + 2 and s["unfinished_requests"] == 0,
     )
-    assert stats["requests_aborted"] >= aborted_before + 2 and stats["unfinished_requests"] == 0, (
-        stats
-    )
+    assert stats["requests_aborted"] >= aborted_before + 2, stats
+    assert stats["unfinished_requests"] == 0, stats
 
 
 def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[str]]:
@@ -305,23 +269,23 @@ def _stream_events(http: httpx.Client, url: str, body: dict) -> tuple[int, list[
         ]
 
 
-def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
-    base, path, env = platform
-    good = yaml.safe_load(path.read_text())
+def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
+    base, path = session.url, session.config_path
+    good = copy.deepcopy(session.config)
+    path.write_text(yaml.safe_dump(good))
     actors = _actor_ids(base)
     log = path.parent / "watch.log"
     with open(log, "w") as out:
         watcher = subprocess.Popen(
-            deploy_command(path, "auto") + ["--watch"],
+            deploy_command(path, "auto", "--watch"),
             cwd=ROOT,
-            env=env,
+            env=session.env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for_line(
-            log, "watching", 1, watcher
-        )  # the file applied as it is (nothing changed), then watched
+        # the file applied as it is (nothing changed), then watched
+        _wait_for_line(log, "watching", 1, watcher)
         bad = copy.deepcopy(good)
         bad["applications"][0]["args"]["models"][0]["deployment_config"]["num_replicas"] = 0
         path.write_text(yaml.safe_dump(bad))
@@ -334,7 +298,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(platform):
         path.write_text(yaml.safe_dump(added))
         _wait_for_line(log, "ready: http", 2, watcher)
         after = _models(base)
-        assert {m: s["placement"]["actor_id"] for m, s in after.items() if m != "e-vit"} == actors
+        assert {m: a for m, a in _actor_ids(base).items() if m != "e-vit"} == actors
         assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (
             after.keys(),
             log.read_text()[-3000:],

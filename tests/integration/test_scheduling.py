@@ -4,6 +4,9 @@ replicas killed under load (two replicas: nothing fails; one: 503s at once until
 
 The cluster (``ray.cluster_utils.Cluster``) has a CPU-only head, node A with one GPU and
 node B with two; the engines run on the CPU, Ray's bookkeeping of GPUs is real.
+
+A platform of its own: placement across several nodes with GPUs needs a cluster shaped for it,
+and these tests kill replicas and fill queues on purpose.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import API_KEY, ROOT, auth_headers, running_platform
+from tests.integration.helpers import API_KEY, ROOT, auth_headers, running_platform
 from tests.media_files import b64, image_file, infer_body
 
 

@@ -1,5 +1,8 @@
 """``deploy_app.py`` stopped by SIGTERM (Kubernetes, systemd, a test harness) while it is still
-starting: it shuts Serve and its own Ray down and exits 0, leaving no process behind."""
+starting: it shuts Serve and its own Ray down and exits 0, leaving no process behind.
+
+A platform of its own: the test stops it, Ray included, which the session platform must outlive.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ import time
 import psutil
 import yaml
 
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     ROOT,
-    _free_port,
+    free_port,
     deploy_command,
     leftover_haproxy,
     platform_env,
@@ -30,7 +33,7 @@ VIT = {
 
 
 def test_a_platform_stopped_while_it_starts_shuts_down_cleanly(tmp_path):
-    port = _free_port()
+    port = free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import API_KEY, auth_headers
+from tests.integration.helpers import API_KEY, auth_headers
 from tests.media_files import b64, image_file, infer_body, video_file
 
 CLASSIFIER, DETECTOR, ZERO_SHOT = "tiny-vit", "tiny-detector", "tiny-zero-shot"

@@ -7,8 +7,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import API_KEY
-from tests.integration.test_openai_api import CHAT, EMBED, HELLO, RERANKER, assert_still_serving
+from tests.integration.helpers import API_KEY
+from tests.integration.helpers import HELLO, assert_still_serving
+from tests.integration.session_config import CHAT, EMBED, RERANKER
 
 QUERY = "Which animal says meow?"
 DOCUMENTS = [

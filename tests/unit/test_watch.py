@@ -22,7 +22,12 @@ def _watching(path, applied: queue.Queue):
     return stop, thread
 
 
-def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(tmp_path, capsys):
+def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(
+    tmp_path, capsys, monkeypatch
+):
+    reads: queue.Queue = queue.Queue()  # each read of the file: the watcher handled a save
+    read = deploy_app._read
+    monkeypatch.setattr(deploy_app, "_read", lambda p: reads.put(read(p)) or read(p))
     path = tmp_path / "model_config.yaml"
     path.write_text("models: [a]\n")
     (tmp_path / "other.yaml").write_text("x")
@@ -34,17 +39,30 @@ def test_each_save_with_new_content_is_applied_once_and_unchanged_saves_are_not(
         (tmp_path / "other.yaml").write_text("y")  # another file in the directory
         path.write_text("models: [a, b]\n")
         assert applied.get(timeout=WAIT_S) == "models: [a, b]\n"
-        replacement = (
-            tmp_path / ".model_config.yaml.swp"
-        )  # as editors save: a new file renamed over the old
+        # as editors save: a new file renamed over the old (two events, one save)
+        replacement = tmp_path / ".model_config.yaml.swp"
         replacement.write_text("models: [b]\n")
         os.replace(replacement, path)
         assert applied.get(timeout=WAIT_S) == "models: [b]\n"
-        assert applied.empty()
+        while not reads.empty():
+            reads.get()
+        _save(path, "models: [b]\n")  # saved again without a change
+        # The watcher has read that save: the next one comes in a batch of its own, and is the
+        # next to be applied only if the unchanged save was not.
+        assert reads.get(timeout=WAIT_S) == b"models: [b]\n"
+        _save(path, "models: [c]\n")
+        assert applied.get(timeout=WAIT_S) == "models: [c]\n"
     finally:
         stop.set()
         thread.join(WAIT_S)
     assert not thread.is_alive()
+
+
+def _save(path, text: str) -> None:
+    """Saved whole (a write in place can be read half-done, empty, by the watcher)."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 def _wait_for_output(capsys, text: str) -> None:

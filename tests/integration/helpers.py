@@ -1,0 +1,275 @@
+"""What the integration tests share: the session platform's keys and models, starting and editing a
+platform, free ports, and waiting for a condition with a deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from common.serve_env import haproxy_processes
+from tests.conftest import ray_temp_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-123"
+SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
+LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
+TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
+ALLOWED_ORIGIN = "https://app.example"
+IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
+STARTUP_TIMEOUT_S = 900
+HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
+
+T = TypeVar("T")
+
+
+def wait_until(
+    read: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout_s: float = 30,
+    every_s: float = 0.2,
+) -> T:
+    """Poll ``read()`` until ``done(value)`` or the deadline; the last value, for the assertion
+    that follows (which fails when the deadline passed first)."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(every_s)
+        value = read()
+    return value
+
+
+# Ports for servers the tests start, counted up from below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default): the kernel never hands
+# these to another socket, so a port found free here stays free until the server binds it.
+_PORTS = itertools.count(20000 + (os.getpid() % 12) * 1000)
+
+
+def free_port() -> int:
+    """A port no other socket holds, from this session's range below the ephemeral ports."""
+    for port in _PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable")
+
+
+def auth_headers(key: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
+    """The environment of a platform under test: its own Ray temp dir, HAProxy's metrics and stats
+    ports free (Ray's defaults are fixed ports on every interface), and its own range of replica
+    ports and fallback proxy ports: Serve binds them with SO_REUSEPORT, so two platforms sharing
+    one could answer each other's requests."""
+    replica_ports = free_port()
+    for _ in range(199):  # the 200 ports after it are this platform's replica ports
+        free_port()
+    return {
+        **os.environ,
+        "PLATFORM_TEST_API_KEYS": API_KEY,
+        "PLATFORM_TEST_LIMITED_KEY": LIMITED_KEY,
+        "PLATFORM_TEST_TOKEN_KEY": TOKEN_KEY,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(replica_ports),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(replica_ports + 99),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(replica_ports + 100),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(replica_ports + 199),
+    }
+
+
+def deploy_command(config_path: Path, address: str | None = None, *extra: str) -> list[str]:
+    address_args = ["--address", address] if address else []
+    return [sys.executable, "deploy_app.py", "--config", str(config_path), *address_args, *extra]
+
+
+def leftover_haproxy(http_port: int) -> list[str]:
+    """The command lines of the HAProxy processes still running on the platform's files."""
+    return [" ".join(process.info["cmdline"]) for process in haproxy_processes(http_port)]
+
+
+@dataclass
+class Platform:
+    """A running platform: its URL and, when this session started it, what reaches its Ray."""
+
+    url: str
+    env: dict[str, str] | None = None  # `deploy_app.py --address auto` finds its Ray through it
+    config_path: Path | None = None  # the config it runs, which edits rewrite
+    metrics_url: str | None = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def owned(self) -> bool:
+        return self.env is not None
+
+    def require_owned(self) -> Platform:
+        """Skip a test that needs the platform's Ray, files or logs when it runs elsewhere."""
+        if not self.owned:
+            pytest.skip("needs the platform this session starts: unset PLATFORM_URL to run it")
+        return self
+
+    @property
+    def ray_tmpdir(self) -> Path:
+        assert self.env is not None
+        return Path(self.env["RAY_TMPDIR"])
+
+    def apply(self, config: dict) -> subprocess.CompletedProcess:
+        """``deploy_app.py --address auto`` of ``config`` written over the platform's file, as an
+        operator edits a running platform; returns once every model is live (or one failed)."""
+        assert self.config_path is not None and self.env is not None
+        self.config_path.write_text(yaml.safe_dump(config))
+        return subprocess.run(
+            deploy_command(self.config_path, "auto"),
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT_S,
+        )
+
+    def restore(self) -> None:
+        """Apply the session's own config again: what an edit added goes, what it changed returns."""
+        result = self.apply(self.config)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def running_platform(
+    config: dict,
+    workdir: Path,
+    address: str | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Run ``deploy_app.py`` on ``config`` (written to ``workdir/config.yaml``): on a Ray of its own
+    (serving until the end), or applied to the cluster at ``address`` (the command returns once
+    live; the cluster keeps serving)."""
+    port = free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = path.with_name("platform.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            deploy_command(path, address, *extra_args),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env or platform_env(),
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            if address is not None and proc.wait(STARTUP_TIMEOUT_S) != 0:
+                raise RuntimeError(f"deploy_app.py failed:\n{log_path.read_text()[-4000:]}")
+            _wait_ready(base, proc if address is None else None, log_path)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            if address is None:  # the platform stopped its own Ray: nothing of it may outlive it
+                left = leftover_haproxy(port)
+                assert not left, left
+
+
+def _wait_ready(base: str, proc: subprocess.Popen | None, log_path: Path) -> None:
+    def status() -> int | None:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"platform exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}"
+            )
+        try:
+            return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code
+        except httpx.HTTPError:
+            return None
+
+    if wait_until(status, lambda code: code == 200, STARTUP_TIMEOUT_S, every_s=2) != 200:
+        raise TimeoutError(
+            f"platform not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
+        )
+
+
+def engine_stats(base: str, model: str) -> dict:
+    """What ``/ready`` says of one model's engine (requests running, aborted, its placement)."""
+    answer = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+    return answer.json()["models"][model]
+
+
+def assert_leaving_a_stream_stops_it(
+    url: str,
+    model: str,
+    read_stats,
+    counter: str,
+    pause_s: float = 0,
+    attempts: int = 3,
+) -> dict:
+    """Open a long stream at ``url``, read its first line, stop reading for ``pause_s`` (the buffers
+    on the way fill up), then leave; assert that the engine counts the stop in ``counter`` and has
+    nothing left running. The last stats.
+
+    An attempt shows something only if the engine was still generating when the client left: on a
+    busy 2-core machine a stream's first line can come seconds late, after the engine generated all
+    of it. Such an attempt is made again; a stop never counted fails all the same."""
+    # As many sequences as tiny-chat runs at once, each to its context's end: seconds of work.
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello!"}],
+        "max_tokens": 1000,
+        "n": 64,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    for _ in range(attempts):
+        before = read_stats()
+        with (
+            httpx.Client(headers=auth_headers(), timeout=60) as c,
+            c.stream("POST", url, json=body) as response,
+        ):
+            lines = response.iter_lines()  # kept: a dropped iterator closes the connection
+            first = next(lines)
+            assert response.status_code == 200, first
+            assert first.startswith("data: {") and '"error"' not in first, first
+            time.sleep(pause_s)  # the client stops reading: the pause is the behaviour under test
+            generating = read_stats()["unfinished_requests"] > 0
+        if generating:
+            stats = wait_until(
+                read_stats,
+                lambda s: s[counter] > before[counter] and s["unfinished_requests"] == 0,
+            )
+            assert stats[counter] == before[counter] + 1, (before, stats)
+            assert stats["unfinished_requests"] == 0, (before, stats)
+            return stats
+    raise AssertionError(
+        f"in {attempts} attempts the engine finished the stream before the client left"
+    )
+
+
+def assert_still_serving(client: openai.OpenAI, model: str = "tiny-chat") -> None:
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=4)
+    assert reply.choices[0].finish_reason in ("length", "stop")
