@@ -1,15 +1,19 @@
 """Deploy ``model_config.yaml``: one Serve application per model, plus the router.
 
-    python deploy_app.py --config model_config.yaml                  # start Ray here, deploy, block until Ctrl-C
-    python deploy_app.py --config model_config.yaml --address auto   # apply the file to the running platform, return when live
-    python deploy_app.py --config model_config.yaml --address auto --watch   # ... and again each time the file is saved
-    python deploy_app.py --config model_config.yaml --dry-run        # validate and print the plan
-    python deploy_app.py --config model_config.yaml --plan --gpu-type L4   # where replicas land, GPU memory
-    python deploy_app.py --config model_config.yaml --render         # print the Serve config it deploys
-    python deploy_app.py --config model_config.yaml --render --working-dir /shared/code   # ... with the code shipped
-    python deploy_app.py status                                       # every model's phase (exit 0: all ready)
-    python deploy_app.py batch --model tiny-chat --input prompts.jsonl --output answers.jsonl   # offline, Ray Data
-    python deploy_app.py kuberay rayservice --image REGISTRY/rayserve-platform:TAG   # a KubeRay manifest
+    # start Ray here, deploy, block until Ctrl-C
+    python deploy_app.py --config model_config.yaml
+    # apply the file to the running platform, return when live (--watch: again on each save)
+    python deploy_app.py --config model_config.yaml --address auto [--watch]
+    python deploy_app.py --config model_config.yaml --dry-run   # validate and print the plan
+    # where replicas land, GPU memory
+    python deploy_app.py --config model_config.yaml --plan --gpu-type L4
+    # print the Serve config it deploys (--working-dir: with the code shipped)
+    python deploy_app.py --config model_config.yaml --render [--working-dir /shared/code]
+    python deploy_app.py status   # every model's phase (exit 0: all ready)
+    # offline, Ray Data
+    python deploy_app.py batch --model tiny-chat --input prompts.jsonl --output answers.jsonl
+    # a KubeRay manifest
+    python deploy_app.py kuberay rayservice --image REGISTRY/rayserve-platform:TAG
 
 It validates every application's ``args:`` before anything starts (a bad edit changes
 nothing), renders each model as its own application (``builders/render.py``) and applies
@@ -72,7 +76,8 @@ def deploy(
     failed = wait_until_live([app.name for app in schema.applications])
     if failed:  # the others serve; `deploy_app.py status` shows why these did not start
         print(
-            f"failed to start: {', '.join(failed)} (see `python deploy_app.py status`); the other models serve",
+            f"failed to start: {', '.join(failed)} (see `python deploy_app.py status`); "
+            "the other models serve",
             file=sys.stderr,
             flush=True,
         )
@@ -222,7 +227,8 @@ def _print_placement(loaded: dict[str, LoadedConfig], args: argparse.Namespace, 
         )
         return 1
     print(
-        f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} {gpu}, {args.cpus_per_node:g} CPUs:"
+        f"\nat peak replicas on {args.nodes} node(s) x {args.gpus_per_node} {gpu}, "
+        f"{args.cpus_per_node:g} CPUs:"
     )
     print(describe(placements))
     return 0
@@ -367,9 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.num_cpus,
         )
 
-    def run_saved_file() -> (
-        bool
-    ):  # --watch: the file as saved now, validated before anything changes
+    def run_saved_file() -> bool:
+        """--watch: the file as saved now, validated before anything changes."""
         try:
             _, schema, loaded = _load(args)
             _check_secrets(args, loaded)
@@ -386,19 +391,17 @@ def main(argv: list[str] | None = None) -> int:
             print(refused, file=sys.stderr, flush=True)
             return False
 
-    signal.signal(
-        signal.SIGTERM, _stop_on_sigterm
-    )  # from here on, SIGTERM is Ctrl-C (_connect sets it again)
+    # From here on, SIGTERM is Ctrl-C (_connect sets it again).
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if args.address is not None and not args.watch:
         try:
-            return (
-                0 if run(schema, loaded) else 1
-            )  # applied to a running platform, which keeps serving
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl-C or SIGTERM: what Serve was sent goes on without this process
+            # applied to a running platform, which keeps serving
+            return 0 if run(schema, loaded) else 1
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: what Serve was sent goes on without this process
             print(
-                "interrupted; the running platform keeps serving (`python deploy_app.py status` shows what)",
+                "interrupted; the running platform keeps serving "
+                "(`python deploy_app.py status` shows what)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -410,9 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         while args.address is None:
             time.sleep(3600)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting, serving or watching
-        if (
-            args.address is None
-        ):  # the platform started here stops with it; one joined keeps running
+        # The platform started here stops with it; one joined keeps running.
+        if args.address is None:
             _shut_down(schema.http_options.port)
     return 0
 

@@ -32,7 +32,10 @@ class EngineActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         columns = list(batch)
-        rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
+        rows = [
+            dict(zip(columns, values, strict=True))
+            for values in zip(*(batch[c] for c in columns), strict=True)
+        ]
         started = time.perf_counter()
         answers = self._run(self._answer_all(rows))
         share = (time.perf_counter() - started) / max(
@@ -45,24 +48,22 @@ class EngineActor:
         }
 
     async def _answer_all(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``{"response": ...}`` or ``{"error": ...}`` per row: a bad row is reported, never fails the job."""
-        bodies, answers = [], [None] * len(rows)
+        """``{"response": ...}`` or ``{"error": ...}`` per row: a bad row is reported, never fails
+        the job."""
+        bodies: list[tuple[int, dict[str, Any]]] = []
+        answers: dict[int, dict[str, Any]] = {}
         for index, row in enumerate(rows):
             try:
-                bodies.append(
-                    (
-                        index,
-                        request_body(row, self.entry.model_id, self.capability, self.parameters),
-                    )
-                )
+                body = request_body(row, self.entry.model_id, self.capability, self.parameters)
+                bodies.append((index, body))
             except Exception as err:  # a row that is not a request at all
                 answers[index] = {
                     "error": {"status": 400, "message": f"{type(err).__name__}: {err}"}
                 }
         results = await self.engine.handle_many(self.capability, [body for _, body in bodies])
-        for (index, _), result in zip(bodies, results):
+        for (index, _), result in zip(bodies, results, strict=True):
             answers[index] = _answer(result)
-        return answers
+        return [answers[index] for index in range(len(rows))]
 
     def __del__(self):
         try:

@@ -1,7 +1,8 @@
 """``python deploy_app.py batch``: offline inference over a file or a folder with Ray Data, on
 the engines the YAML configures (no Serve, no HTTP).
 
-    python deploy_app.py batch --config model_config.yaml --model tiny-chat --input prompts.jsonl --output answers.jsonl
+    python deploy_app.py batch --config model_config.yaml --model tiny-chat \\
+        --input prompts.jsonl --output answers.jsonl
     python deploy_app.py batch --model all-minilm-l6-v2 --input texts.parquet --output s3://bucket/vectors.parquet
     python deploy_app.py batch --model tiny-whisper --input recordings/ --output transcripts.jsonl
     python deploy_app.py batch --model tiny-vit --input 'photos/*.jpg' --output labels.jsonl
@@ -131,7 +132,7 @@ def run_batch(
     with _progress(args.input) as progress:
         for batch in _answered(rows, entry, options, capability, args):
             busy += float(sum(batch["seconds"]))
-            for identifier, result in zip(batch[ID], batch["result"]):
+            for identifier, result in zip(batch[ID], batch["result"], strict=True):
                 record = {ID: str(identifier), **json.loads(result)}
                 failed += "error" in record
                 answered += "error" not in record
@@ -145,7 +146,8 @@ def run_batch(
     total = answered + failed
     loaded = f"; {total / busy:.2f} rows/s per actor while answering" if busy else ""
     print(
-        f"batch: {total} rows in {ended - started:.1f} s ({total / (ended - started):.2f} rows/s{loaded}): "
+        f"batch: {total} rows in {ended - started:.1f} s "
+        f"({total / (ended - started):.2f} rows/s{loaded}): "
         f"{answered} answered, {failed} with an error; {len(done)} already in {args.output}"
     )
     return 0
@@ -158,7 +160,8 @@ def _answered(
     capability: Capability,
     args: argparse.Namespace,
 ):
-    """The rows through a pool of engine actors sized like the model's replicas (Serve ``options``)."""
+    """The rows through a pool of engine actors sized like the model's replicas (Serve
+    ``options``)."""
     from batch.engine_actor import EngineActor
 
     shape = replica_shape(options)

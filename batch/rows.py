@@ -87,7 +87,8 @@ def request_body(
 
 
 def _missing(value: Any) -> bool:
-    """A field this record lacks: Ray Data gives every row every column, None or NaN where absent."""
+    """A field this record lacks: Ray Data gives every row every column, None or NaN where
+    absent."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 

@@ -92,11 +92,13 @@ def main() -> None:
             stop(proc)
 
     print(
-        f"\n{args.requests} transcriptions of a {args.clip_seconds:g} s clip at concurrency {args.concurrency}, "
+        f"\n{args.requests} transcriptions of a {args.clip_seconds:g} s clip "
+        f"at concurrency {args.concurrency}, "
         f"model {Path(args.model_source).name}"
     )
     print(
-        f"{'engine':<16}{'transcriptions/s':>18}{'p50 s':>8}{'p99 s':>8}{'requests/batch':>16}{'requests/pass':>15}"
+        f"{'engine':<16}{'transcriptions/s':>18}{'p50 s':>8}{'p99 s':>8}"
+        f"{'requests/batch':>16}{'requests/pass':>15}"
     )
     for model, r in results.items():
         print(

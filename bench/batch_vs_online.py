@@ -7,7 +7,8 @@ same concurrency as the job's batch size. Prints rows per second of each, the ba
 while its actor answers (the job's model loading is a cost the online platform pays once), and
 ``ratio batch / online at concurrency <c>: <x.xx>x``.
 
-    python bench/batch_vs_online.py [--model tiny-chat] [--rows 256] [--concurrency 32] [--max-tokens 16]
+    python bench/batch_vs_online.py [--model tiny-chat] [--rows 256] [--concurrency 32] \\
+        [--max-tokens 16]
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run_batch(model: str, source: Path, output: Path, batch_size: int) -> tuple[
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    line = next((l for l in done.stdout.splitlines() if l.startswith("batch: ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("batch: ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(done.stderr[-3000:])
     print(line)
@@ -124,7 +125,8 @@ def main() -> None:
             stop(proc)
     print(f"{args.model}, {args.rows} rows, concurrency {args.concurrency}:")
     print(
-        f"  batch job: {batch_whole:.2f} rows/s with its start-up, {batch_loaded:.2f} rows/s while its actor answers"
+        f"  batch job: {batch_whole:.2f} rows/s with its start-up, "
+        f"{batch_loaded:.2f} rows/s while its actor answers"
     )
     print(f"  online /v1: {online:.2f} rows/s (platform already up)")
     print(f"ratio batch / online at concurrency {args.concurrency}: {batch_loaded / online:.2f}x")

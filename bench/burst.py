@@ -56,7 +56,8 @@ def summary(label: str, waits_s: list[float], floor_ms: float | None = None) -> 
     p50, p90 = statistics.median(ms), ms[int(0.9 * (len(ms) - 1))]
     ratio = f"  ({p50 / floor_ms:.1f}x /health)" if floor_ms else ""
     print(
-        f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms{ratio}"
+        f"{label:<34} n={len(ms):>3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  "
+        f"max {ms[-1]:7.1f} ms{ratio}"
     )
     return p50
 

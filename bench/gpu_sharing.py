@@ -9,9 +9,11 @@ and B driven at the same time in the shared run while the third model answers it
 requests. Prints output tokens/s of A and B alone and together (together/alone ratios) and
 the GPU memory of every replica's process tree (``nvidia-smi``).
 
-    python bench/gpu_sharing.py --model-a Qwen/Qwen2.5-1.5B-Instruct --model-b tiiuae/Falcon3-1B-Instruct \\
+    python bench/gpu_sharing.py --model-a Qwen/Qwen2.5-1.5B-Instruct \\
+        --model-b tiiuae/Falcon3-1B-Instruct \\
         --third openai/whisper-large-v3-turbo
-    python bench/gpu_sharing.py --logical-gpus 1 --cpus-per-model 0.5   # CPU machine: tiny models, a logical GPU
+    # a CPU machine: tiny models, a logical GPU
+    python bench/gpu_sharing.py --logical-gpus 1 --cpus-per-model 0.5
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def main() -> None:
     )
 
     print(
-        f"share {args.share} each, concurrency {args.concurrency}, {args.requests} x {args.max_tokens} tokens"
+        f"share {args.share} each, concurrency {args.concurrency}, "
+        f"{args.requests} x {args.max_tokens} tokens"
     )
     print(f"{'model':10} {'alone tok/s':>12} {'together tok/s':>15} {'together/alone':>15}")
     for name, alone, together in (("model-a", alone_a, with_a), ("model-b", alone_b, with_b)):

@@ -141,7 +141,8 @@ def main() -> None:
     for name, cost in costs.items():
         if name != "app":
             print(
-                f"layers {name} / app: +{cost - costs['app']:.0f} us per request ({cost / costs['app']:.2f}x)"
+                f"layers {name} / app: +{cost - costs['app']:.0f} us per request "
+                f"({cost / costs['app']:.2f}x)"
             )
 
 

@@ -20,12 +20,14 @@ seed) at each concurrency:
 
 Prints output-token throughput, TTFT and inter-token latency (p50/p99), the server's CPU ms per
 output token by process, and one line per arm and concurrency, which scripts read:
-``ratio <arm> / vllm at concurrency <c>: <x.xx>x`` (``/ vllm-lora`` for the LoRA arms). With ``--rounds N`` every arm runs N times,
-in turn (vllm, one-hop, ..., vllm, one-hop, ...); each round's ratios compare arms of that round,
-and the ``ratio`` line gives their median: on a small shared machine the speed of the machine
-itself drifts between minutes by more than the gaps being measured.
+``ratio <arm> / vllm at concurrency <c>: <x.xx>x`` (``/ vllm-lora`` for the LoRA arms). With
+``--rounds N`` every arm runs N times, in turn (vllm, one-hop, ..., vllm, one-hop, ...); each
+round's ratios compare arms of that round, and the ``ratio`` line gives their median: on a small
+shared machine the speed of the machine itself drifts between minutes by more than the gaps being
+measured.
 
-    python bench/serve_vs_vllm.py [--concurrency 1 16 64] [--arms vllm one-hop shared rsllm rsllm-direct] [--rounds 1]
+    python bench/serve_vs_vllm.py [--concurrency 1 16 64] \\
+        [--arms vllm one-hop shared rsllm rsllm-direct] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def run_load(
 
 def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
     """``vllm serve`` as it runs by default: it keeps its engine statistics (``/metrics``), as every
-    other arm does; without them it runs up to a tenth faster at 64 streams here (bench/README.md)."""
+    other arm does; without them it runs up to a tenth faster at 64 streams here
+    (bench/README.md)."""
     flags = []
     for key, value in ENGINE_KWARGS.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
@@ -238,12 +241,14 @@ import sys, time
 import ray
 from ray import serve
 from ray.serve.llm import LLMConfig, build_openai_app
-direct, model_dir, port, engine_kwargs = sys.argv[1] == "1", sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+direct, model_dir = sys.argv[1] == "1", sys.argv[2]
+port, engine_kwargs = int(sys.argv[3]), eval(sys.argv[4])
 ray.init(include_dashboard=False)
 serve.start(http_options={"host": "127.0.0.1", "port": port})
 llm = LLMConfig(model_loading_config={"model_id": "bench-model", "model_source": model_dir},
                 engine_kwargs=engine_kwargs, placement_group_config={"bundles": [{"CPU": 1}]},
-                deployment_config={"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256})
+                deployment_config={"ray_actor_options": {"num_cpus": 0},
+                                   "max_ongoing_requests": 256})
 app_config = {"llm_configs": [llm]}
 if not direct:  # direct streaming refuses an ingress config: the LLM server is the ingress
     app_config["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
@@ -288,7 +293,8 @@ def measure(
     args,
     model: str = "bench-model",
 ) -> dict:
-    """Each arm (name -> chat endpoint path) of one server at each concurrency: {arm: {c: metrics}}."""
+    """Each arm (name -> chat endpoint path) of one server at each concurrency:
+    {arm: {c: metrics}}."""
     results: dict[str, dict[int, dict]] = {arm: {} for arm in endpoints}
     try:
         wait_ready(ready_url, proc, timeout_s=600)
@@ -363,7 +369,8 @@ def main() -> None:
         for _ in range(args.rounds):
             rounds.append(run_round(args, workdir))
     print(
-        "\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | server CPU ms/token |"
+        "\n| server | concurrency | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms "
+        "| server CPU ms/token |"
     )
     print("|---|---|---|---|---|---|")
     for number, runs in enumerate(rounds, 1):

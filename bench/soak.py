@@ -94,7 +94,8 @@ class Tally:
 
     def report(self, kills: list[str], minutes: float) -> None:
         print(
-            f"\nsoak: {minutes:.1f} min, {sum(self.sent.values())} requests, replicas killed: {len(kills)} "
+            f"\nsoak: {minutes:.1f} min, {sum(self.sent.values())} requests, "
+            f"replicas killed: {len(kills)} "
             f"({', '.join(kills)})"
         )
         print(f"{'kind':<14}{'sent':>7}  answered by status{'':<22}lost")

@@ -118,7 +118,8 @@ def main() -> None:
             )
             sampler.running = False
             print(
-                f"{args.concurrency} concurrent uploads (25 MiB audio files, 100 MiB videos as base64 JSON) "
+                f"{args.concurrency} concurrent uploads "
+                "(25 MiB audio files, 100 MiB videos as base64 JSON) "
                 f"in {time.monotonic() - start:.0f} s"
             )
             print(
@@ -129,7 +130,8 @@ def main() -> None:
             )
             print(
                 f"router RSS idle {idle / MIB:.0f} MiB, peak {sampler.peak / MIB:.0f} MiB, "
-                f"growth {(sampler.peak - idle) / MIB:.0f} MiB against a bound of {args.bound_mib} MiB"
+                f"growth {(sampler.peak - idle) / MIB:.0f} MiB "
+                f"against a bound of {args.bound_mib} MiB"
             )
         finally:
             stop(proc)

@@ -179,15 +179,15 @@ def main() -> None:
             stop(platform)
 
     print(
-        f"\n{args.requests} images (320x240 JPEG) at concurrency {args.concurrency}, {args.cpus} CPU threads, "
+        f"\n{args.requests} images (320x240 JPEG) at concurrency {args.concurrency}, "
+        f"{args.cpus} CPU threads, "
         f"model {Path(model_dir).name}"
     )
     print(f"{'server':<34}{'images/s':>10}{'p50 s':>8}{'p99 s':>8}")
     for name, r in results.items():
         print(f"{name:<34}{r['per_s']:>10.2f}{r['p50_s']:>8.2f}{r['p99_s']:>8.2f}")
-    print(
-        f"platform images per forward pass: {stats['batched_requests'] / max(1, stats['forward_passes']):.1f}"
-    )
+    per_pass = stats["batched_requests"] / max(1, stats["forward_passes"])
+    print(f"platform images per forward pass: {per_pass:.1f}")
     plain_rate, platform_rate = (r["per_s"] for r in results.values())
     print(f"platform / plain throughput: {platform_rate / plain_rate:.2f}x")
 

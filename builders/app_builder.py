@@ -121,7 +121,8 @@ def _replica_entry(model: BaseModelEntry) -> dict[str, Any]:
     # Replicas may start in another working directory: pin relative paths now.
     entry["model_loading_config"]["model_source"] = _pinned(model.model_loading_config.model_source)
     if model.multiplex_config:
-        # The replica gets every variant by name with pinned paths (variants_dir was listed at validation).
+        # The replica gets every variant by name with pinned paths (variants_dir was listed at
+        # validation).
         entry["multiplex_config"] = {
             "variants": {name: _pinned(source) for name, source in model.variants().items()},
             "max_variants_per_replica": model.multiplex_config.max_variants_per_replica,

@@ -24,7 +24,8 @@ from builders.model_architecture import (
 )
 from common.serve_options import replica_shape
 from configs import DeploymentSpec
-from configs.server_models import BaseModelEntry, ModelType
+from configs.server_models import BaseModelEntry
+from configs.vllm_models import VLLMModelEntry
 
 GIB = 1024**3
 # Memory CUDA reports for each GPU, by the names --gpu-type takes.
@@ -59,7 +60,8 @@ LOGIT_BYTES = 8  # float32 logits and their probabilities, per vocabulary entry 
 
 @dataclass(frozen=True)
 class ModelMemory:
-    """One model's memory on each GPU of its replica, in bytes; None where the files are out of reach."""
+    """One model's memory on each GPU of its replica, in bytes; None where the files are out of
+    reach."""
 
     model_id: str
     needs: int | None  # the least it runs in
@@ -77,14 +79,15 @@ def estimate_replica(spec: DeploymentSpec, gpu_bytes: int | None) -> list[ModelM
     share_bytes = int(min(share, 1) * gpu_bytes) if gpu_bytes else None
     return [
         _vllm_memory(m, gpu_bytes, share_bytes)
-        if m.model_loading_config.type is ModelType.VLLM
+        if isinstance(m, VLLMModelEntry)
         else _transformers_memory(m, share_bytes)
         for m in spec.models
     ]
 
 
 def replica_problems(spec: DeploymentSpec, models: list[ModelMemory], gpu_bytes: int) -> list[str]:
-    """Why a replica cannot run (empty: it can): a model past its budget, or models past the share."""
+    """Why a replica cannot run (empty: it can): a model past its budget, or models past the
+    share."""
     problems = [
         f"{spec.name}: {m.model_id} needs {_gib(m.needs)} GiB per GPU ({m.detail}) but may take "
         f"{_gib(m.budget)} GiB"
@@ -105,15 +108,16 @@ def describe_memory(models: list[ModelMemory]) -> str:
     """The table cell: what the replica holds on each GPU, and what its budget is."""
     if not models:
         return "-"
-    if any(m.takes is None for m in models):
+    takes = [m.takes for m in models if m.takes is not None]
+    needs = [m.needs for m in models if m.needs is not None]
+    if len(takes) < len(models) or len(needs) < len(models):
         return "?"
-    taken = _gib(sum(m.takes for m in models))
-    needed = _gib(sum(m.needs for m in models))
+    taken, needed = _gib(sum(takes)), _gib(sum(needs))
     return taken if taken == needed else f"{taken} (needs {needed})"
 
 
 def _vllm_memory(
-    model: BaseModelEntry, gpu_bytes: int | None, share_bytes: int | None
+    model: VLLMModelEntry, gpu_bytes: int | None, share_bytes: int | None
 ) -> ModelMemory:
     """``share_bytes``: the replica's share of one GPU, the budget when ``kv_cache_memory_bytes``
     (not ``gpu_memory_utilization``) sizes the KV cache."""
@@ -145,7 +149,8 @@ def _vllm_memory(
     needs = fixed + per_token * max_len
     detail = (
         f"weights {_gib(weights // (tp * pp))}, KV cache for one {max_len}-token sequence "
-        f"{_gib(per_token * max_len)}, activations {_gib(activations)}, CUDA graphs and context {_gib(overhead)}"
+        f"{_gib(per_token * max_len)}, activations {_gib(activations)}, "
+        f"CUDA graphs and context {_gib(overhead)}"
     )
     if kwargs.get("kv_cache_memory_bytes"):
         takes = fixed + kwargs["kv_cache_memory_bytes"]
@@ -176,7 +181,8 @@ def _transformers_memory(model: BaseModelEntry, budget: int | None) -> ModelMemo
     if weights is None:
         return ModelMemory(model.model_id, None, None, budget, detail="model files out of reach")
     needs = int(weights * (1 + TRANSFORMERS_ACTIVATION_FRACTION)) + CUDA_CONTEXT_BYTES
-    detail = f"weights {_gib(weights)}, activations {_gib(needs - weights - CUDA_CONTEXT_BYTES)}, CUDA context 0.5"
+    activations = needs - weights - CUDA_CONTEXT_BYTES
+    detail = f"weights {_gib(weights)}, activations {_gib(activations)}, CUDA context 0.5"
     return ModelMemory(model.model_id, needs, needs, budget, detail=detail)
 
 
@@ -189,7 +195,8 @@ def _weight_bytes(source: str, config: dict | None, dtype_bytes: int) -> int | N
 
 
 def _vllm_dtype_bytes(dtype: str, config: dict | None) -> int:
-    """vLLM's ``auto``: the checkpoint's dtype, with float32 checkpoints served in 16 bits on a GPU."""
+    """vLLM's ``auto``: the checkpoint's dtype, with float32 checkpoints served in 16 bits on a
+    GPU."""
     if dtype != "auto":
         return DTYPE_BYTES.get(dtype, 2)
     stored = (config or {}).get("torch_dtype") or (config or {}).get("dtype") or "bfloat16"

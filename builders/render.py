@@ -72,7 +72,10 @@ def router_application(app: dict[str, Any], source: str | None = None) -> dict[s
 
 def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[str, Any]]:
     args = app.get("args") or {}
-    raw_models = {entry.model_id: raw for entry, raw in zip(config.models, args[config.models_key])}
+    raw_models = {
+        entry.model_id: raw
+        for entry, raw in zip(config.models, args[config.models_key], strict=True)
+    }
     shared = {key: args[key] for key in MODEL_APP_SETTINGS if key in args}
     if "max_request_bytes" in (args.get("router") or {}):  # the one-hop path's body limit too
         shared["router"] = {"max_request_bytes": args["router"]["max_request_bytes"]}
@@ -104,7 +107,8 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
                     else {}
                 ),
                 "args": model_args,
-                # Outside the args, so an edit of the timeout reaches the replicas without a restart.
+                # Outside the args, so an edit of the timeout reaches the replicas without a
+                # restart.
                 **(
                     {
                         "deployments": [

@@ -1,4 +1,5 @@
-"""How far a starting replica got downloading its model: for ``deploy_app.py status`` and ``/ready``.
+"""How far a starting replica got downloading its model: for ``deploy_app.py status`` and
+``/ready``.
 
 Serve calls a replica only once its constructor has returned, so a replica that is still
 fetching weights cannot be asked. Instead, while it starts, a thread measures the bytes that
@@ -30,7 +31,8 @@ logger = logging.getLogger("ray.serve")
 KV_NAMESPACE = "rayserve_platform"
 KEY_PREFIX = "download/"
 PUBLISH_INTERVAL_S = 1.0
-# Weight files, by the extension the loaders look for: the first format a repo has is the one fetched.
+# Weight files, by the extension the loaders look for: the first format a repo has is the one
+# fetched.
 WEIGHT_FORMATS = (".safetensors", ".bin", ".pt", ".pth")
 OTHER_WEIGHTS = (
     ".ckpt",
@@ -151,7 +153,8 @@ class DownloadWatch:
 
 
 def bytes_under(paths: Iterable[Path]) -> int:
-    """Bytes of the regular files under ``paths`` (links not followed: a Hub snapshot links to blobs)."""
+    """Bytes of the regular files under ``paths`` (links not followed: a Hub snapshot links to
+    blobs)."""
     total = 0
     for root in paths:
         for directory, _, files in os.walk(root):

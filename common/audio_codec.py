@@ -38,7 +38,8 @@ def decode_audio(data: bytes, sampling_rate: int, max_duration_s: float) -> np.n
     container_kind = sniff_container(data)
     if container_kind not in SUPPORTED_CONTAINERS:
         raise AudioInputError(
-            f"the file is not audio in a supported format; supported: {', '.join(SUPPORTED_CONTAINERS)}",
+            "the file is not audio in a supported format; "
+            f"supported: {', '.join(SUPPORTED_CONTAINERS)}",
             "unsupported_format",
         )
     max_samples = int(max_duration_s * sampling_rate)
@@ -118,6 +119,7 @@ def encode_audio(samples: np.ndarray, sampling_rate: int, fmt: str) -> tuple[byt
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=spec.container) as container:
         stream = container.add_stream(spec.codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)  # an audio codec gives an audio stream
         for out in frames:
             out.pts = None
             for packet in stream.encode(out):
@@ -139,9 +141,7 @@ def change_tempo(samples: np.ndarray, sampling_rate: int, speed: float) -> np.nd
         speed /= 0.5
     factors.append(speed)
     graph = av.filter.Graph()
-    node = graph.add_abuffer(
-        format="flt", sample_rate=sampling_rate, layout="mono", time_base=f"1/{sampling_rate}"
-    )
+    node = graph.add_abuffer(format="flt", sample_rate=sampling_rate, layout="mono")
     for factor in factors:
         tempo = graph.add("atempo", f"{factor}")
         node.link_to(tempo)

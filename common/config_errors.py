@@ -69,7 +69,8 @@ def issues_from_validation_error(
 
 
 def _is_union_tag(part: str | int) -> bool:
-    # pydantic adds the chosen union member to locs ("function-after[...]", "int"); users never wrote it
+    # pydantic adds the chosen union member to locs ("function-after[...]", "int"); users never
+    # wrote it
     return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "bool"})
 
 

@@ -13,7 +13,8 @@ from common.request_ids import current_request_id
 
 @dataclass
 class EngineResponse:
-    """A complete answer: HTTP status, body bytes, their media type and any headers the engine sets."""
+    """A complete answer: HTTP status, body bytes, their media type and any headers the engine
+    sets."""
 
     status_code: int
     content: bytes
@@ -25,7 +26,8 @@ class EngineResponse:
         return cls(status_code, json.dumps(payload, separators=(",", ":")).encode())
 
     def error_message(self) -> str:
-        """The message of an error answer: OpenAI's ``{"error": {"message"}}`` or ``{"error": "..."}``."""
+        """The message of an error answer: OpenAI's ``{"error": {"message"}}`` or
+        ``{"error": "..."}``."""
         try:
             error = json.loads(self.content).get("error")
             return (error.get("message") if isinstance(error, dict) else error) or "failed"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """Bad request input; ``status_code`` is 400, or 413 for size limits; ``param`` names the field."""
+    """Bad request input; ``status_code`` is 400, or 413 for size limits; ``param`` names the
+    field."""
 
     def __init__(
         self,

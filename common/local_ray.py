@@ -6,9 +6,9 @@ import sys
 
 
 def forget_dead_cluster() -> None:
-    """Given no address, Ray joins the cluster named in ``<ray temp>/ray_current_cluster``, and waits
-    for it forever when it is gone: a platform killed without its shutdown (SIGKILL, a reboot) leaves
-    that file. Drop it unless a Ray process on this machine still serves that address."""
+    """Given no address, Ray joins the cluster named in ``<ray temp>/ray_current_cluster``, and
+    waits for it forever when it is gone: a platform killed without its shutdown (SIGKILL, a reboot)
+    leaves that file. Drop it unless a Ray process on this machine still serves that address."""
     from ray._common.utils import reset_ray_address
     from ray._private import services
 

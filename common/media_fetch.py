@@ -133,7 +133,7 @@ async def _checked_address(parts, policy: MediaFetchPolicy) -> str:
         )
     except socket.gaierror:
         raise MediaURLError(f"host {host!r} does not resolve", "media_fetch_failed") from None
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}  # IP sockaddrs start with the host string
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not policy.address_allowed(ip):

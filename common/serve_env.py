@@ -44,8 +44,9 @@ STREAMING_ENV = {
     "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
     "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(64 * 1024),
     # Serve's controller reconciles every 0.5 s (Ray's default is 0.1): each pass also asks the GCS
-    # for the cluster's resources, and the two took 5% of a core on a platform at rest here, 1.8% at
-    # 0.5 s (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for a pass.
+    # for the cluster's resources, and the two took 5% of a core on a platform at rest here, 1.8%
+    # at 0.5 s (bench/README.md, run X); a deploy or scaling step waits at most 0.4 s longer for a
+    # pass.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     # HAProxy runs under SCHED_BATCH: woken by a replica's write, it no longer preempts that
     # replica to forward one event at a time (scripts/haproxy; bench/README.md, run Z).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 
 
 @dataclass

@@ -248,7 +248,8 @@ def _cross_model_issues(
             issues.append(
                 ConfigIssue(
                     (models_key, index, "model_loading_config", "model_id"),
-                    f"duplicate model_id {entry.model_id!r} (also {models_key}[{seen_ids[entry.model_id]}])",
+                    f"duplicate model_id {entry.model_id!r} "
+                    f"(also {models_key}[{seen_ids[entry.model_id]}])",
                 )
             )
         seen_ids.setdefault(entry.model_id, index)
@@ -276,7 +277,8 @@ def _pipeline_issues(platform: PlatformConfig, models: list[BaseModelEntry]) -> 
             issues.append(
                 ConfigIssue(
                     ("pipelines", index, "model_id"),
-                    f"{pipeline.model_id!r} is also a model's id; a pipeline needs a name of its own",
+                    f"{pipeline.model_id!r} is also a model's id; "
+                    "a pipeline needs a name of its own",
                 )
             )
         for number, step in enumerate(pipeline.steps):

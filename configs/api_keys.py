@@ -65,9 +65,10 @@ def refuse_inline_keys(value: Any) -> Any:
         for index, item in enumerate(value):
             if isinstance(item, str):
                 raise ValueError(
-                    f"api_keys[{index}] is a key written in the config, where the Ray dashboard shows it; "
-                    "give it a name and a source instead: {name: ..., key_env: VARIABLE} or {name: ..., "
-                    "key_file: /path}, or list plain keys in the variable named by api_keys_env"
+                    f"api_keys[{index}] is a key written in the config, where the Ray dashboard "
+                    "shows it; give it a name and a source instead: "
+                    "{name: ..., key_env: VARIABLE} or {name: ..., key_file: /path}, "
+                    "or list plain keys in the variable named by api_keys_env"
                 )
     return value
 

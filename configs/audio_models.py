@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -15,7 +15,7 @@ from configs.server_models import Capability, TransformersEngineKwargs, Transfor
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
-class AudioTask(str, Enum):
+class AudioTask(StrEnum):
     SPEECH_TO_TEXT = "speech-to-text"
     TEXT_TO_SPEECH = "text-to-speech"
 
@@ -32,7 +32,8 @@ _TASK_ALIASES = {
 class AudioEngineKwargs(TransformersEngineKwargs):
     task: AudioTask = Field(
         default=AudioTask.SPEECH_TO_TEXT,
-        description="speech-to-text (also: automatic-speech-recognition, asr) or text-to-speech (tts)",
+        description="speech-to-text (also: automatic-speech-recognition, asr) "
+        "or text-to-speech (tts)",
     )
     max_batch_size: int = Field(default=8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
@@ -63,7 +64,8 @@ class AudioEngineKwargs(TransformersEngineKwargs):
     max_input_chars: int = Field(default=4096, ge=1)
     voices: dict[str, int] = Field(
         default_factory=dict,
-        description="voice name -> speaker id of a multi-speaker model; empty: any voice name, the model's voice",
+        description="voice name -> speaker id of a multi-speaker model; "
+        "empty: any voice name, the model's voice",
     )
 
     @field_validator("task", mode="before")

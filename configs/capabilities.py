@@ -1,11 +1,12 @@
-"""What models are and what they can serve: the vocabulary of the config, the router and the engines."""
+"""What models are and what they can serve: the vocabulary of the config, the router and the
+engines."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ModelType(str, Enum):
+class ModelType(StrEnum):
     VLLM = "vllm"
     AUDIO = "audio"
     VISION = "vision"
@@ -13,7 +14,7 @@ class ModelType(str, Enum):
     PIPELINE = "pipeline"  # not an engine: a chain of other models (``pipelines:`` in the YAML)
 
 
-class Capability(str, Enum):
+class Capability(StrEnum):
     """What a model can serve; the router answers requests for anything else with a 400."""
 
     CHAT = "chat"

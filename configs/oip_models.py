@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DATATYPES = (
+Datatype = Literal[
     "BOOL",
     "UINT8",
     "UINT16",
@@ -21,13 +21,13 @@ DATATYPES = (
     "FP32",
     "FP64",
     "BYTES",
-)
+]
 
 
 class RequestInput(BaseModel):
     name: str
     shape: list[int]
-    datatype: Literal[DATATYPES]
+    datatype: Datatype
     parameters: dict[str, Any] = Field(default_factory=dict)
     data: Any = None  # absent when the tensor travels in the binary part of the body
 

@@ -11,10 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from common.input_errors import InputError
-from common.transcripts import TRANSCRIPT_FORMATS
+from common.transcripts import TranscriptFormat
 from configs.server_models import Capability
 
-SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+TimestampGranularity = Literal["word", "segment"]
 
 
 class _AudioRequest(BaseModel):
@@ -24,8 +25,12 @@ class _AudioRequest(BaseModel):
     prompt: str | None = Field(
         default=None, max_length=4096, description="style or vocabulary hint"
     )
-    response_format: Literal[TRANSCRIPT_FORMATS] = "json"
+    response_format: TranscriptFormat = "json"
     temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+def _segment_only() -> list[TimestampGranularity]:
+    return ["segment"]
 
 
 class TranslationRequest(_AudioRequest):
@@ -38,9 +43,7 @@ class TranscriptionRequest(_AudioRequest):
     language: str | None = Field(
         default=None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code"
     )
-    timestamp_granularities: list[Literal["word", "segment"]] = Field(
-        default_factory=lambda: ["segment"]
-    )
+    timestamp_granularities: list[TimestampGranularity] = Field(default_factory=_segment_only)
 
 
 class SpeechRequest(BaseModel):
@@ -51,7 +54,7 @@ class SpeechRequest(BaseModel):
     model: str
     input: str = Field(min_length=1)
     voice: str = Field(min_length=1)
-    response_format: Literal[SPEECH_FORMATS] = "mp3"
+    response_format: SpeechFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
 
 

@@ -8,6 +8,7 @@ unless every step's inputs are there and every step's model serves its task
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +27,7 @@ class StepTask:
 
 
 def _task(
-    capability: Capability, needs: set[str], gives: set[str], options: set[str] = frozenset()
+    capability: Capability, needs: Iterable[str], gives: Iterable[str], options: Iterable[str] = ()
 ) -> StepTask:
     return StepTask(capability, frozenset(needs), frozenset(gives), frozenset(options))
 
@@ -47,7 +48,8 @@ INPUT_FIELDS = ("audio", "image", "text", "documents")  # what a request may car
 
 
 class PipelineStep(StrictModel):
-    task: Literal[tuple(STEP_TASKS)]
+    # pydantic reads the task names from the table at runtime; mypy cannot evaluate the Literal
+    task: Literal[tuple(STEP_TASKS)]  # type: ignore[valid-type]
     model: str = Field(min_length=1, description="a configured model that serves the task")
     prompt: str | None = Field(
         default=None, description="chat: the user message; {text} and {context} are filled in"

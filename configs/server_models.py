@@ -170,7 +170,8 @@ class MultiplexConfig(StrictModel):
         for name, source in value.items():
             if source.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(source)):
                 raise ValueError(
-                    f"variant {name!r}: local path {source!r} does not exist (relative to {os.getcwd()})"
+                    f"variant {name!r}: local path {source!r} does not exist "
+                    f"(relative to {os.getcwd()})"
                 )
         return value
 
@@ -251,7 +252,8 @@ class BaseModelEntry(StrictModel):
     @classmethod
     def engine_kwargs_checker(cls) -> str | None:
         """What ``engine_kwargs_model`` comes from, when building it is costly (importing an
-        engine's library): a config stamped with the same checker skips the check. None: always check."""
+        engine's library): a config stamped with the same checker skips the check. None: always
+        check."""
         return None
 
     def capabilities(self) -> list[Capability]:
@@ -285,7 +287,8 @@ class TransformersModelEntry(BaseModelEntry):
     def serve_options(self) -> dict[str, Any]:
         options = super().serve_options()
         if self.deployment_config.max_ongoing_requests is None:
-            # Serve's default (5) would cap every batch at 5 requests; hold MERGED_BATCHES full ones.
+            # Serve's default (5) would cap every batch at 5 requests; hold MERGED_BATCHES full
+            # ones.
             options["max_ongoing_requests"] = MERGED_BATCHES * self.engine_kwargs.max_batch_size
         return options
 
@@ -307,7 +310,8 @@ class CorsConfig(StrictModel):
 
 
 class MediaConfig(StrictModel):
-    """Where the router may fetch media that requests name by URL (image_url, video_url, /v2 inputs).
+    """Where the router may fetch media that requests name by URL (image_url, video_url, /v2
+    inputs).
 
     ``data:`` URLs always work. ``http(s)`` URLs only for ``allowed_domains`` (and their
     subdomains) that resolve to public addresses, or to ``allowed_networks`` the operator opens.
@@ -340,7 +344,8 @@ class RouterConfig(StrictModel):
     ray_actor_options: RayActorOptions = Field(default_factory=lambda: RayActorOptions(num_cpus=0))
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=600, gt=0)
-    # What one router replica may hold at once for upload bodies and fetched media, all requests together.
+    # What one router replica may hold at once for upload bodies and fetched media, all requests
+    # together.
     max_upload_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
 
 
@@ -381,7 +386,8 @@ class PlatformSettings(StrictModel):
         missing = [reason for reason in (entry.missing() for entry in self.api_keys) if reason]
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
             missing.append(
-                f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API would be "
+                f"api_keys_env names {self.api_keys_env!r}, which is not set here: "
+                "the API would be "
                 "open to anyone; set the variable or remove api_keys_env"
             )
         return missing
@@ -427,5 +433,6 @@ class PlatformConfig(PlatformSettings):
     engine_kwargs_checked_by: str | None = Field(
         default=None,
         description="set by the renderer: the engine library (name==version) that already "
-        "checked these models' engine_kwargs; a build with that same library installed skips the check",
+        "checked these models' engine_kwargs; a build with that same library installed skips "
+        "the check",
     )

@@ -43,10 +43,12 @@ class MediaEngineKwargs(TransformersEngineKwargs):
     top_k: int = Field(
         default=5, ge=1, le=1000, description="labels returned per input (classification)"
     )
+    task: str  # each kind of media model narrows it to its own tasks
 
 
 class VisionEngineKwargs(MediaEngineKwargs):
-    task: Literal[tuple(t.value for t in VISION_TASKS) + (IMAGE_TEXT_TO_TEXT,)] = Field(
+    # pydantic reads the task names from the table at runtime; mypy cannot evaluate the Literal
+    task: Literal[tuple(t.value for t in VISION_TASKS) + (IMAGE_TEXT_TO_TEXT,)] = Field(  # type: ignore[valid-type]
         description="the transformers task"
     )
     max_image_pixels: int = Field(
@@ -84,11 +86,12 @@ class TensorModelEntry(TransformersModelEntry):
     """A model served through ``/v2``: one task, one BYTES input (encoded media), JSON outputs."""
 
     input_name: ClassVar[str] = "image"
+    engine_kwargs: MediaEngineKwargs
 
     def capabilities(self) -> list[Capability]:
         return [Capability(self.engine_kwargs.task)]
 
-    def tensor_metadata(self) -> dict[str, list[dict[str, Any]]]:
+    def tensor_metadata(self) -> dict[str, list[dict[str, Any]]] | None:
         outputs = OUTPUT_TENSORS[Capability(self.engine_kwargs.task)]
         return {
             "inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [-1]}],

@@ -97,7 +97,8 @@ class VLLMModelEntry(BaseModelEntry):
         for key, owner in PLATFORM_OWNED_ARGS.items():
             if isinstance(value, dict) and key in value:
                 raise ValueError(
-                    f"'{key}' is set from model_loading_config.{owner}; remove it from engine_kwargs"
+                    f"'{key}' is set from model_loading_config.{owner}; "
+                    "remove it from engine_kwargs"
                 )
         return value
 
@@ -108,9 +109,10 @@ class VLLMModelEntry(BaseModelEntry):
         utilization = self.engine_kwargs.get("gpu_memory_utilization")
         if share is not None and 0 < share < 1 and utilization is not None and utilization > share:
             raise ValueError(
-                f"engine_kwargs.gpu_memory_utilization ({utilization}) is above the replica's GPU share "
-                f"(deployment_config.ray_actor_options.num_gpus: {share}): vLLM would take memory the other "
-                f"models on that GPU hold; set gpu_memory_utilization to at most {share} (e.g. {round(share * 0.9, 2)})"
+                f"engine_kwargs.gpu_memory_utilization ({utilization}) is above the replica's "
+                f"GPU share (deployment_config.ray_actor_options.num_gpus: {share}): vLLM would "
+                "take memory the other models on that GPU hold; set gpu_memory_utilization to at "
+                f"most {share} (e.g. {round(share * 0.9, 2)})"
             )
         tp = self.engine_kwargs.get("tensor_parallel_size")
         if tp == 0 and share and share >= 1 and share % self._pipeline_stages():
@@ -121,13 +123,15 @@ class VLLMModelEntry(BaseModelEntry):
         world = self.world_size()
         if share is not None and share > 1 and world == 1:
             raise ValueError(
-                f"deployment_config.ray_actor_options.num_gpus is {share:g} but vLLM would use one GPU: set "
+                f"deployment_config.ray_actor_options.num_gpus is {share:g} "
+                "but vLLM would use one GPU: set "
                 f"engine_kwargs.tensor_parallel_size: {share:g} (or 0 for every GPU of the replica)"
             )
         if share is not None and world > 1 and share != world:
             raise ValueError(
                 f"tensor_parallel_size x pipeline_parallel_size needs {world} GPUs, but "
-                f"deployment_config.ray_actor_options.num_gpus is {share}; set num_gpus: {world} or leave it out"
+                f"deployment_config.ray_actor_options.num_gpus is {share}; "
+                f"set num_gpus: {world} or leave it out"
             )
         return self
 
@@ -157,7 +161,8 @@ class VLLMModelEntry(BaseModelEntry):
         return self.engine_kwargs.get("pipeline_parallel_size") or 1
 
     def world_size(self) -> int:
-        """GPUs one replica shards the model over: tensor x pipeline parallel (TP 0 = all of num_gpus)."""
+        """GPUs one replica shards the model over: tensor x pipeline parallel (TP 0 = all of
+        num_gpus)."""
         tp = self.engine_kwargs.get("tensor_parallel_size")
         if tp == 0:  # a share or no GPU: one shard
             tp = max(
@@ -229,7 +234,8 @@ class VLLMModelEntry(BaseModelEntry):
             and 0 < share < 1
             and "gpu_memory_utilization" not in self.engine_kwargs
         ):
-            # vLLM's default (0.9 of the whole GPU) would not fit a share; keep 10% headroom inside it.
+            # vLLM's default (0.9 of the whole GPU) would not fit a share; keep 10% headroom inside
+            # it.
             overrides["gpu_memory_utilization"] = round(share * 0.9, 4)
         if self.engine_kwargs.get("tensor_parallel_size") == 0:
             overrides["tensor_parallel_size"] = self.world_size() // self._pipeline_stages()
@@ -239,6 +245,7 @@ class VLLMModelEntry(BaseModelEntry):
 
     def _lora_overrides(self) -> dict[str, Any]:
         """LoRA on, with room for the replica's variants (vLLM's defaults: 1 adapter, rank 16)."""
+        assert self.multiplex_config is not None  # asked only of a model with variants
         per_replica = min(self.multiplex_config.max_variants_per_replica, len(self.variants()))
         derived = {"enable_lora": True, "max_loras": per_replica, "max_cpu_loras": per_replica}
         if self._lora_rank:

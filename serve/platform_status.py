@@ -14,11 +14,16 @@ free resources (``deploy_app.py status``, and the progress lines while ``deploy_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from cloud.download_progress import Download, read_downloads
-from common.rendered_apps import MODEL_APP_IMPORT_PATH, VARIANT_ROUTER_DEPLOYMENT
+from common.rendered_apps import (
+    MODEL_APP_IMPORT_PATH,
+    PLATFORM_IMPORT_PATH,
+    VARIANT_ROUTER_DEPLOYMENT,
+)
 from common.text_table import format_table
 
 READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = (
@@ -29,7 +34,7 @@ READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = (
     "failing",
     "failed",
 )
-UNAVAILABLE = "unavailable"  # not ready, and the controller tells no more (one-application mode)
+UNAVAILABLE = "unavailable"  # not ready, and the controller names no phase for the model
 SHOWN_RESOURCES = ("GPU", "CPU", "memory")
 
 
@@ -48,46 +53,100 @@ def model_phases(
     free_per_node: list[dict[str, float]],
     downloads: dict[str, Download] | None = None,
 ) -> list[ModelPhase]:
-    """The phase of every model application in ``details`` (Serve's ``get_serve_details()``);
-    ``downloads``: the replicas' download progress by ``<app>/<model_id>``."""
+    """The phase of every model in ``details`` (Serve's ``get_serve_details()``), whichever way
+    the platform runs: one application per model (``deploy_app.py``, the rendered config) or the
+    file as one application (``serve run model_config.yaml``); ``downloads``: the replicas'
+    download progress by ``<app>/<model_id>``."""
     phases = []
     for app_name, app in sorted((details.get("applications") or {}).items()):
-        config = app.get("deployed_app_config") or {}
-        if config.get("import_path") != MODEL_APP_IMPORT_PATH:
-            continue
-        model_ids = tuple(
-            m["model_loading_config"]["model_id"]
-            for m in (config.get("args") or {}).get("models", [])
-        )
-        # The model's engine deployment; then a model with variants has its VariantRouter, shown
-        # only while it is not ready (the model's one-hop URL cannot route until it is).
-        deployments = sorted(
-            (app.get("deployments") or {}).items(), key=lambda d: d[0] == VARIANT_ROUTER_DEPLOYMENT
-        )
-        if not deployments:  # the application is still being built
-            phases.append(
-                ModelPhase(
-                    app_name, model_ids, LOADING, app.get("message") or "building the application"
-                )
+        for model_ids, names in _engines(app.get("deployed_app_config") or {}):
+            phases += _engine_phases(app_name, app, model_ids, names, free_per_node, downloads)
+    return phases
+
+
+def _engines(config: dict[str, Any]) -> list[tuple[tuple[str, ...], list[str] | None]]:
+    """The models of an application and the deployments that hold them (None: all of the
+    application's). A model application's deployments are its engine and, for a model with
+    variants, its VariantRouter; the platform as one application holds the router and one engine
+    deployment per ungrouped model and per group."""
+    import_path, args = config.get("import_path"), config.get("args") or {}
+    entries = [
+        (entry, model_id)
+        for entry in args.get("models", args.get("llm_configs")) or []
+        if (model_id := _model_id(entry)) is not None
+    ]
+    if import_path == MODEL_APP_IMPORT_PATH:
+        return [(tuple(model_id for _, model_id in entries), None)]
+    if import_path != PLATFORM_IMPORT_PATH:
+        return []  # the router alone, or an application that is not the platform's
+    held: dict[str, list[str]] = {}
+    for entry, model_id in entries:
+        held.setdefault(engine_deployment_name(entry, model_id), []).append(model_id)
+    return [(tuple(model_ids), [name]) for name, model_ids in held.items()]
+
+
+def _model_id(entry: Any) -> str | None:
+    loading = entry.get("model_loading_config") if isinstance(entry, dict) else None
+    return loading.get("model_id") if isinstance(loading, dict) else None
+
+
+def engine_deployment_name(entry: dict[str, Any], model_id: str) -> str:
+    """The engine deployment of a model entry as the config file holds it: its group's, its
+    ``deployment_config.name``, or its model id made a deployment name (as
+    ``BaseModelEntry.deployment_name`` names it; a unit test holds the two together)."""
+    return (
+        entry.get("group")
+        or (entry.get("deployment_config") or {}).get("name")
+        or re.sub(r"[^A-Za-z0-9_.\-]", "-", model_id)
+    )
+
+
+def _engine_phases(
+    app_name: str,
+    app: dict[str, Any],
+    model_ids: tuple[str, ...],
+    names: list[str] | None,
+    free_per_node: list[dict[str, float]],
+    downloads: dict[str, Download] | None,
+) -> list[ModelPhase]:
+    """The phase of the deployments ``names`` of ``app`` (all of them: None), which hold
+    ``model_ids``."""
+    # The model's engine deployment; then a model with variants has its VariantRouter, shown
+    # only while it is not ready (the model's one-hop URL cannot route until it is).
+    deployments = sorted(
+        (
+            (name, deployment)
+            for name, deployment in (app.get("deployments") or {}).items()
+            if names is None or name in names
+        ),
+        key=lambda d: d[0] == VARIANT_ROUTER_DEPLOYMENT,
+    )
+    if not deployments:  # the application is still being built, or its build failed
+        if app.get("status") == "DEPLOY_FAILED":
+            return [ModelPhase(app_name, model_ids, FAILED, _error_of(app.get("message") or ""))]
+        return [
+            ModelPhase(
+                app_name, model_ids, LOADING, app.get("message") or "building the application"
             )
-            continue
-        for name, deployment in deployments:
-            phase, detail = _phase(deployment, free_per_node)
-            if name == VARIANT_ROUTER_DEPLOYMENT:
-                if phase == READY:
-                    continue
-                detail = f"{name}: {detail}"
-            replicas = deployment.get("replicas") or []
-            running = sum(1 for r in replicas if r.get("state") == "RUNNING")
-            phases.append(
-                ModelPhase(
-                    app_name,
-                    model_ids,
-                    *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
-                    running,
-                    deployment.get("target_num_replicas", len(replicas)),
-                )
+        ]
+    phases = []
+    for name, deployment in deployments:
+        phase, detail = _phase(deployment, free_per_node)
+        if name == VARIANT_ROUTER_DEPLOYMENT:
+            if phase == READY:
+                continue
+            detail = f"{name}: {detail}"
+        replicas = deployment.get("replicas") or []
+        running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+        phases.append(
+            ModelPhase(
+                app_name,
+                model_ids,
+                *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
+                running,
+                deployment.get("target_num_replicas", len(replicas)),
             )
+        )
     return phases
 
 

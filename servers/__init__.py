@@ -16,8 +16,9 @@ ENGINE_CLASSES: dict[ModelType, str] = {
 }
 
 
-# A task served by another engine than its type's (vision-language chat generates, it does not batch).
-TASK_ENGINES: dict[tuple[ModelType, str], str] = {
+# A task served by another engine than its type's (vision-language chat generates, it does not
+# batch).
+TASK_ENGINES: dict[tuple[ModelType, str | None], str] = {
     (ModelType.VISION, IMAGE_TEXT_TO_TEXT): "servers.vision_chat_engine:VisionChatEngine",
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from common.engine_response import EngineResponse
@@ -29,7 +29,9 @@ class BaseEngine(abc.ABC):
         """Load weights on the assigned device; the replica takes traffic once this returns."""
 
     async def check_health(self) -> None:
-        """Raise if the engine cannot serve; Ray Serve restarts the replica then."""
+        """Raise if the engine cannot serve; Ray Serve restarts the replica then. An optional hook:
+        by default an engine that started is healthy."""
+        return None
 
     @abc.abstractmethod
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:
@@ -37,14 +39,15 @@ class BaseEngine(abc.ABC):
 
     async def handle_stream(
         self, capability: Capability, body: dict[str, Any]
-    ) -> AsyncIterator[str | EngineResponse]:
+    ) -> AsyncGenerator[str | EngineResponse, None]:
         """Answer one streaming request; engines that cannot stream answer whole."""
         yield await self.handle(capability, body)
 
     async def handle_many(
         self, capability: Capability, bodies: list[dict[str, Any]]
     ) -> list[EngineResponse]:
-        """Answer many requests at once (batch jobs); engines that batch themselves run them together."""
+        """Answer many requests at once (batch jobs); engines that batch themselves run them
+        together."""
         return list(await asyncio.gather(*(self.handle(capability, body) for body in bodies)))
 
     async def load_variant(self, name: str) -> BaseEngine:
@@ -63,4 +66,6 @@ class BaseEngine(abc.ABC):
         return {}
 
     async def shutdown(self) -> None:
-        """Release the model and its device memory."""
+        """Release the model and its device memory. An optional hook: by default there is nothing
+        to release beyond what garbage collection frees."""
+        return None

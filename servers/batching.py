@@ -15,9 +15,8 @@ import abc
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray import serve
@@ -40,8 +39,8 @@ class Job:
 
     request: Any
     payload: Any
-    group_key: Hashable = None
-    extra: dict[str, Any] | None = None
+    group_key: Any = None  # hashable; each runner groups by its own kind of key
+    extra: dict[str, Any] = field(default_factory=dict)  # what the runner keeps beside the input
 
 
 class TaskRunner(abc.ABC):
@@ -79,7 +78,8 @@ class TaskRunner(abc.ABC):
 
 
 class BatchedEngine(BaseEngine):
-    """An engine whose ``engine_kwargs`` have ``dtype``, ``max_batch_size``, ``batch_wait_timeout_s``."""
+    """An engine whose ``engine_kwargs`` have ``dtype``, ``max_batch_size``,
+    ``batch_wait_timeout_s``."""
 
     def __init__(self, entry):
         super().__init__(entry)
@@ -234,7 +234,7 @@ class BatchedEngine(BaseEngine):
                 outputs = await loop.run_in_executor(self._model_thread, self.runner.run, group)
             except Exception as exc:
                 outputs = [exc] * len(group)
-            for i, output in zip(indexes, outputs):
+            for i, output in zip(indexes, outputs, strict=True):
                 results[i] = output
         return results
 

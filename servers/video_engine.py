@@ -64,8 +64,11 @@ class VideoRunner(TaskRunner):
         scores, indexes = probabilities.topk(top_k, dim=-1)
         labels = self.model.config.id2label
         return [
-            [{"label": labels[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indexes)]
-            for row_scores, row_indexes in zip(scores, indexes)
+            [
+                {"label": labels[int(i)], "score": float(s)}
+                for s, i in zip(row_scores, row_indexes, strict=True)
+            ]
+            for row_scores, row_indexes in zip(scores, indexes, strict=True)
         ]
 
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:

@@ -3,9 +3,9 @@ image-text-to-text models (LLaVA, Idefics3/SmolVLM, Qwen2-VL, InternVL with
 ``trust_remote_code``) where vLLM cannot run them (its CPU build has no VLM processors).
 
 The model's own processor and chat template build the prompt; ``generate`` runs on one model
-thread, a request at a time, its streamer handing each piece of text to the event loop. Answers and chunks
-have OpenAI's shapes (ids, usage, ``finish_reason``); a client that leaves stops generation.
-The router has already inlined every image as a ``data:`` URL under the media policy.
+thread, a request at a time, its streamer handing each piece of text to the event loop. Answers
+and chunks have OpenAI's shapes (ids, usage, ``finish_reason``); a client that leaves stops
+generation. The router has already inlined every image as a ``data:`` URL under the media policy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -101,7 +101,7 @@ class VisionChatEngine(BaseEngine):
 
     async def handle_stream(
         self, capability: Capability, body: dict[str, Any]
-    ) -> AsyncIterator[str | EngineResponse]:
+    ) -> AsyncGenerator[str | EngineResponse, None]:
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         event = _chunk_event(chunk_id, created, self.entry.model_id)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -122,8 +122,11 @@ class VisionChatEngine(BaseEngine):
             elif piece:
                 yield event({"content": piece})
 
-    async def _generate(self, capability: Capability, body: dict[str, Any]) -> AsyncIterator[Any]:
-        """The answer's text pieces, then (finish_reason, usage); or one EngineResponse (an error)."""
+    async def _generate(
+        self, capability: Capability, body: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """The answer's text pieces, then (finish_reason, usage); or one EngineResponse (an
+        error)."""
         try:
             prompt, images, options = self._prepare(capability, body)
             inputs = await asyncio.to_thread(self._encode, prompt, images)
@@ -207,7 +210,8 @@ class VisionChatEngine(BaseEngine):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(pieces.put_nowait, item)  # noqa: E731
 
         class QueueStreamer(TextStreamer):

@@ -18,8 +18,8 @@ ENGINE_CORE_PINNING_ENV = "PLATFORM_VLLM_CPU_ENGINE_CORE_BESIDE_WORKER"
 
 
 def bind_cpu_shards(world_size: int) -> None:
-    """Give each CPU shard its own cores of this replica; vLLM binds one NUMA node per shard otherwise,
-    and refuses when the machine has fewer nodes than shards."""
+    """Give each CPU shard its own cores of this replica; vLLM binds one NUMA node per shard
+    otherwise, and refuses when the machine has fewer nodes than shards."""
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         return
     cores = sorted(os.sched_getaffinity(0))

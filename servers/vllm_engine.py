@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.datastructures import State
@@ -81,12 +81,14 @@ class VLLMEngine(BaseEngine):
         )
         raise ValueError(
             f"{self.entry.model_id}: vLLM serves this model as "
-            f"{resolved or 'a generative model'}, but the config declares {declared or 'a generative model'}; "
+            f"{resolved or 'a generative model'}, "
+            f"but the config declares {declared or 'a generative model'}; "
             f"set {fix}"
         )
 
     async def _start_engine_client(self, engine_args):
-        """``AsyncLLM`` as vLLM's server builds it, but sharded inside the replica's placement group.
+        """``AsyncLLM`` as vLLM's server builds it, but sharded inside the replica's placement
+        group.
 
         vLLM's engine core runs in a child process, which is not in the replica's placement
         group: without the group handed over, its Ray workers would reserve GPUs a second time.
@@ -103,7 +105,7 @@ class VLLMEngine(BaseEngine):
         group = ray.util.get_current_placement_group()
         if group is not None and vllm_config.parallel_config.distributed_executor_backend == "ray":
             vllm_config.parallel_config.placement_group = group
-        cpu_placement = contextlib.nullcontext()
+        cpu_placement: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if (
             current_platform.is_cpu()
             and "distributed_executor_backend" not in self.entry.engine_kwargs
@@ -115,7 +117,8 @@ class VLLMEngine(BaseEngine):
                 usage_context=UsageContext.OPENAI_API_SERVER,
                 enable_log_requests=engine_args.enable_log_requests,
                 disable_log_stats=engine_args.disable_log_stats,
-                # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's endpoint)
+                # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's
+                # endpoint)
                 stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger],
             )
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
@@ -173,15 +176,16 @@ class VLLMEngine(BaseEngine):
         # operator allows as data: URLs; vLLM refuses any URL outside these never-resolving names.
         args.allowed_media_domains = [NO_FETCH_DOMAIN]
         args.allowed_local_media_path = ""
-        args.allowed_origins = []  # vLLM's app allows every origin by default; the platform's CORS rules instead
+        # vLLM's app allows every origin by default; the platform's CORS rules apply instead.
+        args.allowed_origins = []
         args.lora_modules = self._lora_modules()
-        args.disable_log_stats = kwargs.get(
-            "disable_log_stats", False
-        )  # True: no vLLM engine metrics
+        # True: no vLLM engine metrics
+        args.disable_log_stats = kwargs.get("disable_log_stats", False)
         return args
 
     def _lora_modules(self):
-        """The YAML's variants as vLLM LoRA modules, named ``<model_id>:<variant>`` as clients ask."""
+        """The YAML's variants as vLLM LoRA modules, named ``<model_id>:<variant>`` as clients
+        ask."""
         from vllm.entrypoints.openai.models.protocol import LoRAModulePath
 
         return [
@@ -221,7 +225,7 @@ class VLLMEngine(BaseEngine):
 
     async def handle_stream(
         self, capability: Capability, body: dict[str, Any]
-    ) -> AsyncIterator[str | EngineResponse]:
+    ) -> AsyncGenerator[str | EngineResponse, None]:
         result = await self._call_serving(capability, body)
         if not hasattr(result, "__aiter__"):
             yield (
@@ -281,10 +285,8 @@ class VLLMEngine(BaseEngine):
         await self._exit_stack.aclose()
 
 
-_BODY_HEADERS = {
-    "content-type",
-    "content-length",
-}  # starlette sets these for the body the router sends
+# Starlette sets these for the body the router sends.
+_BODY_HEADERS = {"content-type", "content-length"}
 
 
 async def _to_engine_response(result: Any) -> EngineResponse:
@@ -292,7 +294,7 @@ async def _to_engine_response(result: Any) -> EngineResponse:
     one for embeddings as raw bytes, whose JSON metadata (ids, usage) rides in a header."""
     if isinstance(result, StreamingResponse):
         parts = [
-            part if isinstance(part, bytes) else part.encode()
+            part.encode() if isinstance(part, str) else bytes(part)
             async for part in result.body_iterator
         ]
         headers = {

@@ -1,4 +1,5 @@
-"""Multiplexed variants of the tiny models: LoRA adapters of tiny-chat, other weights of tiny-vit."""
+"""Multiplexed variants of the tiny models: LoRA adapters of tiny-chat, other weights of
+tiny-vit."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ VIT_VARIANTS = {"a": 1, "b": 2, "c": 3}
 
 
 def build_tiny_chat_adapters(out: Path, base: Path) -> Path:
-    """PEFT LoRA adapters (q_proj, v_proj) of tiny-chat, random and large enough to change its output."""
+    """PEFT LoRA adapters (q_proj, v_proj) of tiny-chat, random and large enough to change its
+    output."""
     root = out / "tiny-chat-adapters"
     for name, seed in CHAT_ADAPTERS.items():
         _builds(name, "adapter_config.json", "adapter_model.safetensors")(

@@ -20,7 +20,8 @@ CONTENT_TYPES = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
 }
-# Images, recordings and generated speech become blob:/data: URLs in the page; nothing else is loaded.
+# Images, recordings and generated speech become blob:/data: URLs in the page; nothing else is
+# loaded.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' blob: data:; media-src 'self' blob: data:; base-uri 'none'; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray import serve
@@ -30,7 +30,8 @@ class EngineDeployment:
     bounds) are applied by the builder with ``serve.deployment(EngineDeployment).options(...)``.
     """
 
-    async def __init__(self, entries: list[dict[str, Any]]):
+    # Serve awaits an async constructor; mypy holds __init__ to returning None
+    async def __init__(self, entries: list[dict[str, Any]]):  # type: ignore[misc]
         self.engines: dict[str, BaseEngine] = {}
         self.requests_total: Counter[str] = Counter()  # by model, for the console's request rates
         for raw in entries:
@@ -64,7 +65,7 @@ class EngineDeployment:
 
     async def handle_stream(
         self, model_id: str, capability: str, body: dict[str, Any], request_id: str | None = None
-    ) -> AsyncIterator[str | EngineResponse]:
+    ) -> AsyncGenerator[str | EngineResponse, None]:
         _adopt_request_id(request_id, model_id, capability)
         self.requests_total[model_id] += 1
         engine = await self._engine_for(model_id)
@@ -121,7 +122,9 @@ class Variants:
             self.loaded.append(name)
             return LoadedVariant(name, engine, self)
 
-        limit = base.entry.multiplex_config.max_variants_per_replica
+        config = base.entry.multiplex_config
+        assert config is not None, "only a model with variants has a Variants"
+        limit = config.max_variants_per_replica
         self._load = serve.multiplexed(max_num_models_per_replica=limit)(load)
 
     async def engine(self, name: str) -> BaseEngine:
@@ -129,7 +132,8 @@ class Variants:
 
 
 class LoadedVariant:
-    """What ``serve.multiplexed`` caches per variant; Serve awaits ``__del__`` when it evicts one."""
+    """What ``serve.multiplexed`` caches per variant; Serve awaits ``__del__`` when it evicts
+    one."""
 
     def __init__(self, name: str, engine: BaseEngine, owner: Variants):
         self.name, self.engine, self.owner = name, engine, owner

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.streaming import is_event_stream
 from serve.router.auth import check_api_key, check_scope
@@ -96,7 +96,8 @@ class OneHopGuard:
 
     async def _within_timeout(self, scope: Scope, receive: Receive, send: Send) -> None:
         """vLLM's answer, cut at ``request_timeout_s`` (streams included) as on the router's path:
-        a 504, or an error event when the stream began; cancelling vLLM's handler aborts the request."""
+        a 504, or an error event when the stream began; cancelling vLLM's handler aborts the
+        request."""
         answer = _AnswerState(send)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
@@ -155,7 +156,7 @@ class _AnswerState:
         self._send = send
         self.started = self.events = self.finished = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
             self.events = is_event_stream(message.get("headers"))
@@ -174,7 +175,7 @@ def _metered_send(
     started: dict[str, Any] = {}
     usage_header = USAGE_HEADER.encode()
 
-    async def metered_send(message: dict[str, Any]) -> None:
+    async def metered_send(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers") or [])
             started.update(
@@ -210,9 +211,9 @@ def _metered_send(
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the (checked) body over once, then the client's own messages, so
     vLLM still sees a disconnect and aborts the request."""
-    pending: list[dict[str, Any]] = [{"type": "http.request", "body": body, "more_body": False}]
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def replayed() -> dict[str, Any]:
+    async def replayed() -> Message:
         return pending.pop() if pending else await receive()
 
     return replayed

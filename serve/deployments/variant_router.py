@@ -37,8 +37,8 @@ route_app = FastAPI()
 
 
 def requested_variant(body: bytes, model_id: str, variants: frozenset[str]) -> str:
-    """The variant of ``model_id`` that a request's ``body`` asks for (``"model": "<model_id>:<variant>"``
-    of one of ``variants``), or ""."""
+    """The variant of ``model_id`` that a request's ``body`` asks for
+    (``"model": "<model_id>:<variant>"`` of one of ``variants``), or ""."""
     try:
         parsed = json.loads(body)
         model = parsed.get("model") if isinstance(parsed, dict) else None

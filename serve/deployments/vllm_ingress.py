@@ -21,17 +21,22 @@ from ray import serve
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors
 from serve.router.routing import RouterSettings
+from servers.vllm_engine import VLLMEngine
 
 
 @serve.ingress()
 class VLLMIngressDeployment(EngineDeployment):
-    async def __init__(self, entries: list[dict[str, Any]], settings: RouterSettings):
+    # Serve awaits an async constructor; mypy holds __init__ to returning None
+    async def __init__(  # type: ignore[misc]
+        self, entries: list[dict[str, Any]], settings: RouterSettings
+    ):
         await super().__init__(entries)
         self.settings = settings
         self.guard: OneHopGuard | None = None
 
     def __serve_build_asgi_app__(self):
         (engine,) = self.engines.values()
+        assert isinstance(engine, VLLMEngine)  # the builder gives this deployment one vLLM model
         self.guard = OneHopGuard(engine.http_app, self.settings, self._note_variant)
         return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
 

@@ -6,9 +6,10 @@ bad one with a 400."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
@@ -73,10 +74,11 @@ class EngineCaller(Protocol):
 
     def stream(
         self, route: ModelRoute, capability: Capability, body: dict
-    ) -> AsyncIterator[str | EngineResponse]: ...
+    ) -> AsyncGenerator[str | EngineResponse, None]: ...
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
-        """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``, else None."""
+        """The stats of the engine behind ``route`` when a replica answers within ``timeout_s``,
+        else None."""
 
     async def phases(self) -> dict[str, ModelPhase]:
         """Each model's phase and replica counts, by model id."""
@@ -189,23 +191,19 @@ def create_router_app(
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             await inline_chat_media(body, settings.media)
         key = request_key(request)
-        counted = limits is not None and meters_tokens(key)
-        keep_usage_header = ask_for_usage_header(body) if counted else True
+        spend = None  # counts the answer's tokens against the key, when it has a token limit
+        if limits is not None and meters_tokens(key):
+            spend = functools.partial(limits.spend, key)
+        keep_usage_header = ask_for_usage_header(body) if spend else True
         if body.get("stream"):
-            if not counted:
+            if spend is None:
                 return await _stream(engines.stream(route, capability, body))
             meter = StreamMeter(keep_usage_event=ask_for_usage(body))
-            return await _stream(
-                metered(
-                    engines.stream(route, capability, body),
-                    meter,
-                    lambda tokens: limits.spend(key, tokens),
-                )
-            )
+            return await _stream(metered(engines.stream(route, capability, body), meter, spend))
         result = await engines.call(route, capability, body)
-        if counted and result.status_code == 200:
+        if spend is not None and result.status_code == 200:
             headers = result.headers or {}
-            limits.spend(key, response_tokens(result.content, headers.get(USAGE_HEADER)))
+            spend(response_tokens(result.content, headers.get(USAGE_HEADER)))
             if not keep_usage_header:
                 headers.pop(USAGE_HEADER, None)
         return _as_response(result)
@@ -338,18 +336,20 @@ def _as_response(result: EngineResponse) -> Response:
     )
 
 
-async def _stream(chunks: AsyncIterator[str | EngineResponse]) -> Response:
+async def _stream(chunks: AsyncGenerator[str | EngineResponse, None]) -> Response:
     """Answer errors that precede any output as plain responses; otherwise stream SSE."""
     first = await anext(chunks, None)
     if isinstance(first, EngineResponse):
         await chunks.aclose()
         return _as_response(first)
 
-    async def relay() -> AsyncIterator[str]:
+    async def relay() -> AsyncGenerator[str, None]:
         try:
             if first is not None:
                 yield first
             async for chunk in chunks:
+                # An engine answers whole only before its first chunk (servers/base_engine.py).
+                assert isinstance(chunk, str), "an EngineResponse after the stream began"
                 yield chunk
         except APIError as err:  # the request timed out mid-stream
             yield err.event() + DONE_EVENT

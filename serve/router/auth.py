@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from configs.api_keys import APIKey
 from serve.router.errors import APIError
 
-Named = TypeVar("Named")  # a table entry with a ``model_id``: a model's route, a pipeline
+
+class _HasModelId(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_HasModelId)  # a table entry: a model's route, a pipeline
 
 
 def check_api_key(authorization: str | None, api_keys: tuple[APIKey, ...]) -> APIKey | None:

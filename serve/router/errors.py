@@ -60,7 +60,8 @@ class APIError(Exception):
         )
 
     def event(self) -> str:
-        """The error as a server-sent event, for a stream that already began (its status is sent)."""
+        """The error as a server-sent event, for a stream that already began (its status is
+        sent)."""
         error = {
             "message": self.message,
             "type": _error_type(self.status_code),
@@ -130,5 +131,5 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
         return APIError(
-            400, f"{param}: {first['msg']}" if param else first["msg"], param=param
+            400, f"{param}: {first['msg']}" if param else str(first["msg"]), param=param
         ).response(request)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeGuard
 
 import ray
 
@@ -92,7 +92,8 @@ class KeyLimits:
         self._actor = None
 
     async def check(self, key: APIKey | None) -> None:
-        """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this minute."""
+        """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this
+        minute."""
         if key is None or not (key.requests_per_minute or key.tokens_per_minute):
             return
         wait_s = await self._admit(key)
@@ -119,7 +120,8 @@ class KeyLimits:
         if self._actor is None:
             from ray.serve._private.constants import SERVE_NAMESPACE
 
-            self._actor = KeyLimitsActor.options(
+            # ray.remote makes the class an actor class; mypy sees the plain class
+            self._actor = KeyLimitsActor.options(  # type: ignore[attr-defined]
                 name=self.actor_name,
                 namespace=SERVE_NAMESPACE,
                 get_if_exists=True,
@@ -128,13 +130,15 @@ class KeyLimits:
         return self._actor
 
 
-def meters_tokens(key: APIKey | None) -> bool:
+def meters_tokens(key: APIKey | None) -> TypeGuard[APIKey]:
     return key is not None and bool(key.tokens_per_minute)
 
 
 def ask_for_usage(body: dict[str, Any]) -> bool:
     """Make a streamed request end with its usage; whether the client had asked for it itself."""
-    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    options = body.get("stream_options")
+    if not isinstance(options, dict):
+        options = {}
     asked = bool(options.get("include_usage"))
     body["stream_options"] = {**options, "include_usage": True}
     return asked
@@ -156,6 +160,8 @@ def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> 
     """``usage.total_tokens`` of a JSON answer, or of the usage header of a raw-bytes one (0 when
     neither has it)."""
     for text in (content, usage_header):
+        if text is None:
+            continue
         try:
             usage = json.loads(text).get("usage") or {}
         except (TypeError, ValueError, AttributeError):
@@ -199,9 +205,10 @@ class StreamMeter:
 
 
 async def metered(
-    chunks: AsyncIterator, meter: StreamMeter, spend: Callable[[int], None]
-) -> AsyncIterator:
-    """Relay ``chunks`` (strings and early engine responses) through ``meter``; report the tokens at the end."""
+    chunks: AsyncGenerator, meter: StreamMeter, spend: Callable[[int], None]
+) -> AsyncGenerator:
+    """Relay ``chunks`` (strings and early engine responses) through ``meter``; report the tokens
+    at the end."""
     try:
         async for chunk in chunks:
             if isinstance(chunk, str):

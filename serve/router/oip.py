@@ -16,7 +16,7 @@ import math
 import struct
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -33,7 +33,7 @@ MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
 def install_oip_routes(
-    app: FastAPI, settings: RouterSettings, engines, auth: Depends, uploads: UploadMemory
+    app: FastAPI, settings: RouterSettings, engines, auth: params.Depends, uploads: UploadMemory
 ) -> None:
     def tensor_routes() -> dict[str, ModelRoute]:
         """Read on every request: the routes change when models are added or removed."""
@@ -74,7 +74,7 @@ def install_oip_routes(
             "name": route.model_id,
             "versions": [MODEL_VERSION],
             "platform": f"rayserve-platform/{route.model_type}",
-            **route.tensors,
+            **_tensors(route),
         }
 
     @app.get("/v2/models/{name}/ready", dependencies=[auth])
@@ -127,7 +127,15 @@ def _versioned(route: ModelRoute, version: str) -> ModelRoute:
     return route
 
 
-def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _tensors(route: ModelRoute) -> dict[str, list[dict[str, Any]]]:
+    """The tensors of a model served through /v2 (``route_for`` admits no other)."""
+    assert route.tensors is not None
+    return route.tensors
+
+
+def _split_body(
+    raw: bytes | bytearray, header_length: str | None
+) -> tuple[bytes | bytearray, bytes | bytearray]:
     """The JSON header and the binary tensor data after it (binary tensor extension)."""
     if header_length is None:
         return raw, b""
@@ -136,7 +144,7 @@ def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[: int(header_length)], raw[int(header_length) :]
 
 
-def _parse(header: bytes) -> InferenceRequest:
+def _parse(header: bytes | bytearray) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate_json(header)
     except ValidationError as err:
@@ -148,7 +156,7 @@ def _parse(header: bytes) -> InferenceRequest:
 
 
 def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
-    spec = route.tensors["inputs"][0]
+    spec = _tensors(route)["inputs"][0]
     if len(inference.inputs) != 1 or inference.inputs[0].name != spec["name"]:
         names = [i.name for i in inference.inputs]
         raise APIError(
@@ -158,7 +166,8 @@ def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
     if tensor.datatype != "BYTES":
         raise APIError(
             400,
-            f"input '{tensor.name}' must have datatype BYTES (encoded media), not {tensor.datatype}",
+            f"input '{tensor.name}' must have datatype BYTES (encoded media), "
+            f"not {tensor.datatype}",
         )
     if len(tensor.shape) != 1 or tensor.shape[0] < 1:
         raise APIError(
@@ -170,27 +179,29 @@ def _the_input(route: ModelRoute, inference: InferenceRequest) -> RequestInput:
 
 
 def _requested_outputs(route: ModelRoute, inference: InferenceRequest) -> set[str]:
-    known = {o["name"] for o in route.tensors["outputs"]}
+    known = {o["name"] for o in _tensors(route)["outputs"]}
     wanted = {o.name for o in inference.outputs}
     if wanted - known:
         raise APIError(
             400,
-            f"unknown output(s) {sorted(wanted - known)}; model '{route.model_id}' gives {sorted(known)}",
+            f"unknown output(s) {sorted(wanted - known)}; "
+            f"model '{route.model_id}' gives {sorted(known)}",
         )
     return wanted
 
 
 async def _media(
     tensor: RequestInput,
-    binary: bytes,
+    binary: bytes | bytearray,
     route: ModelRoute,
     settings: RouterSettings,
     held,
     request_limit: int,
-) -> list[bytes]:
+) -> list[bytes | bytearray]:
     """The input's elements as bytes. URLs are fetched only once the shape is known to match,
     a few at a time, holding no more than the request's own limit for this model."""
     size = tensor.parameters.get("binary_data_size")
+    elements: list[bytes | bytearray]
     if size is not None:
         if tensor.data is not None or not isinstance(size, int) or size != len(binary):
             raise APIError(
@@ -206,7 +217,7 @@ async def _media(
         if any(isinstance(e, str) and e.startswith(("http://", "https://")) for e in flat):
             held.add(request_limit)  # fetched media: at most the request's limit in all
         fetches = _Fetches(request_limit, tensor.name)
-        elements = await asyncio.gather(*(_element(e, settings, fetches) for e in flat))
+        elements = list(await asyncio.gather(*(_element(e, settings, fetches) for e in flat)))
     limit = route.max_upload_bytes
     for index, element in enumerate(elements):
         if limit and len(element) > limit:
@@ -224,9 +235,11 @@ def _check_shape(tensor: RequestInput, elements: int) -> None:
         )
 
 
-def _split_binary_bytes(binary: bytes) -> list[bytes]:
-    """Triton's binary BYTES layout: each element is a 4-byte little-endian length, then the bytes."""
-    elements, offset = [], 0
+def _split_binary_bytes(binary: bytes | bytearray) -> list[bytes | bytearray]:
+    """Triton's binary BYTES layout: each element is a 4-byte little-endian length, then the
+    bytes."""
+    elements: list[bytes | bytearray] = []
+    offset = 0
     while offset < len(binary):
         if offset + 4 > len(binary):
             raise APIError(400, "truncated BYTES element in the binary data")
@@ -250,7 +263,8 @@ def _flatten(data: Any) -> list[Any]:
 
 
 class _Fetches:
-    """The URL inputs of one request: a few fetched at a time, their bytes counted against its limit."""
+    """The URL inputs of one request: a few fetched at a time, their bytes counted against its
+    limit."""
 
     def __init__(self, limit: int, name: str):
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from configs.oip_models import InferenceRequest
 from configs.open_api_models import request_adapter
@@ -37,8 +38,11 @@ ONE_OF_REQUIRED = {"CompletionRequest": ["prompt", "prompt_embeds"]}
 
 @functools.cache
 def _body_schemas(capabilities: tuple[Capability, ...]) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Each capability's body schema (a reference, or a union of them) and the shared definitions."""
-    inputs = [(c.value, "validation", request_adapter(c)) for c in capabilities]
+    """Each capability's body schema (a reference, or a union of them) and the shared
+    definitions."""
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (c.value, "validation", request_adapter(c)) for c in capabilities
+    ]
     inputs.append((INFER, "validation", TypeAdapter(InferenceRequest)))
     refs, definitions = TypeAdapter.json_schemas(inputs, ref_template=COMPONENTS)
     return {key: schema for (key, _), schema in refs.items()}, definitions.get("$defs", {})

@@ -59,7 +59,8 @@ def install_pipeline_routes(
 
 
 def pipeline_card(pipeline: PipelineConfig) -> dict[str, Any]:
-    """The pipeline's ``/v1/models`` entry: a model of type ``pipeline``, with its inputs and steps."""
+    """The pipeline's ``/v1/models`` entry: a model of type ``pipeline``, with its inputs and
+    steps."""
     return {
         "id": pipeline.model_id,
         "object": "model",
@@ -77,7 +78,8 @@ def pipeline_state(
     routes: Mapping[str, ModelRoute],
     deployments: Mapping[str, dict | None],
 ) -> dict[str, Any]:
-    """Ready when every step's model is (``deployments``: each deployment's stats, None when not ready)."""
+    """Ready when every step's model is (``deployments``: each deployment's stats, None when not
+    ready)."""
     waiting = sorted(
         {
             step.model
@@ -303,7 +305,11 @@ async def _classify_image(
 ) -> dict[str, Any]:
     outputs = await _image_outputs(run, route, Capability.IMAGE_CLASSIFICATION, top_k=step.top_n)
     labels, scores = outputs["labels"], outputs["scores"]
-    return {"text": ", ".join(f"{label} ({score:.2f})" for label, score in zip(labels, scores))}
+    return {
+        "text": ", ".join(
+            f"{label} ({score:.2f})" for label, score in zip(labels, scores, strict=True)
+        )
+    }
 
 
 async def _detect(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:

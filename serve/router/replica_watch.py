@@ -46,7 +46,8 @@ class ReplicaWatch:
         self._poller: asyncio.Task | None = None
 
     async def answer(self, awaitable: Awaitable[Any]) -> Any:
-        """``awaitable``'s result; ``NoReplica`` (``awaitable`` cancelled) if the last replica goes first."""
+        """``awaitable``'s result; ``NoReplica`` (``awaitable`` cancelled) if the last replica
+        goes first."""
         work = asyncio.ensure_future(awaitable)
         self._update()  # none now: refused at once
         lost = asyncio.ensure_future(self.lost.wait())

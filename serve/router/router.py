@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Literal
 
 from ray import serve
 from ray.exceptions import RayActorError
@@ -78,10 +79,11 @@ class ServeEngineCaller:
             except BaseException:  # timed out, or the client left: stop the engine's work
                 response.cancel()
                 raise
+        raise AssertionError("unreachable: the second try returns or raises")
 
     async def stream(
         self, route: ModelRoute, capability: Capability, body: dict
-    ) -> AsyncIterator[str | EngineResponse]:
+    ) -> AsyncGenerator[str | EngineResponse, None]:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
             response = self._handle(route, stream=True).handle_stream.remote(
@@ -211,7 +213,7 @@ class _unavailable_as_503:
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:  # maps errors, never swallows one
         if isinstance(exc, BackPressureError):
             raise APIError(
                 503,
@@ -233,7 +235,10 @@ class _unavailable_as_503:
 class MultiModelRouter:
     """OpenAI-compatible ingress: one endpoint for every model in the config."""
 
-    async def __init__(self, settings: RouterSettings, engines: dict[str, DeploymentHandle] | None):
+    # Serve awaits an async constructor; mypy holds __init__ to returning None
+    async def __init__(  # type: ignore[misc]
+        self, settings: RouterSettings, engines: dict[str, DeploymentHandle] | None
+    ):
         """``engines``: the bound engine deployments of a one-application platform; None when each
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings

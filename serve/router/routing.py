@@ -13,6 +13,7 @@ from common.media_fetch import MediaFetchPolicy
 from common.serve_options import replica_range
 from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
 from configs import LoadedConfig
+from configs.api_keys import APIKey
 from configs.pipeline_models import PipelineConfig
 from configs.server_models import BaseModelEntry, Capability, PlatformSettings
 
@@ -99,12 +100,14 @@ async def deployment_states(
             return {"scales_from_zero": True}
         return await engines.status(route, timeout_s)
 
-    return dict(zip(behind, await asyncio.gather(*(probe(route) for route in behind.values()))))
+    states = await asyncio.gather(*(probe(route) for route in behind.values()))
+    return dict(zip(behind, states, strict=True))
 
 
 def model_state(model_id: str, deployment_state: dict | None) -> dict:
     """A model's own part of its deployment's stats. A group's replica reports each member under
-    ``engines``: the member gets its own counters, the replica's placement, and the group's models."""
+    ``engines``: the member gets its own counters, the replica's placement, and the group's
+    models."""
     if not deployment_state or "engines" not in deployment_state:
         return deployment_state or {}
     engines = deployment_state["engines"]

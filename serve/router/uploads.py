@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
@@ -68,11 +68,12 @@ class _Reservation:
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; a 400 for anything else (deep nesting included), a 413 over ``limit``."""
+    """The body as a JSON object; a 400 for anything else (deep nesting included), a 413 over
+    ``limit``."""
     return parse_json_object(await read_limited_body(request, limit))
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -136,8 +137,9 @@ async def read_limited_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's pieces; a 413 up front when Content-Length says too much, else once the count does."""
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The body's pieces; a 413 up front when Content-Length says too much, else once the count
+    does."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(

@@ -89,7 +89,9 @@ class SpeechToText(TaskRunner):
             ignore_warning=True,
             **options,
         )
-        transcripts = [self._transcript(job, output, words) for job, output in zip(jobs, outputs)]
+        transcripts = [
+            self._transcript(job, output, words) for job, output in zip(jobs, outputs, strict=True)
+        ]
         # Only verbose_json reports the language; detect it when the request did not name one.
         undetected = [
             i
@@ -99,12 +101,14 @@ class SpeechToText(TaskRunner):
             and job.extra["task"] == "transcribe"
         ]
         if undetected and self.is_whisper and self.languages:
-            for i, code in zip(undetected, self._detect_languages([jobs[i] for i in undetected])):
+            codes = self._detect_languages([jobs[i] for i in undetected])
+            for i, code in zip(undetected, codes, strict=True):
                 transcripts[i].language = _language_name(code)
         return transcripts
 
     def _detect_languages(self, jobs: list[Job]) -> list[str]:
-        """Whisper's language guess from each clip's first 30 s (the language token it would emit)."""
+        """Whisper's language guess from each clip's first 30 s (the language token it would
+        emit)."""
         import torch
 
         extractor = self.pipe.feature_extractor

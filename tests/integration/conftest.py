@@ -1,4 +1,5 @@
-"""One real platform per test session: ``deploy_app.py`` on the session config, real vLLM on the CPU.
+"""One real platform per test session: ``deploy_app.py`` on the session config, real vLLM on the
+CPU.
 
 Every test under ``tests/integration/`` is marked ``integration`` here. Tests marked
 ``edits_platform`` change the session platform (``deploy_app.py --address auto``) and put it back;
@@ -56,9 +57,7 @@ def platform(tmp_path_factory) -> Platform:
     # The address of a cluster that is gone, as a platform killed without its shutdown leaves it:
     # Ray would wait for it forever; the platform must start a Ray of its own.
     (Path(env["RAY_TMPDIR"]) / "ray").mkdir(exist_ok=True)
-    (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text(
-        f"127.0.0.1:{free_port()}"
-    )
+    (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
     with running_platform(
         config, workdir, env=env, extra_args=("--num-cpus", str(NUM_CPUS))
     ) as base:
@@ -78,9 +77,7 @@ def platform_url(platform) -> str:
 
 @pytest.fixture(scope="session")
 def client(platform_url) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{platform_url}/v1", api_key=API_KEY, max_retries=0, timeout=120
-    )
+    return openai.OpenAI(base_url=f"{platform_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,8 @@ class Platform:
         )
 
     def restore(self) -> None:
-        """Apply the session's own config again: what an edit added goes, what it changed returns."""
+        """Apply the session's own config again: what an edit added goes, what it changed
+        returns."""
         result = self.apply(self.config)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -260,7 +261,9 @@ def assert_leaving_a_stream_stops_it(
         if generating:
             stats = wait_until(
                 read_stats,
-                lambda s: s[counter] > before[counter] and s["unfinished_requests"] == 0,
+                lambda s, before=before: (
+                    s[counter] > before[counter] and s["unfinished_requests"] == 0
+                ),
             )
             assert stats[counter] == before[counter] + 1, (before, stats)
             assert stats["unfinished_requests"] == 0, (before, stats)

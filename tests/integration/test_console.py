@@ -1,5 +1,6 @@
 """The web console in a real headless Chromium (Debian's, driven by chromedriver) against the
-session platform, which requires API keys. Screenshots of each page go to ``test-artifacts/console/``."""
+session platform, which requires API keys. Screenshots of each page go to
+``test-artifacts/console/``."""
 
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ def test_a_chat_answer_streams_into_the_page(console):
     console.execute_script("""
         window.answerUpdates = 0;
         new MutationObserver(() => { window.answerUpdates += 1; })
-          .observe(document.getElementById('chat-transcript'), {subtree: true, childList: true, characterData: true});""")
+          .observe(document.getElementById('chat-transcript'),
+                   {subtree: true, childList: true, characterData: true});""")
     _send(console, "chat")
     answer = _wait(
         console,
@@ -245,7 +247,8 @@ def test_generated_speech_gets_a_playable_source(console):
     _wait(
         console,
         lambda d: d.execute_script(
-            "const a = document.getElementById('speech-audio'); return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"
+            "const a = document.getElementById('speech-audio');"
+            " return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"
         ),
     )
     _no_error(console, "speech-error")
@@ -277,7 +280,8 @@ def test_an_image_is_classified_and_the_detectors_boxes_are_drawn(console, tmp_p
         const c = document.getElementById('image-canvas');
         const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let count = 0;
-        for (let i = 0; i < pixels.length; i += 4) if (pixels[i] === 0xe4 && pixels[i+1] === 0x57 && pixels[i+2] === 0x2e) count++;
+        for (let i = 0; i < pixels.length; i += 4)
+          if (pixels[i] === 0xe4 && pixels[i+1] === 0x57 && pixels[i+2] === 0x2e) count++;
         return count;""")
     assert drawn > 0
     _screenshot(console, "image")

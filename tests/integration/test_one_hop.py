@@ -15,13 +15,13 @@ import pytest
 from common.serve_env import haproxy_processes
 from tests.integration.helpers import (
     API_KEY,
+    HELLO,
     LIMITED_KEY,
     SCOPED_KEY,
     TOKEN_KEY,
     assert_leaving_a_stream_stops_it,
     auth_headers,
 )
-from tests.integration.helpers import HELLO
 from tests.integration.session_config import CHAT, EMBED
 
 
@@ -143,7 +143,8 @@ def test_media_urls_follow_the_platform_policy(platform_url, part):
 
 
 def _replica_http_port(pid: int) -> int:
-    """The port on which the replica process answers HTTP itself (it also listens for Ray's gRPC)."""
+    """The port on which the replica process answers HTTP itself (it also listens for Ray's
+    gRPC)."""
     for conn in psutil.Process(pid).net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN:
             try:
@@ -176,7 +177,8 @@ def test_a_single_cpu_shard_runs_inside_vllms_engine_core(platform_url):
 
 
 def test_haproxy_runs_under_sched_batch(platform_url):
-    """Woken by each event a replica writes, HAProxy must not preempt the replica (scripts/haproxy)."""
+    """Woken by each event a replica writes, HAProxy must not preempt the replica
+    (scripts/haproxy)."""
     policies = []
     for process in haproxy_processes(urlparse(platform_url).port):
         with contextlib.suppress(ProcessLookupError):  # one that a reload just replaced

@@ -35,7 +35,8 @@ ALL_MODELS = {
     AFFINITY_CHAT,
     COLD_CHAT,
 }
-PIPELINES = {"voice-chat", "rag-lite", "describe-image"}  # the default config's two, the session's one
+# the default config's two, the session's one
+PIPELINES = {"voice-chat", "rag-lite", "describe-image"}
 VARIANTS = {
     *(f"{chat}:{name}" for chat in (CHAT, AFFINITY_CHAT, COLD_CHAT) for name in ("sql", "poet")),
     "tiny-vit-variants:a",

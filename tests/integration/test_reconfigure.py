@@ -273,7 +273,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
     base, path = session.url, session.config_path
     good = copy.deepcopy(session.config)
     path.write_text(yaml.safe_dump(good))
-    actors = _actor_ids(base)
+    actors, models = _actor_ids(base), set(_models(base))
     log = path.parent / "watch.log"
     with open(log, "w") as out:
         watcher = subprocess.Popen(
@@ -313,7 +313,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
     # stop that takes over 3 s, never saw the signal.
     assert code == 0, log.read_text()[-2000:]
     assert "SIGTERM received" not in log.read_text()
-    assert set(_models(base)) == set(actors)
+    assert set(_models(base)) == models
 
 
 def _wait_for_line(

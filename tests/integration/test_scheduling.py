@@ -216,7 +216,8 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(scheduled):
     assert statuses.index(200) == len(refused)
     waits_ms = sorted(elapsed * 1000 for _, elapsed in refused)
     print(
-        f"burst of 20 at capacity 2: {len(refused)} refused, 503 after {waits_ms[len(waits_ms) // 2]:.0f} ms "
+        f"burst of 20 at capacity 2: {len(refused)} refused, "
+        f"503 after {waits_ms[len(waits_ms) // 2]:.0f} ms "
         f"(p50), {waits_ms[-1]:.0f} ms (max)"
     )
     with httpx.Client(base_url=base, headers=auth_headers(), timeout=120) as client:
@@ -228,7 +229,8 @@ def test_ready_does_not_queue_behind_a_busy_model(scheduled):
 
     async def busy_then_ready():
         async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
-            # One request runs and one waits (the rest are refused): replica and queue full for ~10 s.
+            # One request runs and one waits (the rest are refused): replica and queue full for
+            # ~10 s.
             work = [asyncio.create_task(_infer(client, "one-at-a-time")) for _ in range(3)]
             await asyncio.sleep(0.5)
             ready = await client.get("/ready")
@@ -318,7 +320,8 @@ def test_with_one_replica_killed_requests_get_503_at_once_until_it_is_replaced(s
                 time.sleep(0.2)
     recovery_s = time.monotonic() - killed_at
     print(
-        f"lone: replaced and answering {recovery_s:.1f} s after the kill; {len(answers) - 1} refusals before"
+        f"lone: replaced and answering {recovery_s:.1f} s after the kill; "
+        f"{len(answers) - 1} refusals before"
     )
     assert answers[-1][0] == 200
     assert {status for status, _ in answers[:-1]} == {503} and all(

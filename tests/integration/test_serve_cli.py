@@ -1,14 +1,29 @@
-"""The platform on a Ray cluster started apart (``ray start --head``), driven by the Serve CLI.
+"""The platform on a Ray cluster started apart (``ray start --head``), brought up on it every
+documented way that targets a running cluster, one after another:
 
-Two clusters, each with its own temp dir, ports and auth token, started the way the README says:
+- ``serve deploy`` of the config ``deploy_app.py --render`` printed;
+- ``serve deploy``, from another directory, of the config rendered with ``--working-dir``, which
+  ships the code as a ``file://`` zip in every application's runtime_env and names the model
+  files absolutely; deployed again unchanged, it restarts nothing;
+- ``serve run`` of the file as ``model_config.yaml`` holds it (the platform as one application)
+  and ``serve run`` of the rendered config, each in the background with ``--address`` and stopped
+  after;
+- ``deploy_app.py --config ... --address``.
 
-- in the repository root: ``serve deploy`` of the config ``deploy_app.py --render`` printed;
-- in another directory (as on a node where the repository is not the current directory):
-  ``serve deploy`` of the config rendered with ``--working-dir``, which ships the code as a
-  ``file://`` zip in every application's runtime_env and names the model files absolutely.
+Each way must show every model ready in ``deploy_app.py status``, ``/ready`` (with the replica
+counts the Serve controller gives) and what the console reads (``/v1/models``, ``/ready``); each
+is then taken down with ``serve shutdown`` before the next.
 
-Each is then checked with ``serve status`` and ``deploy_app.py status``, called over HTTP (the
-router and, for vLLM, the one-hop path), and taken down with ``serve shutdown``.
+One cluster for all of them (a Ray start costs minutes here), started the way the README says,
+in the repository root, with its own temp dir, ports and auth token. The cluster's workers can
+import the platform from there too, so the ``--working-dir`` way shows that the shipped config
+deploys with the code in a zip and the models named absolutely, not that the zip alone holds
+every module it needs (``tests/unit/test_shipped_code.py`` checks what the zip holds).
+
+``scripts/serve.sh`` and ``python deploy_app.py --config ...`` run ``deploy_app.py`` on a Ray of
+its own (``serve.sh`` installs first and turns Ray's usage stats off): that is how the session
+platform starts (``tests/integration/conftest.py``), whose status ``test_observability.py``,
+whose ``/ready`` ``test_openai_api.py`` and whose console ``test_console.py`` check.
 """
 
 from __future__ import annotations
@@ -27,19 +42,21 @@ from pathlib import Path
 import httpx
 import openai
 import psutil
+import pytest
 import yaml
 
 from common.serve_env import STREAMING_ENV, haproxy_binary_env, haproxy_files_env
 from tests.conftest import ray_temp_dir
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     API_KEY,
+    HELLO,
     ROOT,
     STARTUP_TIMEOUT_S,
-    _free_port,
     auth_headers,
+    free_port,
     platform_env,
+    wait_until,
 )
-from tests.integration.test_openai_api import HELLO
 from tests.media_files import b64, image_file, infer_body
 
 BIN = Path(sys.executable).parent
@@ -73,15 +90,15 @@ class Cluster:
 
     def __init__(self, cwd: Path, workdir: Path):
         self.temp_dir = ray_temp_dir()
-        self.gcs = f"127.0.0.1:{_free_port()}"
-        self.dashboard = f"http://127.0.0.1:{_free_port()}"
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
         # what `eval "$(python -m common.serve_env)"` sets
         self.env = {
             **platform_env(self.temp_dir),
             **STREAMING_ENV,
             **haproxy_binary_env(),
             **haproxy_files_env(int(self.gcs.split(":")[1])),  # apart from any other HAProxy here
-            # Ray's token authentication, with a token of this cluster's instead of ~/.ray/auth_token.
+            # Ray's token authentication, with this cluster's token instead of ~/.ray/auth_token.
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": uuid.uuid4().hex,
         }
@@ -97,9 +114,9 @@ class Cluster:
             "--num-cpus=2",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
             "--disable-usage-stats",
         ]
         self.process = subprocess.Popen(
@@ -121,10 +138,17 @@ class Cluster:
             timeout=timeout,
         )
 
-    def serve_status(self, cwd: Path) -> dict:
+    def serve_status(self, cwd: Path = ROOT) -> dict:
         result = self.cli("serve", "status", "-a", self.dashboard, cwd=cwd)
         assert result.returncode == 0, result.stdout + result.stderr
         return yaml.safe_load(result.stdout)
+
+    def platform_status(self) -> subprocess.CompletedProcess:
+        """``deploy_app.py status --address`` this cluster."""
+        return self.cli(sys.executable, "deploy_app.py", "status", "--address", self.gcs, cwd=ROOT)
+
+    def shut_down_serve(self, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        return self.cli("serve", "shutdown", "-y", "-a", self.dashboard, cwd=cwd)
 
     def wait_for_dashboard(self) -> None:
         deadline = time.time() + 180
@@ -139,7 +163,7 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        """End this cluster's processes only (never `ray stop`: it ends every Ray on the machine)."""
+        """End this cluster's processes only (never `ray stop`: it ends every Ray here)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -159,9 +183,10 @@ class Cluster:
         self.log.close()
 
 
-@contextlib.contextmanager
-def running_cluster(cwd: Path, workdir: Path) -> Iterator[Cluster]:
-    cluster = Cluster(cwd, workdir)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """One cluster for the module, in the repository root, as the README starts it."""
+    cluster = Cluster(ROOT, tmp_path_factory.mktemp("cluster"))
     try:
         cluster.wait_for_dashboard()
         yield cluster
@@ -169,14 +194,20 @@ def running_cluster(cwd: Path, workdir: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
-def _render(
-    models: list[dict], workdir: Path, *extra: str, port: int | None = None
-) -> tuple[Path, int]:
-    """The platform's config for ``models`` rendered to a Serve config file, and its HTTP port."""
-    port = port or _free_port()
+@pytest.fixture
+def cli(cluster) -> Iterator[Cluster]:
+    """The cluster, with nothing of Serve left on it after the test (whose own ``serve
+    shutdown`` is asserted; this one only cleans up after a test that failed before it)."""
+    yield cluster
+    if cluster.serve_status().get("applications"):
+        cluster.shut_down_serve()
+
+
+def _config(models: list[dict], workdir: Path, port: int | None = None) -> Path:
+    """The platform's config for ``models`` as ``model_config.yaml`` holds it (one application)."""
     config = {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
+        "http_options": {"host": "127.0.0.1", "port": port or free_port()},
         "applications": [
             {
                 "name": "platform",
@@ -189,6 +220,14 @@ def _render(
     }
     source = workdir / "model_config.yaml"
     source.write_text(yaml.safe_dump(config))
+    return source
+
+
+def _render(
+    models: list[dict], workdir: Path, *extra: str, port: int | None = None
+) -> tuple[Path, int]:
+    """The platform's config for ``models`` rendered to a Serve config file, and its HTTP port."""
+    source = _config(models, workdir, port)
     rendered = subprocess.run(
         [sys.executable, "deploy_app.py", "--config", str(source), "--render", *extra],
         cwd=ROOT,
@@ -199,29 +238,59 @@ def _render(
     assert rendered.returncode == 0, rendered.stderr
     path = workdir / "serve_config.yaml"
     path.write_text(rendered.stdout)
-    return path, port
+    return path, _port(path)
 
 
-def _deploy_and_wait(cluster: Cluster, config: Path, cwd: Path) -> dict:
-    deployed = cluster.cli("serve", "deploy", str(config), "-a", cluster.dashboard, cwd=cwd)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    deadline = time.time() + STARTUP_TIMEOUT_S
-    while time.time() < deadline:
-        status = cluster.cli(
-            sys.executable, "deploy_app.py", "status", "--address", cluster.gcs, cwd=ROOT
-        )
-        if status.returncode == 0:
-            assert "ready" in status.stdout, status.stdout
-            break
-        time.sleep(5)
-    else:
-        raise TimeoutError(f"not ready in {STARTUP_TIMEOUT_S}s:\n{status.stdout}{status.stderr}")
-    applications = cluster.serve_status(cwd)["applications"]
-    names = [app["name"] for app in yaml.safe_load(config.read_text())["applications"]]
-    assert {name: app["status"] for name, app in applications.items()} == dict.fromkeys(
-        names, "RUNNING"
+def _port(config: Path) -> int:
+    return yaml.safe_load(config.read_text())["http_options"]["port"]
+
+
+def _wait_ready(base: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    """Until ``/ready`` answers 200 (or ``process``, serving the platform, exits)."""
+
+    def ready() -> int | None:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code
+        except httpx.HTTPError:
+            return None
+
+    assert wait_until(ready, lambda code: code == 200, STARTUP_TIMEOUT_S, every_s=2) == 200
+
+
+def _assert_listed(cluster: Cluster, base: str, model_ids: list[str], applications: set[str]):
+    """Serve runs ``applications``; ``deploy_app.py status``, ``/ready`` and what the console
+    reads name every model of ``model_ids``, ready, with its replicas."""
+    serving = cluster.serve_status()["applications"]
+    assert {name: app["status"] for name, app in serving.items()} == dict.fromkeys(
+        applications, "RUNNING"
     )
-    return applications
+    status = cluster.platform_status()
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines()[1:]}
+    assert rows == dict.fromkeys(model_ids, "ready"), status.stdout
+
+    def ready() -> tuple[int, dict]:
+        answer = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+        return answer.status_code, answer.json()["models"]
+
+    # The router reads the phases at most every 2 s: the replica counts may lag the probes.
+    code, models = wait_until(
+        ready,
+        lambda r: all(m.get("replicas", {}).get("running") for m in r[1].values()),
+        timeout_s=30,
+        every_s=1,
+    )
+    assert code == 200 and sorted(models) == sorted(model_ids), models
+    for model in models.values():
+        assert model["ready"] and model["phase"] == "ready", model
+        assert model["replicas"] == {"running": 1, "target": 1}, model
+    # The console: its page, and the models it lists (/v1/models) with their state (/ready).
+    page = httpx.get(f"{base}/console", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    cards = httpx.get(f"{base}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
+    assert sorted(card["id"] for card in cards) == sorted(model_ids), cards
 
 
 def _classify(base: str) -> list[float]:
@@ -245,13 +314,13 @@ def _actor_ids(base: str) -> dict[str, str]:
     return {model_id: model["placement"]["actor_id"] for model_id, model in models.items()}
 
 
-def _shut_down(cluster: Cluster, cwd: Path, base: str) -> None:
-    result = cluster.cli("serve", "shutdown", "-y", "-a", cluster.dashboard, cwd=cwd)
+def _shut_down(cluster: Cluster, base: str, cwd: Path = ROOT) -> None:
+    result = cluster.shut_down_serve(cwd)
     assert result.returncode == 0, result.stdout + result.stderr
-    deadline = time.time() + 120
-    while cluster.serve_status(cwd).get("applications") and time.time() < deadline:
-        time.sleep(2)
-    assert not cluster.serve_status(cwd).get("applications")
+    left = wait_until(
+        lambda: cluster.serve_status(cwd).get("applications"), lambda apps: not apps, 120, 2
+    )
+    assert not left, left
     try:
         answer = httpx.get(f"{base}/health", timeout=5)
     except httpx.HTTPError:
@@ -259,19 +328,57 @@ def _shut_down(cluster: Cluster, cwd: Path, base: str) -> None:
     assert answer.status_code >= 400
 
 
-def test_serve_deploy_from_the_repository_root(tmp_path):
+@contextlib.contextmanager
+def _serve_run(cluster: Cluster, config: Path) -> Iterator[str]:
+    """``serve run CONFIG --address`` the cluster, in the background; stopped (Ctrl-C, which
+    shuts Serve down) on leaving. Yields the platform's URL once ``/ready`` answers 200."""
+    log = config.with_suffix(".serve-run.log")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(BIN / "serve"), "run", str(config), "--address", cluster.gcs],
+            cwd=ROOT,
+            env=cluster.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{_port(config)}"
+    try:
+        _wait_ready(base, process, log)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _applied(cluster: Cluster) -> dict[str, tuple[float, str, dict]]:
+    """Each application's last deploy time, status and its deployments' replica states, as
+    ``serve status`` gives them."""
+    return {
+        name: (
+            app["last_deployed_time_s"],
+            app["status"],
+            {d: s.get("replica_states") or {} for d, s in app["deployments"].items()},
+        )
+        for name, app in cluster.serve_status()["applications"].items()
+    }
+
+
+def test_serve_deploy_from_the_repository_root(cli, tmp_path):
     config, port = _render([VIT], tmp_path)
-    with running_cluster(ROOT, tmp_path) as cluster:
-        applications = _deploy_and_wait(cluster, config, ROOT)
-        assert set(applications) == {"platform", "platform.b-vit"}
-        base = f"http://127.0.0.1:{port}"
-        models = httpx.get(f"{base}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
-        assert [m["id"] for m in models] == ["b-vit"]
-        assert len(_classify(base)) > 0
-        _shut_down(cluster, ROOT, base)
+    deployed = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=ROOT)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    base = f"http://127.0.0.1:{port}"
+    _wait_ready(base)
+    _assert_listed(cli, base, ["b-vit"], {"platform", "platform.b-vit"})
+    assert len(_classify(base)) > 0
+    _shut_down(cli, base)
 
 
-def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(tmp_path):
+def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(cli, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # neither the repository nor a parent of it
     elsewhere.mkdir()
     config, port = _render([CHAT, VIT], tmp_path, "--working-dir", str(tmp_path / "code"))
@@ -280,27 +387,79 @@ def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(tmp_path):
     assert len(uris) == 1 and uris.pop().startswith(
         f"file://{tmp_path / 'code'}/rayserve-platform-"
     )
-    with running_cluster(elsewhere, tmp_path) as cluster:
-        _deploy_and_wait(cluster, config, elsewhere)
-        base = f"http://127.0.0.1:{port}"
+    deployed = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=elsewhere)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    base = f"http://127.0.0.1:{port}"
+    _wait_ready(base)
+    names = {app["name"] for app in rendered["applications"]}
+    _assert_listed(cli, base, ["a-chat", "b-vit"], names)
+    assert len(_classify(base)) > 0
+    for prefix in ("", "/models/a-chat"):  # through the router, and vLLM's own server in one hop
+        client = openai.OpenAI(
+            base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=120
+        )
+        answer = client.chat.completions.create(
+            model="a-chat", messages=HELLO, max_tokens=4, extra_body={"ignore_eos": True}
+        )
+        assert answer.usage.completion_tokens == 4
+    # Rendered again, the unchanged code has the same URI: a deploy of it restarts nothing.
+    before, applied = _actor_ids(base), _applied(cli)
+    _render([CHAT, VIT], tmp_path, "--working-dir", str(tmp_path / "code"), port=port)
+    assert yaml.safe_load(config.read_text()) == rendered
+    again = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    # Once the controller took the new config (each application deployed again) and has had
+    # many control-loop passes to act on it, every application runs: had the deploy changed the
+    # code, Serve would be rebuilding them, or their new replicas would have replaced the old.
+    now = wait_until(
+        lambda: _applied(cli),
+        lambda apps: all(
+            apps[name][0] > applied[name][0]
+            and apps[name][1] == "RUNNING"
+            and time.time() - apps[name][0] > 5
+            for name in applied
+        ),
+        timeout_s=STARTUP_TIMEOUT_S,
+        every_s=1,
+    )
+    assert set(now) == set(applied) and all(
+        now[name][0] > applied[name][0] and now[name][1] == "RUNNING" for name in applied
+    ), now
+    starting = {name: deployments for name, (_, _, deployments) in now.items()}
+    assert not [s for d in starting.values() for s in d.values() if set(s) - {"RUNNING"}], now
+    assert _actor_ids(base) == before
+    _shut_down(cli, base, elsewhere)
+
+
+def test_serve_run_of_the_file_as_one_application(cli, tmp_path):
+    config = _config([VIT], tmp_path)
+    with _serve_run(cli, config) as base:
+        _assert_listed(cli, base, ["b-vit"], {"platform"})
         assert len(_classify(base)) > 0
-        for prefix in (
-            "",
-            "/models/a-chat",
-        ):  # through the router, and vLLM's own server in one hop
-            client = openai.OpenAI(
-                base_url=f"{base}{prefix}/v1", api_key=API_KEY, max_retries=0, timeout=120
-            )
-            answer = client.chat.completions.create(
-                model="a-chat", messages=HELLO, max_tokens=4, extra_body={"ignore_eos": True}
-            )
-            assert answer.usage.completion_tokens == 4
-        # Rendered again, the unchanged code has the same URI: a deploy of it restarts nothing.
-        before = _actor_ids(base)
-        _render([CHAT, VIT], tmp_path, "--working-dir", str(tmp_path / "code"), port=port)
-        assert yaml.safe_load(config.read_text()) == rendered
-        again = cluster.cli("serve", "deploy", str(config), "-a", cluster.dashboard, cwd=elsewhere)
-        assert again.returncode == 0, again.stderr
-        time.sleep(5)
-        assert _actor_ids(base) == before
-        _shut_down(cluster, elsewhere, base)
+    _shut_down(cli, base)
+
+
+def test_serve_run_of_the_rendered_config(cli, tmp_path):
+    config, _ = _render([VIT], tmp_path)
+    with _serve_run(cli, config) as base:
+        _assert_listed(cli, base, ["b-vit"], {"platform", "platform.b-vit"})
+    _shut_down(cli, base)
+
+
+def test_deploy_app_py_onto_the_cluster(cli, tmp_path):
+    config = _config([VIT], tmp_path)
+    deployed = cli.cli(
+        sys.executable,
+        "deploy_app.py",
+        "--config",
+        str(config),
+        "--address",
+        cli.gcs,
+        cwd=ROOT,
+        timeout=STARTUP_TIMEOUT_S,
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    base = f"http://127.0.0.1:{_port(config)}"
+    _wait_ready(base)
+    _assert_listed(cli, base, ["b-vit"], {"platform", "platform.b-vit"})
+    _shut_down(cli, base)

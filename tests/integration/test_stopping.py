@@ -15,8 +15,8 @@ import yaml
 
 from tests.integration.helpers import (
     ROOT,
-    free_port,
     deploy_command,
+    free_port,
     leftover_haproxy,
     platform_env,
 )

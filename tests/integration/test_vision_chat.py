@@ -9,8 +9,7 @@ import threading
 import openai
 import pytest
 
-from tests.integration.helpers import IMAGE_HOST
-from tests.integration.helpers import assert_still_serving
+from tests.integration.helpers import IMAGE_HOST, assert_still_serving
 from tests.media_files import b64, image_file
 
 VLM = "tiny-llava"

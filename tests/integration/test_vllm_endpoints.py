@@ -7,8 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.helpers import API_KEY
-from tests.integration.helpers import HELLO, assert_still_serving
+from tests.integration.helpers import API_KEY, HELLO, assert_still_serving
 from tests.integration.session_config import CHAT, EMBED, RERANKER
 
 QUERY = "Which animal says meow?"

@@ -1,4 +1,5 @@
-"""Download progress: what the loaders fetch of a Hub repo, bytes on disk, and the watch that publishes them."""
+"""Download progress: what the loaders fetch of a Hub repo, bytes on disk, and the watch that
+publishes them."""
 
 import os
 import threading

@@ -131,8 +131,8 @@ def test_the_plan_refuses_a_config_that_cannot_fit_naming_the_model_and_numbers(
     err = capsys.readouterr().err
     assert "does not fit GPUs of 22.5 GiB (L4)" in err
     assert (
-        "qwen2.5-14b-instruct needs 35.0 GiB per GPU (weights 27.5, KV cache for one 32768-token sequence 6.0"
-        in err
+        "qwen2.5-14b-instruct needs 35.0 GiB per GPU "
+        "(weights 27.5, KV cache for one 32768-token sequence 6.0" in err
     )
     assert (
         "whisper-large-v3 needs 3.9 GiB per GPU (weights 2.9" in err and "may take 2.2 GiB" in err

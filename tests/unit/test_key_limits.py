@@ -87,7 +87,7 @@ def test_a_stream_meter_reads_the_usage_and_drops_the_event_the_client_did_not_a
     usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
     events = [
         'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}',
-        'data: {"choices": [], "usage": %s}' % json.dumps(usage),
+        f'data: {{"choices": [], "usage": {json.dumps(usage)}}}',
         "data: [DONE]",
     ]
     stream = "".join(e + "\n\n" for e in events)

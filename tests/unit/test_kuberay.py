@@ -54,8 +54,9 @@ def test_worker_groups_are_sized_from_the_models():
         "rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 2, "32Gi")
     )["spec"]["rayClusterConfig"]
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    # GPU replicas at minimum: shares 0.4 + 0.4 + 0.15 + 0.05 + 0.2, the 8B model's 1, the 14B model's 2
-    # (4.2 GPUs, 23 CPUs: 3 workers of 8 CPUs); the 8B model autoscales to 4 (7.2 GPUs, 35 CPUs: 5)
+    # GPU replicas at minimum: shares 0.4 + 0.4 + 0.15 + 0.05 + 0.2, the 8B model's 1, the 14B
+    # model's 2 (4.2 GPUs, 23 CPUs: 3 workers of 8 CPUs); the 8B model autoscales to 4 (7.2 GPUs,
+    # 35 CPUs: 5)
     assert (groups["gpu-workers"]["minReplicas"], groups["gpu-workers"]["maxReplicas"]) == (3, 5)
     assert (
         groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"][

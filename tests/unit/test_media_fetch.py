@@ -98,7 +98,8 @@ def test_private_addresses_are_refused_unless_the_operator_opens_them(server_por
     ],
 )
 def test_other_spellings_of_internal_addresses_are_refused(host):
-    # The operator allows a domain; none of these spellings is it, and none may reach an internal address.
+    # The operator allows a domain; none of these spellings is it, and none may reach an internal
+    # address.
     policy = MediaFetchPolicy(allowed_domains=("example.com",))
     assert refused(f"http://{host}/latest/meta-data", policy).code == "media_domain_not_allowed"
 

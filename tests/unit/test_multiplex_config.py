@@ -1,4 +1,5 @@
-"""Multiplexed variants in the YAML: found, checked and turned into vLLM LoRA settings before deploy."""
+"""Multiplexed variants in the YAML: found, checked and turned into vLLM LoRA settings before
+deploy."""
 
 import pytest
 

@@ -1,4 +1,5 @@
-"""The one-hop guard's request timeout, around a stand-in for vLLM's ASGI app, and its token metering."""
+"""The one-hop guard's request timeout, around a stand-in for vLLM's ASGI app, and its token
+metering."""
 
 import asyncio
 import json

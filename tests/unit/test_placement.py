@@ -1,4 +1,5 @@
-"""Planning where replicas land: GPU shares packed, multi-GPU replicas on one node, clear refusals."""
+"""Planning where replicas land: GPU shares packed, multi-GPU replicas on one node, clear
+refusals."""
 
 import pytest
 

@@ -1,4 +1,5 @@
-"""The router app's own logic (auth, validation, lookup, errors, relay) with a fake engine caller."""
+"""The router app's own logic (auth, validation, lookup, errors, relay) with a fake engine
+caller."""
 
 import asyncio
 import json

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import pytest
 
 from common.serve_env import (
     HAPROXY_WRAPPER,
@@ -60,9 +61,19 @@ def _haproxy_look_alike(tmp_path, config_path) -> subprocess.Popen:
     return subprocess.Popen([str(binary), "-f", str(config_path)])
 
 
-def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+@pytest.fixture
+def short_temp_dir(monkeypatch):
+    """A temp dir short enough that ``haproxy_files_env`` keeps HAProxy's files in it: under a
+    longer one they would go to ``/tmp/hap<port>``, where a platform running here keeps its own."""
+    directory = tempfile.mkdtemp(prefix="h", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, short_temp_dir, monkeypatch):
     ours, theirs = haproxy_files_env(8000), haproxy_files_env(8001)
+    assert ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(short_temp_dir)
     node_dir = "0123abcd"  # Ray puts the config in a directory of the node's id
     mine, other = (
         _haproxy_look_alike(
@@ -107,7 +118,8 @@ def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
     """A stand-in for HAProxy that prints its scheduling policy and arguments."""
     stand_in = tmp_path / "haproxy"
     stand_in.write_text(
-        '#!/bin/sh\nexec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n'
+        "#!/bin/sh\n"
+        'exec python3 -c "import os, sys; print(os.sched_getscheduler(0), *sys.argv[1:])" "$@"\n'
     )
     stand_in.chmod(0o755)
     inherited = {

@@ -1,5 +1,6 @@
 import asyncio
 import gc
+from itertools import pairwise
 
 import pytest
 
@@ -69,7 +70,7 @@ async def test_min_interval_sends_the_first_chunk_at_once_and_batches_the_rest()
     assert "".join(b for _, b in arrivals) == "".join(f"{i}," for i in range(30))
     assert len(arrivals) < 10
     sent_at = [at for at, _ in arrivals[:-1]]  # the last batch leaves when the source ends
-    assert min(b - a for a, b in zip(sent_at, sent_at[1:])) >= 0.025
+    assert min(b - a for a, b in pairwise(sent_at)) >= 0.025
 
 
 @pytest.mark.asyncio

@@ -1,5 +1,5 @@
-"""Where vLLM's CPU processes run inside a replica: the choice, and the pinning on a real process tree
-(processes titled as vLLM titles its engine core and worker, without vLLM)."""
+"""Where vLLM's CPU processes run inside a replica: the choice, and the pinning on a real process
+tree (processes titled as vLLM titles its engine core and worker, without vLLM)."""
 
 import os
 import subprocess

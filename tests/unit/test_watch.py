@@ -1,5 +1,5 @@
-"""``deploy_app.py --watch``: each save of the file with new content is applied once; and an apply to a
-running platform (``--address``) that is interrupted."""
+"""``deploy_app.py --watch``: each save of the file with new content is applied once; and an
+apply to a running platform (``--address``) that is interrupted."""
 
 import os
 import queue
@@ -78,7 +78,8 @@ def test_an_apply_to_a_running_platform_stopped_by_ctrl_c_or_sigterm_exits_witho
     monkeypatch, capsys
 ):
     def sigterm_before_it_connects(*_args, **_kwargs):
-        # the handler is in place before Ray is joined: a SIGTERM then is a Ctrl-C, not the end of the process
+        # the handler is in place before Ray is joined: a SIGTERM then is a Ctrl-C, not the end
+        # of the process
         assert signal.getsignal(signal.SIGTERM) is deploy_app._stop_on_sigterm
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises KeyboardInterrupt here
