@@ -185,12 +185,12 @@ def _phase(deployment: dict[str, Any], free_per_node: list[dict[str, float]]) ->
     if "failed to start" in message:  # Serve retries the replica; its error is in the message
         return FAILING, _error_of(message)
     unplaced = [r for r in replicas if r.get("state") == "STARTING" and not r.get("node_id")]
-    if unplaced:
-        needs = {
-            k: v
-            for k, v in (deployment.get("required_resources") or {}).items()
-            if v and k in SHOWN_RESOURCES
-        }
+    needs = {
+        k: v
+        for k, v in (deployment.get("required_resources") or {}).items()
+        if v and k in SHOWN_RESOURCES
+    }
+    if unplaced and needs:  # a replica that needs none of them is only being scheduled
         largest = {k: max((node.get(k, 0) for node in free_per_node), default=0) for k in needs}
         return (
             WAITING,

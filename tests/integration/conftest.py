@@ -53,6 +53,9 @@ def platform(tmp_path_factory) -> Platform:
         **platform_env(),
         "PLATFORM_METRICS_EXPORT_PORT": str(metrics_port),
         "RAY_metrics_report_interval_ms": "1000",  # metrics tests read what they caused in seconds
+        # models from cloud URIs are copied afresh each session (test_observability reads the
+        # download's progress), not found in ~/.cache from an earlier one
+        "PLATFORM_MODEL_CACHE": str(workdir / "model-cache"),
     }
     # The address of a cluster that is gone, as a platform killed without its shutdown leaves it:
     # Ray would wait for it forever; the platform must start a Ray of its own.

@@ -60,7 +60,12 @@ _PORTS = itertools.count(20000 + (os.getpid() % 12) * 1000)
 
 
 def free_port() -> int:
-    """A port no other socket holds, from this session's range below the ephemeral ports."""
+    """A port no other socket holds, from this session's range below the ephemeral ports.
+
+    A port found by binding port 0 and closing is in the ephemeral range: until the server binds
+    it, the OS may give it to any outgoing connection (Ray opens hundreds). The kernel never
+    picks a port below ``ip_local_port_range`` (32768 here) by itself, and each is handed out once
+    per session, so a port from here stays free until the server that was told it takes it."""
     for port in _PORTS:
         with socket.socket() as probe:
             try:
@@ -69,6 +74,19 @@ def free_port() -> int:
                 continue
             return port
     raise AssertionError("unreachable")
+
+
+def replica_actors(base: str) -> dict[str, str]:
+    """The actor of each model's replica, for the models served by one replica: a restart
+    replaces it. (``/ready`` shows the replica that answered its stats: of a model with two,
+    either one, so those are left out.)"""
+    ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=60)
+    assert ready.headers.get("content-type") == "application/json", (ready.status_code, ready.text)
+    return {
+        model: state["placement"]["actor_id"]
+        for model, state in ready.json()["models"].items()
+        if "placement" in state and state.get("replicas", {}).get("target") == 1
+    }
 
 
 def auth_headers(key: str = API_KEY) -> dict[str, str]:
@@ -120,6 +138,8 @@ class Platform:
     config_path: Path | None = None  # the config it runs, which edits rewrite
     metrics_url: str | None = None
     config: dict = field(default_factory=dict)
+    edited: bool = False  # since the session config was last applied; a test that edits the
+    # platform by other means than ``apply`` (``--watch``) sets it
 
     @property
     def owned(self) -> bool:
@@ -141,6 +161,7 @@ class Platform:
         operator edits a running platform; returns once every model is live (or one failed)."""
         assert self.config_path is not None and self.env is not None
         self.config_path.write_text(yaml.safe_dump(config))
+        self.edited |= config != self.config
         return subprocess.run(
             deploy_command(self.config_path, "auto"),
             cwd=ROOT,
@@ -151,10 +172,13 @@ class Platform:
         )
 
     def restore(self) -> None:
-        """Apply the session's own config again: what an edit added goes, what it changed
-        returns."""
+        """Apply the session's own config again, if a test edited it: what an edit added goes,
+        what it changed returns."""
+        if not self.edited:
+            return
         result = self.apply(self.config)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        self.edited = False
 
 
 @contextlib.contextmanager
@@ -165,17 +189,23 @@ def running_platform(
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """Run ``deploy_app.py`` on ``config`` (written to ``workdir/config.yaml``): on a Ray of its own
-    (serving until the end), or applied to the cluster at ``address`` (the command returns once
-    live; the cluster keeps serving)."""
+    """Serve ``config`` (written to ``workdir/config.yaml``): with ``scripts/serve.sh``, as the
+    README starts the platform (``deploy_app.py`` on a Ray of its own, serving until the end), or
+    applied with ``deploy_app.py --address`` to the cluster at ``address`` (the command returns
+    once live; the cluster keeps serving)."""
     port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = path.with_name("platform.log")
     with open(log_path, "w") as log:
+        command = (
+            ["bash", "scripts/serve.sh", str(path), *extra_args]
+            if address is None
+            else deploy_command(path, address, *extra_args)
+        )
         proc = subprocess.Popen(
-            deploy_command(path, address, *extra_args),
+            command,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
-from tests.integration.helpers import auth_headers
+from tests.integration.helpers import auth_headers, replica_actors
 
 EXAMPLES = int(os.environ.get("PLATFORM_FUZZ_EXAMPLES", "12"))
 DERANDOMIZE = os.environ.get("PLATFORM_FUZZ_RANDOM") != "1"
@@ -50,7 +50,7 @@ def platform_schema(platform_url):
 
 
 def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_schema):
-    before = _replica_actors(platform_url)
+    before = replica_actors(platform_url)
     answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
@@ -72,7 +72,7 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_sc
         common = "; ".join(f"{n}x {message}" for message, n in errors[label].most_common(3))
         print(f"  {label}: {dict(sorted(counts.items()))}  {common}")
     assert not failures, "\n\n".join(failures)
-    assert _replica_actors(platform_url) == before
+    assert replica_actors(platform_url) == before
 
 
 def _fuzz(
@@ -138,13 +138,3 @@ def assert_error_shape(path: str, response) -> str:
     )  # one id, not Serve's and ours
     assert error["message"] and error.get("request_id", sent_back) == sent_back, body
     return error["message"]
-
-
-def _replica_actors(base: str) -> dict[str, str]:
-    ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=60)
-    assert ready.status_code == 200, ready.text
-    return {
-        model: state["placement"]["actor_id"]
-        for model, state in ready.json()["models"].items()
-        if "placement" in state
-    }

@@ -281,6 +281,7 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(owned):
     edited = copy.deepcopy(owned.config)
     edited["applications"][0]["args"]["models"] += [bad, cloud]
     owned.config_path.write_text(yaml.safe_dump(edited))
+    owned.edited = True  # applied below, while `deploy_app.py status` is read
     log_path = owned.config_path.with_name("bad-model-apply.log")
 
     def status() -> subprocess.CompletedProcess:

@@ -34,7 +34,7 @@ DEFAULT_ADDRESS = "127.0.0.1:8000"
 # Quick-start commands that start, edit or stop a platform, or start a Ray of their own (what the
 # command is, comments left out -> the test that runs it).
 ELSEWHERE = {
-    r"scripts/serve\.sh.*": "the session platform: deploy_app.py on a config, as serve.sh runs it",
+    r"scripts/serve\.sh.*": "the session platform, which scripts/serve.sh starts",
     r"scripts/test\.sh.*": "this suite: CI runs it through .ci/run",
     r"source \.venv/bin/activate": "every test: each runs in .venv",
     r"python deploy_app\.py --config model_config\.yaml": "the session platform",

@@ -30,9 +30,10 @@ from tests.integration.helpers import (
     ROOT,
     auth_headers,
     deploy_command,
+    replica_actors,
     wait_until,
 )
-from tests.integration.session_config import AFFINITY_CHAT, CHAT
+from tests.integration.session_config import CHAT
 from tests.media_files import b64, image_file, infer_body
 
 pytestmark = pytest.mark.edits_platform
@@ -91,16 +92,6 @@ def _models(base: str) -> dict:
     return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
 
 
-def _actor_ids(base: str) -> dict[str, str]:
-    """The actor of each model's replica, for the models with one (``/ready`` shows the replica
-    that answered its stats: of a model with two, either one)."""
-    return {
-        model: state["placement"]["actor_id"]
-        for model, state in _models(base).items()
-        if "placement" in state and model != AFFINITY_CHAT
-    }
-
-
 def _applied(platform, config: dict) -> None:
     result = platform.apply(config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -146,7 +137,7 @@ def test_an_edit_restarts_only_what_changed(session):
     _applied(session, _with(session, [_vit("b-vit"), _embedder(8)]))
     before = _models(base)
     assert {"b-vit", "d-embed", CHAT} <= set(before)
-    untouched = {m: a for m, a in _actor_ids(base).items() if m not in ("b-vit", "d-embed")}
+    untouched = {m: a for m, a in replica_actors(base).items() if m not in ("b-vit", "d-embed")}
     streaming = StreamingClient(base)
     streaming.start()
     try:
@@ -161,7 +152,7 @@ def test_an_edit_restarts_only_what_changed(session):
     after = _models(base)
     assert set(after) == set(before) - {"b-vit"} | {"c-vit"}
     # every model the edit did not name kept its replica, the one it changed got a new one
-    assert {m: a for m, a in _actor_ids(base).items() if m in untouched} == untouched
+    assert {m: a for m, a in replica_actors(base).items() if m in untouched} == untouched
     assert after["d-embed"]["placement"]["actor_id"] != before["d-embed"]["placement"]["actor_id"]
     assert after["d-embed"]["max_num_seqs"] == 16
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
@@ -176,7 +167,7 @@ def test_an_edit_restarts_only_what_changed(session):
 
 
 def test_a_bad_edit_changes_nothing(session):
-    before = _actor_ids(session.url)
+    before = replica_actors(session.url)
     bad = copy.deepcopy(session.config)
     bad["applications"][0]["args"]["models"][1]["deployment_config"]["num_replicas"] = 0
     result = session.apply(bad)
@@ -184,7 +175,7 @@ def test_a_bad_edit_changes_nothing(session):
     assert "applications[0].args.models[1].deployment_config.num_replicas" in result.stderr, (
         result.stderr
     )
-    assert _actor_ids(session.url) == before
+    assert replica_actors(session.url) == before
 
 
 def _image_request() -> dict:
@@ -273,7 +264,8 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
     base, path = session.url, session.config_path
     good = copy.deepcopy(session.config)
     path.write_text(yaml.safe_dump(good))
-    actors, models = _actor_ids(base), set(_models(base))
+    session.edited = True  # the watcher applies what the test saves
+    actors, models = replica_actors(base), set(_models(base))
     log = path.parent / "watch.log"
     with open(log, "w") as out:
         watcher = subprocess.Popen(
@@ -291,21 +283,21 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
         path.write_text(yaml.safe_dump(bad))
         _wait_for_line(log, "nothing changed", 1, watcher)
         assert "applications[0].args.models[0].deployment_config.num_replicas" in log.read_text()
-        assert _actor_ids(base) == actors
+        assert replica_actors(base) == actors
 
         added = copy.deepcopy(good)
         added["applications"][0]["args"]["models"].append(_vit("e-vit"))
         path.write_text(yaml.safe_dump(added))
         _wait_for_line(log, "ready: http", 2, watcher)
         after = _models(base)
-        assert {m: a for m, a in _actor_ids(base).items() if m != "e-vit"} == actors
+        assert {m: a for m, a in replica_actors(base).items() if m != "e-vit"} == actors
         assert after.get("e-vit", {}).get("placement", {}).get("actor_id"), (
             after.keys(),
             log.read_text()[-3000:],
         )
         path.write_text(yaml.safe_dump(good))  # the next save removes it again
         _wait_for_line(log, "ready: http", 3, watcher)
-        assert _actor_ids(base) == actors
+        assert replica_actors(base) == actors
     finally:
         watcher.terminate()
         code = watcher.wait(60)

@@ -30,6 +30,8 @@ from tests.conftest import ray_temp_dir
 from tests.integration.helpers import API_KEY, ROOT, auth_headers, running_platform
 from tests.media_files import b64, image_file, infer_body
 
+pytestmark = pytest.mark.cluster  # a cluster of its own: the docstring says why
+
 
 def _vit(model_id: str, actor: dict, engine_kwargs: dict | None = None, **deployment) -> dict:
     return {

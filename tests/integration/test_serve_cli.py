@@ -20,10 +20,11 @@ import the platform from there too, so the ``--working-dir`` way shows that the 
 deploys with the code in a zip and the models named absolutely, not that the zip alone holds
 every module it needs (``tests/unit/test_shipped_code.py`` checks what the zip holds).
 
-``scripts/serve.sh`` and ``python deploy_app.py --config ...`` run ``deploy_app.py`` on a Ray of
-its own (``serve.sh`` installs first and turns Ray's usage stats off): that is how the session
-platform starts (``tests/integration/conftest.py``), whose status ``test_observability.py``,
-whose ``/ready`` ``test_openai_api.py`` and whose console ``test_console.py`` check.
+``scripts/serve.sh`` runs ``python deploy_app.py --config ...`` on a Ray of its own (after the
+install, which finds everything in place, and with Ray's usage stats off): the session platform
+is started with it (``tests/integration/helpers.py``, ``running_platform``), and its status
+``test_observability.py``, its ``/ready`` ``test_openai_api.py`` and its console
+``test_console.py`` check.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ from tests.integration.helpers import (
     auth_headers,
     free_port,
     platform_env,
+    replica_actors,
     wait_until,
 )
 from tests.media_files import b64, image_file, infer_body
+
+pytestmark = pytest.mark.cluster  # a cluster of its own: the docstring says why
 
 BIN = Path(sys.executable).parent
 VIT = {
@@ -304,16 +308,6 @@ def _classify(base: str) -> list[float]:
     return next(o for o in answer.json()["outputs"] if o["name"] == "scores")["data"]
 
 
-def _actor_ids(base: str) -> dict[str, str]:
-    answer = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
-    assert answer.headers.get("content-type") == "application/json", (
-        answer.status_code,
-        answer.text[:2000],
-    )
-    models = answer.json()["models"]
-    return {model_id: model["placement"]["actor_id"] for model_id, model in models.items()}
-
-
 def _shut_down(cluster: Cluster, base: str, cwd: Path = ROOT) -> None:
     result = cluster.shut_down_serve(cwd)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -403,7 +397,7 @@ def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(cli, tmp_pa
         )
         assert answer.usage.completion_tokens == 4
     # Rendered again, the unchanged code has the same URI: a deploy of it restarts nothing.
-    before, applied = _actor_ids(base), _applied(cli)
+    before, applied = replica_actors(base), _applied(cli)
     _render([CHAT, VIT], tmp_path, "--working-dir", str(tmp_path / "code"), port=port)
     assert yaml.safe_load(config.read_text()) == rendered
     again = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=elsewhere)
@@ -427,7 +421,7 @@ def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(cli, tmp_pa
     ), now
     starting = {name: deployments for name, (_, _, deployments) in now.items()}
     assert not [s for d in starting.values() for s in d.values() if set(s) - {"RUNNING"}], now
-    assert _actor_ids(base) == before
+    assert replica_actors(base) == before
     _shut_down(cli, base, elsewhere)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 import yaml
 
 from tests.integration.helpers import (
@@ -20,6 +21,8 @@ from tests.integration.helpers import (
     leftover_haproxy,
     platform_env,
 )
+
+pytestmark = pytest.mark.cluster  # a cluster of its own: the docstring says why
 
 VIT = {
     "model_loading_config": {

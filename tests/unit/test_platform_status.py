@@ -68,6 +68,10 @@ def test_each_phase_with_its_reason():
             ),
             "platform.gone": _app("gone", "DEPLOY_FAILED", [], message=TRACEBACK),
             "platform.idle": _app("idle", "HEALTHY", []),
+            # needs no CPU, GPU or memory: not yet on a node, yet waiting for nothing
+            "platform.light": _app(
+                "light", "UPDATING", [{"state": "STARTING", "node_id": None}], resources={"CPU": 0}
+            ),
         }
     }
     free = [{"CPU": 6, "GPU": 0.2}, {"CPU": 2}]
@@ -82,6 +86,7 @@ def test_each_phase_with_its_reason():
         ("bad",): (FAILING, "OSError: no-such-org/no-such-model is not a local folder"),
         ("gone",): (FAILED, "OSError: no-such-org/no-such-model is not a local folder"),
         ("idle",): (READY, "scaled to zero: the first request starts a replica"),
+        ("light",): (LOADING, "1 replica(s) starting, 0/1 running"),
     }
 
 
