@@ -32,6 +32,12 @@ CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
 
 
+def engine_deployment_name(group: str | None, name: str | None, model_id: str) -> str:
+    """The Serve deployment that holds a model's engine: its group's, the name its
+    ``deployment_config`` gives, or its model id made a deployment name."""
+    return group or name or re.sub(r"[^A-Za-z0-9_.\-]", "-", model_id)
+
+
 class ModelLoadingConfig(StrictModel):
     model_id: str = Field(
         min_length=1,
@@ -238,11 +244,7 @@ class BaseModelEntry(StrictModel):
 
     @property
     def deployment_name(self) -> str:
-        return (
-            self.group
-            or self.deployment_config.name
-            or re.sub(r"[^A-Za-z0-9_.\-]", "-", self.model_id)
-        )
+        return engine_deployment_name(self.group, self.deployment_config.name, self.model_id)
 
     @classmethod
     def engine_kwargs_model(cls) -> type[BaseModel] | None:

@@ -14,7 +14,6 @@ free resources (``deploy_app.py status``, and the progress lines while ``deploy_
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from common.rendered_apps import (
     VARIANT_ROUTER_DEPLOYMENT,
 )
 from common.text_table import format_table
+from configs.server_models import engine_deployment_name
 
 READY, WAITING, DOWNLOADING, LOADING, FAILING, FAILED = (
     "ready",
@@ -81,7 +81,7 @@ def _engines(config: dict[str, Any]) -> list[tuple[tuple[str, ...], list[str] | 
         return []  # the router alone, or an application that is not the platform's
     held: dict[str, list[str]] = {}
     for entry, model_id in entries:
-        held.setdefault(engine_deployment_name(entry, model_id), []).append(model_id)
+        held.setdefault(entry_deployment_name(entry, model_id), []).append(model_id)
     return [(tuple(model_ids), [name]) for name, model_ids in held.items()]
 
 
@@ -90,15 +90,10 @@ def _model_id(entry: Any) -> str | None:
     return loading.get("model_id") if isinstance(loading, dict) else None
 
 
-def engine_deployment_name(entry: dict[str, Any], model_id: str) -> str:
-    """The engine deployment of a model entry as the config file holds it: its group's, its
-    ``deployment_config.name``, or its model id made a deployment name (as
-    ``BaseModelEntry.deployment_name`` names it; a unit test holds the two together)."""
-    return (
-        entry.get("group")
-        or (entry.get("deployment_config") or {}).get("name")
-        or re.sub(r"[^A-Za-z0-9_.\-]", "-", model_id)
-    )
+def entry_deployment_name(entry: dict[str, Any], model_id: str) -> str:
+    """The engine deployment of a model entry as the config file holds it (unvalidated)."""
+    deployment = entry.get("deployment_config") or {}
+    return engine_deployment_name(entry.get("group"), deployment.get("name"), model_id)
 
 
 def _engine_phases(

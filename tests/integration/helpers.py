@@ -216,34 +216,44 @@ def running_platform(
         try:
             if address is not None and proc.wait(STARTUP_TIMEOUT_S) != 0:
                 raise RuntimeError(f"deploy_app.py failed:\n{log_path.read_text()[-4000:]}")
-            _wait_ready(base, proc if address is None else None, log_path)
+            wait_ready(base, proc if address is None else None, log_path)
             yield base
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_process(proc, signal.SIGTERM)
             if address is None:  # the platform stopped its own Ray: nothing of it may outlive it
                 left = leftover_haproxy(port)
                 assert not left, left
 
 
-def _wait_ready(base: str, proc: subprocess.Popen | None, log_path: Path) -> None:
+def stop_process(process: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to a process serving a platform; its whole session is killed if it has not
+    ended 90 s later."""
+    process.send_signal(sig)
+    try:
+        process.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_ready(
+    base: str, proc: subprocess.Popen | None = None, log_path: Path | None = None
+) -> None:
+    """Until ``/ready`` answers 200; fails when ``proc``, serving the platform, exits first
+    (with the end of its log at ``log_path``)."""
+
+    def log_tail() -> str:
+        return log_path.read_text()[-4000:] if log_path else ""
+
     def status() -> int | None:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"platform exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}"
-            )
+            raise RuntimeError(f"platform exited ({proc.returncode}):\n{log_tail()}")
         try:
             return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code
         except httpx.HTTPError:
             return None
 
     if wait_until(status, lambda code: code == 200, STARTUP_TIMEOUT_S, every_s=2) != 200:
-        raise TimeoutError(
-            f"platform not ready in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
-        )
+        raise TimeoutError(f"platform not ready in {STARTUP_TIMEOUT_S}s:\n{log_tail()}")
 
 
 def engine_stats(base: str, model: str) -> dict:

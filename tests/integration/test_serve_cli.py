@@ -57,6 +57,8 @@ from tests.integration.helpers import (
     free_port,
     platform_env,
     replica_actors,
+    stop_process,
+    wait_ready,
     wait_until,
 )
 from tests.media_files import b64, image_file, infer_body
@@ -249,20 +251,6 @@ def _port(config: Path) -> int:
     return yaml.safe_load(config.read_text())["http_options"]["port"]
 
 
-def _wait_ready(base: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    """Until ``/ready`` answers 200 (or ``process``, serving the platform, exits)."""
-
-    def ready() -> int | None:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code
-        except httpx.HTTPError:
-            return None
-
-    assert wait_until(ready, lambda code: code == 200, STARTUP_TIMEOUT_S, every_s=2) == 200
-
-
 def _assert_listed(cluster: Cluster, base: str, model_ids: list[str], applications: set[str]):
     """Serve runs ``applications``; ``deploy_app.py status``, ``/ready`` and what the console
     reads name every model of ``model_ids``, ready, with its replicas."""
@@ -338,14 +326,10 @@ def _serve_run(cluster: Cluster, config: Path) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{_port(config)}"
     try:
-        _wait_ready(base, process, log)
+        wait_ready(base, process, log)
         yield base
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process(process, signal.SIGINT)
 
 
 def _applied(cluster: Cluster) -> dict[str, tuple[float, str, dict]]:
@@ -366,7 +350,7 @@ def test_serve_deploy_from_the_repository_root(cli, tmp_path):
     deployed = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=ROOT)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base)
+    wait_ready(base)
     _assert_listed(cli, base, ["b-vit"], {"platform", "platform.b-vit"})
     assert len(_classify(base)) > 0
     _shut_down(cli, base)
@@ -384,7 +368,7 @@ def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(cli, tmp_pa
     deployed = cli.cli("serve", "deploy", str(config), "-a", cli.dashboard, cwd=elsewhere)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base)
+    wait_ready(base)
     names = {app["name"] for app in rendered["applications"]}
     _assert_listed(cli, base, ["a-chat", "b-vit"], names)
     assert len(_classify(base)) > 0
@@ -454,6 +438,6 @@ def test_deploy_app_py_onto_the_cluster(cli, tmp_path):
     )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     base = f"http://127.0.0.1:{_port(config)}"
-    _wait_ready(base)
+    wait_ready(base)
     _assert_listed(cli, base, ["b-vit"], {"platform", "platform.b-vit"})
     _shut_down(cli, base)

@@ -11,7 +11,7 @@ from serve.platform_status import (
     READY,
     WAITING,
     ModelPhase,
-    engine_deployment_name,
+    entry_deployment_name,
     model_phases,
 )
 
@@ -294,7 +294,7 @@ def test_each_entrys_engine_deployment_is_the_one_the_config_builds():
     built = {model.model_id: spec.name for spec in config.deployments() for model in spec.models}
     assert (
         {
-            entry["model_loading_config"]["model_id"]: engine_deployment_name(
+            entry["model_loading_config"]["model_id"]: entry_deployment_name(
                 entry, entry["model_loading_config"]["model_id"]
             )
             for entry in ONE_APP_MODELS
