@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
+from common.passed_checks import passed_before, remember_passed
 from common.serve_options import replica_range
 from common.upload_sizes import UPLOAD_COPIES_HELD, largest_upload_body
 from configs.audio_models import AudioModelEntry
@@ -161,16 +162,21 @@ def _load_model_entry(
         entry = entry_cls.model_validate(raw)
     except ValidationError as err:
         issues.extend(issues_from_validation_error(err, entry_cls, loc))
-    if checked_by is not None and checked_by == entry_cls.engine_kwargs_checker():
+    checker = entry_cls.engine_kwargs_checker()
+    if checked_by is not None and checked_by == checker:
         return entry  # the renderer checked engine_kwargs with this very library
-    kwargs_model = entry_cls.engine_kwargs_model()
     raw_kwargs = raw.get("engine_kwargs")
-    if kwargs_model is not None and isinstance(raw_kwargs, dict):
+    if not isinstance(raw_kwargs, dict) or (checker and passed_before(checker, raw_kwargs)):
+        return entry
+    kwargs_model = entry_cls.engine_kwargs_model()
+    if kwargs_model is not None:
         try:
             kwargs_model.model_validate(raw_kwargs)
         except ValidationError as err:
             issues.extend(issues_from_validation_error(err, kwargs_model, loc + ("engine_kwargs",)))
             return None
+        if checker:
+            remember_passed(checker, raw_kwargs)
     return entry
 
 

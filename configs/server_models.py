@@ -254,8 +254,8 @@ class BaseModelEntry(StrictModel):
     @classmethod
     def engine_kwargs_checker(cls) -> str | None:
         """What ``engine_kwargs_model`` comes from, when building it is costly (importing an
-        engine's library): a config stamped with the same checker skips the check. None: always
-        check."""
+        engine's library): a config stamped with the same checker skips the check, and so do
+        ``engine_kwargs`` it accepted before (``common.passed_checks``). None: always check."""
         return None
 
     def capabilities(self) -> list[Capability]:

@@ -1,6 +1,7 @@
 """``deploy_app.py batch``: offline inference with Ray Data on the default config's engines (real
 vLLM, real MiniLM, tiny Whisper and ViT), each run on the session platform's Ray with
-``--address auto``, as a user runs it beside a serving platform (skipped under ``PLATFORM_URL``).
+``--address auto``, as a user runs it beside a serving platform (skipped under ``PLATFORM_URL``);
+the first run of each job starts with the others, side by side.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,28 +58,102 @@ def _records(path) -> dict[str, dict]:
     return {record["id"]: record for record in map(json.loads, open(path))}
 
 
-def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_env, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
+def _chat_job(work: Path) -> list[str]:
     rows = [
         {"id": "greeting", "prompt": "Hello!"},
         {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 3},
         {"prompt": "A third one."},
         {"id": "broken", "prompt": "x", "temperature": -5},
     ]  # vLLM refuses it: written with its error
-    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    answers = tmp_path / "answers.jsonl"
-    summary = _batch(
-        ray_env,
+    (work / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [
         "--model",
         "tiny-chat",
         "--input",
-        str(prompts),
+        str(work / "prompts.jsonl"),
         "--output",
-        str(answers),
+        str(work / "answers.jsonl"),
         "--parameters",
         '{"max_tokens": 6}',
-    )
+    ]
+
+
+def _embeddings_job(work: Path) -> list[str]:
+    texts = pa.table({"id": ["cat", "dog"], "input": ["a cat purrs", "a dog barks"]})
+    pq.write_table(texts, work / "texts.parquet")
+    return [
+        "--model",
+        "all-minilm-l6-v2",
+        "--input",
+        str(work / "texts.parquet"),
+        "--output",
+        str(work / "vectors.parquet"),
+    ]
+
+
+def _audio_job(work: Path) -> list[str]:
+    (work / "recordings").mkdir()
+    for i in range(3):
+        (work / "recordings" / f"take{i}.wav").write_bytes(
+            audio_file("wav", "pcm_s16le", seconds=1.0 + i)
+        )
+    (work / "recordings" / "notes.wav").write_bytes(b"%PDF-1.4 not audio")
+    return [
+        "--model",
+        "tiny-whisper",
+        "--input",
+        str(work / "recordings"),
+        "--output",
+        str(work / "transcripts.jsonl"),
+    ]
+
+
+def _image_job(work: Path) -> list[str]:
+    (work / "photos").mkdir()
+    for i in range(4):
+        (work / "photos" / f"p{i}.png").write_bytes(image_file("PNG", seed=i))
+    return [
+        "--model",
+        "tiny-vit",
+        "--input",
+        str(work / "photos" / "*.png"),
+        "--output",
+        str(work / "labels.jsonl"),
+        "--parameters",
+        '{"top_k": 2}',
+    ]
+
+
+JOBS = {"chat": _chat_job, "embeddings": _embeddings_job, "audio": _audio_job, "images": _image_job}
+
+
+@dataclass
+class Job:
+    work: Path  # its input and output files
+    run: Future[str]  # its summary line
+
+    def summary(self) -> str:
+        return self.run.result()
+
+
+@pytest.fixture(scope="module")
+def first_runs(ray_env, tmp_path_factory) -> Iterator[dict[str, Job]]:
+    """Each job's first run, all started side by side on the session's Ray, as several users'
+    jobs share one cluster (the tests wait for the slowest, not for the sum); each test waits for
+    its own and checks it."""
+    with ThreadPoolExecutor(len(JOBS)) as pool:
+        jobs = {}
+        for name, inputs in JOBS.items():
+            work = tmp_path_factory.mktemp(name)
+            jobs[name] = Job(work, pool.submit(_batch, ray_env, *inputs(work)))
+        yield jobs
+
+
+def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_env, first_runs):
+    job = first_runs["chat"]
+    summary = job.summary()
     assert "4 rows" in summary and "3 answered, 1 with an error; 0 already" in summary
+    answers = job.work / "answers.jsonl"
     records = _records(answers)
     assert len(records) == 4 and records["broken"]["error"]["status"] == 400
     assert "temperature" in records["broken"]["error"]["message"]
@@ -87,6 +165,7 @@ def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_en
         if k not in ("greeting", "broken") and r["response"]["usage"]["completion_tokens"] <= 3
     )
     assert story["choices"][0]["finish_reason"] in ("length", "stop")
+    prompts = job.work / "prompts.jsonl"
     prompts.write_text(
         prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n"
     )
@@ -97,58 +176,28 @@ def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_en
     assert set(_records(answers)) == set(records) | {"new"}
 
 
-def test_embeddings_from_parquet_into_a_parquet_folder(ray_env, tmp_path):
-    texts = tmp_path / "texts.parquet"
-    pq.write_table(pa.table({"id": ["cat", "dog"], "input": ["a cat purrs", "a dog barks"]}), texts)
-    vectors = tmp_path / "vectors.parquet"
-    summary = _batch(
-        ray_env, "--model", "all-minilm-l6-v2", "--input", str(texts), "--output", str(vectors)
-    )
-    assert "2 answered, 0 with an error" in summary
-    table = {row["id"]: json.loads(row["response"]) for row in pq.read_table(vectors).to_pylist()}
+def test_embeddings_from_parquet_into_a_parquet_folder(first_runs):
+    job = first_runs["embeddings"]
+    assert "2 answered, 0 with an error" in job.summary()
+    vectors = pq.read_table(job.work / "vectors.parquet").to_pylist()
+    table = {row["id"]: json.loads(row["response"]) for row in vectors}
     assert [len(table[k]["data"][0]["embedding"]) for k in ("cat", "dog")] == [384, 384]
 
 
-def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(ray_env, tmp_path):
-    audio = tmp_path / "recordings"
-    audio.mkdir()
-    for i in range(3):
-        (audio / f"take{i}.wav").write_bytes(audio_file("wav", "pcm_s16le", seconds=1.0 + i))
-    (audio / "notes.wav").write_bytes(b"%PDF-1.4 not audio")
-    summary = _batch(
-        ray_env,
-        "--model",
-        "tiny-whisper",
-        "--input",
-        str(audio),
-        "--output",
-        str(tmp_path / "transcripts.jsonl"),
-    )
-    assert "3 answered, 1 with an error" in summary
-    transcripts = _records(tmp_path / "transcripts.jsonl")
+def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(first_runs):
+    audio = first_runs["audio"]
+    assert "3 answered, 1 with an error" in audio.summary()
+    transcripts = _records(audio.work / "transcripts.jsonl")
+    recordings = audio.work / "recordings"
     assert all(
-        isinstance(transcripts[str(audio / f"take{i}.wav")]["response"]["text"], str)
+        isinstance(transcripts[str(recordings / f"take{i}.wav")]["response"]["text"], str)
         for i in range(3)
     )
-    assert transcripts[str(audio / "notes.wav")]["error"]["status"] == 400
+    assert transcripts[str(recordings / "notes.wav")]["error"]["status"] == 400
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(4):
-        (photos / f"p{i}.png").write_bytes(image_file("PNG", seed=i))
-    summary = _batch(
-        ray_env,
-        "--model",
-        "tiny-vit",
-        "--input",
-        str(photos / "*.png"),
-        "--output",
-        str(tmp_path / "labels.jsonl"),
-        "--parameters",
-        '{"top_k": 2}',
-    )
-    assert "4 answered" in summary
-    labels = _records(tmp_path / "labels.jsonl")
+    images = first_runs["images"]
+    assert "4 answered" in images.summary()
+    labels = _records(images.work / "labels.jsonl")
     assert all(record["response"]["outputs"][0]["shape"] == [1, 2] for record in labels.values())
 
 
