@@ -2,9 +2,9 @@
 CPU.
 
 Every test under ``tests/integration/`` is marked ``integration`` here. Tests marked
-``edits_platform`` change the session platform (``deploy_app.py --address auto``) and put it back;
-they run after all the others. A module that starts a platform or cluster of its own says why in
-its docstring.
+``edits_platform`` change the session platform (``deploy_app.py --address auto``), each applying
+the session config with its own changes; they run after all the others. A module that starts a
+platform or cluster of its own says why in its docstring.
 
 ``PLATFORM_URL=http://...`` runs the tests against a platform started apart (see
 ``tests/integration/session_config.py``); the tests that need this session's Ray skip then.

@@ -1,7 +1,7 @@
 """``deploy_app.py batch``: offline inference with Ray Data on the default config's engines (real
 vLLM, real MiniLM, tiny Whisper and ViT), each run on the session platform's Ray with
 ``--address auto``, as a user runs it beside a serving platform (skipped under ``PLATFORM_URL``);
-the first run of each job starts with the others, side by side.
+the jobs start side by side.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,27 +56,31 @@ def _batch(env: dict[str, str], *args: str) -> str:
 
 
 def _records(path) -> dict[str, dict]:
-    return {record["id"]: record for record in map(json.loads, open(path))}
+    return _parsed(Path(path).read_text())
 
 
-def _chat_job(work: Path) -> list[str]:
+def _parsed(lines: str) -> dict[str, dict]:
+    return {record["id"]: record for record in map(json.loads, lines.splitlines())}
+
+
+def _chat_runs(env: dict[str, str], work: Path) -> tuple[str, str, str]:
+    """A first run over prompts with a bad row, then a rerun after one prompt more: both
+    summaries, and the answers the first run wrote."""
     rows = [
         {"id": "greeting", "prompt": "Hello!"},
         {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 3},
         {"prompt": "A third one."},
         {"id": "broken", "prompt": "x", "temperature": -5},
     ]  # vLLM refuses it: written with its error
-    (work / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return [
-        "--model",
-        "tiny-chat",
-        "--input",
-        str(work / "prompts.jsonl"),
-        "--output",
-        str(work / "answers.jsonl"),
-        "--parameters",
-        '{"max_tokens": 6}',
-    ]
+    prompts, answers = work / "prompts.jsonl", work / "answers.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    files = ["--model", "tiny-chat", "--input", str(prompts), "--output", str(answers)]
+    first = _batch(env, *files, "--parameters", '{"max_tokens": 6}')
+    answered = answers.read_text()
+    prompts.write_text(
+        prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n"
+    )
+    return first, answered, _batch(env, *files)
 
 
 def _embeddings_job(work: Path) -> list[str]:
@@ -124,37 +129,45 @@ def _image_job(work: Path) -> list[str]:
     ]
 
 
-JOBS = {"chat": _chat_job, "embeddings": _embeddings_job, "audio": _audio_job, "images": _image_job}
+def _one_run(inputs: Callable[[Path], list[str]]) -> Callable[[dict[str, str], Path], str]:
+    return lambda env, work: _batch(env, *inputs(work))
+
+
+JOBS: dict[str, Callable[[dict[str, str], Path], Any]] = {
+    "chat": _chat_runs,
+    "embeddings": _one_run(_embeddings_job),
+    "audio": _one_run(_audio_job),
+    "images": _one_run(_image_job),
+}
 
 
 @dataclass
 class Job:
     work: Path  # its input and output files
-    run: Future[str]  # its summary line
+    run: Future  # what its runs return
 
-    def summary(self) -> str:
+    def result(self) -> Any:
         return self.run.result()
 
 
 @pytest.fixture(scope="module")
-def first_runs(ray_env, tmp_path_factory) -> Iterator[dict[str, Job]]:
-    """Each job's first run, all started side by side on the session's Ray, as several users'
-    jobs share one cluster (the tests wait for the slowest, not for the sum); each test waits for
-    its own and checks it."""
+def jobs(ray_env, tmp_path_factory) -> Iterator[dict[str, Job]]:
+    """Every job, all started side by side on the session's Ray, as several users' jobs share one
+    cluster (the tests wait for the slowest, not for the sum); each test waits for its own and
+    checks it."""
     with ThreadPoolExecutor(len(JOBS)) as pool:
-        jobs = {}
-        for name, inputs in JOBS.items():
+        started = {}
+        for name, runs in JOBS.items():
             work = tmp_path_factory.mktemp(name)
-            jobs[name] = Job(work, pool.submit(_batch, ray_env, *inputs(work)))
-        yield jobs
+            started[name] = Job(work, pool.submit(runs, ray_env, work))
+        yield started
 
 
-def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_env, first_runs):
-    job = first_runs["chat"]
-    summary = job.summary()
+def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(jobs):
+    job = jobs["chat"]
+    summary, answered, again = job.result()
     assert "4 rows" in summary and "3 answered, 1 with an error; 0 already" in summary
-    answers = job.work / "answers.jsonl"
-    records = _records(answers)
+    records = _parsed(answered)
     assert len(records) == 4 and records["broken"]["error"]["status"] == 400
     assert "temperature" in records["broken"]["error"]["message"]
     greeting = records["greeting"]["response"]
@@ -165,28 +178,22 @@ def test_chat_prompts_with_a_bad_row_then_a_rerun_that_skips_what_is_done(ray_en
         if k not in ("greeting", "broken") and r["response"]["usage"]["completion_tokens"] <= 3
     )
     assert story["choices"][0]["finish_reason"] in ("length", "stop")
-    prompts = job.work / "prompts.jsonl"
-    prompts.write_text(
-        prompts.read_text() + json.dumps({"id": "new", "prompt": "One more."}) + "\n"
-    )
-    again = _batch(
-        ray_env, "--model", "tiny-chat", "--input", str(prompts), "--output", str(answers)
-    )
+    # the rerun answered the one prompt added, and kept what was done
     assert "1 rows" in again and "4 already" in again
-    assert set(_records(answers)) == set(records) | {"new"}
+    assert set(_records(job.work / "answers.jsonl")) == set(records) | {"new"}
 
 
-def test_embeddings_from_parquet_into_a_parquet_folder(first_runs):
-    job = first_runs["embeddings"]
-    assert "2 answered, 0 with an error" in job.summary()
+def test_embeddings_from_parquet_into_a_parquet_folder(jobs):
+    job = jobs["embeddings"]
+    assert "2 answered, 0 with an error" in job.result()
     vectors = pq.read_table(job.work / "vectors.parquet").to_pylist()
     table = {row["id"]: json.loads(row["response"]) for row in vectors}
     assert [len(table[k]["data"][0]["embedding"]) for k in ("cat", "dog")] == [384, 384]
 
 
-def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(first_runs):
-    audio = first_runs["audio"]
-    assert "3 answered, 1 with an error" in audio.summary()
+def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(jobs):
+    audio = jobs["audio"]
+    assert "3 answered, 1 with an error" in audio.result()
     transcripts = _records(audio.work / "transcripts.jsonl")
     recordings = audio.work / "recordings"
     assert all(
@@ -195,8 +202,8 @@ def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(firs
     )
     assert transcripts[str(recordings / "notes.wav")]["error"]["status"] == 400
 
-    images = first_runs["images"]
-    assert "4 answered" in images.summary()
+    images = jobs["images"]
+    assert "4 answered" in images.result()
     labels = _records(images.work / "labels.jsonl")
     assert all(record["response"]["outputs"][0]["shape"] == [1, 2] for record in labels.values())
 

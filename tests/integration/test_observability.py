@@ -9,6 +9,7 @@ they skip under ``PLATFORM_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import subprocess
@@ -34,6 +35,7 @@ from tests.integration.session_config import CHAT
 from tests.media_files import b64, image_file, infer_body
 
 MAX_REQUEST_BYTES = 256 * 1024  # the session config's router.max_request_bytes
+STATUS_POLL_S = 3  # `deploy_app.py status` costs a second or two of CPU per read
 VIT = {
     "model_loading_config": {
         "model_id": "tiny-vit",
@@ -307,6 +309,9 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(owned):
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while apply.poll() is None and time.monotonic() < deadline:
             seen += [line for line in status().stdout.splitlines() if "bad-vit" in line]
+            # a read every few seconds sees each retry (seconds apart) and leaves the CPU to them
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                apply.wait(STATUS_POLL_S)
         assert apply.wait(60) == 1, log_path.read_text()[-4000:]  # 1: a model failed to start
         output = log_path.read_text()
         assert "ready: http" in output, output[-4000:]

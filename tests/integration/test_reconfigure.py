@@ -5,7 +5,10 @@ from tiny-chat through both the shared ``/v1`` and its own URL, ``deploy_app.py 
 applies an edit that adds C, removes B and changes D's ``max_num_seqs``: every model of the
 session stays up. Then tiny-chat's replica is killed while it streams, and an edit of
 ``router.request_timeout_s`` cuts a request that runs past it, on both paths. Last, ``--watch``
-applies each save of the file. Each test leaves the session's own config applied again.
+applies each save of the file, the session's own config among them.
+
+Each edit is the session's config with the test's changes, so it also takes back what the test
+before it changed: no apply is spent restoring in between (these tests run after all others).
 """
 
 from __future__ import annotations
@@ -82,10 +85,8 @@ def _with(platform, models: list[dict] = (), **router) -> dict:
 
 @pytest.fixture
 def session(platform):
-    """The session platform; its own config is applied again after the test."""
-    platform.require_owned()
-    yield platform
-    platform.restore()
+    """The session platform, as the test before left it."""
+    return platform.require_owned()
 
 
 def _models(base: str) -> dict:
@@ -297,7 +298,7 @@ def test_watch_applies_each_save_and_a_bad_save_changes_nothing(session):
         )
         path.write_text(yaml.safe_dump(good))  # the next save removes it again
         _wait_for_line(log, "ready: http", 3, watcher)
-        session.edited = False  # the session's own config is what runs again
+        session.edited = False  # the session's own config runs again
         assert replica_actors(base) == actors
     finally:
         watcher.terminate()
