@@ -4,7 +4,7 @@
 operator's ``allowed_domains`` (or a subdomain of one) and every address it resolves to is
 public; the connection then goes to the checked address (no second DNS lookup that could
 answer differently), redirects are re-checked hop by hop, and the download is capped in
-bytes and seconds. Anything else (``file:``, a bare path, other schemes) is refused.
+bytes (as sent: no compressed answers) and seconds. Anything else (``file:``, a bare path, other schemes) is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +22,19 @@ import httpx
 from common.input_errors import InputError
 
 MAX_REDIRECTS = 3
+# IPv6 ranges that carry or translate to an IPv4 address (which may be an internal one): no host
+# of their own. Python 3.11's ``is_global`` counts NAT64 and 6to4 as global.
+TRANSLATED_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "64:ff9b::/96",  # NAT64 (RFC 6052)
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "2002::/16",  # 6to4 (RFC 3056)
+        "2001::/32",  # Teredo (RFC 4380)
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::/96",  # IPv4-compatible
+    )
+)
 
 
 class MediaURLError(InputError):
@@ -42,6 +55,8 @@ class MediaFetchPolicy:
     def address_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if any(ip in ipaddress.ip_network(net, strict=False) for net in self.allowed_networks):
             return True
+        if any(ip in network for network in TRANSLATED_NETWORKS):
+            return False
         return ip.is_global and not ip.is_multicast
 
     def domain_allowed(self, host: str) -> bool:
@@ -98,7 +113,8 @@ async def _download(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | No
             parts = urlsplit(url)
             address = await _checked_address(parts, policy)
             pinned = parts._replace(netloc=_netloc(address, parts.port)).geturl()
-            headers = {"Host": parts.netloc.rpartition("@")[2]}
+            # the bytes as sent: a compressed answer would be inflated before the size check
+            headers = {"Host": parts.netloc.rpartition("@")[2], "Accept-Encoding": "identity"}
             async with client.stream(
                 "GET", pinned, headers=headers, extensions={"sni_hostname": parts.hostname}
             ) as response:
@@ -150,13 +166,20 @@ def _netloc(address: str, port: int | None) -> str:
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MediaURLError(
+            f"the media was sent with Content-Encoding {encoding!r}, though asked for identity; "
+            "encoded media is refused",
+            "media_fetch_failed",
+        )
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise MediaURLError(
             f"the media is {declared} bytes; the limit is {max_bytes}", "media_too_large", 413
         )
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > max_bytes:
             raise MediaURLError(

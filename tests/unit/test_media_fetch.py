@@ -1,6 +1,8 @@
 """The media URL policy against a real local HTTP server: what is fetched, what is refused."""
 
 import asyncio
+import gzip
+import ipaddress
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +22,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", self.path.split("to=", 1)[1])
             self.end_headers()
+            return
+        if self.path == "/gzip-bomb":  # 10 MB of zeros in about 10 KB, sent as asked or not
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            self.wfile.write(gzip.compress(bytes(10 * 1024 * 1024)))
+            return
+        if self.path == "/accept-encoding":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(self.headers.get("Accept-Encoding", "").encode())
             return
         self.send_response(200 if self.path != "/missing" else 404)
         self.send_header("Content-Type", "image/png")
@@ -134,3 +148,35 @@ def test_subdomains_of_allowed_domains_match_but_lookalikes_do_not():
     assert not policy.domain_allowed("badexample.com") and not policy.domain_allowed(
         "example.com.evil.net"
     )
+
+
+def test_a_compressed_answer_is_refused_before_it_is_inflated(server_port):
+    assert fetch(f"http://localhost:{server_port}/accept-encoding")[0] == b"identity"
+    # 10 KB on the wire, 10 MB inflated: under a 1 MB cap it must never be inflated
+    capped = MediaFetchPolicy(("localhost",), ("127.0.0.0/8",), max_bytes=1024 * 1024)
+    error = refused(f"http://localhost:{server_port}/gzip-bomb", capped)
+    assert error.code == "media_fetch_failed" and "Content-Encoding 'gzip'" in error.message
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "::ffff:10.0.0.1",
+        "::127.0.0.1",
+    ],
+)
+def test_addresses_that_translate_to_ipv4_are_refused(address):
+    assert not MediaFetchPolicy().address_allowed(ipaddress.ip_address(address))
+
+
+def test_public_addresses_are_allowed_and_an_opened_network_wins():
+    policy = MediaFetchPolicy(allowed_networks=("64:ff9b::/96",))
+    assert MediaFetchPolicy().address_allowed(ipaddress.ip_address("2606:4700::1111"))
+    assert MediaFetchPolicy().address_allowed(ipaddress.ip_address("1.1.1.1"))
+    assert policy.address_allowed(ipaddress.ip_address("64:ff9b::101:101"))
