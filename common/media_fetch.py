@@ -4,7 +4,8 @@
 operator's ``allowed_domains`` (or a subdomain of one) and every address it resolves to is
 public; the connection then goes to the checked address (no second DNS lookup that could
 answer differently), redirects are re-checked hop by hop, and the download is capped in
-bytes (as sent: no compressed answers) and seconds. Anything else (``file:``, a bare path, other schemes) is refused.
+bytes (as sent: no compressed answers) and seconds. Anything else (``file:``, a bare path,
+other schemes) is refused.
 """
 
 from __future__ import annotations
