@@ -33,7 +33,21 @@ MULTIPLEXED_HEADER = "serve_multiplexed_model_id"  # what the replica reads the 
 # that came. Inside a JSON string a quote is escaped, so this matches no text of a message.
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 
+# HAProxy posts at most its buffer of each request (tune.bufsize, 16 KiB by default); this port
+# needs no key, so a caller sending more gets no more than this read, whatever it sends.
+MAX_ROUTED_BODY_BYTES = 64 * 1024
+
 route_app = FastAPI()
+
+
+async def body_head(request: Request, limit: int = MAX_ROUTED_BODY_BYTES) -> bytes:
+    """The first ``limit`` bytes of the body; the rest is never read."""
+    head = bytearray()
+    async for piece in request.stream():
+        head += piece[: limit - len(head)]
+        if len(head) >= limit:
+            break
+    return bytes(head)
 
 
 def requested_variant(body: bytes, model_id: str, variants: frozenset[str]) -> str:
@@ -60,7 +74,7 @@ class VariantRouter:
 
     @route_app.post("/internal/route")
     async def route(self, request: Request) -> dict[str, Any]:
-        variant = requested_variant(await request.body(), self.model_id, self.variants)
+        variant = requested_variant(await body_head(request), self.model_id, self.variants)
         handle = self.engine.options(multiplexed_model_id=variant) if variant else self.engine
         try:
             # _reserve=False: the request itself goes through HAProxy, not this handle, so no

@@ -2,12 +2,14 @@
 ``VariantRouter`` (the routing itself runs against real replicas in
 tests/integration/test_variant_affinity.py)."""
 
+import asyncio
 import json
 
 import pytest
+from starlette.requests import Request
 
 from builders.app_builder import build_model_app
-from serve.deployments.variant_router import requested_variant
+from serve.deployments.variant_router import MAX_ROUTED_BODY_BYTES, body_head, requested_variant
 from tests.lora_files import lora_adapter
 
 VARIANTS = frozenset({"sql", "poet"})
@@ -87,3 +89,17 @@ def test_only_a_vllm_model_with_variants_gets_a_variant_router_and_only_behind_h
     assert router._bound_deployment.ray_actor_options["num_cpus"] == 0
     assert router._bound_deployment.init_args[1:] == ("chat", ["sql"])
     assert _model_app()._ingress_request_router is None
+
+
+def test_a_body_of_any_size_costs_the_router_at_most_its_head():
+    """The route port needs no key: a gigabyte sent to it is not a gigabyte read."""
+    chunk, sent = b'{"model": "chat:sql", "x": "' + b"y" * (1024 * 1024), []
+
+    async def receive():
+        sent.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": len(sent) < 1024}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    head = asyncio.run(body_head(request))
+    assert len(head) == MAX_ROUTED_BODY_BYTES and sum(sent) == len(chunk)
+    assert requested_variant(head, "chat", VARIANTS) == "sql"
