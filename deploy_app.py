@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while starting, serving or watching
         # The platform started here stops with it; one joined keeps running.
         if args.address is None:
-            _shut_down(schema.http_options.port)
+            _shut_down()
     return 0
 
 
@@ -436,7 +436,7 @@ def _check_secrets(args: argparse.Namespace, loaded: dict[str, LoadedConfig]) ->
             require_secrets(config.platform)
 
 
-def _shut_down(http_port: int) -> None:
+def _shut_down() -> None:
     import ray
 
     if not ray.is_initialized():  # stopped before Ray started: nothing runs
@@ -445,7 +445,7 @@ def _shut_down(http_port: int) -> None:
     from ray._common.utils import reset_ray_address
 
     serve.shutdown()
-    if left := stop_leftover_haproxy(http_port):
+    if left := stop_leftover_haproxy():
         print(f"stopped HAProxy {left}, started for a reload as Serve shut down", file=sys.stderr)
     reset_ray_address()
 

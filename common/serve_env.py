@@ -75,16 +75,17 @@ def setting(key: str) -> str:
 
 def apply_streaming_env(http_port: int | None = None) -> None:
     """Set the defaults above (an explicit value wins) for a Ray this process starts; with
-    HAProxy, run it without splicing and keep its files apart from any other platform's on this
-    machine (Ray's default is one /tmp/haproxy-serve for all)."""
+    HAProxy, run it without splicing and keep its files in a directory of this platform's own
+    (Ray's default is one /tmp/haproxy-serve for all)."""
     for key, value in STREAMING_ENV.items():
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
-        for key, value in {
-            **haproxy_binary_env(),
-            **haproxy_threads_env(),
-            **haproxy_files_env(http_port),
-        }.items():
+        files = (
+            {}
+            if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ
+            else haproxy_files_env(new_haproxy_directory(http_port))
+        )
+        for key, value in {**haproxy_binary_env(), **haproxy_threads_env(), **files}.items():
             os.environ.setdefault(key, value)
 
 
@@ -113,52 +114,76 @@ def haproxy_threads_env(cores: int | None = None) -> dict[str, str]:
     return {"RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, cores // 2)))}
 
 
-def haproxy_files_env(http_port: int) -> dict[str, str]:
-    """HAProxy's config, socket and state paths in a directory of this platform's own."""
+def new_haproxy_directory(http_port: int | None = None) -> str:
+    """A directory for HAProxy's config, sockets and state, made here with mode 0700 under a name
+    no one can guess: at a known path another local user could make it first and swap the config,
+    or reach the admin socket (which HAProxy makes writable by all)."""
     import tempfile
 
+    prefix = f"hap{http_port or ''}-"
     # HAProxy's socket paths may not exceed 97 bytes, and Ray adds a 56-character node directory.
-    base = os.path.join(tempfile.gettempdir(), f"hap{http_port}")
-    base = base if len(base) <= 28 else f"/tmp/hap{http_port}"
-    return {key: os.path.join(base, name) for key, name in HAPROXY_FILES.items()}
+    base = tempfile.gettempdir()
+    if len(os.path.join(base, prefix)) + 8 > 29:  # mkdtemp adds 8 characters
+        base = "/tmp"
+    directory = tempfile.mkdtemp(prefix=prefix, dir=base)
+    _made_here.add(directory)
+    return directory
 
 
-def stop_leftover_haproxy(http_port: int) -> list[int]:
-    """Kill what HAProxy still runs on this platform's files once Serve has shut down; their pids.
+def haproxy_files_env(directory: str) -> dict[str, str]:
+    """HAProxy's config, socket and state paths in ``directory``."""
+    return {key: os.path.join(directory, name) for key, name in HAPROXY_FILES.items()}
+
+
+def stop_leftover_haproxy() -> list[int]:
+    """Kill what HAProxy still runs on this platform's files once Serve has shut down, and remove
+    the directory; their pids.
 
     Ray's HAProxy manager kills its HAProxy when it stops, but not one it is still starting for a
     reload (replicas came or went): a shutdown at that moment leaves it running, parented to init
-    and holding the HTTP port. Only processes named haproxy whose command line points into this
-    platform's own HAProxy directory are touched, and only when that directory is the one
-    ``apply_streaming_env`` chose (an operator's shared directory may hold another platform's)."""
+    and holding the HTTP port. Only processes named haproxy whose command line points into the
+    directory ``apply_streaming_env`` made in this process are touched (an operator's own
+    directory may hold another platform's)."""
+    import shutil
+
     import psutil
 
-    ours = haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
-    if os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC") != ours:
+    config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "")
+    directory = os.path.dirname(config)
+    if config != haproxy_files_env(directory)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] or (
+        directory not in _made_here
+    ):
         return []
-    leftover = haproxy_processes(http_port)
+    leftover = _haproxy_processes(directory + os.sep)
     for process in leftover:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(leftover, timeout=10)
+    shutil.rmtree(directory, ignore_errors=True)
     return [process.pid for process in leftover]
 
 
 def haproxy_processes(http_port: int) -> list:
-    """The running processes named haproxy whose command line points into the HAProxy directory
-    of the platform serving ``http_port`` (``psutil.Process``, with ``info["cmdline"]``)."""
+    """The running processes named haproxy whose command line points into a HAProxy directory
+    made for a platform serving ``http_port`` (``psutil.Process``, with ``info["cmdline"]``)."""
+    import tempfile
+
+    bases = {tempfile.gettempdir(), "/tmp"}
+    return _haproxy_processes(*(os.path.join(base, f"hap{http_port}-") for base in bases))
+
+
+def _haproxy_processes(*prefixes: str) -> list:
     import psutil
 
-    directory = (
-        os.path.dirname(haproxy_files_env(http_port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + os.sep
-    )
     return [
         process
         for process in psutil.process_iter(["name", "cmdline"])
         if process.info["name"] == "haproxy"
-        and any(arg.startswith(directory) for arg in process.info["cmdline"] or ())
+        and any(arg.startswith(prefixes) for arg in process.info["cmdline"] or ())
     ]
 
+
+_made_here: set[str] = set()  # the HAProxy directories this process made (and may clean up)
 
 HAPROXY_WRAPPER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "haproxy"
@@ -197,5 +222,8 @@ def _current_runtime_env() -> dict:
 
 
 if __name__ == "__main__":  # eval "$(python -m common.serve_env)" before `ray start` or `serve run`
-    for key, value in {**STREAMING_ENV, **haproxy_binary_env(), **haproxy_threads_env()}.items():
+    exports = {**STREAMING_ENV, **haproxy_binary_env(), **haproxy_threads_env()}
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+        exports |= haproxy_files_env(new_haproxy_directory())
+    for key, value in exports.items():
         print(f"export {key}={shlex.quote(os.environ.get(key, value))}")

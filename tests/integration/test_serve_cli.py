@@ -46,7 +46,12 @@ import psutil
 import pytest
 import yaml
 
-from common.serve_env import STREAMING_ENV, haproxy_binary_env, haproxy_files_env
+from common.serve_env import (
+    STREAMING_ENV,
+    haproxy_binary_env,
+    haproxy_files_env,
+    new_haproxy_directory,
+)
 from tests.conftest import ray_temp_dir
 from tests.integration.helpers import (
     API_KEY,
@@ -103,7 +108,7 @@ class Cluster:
             **platform_env(self.temp_dir),
             **STREAMING_ENV,
             **haproxy_binary_env(),
-            **haproxy_files_env(int(self.gcs.split(":")[1])),  # apart from any other HAProxy here
+            **haproxy_files_env(new_haproxy_directory()),  # apart from any other HAProxy here
             # Ray's token authentication, with this cluster's token instead of ~/.ray/auth_token.
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": uuid.uuid4().hex,

@@ -5,7 +5,6 @@ import tempfile
 from pathlib import Path
 
 import psutil
-import pytest
 
 from common.serve_env import (
     HAPROXY_WRAPPER,
@@ -13,7 +12,9 @@ from common.serve_env import (
     apply_streaming_env,
     haproxy_binary_env,
     haproxy_files_env,
+    haproxy_processes,
     haproxy_threads_env,
+    new_haproxy_directory,
     stop_leftover_haproxy,
     with_replica_env,
 )
@@ -61,41 +62,49 @@ def _haproxy_look_alike(tmp_path, config_path) -> subprocess.Popen:
     return subprocess.Popen([str(binary), "-f", str(config_path)])
 
 
-@pytest.fixture
-def short_temp_dir(monkeypatch):
-    """A temp dir short enough that ``haproxy_files_env`` keeps HAProxy's files in it: under a
-    longer one they would go to ``/tmp/hap<port>``, where a platform running here keeps its own."""
-    directory = tempfile.mkdtemp(prefix="h", dir="/tmp")
-    monkeypatch.setattr(tempfile, "tempdir", directory)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+def test_each_platform_gets_a_haproxy_directory_of_its_own_that_no_one_can_guess(monkeypatch):
+    monkeypatch.setattr(os, "environ", {"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    apply_streaming_env(8123)
+    config = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+    directory = config.parent
+    try:
+        assert config.name == "haproxy.cfg" and directory.name.startswith("hap8123-")
+        assert directory.stat().st_uid == os.getuid()
+        assert directory.stat().st_mode & 0o777 == 0o700  # others can neither list nor enter it
+        # HAProxy's admin socket fits the 97 bytes HAProxy allows, below Ray's node directory
+        assert len(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 <= 97
+        again = new_haproxy_directory(8123)
+        assert again != str(directory) and Path(again).name.startswith("hap8123-")
+        os.rmdir(again)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, short_temp_dir, monkeypatch):
-    ours, theirs = haproxy_files_env(8000), haproxy_files_env(8001)
-    assert ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(short_temp_dir)
+def test_stop_leftover_haproxy_kills_only_the_platforms_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "environ", {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", raising=False)
+    apply_streaming_env(8000)
+    ours = os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    theirs = haproxy_files_env(tempfile.mkdtemp(prefix="hap8000-", dir="/tmp"))
     node_dir = "0123abcd"  # Ray puts the config in a directory of the node's id
     mine, other = (
-        _haproxy_look_alike(
-            tmp_path,
-            Path(files["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent / node_dir / "haproxy.cfg",
-        )
-        for files in (ours, theirs)
+        _haproxy_look_alike(tmp_path, Path(config).parent / node_dir / "haproxy.cfg")
+        for config in (ours, theirs["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
     )
     try:
-        monkeypatch.setenv(
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg"
-        )  # an operator's own
-        assert stop_leftover_haproxy(8000) == [] and mine.poll() is None
-        monkeypatch.setenv(
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ours["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
-        )
-        assert stop_leftover_haproxy(8000) == [mine.pid]
+        assert {p.pid for p in haproxy_processes(8000)} >= {mine.pid, other.pid}
+        # an operator's own directory: not this process's to clean
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg")
+        assert stop_leftover_haproxy() == [] and mine.poll() is None
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ours)
+        assert stop_leftover_haproxy() == [mine.pid]
         assert not psutil.pid_exists(mine.pid) and other.poll() is None  # killed, and reaped
+        assert not Path(ours).parent.exists()  # and its directory removed
     finally:
         for process in (mine, other):
             process.kill()
             process.wait()
+        shutil.rmtree(Path(theirs["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent)
 
 
 def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
@@ -151,14 +160,17 @@ def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
         for cores in (1, 2, 4, 6, 8, 64)
     }
     assert threads == {1: "1", 2: "1", 4: "2", 6: "3", 8: "4", 64: "4"}
-    monkeypatch.setattr(os, "environ", {})  # what apply_streaming_env sets stays in this test
+    # what apply_streaming_env sets stays in this test; HAProxy's files where an operator put them
+    monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "/srv/h/haproxy.cfg"})
     apply_streaming_env(8123)
     assert (
         os.environ["RAY_SERVE_HAPROXY_NBTHREAD"]
         == haproxy_threads_env()["RAY_SERVE_HAPROXY_NBTHREAD"]
     )
     monkeypatch.setattr(
-        os, "environ", {"RAY_SERVE_HAPROXY_NBTHREAD": "8"}
+        os,
+        "environ",
+        {"RAY_SERVE_HAPROXY_NBTHREAD": "8", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "/srv/h/h.cfg"},
     )  # an operator's own count wins
     apply_streaming_env(8123)
     assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == "8"
