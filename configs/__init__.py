@@ -89,10 +89,10 @@ def bounded_queue(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def require_secrets(platform: PlatformSettings) -> None:
-    """Refuse to serve ``platform`` where the environment lacks its secrets (``api_keys_env``)."""
-    missing = platform.missing_secrets()
-    if missing:
-        raise ConfigError([ConfigIssue(("api_keys_env",), message) for message in missing])
+    """Refuse to serve ``platform`` where its keys are missing here, too short or given twice."""
+    problems = platform.secret_problems()
+    if problems:
+        raise ConfigError([ConfigIssue((field,), message) for field, message in problems])
 
 
 def load_platform_settings(args: dict[str, Any] | None) -> PlatformSettings:

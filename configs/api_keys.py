@@ -8,7 +8,7 @@ and stored by KubeRay): an entry names an environment variable (``key_env``) or 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from common.base_pydantic import StrictModel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MIN_KEY_LENGTH = 16  # characters; a shorter key is guessed too soon
 
 
 class APIKeyEntry(StrictModel):
@@ -77,7 +78,7 @@ def refuse_inline_keys(value: Any) -> Any:
 class APIKey:
     """A key as the router and the replicas check it."""
 
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a traceback
     name: str
     models: tuple[str, ...] = ()  # empty: every model
     requests_per_minute: int | None = None

@@ -24,7 +24,7 @@ from pydantic import (
 
 from common.base_pydantic import StrictModel
 from common.serve_options import MERGED_BATCHES
-from configs.api_keys import APIKey, APIKeyEntry, refuse_inline_keys
+from configs.api_keys import MIN_KEY_LENGTH, APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
 from configs.pipeline_models import PipelineConfig
 
@@ -381,36 +381,78 @@ class PlatformSettings(StrictModel):
 
     _inline_keys_refused = field_validator("api_keys", mode="before")(refuse_inline_keys)
 
-    def missing_secrets(self) -> list[str]:
-        """What the environment lacks to serve these settings. Checked where the platform
-        serves (the builders, ``deploy_app.py`` starting Ray), never where it is only validated,
-        planned or rendered: secrets live on the cluster, not on the planner's machine."""
-        missing = [reason for reason in (entry.missing() for entry in self.api_keys) if reason]
+    @model_validator(mode="after")
+    def _a_name_per_key(self) -> PlatformSettings:
+        first: dict[str, int] = {}
+        for index, entry in enumerate(self.api_keys):
+            if entry.name in first:
+                raise ValueError(
+                    f"api_keys[{first[entry.name]}] and api_keys[{index}] are both named "
+                    f"{entry.name!r}: each key needs a name of its own (logs and limits go by it)"
+                )
+            first[entry.name] = index
+        return self
+
+    def secret_problems(self) -> list[tuple[str, str]]:
+        """(field, problem) for what is wrong with the keys as read here: missing, shorter than
+        ``MIN_KEY_LENGTH``, or one key from two sources (the last would silently win, dropping
+        the other's scope or limits). Checked where the platform serves (the builders,
+        ``deploy_app.py`` starting Ray), never where it is only validated, planned or rendered:
+        secrets live on the cluster, not on the planner's machine."""
+        problems = [("api_keys", reason) for entry in self.api_keys if (reason := entry.missing())]
         if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
-            missing.append(
-                f"api_keys_env names {self.api_keys_env!r}, which is not set here: "
-                "the API would be "
-                "open to anyone; set the variable or remove api_keys_env"
+            problems.append(
+                (
+                    "api_keys_env",
+                    f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API "
+                    "would be open to anyone; set the variable or remove api_keys_env",
+                )
             )
-        return missing
+        source_of: dict[str, str] = {}
+        for field, source, key in self._sourced_keys():
+            if len(key.secret) < MIN_KEY_LENGTH:
+                problems.append(
+                    (
+                        field,
+                        f"{source} is {len(key.secret)} characters; a key needs at least "
+                        f"{MIN_KEY_LENGTH} (e.g. `openssl rand -hex 24`)",
+                    )
+                )
+            if key.secret in source_of:
+                problems.append((field, f"{source_of[key.secret]} and {source} hold the same key"))
+            source_of.setdefault(key.secret, source)
+        return problems
 
     def resolved_api_keys(self) -> list[APIKey]:
         """Every key with its scope, read from its source now."""
+        return [key for _, _, key in self._sourced_keys()]
+
+    def _sourced_keys(self) -> list[tuple[str, str, APIKey]]:
+        """(field, where the key comes from, the key) for every key that could be read."""
         keys = [
-            APIKey(
-                entry.secret(),
-                entry.name,
-                tuple(entry.models),
-                entry.requests_per_minute,
-                entry.tokens_per_minute,
+            (
+                "api_keys",
+                f"api_keys[{index}] ({entry.name})",
+                APIKey(
+                    entry.secret(),
+                    entry.name,
+                    tuple(entry.models),
+                    entry.requests_per_minute,
+                    entry.tokens_per_minute,
+                ),
             )
-            for entry in self.api_keys
+            for index, entry in enumerate(self.api_keys)
+            if entry.missing() is None
         ]
         if self.api_keys_env:
+            listed = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",")]
             keys += [
-                APIKey(k.strip(), self.api_keys_env)
-                for k in os.environ.get(self.api_keys_env, "").split(",")
-                if k.strip()
+                (
+                    "api_keys_env",
+                    f"key {number} of {self.api_keys_env}",
+                    APIKey(secret, self.api_keys_env),
+                )
+                for number, secret in enumerate((k for k in listed if k), start=1)
             ]
         return keys
 

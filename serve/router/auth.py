@@ -46,13 +46,11 @@ def request_key(request) -> APIKey | None:
 
 
 def check_scope(key: APIKey | None, model_id: str) -> None:
-    """A 403 when ``key`` may not use ``model_id``."""
+    """The 404 of a model that does not exist when ``key`` may not use ``model_id``: a 403 would
+    tell a key which model ids exist beyond its scope."""
     if key is not None and not key.allows(model_id):
         raise APIError(
-            403,
-            f"this API key ({key.name}) may not use model {model_id!r}",
-            param="model",
-            code="model_not_allowed",
+            404, f"model {model_id!r} does not exist", param="model", code="model_not_found"
         )
 
 
@@ -65,10 +63,12 @@ def visible(request, table: Mapping[str, Named]) -> dict[str, Named]:
 
 
 def admitted(request, table: Mapping[str, Named], name: Any) -> Named | None:
-    """``table[name]`` once the request's key may use it (a 403 when not), with the metrics'
-    model label set on the request; None when there is no such entry (the caller's 404)."""
+    """``table[name]`` when the request's key may use it, with the metrics' model label set on
+    the request; None when there is no such entry or the key may not use it (the caller answers
+    the same 404 for both)."""
     entry = table.get(name) if isinstance(name, str) else None
-    if entry is not None:
-        check_scope(request_key(request), entry.model_id)
-        request.state.model_id = entry.model_id
+    key = request_key(request)
+    if entry is None or (key is not None and not key.allows(entry.model_id)):
+        return None
+    request.state.model_id = entry.model_id
     return entry

@@ -25,7 +25,7 @@ from common.serve_env import haproxy_processes
 from tests.conftest import ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "test-key-123"
+API_KEY = "test-key-for-every-model"
 SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60

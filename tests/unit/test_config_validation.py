@@ -348,7 +348,7 @@ def test_keys_are_named_and_read_from_env_or_files_never_inline(tmp_path, monkey
     with pytest.raises(ConfigError, match=r"args\.api_keys\[0\]: .*exactly one of key_env"):
         load_platform_settings({"api_keys": [{"name": "a", "key_env": "A", "key_file": "/x"}]})
     key_file = tmp_path / "team-b"
-    key_file.write_text("sk-from-file\n")
+    key_file.write_text("sk-from-file-0123456789\n")
     settings = load_platform_settings(
         {
             "api_keys": [
@@ -360,9 +360,58 @@ def test_keys_are_named_and_read_from_env_or_files_never_inline(tmp_path, monkey
     monkeypatch.delenv("TEAM_A_KEY", raising=False)
     with pytest.raises(ConfigError, match="'TEAM_A_KEY' is not set here"):
         require_secrets(settings)
-    monkeypatch.setenv("TEAM_A_KEY", "sk-from-env")
+    monkeypatch.setenv("TEAM_A_KEY", "sk-from-env-0123456789")
     require_secrets(settings)
     keys = {key.name: key for key in settings.resolved_api_keys()}
-    assert keys["team-a"].secret == "sk-from-env" and keys["team-b"].secret == "sk-from-file"
+    assert keys["team-a"].secret == "sk-from-env-0123456789"
+    assert keys["team-b"].secret == "sk-from-file-0123456789"
     assert keys["team-a"].allows("tiny-chat:sql") and not keys["team-a"].allows("tiny-vit")
     assert keys["team-b"].allows("anything")
+
+
+def test_two_keys_of_one_name_are_refused_naming_both():
+    from configs import load_platform_settings
+
+    entries = [{"name": "team", "key_env": "A"}, {"name": "x", "key_env": "B"}]
+    with pytest.raises(ConfigError, match=r"api_keys\[0\] and api_keys\[2\] are both named 'team'"):
+        load_platform_settings({"api_keys": [*entries, {"name": "team", "key_file": "/k"}]})
+
+
+def test_short_keys_and_one_key_from_two_sources_are_refused_where_the_platform_serves(
+    tmp_path, monkeypatch
+):
+    from configs import load_platform_settings, require_secrets
+
+    scoped = tmp_path / "scoped.key"
+    scoped.write_text("k" * 20)
+    settings = load_platform_settings(
+        {
+            "api_keys_env": "ALL_KEYS",
+            "api_keys": [{"name": "scoped", "key_file": str(scoped), "models": ["chat"]}],
+        }
+    )
+    # the scoped key again among the keys for every model: whichever matched last would win,
+    # dropping the scope
+    monkeypatch.setenv("ALL_KEYS", f"{'a' * 16},{'k' * 20}")
+    with pytest.raises(ConfigError) as info:
+        require_secrets(settings)
+    assert "args.api_keys_env: api_keys[0] (scoped) and key 2 of ALL_KEYS hold the same key" in str(
+        info.value
+    )
+    monkeypatch.setenv("ALL_KEYS", "short-key")
+    with pytest.raises(
+        ConfigError, match="key 1 of ALL_KEYS is 9 characters; a key needs at least 16"
+    ):
+        require_secrets(settings)
+    monkeypatch.setenv("ALL_KEYS", "a" * 16)
+    require_secrets(settings)
+
+
+def test_no_repr_of_a_key_or_the_router_settings_holds_its_secret():
+    from configs.api_keys import APIKey
+    from serve.router.routing import RouterSettings
+
+    key = APIKey("sk-very-secret-value-1234", "team", ("chat",))
+    settings = RouterSettings(routes={}, api_keys=(key,))
+    assert "sk-very-secret" not in repr(key) and "sk-very-secret" not in repr(settings)
+    assert "team" in repr(key)

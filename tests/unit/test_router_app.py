@@ -482,24 +482,26 @@ def test_a_scoped_key_uses_only_its_models():
         ).status_code
         == 200
     )
-    assert_openai_error(
-        c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=scoped),
-        403,
-        "model_not_allowed",
-        "model",
-    )
+    # a model outside the key's scope answers as one that does not exist: no ids to enumerate
+    outside = c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=scoped)
+    unknown = c.post("/v1/embeddings", json={"model": "nope", "input": "x"}, headers=scoped)
+    assert_openai_error(outside, 404, "model_not_found", "model")
+    same = ("message", "type", "param", "code")  # all but the request's own id
+    assert [outside.json()["error"][k] for k in same] == [
+        json.loads(unknown.text.replace("'nope'", "'embed'"))["error"][k] for k in same
+    ]
     assert [m["id"] for m in c.get("/v1/models", headers=scoped).json()["data"]] == [
         "chat",
         "chat:sql",
     ]
-    assert_openai_error(c.get("/v1/models/embed", headers=scoped), 403, "model_not_allowed")
+    assert_openai_error(c.get("/v1/models/embed", headers=scoped), 404, "model_not_found")
     assert (
         "embed"
         not in c.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=scoped).text
     )
     assert set(c.get("/ready", headers=scoped).json()["models"]) == {"chat"}
     refused = c.post("/v2/models/vit/infer", json=_infer(["QUJD"]), headers=scoped)
-    assert refused.status_code == 403 and "may not use model 'vit'" in refused.json()["error"]
+    assert refused.status_code == 404 and "model 'vit' does not exist" in refused.json()["error"]
     assert (
         c.post(
             "/v1/embeddings", json={"model": "embed", "input": "x"}, headers=everything
