@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
@@ -86,3 +87,16 @@ class ClosingStreamingResponse(StreamingResponse):
             if aclose is not None:
                 with anyio.CancelScope(shield=True):  # the stream's task is being cancelled
                     await aclose()
+
+
+_BOOLEAN = TypeAdapter(bool)
+
+
+def stream_requested(body: dict) -> bool:
+    """Whether vLLM streams its answer to ``body``: ``stream`` read as vLLM's pydantic request
+    models read it (``1``, ``"true"``, ``"on"`` stream; ``"false"`` does not). A value pydantic
+    refuses streams nothing: vLLM answers it with a 400."""
+    try:
+        return _BOOLEAN.validate_python(body.get("stream", False))
+    except ValidationError:
+        return False

@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.streaming import is_event_stream
+from common.streaming import is_event_stream, stream_requested
 from serve.router.auth import check_api_key, check_scope
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.key_limits import (
@@ -89,10 +89,13 @@ class OneHopGuard:
         if scope["type"] != "http":  # no websockets on this path
             return
         try:
-            receive, send = await self._checked(scope, receive, send)
+            receive, send, settle = await self._checked(scope, receive, send)
         except APIError as err:
             return await err.response()(scope, receive, send)
-        await self._within_timeout(scope, receive, send)
+        try:
+            await self._within_timeout(scope, receive, send)
+        finally:  # done, cut by the timeout, the client gone: what was generated is charged
+            settle()
 
     async def _within_timeout(self, scope: Scope, receive: Receive, send: Send) -> None:
         """vLLM's answer, cut at ``request_timeout_s`` (streams included) as on the router's path:
@@ -110,7 +113,9 @@ class OneHopGuard:
                 tail = (error.event() + DONE_EVENT).encode() if answer.events else b""
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    async def _checked(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Receive, Send, Callable[[], None]]:
         request = Request(scope, receive)
         path = scope["path"][len(scope.get("root_path", "")) :] or "/"
         if (request.method, path) not in ONE_HOP_ENDPOINTS:
@@ -127,26 +132,23 @@ class OneHopGuard:
             )  # this URL serves one model: a key outside its scope gets nothing
         await self.limits.check(key)
         if request.method != "POST":
-            return receive, send
+            return receive, send, _nothing_to_settle
         raw = await read_limited_body(request, self.settings.max_request_bytes)
         body = parse_json_object(raw)
         changed = "messages" in body and await inline_chat_media(body, self.settings.media)
         if self.on_model is not None:
             await self.on_model(body.get("model"))
+        settle = _nothing_to_settle
         if meters_tokens(key):
-            meter = (
-                StreamMeter(keep_usage_event=ask_for_usage(body))
-                if body.get("stream") is True
-                else None
-            )
-            send = _metered_send(
+            meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
+            answer = MeteredAnswer(
                 send,
                 meter,
                 lambda tokens: self.limits.spend(key, tokens),
                 ask_for_usage_header(body),
             )
-            changed = True
-        return _replay(json.dumps(body).encode() if changed else bytes(raw), receive), send
+            send, settle, changed = answer.send, answer.settle, True
+        return _replay(json.dumps(body).encode() if changed else bytes(raw), receive), send, settle
 
 
 class _AnswerState:
@@ -165,47 +167,59 @@ class _AnswerState:
         await self._send(message)
 
 
-def _metered_send(
-    send: Send, meter: StreamMeter | None, spend, keep_usage_header: bool = True
-) -> Send:
-    """``send`` that counts the answer's tokens: from the event stream's usage event (``meter``),
-    or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings); reported when
-    the body ends. Error answers (JSON even for a stream request) pass unchanged."""
-    answer = bytearray()
-    started: dict[str, Any] = {}
-    usage_header = USAGE_HEADER.encode()
+def _nothing_to_settle() -> None:
+    pass
 
-    async def metered_send(message: Message) -> None:
+
+class MeteredAnswer:
+    """An answer's ``send`` that counts its tokens: from the usage on an event stream's chunks
+    (``meter``), or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings).
+    ``settle`` charges them once, when the body ends or when the request ends any other way.
+    Error answers (JSON even for a stream request) pass unchanged."""
+
+    def __init__(self, send: Send, meter: StreamMeter | None, spend, keep_usage_header=True):
+        self._send, self.meter, self._spend = send, meter, spend
+        self.keep_usage_header = keep_usage_header
+        self._answer = bytearray()
+        self._started: dict[str, Any] = {}
+        self._settled = False
+
+    async def send(self, message: Message) -> None:
+        usage_header = USAGE_HEADER.encode()
         if message["type"] == "http.response.start":
-            headers = dict(message.get("headers") or [])
-            started.update(
+            headers = message.get("headers") or []
+            self._started.update(
                 status=message["status"],
-                usage=headers.get(usage_header),
-                events=is_event_stream(message.get("headers")),
+                usage=dict(headers).get(usage_header),
+                events=is_event_stream(headers),
             )
-            if not keep_usage_header:
-                message = {
-                    **message,
-                    "headers": [
-                        (k, v) for k, v in message.get("headers") or [] if k.lower() != usage_header
-                    ],
-                }
+            if not self.keep_usage_header:
+                kept = [(k, v) for k, v in headers if k.lower() != usage_header]
+                message = {**message, "headers": kept}
         elif message["type"] == "http.response.body":
             body, last = message.get("body", b""), not message.get("more_body", False)
-            if meter is not None and started.get("events"):
-                text = meter.feed(body.decode("utf-8", "replace")) + (meter.flush() if last else "")
-                message = {**message, "body": text.encode()}
-            elif started.get("status") == 200 and len(answer) < MAX_METERED_ANSWER_BYTES:
-                answer.extend(body)
+            if self.meter is not None and self._started.get("events"):
+                text = self.meter.feed(body.decode("utf-8", "replace"))
+                message = {
+                    **message,
+                    "body": (text + (self.meter.flush() if last else "")).encode(),
+                }
+            elif (
+                self._started.get("status") == 200 and len(self._answer) < MAX_METERED_ANSWER_BYTES
+            ):
+                self._answer.extend(body)
             if last:
-                spend(
-                    meter.tokens
-                    if meter is not None
-                    else response_tokens(bytes(answer), started.get("usage"))
-                )
-        await send(message)
+                self.settle()
+        await self._send(message)
 
-    return metered_send
+    def settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if self.meter is not None and self._started.get("events"):
+            self._spend(self.meter.tokens)
+        else:
+            self._spend(response_tokens(bytes(self._answer), self._started.get("usage")))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

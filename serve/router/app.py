@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from common.engine_response import EngineResponse
 from common.rendered_apps import CONFIG_FILE_ENV
-from common.streaming import ClosingStreamingResponse
+from common.streaming import ClosingStreamingResponse, stream_requested
 from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.console import install_console
@@ -195,10 +195,10 @@ def create_router_app(
         if limits is not None and meters_tokens(key):
             spend = functools.partial(limits.spend, key)
         keep_usage_header = ask_for_usage_header(body) if spend else True
-        if body.get("stream"):
+        if stream_requested(body):
             if spend is None:
                 return await _stream(engines.stream(route, capability, body))
-            meter = StreamMeter(keep_usage_event=ask_for_usage(body))
+            meter = StreamMeter(ask_for_usage(body))
             return await _stream(metered(engines.stream(route, capability, body), meter, spend))
         result = await engines.call(route, capability, body)
         if spend is not None and result.status_code == 200:

@@ -14,6 +14,7 @@ import collections
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import ray
@@ -134,13 +135,26 @@ def meters_tokens(key: APIKey | None) -> TypeGuard[APIKey]:
     return key is not None and bool(key.tokens_per_minute)
 
 
-def ask_for_usage(body: dict[str, Any]) -> bool:
-    """Make a streamed request end with its usage; whether the client had asked for it itself."""
+@dataclass(frozen=True)
+class UsageAsked:
+    """What usage the client itself asked a stream for: the final event, and usage on every
+    chunk."""
+
+    final: bool = False
+    continuous: bool = False
+
+
+def ask_for_usage(body: dict[str, Any]) -> UsageAsked:
+    """Make a streamed request carry its usage on every chunk and at its end (vLLM's
+    ``continuous_usage_stats``), so a stream that ends early is charged what it generated; what
+    the client had asked for itself."""
     options = body.get("stream_options")
     if not isinstance(options, dict):
         options = {}
-    asked = bool(options.get("include_usage"))
-    body["stream_options"] = {**options, "include_usage": True}
+    asked = UsageAsked(
+        bool(options.get("include_usage")), bool(options.get("continuous_usage_stats"))
+    )
+    body["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
     return asked
 
 
@@ -171,37 +185,48 @@ def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> 
 
 
 class StreamMeter:
-    """Reads the usage event of a server-sent event stream, dropping it unless the client asked."""
+    """Counts a server-sent event stream's tokens from the usage on its chunks (the last count
+    seen is what the stream generated, however it ends), and takes out the usage the client did
+    not ask for."""
 
-    def __init__(self, keep_usage_event: bool):
-        self.keep_usage_event = keep_usage_event
+    def __init__(self, asked: UsageAsked):
+        self.asked = asked
         self.tokens = 0
         self._partial = ""
 
     def feed(self, text: str) -> str:
-        """``text`` (whole events, or the rest of one) without an unasked-for usage event."""
+        """``text`` (whole events, or the rest of one) without the usage not asked for."""
         *events, self._partial = (self._partial + text).split("\n\n")
-        kept = [event for event in events if self._keep(event)]
-        return "".join(event + "\n\n" for event in kept)
+        kept = (self._kept(event) for event in events)
+        return "".join(event + "\n\n" for event in kept if event is not None)
 
     def flush(self) -> str:
         """What is left of an event the stream did not finish with a blank line."""
         rest, self._partial = self._partial, ""
-        return rest if rest and self._keep(rest) else ""
+        return (self._kept(rest) or "") if rest else ""
 
-    def _keep(self, event: str) -> bool:
+    def _kept(self, event: str) -> str | None:
+        """The event as the client gets it; None to drop it."""
         data = event.removeprefix("data: ")
         if '"usage"' not in data:
-            return True
+            return event
         try:
             chunk = json.loads(data)
         except ValueError:
-            return True
+            return event
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if not usage:
-            return True
+            return event
         self.tokens = int(usage.get("total_tokens") or 0)
-        return self.keep_usage_event or bool(chunk.get("choices"))
+        if not chunk.get("choices"):  # the usage event that ends the stream
+            return event if self.asked.final else None
+        if self.asked.continuous:
+            return event
+        if self.asked.final:
+            chunk["usage"] = None  # as vLLM sends a chunk when only the final usage was asked
+        else:
+            del chunk["usage"]
+        return "data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
 
 
 async def metered(

@@ -10,6 +10,7 @@ from serve.router.key_limits import (
     KeyLimits,
     SlidingWindow,
     StreamMeter,
+    UsageAsked,
     ask_for_usage,
     ask_for_usage_header,
     response_tokens,
@@ -91,19 +92,37 @@ def test_a_stream_meter_reads_the_usage_and_drops_the_event_the_client_did_not_a
         "data: [DONE]",
     ]
     stream = "".join(e + "\n\n" for e in events)
-    quiet = StreamMeter(keep_usage_event=False)
+    quiet = StreamMeter(UsageAsked())
     # Fed in pieces that split an event: whole events come out, the usage event does not.
     out = quiet.feed(stream[:30]) + quiet.feed(stream[30:])
     assert out == events[0] + "\n\n" + events[2] + "\n\n" and quiet.tokens == 12
-    asked = StreamMeter(keep_usage_event=True)
+    asked = StreamMeter(UsageAsked(final=True))
     assert asked.feed(stream) == stream and asked.tokens == 12
 
 
-def test_usage_is_asked_of_streams_and_read_from_answers():
+def _chunk(content: str, total: int) -> str:
+    usage = {"prompt_tokens": 5, "completion_tokens": total - 5, "total_tokens": total}
+    return json.dumps({"choices": [{"delta": {"content": content}}], "usage": usage})
+
+
+def test_a_stream_cut_short_is_charged_what_it_generated_and_shows_only_the_usage_asked():
+    # vLLM's continuous usage: every chunk carries the count so far
+    stream = "".join(f"data: {_chunk(c, 6 + i)}\n\n" for i, c in enumerate("abc"))
+    quiet = StreamMeter(UsageAsked())
+    out = quiet.feed(stream)  # and then the client leaves, or the timeout cuts it
+    assert quiet.tokens == 8 and '"usage"' not in out and out.count('"content"') == 3
+    final_only = StreamMeter(UsageAsked(final=True))
+    assert final_only.feed(stream).count('"usage":null') == 3 and final_only.tokens == 8
+    every_chunk = StreamMeter(UsageAsked(final=True, continuous=True))
+    assert every_chunk.feed(stream) == stream
+
+
+def test_usage_is_asked_of_streams_on_every_chunk_and_read_from_answers():
     body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
-    assert ask_for_usage(body) is False
-    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
-    assert ask_for_usage({"stream": True, "stream_options": {"include_usage": True}}) is True
+    assert ask_for_usage(body) == UsageAsked(final=False, continuous=False)
+    assert body["stream_options"] == {"continuous_usage_stats": True, "include_usage": True}
+    asked = ask_for_usage({"stream": True, "stream_options": {"include_usage": True}})
+    assert asked == UsageAsked(final=True)
     assert response_tokens(b'{"usage": {"total_tokens": 7}}') == 7 and response_tokens(b"[1]") == 0
 
 
@@ -122,6 +141,6 @@ def test_raw_bytes_embeddings_are_asked_with_their_usage_header():
 
 
 def test_a_stream_without_a_final_blank_line_loses_nothing():
-    meter = StreamMeter(keep_usage_event=False)
+    meter = StreamMeter(UsageAsked())
     assert meter.feed('data: {"choices": [1]}\n\ndata: [DONE]') == 'data: {"choices": [1]}\n\n'
     assert meter.flush() == "data: [DONE]" and meter.flush() == ""

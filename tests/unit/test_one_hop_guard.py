@@ -10,7 +10,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from serve.deployments.one_hop_guard import OneHopGuard, _metered_send
+from common.streaming import stream_requested
+from configs.api_keys import APIKey
+from serve.deployments.one_hop_guard import MeteredAnswer, OneHopGuard
 from serve.router.routing import RouterSettings
 
 TIMEOUT_S = 0.5
@@ -82,7 +84,7 @@ async def test_raw_bytes_embeddings_are_metered_from_their_usage_header_dropped_
     async def send(message):
         sent.append(message)
 
-    metered = _metered_send(send, None, spent.append, keep_usage_header=False)
+    metered = MeteredAnswer(send, None, spent.append, keep_usage_header=False).send
     binary = [(b"content-type", b"application/octet-stream")]
     await metered(
         {
@@ -93,3 +95,90 @@ async def test_raw_bytes_embeddings_are_metered_from_their_usage_header_dropped_
     )
     await metered({"type": "http.response.body", "body": b"\x00\x00\x80\x3f", "more_body": False})
     assert spent == [3] and sent[0]["headers"] == binary
+
+
+@pytest.mark.parametrize(
+    "value,streams",
+    [
+        (True, True),
+        (1, True),
+        ("true", True),
+        ("on", True),
+        (False, False),
+        (0, False),
+        ("false", False),
+        (None, False),
+        ("maybe", False),
+        ([1], False),
+    ],
+)
+def test_stream_is_read_as_vllm_reads_it(value, streams):
+    assert stream_requested({"stream": value}) is streams
+
+
+class _SpentTokens:
+    """The limits a replica asks, as a list of what was spent."""
+
+    def __init__(self):
+        self.spent: list[int] = []
+
+    async def check(self, key):
+        pass
+
+    def spend(self, key, tokens):
+        self.spent.append(tokens)
+
+
+def _usage_app(hang: bool = False) -> Starlette:
+    """Streams two chunks, with the usage so far on each when asked for continuous usage, and a
+    usage event when asked, for any ``stream`` vLLM streams for; or hangs after the chunks."""
+
+    async def chat(request):
+        body = await request.json()
+        options = body.get("stream_options") or {}
+
+        async def events():
+            for total, content in ((21, "a"), (22, "b")):
+                usage = {"total_tokens": total} if options.get("continuous_usage_stats") else None
+                chunk = {"choices": [{"delta": {"content": content}}], "usage": usage}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            if hang:
+                await asyncio.sleep(3600)
+            if options.get("include_usage"):
+                yield 'data: {"choices": [], "usage": {"total_tokens": 42}}\n\n'
+            yield "data: [DONE]\n\n"
+
+        if stream_requested(body):
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return JSONResponse({"usage": {"total_tokens": 7}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+async def _metered_post(app: Starlette, stream, timeout_s: float = 30) -> tuple[str, list[int]]:
+    key = APIKey("k" * 16, "few-tokens", tokens_per_minute=60)
+    settings = RouterSettings(routes={}, api_keys=(key,), request_timeout_s=timeout_s)
+    guard = OneHopGuard(app, settings)
+    guard.limits = spent = _SpentTokens()
+    transport = httpx.ASGITransport(app=guard)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [], "stream": stream},
+            headers={"Authorization": f"Bearer {key.secret}"},
+        )
+    assert response.status_code == 200
+    return response.text, spent.spent
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream", [True, 1, "true"])
+async def test_every_spelling_of_stream_is_metered(stream):
+    text, spent = await _metered_post(_usage_app(), stream)
+    assert '"usage"' not in text and spent == [42]  # usage not asked for, and not shown
+
+
+@pytest.mark.asyncio
+async def test_a_stream_cut_by_the_timeout_is_charged_what_it_generated():
+    text, spent = await _metered_post(_usage_app(hang=True), True, timeout_s=TIMEOUT_S)
+    assert '"code":"timeout"' in text.replace(" ", "") and spent == [22]
