@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import ray
+from ray.exceptions import RayActorError
 
 from configs.api_keys import APIKey
 from serve.router.errors import APIError
@@ -71,17 +72,21 @@ class SlidingWindow:
         return requests, tokens
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
+# Async methods: Ray runs them one at a time on the actor's event loop (none awaits), so a check
+# and its count are one step; a sync actor with max_concurrency runs them on a thread pool, where
+# two checks pass before either counts and ``spend`` mutates a deque ``admit`` iterates. Restarted
+# wherever Ray can place it when it or its node dies (its windows start empty again).
+@ray.remote(num_cpus=0, max_restarts=-1)
 class KeyLimitsActor:
     def __init__(self):
         self.window = SlidingWindow()
 
-    def admit(
+    async def admit(
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
     ) -> float:
         return self.window.admit(key, requests_per_minute, tokens_per_minute)
 
-    def spend(self, key: str, tokens: int) -> None:
+    async def spend(self, key: str, tokens: int) -> None:
         self.window.spend(key, tokens)
 
 
@@ -113,8 +118,18 @@ class KeyLimits:
             self._limits_actor().spend.remote(key.name, tokens)
 
     async def _admit(self, key: APIKey) -> float:
-        return await self._limits_actor().admit.remote(
-            key.name, key.requests_per_minute, key.tokens_per_minute
+        for _ in range(2):
+            try:
+                return await self._limits_actor().admit.remote(
+                    key.name, key.requests_per_minute, key.tokens_per_minute
+                )
+            except RayActorError:  # gone for good (killed, say): found again, or started anew
+                self._actor = None
+        raise APIError(
+            503,
+            "the per-key limits cannot be checked right now; retry shortly",
+            code="limits_unavailable",
+            headers={"Retry-After": "1"},
         )
 
     def _limits_actor(self):

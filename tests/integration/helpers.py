@@ -29,6 +29,7 @@ API_KEY = "test-key-for-every-model"
 SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
+BURST_KEY = "test-key-twenty-a-minute"  # and one with requests_per_minute: 20, for a burst
 ALLOWED_ORIGIN = "https://app.example"
 IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
 STARTUP_TIMEOUT_S = 900
@@ -107,6 +108,7 @@ def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
         "PLATFORM_TEST_API_KEYS": API_KEY,
         "PLATFORM_TEST_LIMITED_KEY": LIMITED_KEY,
         "PLATFORM_TEST_TOKEN_KEY": TOKEN_KEY,
+        "PLATFORM_TEST_BURST_KEY": BURST_KEY,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),

@@ -24,6 +24,7 @@ import yaml
 from tests.integration.helpers import (
     ALLOWED_ORIGIN,
     API_KEY,
+    BURST_KEY,
     IMAGE_HOST,
     LIMITED_KEY,
     ROOT,
@@ -153,6 +154,7 @@ def session_config(workdir: Path) -> dict:
         {"name": "embed-only", "key_file": str(scoped_key), "models": [EMBED]},
         {"name": "limited", "key_env": "PLATFORM_TEST_LIMITED_KEY", "requests_per_minute": 3},
         {"name": "few-tokens", "key_env": "PLATFORM_TEST_TOKEN_KEY", "tokens_per_minute": 60},
+        {"name": "burst", "key_env": "PLATFORM_TEST_BURST_KEY", "requests_per_minute": 20},
     ]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
@@ -178,7 +180,7 @@ def main(workdir: str) -> None:
     path.write_text(yaml.safe_dump(session_config(directory), sort_keys=False))
     keys = (
         f"PLATFORM_TEST_API_KEYS={API_KEY} PLATFORM_TEST_LIMITED_KEY={LIMITED_KEY} "
-        f"PLATFORM_TEST_TOKEN_KEY={TOKEN_KEY}"
+        f"PLATFORM_TEST_TOKEN_KEY={TOKEN_KEY} PLATFORM_TEST_BURST_KEY={BURST_KEY}"
     )
     print(f"{keys} scripts/serve.sh {path} --num-cpus {NUM_CPUS}")
     print("PLATFORM_URL=http://127.0.0.1:8000 bash scripts/test.sh tests/integration")

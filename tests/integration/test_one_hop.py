@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import httpx
@@ -15,6 +18,7 @@ import pytest
 from common.serve_env import haproxy_processes
 from tests.integration.helpers import (
     API_KEY,
+    BURST_KEY,
     HELLO,
     LIMITED_KEY,
     SCOPED_KEY,
@@ -243,6 +247,41 @@ def test_a_keys_requests_per_minute_are_counted_across_both_paths(platform_url):
         ).status_code
         == 200
     )
+
+
+def test_a_burst_on_a_limited_key_gets_exactly_its_limit_on_both_paths_and_never_a_5xx(platform):
+    """200 requests at once, half through the router and half on the one-hop URL, on a key of 20
+    a minute: 20 are served and the rest get 429, whichever replica asks the limits first. Then
+    the limits actor is killed: the replicas start (or find) another, and still no 5xx."""
+
+    def embed(prefix: str) -> int:
+        return httpx.post(
+            f"{platform.url}{prefix}/v1/embeddings",
+            json={"model": EMBED, "input": "hi"},
+            headers={"Authorization": f"Bearer {BURST_KEY}"},
+            timeout=120,
+        ).status_code
+
+    prefixes = ["", f"/models/{EMBED}"] * 100
+    with ThreadPoolExecutor(64) as pool:
+        codes = list(pool.map(embed, prefixes))
+    assert sorted(set(codes)) == [200, 429] and codes.count(200) == 20, codes
+    if not platform.owned:
+        return
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ray; ray.init(address='auto', namespace='serve'); "
+            "ray.kill(ray.get_actor('platform:key-limits'))",
+        ],
+        env=platform.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    assert {embed(p) for p in ("", f"/models/{EMBED}")} <= {200, 429}
 
 
 def test_a_keys_tokens_per_minute_are_counted_from_streams_and_answers_on_both_paths(platform_url):
