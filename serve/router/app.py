@@ -242,7 +242,7 @@ def create_router_app(
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, protected[0], uploads)
-    install_pipeline_routes(app, settings, engines, protected[0])
+    install_pipeline_routes(app, settings, engines, protected[0], limits)
     install_console(app)
     app.add_middleware(
         ObservedRequests, path="router"

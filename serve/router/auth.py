@@ -54,12 +54,19 @@ def check_scope(key: APIKey | None, model_id: str) -> None:
         )
 
 
+def allows(key: APIKey | None, entry: Named) -> bool:
+    """Whether ``key`` may use ``entry``: a model, or a pipeline with every model its steps call
+    (a key scoped to a pipeline alone would otherwise reach its models' work through it)."""
+    if key is None:
+        return True
+    steps = getattr(entry, "steps", ())
+    return all(key.allows(name) for name in (entry.model_id, *(step.model for step in steps)))
+
+
 def visible(request, table: Mapping[str, Named]) -> dict[str, Named]:
     """The entries the request's key may use (all of them when the platform has no scoped keys)."""
     key = request_key(request)
-    return {
-        name: entry for name, entry in table.items() if key is None or key.allows(entry.model_id)
-    }
+    return {name: entry for name, entry in table.items() if allows(key, entry)}
 
 
 def admitted(request, table: Mapping[str, Named], name: Any) -> Named | None:
@@ -67,8 +74,7 @@ def admitted(request, table: Mapping[str, Named], name: Any) -> Named | None:
     the request; None when there is no such entry or the key may not use it (the caller answers
     the same 404 for both)."""
     entry = table.get(name) if isinstance(name, str) else None
-    key = request_key(request)
-    if entry is None or (key is not None and not key.allows(entry.model_id)):
+    if entry is None or not allows(request_key(request), entry):
         return None
     request.state.model_id = entry.model_id
     return entry

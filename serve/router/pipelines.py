@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,8 +24,9 @@ from common.input_errors import InputError
 from common.media_fetch import MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
-from serve.router.auth import admitted, visible
+from serve.router.auth import admitted, request_key, visible
 from serve.router.errors import APIError
+from serve.router.key_limits import USAGE_HEADER, meters_tokens, response_tokens
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import read_json_object
 
@@ -38,13 +40,17 @@ class StepFailed(APIError):
 
 
 def install_pipeline_routes(
-    app: FastAPI, settings: RouterSettings, engines: Any, auth: Any
+    app: FastAPI, settings: RouterSettings, engines: Any, auth: Any, limits: Any = None
 ) -> None:
+    """``limits``: the platform's per-key limits, which the steps' tokens are charged to."""
+
     @app.post("/v1/pipelines", dependencies=[auth])
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))
-        run = PipelineRun(pipeline, settings.routes, engines)
+        key = request_key(request)
+        spend = functools.partial(limits.spend, key) if limits and meters_tokens(key) else None
+        run = PipelineRun(pipeline, settings.routes, engines, spend)
         try:
             async with asyncio.timeout(pipeline.timeout_s):
                 result = await run.run(body, settings.media)
@@ -123,8 +129,15 @@ def _pipeline_for(
 class PipelineRun:
     """One request through one pipeline: the values so far, and what each step took."""
 
-    def __init__(self, pipeline: PipelineConfig, routes: Mapping[str, ModelRoute], engines: Any):
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        routes: Mapping[str, ModelRoute],
+        engines: Any,
+        spend: Callable[[int], None] | None = None,
+    ):
         self.pipeline, self.routes, self.engines = pipeline, routes, engines
+        self.spend = spend  # charges each step's tokens to the request's key, when it meters
         self.values: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
         self.current = "reading the inputs"  # what the run is doing, for errors and timeouts
@@ -197,6 +210,8 @@ class PipelineRun:
                 f"{self.current}: {result.error_message()}",
                 code="pipeline_step_failed",
             )
+        if self.spend is not None:
+            self.spend(response_tokens(result.content, (result.headers or {}).get(USAGE_HEADER)))
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.engine_response import EngineResponse
+from configs.api_keys import APIKey
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
@@ -71,7 +72,10 @@ class StepEngines:
             if prompt == "hang":
                 await asyncio.sleep(5)
             return EngineResponse.json(
-                {"choices": [{"message": {"content": f"reply to <{prompt}>"}}]}
+                {
+                    "choices": [{"message": {"content": f"reply to <{prompt}>"}}],
+                    "usage": {"total_tokens": 11},
+                }
             )
         if capability is Capability.SPEECH:
             return EngineResponse(200, WAV, "audio/wav")
@@ -102,12 +106,56 @@ class StepEngines:
         return {}
 
 
-def client() -> tuple[TestClient, StepEngines]:
+def client(keys: tuple[APIKey, ...] = (), limits=None) -> tuple[TestClient, StepEngines]:
     engines = StepEngines()
     pipelines = {p["model_id"]: PipelineConfig.model_validate(p) for p in PIPELINES}
-    return TestClient(
-        create_router_app(RouterSettings(ROUTES, pipelines=pipelines), engines)
-    ), engines
+    settings = RouterSettings(ROUTES, pipelines=pipelines, api_keys=keys)
+    return TestClient(create_router_app(settings, engines, limits)), engines
+
+
+class SpentTokens:
+    """Per-key limits that admit everything and record what each key spent."""
+
+    def __init__(self):
+        self.spent: list[tuple[str, int]] = []
+
+    async def check(self, key):
+        pass
+
+    def spend(self, key, tokens):
+        self.spent.append((key.name, tokens))
+
+
+def test_a_pipeline_is_a_keys_only_with_every_model_its_steps_call():
+    alone = APIKey("p" * 16, "pipeline-alone", ("describe-image",))
+    whole = APIKey("w" * 16, "whole", ("describe-image", "captioner", "llm"))
+    c, engines = client((alone, whole))
+    image = {"model": "describe-image", "image": base64.b64encode(b"png").decode()}
+
+    def post(key):
+        return c.post(
+            "/v1/pipelines", json=image, headers={"Authorization": f"Bearer {key.secret}"}
+        )
+
+    refused = post(alone)  # as a pipeline that does not exist, and no step ran
+    assert_openai_error(refused, 404, "model_not_found", "model")
+    assert engines.calls == []
+    listed = c.get("/v1/models", headers={"Authorization": f"Bearer {alone.secret}"}).json()
+    assert listed["data"] == []
+    assert post(whole).status_code == 200
+
+
+def test_a_pipelines_steps_are_charged_to_a_key_that_meters_tokens():
+    key = APIKey("t" * 16, "few-tokens", tokens_per_minute=1000)
+    limits = SpentTokens()
+    c, _ = client((key,), limits)
+    answer = c.post(
+        "/v1/pipelines",
+        json={"model": "voice-chat", "audio": base64.b64encode(b"x" * 100).decode()},
+        headers={"Authorization": f"Bearer {key.secret}"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert ("few-tokens", 11) in limits.spent  # the chat step's usage
 
 
 def test_voice_chat_transcribes_answers_and_speaks():
