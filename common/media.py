@@ -69,10 +69,26 @@ class FrameSampling:
     num_frames: int
     stride: int = 0
     fps: float | None = None
+    # the model's input: each sampled frame is scaled while it is converted to RGB so that its
+    # shorter side is this many pixels (never up), not converted at full size and resized after
+    shortest_edge: int | None = None
 
 
-def decode_video(data: bytes, sampling: FrameSampling, max_duration_s: float) -> np.ndarray:
-    """``(num_frames, height, width, 3)`` uint8 RGB frames sampled from an encoded video."""
+# No real video runs faster than this: the budget of frames a duration limit allows, whatever
+# frame rate a container claims (a sender's 1000000 fps would otherwise buy a million frames).
+MAX_REAL_FPS = 240.0
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 2160  # a 4K frame
+
+
+def decode_video(
+    data: bytes,
+    sampling: FrameSampling,
+    max_duration_s: float,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+) -> np.ndarray:
+    """``(num_frames, height, width, 3)`` uint8 RGB frames sampled from an encoded video. A frame
+    of more than ``max_frame_pixels`` is refused from the stream's header, before any decoding,
+    and again for each decoded frame (a stream may change its size)."""
     import av
 
     if not data:
@@ -88,7 +104,8 @@ def decode_video(data: bytes, sampling: FrameSampling, max_duration_s: float) ->
             if not container.streams.video:
                 raise MediaInputError(f"the {kind} file has no video stream", "no_video_stream")
             stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            _check_pixels(stream.codec_context.width, stream.codec_context.height, max_frame_pixels)
+            rate = min(float(stream.average_rate or stream.guessed_rate or 25), MAX_REAL_FPS)
             duration = _duration_s(container, stream)
             if duration is not None and duration > max_duration_s:
                 raise MediaInputError(
@@ -97,7 +114,8 @@ def decode_video(data: bytes, sampling: FrameSampling, max_duration_s: float) ->
                     413,
                 )
             wanted = _frame_indexes(sampling, rate, duration)
-            frames = _decode_frames(container, stream, wanted, int(max_duration_s * rate))
+            budget = FrameBudget(max_duration_s, max_frame_pixels, sampling.shortest_edge)
+            frames = budget.decode(container, stream, wanted)
     except MediaInputError:
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
@@ -131,16 +149,47 @@ def _frame_indexes(sampling: FrameSampling, rate: float, duration: float | None)
     return [i * step for i in range(sampling.num_frames)]
 
 
-def _decode_frames(container, stream, wanted: list[int], max_frames: int) -> list[np.ndarray]:
-    wanted_set, last = set(wanted), wanted[-1]
-    frames = []
-    for index, frame in enumerate(container.decode(stream)):
-        if index > max_frames:
-            raise MediaInputError(
-                "the video is longer than the duration limit", "video_too_long", 413
-            )
-        if index in wanted_set:
-            frames.append(frame.to_ndarray(format="rgb24"))
-        if index >= last:
-            break
-    return frames
+def _check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
+    if width and height and width * height > max_pixels:
+        raise MediaInputError(
+            f"the video's frames are {width}x{height} pixels; the limit is {max_pixels}",
+            "video_too_large",
+            413,
+        )
+
+
+@dataclass(frozen=True)
+class FrameBudget:
+    """What decoding one video may cost: frames until the duration limit, by their timestamps and
+    at most ``MAX_REAL_FPS`` of them a second, each of at most ``max_pixels``."""
+
+    max_duration_s: float
+    max_pixels: int
+    shortest_edge: int | None = None
+
+    def decode(self, container, stream, wanted: list[int]) -> list[np.ndarray]:
+        wanted_set, last = set(wanted), wanted[-1]
+        max_frames = int(self.max_duration_s * MAX_REAL_FPS)
+        frames = []
+        for index, frame in enumerate(container.decode(stream)):
+            if index > max_frames or (frame.time is not None and frame.time > self.max_duration_s):
+                raise MediaInputError(
+                    "the video is longer than the duration limit", "video_too_long", 413
+                )
+            _check_pixels(frame.width, frame.height, self.max_pixels)
+            if index in wanted_set:
+                frames.append(frame.to_ndarray(format="rgb24", **self._scaled(frame)))
+            if index >= last:
+                break
+        return frames
+
+    def _scaled(self, frame) -> dict[str, int]:
+        """The frame's size with its shorter side at ``shortest_edge`` (even sizes; never up)."""
+        shorter = min(frame.width, frame.height)
+        if not self.shortest_edge or shorter <= self.shortest_edge:
+            return {}
+        scale = self.shortest_edge / shorter
+        return {
+            "width": max(2, round(frame.width * scale / 2) * 2),
+            "height": max(2, round(frame.height * scale / 2) * 2),
+        }

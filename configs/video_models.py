@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from common.media import DEFAULT_MAX_FRAME_PIXELS
 from configs.vision_models import MediaEngineKwargs, TensorModelEntry
 
 
@@ -26,6 +27,12 @@ class VideoEngineKwargs(MediaEngineKwargs):
     )
     max_video_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     max_video_duration_s: float = Field(default=600.0, gt=0)
+    max_frame_pixels: int = Field(
+        default=DEFAULT_MAX_FRAME_PIXELS,
+        ge=1,
+        description="width x height of a frame, checked before decoding (a small file can hold "
+        "frames of gigabytes)",
+    )
     max_inputs_per_request: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")

@@ -32,7 +32,9 @@ class VideoRunner(TaskRunner):
         self.model.forward = self._counted(self.model.forward)
         self.device = device
         num_frames = self.kwargs.num_frames or getattr(self.model.config, "num_frames", 16)
-        self.sampling = FrameSampling(num_frames, self.kwargs.frame_stride, self.kwargs.fps)
+        self.sampling = FrameSampling(
+            num_frames, self.kwargs.frame_stride, self.kwargs.fps, _input_edge(self.processor)
+        )
 
     def capabilities(self) -> list[Capability]:
         return [Capability.VIDEO_CLASSIFICATION]
@@ -48,7 +50,12 @@ class VideoRunner(TaskRunner):
                     413,
                     "inputs",
                 )
-            frames = decode_video(data, self.sampling, self.kwargs.max_video_duration_s)
+            frames = decode_video(
+                data,
+                self.sampling,
+                self.kwargs.max_video_duration_s,
+                self.kwargs.max_frame_pixels,
+            )
             jobs.append(Job(params, list(frames), params.top_k or self.kwargs.top_k))
         return jobs
 
@@ -80,3 +87,11 @@ class VideoEngine(BatchedEngine):
 
     def create_runner(self) -> TaskRunner:
         return VideoRunner(self.kwargs)
+
+
+def _input_edge(processor: Any) -> int | None:
+    """The shorter side of the model's input (frames are scaled to it as they are decoded; the
+    processor then resizes and crops as it always does)."""
+    size = getattr(processor, "size", None) or {}
+    edge = size.get("shortest_edge") or min(size.get("height") or 0, size.get("width") or 0)
+    return int(edge) or None

@@ -2,7 +2,13 @@
 
 import pytest
 
-from common.media import FrameSampling, MediaInputError, decode_image, decode_video
+from common.media import (
+    FrameBudget,
+    FrameSampling,
+    MediaInputError,
+    decode_image,
+    decode_video,
+)
 from tests.media_files import image_file, video_file
 
 
@@ -55,3 +61,34 @@ def test_unusable_videos_are_refused(data, code, status):
     with pytest.raises(MediaInputError) as info:
         decode_video(data, FrameSampling(4), max_duration_s=2)
     assert (info.value.code, info.value.status_code) == (code, status)
+
+
+def test_frames_above_the_pixel_cap_are_refused_from_the_header_before_decoding(monkeypatch):
+    # the threat: a few KB of VP9 whose 16384x16384 frames decode to 800 MB each; here 1024x1024
+    # against a cap of half that
+    big = video_file(frames=2, width=1024, height=1024)
+    decoded = []
+    monkeypatch.setattr(FrameBudget, "decode", lambda *args: decoded.append(1) or [])
+    with pytest.raises(MediaInputError) as info:
+        decode_video(big, FrameSampling(2), max_duration_s=60, max_frame_pixels=500_000)
+    assert (info.value.code, info.value.status_code) == ("video_too_large", 413)
+    assert "1024x1024" in info.value.message and decoded == []
+    monkeypatch.undo()
+    assert decode_video(big, FrameSampling(2), 60, max_frame_pixels=1024 * 1024).shape[0] == 2
+
+
+def test_sampled_frames_are_scaled_to_the_models_input_as_they_are_converted():
+    clip = video_file(frames=4, width=640, height=480)
+    frames = decode_video(clip, FrameSampling(2, shortest_edge=224), max_duration_s=60)
+    assert frames.shape == (2, 224, 298, 3)
+    small = decode_video(video_file(frames=4), FrameSampling(2, shortest_edge=224), 60)
+    assert small.shape == (2, 48, 64, 3)  # never scaled up
+
+
+def test_a_claimed_frame_rate_buys_no_frames_beyond_what_the_duration_limit_allows():
+    # 500 frames that claim a million a second: half a millisecond of "video"; a second's limit
+    # is worth at most MAX_REAL_FPS frames to decode, not a million
+    fast = video_file(frames=500, fps=1_000_000)
+    with pytest.raises(MediaInputError) as info:
+        decode_video(fast, FrameSampling(4, stride=200), max_duration_s=1)
+    assert (info.value.code, info.value.status_code) == ("video_too_long", 413)
