@@ -50,8 +50,19 @@ class MediaFetchPolicy:
     allowed_domains: tuple[str, ...] = ()
     # non-public networks the operator opens on purpose (an internal media store); none by default
     allowed_networks: tuple[str, ...] = ()
-    max_bytes: int = 20 * 1024 * 1024
+    max_bytes: int = 20 * 1024 * 1024  # one download
     timeout_s: float = 10.0
+    max_urls_per_request: int = 16  # counted before anything is fetched
+    max_request_bytes: int = 64 * 1024 * 1024  # the downloads of one request, in all
+
+    def budget(self, urls: int) -> ByteBudget:
+        """What one request's ``urls`` downloads may take in all; a 400 when they are too many."""
+        if urls > self.max_urls_per_request:
+            raise MediaURLError(
+                f"the request names {urls} media URLs; the limit is {self.max_urls_per_request}",
+                "too_many_media_urls",
+            )
+        return ByteBudget(self.max_request_bytes)
 
     def address_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if any(ip in ipaddress.ip_network(net, strict=False) for net in self.allowed_networks):
@@ -68,13 +79,32 @@ class MediaFetchPolicy:
         )
 
 
-async def fetch_media(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | None]:
-    """The bytes ``url`` names and their media type, when the policy allows it."""
+class ByteBudget:
+    """The bytes that the downloads of one request may still take, shared by all of them."""
+
+    def __init__(self, limit: int):
+        self.limit, self.left = limit, limit
+
+    def take(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise MediaURLError(
+                f"the request's media downloads exceed {self.limit} bytes in all",
+                "media_too_large",
+                413,
+            )
+
+
+async def fetch_media(
+    url: str, policy: MediaFetchPolicy, budget: ByteBudget | None = None
+) -> tuple[bytes, str | None]:
+    """The bytes ``url`` names and their media type, when the policy allows it; a download counts
+    against ``budget``, its request's, as it arrives."""
     if url.startswith("data:"):
         return decode_data_url(url, policy.max_bytes)
     try:
         async with asyncio.timeout(policy.timeout_s):
-            return await _download(url, policy)
+            return await _download(url, policy, budget or ByteBudget(policy.max_bytes))
     except TimeoutError:
         raise MediaURLError(
             f"downloading {url!r} took longer than {policy.timeout_s:g} s", "media_download_timeout"
@@ -108,7 +138,9 @@ def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str | None]:
     return data, media_type
 
 
-async def _download(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | None]:
+async def _download(
+    url: str, policy: MediaFetchPolicy, budget: ByteBudget
+) -> tuple[bytes, str | None]:
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
@@ -127,7 +159,7 @@ async def _download(url: str, policy: MediaFetchPolicy) -> tuple[bytes, str | No
                         f"fetching {url!r} answered HTTP {response.status_code}",
                         "media_fetch_failed",
                     )
-                return await _read_capped(response, policy.max_bytes), response.headers.get(
+                return await _read_capped(response, policy.max_bytes, budget), response.headers.get(
                     "content-type"
                 )
     raise MediaURLError(f"{url!r} redirected more than {MAX_REDIRECTS} times", "media_fetch_failed")
@@ -166,7 +198,7 @@ def _netloc(address: str, port: int | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+async def _read_capped(response: httpx.Response, max_bytes: int, budget: ByteBudget) -> bytes:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise MediaURLError(
@@ -181,6 +213,7 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
         )
     body = bytearray()
     async for chunk in response.aiter_raw():
+        budget.take(len(chunk))
         body += chunk
         if len(body) > max_bytes:
             raise MediaURLError(

@@ -326,8 +326,14 @@ class MediaConfig(StrictModel):
     allowed_networks: list[IPvAnyNetwork] = Field(
         default_factory=list, description="CIDRs, e.g. 10.1.2.0/24"
     )
-    max_download_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_download_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="one URL's")
     download_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_urls_per_request: int = Field(
+        default=16, ge=0, description="media URLs one request may name; counted before fetching"
+    )
+    max_request_download_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="what one request's URLs fetch in all"
+    )
 
     @field_validator("allowed_domains")
     @classmethod

@@ -5,12 +5,12 @@ operator did not allow."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
 from common.input_errors import InputError
-from common.media_fetch import MediaFetchPolicy, fetch_media
+from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
+from common.task_groups import all_or_none
 from serve.router.errors import APIError
 
 MEDIA_PARTS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
@@ -25,7 +25,10 @@ async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> b
     """
     parts = list(_media_parts(body.get("messages") or []))
     try:
-        await asyncio.gather(*(_inline(part, key, policy) for part, key in parts))
+        budget = policy.budget(
+            sum(_url(part, key).startswith(("http:", "https:")) for part, key in parts)
+        )
+        await all_or_none(_inline(part, key, policy, budget) for part, key in parts)
     except InputError as err:
         raise APIError.from_input(err, param="messages") from None
     return bool(parts)
@@ -40,14 +43,21 @@ def _media_parts(messages: Any):
                 yield from ((part, key) for key in MEDIA_PARTS if key in part)
 
 
-async def _inline(part: dict[str, Any], key: str, policy: MediaFetchPolicy) -> None:
+def _url(part: dict[str, Any], key: str) -> str:
     holder = part[key]
     url = holder.get("url") if isinstance(holder, dict) else holder
-    if not isinstance(url, str) or not url:
+    return url if isinstance(url, str) else ""
+
+
+async def _inline(
+    part: dict[str, Any], key: str, policy: MediaFetchPolicy, budget: ByteBudget
+) -> None:
+    holder, url = part[key], _url(part, key)
+    if not url:
         raise InputError(f"{key} needs a url", "invalid_media_url")
     if url.startswith("data:"):
         return  # vLLM decodes data: URLs itself
-    data, media_type = await fetch_media(url, policy)
+    data, media_type = await fetch_media(url, policy, budget)
     kind = MEDIA_PARTS[key]
     media_type = media_type.split(";")[0].strip() if media_type else f"{kind}/*"
     inlined = f"data:{media_type};base64,{base64.b64encode(data).decode()}"

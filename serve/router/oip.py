@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from common.input_errors import InputError
-from common.media_fetch import fetch_media
+from common.media_fetch import ByteBudget, fetch_media
+from common.task_groups import all_or_none
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.router.auth import admitted, visible
 from serve.router.errors import APIError
@@ -214,10 +215,12 @@ async def _media(
     else:
         flat = _flatten(tensor.data)
         _check_shape(tensor, len(flat))
-        if any(isinstance(e, str) and e.startswith(("http://", "https://")) for e in flat):
+        urls = sum(isinstance(e, str) and e.startswith(("http://", "https://")) for e in flat)
+        budget = settings.media.budget(urls)  # a 400 when they are too many, before any fetch
+        if urls:
             held.add(request_limit)  # fetched media: at most the request's limit in all
-        fetches = _Fetches(request_limit, tensor.name)
-        elements = list(await asyncio.gather(*(_element(e, settings, fetches) for e in flat)))
+        fetches = _Fetches(request_limit, tensor.name, budget)
+        elements = await all_or_none(_element(e, settings, fetches) for e in flat)
     limit = route.max_upload_bytes
     for index, element in enumerate(elements):
         if limit and len(element) > limit:
@@ -266,9 +269,10 @@ class _Fetches:
     """The URL inputs of one request: a few fetched at a time, their bytes counted against its
     limit."""
 
-    def __init__(self, limit: int, name: str):
+    def __init__(self, limit: int, name: str, budget: ByteBudget):
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
         self.limit, self.name, self.total = limit, name, 0
+        self.budget = budget  # the media policy's, counted as the bytes arrive
 
     def count(self, nbytes: int) -> None:
         self.total += nbytes
@@ -284,7 +288,7 @@ async def _element(element: Any, settings: RouterSettings, fetches: _Fetches) ->
         )
     if element.startswith(("data:", "http://", "https://")):
         async with fetches.slots:
-            data, _ = await fetch_media(element, settings.media)
+            data, _ = await fetch_media(element, settings.media, fetches.budget)
         fetches.count(len(data))
         return data
     if "://" in element:

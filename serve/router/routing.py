@@ -168,6 +168,8 @@ class RouterSettings:
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),
                 max_bytes=platform.media.max_download_bytes,
                 timeout_s=platform.media.download_timeout_s,
+                max_urls_per_request=platform.media.max_urls_per_request,
+                max_request_bytes=platform.media.max_request_download_bytes,
             ),
         )
 

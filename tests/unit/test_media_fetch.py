@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from common.media_fetch import MediaFetchPolicy, MediaURLError, fetch_media
+from common.media_fetch import ByteBudget, MediaFetchPolicy, MediaURLError, fetch_media
 
 BODY = b"\x89PNG fake image bytes" * 100
 
@@ -180,3 +180,12 @@ def test_public_addresses_are_allowed_and_an_opened_network_wins():
     assert MediaFetchPolicy().address_allowed(ipaddress.ip_address("2606:4700::1111"))
     assert MediaFetchPolicy().address_allowed(ipaddress.ip_address("1.1.1.1"))
     assert policy.address_allowed(ipaddress.ip_address("64:ff9b::101:101"))
+
+
+def test_the_downloads_of_one_request_share_its_byte_budget(server_port):
+    budget = ByteBudget(len(BODY) * 3 // 2)
+    url = f"http://localhost:{server_port}/cat.png"
+    assert asyncio.run(fetch_media(url, LOCAL, budget))[0] == BODY
+    with pytest.raises(MediaURLError) as info:
+        asyncio.run(fetch_media(url, LOCAL, budget))  # the second does not fit what is left
+    assert info.value.status_code == 413 and "in all" in info.value.message

@@ -1,0 +1,52 @@
+"""Media URLs in chat messages, fetched before the engine sees them: how many a request may name,
+and what happens to the other downloads when one fails (the downloads themselves: a stand-in)."""
+
+import asyncio
+
+import pytest
+
+from common.media_fetch import MediaFetchPolicy, MediaURLError
+from serve.router import media_refs
+from serve.router.errors import APIError
+
+
+def _chat(*urls: str) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return {"messages": [{"role": "user", "content": parts}]}
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, list[str]]:
+    """Downloads that never finish, except a URL with "bad" in it, which fails at once."""
+    seen: dict[str, list[str]] = {"started": [], "cancelled": []}
+
+    async def fetch(url, policy, budget):
+        seen["started"].append(url)
+        if "bad" in url:
+            raise MediaURLError(f"{url} refused")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen["cancelled"].append(url)
+            raise
+        return b"", None
+
+    monkeypatch.setattr(media_refs, "fetch_media", fetch)
+    return seen
+
+
+def test_a_failed_download_cancels_the_others_before_the_request_is_answered(downloads):
+    urls = ["http://img/1.png", "http://img/bad.png", "http://img/2.png"]
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(_chat(*urls), MediaFetchPolicy()))
+    assert info.value.status_code == 400
+    assert sorted(downloads["cancelled"]) == ["http://img/1.png", "http://img/2.png"]
+
+
+def test_more_media_urls_than_allowed_are_refused_before_any_download(downloads):
+    policy = MediaFetchPolicy(max_urls_per_request=2)
+    urls = [f"http://img/{i}.png" for i in range(3)]
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(_chat(*urls), policy))
+    assert info.value.status_code == 400 and info.value.code == "too_many_media_urls"
+    assert downloads["started"] == []
