@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +170,10 @@ def _load_model_entry(
     if checked_by is not None and checked_by == checker:
         return entry  # the renderer checked engine_kwargs with this very library
     raw_kwargs = raw.get("engine_kwargs")
-    if not isinstance(raw_kwargs, dict) or (checker and passed_before(checker, raw_kwargs)):
+    if not isinstance(raw_kwargs, dict):
+        return entry
+    remembered = f"{checker} {_check_code(entry_cls)}" if checker else None
+    if remembered and passed_before(remembered, raw_kwargs):
         return entry
     kwargs_model = entry_cls.engine_kwargs_model()
     if kwargs_model is not None:
@@ -175,9 +182,17 @@ def _load_model_entry(
         except ValidationError as err:
             issues.extend(issues_from_validation_error(err, kwargs_model, loc + ("engine_kwargs",)))
             return None
-        if checker:
-            remember_passed(checker, raw_kwargs)
+        if remembered:
+            remember_passed(remembered, raw_kwargs)
     return entry
+
+
+@functools.cache
+def _check_code(entry_cls: type[BaseModelEntry]) -> str:
+    """A digest of the module that checks ``entry_cls``'s ``engine_kwargs``: a platform update
+    that changes the check checks again what the old one accepted."""
+    source = inspect.getsource(sys.modules[entry_cls.__module__])
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def _entry_class(raw_type: Any) -> type[BaseModelEntry] | None:

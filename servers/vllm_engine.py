@@ -24,7 +24,7 @@ from common.serve_env import setting
 from common.streaming import coalesce
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
-from configs.vllm_models import VLLMModelEntry
+from configs.vllm_models import VLLMModelEntry, vllm_engine_kwargs_model
 from servers.base_engine import BaseEngine
 from servers.vllm_cpu_placement import (
     bind_cpu_shards,
@@ -164,7 +164,7 @@ class VLLMEngine(BaseEngine):
             and "VLLM_CPU_KVCACHE_SPACE" not in os.environ
         ):
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
-        for key, value in kwargs.items():
+        for key, value in _typed(kwargs).items():
             setattr(args, key, value)
         # One request's ``n`` (and ``best_of``) at most what the engine runs at once: vLLM's own
         # cap is 16384 sequences, hours of one engine for a single request.
@@ -314,3 +314,14 @@ async def _to_engine_response(result: Any) -> EngineResponse:
     if error is not None:  # vLLM's ErrorResponse
         return EngineResponse.error(error.code, error.message, error.type, error.param, error.code)
     return EngineResponse(200, result.model_dump_json().encode())
+
+
+def _typed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with each mapping turned into what ``AsyncEngineArgs`` types it as: a nested
+    config such as ``structured_outputs_config: {backend: xgrammar}`` is a dataclass there (vLLM's
+    command line parses it into one; a plain dict fails deep in the engine's start)."""
+    mappings = {key: value for key, value in kwargs.items() if isinstance(value, dict)}
+    if not mappings:
+        return kwargs
+    typed = vllm_engine_kwargs_model().model_validate(mappings)
+    return {**kwargs, **{key: getattr(typed, key) for key in mappings}}

@@ -134,7 +134,7 @@ def test_completions_with_stop_and_stream(client):
 def test_json_schema_response_format(client):
     schema = {
         "type": "object",
-        "properties": {"answer": {"type": "integer"}},
+        "properties": {"answer": {"type": "integer", "enum": [1, 2, 3]}},
         "required": ["answer"],
         "additionalProperties": False,
     }
@@ -144,7 +144,7 @@ def test_json_schema_response_format(client):
         max_tokens=40,
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
     )
-    assert isinstance(json.loads(reply.choices[0].message.content)["answer"], int)
+    assert json.loads(reply.choices[0].message.content)["answer"] in (1, 2, 3)
 
 
 def test_embeddings_from_the_real_minilm_model(client):

@@ -71,3 +71,21 @@ def test_without_a_writable_cache_every_load_checks(checks, monkeypatch, tmp_pat
     load_platform_config(_args())
     load_platform_config(_args())
     assert len(checks) == 2
+
+
+@pytest.mark.parametrize(
+    "before,after",
+    [
+        ({"limit_mm_per_prompt": {"1": 2}}, {"limit_mm_per_prompt": {1: 2}}),
+        ({"limit_mm_per_prompt": {"true": 2}}, {"limit_mm_per_prompt": {True: 2}}),
+        ({"max_num_seqs": 1}, {"max_num_seqs": True}),
+        ({"max_num_seqs": 1}, {"max_num_seqs": 1.0}),
+    ],
+)
+def test_values_json_would_spell_alike_are_checked_apart(checks, before, after):
+    load_platform_config(_args(**before))
+    try:
+        load_platform_config(_args(**after))
+    except ConfigError:
+        pass  # refused, as the check said: what matters is that it ran
+    assert len(checks) == 2

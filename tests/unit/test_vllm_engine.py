@@ -3,7 +3,7 @@
 import pytest
 
 from configs import load_platform_config
-from servers.vllm_engine import VLLMEngine
+from servers.vllm_engine import VLLMEngine, _typed
 
 
 def _engine(**engine_kwargs) -> VLLMEngine:
@@ -47,3 +47,20 @@ def test_a_model_vllm_serves_otherwise_fails_its_start_saying_what_to_set(
 ):
     with pytest.raises(ValueError, match=fix):
         _engine(**engine_kwargs)._check_pooling_task(resolved)
+
+
+def test_nested_engine_configs_reach_vllm_as_the_dataclasses_it_expects():
+    """A YAML mapping for a config vLLM types as a dataclass (``structured_outputs_config``) is
+    built into one; plain mappings (``limit_mm_per_prompt``) and scalars pass as they are."""
+    from vllm.config import StructuredOutputsConfig
+
+    typed = _typed(
+        {
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+            "limit_mm_per_prompt": {"image": 2},
+            "max_num_seqs": 4,
+        }
+    )
+    config = typed["structured_outputs_config"]
+    assert isinstance(config, StructuredOutputsConfig) and config.disable_any_whitespace
+    assert typed["limit_mm_per_prompt"] == {"image": 2} and typed["max_num_seqs"] == 4
