@@ -148,11 +148,8 @@ def stop_leftover_haproxy() -> list[int]:
 
     import psutil
 
-    config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "")
-    directory = os.path.dirname(config)
-    if config != haproxy_files_env(directory)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] or (
-        directory not in _made_here
-    ):
+    directory = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""))
+    if directory not in _made_here:
         return []
     leftover = _haproxy_processes(directory + os.sep)
     for process in leftover:

@@ -6,7 +6,6 @@ bad one with a 400."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import AsyncGenerator, Mapping
@@ -32,8 +31,8 @@ from serve.router.key_limits import (
     ask_for_usage,
     ask_for_usage_header,
     metered,
-    meters_tokens,
     response_tokens,
+    spender,
 )
 from serve.router.media_refs import inline_chat_media
 from serve.router.observed import ObservedRequests
@@ -191,9 +190,7 @@ def create_router_app(
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             await inline_chat_media(body, settings.media)
         key = request_key(request)
-        spend = None  # counts the answer's tokens against the key, when it has a token limit
-        if limits is not None and meters_tokens(key):
-            spend = functools.partial(limits.spend, key)
+        spend = spender(limits, key)  # counts the answer's tokens, when the key has a limit
         keep_usage_header = ask_for_usage_header(body) if spend else True
         if stream_requested(body):
             if spend is None:

@@ -11,6 +11,7 @@ call the actor.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -148,6 +149,13 @@ class KeyLimits:
 
 def meters_tokens(key: APIKey | None) -> TypeGuard[APIKey]:
     return key is not None and bool(key.tokens_per_minute)
+
+
+def spender(limits: KeyLimits | None, key: APIKey | None) -> Callable[[int], None] | None:
+    """What charges an answer's tokens to ``key``; None when no limit counts them."""
+    if limits is None or not meters_tokens(key):
+        return None
+    return functools.partial(limits.spend, key)
 
 
 @dataclass(frozen=True)

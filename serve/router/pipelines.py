@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.router.auth import admitted, request_key, visible
 from serve.router.errors import APIError
-from serve.router.key_limits import USAGE_HEADER, meters_tokens, response_tokens
+from serve.router.key_limits import USAGE_HEADER, response_tokens, spender
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import read_json_object
 
@@ -48,9 +47,7 @@ def install_pipeline_routes(
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))
-        key = request_key(request)
-        spend = functools.partial(limits.spend, key) if limits and meters_tokens(key) else None
-        run = PipelineRun(pipeline, settings.routes, engines, spend)
+        run = PipelineRun(pipeline, settings.routes, engines, spender(limits, request_key(request)))
         try:
             async with asyncio.timeout(pipeline.timeout_s):
                 result = await run.run(body, settings.media)
