@@ -15,6 +15,7 @@ import base64
 import binascii
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
@@ -23,6 +24,7 @@ import httpx
 from common.input_errors import InputError
 
 MAX_REDIRECTS = 3
+DOWNLOADED = ("http:", "https:")  # the references fetch_media downloads (data: it decodes)
 # IPv6 ranges that carry or translate to an IPv4 address (which may be an internal one): no host
 # of their own. Python 3.11's ``is_global`` counts NAT64 and 6to4 as global.
 TRANSLATED_NETWORKS = tuple(
@@ -55,14 +57,16 @@ class MediaFetchPolicy:
     max_urls_per_request: int = 16  # counted before anything is fetched
     max_request_bytes: int = 64 * 1024 * 1024  # the downloads of one request, in all
 
-    def budget(self, urls: int) -> ByteBudget:
-        """What one request's ``urls`` downloads may take in all; a 400 when they are too many."""
+    def budget(self, references: Iterable[object]) -> ByteBudget:
+        """What the downloads of one request's media ``references`` may take in all (data: URLs
+        and base64 download nothing); a 400, before any fetch, when they name too many URLs."""
+        urls = sum(isinstance(r, str) and r.lower().startswith(DOWNLOADED) for r in references)
         if urls > self.max_urls_per_request:
             raise MediaURLError(
                 f"the request names {urls} media URLs; the limit is {self.max_urls_per_request}",
                 "too_many_media_urls",
             )
-        return ByteBudget(self.max_request_bytes)
+        return ByteBudget(self.max_request_bytes, urls)
 
     def address_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if any(ip in ipaddress.ip_network(net, strict=False) for net in self.allowed_networks):
@@ -82,8 +86,9 @@ class MediaFetchPolicy:
 class ByteBudget:
     """The bytes that the downloads of one request may still take, shared by all of them."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, urls: int = 0):
         self.limit, self.left = limit, limit
+        self.urls = urls  # how many downloads share it
 
     def take(self, size: int) -> None:
         self.left -= size

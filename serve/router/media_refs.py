@@ -25,9 +25,7 @@ async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> b
     """
     parts = list(_media_parts(body.get("messages") or []))
     try:
-        budget = policy.budget(
-            sum(_url(part, key).startswith(("http:", "https:")) for part, key in parts)
-        )
+        budget = policy.budget(_url(part, key) for part, key in parts)
         await all_or_none(_inline(part, key, policy, budget) for part, key in parts)
     except InputError as err:
         raise APIError.from_input(err, param="messages") from None

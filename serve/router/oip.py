@@ -215,9 +215,8 @@ async def _media(
     else:
         flat = _flatten(tensor.data)
         _check_shape(tensor, len(flat))
-        urls = sum(isinstance(e, str) and e.startswith(("http://", "https://")) for e in flat)
-        budget = settings.media.budget(urls)  # a 400 when they are too many, before any fetch
-        if urls:
+        budget = settings.media.budget(flat)  # a 400 when they name too many URLs
+        if budget.urls:
             held.add(request_limit)  # fetched media: at most the request's limit in all
         fetches = _Fetches(request_limit, tensor.name, budget)
         elements = await all_or_none(_element(e, settings, fetches) for e in flat)
