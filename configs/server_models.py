@@ -435,21 +435,17 @@ class PlatformSettings(StrictModel):
 
     def _sourced_keys(self) -> list[tuple[str, str, APIKey]]:
         """(field, where the key comes from, the key) for every key that could be read."""
-        keys = [
-            (
-                "api_keys",
-                f"api_keys[{index}] ({entry.name})",
-                APIKey(
-                    entry.secret(),
+        keys = []
+        for index, entry in enumerate(self.api_keys):
+            if secret := entry.secret():  # one that cannot be read here: secret_problems says so
+                key = APIKey(
+                    secret,
                     entry.name,
                     tuple(entry.models),
                     entry.requests_per_minute,
                     entry.tokens_per_minute,
-                ),
-            )
-            for index, entry in enumerate(self.api_keys)
-            if entry.missing() is None
-        ]
+                )
+                keys.append(("api_keys", f"api_keys[{index}] ({entry.name})", key))
         if self.api_keys_env:
             listed = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",")]
             keys += [
