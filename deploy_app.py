@@ -36,7 +36,7 @@ import yaml
 
 from builders.gpu_memory import GPU_MEMORY_GIB, cluster_gpu_type, gpu_bytes_for
 from builders.plan_report import check_memory, describe_plan, memory_estimates
-from builders.render import render_serve_config
+from builders.render import render_serve_config, with_live_keys
 from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
 from builders.shipped_code import with_shipped_code, working_dir_uri
 from common.config_errors import ConfigError
@@ -427,7 +427,8 @@ def _load(args: argparse.Namespace) -> tuple[dict, Any, dict[str, LoadedConfig]]
     if args.working_dir:
         raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)
     rendered = render_serve_config(raw, loaded, os.path.basename(args.config))
-    return rendered, rendered_schema(rendered), loaded
+    # Deployed with the keys as this environment holds them (--render prints none of them).
+    return rendered, rendered_schema(with_live_keys(rendered, loaded)), loaded
 
 
 def _check_secrets(args: argparse.Namespace, loaded: dict[str, LoadedConfig]) -> None:

@@ -1,8 +1,8 @@
 """CPU per request of the platform's own layers on the one-hop path, against the app they wrap.
 
 On a vLLM replica's HTTP port the platform puts two ASGI layers in front of vLLM's app:
-``ObservedRequests`` (request id, metrics, log line) and ``OneHopGuard`` (key, limits, body
-checks, media policy, timeout). This drives them in-process, on uvloop, around a stand-in app
+``ObservedRequests`` (request id, metrics, log line) and ``RequestPolicy`` (key, limits, body
+checks, media policy, timeout; ``serve/policy``, the router's too). This drives them in-process, on uvloop, around a stand-in app
 that reads the body and streams ``--chunks`` SSE events as vLLM does, with Ray started so the
 metrics are recorded as on a replica. No network and no engine: what is left is the layers' own
 CPU, which the end-to-end benchmark (``serve_vs_vllm.py``) cannot separate from the noise of a
@@ -24,8 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors  # noqa: E402
-from serve.router.routing import RouterSettings  # noqa: E402
+from serve.deployments.vllm_ingress import ONE_HOP_ENDPOINTS  # noqa: E402
+from serve.policy.observed import ObservedRequests  # noqa: E402
+from serve.policy.request_policy import PolicyMount, RequestPolicy, guarded  # noqa: E402
+from serve.router.routing import VLLM_ENDPOINTS, RouterSettings  # noqa: E402
+
+MOUNT = PolicyMount("direct", frozenset(VLLM_ENDPOINTS), "m", ONE_HOP_ENDPOINTS)
 
 BODY = json.dumps(
     {
@@ -118,9 +122,9 @@ def stacks(chunks: int) -> dict:
     app, settings = stand_in_app(chunks), RouterSettings(routes={})
     return {
         "app": app,
-        "guard": OneHopGuard(app, settings),
-        "observed": observed_one_hop(app, "m", Counter()),
-        "observed+guard": observed_one_hop(with_cors(OneHopGuard(app, settings)), "m", Counter()),
+        "policy": RequestPolicy(app, settings, MOUNT),
+        "observed": ObservedRequests(app, "direct", "m", engine_header=True, counts=Counter()),
+        "observed+policy": guarded(RequestPolicy(app, settings, MOUNT), Counter()),
     }
 
 

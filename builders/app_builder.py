@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from cloud.storage import resolve_model_source
-from common.rendered_apps import VARIANT_ROUTER_DEPLOYMENT
+from common.rendered_apps import ROUTER_DEPLOYMENT, VARIANT_ROUTER_DEPLOYMENT
 from common.serve_env import with_replica_env
 from configs import (
     DeploymentSpec,
@@ -63,7 +63,7 @@ def _bind_router(
 ) -> Application:
     router = platform.router
     router_deployment = serve.deployment(MultiModelRouter).options(
-        name="MultiModelRouter",
+        name=ROUTER_DEPLOYMENT,
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options=with_replica_env(router.ray_actor_options.model_dump(exclude_none=True)),

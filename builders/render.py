@@ -30,6 +30,7 @@ from common.rendered_apps import (
     MODEL_APP_IMPORT_PATH,
     MODEL_ROUTE_PREFIX,
     PLATFORM_IMPORT_PATH,
+    ROUTER_DEPLOYMENT,
     ROUTER_IMPORT_PATH,
 )
 from configs import LoadedConfig
@@ -126,6 +127,29 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
             }
         )
     return applications
+
+
+def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) -> dict[str, Any]:
+    """``rendered`` with each platform's API keys (``PlatformSettings.live_api_keys``: digests,
+    never values) in the ``user_config`` of its router and of its one-hop model applications, as
+    deployed: Serve hands a changed ``user_config`` to the running replicas (``reconfigure``), so
+    keys rotated in this environment apply through ``--address`` without restarting a model. Left
+    as is where a key's variable is not set here: the cluster's own keys then apply."""
+    live = copy.deepcopy(rendered)
+    for app in live.get("applications", []):
+        is_router = app.get("import_path") == ROUTER_IMPORT_PATH
+        if not is_router and app.get("import_path") != MODEL_APP_IMPORT_PATH:
+            continue
+        platform = app.get("name") if is_router else (app.get("args") or {}).get("platform_app")
+        config = loaded.get(platform or "default")
+        keys = config.platform.live_api_keys() if config is not None else None
+        if keys is None:
+            continue
+        if is_router:
+            app["deployments"] = [{"name": ROUTER_DEPLOYMENT, "user_config": {"api_keys": keys}}]
+        for deployment in app.get("deployments", []):  # a one-hop model's, with its timeout
+            deployment["user_config"]["api_keys"] = keys
+    return live
 
 
 def model_app_name(platform_app: str, deployment: str) -> str:

@@ -15,7 +15,7 @@ import base64
 import binascii
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
@@ -89,8 +89,11 @@ class ByteBudget:
     def __init__(self, limit: int, urls: int = 0):
         self.limit, self.left = limit, limit
         self.urls = urls  # how many downloads share it
+        self.hold: Callable[[int], None] | None = None  # also takes them from a memory budget
 
     def take(self, size: int) -> None:
+        if self.hold is not None:
+            self.hold(size)
         self.left -= size
         if self.left < 0:
             raise MediaURLError(

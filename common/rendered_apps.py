@@ -10,3 +10,4 @@ MODEL_APP_IMPORT_PATH = "builders.app_builder:build_model_app"
 MODEL_ROUTE_PREFIX = "/models/"
 VARIANT_ROUTER_DEPLOYMENT = "VariantRouter"
 CONFIG_FILE_ENV = "PLATFORM_CONFIG_FILE"
+ROUTER_DEPLOYMENT = "MultiModelRouter"  # the router application's one deployment

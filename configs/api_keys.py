@@ -7,6 +7,8 @@ and stored by KubeRay): an entry names an environment variable (``key_env``) or 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,10 @@ class APIKeyEntry(StrictModel):
     tokens_per_minute: int | None = Field(
         default=None, ge=1, description="prompt + completion tokens; then 429"
     )
+    admin: bool = Field(
+        default=False,
+        description="sees the process, actor and node ids in /ready (placement, errors)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> APIKeyEntry:
@@ -59,6 +65,18 @@ class APIKeyEntry(StrictModel):
             os.environ.get(self.key_env, "") if self.key_env else _read(self.key_file or "")
         ).strip()
 
+    def key(self, secret: str) -> APIKey:
+        """This entry's key, holding ``secret`` ("" for a file's key known by its path alone)."""
+        return APIKey(
+            secret,
+            self.name,
+            tuple(self.models),
+            self.requests_per_minute,
+            self.tokens_per_minute,
+            admin=self.admin,
+            key_file=self.key_file,
+        )
+
 
 def refuse_inline_keys(value: Any) -> Any:
     """A plain string in ``api_keys`` would put the key in the Serve config: refuse it."""
@@ -76,19 +94,58 @@ def refuse_inline_keys(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class APIKey:
-    """A key as the router and the replicas check it."""
+    """A key as the router and the replicas check it: by its SHA-256 ``digest``, which is all a
+    key sent to running replicas as ``user_config`` carries (Serve shows that config)."""
 
-    secret: str = field(repr=False)  # never in a log line or a traceback
+    secret: str = field(repr=False)  # never in a log line or a traceback; "" when sent as digest
     name: str
     models: tuple[str, ...] = ()  # empty: every model
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    admin: bool = False  # sees process, actor and node ids in /ready; other keys see them redacted
+    key_file: str | None = None  # read again while serving: a rotated Secret applies at once
+    digest: str = field(default="", repr=False)
 
     def allows(self, model_id: str) -> bool:
         """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""
         return (
             not self.models or model_id in self.models or model_id.partition(":")[0] in self.models
         )
+
+    def __post_init__(self) -> None:
+        if self.secret and not self.digest:
+            object.__setattr__(self, "digest", key_digest(self.secret.encode()))
+
+    def live(self) -> dict[str, Any]:
+        """The key as running replicas get it (``user_config``): its digest, never its value; a
+        file's key by its path alone (each replica reads the file itself)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("secret")
+        fields["models"] = list(self.models)
+        if self.key_file:
+            fields["digest"] = ""
+        return fields
+
+    @classmethod
+    def from_live(cls, fields: dict[str, Any]) -> APIKey:
+        return cls(secret="", **{**fields, "models": tuple(fields.get("models") or ())})
+
+    def reread(self) -> APIKey | None:
+        """A file's key as the file holds it now (None: missing, unreadable or empty: revoked);
+        any other key unchanged."""
+        if self.key_file is None:
+            return self
+        secret = _read(self.key_file)
+        if not secret:
+            return None
+        digest = key_digest(secret.encode())
+        return (
+            self if digest == self.digest else dataclasses.replace(self, secret="", digest=digest)
+        )
+
+
+def key_digest(presented: bytes) -> str:
+    return hashlib.sha256(presented).hexdigest()
 
 
 def _read(path: str) -> str:

@@ -438,25 +438,32 @@ class PlatformSettings(StrictModel):
         keys = []
         for index, entry in enumerate(self.api_keys):
             if secret := entry.secret():  # one that cannot be read here: secret_problems says so
-                key = APIKey(
-                    secret,
-                    entry.name,
-                    tuple(entry.models),
-                    entry.requests_per_minute,
-                    entry.tokens_per_minute,
-                )
-                keys.append(("api_keys", f"api_keys[{index}] ({entry.name})", key))
+                keys.append(("api_keys", f"api_keys[{index}] ({entry.name})", entry.key(secret)))
         if self.api_keys_env:
-            listed = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",")]
             keys += [
                 (
                     "api_keys_env",
                     f"key {number} of {self.api_keys_env}",
-                    APIKey(secret, self.api_keys_env),
+                    APIKey(secret, self.api_keys_env),  # never an admin: no per-key settings
                 )
-                for number, secret in enumerate((k for k in listed if k), start=1)
+                for number, secret in enumerate(self._listed_keys(), start=1)
             ]
         return keys
+
+    def _listed_keys(self) -> list[str]:
+        listed = os.environ.get(self.api_keys_env or "", "").split(",")
+        return [key.strip() for key in listed if key.strip()]
+
+    def live_api_keys(self) -> list[dict[str, Any]] | None:
+        """The keys as running replicas get them as ``user_config`` (``APIKey.live``: digests of
+        the keys read from this environment, files by their path, which each replica reads);
+        None when a variable they come from is not set here (the cluster's own keys apply)."""
+        variables = [self.api_keys_env] + [entry.key_env for entry in self.api_keys]
+        if any(name and not os.environ.get(name, "").strip() for name in variables):
+            return None
+        keys = [entry.key(entry.secret() if entry.key_env else "") for entry in self.api_keys]
+        keys += [APIKey(secret, self.api_keys_env or "") for secret in self._listed_keys()]
+        return [key.live() for key in keys]
 
 
 # The settings a model application's replicas enforce on their own HTTP port (the one-hop

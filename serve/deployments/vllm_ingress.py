@@ -13,15 +13,23 @@ path's ``VariantRouter`` then send that variant's requests to this replica first
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ray import serve
 
 from serve.deployments.engine_deployment import EngineDeployment
-from serve.deployments.one_hop_guard import OneHopGuard, observed_one_hop, with_cors
-from serve.router.routing import RouterSettings
+from serve.policy.key_limits import KeyLimits
+from serve.policy.request_policy import PolicyMount, RequestPolicy, guarded
+from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
+from serve.router.uploads import UploadMemory
 from servers.vllm_engine import VLLMEngine
+
+# (method, path under the route prefix) the one-hop path serves; vLLM answers its own 404 for
+# an endpoint the model lacks (embeddings on a chat model, ...). vLLM's app has more: admin and
+# scaling routes no client may reach.
+ONE_HOP_ENDPOINTS = frozenset(
+    {("POST", path) for path in VLLM_ENDPOINTS} | {("GET", "/v1/models"), ("GET", "/health")}
+)
 
 
 @serve.ingress()
@@ -32,13 +40,28 @@ class VLLMIngressDeployment(EngineDeployment):
     ):
         await super().__init__(entries)
         self.settings = settings
-        self.guard: OneHopGuard | None = None
+        self.policy: RequestPolicy | None = None
 
     def __serve_build_asgi_app__(self):
+        """vLLM's own OpenAI app behind the platform's request policy (``serve/policy``), the
+        one the router's app mounts too."""
         (engine,) = self.engines.values()
         assert isinstance(engine, VLLMEngine)  # the builder gives this deployment one vLLM model
-        self.guard = OneHopGuard(engine.http_app, self.settings, self._note_variant)
-        return observed_one_hop(with_cors(self.guard), engine.entry.model_id, self.requests_total)
+        mount = PolicyMount(
+            metrics_path="direct",
+            model_endpoints=frozenset(VLLM_ENDPOINTS),
+            model_id=engine.entry.model_id,
+            endpoints=ONE_HOP_ENDPOINTS,
+            on_model=self._note_variant,
+        )
+        self.policy = RequestPolicy(
+            engine.http_app,
+            self.settings,
+            mount,
+            KeyLimits(self.settings.platform_app or ""),  # the rendered app names its platform
+            UploadMemory(self.settings.max_upload_memory_bytes),
+        )
+        return guarded(self.policy, self.requests_total)
 
     async def _note_variant(self, model: Any) -> None:
         """A body's ``model`` naming one of the variants (its route, as the router reads it):
@@ -48,9 +71,9 @@ class VLLMIngressDeployment(EngineDeployment):
             await self.variants[route.parent].engine(route.variant)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The router settings that may change without a restart (``router.request_timeout_s``)
-        arrive as the deployment's ``user_config``, which is not part of the application's args:
-        Serve applies an edit of it to the running replicas."""
-        self.settings = dataclasses.replace(self.settings, **user_config)
-        if self.guard is not None:
-            self.guard.settings = self.settings
+        """The router settings that may change without a restart (``router.request_timeout_s``,
+        the API keys) arrive as the deployment's ``user_config``, which is not part of the
+        application's args: Serve applies an edit of it to the running replicas."""
+        self.settings = self.settings.with_user_config(user_config)
+        if self.policy is not None:
+            self.policy.settings = self.settings

@@ -1,53 +1,40 @@
-"""The OpenAI-compatible FastAPI app of ``MultiModelRouter``: auth, model lookup, chat media
-inlining, and a thin pass-through to the engine deployment that holds the model. The engine
-parses the body (once, on every path: this one, the one-hop URL and batch jobs) and answers a
-bad one with a 400."""
+"""The OpenAI-compatible FastAPI app of ``MultiModelRouter``: model lookup and a thin pass-through
+to the engine deployment that holds the model, behind the request policy both paths mount
+(``serve/policy``: keys, limits, metering, body limits, chat media, timeouts). The engine parses
+the body (once, on every path: this one, the one-hop URL and batch jobs) and answers a bad one
+with a 400."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from common.engine_response import EngineResponse
-from common.rendered_apps import CONFIG_FILE_ENV
 from common.streaming import ClosingStreamingResponse, stream_requested
-from configs.api_keys import APIKey
 from configs.server_models import Capability
-from serve.console import install_console
-from serve.platform_status import READY, UNAVAILABLE, ModelPhase
-from serve.router.auth import admitted, check_api_key, request_key, visible
-from serve.router.errors import DONE_EVENT, APIError, install_error_handlers
-from serve.router.key_limits import (
-    USAGE_HEADER,
-    KeyLimits,
-    StreamMeter,
-    ask_for_usage,
-    ask_for_usage_header,
-    metered,
-    response_tokens,
-    spender,
-)
-from serve.router.media_refs import inline_chat_media
-from serve.router.observed import ObservedRequests
+from serve.console import CONSOLE_PATH, install_console
+from serve.platform_status import ModelPhase
+from serve.policy.auth import admitted, unknown_model, visible
+from serve.policy.key_limits import KeyLimits
+from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, guarded
+from serve.router.errors import APIError, install_error_handlers
 from serve.router.oip import install_oip_routes
 from serve.router.openapi_docs import openapi_description
-from serve.router.pipelines import install_pipeline_routes, pipeline_card, pipeline_state
+from serve.router.pipelines import install_pipeline_routes, pipeline_card
+from serve.router.readiness import Readiness
 from serve.router.routing import (
     VLLM_ENDPOINTS,
     ModelRoute,
     RouterSettings,
-    deployment_states,
-    model_state,
     requested_model,
 )
-from serve.router.uploads import UploadMemory, read_json_object, read_upload_form
+from serve.router.uploads import UploadMemory, read_upload_form
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,68 +70,42 @@ class EngineCaller(Protocol):
         """Each model's phase and replica counts, by model id."""
 
 
+ROUTER_MOUNT = PolicyMount(
+    metrics_path="router",
+    model_endpoints=frozenset(JSON_ENDPOINTS),
+    public=frozenset({"/health", CONSOLE_PATH}),
+    public_prefixes=(CONSOLE_PATH + "/",),  # the console's page asks for the key itself
+)
+
+
 def create_router_app(
     settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None
-) -> FastAPI:
-    """``limits``: the platform's per-key request limits (None: keys are not rate limited)."""
+) -> ASGIApp:
+    """The router's app as clients reach it: behind the request policy, ids and metrics."""
+    return guarded(router_policy(settings, engines, limits))
+
+
+def router_policy(
+    settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None
+) -> RequestPolicy:
+    """The router's FastAPI app inside the request policy (``limits``: the platform's per-key
+    request limits; None: keys are not rate limited)."""
     app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    if settings.cors:
-        app.add_middleware(CORSMiddleware, **settings.cors)
-    protected = [Depends(_auth_dependency(settings.api_keys, limits))]
     uploads = UploadMemory(settings.max_upload_memory_bytes)
 
     @app.get("/health")
     async def liveness() -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/health", dependencies=protected)
-    @app.get("/ready", dependencies=protected)
-    async def readiness(request: Request) -> JSONResponse:
-        bases = [r for r in visible(request, settings.routes).values() if r.variant is None]
-        pipelines = visible(request, settings.pipelines)
-        steps = [
-            settings.routes[s.model]
-            for p in pipelines.values()
-            for s in p.steps
-            if s.model in settings.routes
-        ]
-        states = await deployment_states(engines, bases + steps)
-        models = {
-            r.model_id: {
-                "ready": states[r.deployment_name] is not None,
-                "phase": READY,
-                **model_state(r.model_id, states[r.deployment_name]),
-            }
-            for r in bases
-        }
-        ready = all(state is not None for state in states.values())
-        phases = (
-            await engines.phases()
-        )  # the controller's view: why a model is not ready, replica counts
-        for model_id, model in models.items():
-            phase = phases.get(model_id)
-            if phase is not None:
-                model["phase"] = model["phase"] if model["ready"] else phase.phase
-                model.update(
-                    phase_detail=phase.detail,
-                    replicas={"running": phase.replicas_running, "target": phase.replicas_target},
-                )
-            elif not model["ready"]:
-                model.update(phase=UNAVAILABLE, phase_detail="no replica answered")
-        chains = {name: pipeline_state(p, settings.routes, states) for name, p in pipelines.items()}
-        ready = ready and all(chain["ready"] for chain in chains.values())
-        return JSONResponse(
-            {
-                "status": "ready" if ready else "not_ready",
-                "models": models,
-                "pipelines": chains,
-                "config_file": os.environ.get(CONFIG_FILE_ENV),
-            },
-            status_code=200 if ready else 503,
-        )
+    ready_states = Readiness(settings, engines)
 
-    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    @app.get("/v1/health")
+    @app.get("/ready")
+    async def readiness(request: Request) -> JSONResponse:
+        return await ready_states.answer(request)
+
+    @app.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> dict:
         # a thread: the first call imports vLLM's protocol models
         return await asyncio.to_thread(
@@ -156,7 +117,7 @@ def create_router_app(
             sorted(visible(request, settings.pipelines)),
         )
 
-    @app.get("/v1/models", dependencies=protected)
+    @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
         pipelines = [pipeline_card(p) for p in visible(request, settings.pipelines).values()]
         return {
@@ -164,7 +125,7 @@ def create_router_app(
             "data": [r.card() for r in visible(request, settings.routes).values()] + pipelines,
         }
 
-    @app.get("/v1/models/{model_id:path}", dependencies=protected)
+    @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> dict:
         pipeline = (
             None if model_id in settings.routes else admitted(request, settings.pipelines, model_id)
@@ -176,7 +137,7 @@ def create_router_app(
         )
 
     async def forward(request: Request, capability: Capability) -> Response:
-        body = await read_json_object(request, settings.max_request_bytes)
+        body = getattr(request.state, BODY_STATE)  # read, checked and metered by the policy
         route = _route_for(
             request,
             settings.routes,
@@ -187,23 +148,9 @@ def create_router_app(
             route.model_id
         )  # a variant named by header: vLLM knows its LoRA by the full name
         _check_context_length(route, body)
-        if "messages" in body:  # chat, and tokenize or classify of a conversation
-            await inline_chat_media(body, settings.media)
-        key = request_key(request)
-        spend = spender(limits, key)  # counts the answer's tokens, when the key has a limit
-        keep_usage_header = ask_for_usage_header(body) if spend else True
         if stream_requested(body):
-            if spend is None:
-                return await _stream(engines.stream(route, capability, body))
-            meter = StreamMeter(ask_for_usage(body))
-            return await _stream(metered(engines.stream(route, capability, body), meter, spend))
-        result = await engines.call(route, capability, body)
-        if spend is not None and result.status_code == 200:
-            headers = result.headers or {}
-            spend(response_tokens(result.content, headers.get(USAGE_HEADER)))
-            if not keep_usage_header:
-                headers.pop(USAGE_HEADER, None)
-        return _as_response(result)
+            return await _stream(engines.stream(route, capability, body))
+        return _as_response(await engines.call(route, capability, body))
 
     async def forward_upload(request: Request, capability: Capability) -> Response:
         with uploads.hold() as held:
@@ -238,12 +185,9 @@ def create_router_app(
         result = await engines.call(route, capability, body)
         return _as_response(result)
 
-    install_oip_routes(app, settings, engines, protected[0], uploads)
-    install_pipeline_routes(app, settings, engines, protected[0], limits)
+    install_oip_routes(app, settings, engines, uploads)
+    install_pipeline_routes(app, settings, engines, limits)
     install_console(app)
-    app.add_middleware(
-        ObservedRequests, path="router"
-    )  # outermost: ids and metrics of every answer
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():
@@ -251,7 +195,6 @@ def create_router_app(
             path,
             _endpoint(forward, capability),
             methods=["POST"],
-            dependencies=protected,
             name=capability.value,
         )
     for path, capability in UPLOAD_ENDPOINTS.items():
@@ -259,10 +202,9 @@ def create_router_app(
             path,
             _endpoint(forward_upload, capability),
             methods=["POST"],
-            dependencies=protected,
             name=capability.value,
         )
-    return app
+    return RequestPolicy(app, settings, ROUTER_MOUNT, limits, uploads)
 
 
 def _endpoint(handler, capability: Capability):
@@ -270,15 +212,6 @@ def _endpoint(handler, capability: Capability):
         return await handler(request, capability)
 
     return endpoint
-
-
-def _auth_dependency(api_keys: tuple[APIKey, ...], limits: KeyLimits | None):
-    async def check(request: Request) -> None:
-        request.state.api_key = check_api_key(request.headers.get("authorization"), api_keys)
-        if limits is not None:
-            await limits.check(request.state.api_key)
-
-    return check
 
 
 def _route_for(
@@ -291,13 +224,7 @@ def _route_for(
         raise APIError(400, "'model' is required", param="model", code="missing_model")
     route = admitted(request, routes, model)
     if route is None:
-        available = ", ".join(sorted(visible(request, routes)))
-        raise APIError(
-            404,
-            f"model {model!r} does not exist; available: {available}",
-            param="model",
-            code="model_not_found",
-        )
+        raise unknown_model(model, list(visible(request, routes)))
     if capability is not None and capability not in route.capabilities:
         serves = ", ".join(c.value for c in route.capabilities)
         raise APIError(
@@ -341,6 +268,8 @@ async def _stream(chunks: AsyncGenerator[str | EngineResponse, None]) -> Respons
         return _as_response(first)
 
     async def relay() -> AsyncGenerator[str, None]:
+        # A replica that dies mid-stream raises here: the policy ends the stream with an error
+        # event.
         try:
             if first is not None:
                 yield first
@@ -348,20 +277,6 @@ async def _stream(chunks: AsyncGenerator[str | EngineResponse, None]) -> Respons
                 # An engine answers whole only before its first chunk (servers/base_engine.py).
                 assert isinstance(chunk, str), "an EngineResponse after the stream began"
                 yield chunk
-        except APIError as err:  # the request timed out mid-stream
-            yield err.event() + DONE_EVENT
-        except (
-            Exception
-        ):  # the engine replica died mid-stream: say so instead of cutting the connection
-            logger.exception("stream failed")
-            yield (
-                APIError(
-                    503,
-                    "the model's replica failed during the stream; retry the request",
-                    code="model_unavailable",
-                ).event()
-                + DONE_EVENT
-            )
         finally:
             await chunks.aclose()  # client gone: cancels the engine call, which aborts generation
 

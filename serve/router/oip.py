@@ -16,7 +16,7 @@ import math
 import struct
 from typing import Any
 
-from fastapi import FastAPI, Request, params
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -24,7 +24,7 @@ from common.input_errors import InputError
 from common.media_fetch import ByteBudget, fetch_media
 from common.task_groups import all_or_none
 from configs.oip_models import InferenceRequest, RequestInput
-from serve.router.auth import admitted, visible
+from serve.policy.auth import admitted, visible
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import UploadMemory, read_limited_body
@@ -34,7 +34,7 @@ MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
 def install_oip_routes(
-    app: FastAPI, settings: RouterSettings, engines, auth: params.Depends, uploads: UploadMemory
+    app: FastAPI, settings: RouterSettings, engines, uploads: UploadMemory
 ) -> None:
     def tensor_routes() -> dict[str, ModelRoute]:
         """Read on every request: the routes change when models are added or removed."""
@@ -54,21 +54,21 @@ def install_oip_routes(
             state is not None for state in (await deployment_states(engines, routes)).values()
         )
 
-    @app.get("/v2", dependencies=[auth])
+    @app.get("/v2")
     async def server_metadata() -> dict:
         return {"name": "rayserve-platform", "version": "2", "extensions": ["binary_tensor_data"]}
 
-    @app.get("/v2/health/live", dependencies=[auth])
+    @app.get("/v2/health/live")
     async def live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", dependencies=[auth])
+    @app.get("/v2/health/ready")
     async def ready() -> JSONResponse:
         is_ready = await all_ready(tensor_routes().values())
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
-    @app.get("/v2/models/{name}", dependencies=[auth])
-    @app.get("/v2/models/{name}/versions/{version}", dependencies=[auth])
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, request: Request, version: str = MODEL_VERSION) -> dict:
         route = _versioned(route_for(request, name), version)
         return {
@@ -78,8 +78,8 @@ def install_oip_routes(
             **_tensors(route),
         }
 
-    @app.get("/v2/models/{name}/ready", dependencies=[auth])
-    @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=[auth])
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_is_ready(
         name: str, request: Request, version: str = MODEL_VERSION
     ) -> JSONResponse:
@@ -89,8 +89,8 @@ def install_oip_routes(
             {"name": route.model_id, "ready": is_ready}, status_code=200 if is_ready else 503
         )
 
-    @app.post("/v2/models/{name}/infer", dependencies=[auth])
-    @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=[auth])
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = MODEL_VERSION) -> JSONResponse:
         route = _versioned(route_for(request, requested_model(request.headers, name)), version)
         limit = settings.tensor_request_bytes(route)  # this model's, before reading the body

@@ -23,9 +23,10 @@ from common.input_errors import InputError
 from common.media_fetch import MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
-from serve.router.auth import admitted, request_key, visible
+from serve.policy.auth import admitted, request_key, visible
+from serve.policy.key_limits import spender
+from serve.policy.metering import USAGE_HEADER, response_tokens
 from serve.router.errors import APIError
-from serve.router.key_limits import USAGE_HEADER, response_tokens, spender
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import read_json_object
 
@@ -39,11 +40,11 @@ class StepFailed(APIError):
 
 
 def install_pipeline_routes(
-    app: FastAPI, settings: RouterSettings, engines: Any, auth: Any, limits: Any = None
+    app: FastAPI, settings: RouterSettings, engines: Any, limits: Any = None
 ) -> None:
     """``limits``: the platform's per-key limits, which the steps' tokens are charged to."""
 
-    @app.post("/v1/pipelines", dependencies=[auth])
+    @app.post("/v1/pipelines")
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))

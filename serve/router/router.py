@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from typing import Literal
+from typing import Any, Literal
 
 from ray import serve
 from ray.exceptions import RayActorError
@@ -16,16 +16,16 @@ from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
 from configs.server_models import Capability
 from serve.platform_status import ModelPhase, phases_by_model
-from serve.router.app import create_router_app
-from serve.router.errors import APIError, request_timeout
-from serve.router.key_limits import KeyLimits
+from serve.policy.key_limits import KeyLimits
+from serve.policy.request_policy import RequestPolicy, guarded
+from serve.router.app import router_policy
+from serve.router.errors import APIError
 from serve.router.model_directory import ModelDirectory
 from serve.router.replica_watch import NoReplica, ReplicaWatch
 from serve.router.routing import ModelRoute, RouterSettings
 
 logger = logging.getLogger("ray.serve")
 PHASES_TTL_S = 2.0
-_END = object()
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
 CONTROLLER_TIMEOUT_S = 5.0
 REPLACEMENT_RETRY_AFTER_S = (
@@ -37,12 +37,9 @@ class ServeEngineCaller:
     """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
     ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(
-        self, handles: dict[str, DeploymentHandle] | None, timeout_s: float, app_name: str = ""
-    ):
+    def __init__(self, handles: dict[str, DeploymentHandle] | None, app_name: str = ""):
         self.handles = dict(handles or {})
         self.app_name = app_name  # the router's application, which holds the bound engines
-        self.timeout_s = timeout_s  # router.request_timeout_s: the whole request, streams included
         self.watches: dict[str, ReplicaWatch] = {}
         self._phases: tuple[float, dict[str, ModelPhase]] | None = (
             None  # (read at, phases by model)
@@ -65,18 +62,19 @@ class ServeEngineCaller:
         )
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        """The engine's answer. The request policy's timeout cancels the call when it is spent
+        (as it does when the client leaves): Serve cancels the replica's work."""
         for retry in (False, True):
             response = self._handle(route).handle.remote(
                 route.engine_model_id, capability.value, body, current_request_id.get()
             )
             try:
                 with _unavailable_as_503(route.deployment_name):
-                    return await self._answer(route, deadline, response)
+                    return await self._answer(route, response)
             except RayActorError as exc:  # the replica died before answering; Serve has dropped it
                 if retry:
                     raise _replica_failed(route) from exc
-            except BaseException:  # timed out, or the client left: stop the engine's work
+            except BaseException:  # cancelled (timed out, the client left): stop the engine's work
                 response.cancel()
                 raise
         raise AssertionError("unreachable: the second try returns or raises")
@@ -84,14 +82,13 @@ class ServeEngineCaller:
     async def stream(
         self, route: ModelRoute, capability: Capability, body: dict
     ) -> AsyncGenerator[str | EngineResponse, None]:
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
         for retry in (False, True):
             response = self._handle(route, stream=True).handle_stream.remote(
                 route.engine_model_id, capability.value, body, current_request_id.get()
             )
             try:
                 with _unavailable_as_503(route.deployment_name):
-                    first = await self._answer(route, deadline, anext(response, None))
+                    first = await self._answer(route, anext(response, None))
                 break
             except (
                 RayActorError
@@ -106,23 +103,23 @@ class ServeEngineCaller:
             if first is None:
                 return
             yield first
-            while (item := await self._by(deadline, anext(response, _END))) is not _END:
+            async for item in response:
                 yield item
         finally:
             response.cancel()
 
-    async def _answer(self, route: ModelRoute, deadline: float, awaitable):
+    async def _answer(self, route: ModelRoute, awaitable):
         """The engine's answer (a stream's first item); a 503 at once, instead of a wait in Serve's
         queue, while a model that keeps replicas has none running (its only one died and Serve
         is starting another). A model that scales to zero waits for the replica it starts."""
         if route.min_replicas == 0:
-            return await self._by(deadline, awaitable)
+            return await awaitable
         key = f"{route.app_name}/{route.deployment_name}"
         watch = self.watches.get(key) or self.watches.setdefault(
             key, ReplicaWatch(self._deployment(route))
         )
         try:
-            return await self._by(deadline, watch.answer(awaitable))
+            return await watch.answer(awaitable)
         except NoReplica:
             raise APIError(
                 503,
@@ -130,14 +127,6 @@ class ServeEngineCaller:
                 code="model_unavailable",
                 headers={"Retry-After": str(REPLACEMENT_RETRY_AFTER_S)},
             ) from None
-
-    async def _by(self, deadline: float, awaitable):
-        """``awaitable``'s result, or a 504 once the request's ``request_timeout_s`` is spent."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await awaitable
-        except TimeoutError:
-            raise request_timeout(self.timeout_s) from None
 
     async def status(self, route: ModelRoute, timeout_s: float) -> dict | None:
         """Ready (not None) when Serve's controller reports the deployment serving: state that
@@ -242,13 +231,20 @@ class MultiModelRouter:
         """``engines``: the bound engine deployments of a one-application platform; None when each
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
-        self.engines = ServeEngineCaller(
-            engines, settings.request_timeout_s, serve.get_replica_context().app_name
-        )
+        self.policy: RequestPolicy | None = None
+        self.engines = ServeEngineCaller(engines, serve.get_replica_context().app_name)
         if engines is None:
             self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
             await self.directory.start()
 
     def __serve_build_asgi_app__(self):
         limits = KeyLimits(self.settings.platform_app or serve.get_replica_context().app_name)
-        return create_router_app(self.settings, self.engines, limits)
+        self.policy = router_policy(self.settings, self.engines, limits)
+        return guarded(self.policy)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The API keys as ``deploy_app.py`` last sent them (``user_config``): applied to the
+        running replica, which restarts nothing."""
+        self.settings = self.settings.with_user_config(user_config)
+        if self.policy is not None:
+            self.policy.settings = self.settings

@@ -133,6 +133,14 @@ class RouterSettings:
         default_factory=dict
     )  # by id; their steps name routes
 
+    def with_user_config(self, user_config: dict[str, Any] | None) -> RouterSettings:
+        """These settings with what may change on running replicas (a deployment's
+        ``user_config``): the request timeout, and the API keys (``APIKey.live``)."""
+        changes = dict(user_config or {})
+        if "api_keys" in changes:
+            changes["api_keys"] = tuple(APIKey.from_live(key) for key in changes["api_keys"])
+        return dataclasses.replace(self, **changes)
+
     @property
     def max_upload_request_bytes(self) -> int:
         """The body limit for multipart uploads: the largest file any model takes, plus the form."""

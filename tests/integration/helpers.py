@@ -30,6 +30,9 @@ SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its em
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
 BURST_KEY = "test-key-twenty-a-minute"  # and one with requests_per_minute: 20, for a burst
+RESERVE_KEY = "test-key-reserves-sixty"  # and one more of tokens_per_minute: 60, for reservations
+ADMIN_KEY = "test-key-admin-sees-pids"  # the one that sees /ready's process and actor ids
+ADMIN_KEY_ENTRY = {"name": "admin", "key_env": "PLATFORM_TEST_ADMIN_KEY", "admin": True}
 ALLOWED_ORIGIN = "https://app.example"
 IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
 STARTUP_TIMEOUT_S = 900
@@ -82,7 +85,7 @@ def replica_actors(base: str) -> dict[str, str]:
     """The actor of each model's replica, for the models served by one replica: a restart
     replaces it. (``/ready`` shows the replica that answered its stats: of a model with two,
     either one, so those are left out.)"""
-    ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=60)
+    ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=60)
     assert ready.headers.get("content-type") == "application/json", (ready.status_code, ready.text)
     return {
         model: state["placement"]["actor_id"]
@@ -109,6 +112,8 @@ def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
         "PLATFORM_TEST_LIMITED_KEY": LIMITED_KEY,
         "PLATFORM_TEST_TOKEN_KEY": TOKEN_KEY,
         "PLATFORM_TEST_BURST_KEY": BURST_KEY,
+        "PLATFORM_TEST_RESERVE_KEY": RESERVE_KEY,
+        "PLATFORM_TEST_ADMIN_KEY": ADMIN_KEY,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
@@ -163,15 +168,16 @@ class Platform:
         assert self.env is not None
         return Path(self.env["RAY_TMPDIR"])
 
-    def apply(self, config: dict) -> subprocess.CompletedProcess:
+    def apply(self, config: dict, **env: str) -> subprocess.CompletedProcess:
         """``deploy_app.py --address auto`` of ``config`` written over the platform's file, as an
-        operator edits a running platform; returns once every model is live (or one failed)."""
+        operator edits a running platform; returns once every model is live (or one failed).
+        ``env``: variables the command runs with beyond the platform's (keys to rotate)."""
         assert self.config_path is not None and self.env is not None
         self.config_path.write_text(yaml.safe_dump(config))
         result = subprocess.run(
             deploy_command(self.config_path, "auto"),
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=STARTUP_TIMEOUT_S,
@@ -267,7 +273,7 @@ def wait_ready(
 
 def engine_stats(base: str, model: str) -> dict:
     """What ``/ready`` says of one model's engine (requests running, aborted, its placement)."""
-    answer = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+    answer = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
     return answer.json()["models"][model]
 
 

@@ -22,11 +22,14 @@ from pathlib import Path
 import yaml
 
 from tests.integration.helpers import (
+    ADMIN_KEY,
+    ADMIN_KEY_ENTRY,
     ALLOWED_ORIGIN,
     API_KEY,
     BURST_KEY,
     IMAGE_HOST,
     LIMITED_KEY,
+    RESERVE_KEY,
     ROOT,
     SCOPED_KEY,
     TOKEN_KEY,
@@ -155,6 +158,8 @@ def session_config(workdir: Path) -> dict:
         {"name": "limited", "key_env": "PLATFORM_TEST_LIMITED_KEY", "requests_per_minute": 3},
         {"name": "few-tokens", "key_env": "PLATFORM_TEST_TOKEN_KEY", "tokens_per_minute": 60},
         {"name": "burst", "key_env": "PLATFORM_TEST_BURST_KEY", "requests_per_minute": 20},
+        {"name": "reserves", "key_env": "PLATFORM_TEST_RESERVE_KEY", "tokens_per_minute": 60},
+        ADMIN_KEY_ENTRY,
     ]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
     args["router"] = {"max_request_bytes": 256 * 1024}
@@ -186,7 +191,8 @@ def main(workdir: str) -> None:
     path.write_text(yaml.safe_dump(session_config(directory), sort_keys=False))
     keys = (
         f"PLATFORM_TEST_API_KEYS={API_KEY} PLATFORM_TEST_LIMITED_KEY={LIMITED_KEY} "
-        f"PLATFORM_TEST_TOKEN_KEY={TOKEN_KEY} PLATFORM_TEST_BURST_KEY={BURST_KEY}"
+        f"PLATFORM_TEST_TOKEN_KEY={TOKEN_KEY} PLATFORM_TEST_BURST_KEY={BURST_KEY} "
+        f"PLATFORM_TEST_ADMIN_KEY={ADMIN_KEY} PLATFORM_TEST_RESERVE_KEY={RESERVE_KEY}"
     )
     print(f"{keys} scripts/serve.sh {path} --num-cpus {NUM_CPUS}")
     print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import auth_headers
+from tests.integration.helpers import ADMIN_KEY, auth_headers
 from tests.media_files import b64, image_file, infer_body
 
 PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
@@ -88,7 +88,7 @@ def test_transformers_variants_are_loaded_on_demand_and_bounded_per_replica(http
 
 
 def test_a_group_serves_its_models_from_one_replica(http):
-    models = http.get("/ready").json()["models"]
+    models = http.get("/ready", headers=auth_headers(ADMIN_KEY)).json()["models"]  # actor ids
     members = ["tiny-detector", "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder"]
     assert {m: models[m]["group_models"] for m in members} == {m: sorted(members) for m in members}
     assert len({models[m]["placement"]["actor_id"] for m in members}) == 1

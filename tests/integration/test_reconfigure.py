@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.integration.helpers import (
+    ADMIN_KEY,
     API_KEY,
     HELLO,
     ROOT,
@@ -90,11 +91,21 @@ def session(platform):
 
 
 def _models(base: str) -> dict:
-    return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30).json()["models"]
+    """Each model's state, placement ids included (an admin key's view)."""
+    return httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30).json()["models"]
+
+
+def _pids(base: str) -> dict:
+    """Each model's replica process (None for one scaled to zero)."""
+    return {m: (state.get("placement") or {}).get("pid") for m, state in _models(base).items()}
 
 
 def _applied(platform, config: dict) -> None:
-    result = platform.apply(config)
+    _applied_with(platform, config)
+
+
+def _applied_with(platform, config: dict, **env: str) -> None:
+    result = platform.apply(config, **env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -131,6 +142,28 @@ class StreamingClient(threading.Thread):
             except Exception as exc:  # counted, not raised: the test asserts on the count
                 self.failures.append(repr(exc))
                 self.done += 1
+
+
+def test_keys_rotated_in_the_environment_apply_on_both_paths_without_a_restart(session):
+    """``PLATFORM_TEST_API_KEYS`` rotated where ``deploy_app.py --address auto`` runs: the old key
+    is refused and the new one served on the router and the one-hop URL, by the same replicas."""
+    rotated = "test-key-rotated-by-the-operator"
+    pids = _pids(session.url)
+
+    def status(key: str, prefix: str) -> int:
+        return httpx.get(
+            f"{session.url}{prefix}/v1/models", headers=auth_headers(key), timeout=30
+        ).status_code
+
+    prefixes = ("", f"/models/{CHAT}")
+    try:
+        _applied_with(session, session.config, PLATFORM_TEST_API_KEYS=rotated)
+        for prefix in prefixes:
+            assert (status(API_KEY, prefix), status(rotated, prefix)) == (401, 200), prefix
+        assert _pids(session.url) == pids  # no replica restarted, no model reloaded
+    finally:
+        _applied(session, session.config)  # this environment's keys again
+    assert [status(API_KEY, prefix) for prefix in prefixes] == [200, 200]
 
 
 def test_an_edit_restarts_only_what_changed(session):
@@ -213,7 +246,7 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(session
 
 def _replica_pid(base: str) -> int | None:
     """The pid of the replica that answers tiny-chat's stats, once /ready is 200."""
-    ready = httpx.get(f"{base}/ready", headers=auth_headers(), timeout=30)
+    ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
     if ready.status_code != 200:
         return None
     return ready.json()["models"][CHAT].get("placement", {}).get("pid")

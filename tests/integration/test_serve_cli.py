@@ -54,6 +54,7 @@ from common.serve_env import (
 )
 from tests.conftest import ray_temp_dir
 from tests.integration.helpers import (
+    ADMIN_KEY_ENTRY,
     API_KEY,
     HELLO,
     ROOT,
@@ -225,7 +226,11 @@ def _config(models: list[dict], workdir: Path, port: int | None = None) -> Path:
                 "route_prefix": "/",
                 "import_path": "builders.app_builder:build_app",
                 "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-                "args": {"models": models, "api_keys_env": "PLATFORM_TEST_API_KEYS"},
+                "args": {
+                    "models": models,
+                    "api_keys_env": "PLATFORM_TEST_API_KEYS",
+                    "api_keys": [ADMIN_KEY_ENTRY],  # replica_actors reads actor ids with it
+                },
             }
         ],
     }

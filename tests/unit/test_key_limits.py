@@ -2,19 +2,20 @@
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
-from serve.router.app import create_router_app
-from serve.router.key_limits import (
-    KeyLimits,
-    SlidingWindow,
+from serve.policy.key_limits import RESERVATION_TTL_S, KeyLimits, SlidingWindow
+from serve.policy.metering import (
     StreamMeter,
     UsageAsked,
     ask_for_usage,
     ask_for_usage_header,
+    reserved_tokens,
     response_tokens,
 )
+from serve.router.app import create_router_app
 from serve.router.routing import RouterSettings
 from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines, assert_openai_error
 
@@ -30,12 +31,12 @@ class Clock:
 def test_a_key_gets_its_requests_per_minute_and_then_waits_for_the_oldest_to_age_out():
     clock = Clock()
     window = SlidingWindow(clock)
-    assert [window.admit("a", 3) for _ in range(3)] == [0, 0, 0]
+    assert [window.admit("a", 3) for _ in range(3)] == [(0, 0)] * 3
     clock.now += 20
-    assert window.admit("a", 3) == 40  # the first request leaves the window 40 s from now
-    assert window.admit("b", 3) == 0  # keys are counted apart
+    assert window.admit("a", 3) == (40, 0)  # the first request leaves the window 40 s from now
+    assert window.admit("b", 3) == (0, 0)  # keys are counted apart
     clock.now += 40
-    assert window.admit("a", 3) == 0
+    assert window.admit("a", 3) == (0, 0)
 
 
 class LocalLimits(KeyLimits):
@@ -45,8 +46,11 @@ class LocalLimits(KeyLimits):
         super().__init__("test")
         self.window = SlidingWindow(Clock())  # time stands still: however slow the requests are
 
-    async def _admit(self, key):
-        return self.window.admit(key.name, key.requests_per_minute, key.tokens_per_minute)
+    async def _admit(self, key, reserve):
+        return self.window.admit(key.name, key.requests_per_minute, key.tokens_per_minute, reserve)
+
+    def settle(self, key, ticket, tokens):
+        self.window.settle(key.name, ticket, tokens)
 
 
 def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():
@@ -71,17 +75,82 @@ def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():
 def test_tokens_per_minute_wait_for_enough_old_tokens_to_leave_the_window():
     clock = Clock()
     window = SlidingWindow(clock)
-    assert window.admit("a", None, 100) == 0
-    window.spend("a", 70)
+    assert window.admit("a", None, 100) == (0, 0)
+    window.settle("a", 0, 70)
     clock.now += 10
-    assert window.admit("a", None, 100) == 0  # 70 used: under the limit, admitted
-    window.spend("a", 50)
+    assert window.admit("a", None, 100) == (0, 0)  # 70 used: under the limit, admitted
+    window.settle("a", 0, 50)
     clock.now += 10
-    assert (
-        window.admit("a", None, 100) == 40
-    )  # 120 used; under 100 once the first 70 leave, at t=60
+    # 120 used; under 100 once the first 70 leave, at t=60
+    assert window.admit("a", None, 100) == (40, 0)
     clock.now += 40
-    assert window.admit("a", None, 100) == 0
+    assert window.admit("a", None, 100) == (0, 0)
+
+
+def test_admission_reserves_what_a_request_may_spend_and_settles_on_the_real_count():
+    window = SlidingWindow(Clock())
+    wait, first = window.admit("a", None, 100, reserve=60)
+    assert wait == 0 and first > 0
+    # Running requests' reservations count: a second of 60 would overrun the 100 before either ends
+    assert window.admit("a", None, 100, reserve=60) == (1.0, 0)
+    assert window.admit("a", None, 100, reserve=30)[0] == 0  # 60 + 30 fit
+    window.settle("a", first, 12)  # it spent 12 of its 60
+    assert window.admit("a", None, 100, reserve=50)[0] == 0  # 12 + 30 + 50 fit
+    assert window.admit("b", None, 100, reserve=60)[0] == 0  # keys are counted apart
+
+
+def test_a_request_larger_than_the_limit_runs_alone():
+    window = SlidingWindow(Clock())
+    wait, ticket = window.admit("a", None, 60, reserve=500)  # max_tokens above the minute's tokens
+    assert wait == 0
+    assert window.admit("a", None, 60, reserve=1) == (1.0, 0)  # not beside it
+    window.settle("a", ticket, 0)
+    assert window.admit("a", None, 60, reserve=500)[0] == 0
+
+
+def test_a_reservation_its_replica_never_settled_expires():
+    clock = Clock()
+    window = SlidingWindow(clock)
+    window.admit("a", None, 100, reserve=100)
+    clock.now += RESERVATION_TTL_S + 1
+    assert window.admit("a", None, 100, reserve=100)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "body,context,reserved",
+    [
+        ({"messages": [{"content": "x" * 40}], "max_tokens": 16}, 256, 26),
+        ({"messages": [{"content": "x" * 40}]}, 256, 266),  # up to the context
+        ({"prompt": "x" * 40, "max_completion_tokens": 0}, None, 10),
+        ({"input": "x" * 40}, 256, 10),  # embeddings generate nothing
+        ({"messages": [{"content": [{"image_url": {"url": "data:" + "A" * 4000}}]}]}, 8, 8),
+    ],
+)
+def test_a_request_reserves_its_prompt_guessed_from_its_text_and_what_it_may_generate(
+    body, context, reserved
+):
+    # the model's name counts as text too: a guess errs on the side of reserving more
+    assert reserved_tokens({**body, "model": ""}, context) == reserved
+
+
+def test_concurrent_requests_with_large_max_tokens_do_not_all_pass_on_either_path():
+    """The router's app admits through the policy as the one-hop replica does."""
+    key = APIKey("limited-tokens-0123", "few", tokens_per_minute=100)
+    limits = LocalLimits()
+    app = create_router_app(RouterSettings(ROUTES, api_keys=(key,)), FakeEngines(), limits)
+    big = {**CHAT, "max_tokens": 80}
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    # The fake engine answers without usage: each answer settles 0 tokens, its reservation returns.
+    assert (
+        TestClient(app).post("/v1/chat/completions", json=big, headers=headers).status_code == 200
+    )
+    wait, held = limits.window.admit(key.name, None, 100, reserve=80)  # one still running
+    refused = TestClient(app).post("/v1/chat/completions", json=big, headers=headers)
+    assert_openai_error(refused, 429, "rate_limit_exceeded")
+    limits.window.settle(key.name, held, 0)
+    assert (
+        TestClient(app).post("/v1/chat/completions", json=big, headers=headers).status_code == 200
+    )
 
 
 def test_a_stream_meter_reads_the_usage_and_drops_the_event_the_client_did_not_ask_for():

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from common.media_fetch import MediaFetchPolicy, MediaURLError
-from serve.router import media_refs
+from serve.policy import media_refs
 from serve.router.errors import APIError
 
 

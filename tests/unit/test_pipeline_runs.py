@@ -121,10 +121,10 @@ class SpentTokens:
     def __init__(self):
         self.spent: list[tuple[str, int]] = []
 
-    async def check(self, key):
-        pass
+    async def admit(self, key, reserve_tokens=0):
+        return lambda tokens: self.settle(key, 0, tokens)
 
-    def spend(self, key, tokens):
+    def settle(self, key, ticket, tokens):
         self.spent.append((key.name, tokens))
 
 

@@ -1,5 +1,6 @@
-"""The one-hop guard's request timeout, around a stand-in for vLLM's ASGI app, and its token
-metering."""
+"""The request policy (``serve/policy/request_policy.py``) around a stand-in for vLLM's ASGI app, as
+a one-hop replica mounts it: its request timeout and its token metering. The router's app mounts
+the same middleware (``test_router_app.py``, ``test_key_limits.py``)."""
 
 import asyncio
 import json
@@ -12,10 +13,17 @@ from starlette.routing import Route
 
 from common.streaming import stream_requested
 from configs.api_keys import APIKey
-from serve.deployments.one_hop_guard import MeteredAnswer, OneHopGuard
-from serve.router.routing import RouterSettings
+from serve.deployments.vllm_ingress import ONE_HOP_ENDPOINTS
+from serve.policy.metering import MeteredAnswer
+from serve.policy.request_policy import PolicyMount, RequestPolicy
+from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
 
 TIMEOUT_S = 0.5
+ONE_HOP = PolicyMount("direct", frozenset(VLLM_ENDPOINTS), "m", ONE_HOP_ENDPOINTS)
+
+
+def one_hop_policy(app, settings: RouterSettings, limits=None) -> RequestPolicy:
+    return RequestPolicy(app, settings, ONE_HOP, limits)
 
 
 def _model_app(cancelled: asyncio.Event, stall_after: int) -> Starlette:
@@ -45,7 +53,7 @@ def _model_app(cancelled: asyncio.Event, stall_after: int) -> Starlette:
 
 async def _post(stream: bool, stall_after: int = 0) -> tuple[httpx.Response, asyncio.Event]:
     cancelled = asyncio.Event()
-    guard = OneHopGuard(
+    guard = one_hop_policy(
         _model_app(cancelled, stall_after), RouterSettings(routes={}, request_timeout_s=TIMEOUT_S)
     )
     transport = httpx.ASGITransport(app=guard)
@@ -116,17 +124,16 @@ def test_stream_is_read_as_vllm_reads_it(value, streams):
     assert stream_requested({"stream": value}) is streams
 
 
-class _SpentTokens:
-    """The limits a replica asks, as a list of what was spent."""
+class SpentTokens:
+    """The limits a replica asks, as lists of what was reserved and what was spent."""
 
     def __init__(self):
+        self.reserved: list[int] = []
         self.spent: list[int] = []
 
-    async def check(self, key):
-        pass
-
-    def spend(self, key, tokens):
-        self.spent.append(tokens)
+    async def admit(self, key, reserve_tokens=0):
+        self.reserved.append(reserve_tokens)
+        return self.spent.append
 
 
 def _usage_app(hang: bool = False) -> Starlette:
@@ -158,8 +165,8 @@ def _usage_app(hang: bool = False) -> Starlette:
 async def _metered_post(app: Starlette, stream, timeout_s: float = 30) -> tuple[str, list[int]]:
     key = APIKey("k" * 16, "few-tokens", tokens_per_minute=60)
     settings = RouterSettings(routes={}, api_keys=(key,), request_timeout_s=timeout_s)
-    guard = OneHopGuard(app, settings)
-    guard.limits = spent = _SpentTokens()
+    spent = SpentTokens()
+    guard = one_hop_policy(app, settings, spent)
     transport = httpx.ASGITransport(app=guard)
     async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
         response = await client.post(

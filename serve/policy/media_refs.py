@@ -6,6 +6,7 @@ operator did not allow."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from common.input_errors import InputError
@@ -16,9 +17,12 @@ from serve.router.errors import APIError
 MEDIA_PARTS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
 
 
-async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> bool:
+async def inline_chat_media(
+    body: dict[str, Any], policy: MediaFetchPolicy, hold: Callable[[int], None] | None = None
+) -> bool:
     """Replace every http(s) media URL in ``body['messages']`` with a data: URL, in place; True
-    when the messages carry any media.
+    when the messages carry any media. ``hold``: takes the bytes of each download as they arrive
+    from a memory budget (it raises when the budget is spent).
 
     A part counts as media when it carries a media key, whatever its ``type`` says (or lacks):
     vLLM reads untyped parts too, so a policy that looked only at ``type`` could be walked around.
@@ -26,6 +30,7 @@ async def inline_chat_media(body: dict[str, Any], policy: MediaFetchPolicy) -> b
     parts = list(_media_parts(body.get("messages") or []))
     try:
         budget = policy.budget(_url(part, key) for part, key in parts)
+        budget.hold = hold
         await all_or_none(_inline(part, key, policy, budget) for part, key in parts)
     except InputError as err:
         raise APIError.from_input(err, param="messages") from None

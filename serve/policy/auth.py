@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
-from configs.api_keys import APIKey
+from configs.api_keys import APIKey, key_digest
 from serve.router.errors import APIError
 
 
@@ -18,17 +18,20 @@ class _HasModelId(Protocol):
 Named = TypeVar("Named", bound=_HasModelId)  # a table entry: a model's route, a pipeline
 
 
-def check_api_key(authorization: str | None, api_keys: tuple[APIKey, ...]) -> APIKey | None:
+def check_api_key(
+    authorization: str | None, api_keys: tuple[APIKey, ...], required: bool | None = None
+) -> APIKey | None:
     """The key ``authorization`` presents (``Bearer <key>``), or a 401; None when the platform
-    has no keys (open)."""
-    if not api_keys:
+    has no keys (open). ``required``: whether the platform has keys, when every key it has may be
+    revoked right now (default: whether ``api_keys`` has any)."""
+    if not (api_keys if required is None else required):
         return None
     scheme, _, token = (authorization or "").partition(" ")
-    # Compared as bytes: compare_digest refuses non-ASCII str, and a header may carry any byte.
-    presented = token.strip().encode("utf-8", "surrogateescape")
+    # Digested as bytes: a header may carry any byte.
+    presented = key_digest(token.strip().encode("utf-8", "surrogateescape"))
     matched = None
     for key in api_keys:  # every key compared, so the time taken does not tell which one matched
-        if hmac.compare_digest(presented, key.secret.encode()):
+        if hmac.compare_digest(presented, key.digest):
             matched = key
     if scheme.lower() != "bearer" or matched is None:
         raise APIError(
@@ -45,13 +48,22 @@ def request_key(request) -> APIKey | None:
     return getattr(request.state, "api_key", None)
 
 
-def check_scope(key: APIKey | None, model_id: str) -> None:
+def check_scope(
+    key: APIKey | None, model_id: str, table: Mapping[str, Named] | None = None
+) -> None:
     """The 404 of a model that does not exist when ``key`` may not use ``model_id``: a 403 would
-    tell a key which model ids exist beyond its scope."""
+    tell a key which model ids exist beyond its scope. ``table``: the models the answer lists as
+    available, as an unknown model's 404 does (those the key may use)."""
     if key is not None and not key.allows(model_id):
-        raise APIError(
-            404, f"model {model_id!r} does not exist", param="model", code="model_not_found"
-        )
+        raise unknown_model(model_id, [n for n, e in (table or {}).items() if allows(key, e)])
+
+
+def unknown_model(model: Any, available: list[str]) -> APIError:
+    """The 404 of a model that does not exist, or that the request's key may not use."""
+    listed = f"; available: {', '.join(sorted(available))}" if available else ""
+    return APIError(
+        404, f"model {model!r} does not exist{listed}", param="model", code="model_not_found"
+    )
 
 
 def allows(key: APIKey | None, entry: Named) -> bool:

@@ -1,0 +1,209 @@
+"""Requests and tokens per minute per API key, counted across every router and one-hop replica.
+
+One Ray actor per platform (named after its router application) holds a sliding window of
+each limited key's requests and tokens. A replica asks it before serving a request of a key
+with a limit (429 with ``Retry-After`` when the key is over either), reserving the tokens the
+request may spend, and settles the tokens it did spend (``serve/policy/metering.py`` counts
+them) when it ends. Keys without limits never call the actor.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import time
+from collections.abc import Callable
+from typing import TypeGuard
+
+import ray
+from ray.exceptions import RayActorError
+
+from configs.api_keys import APIKey
+from serve.router.errors import APIError
+
+WINDOW_S = 60.0
+RESERVATION_TTL_S = 900.0  # past any request's timeout: a reservation its replica never settled
+
+
+class SlidingWindow:
+    """Each key's admitted requests and spent tokens over the last ``WINDOW_S``, and the tokens
+    its running requests may still spend (reserved at admission, as OpenAI does: prompt +
+    ``max_tokens``; settled on the real count when the request ends)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.requests: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self.tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(
+            collections.deque
+        )
+        self.reserved: dict[str, dict[int, tuple[float, int]]] = collections.defaultdict(dict)
+        self._tickets = itertools.count(1)
+
+    def admit(
+        self,
+        key: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None = None,
+        reserve: int = 0,
+    ) -> tuple[float, int]:
+        """``(0, ticket)`` when a request is admitted: counted, its ``reserve`` tokens held under
+        ``ticket`` (0: none held) until ``settle``. Else ``(seconds until one would be, 0)``.
+
+        Tokens admit a request while the spent and reserved ones leave room for its reserve; a
+        key with nothing spent or reserved admits one request whatever its reserve, so a limit
+        below one answer's ``max_tokens`` still serves requests one at a time."""
+        now = self.clock()
+        requests, tokens = self._pruned(key, now)
+        waits = []
+        if requests_per_minute and len(requests) >= requests_per_minute:
+            waits.append(requests[0] + WINDOW_S - now)
+        if tokens_per_minute:
+            spent = [n for _, n in tokens]
+            held = sum(n for _, n in self.reserved[key].values())
+            if not _room(sum(spent) + held, reserve, tokens_per_minute):
+                waits.append(self._token_wait(tokens, held, reserve, tokens_per_minute, now))
+        if waits:
+            return max(waits), 0
+        requests.append(now)
+        if not (tokens_per_minute and reserve > 0):
+            return 0.0, 0
+        ticket = next(self._tickets)
+        self.reserved[key][ticket] = (now, reserve)
+        return 0.0, ticket
+
+    def settle(self, key: str, ticket: int, tokens: int) -> None:
+        """A request's ``tokens`` spent (its reservation, if any, returned)."""
+        self.reserved[key].pop(ticket, None)
+        if tokens > 0:
+            self.tokens[key].append((self.clock(), tokens))
+
+    def _token_wait(self, tokens, held: int, reserve: int, limit: int, now: float) -> float:
+        """Seconds until enough of the oldest spent tokens leave the window; 1 s when the running
+        requests' reservations alone fill it (they settle as those requests end)."""
+        used = sum(n for _, n in tokens) + held
+        for spent_at, n in tokens:
+            used -= n
+            if _room(used, reserve, limit):
+                return spent_at + WINDOW_S - now
+        return 1.0
+
+    def _pruned(self, key: str, now: float):
+        requests, tokens, reserved = self.requests[key], self.tokens[key], self.reserved[key]
+        while requests and requests[0] <= now - WINDOW_S:
+            requests.popleft()
+        while tokens and tokens[0][0] <= now - WINDOW_S:
+            tokens.popleft()
+        for ticket in [t for t, (at, _) in reserved.items() if at <= now - RESERVATION_TTL_S]:
+            del reserved[ticket]
+        return requests, tokens
+
+
+def _room(used: int, reserve: int, limit: int) -> bool:
+    return used < limit and (used == 0 or used + reserve <= limit)
+
+
+# Async methods: Ray runs them one at a time on the actor's event loop (none awaits), so a check
+# and its count are one step; a sync actor with max_concurrency runs them on a thread pool, where
+# two checks pass before either counts and ``settle`` mutates a deque ``admit`` iterates.
+# Restarted wherever Ray can place it when it or its node dies (its windows start empty again).
+@ray.remote(num_cpus=0, max_restarts=-1)
+class KeyLimitsActor:
+    def __init__(self):
+        self.window = SlidingWindow()
+
+    async def admit(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, reserve: int
+    ) -> tuple[float, int]:
+        return self.window.admit(key, requests_per_minute, tokens_per_minute, reserve)
+
+    async def settle(self, key: str, ticket: int, tokens: int) -> None:
+        self.window.settle(key, ticket, tokens)
+
+
+class KeyLimits:
+    """A replica's view of its platform's limits actor (created by whichever replica asks first)."""
+
+    def __init__(self, platform_app: str):
+        self.actor_name = f"{platform_app}:key-limits"
+        self._actor = None
+
+    async def admit(
+        self, key: APIKey | None, reserve_tokens: int = 0
+    ) -> Callable[[int], None] | None:
+        """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this minute
+        (``reserve_tokens``: what the request may spend); else what charges the tokens the
+        request spent, once, when it ends (None: the key's tokens are not counted)."""
+        if key is None or not (key.requests_per_minute or key.tokens_per_minute):
+            return None
+        wait_s, ticket = await self._admit(key, reserve_tokens)
+        if wait_s > 0:
+            raise APIError(
+                429,
+                f"this API key ({key.name}) is over its per-minute limit; retry after the "
+                "Retry-After header's seconds",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
+            )
+        return _once(functools.partial(self.settle, key, ticket)) if meters_tokens(key) else None
+
+    def settle(self, key: APIKey, ticket: int, tokens: int) -> None:
+        """Count ``tokens`` against ``key`` and return the reservation ``ticket`` (0: none); not
+        awaited: the answer is already on its way."""
+        if key.tokens_per_minute:
+            self._limits_actor().settle.remote(key.name, ticket, tokens)
+
+    async def _admit(self, key: APIKey, reserve: int) -> tuple[float, int]:
+        for _ in range(2):
+            try:
+                return await self._limits_actor().admit.remote(
+                    key.name, key.requests_per_minute, key.tokens_per_minute, reserve
+                )
+            except RayActorError:  # gone for good (killed, say): found again, or started anew
+                self._actor = None
+        raise APIError(
+            503,
+            "the per-key limits cannot be checked right now; retry shortly",
+            code="limits_unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+    def _limits_actor(self):
+        if self._actor is None:
+            from ray.serve._private.constants import SERVE_NAMESPACE
+
+            # ray.remote makes the class an actor class; mypy sees the plain class
+            self._actor = KeyLimitsActor.options(  # type: ignore[attr-defined]
+                name=self.actor_name,
+                namespace=SERVE_NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+            ).remote()
+        return self._actor
+
+
+def meters_tokens(key: APIKey | None) -> TypeGuard[APIKey]:
+    return key is not None and bool(key.tokens_per_minute)
+
+
+def spender(limits: KeyLimits | None, key: APIKey | None) -> Callable[[int], None] | None:
+    """What charges tokens to ``key`` with no reservation (a pipeline's steps, each as it
+    answers); None when no limit counts them."""
+    if limits is None or not meters_tokens(key):
+        return None
+    return functools.partial(limits.settle, key, 0)
+
+
+def _once(charge: Callable[[int], None]) -> Callable[[int], None]:
+    """``charge`` that acts on its first call only: a request settles once however it ends."""
+    done = False
+
+    def charge_once(tokens: int) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            charge(tokens)
+
+    return charge_once

@@ -1,0 +1,199 @@
+"""What a request may spend and what it did: the tokens reserved when it is admitted, and the
+tokens counted from its answer as the answer passes, charged once however the request ends.
+
+A stream is asked to carry its usage on every chunk (vLLM's ``continuous_usage_stats``), so the
+last count seen is what it generated when the client leaves, the timeout cuts it or the replica
+dies; the usage the client did not ask for is taken out of what it gets. A JSON answer carries its
+``usage`` (raw-bytes embeddings, in a header).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Message, Send
+
+from common.streaming import is_event_stream
+
+
+@dataclass(frozen=True)
+class UsageAsked:
+    """What usage the client itself asked a stream for: the final event, and usage on every
+    chunk."""
+
+    final: bool = False
+    continuous: bool = False
+
+
+def ask_for_usage(body: dict[str, Any]) -> UsageAsked:
+    """Make a streamed request carry its usage on every chunk and at its end (vLLM's
+    ``continuous_usage_stats``), so a stream that ends early is charged what it generated; what
+    the client had asked for itself."""
+    options = body.get("stream_options")
+    if not isinstance(options, dict):
+        options = {}
+    asked = UsageAsked(
+        bool(options.get("include_usage")), bool(options.get("continuous_usage_stats"))
+    )
+    body["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
+    return asked
+
+
+USAGE_HEADER = "metadata"  # vLLM's embeddings as raw bytes carry their ids and usage in this header
+
+
+def ask_for_usage_header(body: dict[str, Any]) -> bool:
+    """Make embeddings asked as raw bytes carry the usage header (``bytes``; ``bytes_only`` has
+    none); whether the client wanted the header itself."""
+    if body.get("encoding_format") != "bytes_only":
+        return True
+    body["encoding_format"] = "bytes"
+    return False
+
+
+def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> int:
+    """``usage.total_tokens`` of a JSON answer, or of the usage header of a raw-bytes one (0 when
+    neither has it)."""
+    for text in (content, usage_header):
+        if text is None:
+            continue
+        try:
+            usage = json.loads(text).get("usage") or {}
+        except (TypeError, ValueError, AttributeError):
+            continue
+        return int(usage.get("total_tokens") or 0)
+    return 0
+
+
+class StreamMeter:
+    """Counts a server-sent event stream's tokens from the usage on its chunks (the last count
+    seen is what the stream generated, however it ends), and takes out the usage the client did
+    not ask for."""
+
+    def __init__(self, asked: UsageAsked):
+        self.asked = asked
+        self.tokens = 0
+        self._partial = ""
+
+    def feed(self, text: str) -> str:
+        """``text`` (whole events, or the rest of one) without the usage not asked for."""
+        *events, self._partial = (self._partial + text).split("\n\n")
+        kept = (self._kept(event) for event in events)
+        return "".join(event + "\n\n" for event in kept if event is not None)
+
+    def flush(self) -> str:
+        """What is left of an event the stream did not finish with a blank line."""
+        rest, self._partial = self._partial, ""
+        return (self._kept(rest) or "") if rest else ""
+
+    def _kept(self, event: str) -> str | None:
+        """The event as the client gets it; None to drop it."""
+        data = event.removeprefix("data: ")
+        if '"usage"' not in data:
+            return event
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return event
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if not usage:
+            return event
+        self.tokens = int(usage.get("total_tokens") or 0)
+        if not chunk.get("choices"):  # the usage event that ends the stream
+            return event if self.asked.final else None
+        if self.asked.continuous:
+            return event
+        if self.asked.final:
+            chunk["usage"] = None  # as vLLM sends a chunk when only the final usage was asked
+        else:
+            del chunk["usage"]
+        return "data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+
+
+MAX_METERED_ANSWER_BYTES = (
+    64 * 1024 * 1024
+)  # a JSON answer read for its usage (embeddings can be large)
+
+
+class MeteredAnswer:
+    """An answer's ``send`` that counts its tokens: from the usage on an event stream's chunks
+    (``meter``), or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings).
+    ``settle`` charges them once, when the body ends or when the request ends any other way.
+    Error answers (JSON even for a stream request) pass unchanged."""
+
+    def __init__(self, send: Send, meter: StreamMeter | None, spend, keep_usage_header=True):
+        self._send, self.meter, self._spend = send, meter, spend
+        self.keep_usage_header = keep_usage_header
+        self._answer = bytearray()
+        self._started: dict[str, Any] = {}
+        self._settled = False
+
+    async def send(self, message: Message) -> None:
+        usage_header = USAGE_HEADER.encode()
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            self._started.update(
+                status=message["status"],
+                usage=dict(headers).get(usage_header),
+                events=is_event_stream(headers),
+            )
+            if not self.keep_usage_header:
+                kept = [(k, v) for k, v in headers if k.lower() != usage_header]
+                message = {**message, "headers": kept}
+        elif message["type"] == "http.response.body":
+            body, last = message.get("body", b""), not message.get("more_body", False)
+            if self.meter is not None and self._started.get("events"):
+                text = self.meter.feed(body.decode("utf-8", "replace"))
+                message = {
+                    **message,
+                    "body": (text + (self.meter.flush() if last else "")).encode(),
+                }
+            elif (
+                self._started.get("status") == 200 and len(self._answer) < MAX_METERED_ANSWER_BYTES
+            ):
+                self._answer.extend(body)
+            if last:
+                self.settle()
+        await self._send(message)
+
+    def settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if self.meter is not None and self._started.get("events"):
+            self._spend(self.meter.tokens)
+        else:
+            self._spend(response_tokens(bytes(self._answer), self._started.get("usage")))
+
+
+CHARS_PER_TOKEN = 4  # a prompt's size in tokens, guessed from its text before any tokenizer runs
+
+
+def reserved_tokens(body: dict[str, Any], context_tokens: int | None) -> int:
+    """The tokens a request may spend, reserved at admission: its prompt's text (guessed) plus
+    what it may generate (``max_tokens``, ``max_completion_tokens``, else the model's context).
+    The real count replaces it when the request ends."""
+    prompt = sum(len(text) for text in _texts(body)) // CHARS_PER_TOKEN
+    asked = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+    generated = next((n for n in asked if isinstance(n, int) and n >= 0), None)
+    if generated is None and "messages" not in body and "prompt" not in body:
+        generated = 0  # embeddings, scores, tokenize: the input is all they count
+    return prompt + (generated if generated is not None else (context_tokens or 0))
+
+
+def _texts(body: dict[str, Any]):
+    """Every string in a body but inlined media (``data:`` URLs, whose tokens the model counts
+    its own way): the prompt's text, the tools' and schema's too. A loop, not recursion: a body
+    may nest as deep as the JSON parser allowed."""
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if not value.startswith("data:"):
+                yield value
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)

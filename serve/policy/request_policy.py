@@ -1,0 +1,239 @@
+"""The request policy of every path to a model, written once: an ASGI middleware that the router's
+app (``/v1``, ``/v2``, pipelines) and each vLLM replica's own HTTP app (the one-hop path,
+``/models/<model_id>/v1``) both mount, so a rule cannot hold on one path and not the other.
+
+In the order a request meets them:
+
+1. endpoints: a one-hop port serves the OpenAI endpoints only (vLLM's app also has admin and
+   scaling routes): 404 for the rest;
+2. auth: the bearer key (401), but for public paths (liveness, the console's page);
+3. body: a model endpoint's JSON body is read under the body limit (413) and parsed (400); a model
+   outside the key's scope is the 404 of an unknown one; media URLs are fetched under the media
+   policy and handed on inline, their bytes held against the upload memory until the request ends;
+4. limits: the key's requests and tokens per minute (429), reserving prompt + ``max_tokens``;
+5. metering: the answer's tokens, counted as they pass, charged once however the request ends;
+6. timeout: the whole request within ``request_timeout_s``, streams included (504, or an error
+   event once a stream began); any failure after an answer began ends it with an error event.
+
+Request ids, metrics and CORS wrap it (``guarded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.streaming import is_event_stream, stream_requested
+from serve.policy.auth import check_api_key, check_scope
+from serve.policy.key_limits import KeyLimits
+from serve.policy.key_ring import KeyRing
+from serve.policy.media_refs import inline_chat_media
+from serve.policy.metering import (
+    MeteredAnswer,
+    StreamMeter,
+    ask_for_usage,
+    ask_for_usage_header,
+    reserved_tokens,
+)
+from serve.policy.observed import ObservedRequests
+from serve.router.errors import DONE_EVENT, APIError, request_timeout
+from serve.router.routing import ModelRoute, RouterSettings, requested_model
+from serve.router.uploads import UploadMemory, parse_json_object, read_limited_body
+
+logger = logging.getLogger("ray.serve")
+
+BODY_STATE = "json_body"  # scope["state"] key: the checked body, for the app not to read it again
+
+
+@dataclass(frozen=True)
+class PolicyMount:
+    """What differs between the paths: which requests exist, and how one names its model."""
+
+    metrics_path: str  # the metrics' path label: "router" or "direct"
+    model_endpoints: frozenset[str]  # POST paths whose JSON body goes to a model
+    model_id: str | None = None  # the one model this app serves (one-hop); None: the body names it
+    endpoints: frozenset[tuple[str, str]] | None = None  # (method, path) served; None: any
+    public: frozenset[str] = frozenset({"/health"})  # answered without a key
+    public_prefixes: tuple[str, ...] = ()
+    on_model: Callable[[Any], Awaitable[None]] | None = None  # sees each body's "model"
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public or path.startswith(self.public_prefixes)
+
+
+@dataclass
+class RequestPolicy:
+    """ASGI middleware: refuse a request, or pass it on checked, metered and timed."""
+
+    app: ASGIApp
+    settings: RouterSettings  # replaced on reconfigure (the timeout may change live)
+    mount: PolicyMount
+    limits: KeyLimits | None = None  # None: keys are not rate limited
+    uploads: UploadMemory = field(default_factory=lambda: UploadMemory(0))
+    keys: KeyRing = field(default_factory=KeyRing)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets on either path
+            return
+        async with contextlib.AsyncExitStack() as request_end:
+            try:
+                receive, send = await self._admitted(scope, receive, send, request_end)
+            except APIError as err:
+                return await err.response(Request(scope))(scope, receive, send)
+            await self._answered(scope, receive, send)
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, request_end: contextlib.AsyncExitStack
+    ) -> tuple[Receive, Send]:
+        request = Request(scope, receive)
+        path = scope["path"][len(scope.get("root_path", "")) :] or "/"
+        served = self.mount.endpoints
+        if served is not None and (request.method, path) not in served:
+            raise APIError(
+                404,
+                f"{request.method} {path} is not served here; this URL serves "
+                f"{', '.join(sorted(p for _, p in served))}",
+                code="not_found",
+            )
+        if self.mount.is_public(path):
+            return receive, send
+        configured = self.settings.api_keys
+        key = check_api_key(
+            request.headers.get("authorization"), self.keys.current(configured), bool(configured)
+        )
+        state = scope.setdefault("state", {})
+        state["api_key"] = key
+        if self.mount.model_id is not None:  # this URL serves one model: outside the scope, none
+            check_scope(key, self.mount.model_id)
+        if not (request.method == "POST" and path in self.mount.model_endpoints):
+            if self.limits is not None:
+                await self.limits.admit(key)
+            return receive, send
+        body = parse_json_object(await read_limited_body(request, self.settings.max_request_bytes))
+        route = self._route(request, body)
+        if route is not None:
+            check_scope(key, route.model_id, None if self.mount.model_id else self.settings.routes)
+            state["model_id"] = route.model_id
+        if "messages" in body:  # chat, and tokenize or classify of a conversation
+            held = request_end.enter_context(self.uploads.hold())
+            await inline_chat_media(body, self.settings.media, held.add)
+        charge = None
+        if self.limits is not None:
+            context = route.max_context_tokens if route is not None else None
+            charge = await self.limits.admit(key, reserved_tokens(body, context))
+        if self.mount.on_model is not None:
+            await self.mount.on_model(body.get("model"))
+        if charge is not None:
+            meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
+            answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body))
+            request_end.callback(answer.settle)  # done, cut by the timeout, the client gone
+            send = answer.send
+        state[BODY_STATE] = body
+        return _replay(json.dumps(body).encode(), receive), send
+
+    def _route(self, request: Request, body: dict[str, Any]) -> ModelRoute | None:
+        """The route of the model the request is for, when it is configured (the router answers
+        an unknown one): the one this URL serves, or the one the body (or Serve's multiplexed
+        header) names, a variant of it included."""
+        name = requested_model(request.headers, body.get("model"))
+        route = self.settings.routes.get(name) if isinstance(name, str) else None
+        own = self.mount.model_id
+        if own is not None and (route is None or route.engine_model_id != own):
+            route = self.settings.routes.get(own)
+        return route
+
+    async def _answered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's answer within ``request_timeout_s``; leaving the timeout cancels the app,
+        which cancels the engine call (vLLM aborts the request)."""
+        answer = _AnswerState(send)
+        timeout_s = self.settings.request_timeout_s
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                await self.app(scope, receive, answer.send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await answer.end(scope, receive, request_timeout(timeout_s))
+        except Exception:
+            if not answer.started:
+                raise
+            logger.exception("the answer failed after it began")  # a replica died mid-stream
+            await answer.end(
+                scope,
+                receive,
+                APIError(
+                    503,
+                    "the model's replica failed during the answer; retry the request",
+                    code="model_unavailable",
+                ),
+            )
+
+
+class _AnswerState:
+    """How far an answer got (started, an event stream, finished), and how it ends on an error."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = self.events = self.finished = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.events = is_event_stream(message.get("headers"))
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+    async def end(self, scope: Scope, receive: Receive, error: APIError) -> None:
+        """``error`` as the answer when none began; else the stream's error event, or the end
+        of a body cut short (the client sees it incomplete)."""
+        if not self.started:
+            return await error.response(Request(scope))(scope, receive, self._send)
+        if self.finished:
+            return
+        tail = (error.event() + DONE_EVENT).encode() if self.events else b""
+        with contextlib.suppress(OSError):  # the client may be gone too
+            await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the (checked) body over once, then the client's own messages, so
+    the app still sees a disconnect and aborts the request."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def guarded(policy: RequestPolicy, counts: Counter[str] | None = None) -> ASGIApp:
+    """``policy`` behind the platform's CORS policy (a preflight carries no key) and inside the
+    request ids and metrics (``ObservedRequests``, outermost: it sees the answer the client
+    gets). The one-hop path hands vLLM the prefixed request id and counts its POSTs by model."""
+    mount, settings = policy.mount, policy.settings
+    app: ASGIApp = CORSMiddleware(policy, **settings.cors) if settings.cors else policy
+    if mount.model_id is None:
+        return ObservedRequests(app, path=mount.metrics_path)
+    posts = frozenset(path for method, path in mount.endpoints or () if method == "POST")
+    return ObservedRequests(
+        app,
+        path=mount.metrics_path,
+        model_id=mount.model_id,
+        endpoints=posts,
+        engine_header=True,
+        counts=counts,
+    )
