@@ -38,6 +38,9 @@ IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
 STARTUP_TIMEOUT_S = 900
 APPLYING = "applying "  # deploy_app.py's line as it sends a config to Serve
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
+# /ready answers from a state the router refreshes once a second while it is asked; a refresh
+# reads every replica's stats. A read this long after something happened shows it.
+READY_LAG_S = 2.5
 
 T = TypeVar("T")
 
@@ -85,6 +88,7 @@ def replica_actors(base: str) -> dict[str, str]:
     """The actor of each model's replica, for the models served by one replica: a restart
     replaces it. (``/ready`` shows the replica that answered its stats: of a model with two,
     either one, so those are left out.)"""
+    ready_caught_up()
     ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=60)
     assert ready.headers.get("content-type") == "application/json", (ready.status_code, ready.text)
     return {
@@ -92,6 +96,11 @@ def replica_actors(base: str) -> dict[str, str]:
         for model, state in ready.json()["models"].items()
         if "placement" in state and state.get("replicas", {}).get("target") == 1
     }
+
+
+def ready_caught_up() -> None:
+    """Wait until ``/ready`` shows what happened before this call."""
+    time.sleep(READY_LAG_S)
 
 
 def auth_headers(key: str = API_KEY) -> dict[str, str]:
@@ -273,6 +282,7 @@ def wait_ready(
 
 def engine_stats(base: str, model: str) -> dict:
     """What ``/ready`` says of one model's engine (requests running, aborted, its placement)."""
+    ready_caught_up()
     answer = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
     return answer.json()["models"][model]
 
@@ -302,6 +312,7 @@ def assert_leaving_a_stream_stops_it(
         "ignore_eos": True,
     }
     for _ in range(attempts):
+        ready_caught_up()  # the counters as the attempt before left them
         before = read_stats()
         with (
             httpx.Client(headers=auth_headers(), timeout=60) as c,
@@ -312,7 +323,9 @@ def assert_leaving_a_stream_stops_it(
             assert response.status_code == 200, first
             assert first.startswith("data: {") and '"error"' not in first, first
             time.sleep(pause_s)  # the client stops reading: the pause is the behaviour under test
-            generating = read_stats()["unfinished_requests"] > 0
+            # once /ready's state is newer than the stream's start, unless the engine is done
+            running = wait_until(lambda: read_stats()["unfinished_requests"], bool, READY_LAG_S)
+            generating = running > 0
         if generating:
             stats = wait_until(
                 read_stats,

@@ -34,6 +34,7 @@ from tests.integration.helpers import (
     ROOT,
     auth_headers,
     deploy_command,
+    ready_caught_up,
     replica_actors,
     wait_until,
 )
@@ -91,13 +92,9 @@ def session(platform):
 
 
 def _models(base: str) -> dict:
-    """Each model's state, placement ids included (an admin key's view)."""
+    """Each model's state, placement ids included (an admin key's view), as of this call."""
+    ready_caught_up()
     return httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30).json()["models"]
-
-
-def _pids(base: str) -> dict:
-    """Each model's replica process (None for one scaled to zero)."""
-    return {m: (state.get("placement") or {}).get("pid") for m, state in _models(base).items()}
 
 
 def _applied(platform, config: dict) -> None:
@@ -148,7 +145,7 @@ def test_keys_rotated_in_the_environment_apply_on_both_paths_without_a_restart(s
     """``PLATFORM_TEST_API_KEYS`` rotated where ``deploy_app.py --address auto`` runs: the old key
     is refused and the new one served on the router and the one-hop URL, by the same replicas."""
     rotated = "test-key-rotated-by-the-operator"
-    pids = _pids(session.url)
+    actors = replica_actors(session.url)
 
     def status(key: str, prefix: str) -> int:
         return httpx.get(
@@ -160,7 +157,7 @@ def test_keys_rotated_in_the_environment_apply_on_both_paths_without_a_restart(s
         _applied_with(session, session.config, PLATFORM_TEST_API_KEYS=rotated)
         for prefix in prefixes:
             assert (status(API_KEY, prefix), status(rotated, prefix)) == (401, 200), prefix
-        assert _pids(session.url) == pids  # no replica restarted, no model reloaded
+        assert replica_actors(session.url) == actors  # no replica restarted, no model reloaded
     finally:
         _applied(session, session.config)  # this environment's keys again
     assert [status(API_KEY, prefix) for prefix in prefixes] == [200, 200]
@@ -246,6 +243,7 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(session
 
 def _replica_pid(base: str) -> int | None:
     """The pid of the replica that answers tiny-chat's stats, once /ready is 200."""
+    ready_caught_up()
     ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
     if ready.status_code != 200:
         return None
