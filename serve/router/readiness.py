@@ -46,7 +46,6 @@ class Snapshot:
 class Readiness:
     def __init__(self, settings: RouterSettings, engines: EngineStates):
         self.settings, self.engines = settings, engines
-        self.bases = {m: r for m, r in settings.routes.items() if r.variant is None}
         self._latest: Snapshot | None = None
         self._first: asyncio.Future[Snapshot] | None = None  # the first snapshot of a refresher
         self._refresher: asyncio.Task | None = None
@@ -59,7 +58,12 @@ class Readiness:
         snapshot = await self.snapshot()
         key = request_key(request)
         shown = redacted_model_state if key is not None and not key.admin else dict
-        models = {m: shown(snapshot.models[m]) for m in visible(request, self.bases)}
+        # a model added since the snapshot joins at the next refresh (within a second)
+        models = {
+            m: shown(snapshot.models[m])
+            for m in visible(request, self._bases())
+            if m in snapshot.models
+        }
         chains = {p: snapshot.pipelines[p] for p in visible(request, self.settings.pipelines)}
         ready = all(m["ready"] for m in models.values()) and all(
             chain["ready"] for chain in chains.values()
@@ -73,6 +77,11 @@ class Readiness:
             },
             status_code=200 if ready else 503,
         )
+
+    def _bases(self) -> dict[str, ModelRoute]:
+        """The models (not their variants) as the router knows them now: the model directory
+        adds and removes routes as model applications come and go."""
+        return {m: r for m, r in self.settings.routes.items() if r.variant is None}
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot; the first call in ``IDLE_AFTER_S`` starts the refresher and waits
@@ -119,7 +128,7 @@ class Readiness:
         )
         models = {
             model_id: _model_entry(model_id, states[route.deployment_name], phases.get(model_id))
-            for model_id, route in self.bases.items()
+            for model_id, route in self._bases().items()
         }
         pipelines = {
             name: pipeline_state(p, self.settings.routes, states)

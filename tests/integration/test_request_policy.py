@@ -35,10 +35,13 @@ def via(request, platform_url):
     return base
 
 
-def _chat(via, body: dict | None = None, key: str = API_KEY, **request) -> httpx.Response:
+def _chat(via, body: dict | None = None, key: str = API_KEY, **headers: str) -> httpx.Response:
     body = body if body is not None else {"model": CHAT, "messages": HELLO, "max_tokens": 2}
     return httpx.post(
-        f"{via(CHAT)}/chat/completions", json=body, headers=auth_headers(key), timeout=60, **request
+        f"{via(CHAT)}/chat/completions",
+        json=body,
+        headers={**auth_headers(key), **headers},
+        timeout=60,
     )
 
 
@@ -122,7 +125,7 @@ def test_a_stream_of_any_spelling_ends_in_done_with_the_usage_only_when_asked(vi
 
 
 def test_answers_carry_a_request_id_on_either_path(via):
-    response = _chat(via, headers={**auth_headers(), "X-Request-Id": "policy-test-1"})
+    response = _chat(via, **{"X-Request-Id": "policy-test-1"})
     assert response.status_code == 200 and response.headers["x-request-id"] == "policy-test-1"
 
 

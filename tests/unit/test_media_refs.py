@@ -6,8 +6,10 @@ import asyncio
 import pytest
 
 from common.media_fetch import MediaFetchPolicy, MediaURLError
+from common.upload_sizes import UPLOAD_COPIES_HELD
 from serve.policy import media_refs
 from serve.router.errors import APIError
+from serve.router.uploads import UploadMemory
 
 
 def _chat(*urls: str) -> dict:
@@ -50,3 +52,24 @@ def test_more_media_urls_than_allowed_are_refused_before_any_download(downloads)
         asyncio.run(media_refs.inline_chat_media(_chat(*urls), policy))
     assert info.value.status_code == 400 and info.value.code == "too_many_media_urls"
     assert downloads["started"] == []
+
+
+def test_fetched_bytes_are_held_against_the_upload_memory_until_the_request_ends(monkeypatch):
+    async def fetch(url, policy, budget):
+        for _ in range(4):  # the bytes as they arrive
+            budget.take(100)
+        return b"x" * 400, "image/png"
+
+    monkeypatch.setattr(media_refs, "fetch_media", fetch)
+    memory = UploadMemory(total_bytes=2 * 400 * UPLOAD_COPIES_HELD)
+    with memory.hold() as held:
+        asyncio.run(
+            media_refs.inline_chat_media(_chat("http://img/1.png"), MediaFetchPolicy(), held.add)
+        )
+        assert memory.held_bytes == 400 * UPLOAD_COPIES_HELD
+        # a second request's three downloads do not fit beside it: 503, before they finish
+        with memory.hold() as other, pytest.raises(APIError) as info:
+            urls = [f"http://img/{i}.png" for i in range(3)]
+            asyncio.run(media_refs.inline_chat_media(_chat(*urls), MediaFetchPolicy(), other.add))
+        assert info.value.status_code == 503 and info.value.code == "server_busy"
+    assert memory.held_bytes == 0

@@ -211,3 +211,18 @@ def test_only_named_keys_marked_admin_are_admins(monkeypatch):
         "ops": True,
         "ALL_KEYS": False,
     }
+
+
+async def test_a_model_added_while_serving_shows_from_the_next_refresh_and_a_removed_one_goes(
+    quickly_idle,
+):
+    """The model directory adds and removes routes as model applications come and go."""
+    routes = dict(ROUTES)
+    app = create_router_app(RouterSettings(routes), CountingEngines())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://r") as http:
+        assert set((await http.get("/ready")).json()["models"]) == {"chat", "vit"}
+        routes["embed"] = ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,))
+        del routes["vit"]
+        await asyncio.sleep(readiness.REFRESH_EVERY_S + 0.2)
+        assert set((await http.get("/ready")).json()["models"]) == {"chat", "embed"}
+    await asyncio.sleep(readiness.REFRESH_EVERY_S + readiness.IDLE_AFTER_S)
