@@ -2,11 +2,12 @@
 
 On a vLLM replica's HTTP port the platform puts two ASGI layers in front of vLLM's app:
 ``ObservedRequests`` (request id, metrics, log line) and ``RequestPolicy`` (key, limits, body
-checks, media policy, timeout; ``serve/policy``, the router's too). This drives them in-process, on uvloop, around a stand-in app
-that reads the body and streams ``--chunks`` SSE events as vLLM does, with Ray started so the
-metrics are recorded as on a replica. No network and no engine: what is left is the layers' own
-CPU, which the end-to-end benchmark (``serve_vs_vllm.py``) cannot separate from the noise of a
-small machine. Prints microseconds per request for each stack and one line per layered stack:
+checks, media policy, timeout; ``serve/policy``, the router's too). This drives them
+in-process, on uvloop, around a stand-in app that reads the body and streams ``--chunks`` SSE
+events as vLLM does, with Ray started so the metrics are recorded as on a replica. No network
+and no engine: what is left is the layers' own CPU, which the end-to-end benchmark
+(``serve_vs_vllm.py``) cannot separate from the noise of a small machine. Prints microseconds
+per request for each stack and one line per layered stack:
 ``layers <stack> / app: +<n> us per request (<x.xx>x)``.
 
     python bench/one_hop_layers.py [--requests 3000] [--chunks 64]
