@@ -1,0 +1,156 @@
+"""Capacity: a deployment's running + queued requests taken in, the next refused at once."""
+
+import asyncio
+
+import pytest
+
+from configs import load_platform_config
+from serve.policy.capacity import (
+    Capacity,
+    deployment_limits,
+    replica_limit,
+    router_limit,
+)
+from serve.router.errors import APIError
+
+
+def test_refuses_at_once_once_every_slot_is_taken_and_admits_again_when_one_frees():
+    capacity = Capacity(3, name="tiny-chat")
+    held = [capacity.admit() for _ in range(3)]
+    for slot in held:
+        slot.__enter__()
+    assert capacity.full and capacity.in_flight == 3
+    with pytest.raises(APIError) as refused:
+        capacity.acquire()
+    err = refused.value
+    assert (err.status_code, err.code, err.headers) == (503, "server_busy", {"Retry-After": "1"})
+    assert err.message == "tiny-chat is at capacity; retry shortly"
+    assert capacity.in_flight == 3  # a refusal takes no slot
+    held[0].__exit__(None, None, None)
+    with capacity.admit():
+        assert capacity.in_flight == 3
+    assert capacity.in_flight == 2
+
+
+def test_a_slot_is_given_back_when_the_request_fails_or_is_cancelled():
+    capacity = Capacity(1)
+    with pytest.raises(ValueError), capacity.admit():
+        raise ValueError("the engine failed")
+    assert capacity.in_flight == 0
+
+    async def held_until_cancelled():
+        with capacity.admit():
+            await asyncio.sleep(3600)
+
+    async def scenario():
+        task = asyncio.create_task(held_until_cancelled())
+        await asyncio.sleep(0)
+        assert capacity.full
+        task.cancel()  # the client left mid-stream
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert capacity.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_on_one_loop_gets_exactly_the_limit_and_the_rest_refused_without_waiting():
+    capacity = Capacity(12)
+
+    async def one(release: asyncio.Event) -> int:
+        try:
+            with capacity.admit():
+                await release.wait()
+                return 200
+        except APIError as err:
+            return err.status_code
+
+    async def burst():
+        release = asyncio.Event()
+        tasks = [asyncio.create_task(one(release)) for _ in range(36)]
+        await asyncio.sleep(0)  # one pass of the loop: every refusal is decided already
+        refused = [t for t in tasks if t.done()]
+        release.set()
+        return [await t for t in tasks], len(refused)
+
+    statuses, refused_in_one_pass = asyncio.run(burst())
+    assert statuses.count(200) == 12 and statuses.count(503) == 24
+    assert refused_in_one_pass == 24
+    assert capacity.in_flight == 0
+
+
+def test_no_limit_admits_everything_and_a_limit_can_change_while_requests_are_in():
+    unbounded = Capacity(None)
+    for _ in range(1000):
+        unbounded.acquire()
+    assert not unbounded.full and unbounded.in_flight == 1000
+
+    capacity = Capacity(4)
+    for _ in range(3):
+        capacity.acquire()
+    capacity.limit = 2  # a redeploy with a smaller queue: the three in count against it
+    assert capacity.full
+    capacity.release()
+    capacity.release()
+    capacity.acquire()
+    with pytest.raises(ValueError, match="at least 1"):
+        capacity.limit = 0
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        Capacity(1).release()
+
+
+@pytest.mark.parametrize(
+    "options,routers,router,replica",
+    [
+        ({"max_ongoing_requests": 4, "max_queued_requests": 8}, 1, 12, 12),
+        ({"max_ongoing_requests": 64, "max_queued_requests": 128, "num_replicas": 3}, 1, 320, 192),
+        (
+            {
+                "max_ongoing_requests": 64,
+                "max_queued_requests": 128,
+                "autoscaling_config": {"min_replicas": 0, "max_replicas": 2},
+            },
+            1,
+            256,  # the running slots at the most replicas it may run
+            192,
+        ),
+        ({"max_ongoing_requests": 5, "max_queued_requests": 10, "num_replicas": 3}, 2, 18, 15),
+        ({"max_queued_requests": 8}, 1, 13, 13),  # Serve's default of 5 running
+        ({"max_ongoing_requests": 4, "max_queued_requests": -1}, 1, None, None),
+        ({"max_ongoing_requests": 4}, 1, None, None),  # Serve's default queue: unbounded
+    ],
+)
+def test_limits_from_serve_options(options, routers, router, replica):
+    assert router_limit(options, routers) == router
+    assert replica_limit(options) == replica
+
+
+def _vision(model_id, group=None):
+    entry = {
+        "model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
+        "engine_kwargs": {"task": "image-classification", "max_batch_size": 4},
+        "deployment_config": {"num_replicas": 2},
+    }
+    if group:
+        entry = {**entry, "group": group, "deployment_config": {}}
+    return entry
+
+
+def test_limits_per_deployment_from_the_options_it_is_deployed_with():
+    config = load_platform_config(
+        {
+            "models": [_vision("a", "small"), _vision("b", "small"), _vision("c")],
+            "groups": [
+                {
+                    "name": "small",
+                    "deployment_config": {"max_ongoing_requests": 10, "max_queued_requests": 30},
+                }
+            ],
+        }
+    )
+    # c: 16 full batches of 4 running per replica, and the default queue the config gives it
+    # (configs.bounded_queue: 2 per running slot at its most replicas)
+    running = 16 * 4
+    assert deployment_limits(config, "router") == {"small": 40, "c": 2 * running + 4 * running}
+    assert deployment_limits(config, "router", routers=2) == {"small": 35, "c": 64 + 4 * running}
+    assert deployment_limits(config, "replica") == {"small": 40, "c": running + 4 * running}
