@@ -31,6 +31,7 @@ from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSetting
 from serve.deployments.engine_deployment import EngineDeployment
 from serve.deployments.variant_router import VariantRouter
 from serve.deployments.vllm_ingress import VLLMIngressDeployment
+from serve.policy.capacity import RETRY_AFTER_S
 from serve.router.router import MultiModelRouter
 from serve.router.routing import RouterSettings
 
@@ -75,6 +76,9 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
     """The engine deployment; a lone vLLM model with ``one_hop`` settings also serves vLLM's own
     HTTP app on its replicas, guarded by those settings."""
     options = {**spec.options, "name": spec.name}
+    # A one-hop request past the queue is refused by Serve on the replica, before the platform's
+    # code: with Retry-After, as the router's 503 has it.
+    options.setdefault("backpressure_config", {"retry_after_s": RETRY_AFTER_S})
     options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
     entries = [_replica_entry(m) for m in spec.models]
     if (

@@ -8,8 +8,10 @@ In the order a request meets them:
    scaling routes): 404 for the rest;
 2. auth: the bearer key (401), but for public paths (liveness, the console's page);
 3. body: a model endpoint's JSON body is read under the body limit (413) and parsed (400); a model
-   outside the key's scope is the 404 of an unknown one; media URLs are fetched under the media
-   policy and handed on inline, their bytes held against the upload memory until the request ends;
+   outside the key's scope is the 404 of an unknown one; a model whose deployment has taken in
+   all it can run and queue is a 503 with ``Retry-After`` at once (``capacity.py``; on the one-hop
+   path before the body is read); media URLs are fetched under the media policy and handed on
+   inline, their bytes held against the upload memory until the request ends;
 4. limits: the key's requests and tokens per minute (429), reserving prompt + ``max_tokens``;
 5. metering: the answer's tokens, counted as they pass, charged once however the request ends;
 6. timeout: the whole request within ``request_timeout_s``, streams included (504, or an error
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.streaming import is_event_stream, stream_requested
 from serve.policy.auth import check_api_key, check_scope
+from serve.policy.capacity import Capacity
 from serve.policy.key_limits import KeyLimits
 from serve.policy.key_ring import KeyRing
 from serve.policy.media_refs import inline_chat_media
@@ -81,6 +84,7 @@ class RequestPolicy:
     limits: KeyLimits | None = None  # None: keys are not rate limited
     uploads: UploadMemory = field(default_factory=lambda: UploadMemory(0))
     keys: KeyRing = field(default_factory=KeyRing)
+    capacities: dict[tuple[str | None, str], Capacity] = field(default_factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -121,11 +125,16 @@ class RequestPolicy:
             if self.limits is not None:
                 await self.limits.admit(key)
             return receive, send
+        own = self.settings.routes.get(self.mount.model_id or "")
+        if own is not None:  # this URL's one model: refused at capacity before its body is read
+            self._hold_capacity(own, request_end)
         body = parse_json_object(await read_limited_body(request, self.settings.max_request_bytes))
         route = self._route(request, body)
         if route is not None:
             check_scope(key, route.model_id, None if self.mount.model_id else self.settings.routes)
             state["model_id"] = route.model_id
+            if own is None:
+                self._hold_capacity(route, request_end)
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             held = request_end.enter_context(self.uploads.hold())
             await inline_chat_media(body, self.settings.media, held.add)
@@ -142,6 +151,20 @@ class RequestPolicy:
             send = answer.send
         state[BODY_STATE] = body
         return _replay(json.dumps(body).encode(), receive), send
+
+    def _hold_capacity(self, route: ModelRoute, request_end: contextlib.AsyncExitStack) -> None:
+        """A slot of ``route``'s deployment until the request ends, or the 503 at once when all
+        are taken: before Serve's own queue refuses it, behind all the work that precedes it
+        there. Variants and a group's models share their deployment's slots."""
+        limit = route.replica_capacity if self.mount.model_id else route.router_capacity
+        if limit is None:
+            return
+        key = (route.app_name, route.deployment_name)
+        capacity = self.capacities.get(key)
+        if capacity is None:
+            capacity = self.capacities[key] = Capacity(limit, route.deployment_name)
+        capacity.limit = limit  # an edit may change it: requests in flight count against it
+        request_end.enter_context(capacity.admit())
 
     def _route(self, request: Request, body: dict[str, Any]) -> ModelRoute | None:
         """The route of the model the request is for, when it is configured (the router answers

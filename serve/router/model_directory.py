@@ -17,7 +17,7 @@ from typing import Any
 from common.config_errors import ConfigError
 from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from configs import load_platform_config
-from serve.router.routing import ModelRoute, model_routes
+from serve.router.routing import ModelRoute, config_routes
 
 logger = logging.getLogger("ray.serve")
 
@@ -27,9 +27,10 @@ REFRESH_S = 2.0
 class ModelDirectory:
     """Keeps ``routes`` (shared with the router app, updated in place) equal to what Serve runs."""
 
-    def __init__(self, platform_app: str, routes: dict[str, ModelRoute]):
+    def __init__(self, platform_app: str, routes: dict[str, ModelRoute], routers: int = 1):
         self.platform_app = platform_app
         self.routes = routes
+        self.routers = routers  # the router's replicas, which share each deployment's capacity
         self._by_args: dict[str, dict[str, ModelRoute]] = {}  # routes built once per app config
         self._task: asyncio.Task | None = None
 
@@ -46,8 +47,8 @@ class ModelDirectory:
             key = json.dumps([name, args], sort_keys=True, default=str)
             if key not in self._by_args:
                 try:
-                    self._by_args[key] = model_routes(
-                        load_platform_config(args).models, app_name=name
+                    self._by_args[key] = config_routes(
+                        load_platform_config(args), app_name=name, routers=self.routers
                     )
                 except ConfigError as err:  # deploy_app refuses these; a hand-made config may not
                     logger.warning(

@@ -234,7 +234,9 @@ class MultiModelRouter:
         self.policy: RequestPolicy | None = None
         self.engines = ServeEngineCaller(engines, serve.get_replica_context().app_name)
         if engines is None:
-            self.directory = ModelDirectory(serve.get_replica_context().app_name, settings.routes)
+            self.directory = ModelDirectory(
+                serve.get_replica_context().app_name, settings.routes, settings.router_replicas
+            )
             await self.directory.start()
 
     def __serve_build_asgi_app__(self):

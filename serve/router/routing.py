@@ -16,6 +16,7 @@ from configs import LoadedConfig
 from configs.api_keys import APIKey
 from configs.pipeline_models import PipelineConfig
 from configs.server_models import BaseModelEntry, Capability, PlatformSettings
+from serve.policy.capacity import deployment_limits
 
 # The JSON endpoints vLLM's OpenAI server has, at its own paths (the Jina/Cohere-shaped rerank
 # and the /v1 aliases it keeps): the router's /v1 and a model's one-hop URL serve the same set.
@@ -58,6 +59,10 @@ class ModelRoute:
     variant: str | None = None  # a multiplexed variant of the model ``parent``
     parent: str | None = None
     app_name: str | None = None  # the model's own Serve application; None: the router's application
+    # Requests its deployment takes in at once (running + queued; None: unbounded), as one router
+    # process calls it and as one replica's own HTTP port takes them: past it, a 503 at once.
+    router_capacity: int | None = None
+    replica_capacity: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -132,6 +137,7 @@ class RouterSettings:
     pipelines: dict[str, PipelineConfig] = field(
         default_factory=dict
     )  # by id; their steps name routes
+    router_replicas: int = 1  # which share each deployment's capacity
 
     def with_user_config(self, user_config: dict[str, Any] | None) -> RouterSettings:
         """These settings with what may change on running replicas (a deployment's
@@ -155,7 +161,7 @@ class RouterSettings:
     @classmethod
     def from_config(cls, config: LoadedConfig) -> RouterSettings:
         return dataclasses.replace(
-            cls.from_settings(config.platform, model_routes(config.models)),
+            cls.from_settings(config.platform, config_routes(config)),
             platform_app=config.platform.platform_app,
         )
 
@@ -171,6 +177,7 @@ class RouterSettings:
             request_timeout_s=platform.router.request_timeout_s,
             max_upload_memory_bytes=platform.router.max_upload_memory_bytes,
             pipelines={pipeline.model_id: pipeline for pipeline in platform.pipelines},
+            router_replicas=platform.router.num_replicas,
             media=MediaFetchPolicy(
                 allowed_domains=tuple(platform.media.allowed_domains),
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),
@@ -180,6 +187,24 @@ class RouterSettings:
                 max_request_bytes=platform.media.max_request_download_bytes,
             ),
         )
+
+
+def config_routes(
+    config: LoadedConfig, app_name: str | None = None, routers: int | None = None
+) -> dict[str, ModelRoute]:
+    """The routes of ``config``'s models with their deployments' capacities (``routers``: how many
+    router replicas share a deployment's running slots; the config's own router by default)."""
+    routers = routers or config.platform.router.num_replicas
+    router_limits = deployment_limits(config, "router", routers)
+    replica_limits = deployment_limits(config, "replica")
+    return {
+        name: dataclasses.replace(
+            route,
+            router_capacity=router_limits.get(route.deployment_name),
+            replica_capacity=replica_limits.get(route.deployment_name),
+        )
+        for name, route in model_routes(config.models, app_name).items()
+    }
 
 
 def model_routes(

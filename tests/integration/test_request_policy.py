@@ -9,9 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 import pytest
 
 from tests.integration.helpers import (
+    ALLOWED_ORIGIN,
     API_KEY,
     HELLO,
     IMAGE_HOST,
@@ -57,6 +59,35 @@ def test_a_request_without_a_valid_key_is_a_401(via, headers):
     )
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_openai_client_gets_its_authentication_error_and_the_model_list_needs_a_key(via):
+    bad = openai.OpenAI(base_url=via(CHAT), api_key="wrong", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model=CHAT, messages=HELLO)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(f"{via(CHAT)}/models", headers=headers, timeout=30)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{via(CHAT)}/models", headers=auth_headers(), timeout=30).status_code == 200
+
+
+def test_cors_allows_only_the_listed_origin(via):
+    """A preflight carries no key: answered by the CORS policy before the key is asked for."""
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    url = f"{via(CHAT)}/chat/completions"
+    ok = httpx.options(url, headers={"Origin": ALLOWED_ORIGIN, **preflight}, timeout=30)
+    assert ok.status_code == 200 and ok.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
+    assert ok.headers.get("access-control-allow-credentials") == "true"
+    other = httpx.options(url, headers={"Origin": "https://evil.example", **preflight}, timeout=30)
+    assert "access-control-allow-origin" not in other.headers
+    answer = _chat(via, Origin=ALLOWED_ORIGIN)
+    assert (
+        answer.status_code == 200
+        and answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    )
 
 
 def test_liveness_needs_no_key(via):

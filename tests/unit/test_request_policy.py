@@ -4,6 +4,7 @@ the same middleware (``test_router_app.py``, ``test_key_limits.py``)."""
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -13,10 +14,11 @@ from starlette.routing import Route
 
 from common.streaming import stream_requested
 from configs.api_keys import APIKey
+from configs.server_models import Capability
 from serve.deployments.vllm_ingress import ONE_HOP_ENDPOINTS
 from serve.policy.metering import MeteredAnswer
 from serve.policy.request_policy import PolicyMount, RequestPolicy
-from serve.router.routing import VLLM_ENDPOINTS, RouterSettings
+from serve.router.routing import VLLM_ENDPOINTS, ModelRoute, RouterSettings
 
 TIMEOUT_S = 0.5
 ONE_HOP = PolicyMount("direct", frozenset(VLLM_ENDPOINTS), "m", ONE_HOP_ENDPOINTS)
@@ -189,3 +191,39 @@ async def test_every_spelling_of_stream_is_metered(stream):
 async def test_a_stream_cut_by_the_timeout_is_charged_what_it_generated():
     text, spent = await _metered_post(_usage_app(hang=True), True, timeout_s=TIMEOUT_S)
     assert '"code":"timeout"' in text.replace(" ", "") and spent == [22]
+
+
+ROUTER = PolicyMount("router", frozenset(VLLM_ENDPOINTS))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
+async def test_past_its_deployments_capacity_a_request_is_refused_at_once_on_either_path(mount):
+    """Two slots (running + queued) taken by requests that hang: the next four get the 503 with
+    Retry-After at once, the model's work never called; a slot comes back when its request ends."""
+    route = ModelRoute(
+        "m", "vllm", "m-dep", (Capability.CHAT,), router_capacity=2, replica_capacity=2
+    )
+    cancelled = asyncio.Event()
+    policy = RequestPolicy(_model_app(cancelled, 0), RouterSettings(routes={"m": route}), mount)
+    transport = httpx.ASGITransport(app=policy)
+    body = {"model": "m", "messages": []}
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        hanging = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=body)) for _ in range(2)
+        ]
+        await asyncio.sleep(0.2)
+        started = time.perf_counter()
+        refused = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body) for _ in range(4))
+        )
+        assert time.perf_counter() - started < 1
+        for response in refused:
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert response.json()["error"]["code"] == "server_busy"
+        hanging[0].cancel()
+        await asyncio.gather(*hanging[:1], return_exceptions=True)
+        assert list(policy.capacities.values())[0].in_flight == 1  # its slot came back
+        hanging[1].cancel()
+        await asyncio.gather(*hanging[1:], return_exceptions=True)
+    assert list(policy.capacities.values())[0].in_flight == 0
