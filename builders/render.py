@@ -37,6 +37,7 @@ from configs import LoadedConfig
 from configs.server_models import MODEL_APP_SETTINGS, ModelType
 
 PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
+ONE_HOP_ROUTER_SETTINGS = ("max_request_bytes", "max_upload_memory_bytes")
 
 
 def render_serve_config(
@@ -78,8 +79,10 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
         for entry, raw in zip(config.models, args[config.models_key], strict=True)
     }
     shared = {key: args[key] for key in MODEL_APP_SETTINGS if key in args}
-    if "max_request_bytes" in (args.get("router") or {}):  # the one-hop path's body limit too
-        shared["router"] = {"max_request_bytes": args["router"]["max_request_bytes"]}
+    # the one-hop path's body limit and upload memory too
+    router = {k: v for k, v in (args.get("router") or {}).items() if k in ONE_HOP_ROUTER_SETTINGS}
+    if router:
+        shared["router"] = router
     platform_app = app.get("name", "default")
     applications = []
     for spec in config.deployments():
@@ -133,8 +136,9 @@ def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
     """``rendered`` with each platform's API keys (``PlatformSettings.live_api_keys``: digests,
     never values) in the ``user_config`` of its router and of its one-hop model applications, as
     deployed: Serve hands a changed ``user_config`` to the running replicas (``reconfigure``), so
-    keys rotated in this environment apply through ``--address`` without restarting a model. Left
-    as is where a key's variable is not set here: the cluster's own keys then apply."""
+    keys rotated in this environment apply through ``--address`` without restarting a model.
+    ``None`` where a key's variable is not set here: the replicas go back to the keys the cluster
+    built them with. A ConfigError for keys read here but too short or given twice."""
     live = copy.deepcopy(rendered)
     for app in live.get("applications", []):
         is_router = app.get("import_path") == ROUTER_IMPORT_PATH
@@ -142,14 +146,25 @@ def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
             continue
         platform = app.get("name") if is_router else (app.get("args") or {}).get("platform_app")
         config = loaded.get(platform or "default")
-        keys = config.platform.live_api_keys() if config is not None else None
-        if keys is None:
+        if config is None:
             continue
+        keys = config.platform.live_api_keys()
         if is_router:
-            app["deployments"] = [{"name": ROUTER_DEPLOYMENT, "user_config": {"api_keys": keys}}]
-        for deployment in app.get("deployments", []):  # a one-hop model's, with its timeout
-            deployment["user_config"]["api_keys"] = keys
+            _deployment(app, ROUTER_DEPLOYMENT).setdefault("user_config", {})
+        for deployment in app.get("deployments", []):  # the router's; a one-hop model's
+            if "user_config" in deployment:
+                deployment["user_config"]["api_keys"] = keys
     return live
+
+
+def _deployment(app: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of ``app``'s ``deployments`` for ``name`` (the operator's own, if written)."""
+    deployments = app.setdefault("deployments", [])
+    for deployment in deployments:
+        if deployment.get("name") == name:
+            return deployment
+    deployments.append({"name": name})
+    return deployments[-1]
 
 
 def model_app_name(platform_app: str, deployment: str) -> str:

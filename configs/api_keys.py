@@ -41,7 +41,7 @@ class APIKeyEntry(StrictModel):
     )
     admin: bool = Field(
         default=False,
-        description="sees the process, actor and node ids in /ready (placement, errors)",
+        description="sees process and actor ids in /ready's placement, and every id in errors",
     )
 
     @model_validator(mode="after")
@@ -136,7 +136,7 @@ class APIKey:
         if self.key_file is None:
             return self
         secret = _read(self.key_file)
-        if not secret:
+        if len(secret) < MIN_KEY_LENGTH:  # emptied (revoked), or a key too short to keep
             return None
         digest = key_digest(secret.encode())
         return (

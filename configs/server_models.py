@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from common.base_pydantic import StrictModel
+from common.config_errors import ConfigError, ConfigIssue
 from common.serve_options import MERGED_BATCHES
 from configs.api_keys import MIN_KEY_LENGTH, APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
@@ -399,23 +400,26 @@ class PlatformSettings(StrictModel):
             first[entry.name] = index
         return self
 
-    def secret_problems(self) -> list[tuple[str, str]]:
+    def secret_problems(self, files: bool = True) -> list[tuple[str, str]]:
         """(field, problem) for what is wrong with the keys as read here: missing, shorter than
         ``MIN_KEY_LENGTH``, or one key from two sources (the last would silently win, dropping
         the other's scope or limits). Checked where the platform serves (the builders,
-        ``deploy_app.py`` starting Ray), never where it is only validated, planned or rendered:
-        secrets live on the cluster, not on the planner's machine."""
-        problems = [("api_keys", reason) for entry in self.api_keys if (reason := entry.missing())]
-        if self.api_keys_env and not os.environ.get(self.api_keys_env, "").strip():
+        ``deploy_app.py`` starting Ray) and where keys are sent to it (``--address``), never where
+        it is only validated, planned or rendered: secrets live on the cluster, not on the
+        planner's machine. ``files``: whether key files are read here too (not by a command that
+        sends keys to a cluster: each replica reads those)."""
+        entries = [e for e in self.api_keys if files or e.key_file is None]
+        problems = [("api_keys", reason) for entry in entries if (reason := entry.missing())]
+        if self.api_keys_env and not self._listed_keys():
             problems.append(
                 (
                     "api_keys_env",
-                    f"api_keys_env names {self.api_keys_env!r}, which is not set here: the API "
-                    "would be open to anyone; set the variable or remove api_keys_env",
+                    f"api_keys_env names {self.api_keys_env!r}, which is not set here or holds no "
+                    "key: the API would be open to anyone; set the variable or remove api_keys_env",
                 )
             )
         source_of: dict[str, str] = {}
-        for field, source, key in self._sourced_keys():
+        for field, source, key in self._sourced_keys(files):
             if len(key.secret) < MIN_KEY_LENGTH:
                 problems.append(
                     (
@@ -433,11 +437,13 @@ class PlatformSettings(StrictModel):
         """Every key with its scope, read from its source now."""
         return [key for _, _, key in self._sourced_keys()]
 
-    def _sourced_keys(self) -> list[tuple[str, str, APIKey]]:
-        """(field, where the key comes from, the key) for every key that could be read."""
+    def _sourced_keys(self, files: bool = True) -> list[tuple[str, str, APIKey]]:
+        """(field, where the key comes from, the key) for every key that could be read
+        (``files``: key files included)."""
         keys = []
         for index, entry in enumerate(self.api_keys):
-            if secret := entry.secret():  # one that cannot be read here: secret_problems says so
+            # one that cannot be read here: secret_problems says so
+            if (files or entry.key_file is None) and (secret := entry.secret()):
                 keys.append(("api_keys", f"api_keys[{index}] ({entry.name})", entry.key(secret)))
         if self.api_keys_env:
             keys += [
@@ -457,10 +463,13 @@ class PlatformSettings(StrictModel):
     def live_api_keys(self) -> list[dict[str, Any]] | None:
         """The keys as running replicas get them as ``user_config`` (``APIKey.live``: digests of
         the keys read from this environment, files by their path, which each replica reads);
-        None when a variable they come from is not set here (the cluster's own keys apply)."""
+        None when a variable they come from is not set here (the keys the cluster built with
+        apply). Keys read here but too short or given twice: a ConfigError."""
         variables = [self.api_keys_env] + [entry.key_env for entry in self.api_keys]
         if any(name and not os.environ.get(name, "").strip() for name in variables):
             return None
+        if problems := self.secret_problems(files=False):
+            raise ConfigError([ConfigIssue((field,), message) for field, message in problems])
         keys = [entry.key(entry.secret() if entry.key_env else "") for entry in self.api_keys]
         keys += [APIKey(secret, self.api_keys_env or "") for secret in self._listed_keys()]
         return [key.live() for key in keys]

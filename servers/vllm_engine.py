@@ -172,7 +172,7 @@ class VLLMEngine(BaseEngine):
             "VLLM_MAX_N_SEQUENCES", str(kwargs.get("max_num_seqs", DEFAULT_MAX_N))
         )
         args.served_model_name = [self.entry.model_id]
-        # The engine fetches no media: the router (or the one-hop guard) inlines what the
+        # The engine fetches no media: the request policy (serve/policy) inlines what the
         # operator allows as data: URLs; vLLM refuses any URL outside these never-resolving names.
         args.allowed_media_domains = [NO_FETCH_DOMAIN]
         args.allowed_local_media_path = ""

@@ -8,10 +8,8 @@ and under load that took seconds (issue 32). ``Capacity`` counts the requests a 
 taken in for one deployment and refuses the next before any of that, at once, with the same
 503 and ``Retry-After`` the router gives for Serve's own refusal.
 
-The limit depends on where it is counted (``router_limit``, ``replica_limit``): a router calls
-the deployment through a Serve handle, which queues ``max_queued_requests`` per calling process
-in front of all the replicas' running slots; a replica's own HTTP port (the one-hop path) runs
-its ``max_ongoing_requests`` and queues ``max_queued_requests`` of that port's requests itself.
+The limit depends on where it is counted, a router process or a replica's own port
+(``configs/deployment_capacity.py``); each route carries both (``ModelRoute``).
 
 Pure and lock-free: ``acquire`` neither awaits nor blocks, so on one event loop (a Serve
 replica's) a check and its count are one step.
@@ -21,13 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
 
-from common.serve_options import replica_range
-from configs import LoadedConfig
 from serve.router.errors import APIError
 
-SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5  # Serve's own default, when the options name none
 RETRY_AFTER_S = 1  # as the router's answer to Serve's BackPressureError
 
 
@@ -91,41 +85,3 @@ class Capacity:
 
     def __repr__(self) -> str:
         return f"Capacity({self.name!r}, {self.in_flight}/{self._limit})"
-
-
-def router_limit(options: dict[str, Any], routers: int = 1) -> int | None:
-    """What one router process may have in flight to a deployment with these Serve options
-    (``DeploymentSpec.options``): the replicas' running slots at the most replicas it runs
-    (``num_replicas``, or ``autoscaling_config.max_replicas``), shared by ``routers`` router
-    replicas, plus the queue Serve's handle keeps in this process (``max_queued_requests``; -1 or
-    none: unbounded, so no limit)."""
-    queued = options.get("max_queued_requests", -1)
-    if queued == -1:
-        return None
-    running = options.get("max_ongoing_requests", SERVE_DEFAULT_MAX_ONGOING_REQUESTS)
-    running *= replica_range(options)[1]
-    return -(-running // max(routers, 1)) + queued  # the running slots rounded up per router
-
-
-def replica_limit(options: dict[str, Any]) -> int | None:
-    """What one replica's own HTTP port (the one-hop path) may have in flight: its
-    ``max_ongoing_requests`` running plus the ``max_queued_requests`` Serve queues there
-    (-1 or none: no limit)."""
-    queued = options.get("max_queued_requests", -1)
-    if queued == -1:
-        return None
-    return options.get("max_ongoing_requests", SERVE_DEFAULT_MAX_ONGOING_REQUESTS) + queued
-
-
-def deployment_limits(
-    config: LoadedConfig, where: Literal["router", "replica"], routers: int = 1
-) -> dict[str, int | None]:
-    """Each engine deployment's limit (by deployment name, ``ModelRoute.deployment_name``) from
-    the options it is deployed with: a group's shared deployment counts once for all its
-    models, and a model's variants share their model's."""
-    return {
-        spec.name: router_limit(spec.options, routers)
-        if where == "router"
-        else replica_limit(spec.options)
-        for spec in config.deployments()
-    }

@@ -9,6 +9,7 @@ them) when it ends. Keys without limits never call the actor.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import itertools
@@ -23,7 +24,11 @@ from configs.api_keys import APIKey
 from serve.router.errors import APIError
 
 WINDOW_S = 60.0
-RESERVATION_TTL_S = 900.0  # past any request's timeout: a reservation its replica never settled
+RESERVATION_TTL_S = 900.0  # by default: a reservation its replica never settled (it died) expires
+ACTOR_TIMEOUT_S = 2.0  # an actor whose node is being declared dead: 503 instead of a hang
+# The actor's name carries its version: a cluster upgraded in place keeps the old detached actor,
+# whose methods differ.
+ACTOR_VERSION = 2
 
 
 class SlidingWindow:
@@ -39,6 +44,7 @@ class SlidingWindow:
         self.tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(
             collections.deque
         )
+        # key -> ticket -> (when it expires, tokens)
         self.reserved: dict[str, dict[int, tuple[float, int]]] = collections.defaultdict(dict)
         self._tickets = itertools.count(1)
 
@@ -48,9 +54,11 @@ class SlidingWindow:
         requests_per_minute: int | None,
         tokens_per_minute: int | None = None,
         reserve: int = 0,
+        hold_s: float = RESERVATION_TTL_S,
     ) -> tuple[float, int]:
         """``(0, ticket)`` when a request is admitted: counted, its ``reserve`` tokens held under
-        ``ticket`` (0: none held) until ``settle``. Else ``(seconds until one would be, 0)``.
+        ``ticket`` (0: none held) until ``settle``, or ``hold_s`` at most (the request's longest
+        life). Else ``(seconds until one would be, 0)``.
 
         Tokens admit a request while the spent and reserved ones leave room for its reserve; a
         key with nothing spent or reserved admits one request whatever its reserve, so a limit
@@ -71,7 +79,7 @@ class SlidingWindow:
         if not (tokens_per_minute and reserve > 0):
             return 0.0, 0
         ticket = next(self._tickets)
-        self.reserved[key][ticket] = (now, reserve)
+        self.reserved[key][ticket] = (now + hold_s, reserve)
         return 0.0, ticket
 
     def settle(self, key: str, ticket: int, tokens: int) -> None:
@@ -96,7 +104,7 @@ class SlidingWindow:
             requests.popleft()
         while tokens and tokens[0][0] <= now - WINDOW_S:
             tokens.popleft()
-        for ticket in [t for t, (at, _) in reserved.items() if at <= now - RESERVATION_TTL_S]:
+        for ticket in [t for t, (expires, _) in reserved.items() if expires <= now]:
             del reserved[ticket]
         return requests, tokens
 
@@ -115,9 +123,14 @@ class KeyLimitsActor:
         self.window = SlidingWindow()
 
     async def admit(
-        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, reserve: int
+        self,
+        key: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        reserve: int,
+        hold_s: float,
     ) -> tuple[float, int]:
-        return self.window.admit(key, requests_per_minute, tokens_per_minute, reserve)
+        return self.window.admit(key, requests_per_minute, tokens_per_minute, reserve, hold_s)
 
     async def settle(self, key: str, ticket: int, tokens: int) -> None:
         self.window.settle(key, ticket, tokens)
@@ -127,18 +140,19 @@ class KeyLimits:
     """A replica's view of its platform's limits actor (created by whichever replica asks first)."""
 
     def __init__(self, platform_app: str):
-        self.actor_name = f"{platform_app}:key-limits"
+        self.actor_name = f"{platform_app}:key-limits-v{ACTOR_VERSION}"
         self._actor = None
 
     async def admit(
-        self, key: APIKey | None, reserve_tokens: int = 0
+        self, key: APIKey | None, reserve_tokens: int = 0, hold_s: float = RESERVATION_TTL_S
     ) -> Callable[[int], None] | None:
         """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this minute
-        (``reserve_tokens``: what the request may spend); else what charges the tokens the
-        request spent, once, when it ends (None: the key's tokens are not counted)."""
+        (``reserve_tokens``: what the request may spend, held ``hold_s`` at most); else what
+        charges the tokens the request spent, once, when it ends (None: the key's tokens are not
+        counted)."""
         if key is None or not (key.requests_per_minute or key.tokens_per_minute):
             return None
-        wait_s, ticket = await self._admit(key, reserve_tokens)
+        wait_s, ticket = await self._admit(key, reserve_tokens, hold_s)
         if wait_s > 0:
             raise APIError(
                 429,
@@ -155,14 +169,17 @@ class KeyLimits:
         if key.tokens_per_minute:
             self._limits_actor().settle.remote(key.name, ticket, tokens)
 
-    async def _admit(self, key: APIKey, reserve: int) -> tuple[float, int]:
+    async def _admit(self, key: APIKey, reserve: int, hold_s: float) -> tuple[float, int]:
         for _ in range(2):
             try:
-                return await self._limits_actor().admit.remote(
-                    key.name, key.requests_per_minute, key.tokens_per_minute, reserve
+                call = self._limits_actor().admit.remote(
+                    key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s
                 )
+                return await asyncio.wait_for(call, ACTOR_TIMEOUT_S)
             except RayActorError:  # gone for good (killed, say): found again, or started anew
                 self._actor = None
+            except TimeoutError:  # restarting, or its node is being declared dead
+                break
         raise APIError(
             503,
             "the per-key limits cannot be checked right now; retry shortly",

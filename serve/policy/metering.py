@@ -173,14 +173,17 @@ CHARS_PER_TOKEN = 4  # a prompt's size in tokens, guessed from its text before a
 
 def reserved_tokens(body: dict[str, Any], context_tokens: int | None) -> int:
     """The tokens a request may spend, reserved at admission: its prompt's text (guessed) plus
-    what it may generate (``max_tokens``, ``max_completion_tokens``, else the model's context).
+    what it may generate (``max_tokens``, ``max_completion_tokens``, else the model's context),
+    for each of its ``n`` choices.
     The real count replaces it when the request ends."""
     prompt = sum(len(text) for text in _texts(body)) // CHARS_PER_TOKEN
     asked = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
     generated = next((n for n in asked if isinstance(n, int) and n >= 0), None)
     if generated is None and "messages" not in body and "prompt" not in body:
         generated = 0  # embeddings, scores, tokenize: the input is all they count
-    return prompt + (generated if generated is not None else (context_tokens or 0))
+    choices = body.get("n")
+    each = generated if generated is not None else (context_tokens or 0)
+    return prompt + each * (choices if isinstance(choices, int) and choices > 1 else 1)
 
 
 def _texts(body: dict[str, Any]):

@@ -36,7 +36,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.streaming import is_event_stream, stream_requested
-from serve.policy.auth import check_api_key, check_scope
+from configs.api_keys import APIKey
+from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
 from serve.policy.capacity import Capacity
 from serve.policy.key_limits import KeyLimits
 from serve.policy.key_ring import KeyRing
@@ -56,6 +57,10 @@ from serve.router.uploads import UploadMemory, parse_json_object, read_limited_b
 logger = logging.getLogger("ray.serve")
 
 BODY_STATE = "json_body"  # scope["state"] key: the checked body, for the app not to read it again
+RESERVATION_SLACK_S = 60  # a reservation outlives its request's timeout by this much at most
+REPLICA_FAILED = APIError(
+    503, "the model's replica failed during the answer; retry the request", code="model_unavailable"
+)
 
 
 @dataclass(frozen=True)
@@ -91,16 +96,34 @@ class RequestPolicy:
             return await self.app(scope, receive, send)
         if scope["type"] != "http":  # no websockets on either path
             return
-        async with contextlib.AsyncExitStack() as request_end:
-            try:
-                receive, send = await self._admitted(scope, receive, send, request_end)
-            except APIError as err:
-                return await err.response(Request(scope))(scope, receive, send)
-            await self._answered(scope, receive, send)
+        answer = _AnswerState(send)
+        timeout_s = self.settings.request_timeout_s
+        deadline = asyncio.timeout(timeout_s)  # the whole request: its admission included
+        try:
+            async with deadline, contextlib.AsyncExitStack() as request_end:
+                try:
+                    receive, app_send = await self._admitted(
+                        scope, receive, answer.send, request_end
+                    )
+                except APIError as err:
+                    return await err.response(Request(scope))(scope, receive, answer.send)
+                # leaving the deadline cancels the app, which cancels the engine's work
+                await self.app(scope, receive, app_send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await answer.end(scope, receive, request_timeout(timeout_s))
+        except Exception:
+            if not answer.started:
+                raise
+            logger.exception("the answer failed after it began")  # a replica died mid-stream
+            await answer.end(scope, receive, REPLICA_FAILED)
 
     async def _admitted(
         self, scope: Scope, receive: Receive, send: Send, request_end: contextlib.AsyncExitStack
     ) -> tuple[Receive, Send]:
+        """The request's receive and send once it passed every check (a body replayed, an
+        answer metered); an APIError for the first check it fails."""
         request = Request(scope, receive)
         path = scope["path"][len(scope.get("root_path", "")) :] or "/"
         served = self.mount.endpoints
@@ -120,37 +143,47 @@ class RequestPolicy:
         state = scope.setdefault("state", {})
         state["api_key"] = key
         if self.mount.model_id is not None:  # this URL serves one model: outside the scope, none
-            check_scope(key, self.mount.model_id)
+            self._check_own_scope(key)
         if not (request.method == "POST" and path in self.mount.model_endpoints):
             if self.limits is not None:
                 await self.limits.admit(key)
             return receive, send
-        own = self.settings.routes.get(self.mount.model_id or "")
-        if own is not None:  # this URL's one model: refused at capacity before its body is read
-            self._hold_capacity(own, request_end)
         body = parse_json_object(await read_limited_body(request, self.settings.max_request_bytes))
         route = self._route(request, body)
-        if route is not None:
-            check_scope(key, route.model_id, None if self.mount.model_id else self.settings.routes)
-            state["model_id"] = route.model_id
-            if own is None:
-                self._hold_capacity(route, request_end)
+        check_scope(key, route.model_id, None if self.mount.model_id else self.settings.routes)
+        state["model_id"] = route.model_id
+        self._hold_capacity(route, request_end)
+        send = await self._metered(key, route, body, send, request_end)
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             held = request_end.enter_context(self.uploads.hold())
             await inline_chat_media(body, self.settings.media, held.add)
-        charge = None
-        if self.limits is not None:
-            context = route.max_context_tokens if route is not None else None
-            charge = await self.limits.admit(key, reserved_tokens(body, context))
         if self.mount.on_model is not None:
             await self.mount.on_model(body.get("model"))
-        if charge is not None:
-            meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
-            answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body))
-            request_end.callback(answer.settle)  # done, cut by the timeout, the client gone
-            send = answer.send
         state[BODY_STATE] = body
         return _replay(json.dumps(body).encode(), receive), send
+
+    def _check_own_scope(self, key: APIKey | None) -> None:
+        """The one-hop URL's model, or one of its variants, must be the key's."""
+        own = self.mount.model_id or ""
+        variants = [r.model_id for r in self.settings.routes.values() if r.parent == own]
+        if key is not None and not any(key.allows(m) for m in [own, *variants]):
+            check_scope(key, own)
+
+    def _route(self, request: Request, body: dict[str, Any]) -> ModelRoute:
+        """The route of the model the request is for: the one the body (or Serve's multiplexed
+        header) names, a variant included; on the one-hop path, else the URL's own model (vLLM
+        answers a name it does not serve). A 400 or 404 before any work for a model the router
+        cannot name, as for one outside the key's scope."""
+        name = requested_model(request.headers, body.get("model"))
+        route = self.settings.routes.get(name) if isinstance(name, str) else None
+        own = self.mount.model_id
+        if own is not None and (route is None or route.engine_model_id != own):
+            route = self.settings.routes.get(own)
+        if route is not None:
+            return route
+        if name is None or name == "":
+            raise APIError(400, "'model' is required", param="model", code="missing_model")
+        raise unknown_model(name, list(visible(request, self.settings.routes)))
 
     def _hold_capacity(self, route: ModelRoute, request_end: contextlib.AsyncExitStack) -> None:
         """A slot of ``route``'s deployment until the request ends, or the 503 at once when all
@@ -166,43 +199,28 @@ class RequestPolicy:
         capacity.limit = limit  # an edit may change it: requests in flight count against it
         request_end.enter_context(capacity.admit())
 
-    def _route(self, request: Request, body: dict[str, Any]) -> ModelRoute | None:
-        """The route of the model the request is for, when it is configured (the router answers
-        an unknown one): the one this URL serves, or the one the body (or Serve's multiplexed
-        header) names, a variant of it included."""
-        name = requested_model(request.headers, body.get("model"))
-        route = self.settings.routes.get(name) if isinstance(name, str) else None
-        own = self.mount.model_id
-        if own is not None and (route is None or route.engine_model_id != own):
-            route = self.settings.routes.get(own)
-        return route
-
-    async def _answered(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app's answer within ``request_timeout_s``; leaving the timeout cancels the app,
-        which cancels the engine call (vLLM aborts the request)."""
-        answer = _AnswerState(send)
-        timeout_s = self.settings.request_timeout_s
-        deadline = asyncio.timeout(timeout_s)
-        try:
-            async with deadline:
-                await self.app(scope, receive, answer.send)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            await answer.end(scope, receive, request_timeout(timeout_s))
-        except Exception:
-            if not answer.started:
-                raise
-            logger.exception("the answer failed after it began")  # a replica died mid-stream
-            await answer.end(
-                scope,
-                receive,
-                APIError(
-                    503,
-                    "the model's replica failed during the answer; retry the request",
-                    code="model_unavailable",
-                ),
-            )
+    async def _metered(
+        self,
+        key: APIKey | None,
+        route: ModelRoute,
+        body: dict[str, Any],
+        send: Send,
+        request_end: contextlib.AsyncExitStack,
+    ) -> Send:
+        """``send``, counting the answer's tokens when the key meters them: admitted against the
+        key's limits first (a 429), with prompt + ``max_tokens`` reserved, and settled once when
+        the request ends, however it ends (done, failed, cut by the timeout, the client gone)."""
+        if self.limits is None:
+            return send
+        reserve = reserved_tokens(body, route.max_context_tokens)
+        hold_s = self.settings.request_timeout_s + RESERVATION_SLACK_S
+        charge = await self.limits.admit(key, reserve, hold_s)
+        if charge is None:
+            return send
+        meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
+        answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body))
+        request_end.callback(answer.settle)
+        return answer.send
 
 
 class _AnswerState:

@@ -14,9 +14,9 @@ from common.serve_options import replica_range
 from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
 from configs import LoadedConfig
 from configs.api_keys import APIKey
+from configs.deployment_capacity import deployment_limits
 from configs.pipeline_models import PipelineConfig
 from configs.server_models import BaseModelEntry, Capability, PlatformSettings
-from serve.policy.capacity import deployment_limits
 
 # The JSON endpoints vLLM's OpenAI server has, at its own paths (the Jina/Cohere-shaped rerank
 # and the /v1 aliases it keeps): the router's /v1 and a model's one-hop URL serve the same set.
@@ -138,13 +138,23 @@ class RouterSettings:
         default_factory=dict
     )  # by id; their steps name routes
     router_replicas: int = 1  # which share each deployment's capacity
+    built_api_keys: tuple[APIKey, ...] | None = None  # what the build read: api_keys at first
+
+    def __post_init__(self) -> None:
+        if self.built_api_keys is None:
+            object.__setattr__(self, "built_api_keys", self.api_keys)
 
     def with_user_config(self, user_config: dict[str, Any] | None) -> RouterSettings:
         """These settings with what may change on running replicas (a deployment's
         ``user_config``): the request timeout, and the API keys (``APIKey.live``)."""
         changes = dict(user_config or {})
-        if "api_keys" in changes:
-            changes["api_keys"] = tuple(APIKey.from_live(key) for key in changes["api_keys"])
+        if "api_keys" in changes:  # None: the deploy could not read them; the build's apply
+            live = changes["api_keys"]
+            changes["api_keys"] = (
+                self.built_api_keys
+                if live is None
+                else tuple(APIKey.from_live(key) for key in live)
+            )
         return dataclasses.replace(self, **changes)
 
     @property

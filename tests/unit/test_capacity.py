@@ -5,12 +5,8 @@ import asyncio
 import pytest
 
 from configs import load_platform_config
-from serve.policy.capacity import (
-    Capacity,
-    deployment_limits,
-    replica_limit,
-    router_limit,
-)
+from configs.deployment_capacity import deployment_limits, replica_limit, router_limit
+from serve.policy.capacity import Capacity
 from serve.router.errors import APIError
 
 

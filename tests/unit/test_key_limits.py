@@ -46,8 +46,10 @@ class LocalLimits(KeyLimits):
         super().__init__("test")
         self.window = SlidingWindow(Clock())  # time stands still: however slow the requests are
 
-    async def _admit(self, key, reserve):
-        return self.window.admit(key.name, key.requests_per_minute, key.tokens_per_minute, reserve)
+    async def _admit(self, key, reserve, hold_s):
+        return self.window.admit(
+            key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s
+        )
 
     def settle(self, key, ticket, tokens):
         self.window.settle(key.name, ticket, tokens)

@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 
 from builders.render import render_serve_config, with_live_keys
 from builders.serve_config import validate_serve_config
+from common.config_errors import ConfigError
 from configs.api_keys import APIKey, key_digest
 from configs.server_models import PlatformSettings
 from serve.policy.key_ring import KEY_FILE_CHECK_S, KeyRing
@@ -114,13 +115,30 @@ def test_the_deployed_config_carries_the_keys_of_this_environment_and_render_pri
         assert team["key_file"] and not team["digest"]  # each replica reads the file itself
         assert env["digest"] == key_digest(b"env-key-0123456789")
     assert "env-key-0123456789" not in str(live)
-    monkeypatch.delenv("LIVE_TEST_KEYS")  # not set here: the cluster's own keys apply
-    assert with_live_keys(rendered, loaded) == rendered
+    monkeypatch.delenv("LIVE_TEST_KEYS")  # not set here: back to the keys the cluster built with
+    unset = with_live_keys(rendered, loaded)
+    assert [
+        d["user_config"]["api_keys"] for app in unset["applications"] for d in app["deployments"]
+    ] == [None, None]
 
 
-@pytest.mark.parametrize("secret", ["", "short"])
-def test_live_keys_are_none_without_the_variable(monkeypatch, secret):
-    monkeypatch.setenv("SOME_KEYS", secret)
-    settings = PlatformSettings.model_validate({"api_keys_env": "SOME_KEYS"})
-    live = settings.live_api_keys()
-    assert (live is None) == (secret == "")
+def test_keys_sent_from_here_are_checked_as_the_build_checks_them(tmp_path, monkeypatch):
+    raw = _config(tmp_path)
+    _, loaded = validate_serve_config(raw)
+    rendered = render_serve_config(raw, loaded)
+    for listed in ("short", "env-key-0123456789,env-key-0123456789", ","):
+        monkeypatch.setenv("LIVE_TEST_KEYS", listed)  # too short, twice, none at all (open)
+        with pytest.raises(ConfigError, match="api_keys_env"):
+            with_live_keys(rendered, loaded)
+
+
+def test_a_replica_sent_no_keys_goes_back_to_the_keys_it_was_built_with():
+    built = RouterSettings(ROUTES, api_keys=(APIKey("built-key-0123456789", "team"),))
+    pushed = built.with_user_config({"api_keys": [APIKey("pushed-key-0123456789", "x").live()]})
+    assert [k.name for k in pushed.api_keys] == ["x"]
+    assert pushed.with_user_config({"api_keys": None}).api_keys == built.api_keys
+
+
+def test_live_keys_are_none_without_the_variable(monkeypatch):
+    monkeypatch.setenv("SOME_KEYS", "")
+    assert PlatformSettings.model_validate({"api_keys_env": "SOME_KEYS"}).live_api_keys() is None

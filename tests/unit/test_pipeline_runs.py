@@ -121,7 +121,7 @@ class SpentTokens:
     def __init__(self):
         self.spent: list[tuple[str, int]] = []
 
-    async def admit(self, key, reserve_tokens=0):
+    async def admit(self, key, reserve_tokens=0, hold_s=None):
         return lambda tokens: self.settle(key, 0, tokens)
 
     def settle(self, key, ticket, tokens):

@@ -3,6 +3,7 @@ a one-hop replica mounts it: its request timeout and its token metering. The rou
 the same middleware (``test_router_app.py``, ``test_key_limits.py``)."""
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -16,12 +17,15 @@ from common.streaming import stream_requested
 from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.deployments.vllm_ingress import ONE_HOP_ENDPOINTS
+from serve.policy import media_refs
 from serve.policy.metering import MeteredAnswer
 from serve.policy.request_policy import PolicyMount, RequestPolicy
+from serve.router.errors import APIError
 from serve.router.routing import VLLM_ENDPOINTS, ModelRoute, RouterSettings
 
 TIMEOUT_S = 0.5
 ONE_HOP = PolicyMount("direct", frozenset(VLLM_ENDPOINTS), "m", ONE_HOP_ENDPOINTS)
+ROUTES = {"m": ModelRoute("m", "vllm", "m-dep", (Capability.CHAT,))}
 
 
 def one_hop_policy(app, settings: RouterSettings, limits=None) -> RequestPolicy:
@@ -56,7 +60,8 @@ def _model_app(cancelled: asyncio.Event, stall_after: int) -> Starlette:
 async def _post(stream: bool, stall_after: int = 0) -> tuple[httpx.Response, asyncio.Event]:
     cancelled = asyncio.Event()
     guard = one_hop_policy(
-        _model_app(cancelled, stall_after), RouterSettings(routes={}, request_timeout_s=TIMEOUT_S)
+        _model_app(cancelled, stall_after),
+        RouterSettings(routes=ROUTES, request_timeout_s=TIMEOUT_S),
     )
     transport = httpx.ASGITransport(app=guard)
     async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
@@ -133,7 +138,7 @@ class SpentTokens:
         self.reserved: list[int] = []
         self.spent: list[int] = []
 
-    async def admit(self, key, reserve_tokens=0):
+    async def admit(self, key, reserve_tokens=0, hold_s=None):
         self.reserved.append(reserve_tokens)
         return self.spent.append
 
@@ -166,7 +171,7 @@ def _usage_app(hang: bool = False) -> Starlette:
 
 async def _metered_post(app: Starlette, stream, timeout_s: float = 30) -> tuple[str, list[int]]:
     key = APIKey("k" * 16, "few-tokens", tokens_per_minute=60)
-    settings = RouterSettings(routes={}, api_keys=(key,), request_timeout_s=timeout_s)
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,), request_timeout_s=timeout_s)
     spent = SpentTokens()
     guard = one_hop_policy(app, settings, spent)
     transport = httpx.ASGITransport(app=guard)
@@ -227,3 +232,126 @@ async def test_past_its_deployments_capacity_a_request_is_refused_at_once_on_eit
         hanging[1].cancel()
         await asyncio.gather(*hanging[1:], return_exceptions=True)
     assert list(policy.capacities.values())[0].in_flight == 0
+
+
+VARIANT = ModelRoute("m", "vllm", "m-dep", (Capability.CHAT,), replica_capacity=1).variant_route(
+    "v1"
+)
+WITH_VARIANT = {"m": dataclasses.replace(ROUTES["m"], replica_capacity=1), "m:v1": VARIANT}
+
+
+async def _stalled_body():
+    yield b'{"model": "m", '
+    await asyncio.sleep(3600)  # a client that never sends the rest
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_never_arrives_is_cut_by_the_timeout_and_frees_its_slot():
+    cancelled = asyncio.Event()
+    settings = RouterSettings(routes=WITH_VARIANT, request_timeout_s=TIMEOUT_S)
+    policy = one_hop_policy(_model_app(cancelled, 0), settings)
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        stalled = await client.post("/v1/chat/completions", content=_stalled_body())
+    assert stalled.status_code == 504 and stalled.json()["error"]["code"] == "timeout"
+    assert all(c.in_flight == 0 for c in policy.capacities.values())
+
+
+class RefusingLimits:
+    """Limits that refuse every request of a limited key, counting what they were asked."""
+
+    def __init__(self):
+        self.asked = 0
+
+    async def admit(self, key, reserve_tokens=0, hold_s=None):
+        self.asked += 1
+        raise APIError(429, "over", code="rate_limit_exceeded")
+
+
+@pytest.fixture
+def fetches(monkeypatch) -> list[str]:
+    seen: list[str] = []
+
+    async def fetch(url, policy, budget):
+        seen.append(url)
+        return b"png", "image/png"
+
+    monkeypatch.setattr(media_refs, "fetch_media", fetch)
+    return seen
+
+
+def _media_chat(model: str) -> dict:
+    parts = [{"image_url": {"url": f"http://img/{n}.png"}} for n in range(3)]
+    return {"model": model, "messages": [{"role": "user", "content": parts}]}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
+async def test_a_key_over_its_limit_costs_no_media_download(mount, fetches):
+    key = APIKey("k" * 16, "limited", requests_per_minute=1)
+    limits = RefusingLimits()
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,))
+    policy = RequestPolicy(_usage_app(), settings, mount, limits)
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+        refused = await client.post(
+            "/v1/chat/completions",
+            json=_media_chat("m"),
+            headers={"Authorization": f"Bearer {key.secret}"},
+        )
+    assert refused.status_code == 429 and limits.asked == 1 and fetches == []
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_model_is_a_404_before_any_work_as_one_outside_the_keys_scope(fetches):
+    key = APIKey("k" * 16, "limited", requests_per_minute=1)
+    limits = RefusingLimits()
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,))
+    policy = RequestPolicy(_usage_app(), settings, ROUTER, limits)
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+        unknown = await client.post(
+            "/v1/chat/completions",
+            json=_media_chat("nope"),
+            headers={"Authorization": f"Bearer {key.secret}"},
+        )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert limits.asked == 0 and fetches == []
+
+
+@pytest.mark.asyncio
+async def test_a_variant_that_fails_to_load_returns_the_requests_reservation():
+    async def failing_load(model):
+        raise APIError(503, "the variant did not load", code="model_unavailable")
+
+    key = APIKey("k" * 16, "few-tokens", tokens_per_minute=60)
+    spent = SpentTokens()
+    mount = dataclasses.replace(ONE_HOP, on_model=failing_load)
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,))
+    policy = RequestPolicy(_usage_app(), settings, mount, spent)
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+        failed = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": []},
+            headers={"Authorization": f"Bearer {key.secret}"},
+        )
+    assert failed.status_code == 503 and spent.spent == [0]  # settled: the reservation returned
+
+
+@pytest.mark.asyncio
+async def test_a_key_scoped_to_a_variant_reaches_it_on_the_one_hop_url_as_on_the_router():
+    key = APIKey("k" * 16, "variant-only", ("m:v1",))
+    settings = RouterSettings(routes=WITH_VARIANT, api_keys=(key,))
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    for mount in (ROUTER, ONE_HOP):
+        policy = RequestPolicy(_usage_app(), settings, mount)
+        transport = httpx.ASGITransport(app=policy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+            variant = await client.post(
+                "/v1/chat/completions", json={"model": "m:v1", "messages": []}, headers=headers
+            )
+            base = await client.post(
+                "/v1/chat/completions", json={"model": "m", "messages": []}, headers=headers
+            )
+        assert (variant.status_code, base.status_code) == (200, 404), mount.metrics_path
