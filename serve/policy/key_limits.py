@@ -25,7 +25,9 @@ from serve.router.errors import APIError
 
 WINDOW_S = 60.0
 RESERVATION_TTL_S = 900.0  # by default: a reservation its replica never settled (it died) expires
-ACTOR_TIMEOUT_S = 2.0  # an actor whose node is being declared dead: 503 instead of a hang
+# An actor whose node is being declared dead: a 503 instead of a hang. The first call of a
+# process may wait for the actor's worker to start (seconds on a loaded node).
+ACTOR_TIMEOUT_S, ACTOR_START_TIMEOUT_S = 10.0, 60.0
 # The actor's name carries its version: a cluster upgraded in place keeps the old detached actor,
 # whose methods differ.
 ACTOR_VERSION = 2
@@ -171,11 +173,12 @@ class KeyLimits:
 
     async def _admit(self, key: APIKey, reserve: int, hold_s: float) -> tuple[float, int]:
         for _ in range(2):
+            timeout_s = ACTOR_START_TIMEOUT_S if self._actor is None else ACTOR_TIMEOUT_S
             try:
                 call = self._limits_actor().admit.remote(
                     key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s
                 )
-                return await asyncio.wait_for(call, ACTOR_TIMEOUT_S)
+                return await asyncio.wait_for(call, timeout_s)
             except RayActorError:  # gone for good (killed, say): found again, or started anew
                 self._actor = None
             except TimeoutError:  # restarting, or its node is being declared dead

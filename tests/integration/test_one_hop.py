@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from common.serve_env import haproxy_processes
+from serve.policy.key_limits import KeyLimits
 from tests.integration.helpers import (
     ADMIN_KEY,
     API_KEY,
@@ -250,7 +251,7 @@ def test_a_burst_on_a_limited_key_gets_exactly_its_limit_on_both_paths_and_never
             sys.executable,
             "-c",
             "import ray; ray.init(address='auto', namespace='serve'); "
-            "ray.kill(ray.get_actor('platform:key-limits'))",
+            f"ray.kill(ray.get_actor({KeyLimits('platform').actor_name!r}))",
         ],
         env=platform.env,
         capture_output=True,
