@@ -34,8 +34,9 @@ _HEADER = REQUEST_ID_HEADER.encode()
 
 class ObservedRequests:
     """``path``: the metrics' path label. ``model_id``: the model every request here is for (the
-    one-hop path), else the router names it in ``request.state.model_id``. ``endpoints``: the
-    paths counted (None: every POST route). ``engine_header``: hand the app the prefixed id in
+    one-hop path), else the router names it in ``request.state.model_id``. Every POST route is
+    counted, and ``endpoints``: the paths counted when a request was refused before any route
+    (by the request policy). ``engine_header``: hand the app the prefixed id in
     ``X-Request-Id`` (vLLM's own server takes its request id from that header). ``counts``: requests
     by model, kept for the replica's stats."""
 
@@ -80,13 +81,15 @@ class ObservedRequests:
                 self._record(scope, endpoint, answer, started, request_id)
 
     def _endpoint(self, scope: Scope) -> str | None:
+        """The POST route the request reached, or the one of ``endpoints`` it was refused at
+        before any route (by the request policy: 401, 404, 413, 429, 503)."""
         if scope["method"] != "POST":
             return None
-        if self.endpoints is not None:
-            path = scope["path"][len(scope.get("root_path", "")) :]
-            return path if path in self.endpoints else None
         route = scope.get("route")
-        return getattr(route, "path", None)
+        if route is not None:
+            return getattr(route, "path", None)
+        path = scope["path"][len(scope.get("root_path", "")) :]
+        return path if self.endpoints is not None and path in self.endpoints else None
 
     def _record(
         self, scope: Scope, endpoint: str, answer: _Answer, started: float, request_id: str

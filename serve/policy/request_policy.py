@@ -87,9 +87,13 @@ class RequestPolicy:
     settings: RouterSettings  # replaced on reconfigure (the timeout may change live)
     mount: PolicyMount
     limits: KeyLimits | None = None  # None: keys are not rate limited
-    uploads: UploadMemory = field(default_factory=lambda: UploadMemory(0))
+    uploads: UploadMemory | None = None  # None: one of its own, of the settings' size
     keys: KeyRing = field(default_factory=KeyRing)
     capacities: dict[tuple[str | None, str], Capacity] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.uploads is None:
+            self.uploads = UploadMemory(self.settings.max_upload_memory_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -155,6 +159,7 @@ class RequestPolicy:
         self._hold_capacity(route, request_end)
         send = await self._metered(key, route, body, send, request_end)
         if "messages" in body:  # chat, and tokenize or classify of a conversation
+            assert self.uploads is not None  # set in __post_init__
             held = request_end.enter_context(self.uploads.hold())
             await inline_chat_media(body, self.settings.media, held.add)
         if self.mount.on_model is not None:
@@ -268,7 +273,7 @@ def guarded(policy: RequestPolicy, counts: Counter[str] | None = None) -> ASGIAp
     mount, settings = policy.mount, policy.settings
     app: ASGIApp = CORSMiddleware(policy, **settings.cors) if settings.cors else policy
     if mount.model_id is None:
-        return ObservedRequests(app, path=mount.metrics_path)
+        return ObservedRequests(app, path=mount.metrics_path, endpoints=mount.model_endpoints)
     posts = frozenset(path for method, path in mount.endpoints or () if method == "POST")
     return ObservedRequests(
         app,

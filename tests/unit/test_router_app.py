@@ -564,3 +564,38 @@ def test_a_group_member_reports_its_own_counters_and_its_group():
     }
     assert model_state("c", {"requests_total": 1}) == {"requests_total": 1}  # a model of its own
     assert model_state("c", None) == {}  # no replica answered
+
+
+class RecordedMetrics:
+    """The platform's metrics as (metric, tags) of each count: ``metrics.requests.inc(...)``."""
+
+    def __init__(self):
+        self.counted: list[tuple[str, dict]] = []
+
+    def __getattr__(self, metric: str):
+        counted = self.counted
+
+        class Metric:
+            def inc(self, value, tags):
+                counted.append((metric, tags))
+
+            def observe(self, value, tags):
+                pass
+
+        return Metric()
+
+
+def test_requests_the_policy_refuses_before_any_route_are_counted_at_their_endpoint(monkeypatch):
+    recorded = RecordedMetrics()
+    monkeypatch.setattr("serve.policy.observed.platform_metrics", lambda: recorded)
+    c, _ = client(max_request_bytes=2048)
+    assert c.post("/v1/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
+    assert c.post("/v1/chat/completions", json=big).status_code == 413
+    requests = [t for metric, t in recorded.counted if metric == "requests"]
+    assert [(t["endpoint"], t["model"], t["status"]) for t in requests] == [
+        ("/v1/chat/completions", "-", "404"),
+        ("/v1/chat/completions", "-", "413"),
+    ]
+    rejected = [t["reason"] for metric, t in recorded.counted if metric == "rejections"]
+    assert rejected == ["request_too_large"]
