@@ -150,8 +150,8 @@ class KeyLimits:
     ) -> Callable[[int], None] | None:
         """A 429 with ``Retry-After`` when ``key`` is over its requests or tokens for this minute
         (``reserve_tokens``: what the request may spend, held ``hold_s`` at most); else what
-        charges the tokens the request spent, once, when it ends (None: the key's tokens are not
-        counted)."""
+        charges the tokens the request spent when it ends, to be called once (the policy's
+        ``MeteredAnswer.settle`` does); None: the key's tokens are not counted."""
         if key is None or not (key.requests_per_minute or key.tokens_per_minute):
             return None
         wait_s, ticket = await self._admit(key, reserve_tokens, hold_s)
@@ -163,7 +163,7 @@ class KeyLimits:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
             )
-        return _once(functools.partial(self.settle, key, ticket)) if meters_tokens(key) else None
+        return functools.partial(self.settle, key, ticket) if meters_tokens(key) else None
 
     def settle(self, key: APIKey, ticket: int, tokens: int) -> None:
         """Count ``tokens`` against ``key`` and return the reservation ``ticket`` (0: none); not
@@ -214,16 +214,3 @@ def spender(limits: KeyLimits | None, key: APIKey | None) -> Callable[[int], Non
     if limits is None or not meters_tokens(key):
         return None
     return functools.partial(limits.settle, key, 0)
-
-
-def _once(charge: Callable[[int], None]) -> Callable[[int], None]:
-    """``charge`` that acts on its first call only: a request settles once however it ends."""
-    done = False
-
-    def charge_once(tokens: int) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            charge(tokens)
-
-    return charge_once

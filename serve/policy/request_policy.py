@@ -165,7 +165,7 @@ class RequestPolicy:
         if self.mount.on_model is not None:
             await self.mount.on_model(body.get("model"))
         state[BODY_STATE] = body
-        return _replay(json.dumps(body).encode(), receive), send
+        return _replay(body, receive), send
 
     def _check_own_scope(self, key: APIKey | None) -> None:
         """The one-hop URL's model, or one of its variants, must be the key's."""
@@ -255,13 +255,17 @@ class _AnswerState:
             await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: dict[str, Any], receive: Receive) -> Receive:
     """A receive that hands the (checked) body over once, then the client's own messages, so
-    the app still sees a disconnect and aborts the request."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    the app still sees a disconnect and aborts the request. The body is encoded only when the
+    app reads it: vLLM's app does, the router's takes it from the request's state."""
+    pending = [body]
 
     async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
+        if not pending:
+            return await receive()
+        encoded = json.dumps(pending.pop()).encode()
+        return {"type": "http.request", "body": encoded, "more_body": False}
 
     return replayed
 

@@ -97,11 +97,7 @@ def _models(base: str) -> dict:
     return httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30).json()["models"]
 
 
-def _applied(platform, config: dict) -> None:
-    _applied_with(platform, config)
-
-
-def _applied_with(platform, config: dict, **env: str) -> None:
+def _applied(platform, config: dict, **env: str) -> None:
     result = platform.apply(config, **env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -154,7 +150,7 @@ def test_keys_rotated_in_the_environment_apply_on_both_paths_without_a_restart(s
 
     prefixes = ("", f"/models/{CHAT}")
     try:
-        _applied_with(session, session.config, PLATFORM_TEST_API_KEYS=rotated)
+        _applied(session, session.config, PLATFORM_TEST_API_KEYS=rotated)
         for prefix in prefixes:
             assert (status(API_KEY, prefix), status(rotated, prefix)) == (401, 200), prefix
         assert replica_actors(session.url) == actors  # no replica restarted, no model reloaded

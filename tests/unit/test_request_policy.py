@@ -57,17 +57,22 @@ def _model_app(cancelled: asyncio.Event, stall_after: int) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
+async def _chat(app, key: APIKey | None = None, **request) -> httpx.Response:
+    """One ``POST /v1/chat/completions`` through ``app`` (``request``: httpx's ``json`` or
+    ``content``), with ``key``'s bearer header when given."""
+    headers = {"Authorization": f"Bearer {key.secret}"} if key is not None else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        return await client.post("/v1/chat/completions", headers=headers, **request)
+
+
 async def _post(stream: bool, stall_after: int = 0) -> tuple[httpx.Response, asyncio.Event]:
     cancelled = asyncio.Event()
     guard = one_hop_policy(
         _model_app(cancelled, stall_after),
         RouterSettings(routes=ROUTES, request_timeout_s=TIMEOUT_S),
     )
-    transport = httpx.ASGITransport(app=guard)
-    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-        response = await client.post(
-            "/v1/chat/completions", json={"messages": [], "stream": stream}
-        )
+    response = await _chat(guard, json={"messages": [], "stream": stream})
     return response, cancelled
 
 
@@ -174,13 +179,7 @@ async def _metered_post(app: Starlette, stream, timeout_s: float = 30) -> tuple[
     settings = RouterSettings(routes=ROUTES, api_keys=(key,), request_timeout_s=timeout_s)
     spent = SpentTokens()
     guard = one_hop_policy(app, settings, spent)
-    transport = httpx.ASGITransport(app=guard)
-    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"messages": [], "stream": stream},
-            headers={"Authorization": f"Bearer {key.secret}"},
-        )
+    response = await _chat(guard, key, json={"messages": [], "stream": stream})
     assert response.status_code == 200
     return response.text, spent.spent
 
@@ -250,9 +249,7 @@ async def test_a_body_that_never_arrives_is_cut_by_the_timeout_and_frees_its_slo
     cancelled = asyncio.Event()
     settings = RouterSettings(routes=WITH_VARIANT, request_timeout_s=TIMEOUT_S)
     policy = one_hop_policy(_model_app(cancelled, 0), settings)
-    transport = httpx.ASGITransport(app=policy)
-    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-        stalled = await client.post("/v1/chat/completions", content=_stalled_body())
+    stalled = await _chat(policy, content=_stalled_body())
     assert stalled.status_code == 504 and stalled.json()["error"]["code"] == "timeout"
     assert all(c.in_flight == 0 for c in policy.capacities.values())
 
@@ -292,13 +289,7 @@ async def test_a_key_over_its_limit_costs_no_media_download(mount, fetches):
     limits = RefusingLimits()
     settings = RouterSettings(routes=ROUTES, api_keys=(key,))
     policy = RequestPolicy(_usage_app(), settings, mount, limits)
-    transport = httpx.ASGITransport(app=policy)
-    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
-        refused = await client.post(
-            "/v1/chat/completions",
-            json=_media_chat("m"),
-            headers={"Authorization": f"Bearer {key.secret}"},
-        )
+    refused = await _chat(policy, key, json=_media_chat("m"))
     assert refused.status_code == 429 and limits.asked == 1 and fetches == []
 
 
@@ -308,13 +299,7 @@ async def test_an_unknown_model_is_a_404_before_any_work_as_one_outside_the_keys
     limits = RefusingLimits()
     settings = RouterSettings(routes=ROUTES, api_keys=(key,))
     policy = RequestPolicy(_usage_app(), settings, ROUTER, limits)
-    transport = httpx.ASGITransport(app=policy)
-    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
-        unknown = await client.post(
-            "/v1/chat/completions",
-            json=_media_chat("nope"),
-            headers={"Authorization": f"Bearer {key.secret}"},
-        )
+    unknown = await _chat(policy, key, json=_media_chat("nope"))
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     assert limits.asked == 0 and fetches == []
 
@@ -329,13 +314,7 @@ async def test_a_variant_that_fails_to_load_returns_the_requests_reservation():
     mount = dataclasses.replace(ONE_HOP, on_model=failing_load)
     settings = RouterSettings(routes=ROUTES, api_keys=(key,))
     policy = RequestPolicy(_usage_app(), settings, mount, spent)
-    transport = httpx.ASGITransport(app=policy)
-    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
-        failed = await client.post(
-            "/v1/chat/completions",
-            json={"model": "m", "messages": []},
-            headers={"Authorization": f"Bearer {key.secret}"},
-        )
+    failed = await _chat(policy, key, json={"model": "m", "messages": []})
     assert failed.status_code == 503 and spent.spent == [0]  # settled: the reservation returned
 
 
@@ -343,15 +322,8 @@ async def test_a_variant_that_fails_to_load_returns_the_requests_reservation():
 async def test_a_key_scoped_to_a_variant_reaches_it_on_the_one_hop_url_as_on_the_router():
     key = APIKey("k" * 16, "variant-only", ("m:v1",))
     settings = RouterSettings(routes=WITH_VARIANT, api_keys=(key,))
-    headers = {"Authorization": f"Bearer {key.secret}"}
     for mount in (ROUTER, ONE_HOP):
         policy = RequestPolicy(_usage_app(), settings, mount)
-        transport = httpx.ASGITransport(app=policy)
-        async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
-            variant = await client.post(
-                "/v1/chat/completions", json={"model": "m:v1", "messages": []}, headers=headers
-            )
-            base = await client.post(
-                "/v1/chat/completions", json={"model": "m", "messages": []}, headers=headers
-            )
+        variant = await _chat(policy, key, json={"model": "m:v1", "messages": []})
+        base = await _chat(policy, key, json={"model": "m", "messages": []})
         assert (variant.status_code, base.status_code) == (200, 404), mount.metrics_path
