@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ class Snapshot:
 
     models: dict[str, dict[str, Any]]  # by model id: base models, their variants go with them
     pipelines: dict[str, dict[str, Any]]  # by pipeline id
+    taken_at: float  # wall-clock start of the read: the snapshot shows what happened before it
 
 
 class Readiness:
@@ -74,6 +76,7 @@ class Readiness:
                 "models": models,
                 "pipelines": chains,
                 "config_file": os.environ.get(CONFIG_FILE_ENV),
+                "as_of": snapshot.taken_at,
             },
             status_code=200 if ready else 503,
         )
@@ -122,6 +125,7 @@ class Readiness:
 
     async def _read(self) -> Snapshot:
         """Every deployment's stats and every model's phase, as /ready shows them."""
+        taken_at = time.time()
         # the controller's phases say why a model is not ready and count its replicas
         states, phases = await asyncio.gather(
             deployment_states(self.engines, self.settings.routes.values()), self.engines.phases()
@@ -134,7 +138,7 @@ class Readiness:
             name: pipeline_state(p, self.settings.routes, states)
             for name, p in self.settings.pipelines.items()
         }
-        return Snapshot(models, pipelines)
+        return Snapshot(models, pipelines, taken_at)
 
 
 def _model_entry(model_id: str, state: dict | None, phase: ModelPhase | None) -> dict[str, Any]:

@@ -38,9 +38,6 @@ IMAGE_HOST = "127.0.0.2"  # a loopback address the session's media policy allows
 STARTUP_TIMEOUT_S = 900
 APPLYING = "applying "  # deploy_app.py's line as it sends a config to Serve
 HELLO = [{"role": "user", "content": "Hello! Tell me a story."}]
-# /ready answers from a state the router refreshes once a second while it is asked; a refresh
-# reads every replica's stats. A read this long after something happened shows it.
-READY_LAG_S = 2.5
 
 T = TypeVar("T")
 
@@ -88,9 +85,7 @@ def replica_actors(base: str) -> dict[str, str]:
     """The actor of each model's replica, for the models served by one replica: a restart
     replaces it. (``/ready`` shows the replica that answered its stats: of a model with two,
     either one, so those are left out.)"""
-    ready_caught_up()
-    ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=60)
-    assert ready.headers.get("content-type") == "application/json", (ready.status_code, ready.text)
+    ready = fresh_ready(base, ADMIN_KEY)
     return {
         model: state["placement"]["actor_id"]
         for model, state in ready.json()["models"].items()
@@ -98,9 +93,23 @@ def replica_actors(base: str) -> dict[str, str]:
     }
 
 
-def ready_caught_up() -> None:
-    """Wait until ``/ready`` shows what happened before this call."""
-    time.sleep(READY_LAG_S)
+def fresh_ready(base: str | httpx.URL, key: str = API_KEY, timeout_s: float = 60) -> httpx.Response:
+    """``/ready`` as it answers once its state was read after this call (its ``as_of``): it shows
+    what happened before the call. 200 or 503, whichever the state says."""
+    since, base = time.time(), str(base).rstrip("/")
+
+    def read() -> httpx.Response | None:
+        answer = httpx.get(f"{base}/ready", headers=auth_headers(key), timeout=30)
+        if answer.headers.get("content-type") != "application/json":
+            return None  # not the router's answer yet (a proxy's while it starts)
+        return answer
+
+    def caught_up(answer: httpx.Response | None) -> bool:
+        return answer is not None and answer.json().get("as_of", 0) >= since
+
+    ready = wait_until(read, caught_up, timeout_s)
+    assert ready is not None and caught_up(ready), f"/ready not caught up in {timeout_s} s"
+    return ready
 
 
 def auth_headers(key: str = API_KEY) -> dict[str, str]:
@@ -282,9 +291,7 @@ def wait_ready(
 
 def engine_stats(base: str, model: str) -> dict:
     """What ``/ready`` says of one model's engine (requests running, aborted, its placement)."""
-    ready_caught_up()
-    answer = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
-    return answer.json()["models"][model]
+    return fresh_ready(base, ADMIN_KEY).json()["models"][model]
 
 
 def assert_leaving_a_stream_stops_it(
@@ -301,7 +308,8 @@ def assert_leaving_a_stream_stops_it(
 
     An attempt shows something only if the engine was still generating when the client left: on a
     busy 2-core machine a stream's first line can come seconds late, after the engine generated all
-    of it. Such an attempt is made again; a stop never counted fails all the same."""
+    of it. Such an attempt is made again; a stop never counted fails all the same. ``read_stats``
+    reads the engine's stats as of its call (``engine_stats``)."""
     # As many sequences as tiny-chat runs at once, each to its context's end: seconds of work.
     body = {
         "model": model,
@@ -312,8 +320,7 @@ def assert_leaving_a_stream_stops_it(
         "ignore_eos": True,
     }
     for _ in range(attempts):
-        ready_caught_up()  # the counters as the attempt before left them
-        before = read_stats()
+        before = read_stats()  # the counters as the attempt before left them
         with (
             httpx.Client(headers=auth_headers(), timeout=60) as c,
             c.stream("POST", url, json=body) as response,
@@ -323,9 +330,7 @@ def assert_leaving_a_stream_stops_it(
             assert response.status_code == 200, first
             assert first.startswith("data: {") and '"error"' not in first, first
             time.sleep(pause_s)  # the client stops reading: the pause is the behaviour under test
-            # once /ready's state is newer than the stream's start, unless the engine is done
-            running = wait_until(lambda: read_stats()["unfinished_requests"], bool, READY_LAG_S)
-            generating = running > 0
+            generating = read_stats()["unfinished_requests"] > 0
         if generating:
             stats = wait_until(
                 read_stats,

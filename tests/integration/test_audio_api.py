@@ -11,15 +11,14 @@ import openai
 import pytest
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file, duration_s
-from tests.integration.helpers import ready_caught_up
+from tests.integration.helpers import fresh_ready
 
 WHISPER, CTC, TTS = "tiny-whisper", "tiny-ctc", "tiny-tts"
 WAV = audio_file("wav", "pcm_s16le", seconds=2.0)
 
 
 def stats(http, model: str) -> dict:
-    ready_caught_up()
-    return http.get("/ready").json()["models"][model]
+    return fresh_ready(http.base_url).json()["models"][model]
 
 
 def assert_transcribes(client) -> None:

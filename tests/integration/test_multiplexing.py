@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import ADMIN_KEY, auth_headers, ready_caught_up
+from tests.integration.helpers import ADMIN_KEY, auth_headers, fresh_ready
 from tests.media_files import b64, image_file, infer_body
 
 PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
@@ -74,8 +74,7 @@ def _classify(http, model: str, headers: dict | None = None) -> list[float]:
 
 
 def _variants_loaded(http) -> list[str]:
-    ready_caught_up()
-    return http.get("/ready").json()["models"]["tiny-vit-variants"]["variants_loaded"]
+    return fresh_ready(http.base_url).json()["models"]["tiny-vit-variants"]["variants_loaded"]
 
 
 def test_transformers_variants_are_loaded_on_demand_and_bounded_per_replica(http):
@@ -89,8 +88,7 @@ def test_transformers_variants_are_loaded_on_demand_and_bounded_per_replica(http
 
 
 def test_a_group_serves_its_models_from_one_replica(http):
-    ready_caught_up()
-    models = http.get("/ready", headers=auth_headers(ADMIN_KEY)).json()["models"]  # actor ids
+    models = fresh_ready(http.base_url, ADMIN_KEY).json()["models"]  # actor ids
     members = ["tiny-detector", "tiny-zero-shot", "tiny-captioner", "tiny-image-embedder"]
     assert {m: models[m]["group_models"] for m in members} == {m: sorted(members) for m in members}
     assert len({models[m]["placement"]["actor_id"] for m in members}) == 1
@@ -101,8 +99,7 @@ def test_a_group_serves_its_models_from_one_replica(http):
     for model in members[:2]:  # each member answers with its own model behind the shared replica
         answer = http.post(f"/v2/models/{model}/infer", json=infer_body([b64(image_file())]))
         assert answer.status_code == 200 and answer.json()["model_name"] == model
-    ready_caught_up()
-    after = http.get("/ready").json()["models"]  # each member's own counters
+    after = fresh_ready(http.base_url).json()["models"]  # each member's own counters
     assert [after[m]["requests_total"] - models[m]["requests_total"] for m in members] == [
         1,
         1,

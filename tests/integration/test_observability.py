@@ -29,7 +29,7 @@ from tests.integration.helpers import (
     STARTUP_TIMEOUT_S,
     auth_headers,
     deploy_command,
-    ready_caught_up,
+    fresh_ready,
     wait_until,
 )
 from tests.integration.session_config import CHAT
@@ -343,8 +343,7 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(owned):
         )
         assert answer.status_code == 200, answer.text
         # /ready (for load balancers and the console) says the same
-        ready_caught_up()
-        ready = httpx.get(f"{owned.url}/ready", headers=auth_headers(), timeout=60)
+        ready = fresh_ready(owned.url)
         assert ready.status_code == 503
         models = ready.json()["models"]
         assert models["tiny-vit"]["ready"] and models["cloud-vit"]["phase"] == "ready"
@@ -352,5 +351,4 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(owned):
         assert re.search(r"couldn't|Error", models["bad-vit"]["phase_detail"]), models
     finally:
         owned.restore()
-    ready_caught_up()
-    assert httpx.get(f"{owned.url}/ready", headers=auth_headers(), timeout=60).status_code == 200
+    assert fresh_ready(owned.url).status_code == 200

@@ -18,7 +18,6 @@ import pytest
 from common.serve_env import haproxy_processes
 from serve.policy.key_limits import KeyLimits
 from tests.integration.helpers import (
-    ADMIN_KEY,
     API_KEY,
     BURST_KEY,
     HELLO,
@@ -27,6 +26,7 @@ from tests.integration.helpers import (
     TOKEN_KEY,
     assert_leaving_a_stream_stops_it,
     auth_headers,
+    engine_stats,
 )
 from tests.integration.session_config import CHAT, EMBED
 
@@ -36,12 +36,6 @@ def fast(platform_url) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"{platform_url}/models/{CHAT}/v1", api_key=API_KEY, max_retries=0, timeout=120
     )
-
-
-def _stats(platform_url: str, model: str = CHAT) -> dict:
-    """What /ready says of ``model``, placement pid included (an admin key's view)."""
-    ready = httpx.get(f"{platform_url}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
-    return ready.json()["models"][model]
 
 
 def test_chat_and_stream_through_the_model_url(fast):
@@ -139,7 +133,7 @@ def _replica_http_port(pid: int) -> int:
 
 def test_the_replica_port_itself_requires_the_key(platform_url):
     """Anyone who reaches a node can skip HAProxy: the replica enforces the key itself."""
-    port = _replica_http_port(_stats(platform_url)["placement"]["pid"])
+    port = _replica_http_port(engine_stats(platform_url, CHAT)["placement"]["pid"])
     prefix = f"http://127.0.0.1:{port}/models/{CHAT}/v1"
     response = httpx.get(f"{prefix}/models")
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
@@ -149,7 +143,7 @@ def test_the_replica_port_itself_requires_the_key(platform_url):
 def test_a_single_cpu_shard_runs_inside_vllms_engine_core(platform_url):
     """On the CPU one shard runs in vLLM's engine core process, bound to the cores vLLM gives its
     worker: no worker process, and no step handed over between two processes."""
-    replica = psutil.Process(_stats(platform_url)["placement"]["pid"])
+    replica = psutil.Process(engine_stats(platform_url, CHAT)["placement"]["pid"])
     [engine_core] = [p for p in replica.children() if p.cmdline()[:1] == ["VLLM::EngineCore"]]
     assert not [p for p in engine_core.children() if p.cmdline()[:1] == ["VLLM::Worker"]]
     [cores] = {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()}
@@ -176,7 +170,7 @@ def test_client_disconnect_aborts_generation_in_vllm(platform_url, fast):
         assert_leaving_a_stream_stops_it(
             f"{platform_url}/models/{CHAT}/v1/chat/completions",
             CHAT,
-            lambda: _stats(platform_url),
+            lambda: engine_stats(platform_url, CHAT),
             "requests_aborted",
             pause_s=pause_s,
         )

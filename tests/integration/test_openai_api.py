@@ -13,6 +13,7 @@ from tests.integration.helpers import (
     HELLO,
     assert_leaving_a_stream_stops_it,
     assert_still_serving,
+    engine_stats,
 )
 from tests.integration.session_config import AFFINITY_CHAT, CHAT, COLD_CHAT, EMBED, RERANKER
 
@@ -255,15 +256,11 @@ def test_openai_client_raises_typed_errors(client):
     assert_still_serving(client)
 
 
-def _engine_stats(http) -> dict:
-    return http.get("/ready").json()["models"][CHAT]
-
-
 def test_client_disconnect_mid_stream_aborts_generation(platform_url, http, client):
     assert_leaving_a_stream_stops_it(
         f"{platform_url}/v1/chat/completions",
         CHAT,
-        lambda: _engine_stats(http),
+        lambda: engine_stats(platform_url, CHAT),
         "streams_cancelled",
     )
     assert_still_serving(client)

@@ -34,7 +34,7 @@ from tests.integration.helpers import (
     ROOT,
     auth_headers,
     deploy_command,
-    ready_caught_up,
+    fresh_ready,
     replica_actors,
     wait_until,
 )
@@ -93,8 +93,7 @@ def session(platform):
 
 def _models(base: str) -> dict:
     """Each model's state, placement ids included (an admin key's view), as of this call."""
-    ready_caught_up()
-    return httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30).json()["models"]
+    return fresh_ready(base, ADMIN_KEY).json()["models"]
 
 
 def _applied(platform, config: dict, **env: str) -> None:
@@ -239,8 +238,7 @@ def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_event(session
 
 def _replica_pid(base: str) -> int | None:
     """The pid of the replica that answers tiny-chat's stats, once /ready is 200."""
-    ready_caught_up()
-    ready = httpx.get(f"{base}/ready", headers=auth_headers(ADMIN_KEY), timeout=30)
+    ready = fresh_ready(base, ADMIN_KEY)
     if ready.status_code != 200:
         return None
     return ready.json()["models"][CHAT].get("placement", {}).get("pid")

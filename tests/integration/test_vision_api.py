@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.helpers import API_KEY, auth_headers, ready_caught_up
+from tests.integration.helpers import API_KEY, auth_headers, fresh_ready
 from tests.media_files import b64, image_file, infer_body, video_file
 
 CLASSIFIER, DETECTOR, ZERO_SHOT = "tiny-vit", "tiny-detector", "tiny-zero-shot"
@@ -119,8 +119,7 @@ def test_video_classification(http, fmt, codec):
 
 
 async def test_concurrent_requests_share_forward_passes(platform_url, http):
-    ready_caught_up()
-    before = http.get("/ready").json()["models"][CLASSIFIER]
+    before = fresh_ready(platform_url).json()["models"][CLASSIFIER]
     body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(PNG)]}]}
     async with httpx.AsyncClient(
         base_url=platform_url, headers=auth_headers(), timeout=120
@@ -129,8 +128,7 @@ async def test_concurrent_requests_share_forward_passes(platform_url, http):
             *(client.post(f"/v2/models/{CLASSIFIER}/infer", json=body) for _ in range(24))
         )
     assert all(a.status_code == 200 for a in answers)
-    ready_caught_up()
-    after = http.get("/ready").json()["models"][CLASSIFIER]
+    after = fresh_ready(platform_url).json()["models"][CLASSIFIER]
     assert after["batched_requests"] - before["batched_requests"] == 24
     assert after["forward_passes"] - before["forward_passes"] < 24 and after["largest_batch"] > 1
 

@@ -112,6 +112,23 @@ async def test_refreshing_stops_without_callers_and_the_next_call_waits_for_a_fr
         assert engines.phase_reads == stopped_at + 1
 
 
+async def test_each_answer_says_when_its_state_was_read(quickly_idle, monkeypatch):
+    """``as_of``: a caller that changed something waits for an answer read after its change."""
+    monkeypatch.setattr(readiness, "REFRESH_EVERY_S", 0.1)
+    engines = CountingEngines()
+    async with ready_client(engines) as http:
+        first = (await http.get("/ready")).json()
+        engines.vit_ready = True
+        changed_at = time.time()
+        assert first["as_of"] < changed_at
+        for _ in range(100):  # 5 s at most: a refresh comes every 0.1 s
+            answer = (await http.get("/ready")).json()
+            if answer["as_of"] >= changed_at:
+                break
+            await asyncio.sleep(0.05)
+        assert answer["status"] == "ready" and answer["as_of"] - changed_at < 1
+
+
 def test_callers_other_than_an_admin_see_no_process_actor_or_node_ids():
     settings = RouterSettings(ROUTES, api_keys=(ADMIN, USER))
     http = TestClient(create_router_app(settings, CountingEngines()))
