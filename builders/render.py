@@ -38,6 +38,10 @@ from configs.server_models import MODEL_APP_SETTINGS, ModelType
 
 PLATFORM_ONLY_KEYS = ("models", "llm_configs", "groups")
 ONE_HOP_ROUTER_SETTINGS = ("max_request_bytes", "max_upload_memory_bytes")
+# The key entries (names, scopes, limits, where each key is read: never a value) go to the
+# replicas that check keys as their deployment's ``user_config``, not in the ``args``: adding or
+# removing an entry reconfigures the running replicas instead of restarting every model.
+KEY_SETTINGS = ("api_keys", "api_keys_env")
 
 
 def render_serve_config(
@@ -65,6 +69,8 @@ def router_application(app: dict[str, Any], source: str | None = None) -> dict[s
         if key not in PLATFORM_ONLY_KEYS
     }
     router = {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
+    router["deployments"] = copy.deepcopy(app.get("deployments") or [])
+    _move_key_sources(args, _deployment(router, ROUTER_DEPLOYMENT))
     if source:  # the router's alone: renaming the file restarts no model
         runtime_env = copy.deepcopy(app.get("runtime_env") or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), CONFIG_FILE_ENV: source}
@@ -78,7 +84,10 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
         entry.model_id: raw
         for entry, raw in zip(config.models, args[config.models_key], strict=True)
     }
-    shared = {key: args[key] for key in MODEL_APP_SETTINGS if key in args}
+    shared = {
+        key: args[key] for key in MODEL_APP_SETTINGS if key in args and key not in KEY_SETTINGS
+    }
+    key_sources = {key: args[key] for key in KEY_SETTINGS if key in args}
     # the one-hop path's body limit and upload memory too
     router = {k: v for k, v in (args.get("router") or {}).items() if k in ONE_HOP_ROUTER_SETTINGS}
     if router:
@@ -119,7 +128,8 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
                             {
                                 "name": spec.name,
                                 "user_config": {
-                                    "request_timeout_s": config.platform.router.request_timeout_s
+                                    "request_timeout_s": config.platform.router.request_timeout_s,
+                                    "key_sources": copy.deepcopy(key_sources),
                                 },
                             }
                         ]
@@ -155,6 +165,12 @@ def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
             if "user_config" in deployment:
                 deployment["user_config"]["api_keys"] = keys
     return live
+
+
+def _move_key_sources(args: dict[str, Any], deployment: dict[str, Any]) -> None:
+    """``args``' key entries moved into ``deployment``'s ``user_config`` (``KEY_SETTINGS``)."""
+    sources = {key: args.pop(key) for key in KEY_SETTINGS if key in args}
+    deployment.setdefault("user_config", {})["key_sources"] = sources
 
 
 def _deployment(app: dict[str, Any], name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from common.media_fetch import MediaFetchPolicy
 from common.serve_options import replica_range
 from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
-from configs import LoadedConfig
+from configs import LoadedConfig, load_platform_settings, require_secrets
 from configs.api_keys import APIKey
 from configs.deployment_capacity import deployment_limits
 from configs.pipeline_models import PipelineConfig
@@ -146,16 +146,25 @@ class RouterSettings:
 
     def with_user_config(self, user_config: dict[str, Any] | None) -> RouterSettings:
         """These settings with what may change on running replicas (a deployment's
-        ``user_config``): the request timeout, and the API keys (``APIKey.live``)."""
+        ``user_config``): the request timeout, the key entries (``key_sources``: read here, as
+        the build reads them) and the keys ``deploy_app.py`` read (``APIKey.live``)."""
         changes = dict(user_config or {})
-        if "api_keys" in changes:  # None: the deploy could not read them; the build's apply
+        settings = self
+        sources = changes.pop("key_sources", None)
+        if sources is not None and changes.get("api_keys") is None:
+            # no keys read where the config was applied: this replica reads the entries' keys
+            platform = load_platform_settings(sources)
+            require_secrets(platform)
+            built = tuple(platform.resolved_api_keys())
+            settings = dataclasses.replace(self, api_keys=built, built_api_keys=built)
+        if "api_keys" in changes:  # None: the deploy could not read them; the sources' apply
             live = changes["api_keys"]
             changes["api_keys"] = (
-                self.built_api_keys
+                settings.built_api_keys
                 if live is None
                 else tuple(APIKey.from_live(key) for key in live)
             )
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(settings, **changes)
 
     @property
     def max_upload_request_bytes(self) -> int:

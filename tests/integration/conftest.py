@@ -8,17 +8,26 @@ platform or cluster of its own says why in its docstring.
 
 ``PLATFORM_URL=http://...`` runs the tests against a platform started apart (see
 ``tests/integration/session_config.py``); the tests that need this session's Ray skip then.
+
+Order and overlap: the unit tests run first, while the session platform starts in the background;
+the batch jobs start as soon as it is up and run beside the other integration tests; the tests
+that check them (marker ``batch_jobs``) run after those, then the ones that edit the platform.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from tests.integration.background import InBackground
+from tests.integration.batch_jobs import Job, batch_jobs_running
 from tests.integration.helpers import (
     API_KEY,
     Platform,
@@ -32,21 +41,50 @@ from tests.integration.session_config import NUM_CPUS, session_config
 HERE = Path(__file__).parent
 
 
+STARTED_PLATFORM = pytest.StashKey[InBackground[Platform]]()
+STARTED_JOBS = pytest.StashKey[InBackground[dict[str, Job]]]()
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test here ``integration``; run the ones that edit the session platform last."""
+    """Mark every test here ``integration``; run the unit tests first, the ones that check the
+    batch jobs after the other integration tests, the ones that edit the session platform last."""
     for item in items:
         if HERE in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.get_closest_marker("edits_platform") is not None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("integration") is not None,
+            item.get_closest_marker("edits_platform") is not None,
+            item.get_closest_marker("batch_jobs") is not None,
+        )
+    )
 
 
-@pytest.fixture(scope="session")
-def platform(tmp_path_factory) -> Platform:
-    """The session platform: started here from the session config, or found at PLATFORM_URL."""
-    if os.environ.get("PLATFORM_URL"):
-        yield Platform(url=os.environ["PLATFORM_URL"].rstrip("/"))
+def pytest_collection_finish(session):
+    """Start the session platform, and then the batch jobs, if the selected tests need them."""
+    if session.config.option.collectonly or os.environ.get("PLATFORM_URL"):
         return
-    workdir = tmp_path_factory.mktemp("platform")
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "platform" not in needed:
+        return
+    started = InBackground(_session_platform, "session-platform")
+    session.config.stash[STARTED_PLATFORM] = started
+    if "batch_jobs" in needed:
+        session.config.stash[STARTED_JOBS] = InBackground(
+            lambda: _session_batch_jobs(started), "batch-jobs"
+        )
+
+
+def pytest_sessionfinish(session):
+    """Whatever was started and not closed by its fixture (a run stopped early): jobs first."""
+    for key in (STARTED_JOBS, STARTED_PLATFORM):
+        if key in session.config.stash:
+            session.config.stash[key].close()
+
+
+@contextlib.contextmanager
+def _session_platform() -> Iterator[Platform]:
+    workdir = Path(tempfile.mkdtemp(prefix="platform"))
     config = session_config(workdir)
     metrics_port = free_port()
     env = {
@@ -71,6 +109,40 @@ def platform(tmp_path_factory) -> Platform:
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             config=config,
         )
+
+
+@contextlib.contextmanager
+def _session_batch_jobs(platform: InBackground[Platform]) -> Iterator[dict[str, Job]]:
+    env = platform.result().env
+    assert env is not None  # the platform this session started
+    with batch_jobs_running(env, Path(tempfile.mkdtemp(prefix="batch"))) as jobs:
+        yield jobs
+
+
+@pytest.fixture(scope="session")
+def platform(request) -> Iterator[Platform]:
+    """The session platform: started in the background from the session config at the start of
+    the session, or found at PLATFORM_URL."""
+    if os.environ.get("PLATFORM_URL"):
+        yield Platform(url=os.environ["PLATFORM_URL"].rstrip("/"))
+        return
+    started = request.config.stash[STARTED_PLATFORM]
+    try:
+        yield started.result()
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="session")
+def batch_jobs(request, platform) -> Iterator[dict[str, Job]]:
+    """The batch jobs the session started once its platform was up (skipped under PLATFORM_URL:
+    they run on the session's Ray)."""
+    platform.require_owned()
+    started = request.config.stash[STARTED_JOBS]
+    try:
+        yield started.result()
+    finally:
+        started.close()
 
 
 @pytest.fixture(scope="session")

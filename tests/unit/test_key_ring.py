@@ -139,6 +139,30 @@ def test_a_replica_sent_no_keys_goes_back_to_the_keys_it_was_built_with():
     assert pushed.with_user_config({"api_keys": None}).api_keys == built.api_keys
 
 
+def test_a_replica_reads_the_entries_it_is_sent_unless_keys_come_with_them(monkeypatch):
+    """``key_sources``: the file's entries, sent as user_config; the replica reads their keys in
+    its own environment, checked as the build checks them, unless keys read where the config was
+    applied come with them."""
+    sources = {"api_keys": [{"name": "team", "key_env": "ENTRY_KEY", "models": ["chat"]}]}
+    monkeypatch.setenv("ENTRY_KEY", "entry-key-0123456789")
+    read = RouterSettings(ROUTES).with_user_config({"key_sources": sources})
+    assert [(k.name, k.models) for k in read.api_keys] == [("team", ("chat",))]
+    assert read.with_user_config({"api_keys": None}).api_keys == read.api_keys
+    pushed = APIKey("pushed-key-0123456789", "x").live()
+    both = RouterSettings(ROUTES).with_user_config({"key_sources": sources, "api_keys": [pushed]})
+    assert [k.name for k in both.api_keys] == ["x"]
+    monkeypatch.setenv("ENTRY_KEY", "short")
+    with pytest.raises(ConfigError, match="api_keys"):
+        RouterSettings(ROUTES).with_user_config({"key_sources": sources})
+    monkeypatch.delenv("ENTRY_KEY")  # an entry this replica cannot read: applied elsewhere
+    assert [
+        k.name
+        for k in RouterSettings(ROUTES)
+        .with_user_config({"key_sources": sources, "api_keys": [pushed]})
+        .api_keys
+    ] == ["x"]
+
+
 def test_live_keys_are_none_without_the_variable(monkeypatch):
     monkeypatch.setenv("SOME_KEYS", "")
     assert PlatformSettings.model_validate({"api_keys_env": "SOME_KEYS"}).live_api_keys() is None

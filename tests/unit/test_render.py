@@ -57,10 +57,32 @@ def test_each_model_is_an_application_named_after_its_platform():
     assert [m["model_loading_config"]["model_id"] for m in pair.args["models"]] == ["a", "b"]
     for app in (chat, pair):
         assert app.import_path == "builders.app_builder:build_model_app"
-        assert app.args["platform_app"] == "platform" and app.args["api_keys"] == [
-            {"name": "k", "key_env": "K"}
-        ]
+        assert app.args["platform_app"] == "platform" and "api_keys" not in app.args
         assert app.args["router"] == {"max_request_bytes": 1024}
+    # the replicas that check keys get the entries (never a value) as their user_config
+    keys = {"api_keys": [{"name": "k", "key_env": "K"}]}
+    assert chat.deployments[0].user_config["key_sources"] == keys
+    assert (
+        router.deployments[0].user_config["key_sources"] == keys and "api_keys" not in router.args
+    )
+    assert not pair.deployments  # no HTTP of its own: the router checks its requests' keys
+
+
+def test_adding_or_removing_a_key_entry_changes_no_applications_args():
+    """Serve restarts an application whose args change: a key entry added or revoked reaches the
+    running router and one-hop replicas as their user_config instead (a reconfigure)."""
+
+    def rendered(*entries: dict) -> dict:
+        return _render(_platform("p", "/", [_vllm("chat"), _vision("v")], api_keys=list(entries)))
+
+    one = rendered({"name": "a", "key_env": "A"})
+    two = rendered(
+        {"name": "a", "key_env": "A"}, {"name": "b", "key_file": "/k", "models": ["chat"]}
+    )
+    assert {name: app.args for name, app in one.items()} == {
+        name: app.args for name, app in two.items()
+    }
+    assert two["p.chat"].deployments[0].user_config["key_sources"]["api_keys"][1]["name"] == "b"
 
 
 def test_a_platform_may_share_its_name_with_a_model_and_its_models_with_another_platform():
@@ -114,9 +136,9 @@ def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
 
     short, long = chat_app(0.5), chat_app(30)
     assert [(d.name, d.user_config) for d in short.deployments] == [
-        ("chat", {"request_timeout_s": 0.5})
+        ("chat", {"request_timeout_s": 0.5, "key_sources": {}})
     ]
-    assert long.deployments[0].user_config == {"request_timeout_s": 30}
+    assert long.deployments[0].user_config == {"request_timeout_s": 30, "key_sources": {}}
     assert short.args == long.args
 
 

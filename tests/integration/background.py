@@ -1,0 +1,48 @@
+"""Work the session starts ahead of the tests that need it, so that it overlaps other tests: the
+session platform starts while the unit tests run, and the batch jobs run while the other
+integration tests do (on 2 cores a platform's start and a job's engine start are seconds of
+waiting as much as of work)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class InBackground(Generic[T]):
+    """A context manager entered on a thread of its own: ``result()`` waits for what it yields
+    (or raises what its entry raised); ``close()`` exits it and raises what its exit raised."""
+
+    def __init__(self, enter: Callable[[], contextlib.AbstractContextManager[T]], name: str):
+        self._value: Future[T] = Future()
+        self._leave = threading.Event()
+        self._exit_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(enter,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, enter: Callable[[], contextlib.AbstractContextManager[T]]) -> None:
+        try:
+            with enter() as value:
+                self._value.set_result(value)
+                self._leave.wait()
+        except BaseException as error:
+            if self._value.done():
+                self._exit_error = error
+            else:
+                self._value.set_exception(error)
+
+    def result(self) -> T:
+        return self._value.result()
+
+    def close(self) -> None:
+        """Idempotent: the first call waits for the exit; later ones return at once."""
+        self._leave.set()
+        self._thread.join()
+        error, self._exit_error = self._exit_error, None
+        if error is not None:
+            raise error
