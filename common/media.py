@@ -130,6 +130,41 @@ def decode_video(
     return np.stack(frames[: sampling.num_frames])
 
 
+def check_media_pixels(
+    kind: str, data: bytes, max_image_pixels: int, max_frame_pixels: int
+) -> None:
+    """Refuse an image or a video larger than its pixel cap from its header alone, before anything
+    decodes it (a few KB of PNG or VP9 can claim gigabytes of pixels). Bytes this cannot read are
+    left to the engine, which refuses them itself."""
+    if kind == "image":
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                width, height = Image.open(io.BytesIO(data)).size  # the header; no pixels
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            width, height = max_image_pixels + 1, 1
+        except Exception:  # not an image PIL knows: the engine answers for it
+            return
+        if width * height > max_image_pixels:
+            raise MediaInputError(
+                f"the image is {width}x{height} pixels; the limit is {max_image_pixels}",
+                "image_too_large",
+                413,
+            )
+    elif kind == "video" and (container := sniff_container(data)) in VIDEO_CONTAINERS:
+        import av
+
+        try:
+            with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[container]) as opened:
+                streams = opened.streams.video
+                size = (streams[0].codec_context.width, streams[0].codec_context.height)
+        except (av.FFmpegError, ValueError, IndexError):
+            return
+        _check_pixels(*size, max_frame_pixels)
+
+
 def _duration_s(container, stream) -> float | None:
     if stream.duration is not None and stream.time_base:
         return float(stream.duration * stream.time_base)

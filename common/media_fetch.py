@@ -56,6 +56,9 @@ class MediaFetchPolicy:
     timeout_s: float = 10.0
     max_urls_per_request: int = 16  # counted before anything is fetched
     max_request_bytes: int = 64 * 1024 * 1024  # the downloads of one request, in all
+    max_parts_per_request: int = 32  # chat media parts, data: URLs included
+    max_image_pixels: int = 4096 * 4096  # a chat image's width x height, read from its header
+    max_frame_pixels: int = 4096 * 2160  # a chat video's frame (a 4K frame), the same way
 
     def budget(self, references: Iterable[object]) -> ByteBudget:
         """What the downloads of one request's media ``references`` may take in all (data: URLs

@@ -335,6 +335,17 @@ class MediaConfig(StrictModel):
     max_request_download_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="what one request's URLs fetch in all"
     )
+    max_media_parts_per_request: int = Field(
+        default=32,
+        ge=0,
+        description="image, video and audio parts one chat request may carry, data: URLs "
+        "included; counted before anything is fetched or decoded",
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        ge=1,
+        description="a chat image's width x height, read from its header before it is decoded",
+    )
 
     @field_validator("allowed_domains")
     @classmethod

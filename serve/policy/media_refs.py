@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from common.input_errors import InputError
-from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
+from common.media import check_media_pixels
+from common.media_fetch import ByteBudget, MediaFetchPolicy, decode_data_url, fetch_media
 from common.task_groups import all_or_none
 from serve.router.errors import APIError
 
@@ -29,6 +30,12 @@ async def inline_chat_media(
     """
     parts = list(_media_parts(body.get("messages") or []))
     try:
+        if len(parts) > policy.max_parts_per_request:
+            raise InputError(
+                f"the messages carry {len(parts)} media parts; the limit is "
+                f"{policy.max_parts_per_request}",
+                "too_many_media_parts",
+            )
         budget = policy.budget(_url(part, key) for part, key in parts)
         budget.hold = hold
         await all_or_none(_inline(part, key, policy, budget) for part, key in parts)
@@ -58,10 +65,13 @@ async def _inline(
     holder, url = part[key], _url(part, key)
     if not url:
         raise InputError(f"{key} needs a url", "invalid_media_url")
-    if url.startswith("data:"):
-        return  # vLLM decodes data: URLs itself
-    data, media_type = await fetch_media(url, policy, budget)
     kind = MEDIA_PARTS[key]
+    if url.startswith("data:"):  # vLLM decodes data: URLs itself, once their size is known
+        data, _ = decode_data_url(url, policy.max_bytes)
+        check_media_pixels(kind, data, policy.max_image_pixels, policy.max_frame_pixels)
+        return
+    data, media_type = await fetch_media(url, policy, budget)
+    check_media_pixels(kind, data, policy.max_image_pixels, policy.max_frame_pixels)
     media_type = media_type.split(";")[0].strip() if media_type else f"{kind}/*"
     inlined = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
     if isinstance(holder, dict):

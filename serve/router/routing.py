@@ -203,6 +203,8 @@ class RouterSettings:
                 max_bytes=platform.media.max_download_bytes,
                 timeout_s=platform.media.download_timeout_s,
                 max_urls_per_request=platform.media.max_urls_per_request,
+                max_parts_per_request=platform.media.max_media_parts_per_request,
+                max_image_pixels=platform.media.max_image_pixels,
                 max_request_bytes=platform.media.max_request_download_bytes,
             ),
         )

@@ -10,6 +10,7 @@ from common.upload_sizes import UPLOAD_COPIES_HELD
 from serve.policy import media_refs
 from serve.router.errors import APIError
 from serve.router.uploads import UploadMemory
+from tests.media_files import b64, image_file, video_file
 
 
 def _chat(*urls: str) -> dict:
@@ -73,3 +74,41 @@ def test_fetched_bytes_are_held_against_the_upload_memory_until_the_request_ends
             asyncio.run(media_refs.inline_chat_media(_chat(*urls), MediaFetchPolicy(), other.add))
         assert info.value.status_code == 503 and info.value.code == "server_busy"
     assert memory.held_bytes == 0
+
+
+def _data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{b64(data)}"
+
+
+def test_data_parts_count_against_the_parts_cap_before_anything_is_decoded(downloads):
+    policy = MediaFetchPolicy(max_parts_per_request=2)
+    urls = [_data_url("image/png", image_file()) for _ in range(2)] + ["http://img/1.png"]
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(_chat(*urls), policy))
+    assert (info.value.status_code, info.value.code) == (400, "too_many_media_parts")
+    assert info.value.param == "messages" and downloads["started"] == []
+    assert asyncio.run(media_refs.inline_chat_media(_chat(*urls[:2]), policy)) is True
+
+
+def test_an_image_or_video_over_its_pixel_cap_is_refused_from_its_header():
+    """A few KB of PNG or VP9 may claim gigabytes of pixels: refused before vLLM decodes them
+    (here small files against small caps)."""
+    policy = MediaFetchPolicy(max_image_pixels=64 * 48 - 1)
+    with pytest.raises(APIError) as info:
+        asyncio.run(
+            media_refs.inline_chat_media(_chat(_data_url("image/png", image_file())), policy)
+        )
+    assert (info.value.status_code, info.value.code) == (413, "image_too_large")
+    assert "64x48" in info.value.message
+    assert asyncio.run(
+        media_refs.inline_chat_media(
+            _chat(_data_url("image/png", image_file())), MediaFetchPolicy(max_image_pixels=64 * 48)
+        )
+    )
+    video = {"type": "video_url", "video_url": {"url": _data_url("video/mp4", video_file())}}
+    body = {"messages": [{"role": "user", "content": [video]}]}
+    with pytest.raises(APIError) as info:
+        asyncio.run(
+            media_refs.inline_chat_media(body, MediaFetchPolicy(max_frame_pixels=64 * 48 - 1))
+        )
+    assert (info.value.status_code, info.value.code) == (413, "video_too_large")
