@@ -1,7 +1,8 @@
-"""The README's code runs: every shell and Python block of its quick start and of "Calling it",
-taken from the README as it is now, against the session platform.
+"""The documentation's code runs: every shell and Python block of the README's quick start and
+"Calling it", and of the docs pages' sections that show commands and calls (``COMMANDS``,
+``CALLS``), taken from the files as they are now, against the session platform.
 
-The README's blocks call ``127.0.0.1:8000`` with no key (the default config has none); the session
+The blocks call ``127.0.0.1:8000`` with no key (the default config has none); the session
 platform listens elsewhere and requires one. So the test points the snippets at the session's
 address and gives them its key the way each tool takes a default: curl from a ``.curlrc`` (with
 ``--fail-with-body``, so an HTTP error fails the command), the openai client through the key in its
@@ -30,6 +31,14 @@ from tests.integration.helpers import API_KEY, ROOT
 from tests.media_files import image_file, video_file
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# Where the snippets are: (file, the heading of its section)
+COMMANDS = [(README, "Quick start"), (DOCS / "quickstart.md", "The command line")]
+CALLS = [
+    (README, "Calling it"),
+    (DOCS / "quickstart.md", "First request"),
+    (DOCS / "api.md", "Examples"),
+]
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 # Quick-start commands that start, edit or stop a platform, or start a Ray of their own (what the
 # command is, comments left out -> the test that runs it).
@@ -44,13 +53,26 @@ ELSEWHERE = {
 }
 
 
-def _blocks(section: str, language: str) -> list[str]:
-    """The ``language`` code blocks of the README section headed ``## <section>``."""
-    text = README.read_text()
-    start = text.index(f"\n## {section}\n")
-    end = text.find("\n## ", start + 1)
-    body = text[start : end if end != -1 else len(text)]
-    return re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+def _blocks(path: Path, title: str, language: str) -> list[str]:
+    """The ``language`` code blocks of the section headed ``title`` (at any level) in ``path``, up
+    to the next heading of its level or above (a comment line in a code block is no heading)."""
+    body: list[str] = []
+    level, fenced = 0, False
+    for line in path.read_text().splitlines(keepends=True):
+        heading = None if fenced else re.fullmatch(r"(#+) (.*)\n?", line)
+        fenced ^= line.startswith("```")
+        if heading and level and len(heading[1]) <= level:
+            break
+        if level:
+            body.append(line)
+        elif heading and heading[2] == title:
+            level = len(heading[1])
+    assert level, f"{path.relative_to(ROOT)} has no section {title!r}"
+    return re.findall(rf"```{language}\n(.*?)```", "".join(body), flags=re.S)
+
+
+def _name(snippets: tuple[Path, str]) -> str:
+    return f"{snippets[0].relative_to(ROOT)}: {snippets[1]}"
 
 
 def _commands(block: str) -> list[str]:
@@ -73,6 +95,7 @@ def workdir(platform, tmp_path_factory) -> Path:
     (directory / "cat.png").write_bytes(image_file("PNG", seed=1))
     (directory / "cat.jpg").write_bytes(image_file("JPEG", seed=2))
     (directory / "speech.mp3").write_bytes(audio_file("mp3", "libmp3lame", seconds=1.5))
+    (directory / "question.wav").write_bytes(audio_file("wav", "pcm_s16le", seconds=1.5))
     (directory / "clip.mp4").write_bytes(video_file())
     for entry in ROOT.iterdir():  # the repository, for the quick start's relative paths
         if not entry.name.startswith(".") or entry.name in (".models", ".venv"):
@@ -101,8 +124,11 @@ def _env() -> dict[str, str]:
 
 def test_the_quick_start_commands_run_or_name_the_test_that_runs_them(platform, workdir):
     owned = platform.require_owned()
-    blocks = _blocks("Quick start", "bash")
-    assert blocks, "the README has no quick start"
+    blocks = []
+    for path, title in COMMANDS:
+        found = _blocks(path, title, "bash")
+        assert found, f"{_name((path, title))} shows no commands"
+        blocks += found
     ran, elsewhere = [], []
     for command in (c for block in blocks for c in _commands(block)):
         if _covered_elsewhere(command):
@@ -126,18 +152,20 @@ def test_the_quick_start_commands_run_or_name_the_test_that_runs_them(platform, 
     assert ran and elsewhere, (ran, elsewhere)
 
 
-def test_the_calls_of_calling_it_answer(platform, workdir):
-    """The blocks run as one shell script, as a reader pastes them (later blocks use ``$IMG``)."""
+@pytest.mark.parametrize("snippets", CALLS, ids=_name)
+def test_the_calls_answer(platform, workdir, snippets):
+    """A section's blocks run as one shell script, as a reader pastes them (later blocks use
+    ``$IMG``)."""
     address = urlparse(platform.url).netloc
-    blocks = _blocks("Calling it", "bash")
-    assert len(blocks) >= 2, "the README's calls are gone"
+    blocks = _blocks(*snippets, "bash")
+    assert blocks, f"{_name(snippets)} shows no calls"
     _run("set -ex\n" + "\n".join(blocks), workdir, address)
 
 
-def test_the_python_of_calling_it_runs(platform, workdir):
+def test_the_python_calls_run(platform, workdir):
     address = urlparse(platform.url).netloc
-    blocks = _blocks("Calling it", "python")
-    assert len(blocks) >= 2, "the README's Python examples are gone"
+    blocks = [block for path, title in CALLS for block in _blocks(path, title, "python")]
+    assert len(blocks) >= 3, "the Python examples are gone"
     # tritonclient takes headers per call: the session's key goes in as its default
     key_for_triton = (
         "import tritonclient.http as _triton\n"
