@@ -13,14 +13,14 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from common.input_errors import InputError
-from common.media_fetch import MediaFetchPolicy, fetch_media
+from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
@@ -28,7 +28,7 @@ from serve.policy.key_limits import spender
 from serve.policy.metering import USAGE_HEADER, response_tokens
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
-from serve.router.uploads import read_json_object
+from serve.router.uploads import UploadMemory, read_json_object
 
 CREATED = int(time.time())
 TEXT_LIMIT = 100_000  # characters of text or of all documents together
@@ -40,9 +40,11 @@ class StepFailed(APIError):
 
 
 def install_pipeline_routes(
-    app: FastAPI, settings: RouterSettings, engines: Any, limits: Any = None
+    app: FastAPI, settings: RouterSettings, engines: Any, uploads: UploadMemory, limits: Any = None
 ) -> None:
-    """``limits``: the platform's per-key limits, which the steps' tokens are charged to."""
+    """``limits``: the platform's per-key limits, which the steps' tokens are charged to;
+    ``uploads``: the replica's memory for uploads, which the inputs' downloads are held against
+    until the run ends."""
 
     @app.post("/v1/pipelines")
     async def run_pipeline(request: Request) -> JSONResponse:
@@ -50,8 +52,11 @@ def install_pipeline_routes(
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))
         run = PipelineRun(pipeline, settings.routes, engines, spender(limits, request_key(request)))
         try:
-            async with asyncio.timeout(pipeline.timeout_s):
-                result = await run.run(body, settings.media)
+            with uploads.hold() as held:
+                downloads = settings.media.budget(_urls(body))
+                downloads.hold = held.add
+                async with asyncio.timeout(pipeline.timeout_s):
+                    result = await run.run(body, settings.media, downloads)
         except TimeoutError:
             raise APIError(
                 504,
@@ -140,8 +145,11 @@ class PipelineRun:
         self.steps: list[dict[str, Any]] = []
         self.current = "reading the inputs"  # what the run is doing, for errors and timeouts
 
-    async def run(self, body: dict[str, Any], media: MediaFetchPolicy) -> dict[str, Any]:
-        await self._read_inputs(body, media)
+    async def run(
+        self, body: dict[str, Any], media: MediaFetchPolicy, downloads: ByteBudget
+    ) -> dict[str, Any]:
+        """``downloads``: what the inputs' URLs may fetch in all (and the memory it is held in)."""
+        await self._read_inputs(body, media, downloads)
         for index, step in enumerate(self.pipeline.steps):
             self.current = f"steps[{index}] ({step.task}, {step.model})"
             started = time.perf_counter()
@@ -170,7 +178,9 @@ class PipelineRun:
             for i, s in enumerate(self.steps)
         )
 
-    async def _read_inputs(self, body: dict[str, Any], media: MediaFetchPolicy) -> None:
+    async def _read_inputs(
+        self, body: dict[str, Any], media: MediaFetchPolicy, downloads: ByteBudget
+    ) -> None:
         wanted = self.pipeline.inputs()
         stray = sorted(set(body) - set(wanted) - {"model"})
         if stray:
@@ -188,7 +198,7 @@ class PipelineRun:
                     param=name,
                     code="missing_input",
                 )
-            self.values[name] = await _READERS[name](name, value, media)
+            self.values[name] = await _READERS[name](name, value, media, downloads)
 
     def _route(self, step: PipelineStep) -> ModelRoute:
         route = self.routes.get(step.model)
@@ -213,7 +223,7 @@ class PipelineRun:
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
 
-async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
+async def _media(name: str, value: Any, media: MediaFetchPolicy, downloads: ByteBudget) -> bytes:
     """Audio or an image: a URL the media policy allows (data: always), or base64."""
     if not isinstance(value, str) or not value:
         raise APIError(
@@ -221,7 +231,7 @@ async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
         )
     try:
         if value.startswith(("data:", "http://", "https://")):
-            return (await fetch_media(value, media))[0]
+            return (await fetch_media(value, media, downloads))[0]
         if len(value) > media.max_bytes * 4 // 3 + 4:
             raise APIError(
                 413, f"{name!r} is over {media.max_bytes} bytes", param=name, code="input_too_large"
@@ -233,7 +243,7 @@ async def _media(name: str, value: Any, media: MediaFetchPolicy) -> bytes:
         raise APIError(400, f"{name!r} is not valid base64", param=name) from None
 
 
-async def _text(name: str, value: Any, media: MediaFetchPolicy) -> str:
+async def _text(name: str, value: Any, *_: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > TEXT_LIMIT:
         raise APIError(
             400, f"{name!r} must be non-empty text of at most {TEXT_LIMIT} characters", param=name
@@ -241,7 +251,7 @@ async def _text(name: str, value: Any, media: MediaFetchPolicy) -> str:
     return value
 
 
-async def _documents(name: str, value: Any, media: MediaFetchPolicy) -> list[str]:
+async def _documents(name: str, value: Any, *_: Any) -> list[str]:
     if (
         not isinstance(value, list)
         or not value
@@ -258,7 +268,17 @@ async def _documents(name: str, value: Any, media: MediaFetchPolicy) -> list[str
     return value
 
 
-_READERS = {"audio": _media, "image": _media, "text": _text, "documents": _documents}
+def _urls(body: dict[str, Any]) -> list[Any]:
+    """The inputs that may name media (counted against the policy's URLs before any fetch)."""
+    return [body.get(name) for name in ("audio", "image")]
+
+
+_READERS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "audio": _media,
+    "image": _media,
+    "text": _text,
+    "documents": _documents,
+}
 
 
 async def _transcribe(run: PipelineRun, step: PipelineStep, route: ModelRoute) -> dict[str, Any]:

@@ -320,3 +320,24 @@ def test_ready_lists_each_pipeline_ready_when_its_steps_models_are():
         and "not-deployed" in body["pipelines"]["gone"]["phase_detail"]
     )
     assert body["status"] == "not_ready"  # a pipeline of the config cannot run
+
+
+def test_an_inputs_download_is_held_against_the_upload_memory(monkeypatch):
+    """A URL input's bytes count against the replica's upload memory while the run lasts, as a
+    chat's media does: more than the memory holds is a 503, before the steps run."""
+    from common.upload_sizes import UPLOAD_COPIES_HELD
+    from serve.router import pipelines as pipeline_module
+
+    async def fetch(url, policy, budget):
+        budget.take(len(WAV) * 100)  # the bytes as they arrive
+        return WAV * 100, "audio/wav"
+
+    monkeypatch.setattr(pipeline_module, "fetch_media", fetch)
+    body = {"model": "voice-chat", "audio": "https://media.example/hello.wav"}
+    pipelines = {p["model_id"]: PipelineConfig.model_validate(p) for p in PIPELINES}
+    for memory, status in ((len(WAV) * 100 * UPLOAD_COPIES_HELD, 200), (1024, 503)):
+        engines = StepEngines()
+        settings = RouterSettings(ROUTES, pipelines=pipelines, max_upload_memory_bytes=memory)
+        answer = TestClient(create_router_app(settings, engines)).post("/v1/pipelines", json=body)
+        assert answer.status_code == status, answer.text
+        assert len(engines.calls) == (3 if status == 200 else 0)
