@@ -186,7 +186,7 @@ def router_policy(
         return _as_response(result)
 
     install_oip_routes(app, settings, engines, uploads)
-    install_pipeline_routes(app, settings, engines, limits)
+    install_pipeline_routes(app, settings, engines, uploads, limits)
     install_console(app)
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
