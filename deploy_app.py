@@ -10,6 +10,8 @@
     # print the Serve config it deploys (--working-dir: with the code shipped)
     python deploy_app.py --config model_config.yaml --render [--working-dir /shared/code]
     python deploy_app.py status   # every model's phase (exit 0: all ready)
+    # the file's JSON Schema (--write: the committed copy; --check FILE...: validate files)
+    python deploy_app.py schema [--write | --check model_config.yaml]
     # offline, Ray Data
     python deploy_app.py batch --model tiny-chat --input prompts.jsonl --output answers.jsonl
     # a KubeRay manifest
@@ -252,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         from serve.platform_status import status_command
 
         return status_command(argv[1:])
+    if argv[:1] == ["schema"]:
+        from builders.schema_command import schema_command
+
+        return schema_command(argv[1:])
     if argv[:1] == ["kuberay"]:
         from builders.kuberay import main as kuberay_command
 

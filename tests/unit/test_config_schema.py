@@ -1,0 +1,213 @@
+"""The JSON Schema of model_config.yaml: the committed copy is the generated one, the shipped
+configs pass it and name it on their first line, and a misspelt field fails naming its path."""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from builders.config_schema import REGENERATE, SCHEMA_PATH, config_schema, schema_text
+from builders.schema_command import schema_errors
+from builders.vllm_args_schema import VLLM_KWARGS
+from configs.vllm_models import PLATFORM_OWNED_ARGS, installed_vllm, vllm_engine_kwargs_model
+from deploy_app import main
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = "# yaml-language-server: $schema="
+
+
+def shipped_configs() -> list[Path]:
+    """model_config.yaml and every Serve config under examples/ (not Prometheus' and such)."""
+    examples = sorted(p for p in (ROOT / "examples").rglob("*.y*ml"))
+    serve_configs = [p for p in examples if "applications" in (yaml.safe_load(p.read_text()) or {})]
+    return [ROOT / "model_config.yaml", *serve_configs]
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def schema(committed) -> dict:
+    """Generated here; vLLM's part from the committed copy where another vLLM is installed."""
+    vllm_part = committed["$defs"].get(VLLM_KWARGS)
+    same_vllm = (vllm_part or {}).get("$comment") == installed_vllm()
+    return config_schema() if same_vllm else config_schema(vllm_kwargs=vllm_part)
+
+
+def test_the_committed_schema_is_the_generated_one(schema):
+    assert SCHEMA_PATH.read_text() == schema_text(schema), (
+        f"{SCHEMA_PATH.relative_to(ROOT)} is stale: regenerate it with `{REGENERATE}`"
+    )
+    Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.skipif(installed_vllm() is None, reason="vLLM is not installed")
+def test_vllm_engine_kwargs_are_vllms_own_arguments(schema):
+    kwargs = schema["$defs"][VLLM_KWARGS]
+    assert set(kwargs["properties"]) == set(vllm_engine_kwargs_model().model_fields)
+    assert not set(kwargs["properties"]) & set(PLATFORM_OWNED_ARGS)
+    assert kwargs["additionalProperties"] is False
+    max_num_seqs = kwargs["properties"]["max_num_seqs"]
+    assert "sequences" in max_num_seqs["description"]
+    assert "float32" in kwargs["properties"]["dtype"]["enum"]
+    assert kwargs["properties"]["enforce_eager"] == {
+        **kwargs["properties"]["enforce_eager"],
+        "type": "boolean",
+        "default": False,
+    }
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_shipped_configs_pass_and_name_the_schema(path, schema):
+    assert schema_errors(yaml.safe_load(path.read_text()), schema) == []
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(HEADER), f"{path.name} must start with {HEADER}<relative path>"
+    named = (path.parent / first.removeprefix(HEADER).strip()).resolve()
+    assert named == SCHEMA_PATH, f"{path.name}'s first line names {named}, not the schema"
+
+
+def _platform_app(config: dict) -> tuple[int, dict]:
+    return next(
+        (i, app)
+        for i, app in enumerate(config["applications"])
+        if app["import_path"] == "builders.app_builder:build_app"
+    )
+
+
+def _first_model(args: dict, model_type: str) -> tuple[int, dict]:
+    return next(
+        (i, m)
+        for i, m in enumerate(args["models"])
+        if m["model_loading_config"]["type"] == model_type
+    )
+
+
+def _misspell(mapping: dict, key: str, typo: str) -> None:
+    mapping[typo] = mapping.pop(key)
+
+
+def test_misspelt_fields_are_rejected_naming_their_path(schema):
+    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    bad = copy.deepcopy(config)
+    index, app = _platform_app(bad)
+    args = app["args"]
+    vllm, chat = _first_model(args, "vllm")
+    audio, speech = _first_model(args, "audio")
+    _misspell(bad, "proxy_location", "proxy_locaton")
+    _misspell(app, "route_prefix", "route_prefx")
+    chat["engine_kwargs"]["max_num_seq"] = 8
+    chat["deployment_config"]["ray_actor_options"]["num_cpu"] = 1
+    speech["engine_kwargs"]["chunk_lenght_s"] = 10
+    args["medias"] = {}
+    at = f"applications[{index}]"
+    assert sorted(schema_errors(bad, schema)) == [
+        f"{at}.args.medias: unknown key 'medias'; did you mean 'media'?",
+        f"{at}.args.models[{vllm}].deployment_config.ray_actor_options.num_cpu: "
+        "unknown key 'num_cpu'; did you mean 'num_cpus'?",
+        f"{at}.args.models[{vllm}].engine_kwargs.max_num_seq: "
+        "unknown key 'max_num_seq'; did you mean 'max_num_seqs'?",
+        f"{at}.args.models[{audio}].engine_kwargs.chunk_lenght_s: "
+        "unknown key 'chunk_lenght_s'; did you mean 'chunk_length_s'?",
+        f"{at}.route_prefx: unknown key 'route_prefx'; did you mean 'route_prefix'?",
+        "proxy_locaton: unknown key 'proxy_locaton'; did you mean 'proxy_location'?",
+    ]
+
+
+def test_each_type_takes_its_own_engine_kwargs_and_values(schema):
+    args = {
+        "models": [
+            {
+                "model_loading_config": {"model_id": "a", "model_source": "org/a", "type": "audio"},
+                "engine_kwargs": {"task": "text-to-speech", "max_num_seqs": 8},
+            },
+            {
+                "model_loading_config": {"model_id": "b", "model_source": "org/b", "type": "vlm"},
+            },
+            {
+                "model_loading_config": {
+                    "model_id": "c",
+                    "model_source": "org/c",
+                    "type": "vision",
+                },
+                "engine_kwargs": {"task": "captioning"},
+            },
+        ]
+    }
+    config = {"applications": [{"import_path": "builders.app_builder:build_app", "args": args}]}
+    models = "applications[0].args.models"
+    audio_kwargs, *others = sorted(schema_errors(config, schema))
+    assert audio_kwargs.startswith(
+        f"{models}[0].engine_kwargs.max_num_seqs: unknown key 'max_num_seqs'; allowed keys: dtype,"
+    )
+    assert others == [
+        f"{models}[1].model_loading_config.type: 'vlm' is not one of "
+        "['vllm', 'audio', 'vision', 'video']",
+        f"{models}[2].engine_kwargs.task: 'captioning' is not one of "
+        "['image-classification', 'zero-shot-image-classification', 'object-detection', "
+        "'image-to-text', 'image-feature-extraction', 'image-text-to-text']",
+    ]
+
+
+def test_what_the_loader_accepts_passes(schema):
+    """The seed's spellings (llm_configs, VLLM), task aliases, an empty engine_kwargs, and
+    another builder's args, which the platform does not read."""
+    seed = {
+        "applications": [
+            {
+                "name": "seed",
+                "import_path": "builders.app_builder:build_app",
+                "args": {
+                    "llm_configs": [
+                        {
+                            "model_loading_config": {
+                                "model_id": "x",
+                                "model_source": "org/x",
+                                "type": "VLLM",
+                            },
+                            "engine_kwargs": {"tensor_parallel_size": 0, "dtype": "float16"},
+                        },
+                        {
+                            "model_loading_config": {
+                                "model_id": "w",
+                                "model_source": "org/w",
+                                "type": "audio",
+                            },
+                            "engine_kwargs": {"task": "asr"},
+                        },
+                        {
+                            "model_loading_config": {
+                                "model_id": "v",
+                                "model_source": "org/v",
+                                "type": "video",
+                            },
+                            "engine_kwargs": None,
+                        },
+                    ]
+                },
+            },
+            {"name": "other", "import_path": "my_app:app", "args": {"anything": 1}},
+        ]
+    }
+    assert schema_errors(seed, schema) == []
+
+
+def test_the_command_checks_files(tmp_path, capsys):
+    bad = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    index, app = _platform_app(bad)
+    app["args"]["router"] = {"max_request_byte": 1024}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    good = os.path.relpath(ROOT / "model_config.yaml")
+    assert main(["schema", "--check", good, str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{good}: ok" in out
+    assert err == (
+        f"{path}: applications[{index}].args.router.max_request_byte: "
+        "unknown key 'max_request_byte'; did you mean 'max_request_bytes'?\n"
+    )
