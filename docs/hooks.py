@@ -1,11 +1,16 @@
-"""MkDocs hook (``hooks:`` in ``mkdocs.yml``): the configuration reference page, written at build
-time from the pydantic models that validate ``model_config.yaml`` (``configs/``), so the page
-cannot drift from what the loader accepts. One table per model: each field with its type,
-default, limits and description."""
+"""The configuration reference page (``docs/configuration/reference.md``), written from the pydantic
+models that validate ``model_config.yaml`` (``configs/``): one table per model, each field with its
+type, default, limits and description.
+
+``python docs/hooks.py`` writes the page, committed so that it reads on GitHub too. As an MkDocs
+hook (``hooks:`` in ``mkdocs.yml``) it renders the page again at every build and serves that; where
+the committed page differs, it warns, which fails ``mkdocs build --strict`` (``scripts/check.sh``):
+the page cannot drift from what the loader accepts."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -25,13 +30,16 @@ from configs import MODEL_ENTRY_TYPES, PlatformConfig  # noqa: E402
 from configs.server_models import BaseModelEntry  # noqa: E402
 
 PAGE = "configuration/reference.md"
+PAGE_PATH = ROOT / "docs" / PAGE
+REGENERATE = "python docs/hooks.py"
 ENTRY = "ModelEntry"  # the section shared by every model entry, whatever its type
 VLLM_ARGS = "https://docs.vllm.ai/en/stable/configuration/engine_args.html"
 INTRO = f"""\
+<!-- Written by `{REGENERATE}` from configs/; do not edit. -->
 # Configuration reference
 
-Every field of the platform's `args:` block, written when these pages are built from the
-pydantic models in `configs/` that validate it (`configs.PlatformConfig` and one model entry
+Every field of the platform's `args:` block, written from the pydantic models in `configs/` that
+validate it (`configs.PlatformConfig` and one model entry
 class per engine type). Unknown keys are refused everywhere (a misspelt key is named with the
 closest valid one). The rest of the file is Ray Serve's own config
 ([`ServeDeploySchema`](https://docs.ray.io/en/latest/serve/api/doc/ray.serve.schema.ServeDeploySchema.html)):
@@ -45,8 +53,17 @@ installed vLLM's `AsyncEngineArgs`; `model` and `served_model_name` come from
 """
 
 
+log = logging.getLogger("mkdocs.hooks.config_reference")
+
+
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    files.append(File.generated(config, PAGE, content=reference_page()))
+    page = reference_page()
+    if not PAGE_PATH.exists() or PAGE_PATH.read_text() != page:
+        log.warning(f"docs/{PAGE} is not what configs/ holds now: run `{REGENERATE}`")
+    committed = files.get_file_from_path(PAGE)
+    if committed is not None:
+        files.remove(committed)
+    files.append(File.generated(config, PAGE, content=page))
     return files
 
 
@@ -187,3 +204,8 @@ def _default(prop: dict[str, Any], cls: type[BaseModel] | None, field: str) -> s
 def _text(text: str) -> str:
     """A docstring as Markdown: reStructuredText's double backquotes become code spans."""
     return " ".join(text.replace("``", "`").split())
+
+
+if __name__ == "__main__":
+    PAGE_PATH.write_text(reference_page())
+    print(f"wrote {PAGE_PATH.relative_to(ROOT)}")
