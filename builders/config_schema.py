@@ -25,7 +25,9 @@ from configs.server_models import BaseModelEntry, ModelType
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "configs" / "model_config.schema.json"
 REGENERATE = "python deploy_app.py schema --write"
-DRAFT = "https://json-schema.org/draft/2020-12/schema"
+# Draft 7: what YAML language servers validate by (their newer drafts are partial). Pydantic's
+# output here keeps to its keywords; $defs is found by JSON pointer in any draft.
+DRAFT = "http://json-schema.org/draft-07/schema#"
 MODEL_ENTRY = "ModelEntry"
 
 # Other spellings of a field's values that the config models' before-validators accept.

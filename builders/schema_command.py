@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import ValidationError
+from jsonschema.validators import validator_for
 
 from builders.config_schema import SCHEMA_PATH, config_schema, schema_text
 from builders.serve_config import load_yaml
@@ -20,7 +21,7 @@ from common.config_errors import format_loc
 
 def schema_errors(document: Any, schema: dict[str, Any]) -> list[str]:
     """``path: problem`` for each way ``document`` breaks ``schema``."""
-    errors = Draft202012Validator(schema).iter_errors(document)
+    errors = validator_for(schema)(schema).iter_errors(document)
     lines = [line for error in errors for leaf in _leaves(error) for line in _describe(leaf)]
     return sorted(set(lines), key=lines.index)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema.validators import validator_for
 
 from builders.config_schema import REGENERATE, SCHEMA_PATH, config_schema, schema_text
 from builders.schema_command import schema_errors
@@ -44,7 +44,32 @@ def test_the_committed_schema_is_the_generated_one(schema):
     assert SCHEMA_PATH.read_text() == schema_text(schema), (
         f"{SCHEMA_PATH.relative_to(ROOT)} is stale: regenerate it with `{REGENERATE}`"
     )
-    Draft202012Validator.check_schema(schema)
+    validator_for(schema).check_schema(schema)
+
+
+def _keywords(node: dict) -> list[tuple[str, set[str]]]:
+    """(keyword, the keywords beside it) for each keyword of each subschema in ``node``."""
+    found = [(keyword, set(node) - {keyword}) for keyword in node]
+    for keyword, value in node.items():
+        if keyword in ("properties", "$defs", "patternProperties"):
+            found += [k for sub in value.values() for k in _keywords(sub)]
+        elif keyword in ("allOf", "anyOf", "oneOf") or (
+            keyword == "items" and isinstance(value, list)
+        ):
+            found += [k for sub in value for k in _keywords(sub)]
+        elif isinstance(value, dict) and keyword not in ("default", "const", "examples"):
+            found += _keywords(value)
+    return found
+
+
+def test_the_schema_keeps_to_draft_7_which_editors_validate_by(schema):
+    """Newer keywords (prefixItems, unevaluatedProperties) would be ignored by YAML language
+    servers, and so would a constraint beside a $ref."""
+    draft_7 = set(validator_for(schema).META_SCHEMA["properties"]) | {"$defs"}
+    annotations = {"title", "description", "default", "examples", "$comment"}
+    keywords = _keywords(schema)
+    assert {k for k, _ in keywords} - draft_7 == set()
+    assert [beside for k, beside in keywords if k == "$ref" and beside - annotations] == []
 
 
 @pytest.mark.skipif(installed_vllm() is None, reason="vLLM is not installed")
