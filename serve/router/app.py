@@ -23,6 +23,7 @@ from serve.platform_status import ModelPhase
 from serve.policy.auth import admitted, unknown_model, visible
 from serve.policy.key_limits import KeyLimits
 from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, guarded
+from serve.router.api_docs import DOCS_PATH, install_api_docs
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.oip import install_oip_routes
 from serve.router.openapi_docs import openapi_description
@@ -73,8 +74,9 @@ class EngineCaller(Protocol):
 ROUTER_MOUNT = PolicyMount(
     metrics_path="router",
     model_endpoints=frozenset(JSON_ENDPOINTS),
-    public=frozenset({"/health", CONSOLE_PATH}),
-    public_prefixes=(CONSOLE_PATH + "/",),  # the console's page asks for the key itself
+    public=frozenset({"/health", CONSOLE_PATH, DOCS_PATH}),
+    # the console's and the API docs' pages ask for the key themselves
+    public_prefixes=(CONSOLE_PATH + "/", DOCS_PATH + "/"),
 )
 
 
@@ -188,6 +190,7 @@ def router_policy(
     install_oip_routes(app, settings, engines, uploads)
     install_pipeline_routes(app, settings, engines, uploads, limits)
     install_console(app)
+    install_api_docs(app)
 
     # One POST endpoint per capability: JSON bodies, or multipart uploads for audio input.
     for path, capability in JSON_ENDPOINTS.items():
