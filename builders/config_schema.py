@@ -92,7 +92,9 @@ def _vllm_engine_kwargs(entry: dict[str, Any], vllm_kwargs: dict[str, Any] | Non
     """A vLLM model's engine_kwargs: vLLM's arguments, or any keys where vLLM is not installed
     (the loader checks them against vLLM when it is)."""
     if vllm_kwargs is not None:
-        entry["properties"]["engine_kwargs"] = {**_ref(VLLM_KWARGS), "default": {}}
+        prop = entry["properties"]["engine_kwargs"]
+        described = {"description": prop["description"]} if "description" in prop else {}
+        entry["properties"]["engine_kwargs"] = {**_ref(VLLM_KWARGS), "default": {}, **described}
     else:
         entry["properties"]["engine_kwargs"]["description"] = (
             "vLLM's engine arguments (vLLM was not installed where this schema was generated)"

@@ -24,7 +24,11 @@ MIN_KEY_LENGTH = 16  # characters; a shorter key is guessed too soon
 class APIKeyEntry(StrictModel):
     """One API key: its name (for logs and limits), its source, and its models."""
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description="the key's name, unique, by which logs, metrics and rate limits know it",
+    )
     key_env: str | None = Field(default=None, description="environment variable holding the key")
     key_file: str | None = Field(
         default=None, description="file holding the key (a mounted Secret)"

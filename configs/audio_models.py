@@ -10,7 +10,13 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from configs.server_models import Capability, TransformersEngineKwargs, TransformersModelEntry
+from configs.server_models import (
+    BATCH_WAIT_DESCRIPTION,
+    Capability,
+    TransformersEngineKwargs,
+    TransformersModelEntry,
+    batch_size_description,
+)
 
 OPENAI_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
@@ -35,8 +41,12 @@ class AudioEngineKwargs(TransformersEngineKwargs):
         description="speech-to-text (also: automatic-speech-recognition, asr) "
         "or text-to-speech (tts)",
     )
-    max_batch_size: int = Field(default=8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
+    max_batch_size: int = Field(
+        default=8, ge=1, le=256, description=batch_size_description("audio files or texts")
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.05, ge=0, le=10, description=BATCH_WAIT_DESCRIPTION
+    )
 
     # speech-to-text
     chunk_length_s: float = Field(
@@ -53,15 +63,35 @@ class AudioEngineKwargs(TransformersEngineKwargs):
         pattern=r"^[a-z]{2,3}$",
         description="default ISO-639-1 language; unset: the model detects it",
     )
-    max_new_tokens: int | None = Field(default=None, ge=1, le=448)
-    max_audio_bytes: int = Field(default=OPENAI_MAX_UPLOAD_BYTES, ge=1024)
-    max_audio_duration_s: float = Field(default=3600.0, gt=0)
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=448,
+        description="the most tokens generated per window of audio (transformers' "
+        "max_new_tokens; Whisper's limit is 448); unset: the model's generation config",
+    )
+    max_audio_bytes: int = Field(
+        default=OPENAI_MAX_UPLOAD_BYTES,
+        ge=1024,
+        description="the largest audio file a request may upload, in bytes (OpenAI's 25 MiB by "
+        "default); past it a 413. The router reads upload bodies up to it",
+    )
+    max_audio_duration_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="the longest audio accepted, in seconds, checked while it is decoded (a "
+        "small file can expand to hours)",
+    )
     translation: bool | None = Field(
         default=None, description="serve /v1/audio/translations; unset: yes for Whisper models"
     )
 
     # text-to-speech
-    max_input_chars: int = Field(default=4096, ge=1)
+    max_input_chars: int = Field(
+        default=4096,
+        ge=1,
+        description="the longest text one request may have spoken, in characters",
+    )
     voices: dict[str, int] = Field(
         default_factory=dict,
         description="voice name -> speaker id of a multi-speaker model; "
@@ -75,7 +105,10 @@ class AudioEngineKwargs(TransformersEngineKwargs):
 
 
 class AudioModelEntry(TransformersModelEntry):
-    engine_kwargs: AudioEngineKwargs = Field(default_factory=AudioEngineKwargs)
+    engine_kwargs: AudioEngineKwargs = Field(
+        default_factory=AudioEngineKwargs,
+        description="the audio engine's settings: its task, batching and input limits",
+    )
 
     def capabilities(self) -> list[Capability]:
         if self.engine_kwargs.task is AudioTask.TEXT_TO_SPEECH:

@@ -49,17 +49,36 @@ INPUT_FIELDS = ("audio", "image", "text", "documents")  # what a request may car
 
 class PipelineStep(StrictModel):
     # pydantic reads the task names from the table at runtime; mypy cannot evaluate the Literal
-    task: Literal[tuple(STEP_TASKS)]  # type: ignore[valid-type]
+    task: Literal[tuple(STEP_TASKS)] = Field(  # type: ignore[valid-type]
+        description="what the step does: transcribe (audio -> text), chat (text -> text), speak "
+        "(text -> audio), caption, classify-image or detect (image -> text), rerank (text and "
+        "documents -> the context of later chat steps)"
+    )
     model: str = Field(min_length=1, description="a configured model that serves the task")
     prompt: str | None = Field(
         default=None, description="chat: the user message; {text} and {context} are filled in"
     )
-    system: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    voice: str = "alloy"
-    language: str | None = None
-    top_n: int = Field(default=3, ge=1, le=100)
+    system: str | None = Field(
+        default=None, description="chat: a system message sent before the prompt"
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="chat: the answer's max_tokens; unset: the model's"
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="chat: the sampling temperature; unset: the model's"
+    )
+    voice: str = Field(default="alloy", description="speak: the voice the text is spoken in")
+    language: str | None = Field(
+        default=None,
+        description="transcribe: the audio's language (ISO-639-1); unset: the model's default, "
+        "or detected",
+    )
+    top_n: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="rerank: the documents kept as context; classify-image: the labels given",
+    )
 
     @model_validator(mode="after")
     def _options_of_its_task(self) -> PipelineStep:
@@ -78,8 +97,18 @@ class PipelineStep(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    model_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
-    steps: list[PipelineStep] = Field(min_length=1, max_length=16)
+    model_id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
+        description="the pipeline's name, which clients send as model to /v1/pipelines "
+        "(listed in /v1/models as type pipeline); not also a model's id",
+    )
+    steps: list[PipelineStep] = Field(
+        min_length=1,
+        max_length=16,
+        description="the steps in order; each reads what the request or an earlier step gave",
+    )
     timeout_s: float = Field(
         default=120, gt=0, description="the whole chain's; past it a 504 names the step"
     )

@@ -50,7 +50,10 @@ class ModelLoadingConfig(StrictModel):
         min_length=1,
         description="Hugging Face id, local path (absolute or ./relative), or s3:// gs:// URI.",
     )
-    type: ModelType
+    type: ModelType = Field(
+        description="The engine that serves the model, which decides what its engine_kwargs "
+        "take: vllm, audio, vision or video (any case)."
+    )
 
     @field_validator("type", mode="before")
     @classmethod
@@ -67,12 +70,43 @@ class ModelLoadingConfig(StrictModel):
 
 
 class RayActorOptions(StrictModel):
-    num_cpus: float | None = Field(default=None, ge=0)
-    num_gpus: float | None = Field(default=None, ge=0)
-    memory: int | None = Field(default=None, ge=0, description="bytes")
-    resources: dict[str, float] | None = None
-    accelerator_type: str | None = None
-    runtime_env: dict[str, Any] | None = None
+    """What Ray reserves for each replica, as Ray Serve's ``ray_actor_options``."""
+
+    num_cpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="CPUs Ray reserves for each replica (Ray's num_cpus, fractions allowed); "
+        "unset: 1 for a model's replica, 0 for the router's",
+    )
+    num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs for each replica (Ray's num_gpus): a share below 1 (e.g. 0.4) packs "
+        "several replicas on one GPU, above 1 a whole number (2, 4, ...); a vLLM model on "
+        "several GPUs shards over them (tensor_parallel_size x pipeline_parallel_size). Unset: "
+        "no GPU",
+    )
+    memory: int | None = Field(
+        default=None,
+        ge=0,
+        description="memory Ray reserves for each replica, in bytes (Ray's memory resource: "
+        "it schedules by it)",
+    )
+    resources: dict[str, float] | None = Field(
+        default=None,
+        description="custom Ray resources each replica needs, name -> amount (Ray's "
+        "resources), e.g. to keep it on nodes that offer one",
+    )
+    accelerator_type: str | None = Field(
+        default=None,
+        description="run replicas only on nodes with this accelerator (Ray's accelerator_type, "
+        "e.g. A100, H100, L4)",
+    )
+    runtime_env: dict[str, Any] | None = Field(
+        default=None,
+        description="Ray runtime_env of each replica (env_vars, pip, ...), over the "
+        "application's; the platform adds its replica settings to env_vars",
+    )
 
     @field_validator("num_gpus")
     @classmethod
@@ -83,16 +117,62 @@ class RayActorOptions(StrictModel):
 
 
 class AutoscalingConfig(StrictModel):
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
-    initial_replicas: int | None = Field(default=None, ge=0)
-    target_ongoing_requests: float = Field(default=2, gt=0)
-    upscale_delay_s: float = Field(default=30.0, ge=0)
-    downscale_delay_s: float = Field(default=600.0, ge=0)
-    upscaling_factor: float | None = Field(default=None, gt=0)
-    downscaling_factor: float | None = Field(default=None, gt=0)
-    metrics_interval_s: float = Field(default=10.0, gt=0)
-    look_back_period_s: float = Field(default=30.0, gt=0)
+    """Ray Serve's ``autoscaling_config``: Serve adds and removes replicas by the requests each
+    runs and queues (the fields set here are passed on; the defaults are Serve's)."""
+
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="fewest replicas; 0 scales the model to zero when idle, and a request that "
+        "arrives then waits while a replica starts",
+    )
+    max_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="most replicas; deploy_app.py's fit check places this many, and the request "
+        "queue is sized for them",
+    )
+    initial_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="replicas started at deploy, between min_replicas and max_replicas; unset: "
+        "min_replicas",
+    )
+    target_ongoing_requests: float = Field(
+        default=2,
+        gt=0,
+        description="requests (running and queued) per replica that Serve scales to keep",
+    )
+    upscale_delay_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds the load must stay above target before Serve adds replicas",
+    )
+    downscale_delay_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds the load must stay below target before Serve removes replicas",
+    )
+    upscaling_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="multiplies each scale-up step (below 1: more cautious); unset: Serve's 1",
+    )
+    downscaling_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="multiplies each scale-down step (below 1: more cautious); unset: Serve's 1",
+    )
+    metrics_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds between the load reports Serve scales by (deprecated by Serve)",
+    )
+    look_back_period_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds over which Serve averages the load it scales by",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -110,19 +190,74 @@ class AutoscalingConfig(StrictModel):
 class DeploymentConfig(StrictModel):
     """Ray Serve deployment options, passed to ``Deployment.options``."""
 
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    num_replicas: int | None = Field(default=None, ge=1)
-    autoscaling_config: AutoscalingConfig | None = None
-    max_ongoing_requests: int | None = Field(default=None, ge=1)
-    max_queued_requests: int | None = Field(default=None, ge=-1)
-    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
-    placement_group_bundles: list[dict[str, float]] | None = None
-    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = (
-        None
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="the Serve deployment's name, after which the model's application is named; "
+        "unset: the model_id with other characters than letters, digits, '_', '.' and '-' "
+        "made '-'",
     )
-    health_check_period_s: float | None = Field(default=None, gt=0)
-    health_check_timeout_s: float | None = Field(default=None, gt=0)
-    graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
+    num_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="a fixed number of replicas (Serve's num_replicas); not with "
+        "autoscaling_config. Neither: 1",
+    )
+    autoscaling_config: AutoscalingConfig | None = Field(
+        default=None,
+        description="replicas scaled by load between min_replicas and max_replicas; not with "
+        "num_replicas",
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests one replica runs at once (Serve's max_ongoing_requests); unset: "
+        f"vLLM's max_num_seqs or 256 for a vllm model, {MERGED_BATCHES} x max_batch_size for a "
+        "batching "
+        "engine, 4 for an image-text-to-text chat model, the sum of its models' for a group",
+    )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=-1,
+        description="requests that may wait for a replica (Serve's max_queued_requests); past "
+        "it a request gets a 503 with Retry-After at once. Unset: twice what the deployment "
+        "runs at its most replicas, at least 8; -1: unbounded",
+    )
+    ray_actor_options: RayActorOptions = Field(
+        default_factory=RayActorOptions,
+        description="what Ray reserves for each replica (CPUs, GPUs, memory) and its runtime_env",
+    )
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        default=None,
+        description="a placement group per replica (Serve's placement_group_bundles): resource "
+        "bundles such as [{CPU: 4, GPU: 1}, {GPU: 1}], the replica in the first; unset: one "
+        "{GPU: 1} bundle per shard for a vLLM model on several GPUs, else none",
+    )
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = (
+        Field(
+            default=None,
+            description="how a replica's bundles spread over nodes (Ray's placement group "
+            "strategies); unset: STRICT_PACK (one node) for a tensor-parallel vLLM model, else "
+            "PACK",
+        )
+    )
+    health_check_period_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds between Serve's health checks of a replica (Serve's default: 10)",
+    )
+    health_check_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds a health check may take before Serve counts the replica unhealthy "
+        "and replaces it; unset: 60 (model loads and batches can hold a replica's loop briefly)",
+    )
+    graceful_shutdown_timeout_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds Serve lets a stopping replica finish its requests before it kills "
+        "it (Serve's default: 20)",
+    )
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> DeploymentConfig:
@@ -144,17 +279,45 @@ class DeploymentConfig(StrictModel):
         return options
 
 
+def batch_size_description(inputs: str) -> str:
+    """``max_batch_size``'s description, shared by the engine types that narrow its limits."""
+    return (
+        f"most {inputs} in one model call (Ray Serve's @serve.batch max_batch_size): concurrent "
+        f"requests' {inputs} are batched; the replica's default max_ongoing_requests is "
+        f"{MERGED_BATCHES} times it"
+    )
+
+
+BATCH_WAIT_DESCRIPTION = (
+    "seconds Serve waits for more inputs to fill a batch before it runs one (Ray Serve's "
+    "batch_wait_timeout_s); 0: at once with what has arrived"
+)
+
+
 class TransformersEngineKwargs(StrictModel):
     """What every transformers engine shares: weights, precision and Serve batching."""
 
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="auto: float16 on a GPU, float32 on the CPU"
+        default="auto",
+        description="the precision the weights are loaded in; auto: float16 on a GPU, float32 on "
+        "the CPU",
     )
-    revision: str | None = None
-    trust_remote_code: bool = False
-    # Requests that arrive within batch_wait_timeout_s of each other share one forward pass.
-    max_batch_size: int = Field(default=16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
+    revision: str | None = Field(
+        default=None,
+        description="the branch, tag or commit of a Hugging Face model to load; unset: its "
+        "default branch",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="run Python code that the model's repository ships (transformers' "
+        "trust_remote_code); only for sources you trust",
+    )
+    max_batch_size: int = Field(
+        default=16, ge=1, le=512, description=batch_size_description("inputs")
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, le=10, description=BATCH_WAIT_DESCRIPTION
+    )
 
 
 class MultiplexConfig(StrictModel):
@@ -169,7 +332,14 @@ class MultiplexConfig(StrictModel):
     variants_dir: str | None = Field(
         default=None, description="each subdirectory is a variant, named after it"
     )
-    max_variants_per_replica: int = Field(default=3, ge=1, le=1024)
+    max_variants_per_replica: int = Field(
+        default=3,
+        ge=1,
+        le=1024,
+        description="variants one replica holds loaded at once (Serve's "
+        "max_num_models_per_replica): the least recently used gives way to another; a vLLM "
+        "model's max_loras",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -218,12 +388,27 @@ class MultiplexConfig(StrictModel):
 class BaseModelEntry(StrictModel):
     """One model in ``models:``; engine types subclass it with typed ``engine_kwargs``."""
 
-    model_loading_config: ModelLoadingConfig
-    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    engine_kwargs: Any = None
-    multiplex_config: MultiplexConfig | None = None
+    model_loading_config: ModelLoadingConfig = Field(
+        description="what to load: the model's id, its source and its engine type"
+    )
+    deployment_config: DeploymentConfig = Field(
+        default_factory=DeploymentConfig,
+        description="the Serve options of the model's deployment (replicas, resources, "
+        "queue); a model in a group takes its group's instead",
+    )
+    engine_kwargs: Any = Field(
+        default=None,
+        description="the engine's settings, by model_loading_config.type: vLLM's engine "
+        "arguments for vllm, the transformers engine's for audio, vision and video",
+    )
+    multiplex_config: MultiplexConfig | None = Field(
+        default=None,
+        description="variants of the model (LoRA adapters, other weights) that its replicas "
+        "serve, which a request picks with `model: <model_id>:<variant>`",
+    )
     group: str | None = Field(
-        default=None, description="a name in groups: share that group's replicas"
+        default=None,
+        description="a name in groups: the model shares that group's deployment and replicas",
     )
 
     # Serve options the engine type wants unless the YAML says otherwise.
@@ -285,7 +470,9 @@ class BaseModelEntry(StrictModel):
 class TransformersModelEntry(BaseModelEntry):
     """A model served by a batching transformers engine (``servers/batching.py``)."""
 
-    engine_kwargs: TransformersEngineKwargs
+    engine_kwargs: TransformersEngineKwargs = Field(
+        description="the transformers engine's settings: weights, precision and batching"
+    )
 
     def serve_options(self) -> dict[str, Any]:
         options = super().serve_options()
@@ -297,10 +484,27 @@ class TransformersModelEntry(BaseModelEntry):
 
 
 class CorsConfig(StrictModel):
-    allow_origins: list[str] = Field(default_factory=list)
-    allow_credentials: bool = False
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
-    allow_headers: list[str] = Field(default_factory=lambda: ["Authorization", "Content-Type"])
+    """Which web pages of other origins may call the API from a browser: Starlette's
+    ``CORSMiddleware`` options, on the router and on each model's own port."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description='origins whose pages may call the API, e.g. ["https://app.example.com"], '
+        'or `"*"` for any; empty: no CORS headers at all',
+    )
+    allow_credentials: bool = Field(
+        default=False,
+        description="let those pages send credentials (cookies, an Authorization header) "
+        '(Access-Control-Allow-Credentials); not with allow_origins `"*"`',
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST", "OPTIONS"],
+        description="HTTP methods allowed from other origins (Access-Control-Allow-Methods)",
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["Authorization", "Content-Type"],
+        description="request headers allowed from other origins (Access-Control-Allow-Headers)",
+    )
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> CorsConfig:
@@ -322,13 +526,28 @@ class MediaConfig(StrictModel):
     """
 
     allowed_domains: list[str] = Field(
-        default_factory=list, description='e.g. ["images.example.com"]'
+        default_factory=list,
+        description="hosts whose http(s) URLs may be fetched, their subdomains included, e.g. "
+        '["images.example.com"]; empty: data: URLs only',
     )
     allowed_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list, description="CIDRs, e.g. 10.1.2.0/24"
+        default_factory=list,
+        description="non-public networks those hosts may resolve to (CIDRs, e.g. 10.1.2.0/24); "
+        "otherwise only public addresses are fetched from",
     )
-    max_download_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="one URL's")
-    download_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_download_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description="the most bytes one URL may bring (a data: URL's decoded bytes too); past "
+        "it a 413",
+    )
+    download_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds one URL's download may take, connecting included; past it the "
+        "request fails",
+    )
     max_urls_per_request: int = Field(
         default=16, ge=0, description="media URLs one request may name; counted before fetching"
     )
@@ -359,22 +578,59 @@ class MediaConfig(StrictModel):
 class RouterConfig(StrictModel):
     """Deployment options and request limits of the ``MultiModelRouter`` ingress."""
 
-    num_replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=1024, ge=1)
-    ray_actor_options: RayActorOptions = Field(default_factory=lambda: RayActorOptions(num_cpus=0))
-    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    request_timeout_s: float = Field(default=600, gt=0)
-    # What one router replica may hold at once for upload bodies and fetched media, all requests
-    # together.
-    max_upload_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    num_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="router replicas (a fixed count, Serve's num_replicas); each model's "
+        "request capacity is shared out between them",
+    )
+    max_ongoing_requests: int = Field(
+        default=1024,
+        ge=1,
+        description="requests one router replica handles at once, streams included (Serve's "
+        "max_ongoing_requests)",
+    )
+    ray_actor_options: RayActorOptions = Field(
+        default_factory=lambda: RayActorOptions(num_cpus=0),
+        description="what Ray reserves for each router replica; by default no CPU",
+    )
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="the largest JSON request body, in bytes, on the router and the one-hop "
+        "URLs; past it a 413. File uploads and /v2 bodies may be as large as their model's "
+        "file limit",
+    )
+    request_timeout_s: float = Field(
+        default=600,
+        gt=0,
+        description="seconds a whole request may take on /v1, /v2 and the one-hop URLs, from "
+        "its first byte to its last, streams included; past it the engine's work is cancelled "
+        "and the client gets a 504",
+    )
+    max_upload_memory_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="what one router replica (or a model's own port) may hold at once for "
+        "upload bodies and fetched media, all requests together, in bytes; past it a 503 with "
+        "Retry-After. It must hold one of each model's largest uploads",
+    )
 
 
 class GroupConfig(StrictModel):
     """Several small models in one deployment: each replica loads all of them and shares its
     CPUs and GPU share between them (models name the group in their ``group`` field)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)
-    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        max_length=64,
+        description="what its models write in group; also the name of its Serve deployment",
+    )
+    deployment_config: DeploymentConfig = Field(
+        default_factory=DeploymentConfig,
+        description="the Serve options of the group's deployment (its models set none of "
+        "their own); a replica's resources are shared by all the group's models",
+    )
 
 
 class PlatformSettings(StrictModel):
@@ -390,9 +646,19 @@ class PlatformSettings(StrictModel):
     api_keys_env: str | None = Field(
         default=None, description="env var with comma-separated keys for every model"
     )
-    cors: CorsConfig = Field(default_factory=CorsConfig)
-    router: RouterConfig = Field(default_factory=RouterConfig)
-    media: MediaConfig = Field(default_factory=MediaConfig)
+    cors: CorsConfig = Field(
+        default_factory=CorsConfig,
+        description="browser calls from other origins; off until allow_origins names one",
+    )
+    router: RouterConfig = Field(
+        default_factory=RouterConfig,
+        description="the router's Serve deployment and its request limits",
+    )
+    media: MediaConfig = Field(
+        default_factory=MediaConfig,
+        description="which media URLs may be fetched for requests, and how much media a "
+        "request may carry",
+    )
     pipelines: list[PipelineConfig] = Field(
         default_factory=list, description="models that chain other models"
     )
@@ -496,9 +762,15 @@ class PlatformConfig(PlatformSettings):
     settings plus the models (and the groups some of them share)."""
 
     models: list[dict[str, Any]] = Field(
-        min_length=1, validation_alias=AliasChoices("models", "llm_configs")
+        min_length=1,
+        validation_alias=AliasChoices("models", "llm_configs"),
+        description="the models to serve, each checked by the entry class of its "
+        "model_loading_config.type (also read as llm_configs, the seed config's name)",
     )
-    groups: list[GroupConfig] = Field(default_factory=list)
+    groups: list[GroupConfig] = Field(
+        default_factory=list,
+        description="deployments that several small models share, each model naming its group",
+    )
     platform_app: str | None = Field(
         default=None,
         description="set by the renderer: the router application that serves these models",

@@ -43,7 +43,8 @@ class MediaEngineKwargs(TransformersEngineKwargs):
     top_k: int = Field(
         default=5, ge=1, le=1000, description="labels returned per input (classification)"
     )
-    task: str  # each kind of media model narrows it to its own tasks
+    # each kind of media model narrows it to its own tasks
+    task: str = Field(description="the transformers task the model runs")
 
 
 class VisionEngineKwargs(MediaEngineKwargs):
@@ -54,8 +55,15 @@ class VisionEngineKwargs(MediaEngineKwargs):
     max_image_pixels: int = Field(
         default=25_000_000, ge=1, description="width x height; larger images are a 413"
     )
-    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_inputs_per_request: int = Field(default=64, ge=1)
+    max_image_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description="the largest encoded image (a /v2 input, or a chat message's image), in "
+        "bytes; past it a 413. The router reads /v2 bodies to this model up to it (as base64)",
+    )
+    max_inputs_per_request: int = Field(
+        default=64, ge=1, description="images one /v2 request may carry; more: a 400"
+    )
     threshold: float = Field(
         default=0.5, ge=0, le=1, description="object-detection: lowest score returned"
     )
@@ -86,7 +94,9 @@ class TensorModelEntry(TransformersModelEntry):
     """A model served through ``/v2``: one task, one BYTES input (encoded media), JSON outputs."""
 
     input_name: ClassVar[str] = "image"
-    engine_kwargs: MediaEngineKwargs
+    engine_kwargs: MediaEngineKwargs = Field(
+        description="the media engine's settings: its task, batching and input limits"
+    )
 
     def capabilities(self) -> list[Capability]:
         return [Capability(self.engine_kwargs.task)]
@@ -103,7 +113,9 @@ class TensorModelEntry(TransformersModelEntry):
 
 
 class VisionModelEntry(TensorModelEntry):
-    engine_kwargs: VisionEngineKwargs
+    engine_kwargs: VisionEngineKwargs = Field(
+        description="the vision engine's settings: its task (required), batching and input limits"
+    )
 
     def is_chat(self) -> bool:
         return self.engine_kwargs.task == IMAGE_TEXT_TO_TEXT

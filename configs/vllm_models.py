@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PrivateAttr,
     TypeAdapter,
     create_model,
@@ -83,7 +84,12 @@ def _largest_lora_rank(sources) -> int:
 
 
 class VLLMModelEntry(BaseModelEntry):
-    engine_kwargs: dict[str, Any] = {}
+    engine_kwargs: dict[str, Any] = Field(
+        default={},
+        description="vLLM's engine arguments (AsyncEngineArgs: `vllm serve`'s flags without the "
+        "dashes), checked against the installed vLLM; model and served_model_name come from "
+        "model_loading_config",
+    )
     _lora_rank: int = PrivateAttr(default=0)  # of the local adapters, read once at validation
 
     default_serve_options: ClassVar[dict[str, Any]] = {

@@ -1,18 +1,23 @@
 """The JSON Schema of model_config.yaml: the committed copy is the generated one, the shipped
-configs pass it and name it on their first line, and a misspelt field fails naming its path."""
+configs pass it and name it on their first line, a misspelt field fails naming its path, and
+every field of the platform's own models is described."""
 
 import copy
 import json
 import os
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 from jsonschema.validators import validator_for
+from pydantic import BaseModel
 
-from builders.config_schema import REGENERATE, SCHEMA_PATH, config_schema, schema_text
+from builders.config_schema import MODEL_ENTRY, REGENERATE, SCHEMA_PATH, config_schema, schema_text
 from builders.schema_command import schema_errors
 from builders.vllm_args_schema import VLLM_KWARGS
+from configs import MODEL_ENTRY_TYPES, PlatformConfig
+from configs.server_models import BaseModelEntry
 from configs.vllm_models import PLATFORM_OWNED_ARGS, installed_vllm, vllm_engine_kwargs_model
 from deploy_app import main
 
@@ -236,3 +241,67 @@ def test_the_command_checks_files(tmp_path, capsys):
         f"{path}: applications[{index}].args.router.max_request_byte: "
         "unknown key 'max_request_byte'; did you mean 'max_request_bytes'?\n"
     )
+
+
+def _config_classes() -> dict[type[BaseModel], str]:
+    """The platform's config models (configs/) that the schema holds, with their definitions'
+    names: those the args block and each entry type reach through their fields (an entry class
+    is the schema's ModelEntry)."""
+    found: dict[type[BaseModel], str] = {}
+    pending: list[type[BaseModel]] = [PlatformConfig, BaseModelEntry, *MODEL_ENTRY_TYPES.values()]
+    while pending:
+        cls = pending.pop()
+        if cls in found:
+            continue
+        found[cls] = MODEL_ENTRY if issubclass(cls, BaseModelEntry) else cls.__name__
+        for field in cls.model_fields.values():
+            pending += [
+                t
+                for t in _annotation_types(field.annotation)
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ]
+    return {cls: name for cls, name in found.items() if cls.__module__.startswith("configs.")}
+
+
+def _annotation_types(annotation) -> list:
+    return [annotation, *(t for arg in get_args(annotation) for t in _annotation_types(arg))]
+
+
+def _def_name(cls: type[BaseModel], name: str, defs: dict) -> str:
+    """Pydantic names a definition after its class, or by module where two classes share a name
+    (the platform's AutoscalingConfig and Serve's)."""
+    qualified = f"{cls.__module__.replace('.', '__')}__{cls.__qualname__}"
+    return name if name in defs or name == MODEL_ENTRY else qualified
+
+
+def test_every_field_of_the_platforms_models_is_described(schema):
+    """Editors and the configuration reference show each field's description: every property of
+    configs/' models has one, in the schema (the type-dependent engine_kwargs of a model entry
+    included) and in the models themselves (base classes included)."""
+    defs = schema["$defs"]
+    names = {_def_name(cls, name, defs) for cls, name in _config_classes().items()}
+    assert {"PlatformConfig", MODEL_ENTRY, "DeploymentConfig", "PipelineStep"} <= names
+    assert names <= set(defs), f"not in the schema: {sorted(names - set(defs))}"
+    undescribed = []
+    for name in sorted(names):
+        definition = defs[name]
+        branches = [branch["then"] for branch in definition.get("allOf", [])]
+        for where, part in [(name, definition), *((f"{name} (if/then)", b) for b in branches)]:
+            undescribed += [
+                f"{where}.{field}"
+                for field, prop in part.get("properties", {}).items()
+                if not prop.get("description")
+            ]
+    models = {
+        base
+        for cls in _config_classes()
+        for base in cls.__mro__
+        if issubclass(base, BaseModel) and base.__module__.startswith("configs.")
+    }
+    undescribed += sorted(
+        f"{cls.__module__}.{cls.__name__}.{field}"
+        for cls in models
+        for field, info in cls.model_fields.items()
+        if not info.description
+    )
+    assert undescribed == [], "describe these fields with Field(description=...)"
