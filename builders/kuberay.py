@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from builders.kuberay_security import SERVE_PORT, Lockdown, locked
 from builders.render import render_serve_config
 from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
 from common.serve_options import replica_range, replica_shape
@@ -30,7 +31,6 @@ from configs import LoadedConfig
 
 RAY_VERSION = "2.60.0"
 CRD_DIR = Path(__file__).parent / "crds"
-SERVE_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def ray_cluster_spec(
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
         "headGroupSpec": {
-            # The head runs Ray's control plane and the HTTP proxy, no model replicas.
+            # The head runs Ray's control plane and the HTTP proxy, no model replicas. The
+            # dashboard listens for KubeRay's operator; the token and the NetworkPolicy keep
+            # everyone else out (builders/kuberay_security.py). No Ray Client port.
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
             "template": {
                 "spec": {
@@ -157,7 +159,6 @@ def ray_cluster_spec(
                             "ports": [
                                 {"containerPort": 6379, "name": "gcs"},
                                 {"containerPort": 8265, "name": "dashboard"},
-                                {"containerPort": 10001, "name": "client"},
                                 {"containerPort": SERVE_PORT, "name": "serve"},
                             ],
                             "resources": {"limits": head_resources, "requests": head_resources},
@@ -186,15 +187,20 @@ def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -
     return config
 
 
-def pod_env(loaded: dict[str, LoadedConfig], secret: str) -> list[dict]:
+def pod_env(loaded: dict[str, LoadedConfig], secret: str | None) -> list[dict]:
     """Ray's settings that must be set where Ray starts (HAProxy ingress, worker niceness), and the
     key variables (``api_keys_env``, each key's ``key_env``) from a Kubernetes Secret (key = the
-    variable's name). A ``key_file`` is the operator's Secret volume to mount."""
+    variable's name; none without ``secret``). A ``key_file`` is the operator's Secret volume to
+    mount."""
     from common.serve_env import CLUSTER_ENV_KEYS, STREAMING_ENV
 
-    names = sorted(
-        {c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env}
-        | {k.key_env for c in loaded.values() for k in c.platform.api_keys if k.key_env}
+    names = (
+        sorted(
+            {c.platform.api_keys_env for c in loaded.values() if c.platform.api_keys_env}
+            | {k.key_env for c in loaded.values() for k in c.platform.api_keys if k.key_env}
+        )
+        if secret
+        else []
     )
     return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + [
         {"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names
@@ -209,10 +215,17 @@ def render(
     shape: WorkerShape,
     entrypoint: str | None = None,
     secret: str = "rayserve-platform-keys",
+    lock: Lockdown | None = None,
+    job_serves: bool = False,
 ) -> dict:
     raw = load_yaml(config_path)
     _, loaded = validate_serve_config(raw)  # the whole file first, as a deploy would
-    cluster = ray_cluster_spec(loaded, image, shape, pod_env(loaded, secret))
+    lock = lock or Lockdown(ray_token_secret=f"{name}-ray-token")
+    # Keys reach only the containers of a cluster that serves: a RayJob's cluster runs a job
+    # (a batch job, a benchmark) and gets none unless it serves the platform itself.
+    serves = kind == "rayservice" or job_serves
+    env = pod_env(loaded, secret if serves else None)
+    cluster = locked(ray_cluster_spec(loaded, image, shape, env), lock)
     metadata = {"name": name, "labels": {"app.kubernetes.io/name": "rayserve-platform"}}
     if kind == "rayservice":
         return {
@@ -280,7 +293,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory-per-worker", default="32Gi")
     parser.add_argument("--api-keys-secret", default="rayserve-platform-keys")
+    parser.add_argument(
+        "--job-serves",
+        action="store_true",
+        help="rayjob: the job serves the platform, so its containers get the API keys",
+    )
+    parser.add_argument(
+        "--ray-token-secret",
+        default=None,
+        help="the Secret (key auth_token) with Ray's auth token (default: NAME-ray-token)",
+    )
+    parser.add_argument(
+        "--metrics-namespace",
+        default="monitoring",
+        help="the namespace whose pods may scrape Ray's metrics port ('': none)",
+    )
+    parser.add_argument(
+        "--gcs-redis-address",
+        default=None,
+        help="host:port of a Redis for the head's GCS state (GCS fault tolerance: a restarted "
+        "head recovers the applications)",
+    )
+    parser.add_argument(
+        "--gcs-redis-password-secret", default=None, help="the Secret (key password) of that Redis"
+    )
     args = parser.parse_args(argv)
+    lock = Lockdown(
+        args.ray_token_secret or f"{args.name}-ray-token",
+        args.metrics_namespace or None,
+        args.gcs_redis_address,
+        args.gcs_redis_password_secret,
+    )
     shape = WorkerShape(args.cpus_per_worker, args.gpus_per_worker, args.memory_per_worker)
     try:
         manifest = render(
@@ -291,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             shape,
             args.entrypoint,
             args.api_keys_secret,
+            lock,
+            args.job_serves,
         )
     except ValueError as err:  # an invalid config, or workers too small for a replica
         print(f"{args.config}: {err}", file=sys.stderr)

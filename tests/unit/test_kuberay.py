@@ -147,3 +147,75 @@ def test_cli_prints_yaml(capsys):
         == 0
     )
     assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"] == "python bench/x.py"
+
+
+def _cluster(kind: str = "rayservice", **kwargs) -> dict:
+    manifest = render(kind, "examples/production.yaml", "img", "p", WorkerShape(8, 2), **kwargs)
+    assert validate(manifest) == []
+    spec = manifest["spec"]
+    return spec.get("rayClusterConfig") or spec["rayClusterSpec"]
+
+
+def _containers(cluster: dict) -> list[dict]:
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def _key_variables(container: dict) -> set[str]:
+    return {e["name"] for e in container["env"] if "valueFrom" in e}
+
+
+def test_the_control_plane_is_locked_by_default():
+    cluster = _cluster()
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "p-ray-token"}
+    policy = cluster["networkPolicy"]
+    assert policy["mode"] == "DenyAllIngress" and policy["head"] == policy["worker"]
+    serve_rule, metrics_rule = policy["head"]["ingressRules"]
+    assert serve_rule == {"ports": [{"port": 8000, "protocol": "TCP"}]}  # from anywhere
+    assert metrics_rule == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert 10001 not in {p["containerPort"] for p in head["ports"]}  # no Ray Client
+    assert "gcsFaultToleranceOptions" not in cluster  # only when asked
+
+
+def test_gcs_fault_tolerance_and_secrets_from_the_command_line(capsys):
+    argv = ["rayservice", "--config", "examples/production.yaml", "--image", "img"]
+    assert (
+        main(
+            argv
+            + ["--gcs-redis-address", "redis.db:6379", "--gcs-redis-password-secret", "redis"]
+            + ["--ray-token-secret", "tok", "--metrics-namespace", ""]
+        )
+        == 0
+    )
+    cluster = yaml.safe_load(capsys.readouterr().out)["spec"]["rayClusterConfig"]
+    assert cluster["gcsFaultToleranceOptions"] == {
+        "redisAddress": "redis.db:6379",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}}},
+    }
+    assert cluster["authOptions"]["secretName"] == "tok"
+    assert len(cluster["networkPolicy"]["worker"]["ingressRules"]) == 1  # the serving port alone
+
+
+def test_api_keys_reach_only_the_containers_of_a_cluster_that_serves():
+    keys = {"PLATFORM_API_KEYS", "SEARCH_TEAM_KEY"}
+    assert all(_key_variables(c) == keys for c in _containers(_cluster()))
+    assert all(_key_variables(c) == set() for c in _containers(_cluster("rayjob")))
+    assert all(_key_variables(c) == keys for c in _containers(_cluster("rayjob", job_serves=True)))
+
+
+@pytest.mark.parametrize("kind", ["rayservice", "rayjob"])
+def test_the_bundled_crds_are_kuberays(kind, request):
+    """builders/crds/ is the copy of the shared KubeRay CRDs the manifests are validated with."""
+    from builders.kuberay import CRD_DIR
+
+    shared = request.config.rootpath.parent / "shared" / "kuberay-crds"
+    if not shared.is_dir():
+        pytest.skip("no shared KubeRay CRDs beside this checkout")
+    name = f"ray.io_{kind}s.yaml"
+    assert (CRD_DIR / name).read_bytes() == (shared / name).read_bytes()
