@@ -49,7 +49,8 @@ closest valid one). The rest of the file is Ray Serve's own config
 A `type: vllm` model's `engine_kwargs` are vLLM's own
 [engine arguments]({VLLM_ARGS}) (`vllm serve`'s flags without the dashes), checked against the
 installed vLLM's `AsyncEngineArgs`; `model` and `served_model_name` come from
-`model_loading_config`.
+`model_loading_config`. The same models give the file's JSON Schema, which editors read
+(`configs/model_config.schema.json`; [The schema](models.md#the-schema-for-editors)).
 """
 
 
