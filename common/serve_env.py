@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import sys
 
 STREAMING_ENV = {
     # Ray starts workers at nice 15 so the driver stays responsive; on a serving node the
@@ -92,8 +93,9 @@ def apply_streaming_env(http_port: int | None = None) -> None:
 def haproxy_binary_env() -> dict[str, str]:
     """Ray's HAProxy started through ``scripts/haproxy``, which turns kernel splicing off (a
     client leaving a stream it stopped reading can otherwise strand a spinning session that never
-    aborts the generation); read by the HAProxy manager, so set where Ray starts. An operator's
-    own ``RAY_SERVE_HAPROXY_BINARY_PATH`` is left as it is."""
+    aborts the generation) and adds the platform's capacity gates with this Python
+    (``common/haproxy_gate.py``); read by the HAProxy manager, so set where Ray starts. An
+    operator's own ``RAY_SERVE_HAPROXY_BINARY_PATH`` is left as it is."""
     if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", HAPROXY_WRAPPER) != HAPROXY_WRAPPER:
         return {}
     try:
@@ -102,7 +104,11 @@ def haproxy_binary_env() -> dict[str, str]:
         binary = get_haproxy_binary()
     except (ImportError, OSError):  # no bundled binary for this platform: Ray looks for one on PATH
         return {}
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER, "PLATFORM_HAPROXY_BINARY": binary}
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER,
+        "PLATFORM_HAPROXY_BINARY": binary,
+        "PLATFORM_HAPROXY_PYTHON": sys.executable,
+    }
 
 
 def haproxy_threads_env(cores: int | None = None) -> dict[str, str]:

@@ -13,14 +13,24 @@ The limit depends on where it is counted, a router process or a replica's own po
 
 Pure and lock-free: ``acquire`` neither awaits nor blocks, so on one event loop (a Serve
 replica's) a check and its count are one step.
+
+HAProxy in front refuses the same requests sooner, before any hop (``common/haproxy_gate.py``):
+``GatePublisher`` hands it the limits this process counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+from common import haproxy_gate
 from serve.router.errors import APIError
+from serve.router.routing import ModelRoute
+
+logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 1  # as the router's answer to Serve's BackPressureError
 
@@ -85,3 +95,67 @@ class Capacity:
 
     def __repr__(self) -> str:
         return f"Capacity({self.name!r}, {self.in_flight}/{self._limit})"
+
+
+def ingress_gate(
+    routes: Mapping[str, ModelRoute], own_model: str | None, endpoints: Collection[str]
+) -> dict[str, Any]:
+    """What HAProxy is to refuse itself in front of this process (``haproxy_gate.publish``): on a
+    replica's own URL (``own_model``), its deployment's capacity per replica; on the router, each
+    deployment's per router process, named by its models (variants too) in the bodies of
+    ``endpoints``. Empty where nothing is bounded."""
+    if own_model is not None:
+        route = routes.get(own_model)
+        if route is None or route.replica_capacity is None:
+            return {}
+        return {
+            "direct": {"deployment": route.deployment_name, "per_server": route.replica_capacity}
+        }
+    bounded = {name: r for name, r in routes.items() if r.router_capacity is not None}
+    if not bounded:
+        return {}
+    return {
+        "router": {
+            "models": {name: r.deployment_name for name, r in bounded.items()},
+            "limits": {r.deployment_name: r.router_capacity for r in bounded.values()},
+            "endpoints": sorted(endpoints),
+        }
+    }
+
+
+class GatePublisher:
+    """Keeps this process's ``ingress_gate`` where HAProxy reads it, checked at most every
+    ``CHECK_S`` (the router's routes change in place as model applications come and go).
+    ``app``: the Serve application this process serves, whose HAProxy backend is gated; None
+    (outside Serve): nothing is published."""
+
+    CHECK_S = 2.0
+
+    def __init__(self, app: str | None, own_model: str | None, endpoints: Collection[str]):
+        self.app, self.own_model, self.endpoints = app, own_model, endpoints
+        self._published: dict[str, Any] | None = None
+        self._next_check = 0.0
+
+    def check(self, routes: Mapping[str, ModelRoute]) -> None:
+        if self.app is None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.CHECK_S
+        gate = ingress_gate(routes, self.own_model, self.endpoints)
+        if gate == self._published:
+            return
+        self._published = gate
+        try:
+            haproxy_gate.publish(self.app, gate, RETRY_AFTER_S)
+        except OSError as err:  # HAProxy then leaves the refusals to this process, as before
+            logger.warning("could not publish %s's capacity to HAProxy: %s", self.app, err)
+
+
+def serve_app() -> str | None:
+    """The Serve application of this replica; None outside one."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:
+        return None

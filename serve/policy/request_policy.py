@@ -9,8 +9,8 @@ In the order a request meets them:
 2. auth: the bearer key (401), but for public paths (liveness, the console's page);
 3. body: a model endpoint's JSON body is read under the body limit (413) and parsed (400); a model
    outside the key's scope is the 404 of an unknown one; a model whose deployment has taken in
-   all it can run and queue is a 503 with ``Retry-After`` at once (``capacity.py``; on the one-hop
-   path before the body is read); media URLs are fetched under the media policy and handed on
+   all it can run and queue is a 503 with ``Retry-After`` at once (``capacity.py``; HAProxy in
+   front refuses the same ones sooner, from the limits published here); media URLs are fetched under the media policy and handed on
    inline, their bytes held against the upload memory until the request ends;
 4. limits: the key's requests and tokens per minute (429), reserving prompt + ``max_tokens``;
 5. metering: the answer's tokens, counted as they pass, charged once however the request ends;
@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
 from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
-from serve.policy.capacity import Capacity
+from serve.policy.capacity import Capacity, GatePublisher, serve_app
 from serve.policy.key_limits import KeyLimits
 from serve.policy.key_ring import KeyRing
 from serve.policy.media_refs import inline_chat_media
@@ -90,16 +90,24 @@ class RequestPolicy:
     uploads: UploadMemory | None = None  # None: one of its own, of the settings' size
     keys: KeyRing = field(default_factory=KeyRing)
     capacities: dict[tuple[str | None, str], Capacity] = field(default_factory=dict)
+    gate: GatePublisher | None = (
+        None  # None: HAProxy in front of this Serve replica gets its limits
+    )
 
     def __post_init__(self) -> None:
         if self.uploads is None:
             self.uploads = UploadMemory(self.settings.max_upload_memory_bytes)
+        if self.gate is None:
+            self.gate = GatePublisher(serve_app(), self.mount.model_id, self.mount.model_endpoints)
+        self.gate.check(self.settings.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
         if scope["type"] != "http":  # no websockets on either path
             return
+        assert self.gate is not None  # set in __post_init__
+        self.gate.check(self.settings.routes)
         answer = _AnswerState(send)
         timeout_s = self.settings.request_timeout_s
         deadline = asyncio.timeout(timeout_s)  # the whole request: its admission included

@@ -1,13 +1,15 @@
 """Capacity: a deployment's running + queued requests taken in, the next refused at once."""
 
 import asyncio
+import json
 
 import pytest
 
 from configs import load_platform_config
 from configs.deployment_capacity import deployment_limits, replica_limit, router_limit
-from serve.policy.capacity import Capacity
+from serve.policy.capacity import Capacity, GatePublisher, ingress_gate
 from serve.router.errors import APIError
+from serve.router.routing import config_routes
 
 
 def test_refuses_at_once_once_every_slot_is_taken_and_admits_again_when_one_frees():
@@ -150,3 +152,35 @@ def test_limits_per_deployment_from_the_options_it_is_deployed_with():
     assert deployment_limits(config, "router") == {"small": 40, "c": 2 * running + 4 * running}
     assert deployment_limits(config, "router", routers=2) == {"small": 35, "c": 64 + 4 * running}
     assert deployment_limits(config, "replica") == {"small": 40, "c": running + 4 * running}
+
+
+def test_haproxy_is_handed_the_limits_this_process_counts(tmp_path, monkeypatch):
+    """The router's: each deployment's per router process, named by its models in the bodies of
+    its endpoints; a replica's own URL: its deployment's per replica; published when they change."""
+    config = load_platform_config(
+        {
+            "models": [_vision("a", "small"), _vision("b", "small"), _vision("c")],
+            "groups": [{"name": "small", "deployment_config": {"max_queued_requests": 30}}],
+        }
+    )
+    routes = config_routes(config, app_name="platform.c")
+    router = ingress_gate(routes, None, ["/v1/x"])["router"]
+    assert router["models"] == {"a": "small", "b": "small", "c": "c"}
+    assert router["limits"] == deployment_limits(config, "router")
+    assert router["endpoints"] == ["/v1/x"]
+    assert ingress_gate(routes, "c", []) == {
+        "direct": {"deployment": "c", "per_server": deployment_limits(config, "replica")["c"]}
+    }
+    assert ingress_gate({}, None, ["/v1/x"]) == {} == ingress_gate(routes, "gone", [])
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(tmp_path / "haproxy.cfg"))
+    published = tmp_path / "capacity" / "platform.c.json"
+    publisher = GatePublisher("platform.c", "c", [])
+    publisher.check(routes)
+    assert json.loads(published.read_text())["direct"]["deployment"] == "c"
+    published.unlink()
+    publisher.check(routes)  # checked at most every CHECK_S
+    assert not published.exists()
+    GatePublisher(None, "c", []).check(routes)  # outside Serve: nothing
+    assert not published.exists()
