@@ -91,6 +91,7 @@ function fillPickers() {
       .forEach((m) => option(select, m.id));
   });
   fillVariants();
+  fillPipelineInputs();
 }
 
 function fillVariants() {
@@ -164,8 +165,21 @@ const ORIGIN = () => `${location.origin}${BASE}`;
 const AUTH_LINE = () => (apiKey() ? ` \\\n  -H "Authorization: Bearer $API_KEY"` : "");
 const shellQuote = (text) => `'${text.replace(/'/g, "'\\''")}'`;
 
-function curlJson(path, body) {
-  return `curl -s ${ORIGIN()}${path}${AUTH_LINE()} \\\n  -H 'Content-Type: application/json' \\\n  -d ${shellQuote(JSON.stringify(body))}`;
+// files: body field -> file name, sent as base64 of the file (read where the command runs)
+function curlJson(path, body, files = {}) {
+  let data = shellQuote(JSON.stringify({...body, ...files}));
+  for (const [field, name] of Object.entries(files)) {
+    data = data.replace(`"${field}":${JSON.stringify(name)}`, () => `"${field}":"'"$(base64 -w0 ${shellQuote(name)})"'"`);
+  }
+  return `curl -s ${ORIGIN()}${path}${AUTH_LINE()} \\\n  -H 'Content-Type: application/json' \\\n  -d ${data}`;
+}
+
+function httpxCode(path, body, files = {}) {
+  const reads = Object.entries(files).map(([field, name]) =>
+    `body["${field}"] = base64.b64encode(open(${JSON.stringify(name)}, "rb").read()).decode()\n`).join("");
+  const headers = apiKey() ? `,\n                  headers={"Authorization": "Bearer " + os.environ["API_KEY"]}` : "";
+  return `import ${reads ? "base64, " : ""}os, httpx\nbody = ${JSON.stringify(body)}\n${reads}` +
+    `print(httpx.post("${ORIGIN()}${path}", json=body, timeout=300${headers}).json())`;
 }
 
 function openaiClient() {
@@ -269,8 +283,10 @@ async function sendCompletion() {
   $("completions-output").textContent = body.prompt + answer.choices[0].text;
 }
 
+const lines = (text) => text.split("\n").map((t) => t.trim()).filter(Boolean);
+
 async function sendEmbeddings() {
-  const texts = $("embeddings-input").value.split("\n").map((t) => t.trim()).filter(Boolean);
+  const texts = lines($("embeddings-input").value);
   const body = {model: $("embeddings-model").value, input: texts};
   showCode("embeddings-code", curlJson("/v1/embeddings", body),
     `${openaiClient()}vectors = [d.embedding for d in client.embeddings.create(model="${body.model}", ` +
@@ -279,6 +295,18 @@ async function sendEmbeddings() {
   const table = $("embeddings-matrix");
   table.replaceChildren(tableRow(["cosine", ...texts.map((_, i) => `#${i + 1}`)], "th"));
   vectors.forEach((a, i) => table.append(tableRow([`#${i + 1} ${texts[i]}`, ...vectors.map((b) => cosine(a, b).toFixed(3))])));
+}
+
+async function sendRerank() {
+  const documents = lines($("rerank-input").value);
+  const topN = Number($("rerank-top-n").value);
+  const body = {model: $("rerank-model").value, query: $("rerank-query").value, documents, ...(topN ? {top_n: topN} : {})};
+  showCode("rerank-code", curlJson("/v1/rerank", body), httpxCode("/v1/rerank", body));
+  const answer = await (await postJson("/v1/rerank", body)).json();
+  const ranked = [...answer.results].sort((a, b) => b.relevance_score - a.relevance_score);
+  const table = $("rerank-results");
+  table.replaceChildren(tableRow(["rank", "score", "document"], "th"));
+  ranked.forEach((r, i) => table.append(tableRow([String(i + 1), r.relevance_score.toFixed(4), `#${r.index + 1} ${documents[r.index]}`])));
 }
 
 function cosine(a, b) {
@@ -405,6 +433,59 @@ async function sendVideo() {
   outputs.labels.data.forEach((label, i) => table.append(tableRow([label, outputs.scores.data[i].toFixed(4)])));
 }
 
+const MEDIA_INPUTS = ["audio", "image"];  // a pipeline's inputs sent as base64 of a file
+
+function fillPipelineInputs() {
+  const pipeline = card($("pipelines-model").value);
+  const inputs = pipeline?.inputs || [];
+  document.querySelectorAll("#tab-pipelines [data-input]").forEach((label) => { label.hidden = !inputs.includes(label.dataset.input); });
+  $("pipelines-flow").textContent = pipeline
+    ? `${pipeline.steps.map((s) => `${s.task} (${s.model})`).join(" → ")}; takes ${inputs.join(", ")}`
+    : "no pipeline is configured";
+}
+
+async function sendPipeline() {
+  const pipeline = card($("pipelines-model").value);
+  if (!pipeline) throw new Error("no pipeline to run");
+  const body = {model: pipeline.id};
+  const files = {};
+  for (const input of pipeline.inputs) {
+    if (MEDIA_INPUTS.includes(input)) {
+      files[input] = $(`pipelines-${input}`).files[0];
+      if (!files[input]) throw new Error(`${pipeline.id} takes ${input}: choose a file`);
+    } else {
+      body[input] = input === "documents" ? lines($("pipelines-documents").value) : $("pipelines-text").value;
+    }
+  }
+  const names = Object.fromEntries(Object.entries(files).map(([input, file]) => [input, file.name]));
+  showCode("pipelines-code", curlJson("/v1/pipelines", body, names), httpxCode("/v1/pipelines", body, names));
+  for (const [input, file] of Object.entries(files)) body[input] = b64Bytes(await file.arrayBuffer());
+  showPipelineResult(await (await postJson("/v1/pipelines", body)).json());
+}
+
+function showPipelineResult(result) {
+  const output = result.output;
+  $("pipelines-output").textContent = output.text ?? "";
+  const player = $("pipelines-player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.hidden = !output.audio;
+  if (output.audio) {
+    const bytes = Uint8Array.from(atob(output.audio), (c) => c.charCodeAt(0));
+    player.src = URL.createObjectURL(new Blob([bytes], {type: `audio/${output.audio_format}`}));
+  } else {
+    player.removeAttribute("src");
+  }
+  const table = $("pipelines-steps");
+  table.replaceChildren(tableRow(["step", "task", "model", "ms", "output"], "th"));
+  result.steps.forEach((s, i) => table.append(tableRow([String(i + 1), s.task, s.model, s.latency_ms.toFixed(1), stepOutput(s.output)])));
+}
+
+function stepOutput(output) {
+  return Object.entries(output).filter(([name]) => name !== "audio_format").map(([name, value]) => (name === "audio"
+    ? `audio: ${(value.length * 3 / 4 / 1024).toFixed(1)} KiB of ${output.audio_format}`
+    : `${name}: ${value}`)).join("\n");
+}
+
 async function infer(model, inputName, file, parameters, codeId, outputNames) {
   const body = {inputs: [{name: inputName, shape: [1], datatype: "BYTES", data: [b64Bytes(await file.arrayBuffer())]}],
                 parameters};
@@ -457,11 +538,14 @@ function start() {
   onClick("chat-send", "chat-error", sendChat);
   onClick("completions-send", "completions-error", sendCompletion);
   onClick("embeddings-send", "embeddings-error", sendEmbeddings);
+  onClick("rerank-send", "rerank-error", sendRerank);
   onClick("transcribe-record", "transcribe-error", toggleRecording);
   onClick("transcribe-send", "transcribe-error", sendTranscription);
   onClick("speech-send", "speech-error", sendSpeech);
   onClick("image-send", "image-error", sendImage);
   onClick("video-send", "video-error", sendVideo);
+  onClick("pipelines-send", "pipelines-error", sendPipeline);
+  $("pipelines-model").addEventListener("change", fillPipelineInputs);
   const drop = $("image-drop");
   drop.addEventListener("dragover", (event) => event.preventDefault());
   drop.addEventListener("drop", (event) => {

@@ -20,7 +20,7 @@ from common.streaming import ClosingStreamingResponse, stream_requested
 from configs.server_models import Capability
 from serve.console import CONSOLE_PATH, install_console
 from serve.platform_status import ModelPhase
-from serve.policy.auth import admitted, unknown_model, visible
+from serve.policy.auth import admitted, request_key, unknown_model, visible
 from serve.policy.key_limits import KeyLimits
 from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, guarded
 from serve.router.api_docs import DOCS_PATH, install_api_docs
@@ -115,7 +115,8 @@ def router_policy(
             app,
             BODY_ENDPOINTS,
             visible(request, settings.routes),
-            bool(settings.api_keys),
+            # the policy's check, not the settings built here: keys may come later (user_config)
+            request_key(request) is not None,
             sorted(visible(request, settings.pipelines)),
         )
 

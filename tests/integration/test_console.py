@@ -15,11 +15,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file
-from tests.integration.helpers import API_KEY, ROOT, auth_headers
+from tests.integration.helpers import API_KEY, ROOT, SCOPED_KEY, auth_headers
 from tests.media_files import image_file
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WAIT_S = 120
+DOCUMENTS = ["Stock markets fell sharply.", "A cat purrs on the sofa.", "Dogs bark at the postman."]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,25 @@ def _no_error(driver, error_id: str) -> bool:
     return True
 
 
+def _cells(row) -> list[str]:
+    return [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+
+
+def _origins(driver) -> set[str]:
+    """The origins of everything the page loaded or called."""
+    return set(
+        driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
+        )
+    )
+
+
+def _documented_paths(driver) -> list[str]:
+    """The API paths Swagger UI lists, once it lists some."""
+    found = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    return [element.get_attribute("data-path") for element in found]
+
+
 def test_without_a_key_only_the_login_shows_and_a_wrong_key_is_refused(browser, platform_url):
     browser.get(f"{platform_url}/console")
     _wait(browser, lambda d: d.find_element(By.ID, "login").is_displayed())
@@ -115,11 +135,7 @@ def test_without_a_key_only_the_login_shows_and_a_wrong_key_is_refused(browser, 
     _wait(browser, lambda d: d.find_element(By.ID, "login-error").text == "That key was refused.")
     assert not browser.find_element(By.ID, "tabs").is_displayed()
     _screenshot(browser, "login")
-    # The page made only calls to the platform itself, and nothing but them
-    origins = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)"
-    )
-    assert set(origins) == {platform_url}
+    assert _origins(browser) == {platform_url}  # it called the platform itself, and nothing else
 
 
 def test_every_model_is_listed_with_its_phase_and_placement(console, platform_url):
@@ -199,6 +215,103 @@ def test_embeddings_show_a_similarity_matrix(console):
     assert (
         matrix[0][1] > matrix[0][2]
     )  # the real MiniLM: the cat and the feline are closer than the markets
+
+
+def test_rerank_orders_the_documents_by_the_endpoints_scores(console, platform_url):
+    _playground(console, "rerank", "tiny-reranker")
+    _type(console, "rerank-query", "Which animal purrs?")
+    _type(console, "rerank-input", "\n".join(DOCUMENTS))
+    _send(console, "rerank")
+    rows = [_cells(row) for row in _result_rows(console, "rerank-results")]
+    _no_error(console, "rerank-error")
+    body = {"model": "tiny-reranker", "query": "Which animal purrs?", "documents": DOCUMENTS}
+    answer = httpx.post(
+        f"{platform_url}/v1/rerank", json=body, headers=auth_headers(), timeout=60
+    ).json()
+    expected = sorted(answer["results"], key=lambda r: -r["relevance_score"])
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert [row[2] for row in rows] == [
+        f"#{r['index'] + 1} {DOCUMENTS[r['index']]}" for r in expected
+    ]
+    assert [float(row[1]) for row in rows] == [
+        pytest.approx(r["relevance_score"], abs=1e-4) for r in expected
+    ]
+    code = console.find_element(By.ID, "rerank-code").text
+    assert "/v1/rerank" in code and "httpx.post" in code and API_KEY not in code
+
+    _pick(console, "rerank-model", "all-minilm-l6-v2")  # a real model ranks by meaning
+    _type(console, "rerank-top-n", "2")
+    _send(console, "rerank")
+    _wait(console, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rerank-results tr")) == 3)
+    ranked = [_cells(row)[2] for row in _result_rows(console, "rerank-results")]
+    assert ranked[0] == f"#2 {DOCUMENTS[1]}", ranked  # the cat purrs
+    _screenshot(console, "rerank")
+
+
+def test_the_pipelines_tab_runs_rag_lite_and_shows_its_answer(console, platform_url):
+    card = httpx.get(
+        f"{platform_url}/v1/models/rag-lite", headers=auth_headers(), timeout=30
+    ).json()
+    _playground(console, "pipelines", "rag-lite")
+    assert console.find_element(By.ID, "pipelines-flow").text == (
+        " → ".join(f"{step['task']} ({step['model']})" for step in card["steps"])
+        + "; takes text, documents"
+    )
+    assert console.find_element(By.ID, "pipelines-text").is_displayed()
+    assert not console.find_element(By.ID, "pipelines-audio").is_displayed()
+    _type(console, "pipelines-documents", "\n".join(DOCUMENTS))
+    _send(console, "pipelines")
+    _result_rows(console, "pipelines-steps")
+    _no_error(console, "pipelines-error")
+    rerank, chat = _step_cells(console)
+    assert rerank[1:3] == ["rerank", card["steps"][0]["model"]] and float(rerank[3]) > 0
+    # the real MiniLM puts the cat first of the two documents the chat answers from
+    context = rerank[4].removeprefix("context: ").split("\n")
+    assert context[0] == DOCUMENTS[1] and len(context) == 2
+    answer = console.execute_script(
+        "return document.getElementById('pipelines-output').textContent"
+    )
+    assert answer.strip() and chat[1:3] == ["chat", card["steps"][1]["model"]]
+    assert chat[4] == f"text: {answer}"  # the answer shown is the chat step's
+    code = console.find_element(By.ID, "pipelines-code").text
+    assert '"model":"rag-lite"' in code and "/v1/pipelines" in code and API_KEY not in code
+    _screenshot(console, "pipelines")
+
+
+def _step_cells(driver) -> list[list[str]]:
+    """Each pipeline step's row as the page wrote it (textContent: the outputs' own lines)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#pipelines-steps tr')].slice(1)"
+        ".map(row => [...row.cells].map(cell => cell.textContent))"
+    )
+
+
+def test_the_pipelines_tab_sends_audio_to_voice_chat_and_plays_its_answer(console, tmp_path):
+    _playground(console, "pipelines", "voice-chat")
+    assert not console.find_element(By.ID, "pipelines-text").is_displayed()
+    _send(console, "pipelines")  # no file yet: the page says what the pipeline needs
+    error = _wait(console, lambda d: d.find_element(By.ID, "pipelines-error").text or None)
+    assert error == "voice-chat takes audio: choose a file"
+    container, codec, name = UPLOAD_FORMATS["wav"]
+    path = tmp_path / name
+    path.write_bytes(audio_file(container, codec, seconds=2.0))
+    _upload(console, "pipelines-audio", path)
+    _send(console, "pipelines")
+    _wait(
+        console,
+        lambda d: d.execute_script(
+            "const a = document.getElementById('pipelines-player');"
+            " return !a.hidden && a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0"
+        ),
+    )
+    _no_error(console, "pipelines-error")
+    steps = _step_cells(console)
+    assert [step[1] for step in steps] == ["transcribe", "chat", "speak"]
+    assert steps[2][4].startswith("audio: ") and steps[2][4].endswith(" KiB of wav")
+    assert "$(base64 -w0 'a.wav')" in console.find_element(By.ID, "pipelines-code").text
+    assert console.execute_script(
+        "return document.getElementById('pipelines-player').play().then(() => true)"
+    )
 
 
 def test_the_test_wav_is_transcribed_with_segments(console, tmp_path):
@@ -301,6 +414,29 @@ def test_a_clip_is_classified(console, tmp_path):
     _screenshot(console, "video")
 
 
+def test_the_api_docs_open_from_the_console_with_its_key(console, platform_url):
+    console.find_element(By.ID, "docs-link").click()
+    _wait(console, lambda d: d.current_url == f"{platform_url}/docs")
+    described = httpx.get(f"{platform_url}/openapi.json", headers=auth_headers(), timeout=60)
+    assert sorted(_documented_paths(console)) == sorted(described.json()["paths"])
+    assert _origins(console) == {platform_url}  # Swagger UI's files too: no CDN
+    # "Try it out" sends the key the page was opened with
+    operation = console.find_element(By.ID, "operations-default-list_models_v1_models_get")
+    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    _wait(console, lambda d: operation.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+    _wait(console, lambda d: operation.find_element(By.CSS_SELECTOR, ".execute")).click()
+    status = _wait(
+        console,
+        lambda d: operation.find_elements(
+            By.CSS_SELECTOR, ".live-responses-table .response-col_status"
+        ),
+    )
+    assert status[-1].text == "200"
+    _screenshot(console, "docs")
+    console.get(f"{platform_url}/console")  # back, still logged in, for the tests after this one
+    _wait(console, lambda d: d.find_element(By.ID, "tabs").is_displayed())
+
+
 def test_logging_out_forgets_the_key(console):
     console.find_element(By.ID, "logout").click()
     _wait(console, lambda d: d.find_element(By.ID, "login").is_displayed())
@@ -309,3 +445,38 @@ def test_logging_out_forgets_the_key(console):
     console.refresh()  # and a reload asks for a key again
     _wait(console, lambda d: d.find_element(By.ID, "login").is_displayed(), timeout=30)
     assert not console.find_element(By.ID, "tabs").is_displayed()
+
+
+def test_the_api_docs_show_nothing_of_the_api_without_a_valid_key(browser, platform_url):
+    """The page is public, as the console's is; the description stays behind the key, as
+    ``/openapi.json`` does: no key or a wrong one, a 401 there and no path here."""
+    for key in (None, "not-a-key"):
+        assert (
+            httpx.get(
+                f"{platform_url}/openapi.json", headers=auth_headers(key) if key else {}, timeout=30
+            ).status_code
+            == 401
+        )
+    browser.get(f"{platform_url}/docs")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    _wait(browser, lambda d: d.find_element(By.ID, "login").is_displayed())
+    _log_in(browser, "not-a-key")
+    _wait(browser, lambda d: d.find_element(By.ID, "login-error").text == "That key was refused.")
+    assert not browser.find_elements(By.CSS_SELECTOR, ".opblock")
+    assert "/v1/chat/completions" not in httpx.get(f"{platform_url}/docs", timeout=30).text
+    # a key scoped to the embedding model is shown what /openapi.json gives it: its model alone
+    _log_in(browser, SCOPED_KEY)
+    _documented_paths(browser)
+    shown = browser.execute_script("return window.ui.specSelectors.specJson().toJS()")
+    described = httpx.get(
+        f"{platform_url}/openapi.json", headers=auth_headers(SCOPED_KEY), timeout=60
+    ).json()
+    assert sorted(shown["paths"]) == sorted(described["paths"])
+    models = [_model_parameter(doc) for doc in (shown, described)]
+    assert models == [{"type": "string", "enum": ["all-minilm-l6-v2"]}] * 2
+
+
+def _model_parameter(description: dict) -> dict:
+    (parameter,) = description["paths"]["/v1/models/{model_id}"]["get"]["parameters"]
+    return parameter["schema"]

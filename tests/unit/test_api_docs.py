@@ -1,10 +1,13 @@
 """``/docs``: Swagger UI served by the router from its own files, a public page under a strict
 policy, while the description it shows stays behind the key."""
 
+import dataclasses
+
 from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
-from serve.router.app import create_router_app
+from serve.policy.request_policy import guarded
+from serve.router.app import create_router_app, router_policy
 from serve.router.routing import RouterSettings
 
 KEY = "docs-test-key"
@@ -51,3 +54,17 @@ def test_the_description_it_shows_stays_behind_the_key():
     described = c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert "/v1/chat/completions" in described["paths"]
     assert not any(path.startswith("/docs") for path in described["paths"])  # not an API path
+
+
+def test_the_description_asks_for_the_key_once_keys_arrive_on_a_running_router():
+    """Keys sent as the router's user_config after it was built: the description names the
+    bearer scheme then, so Swagger's "Try it out" sends the key."""
+    policy = router_policy(RouterSettings({}), None)
+    c = TestClient(guarded(policy))
+    assert "securitySchemes" not in c.get("/openapi.json").json()["components"]
+    policy.settings = dataclasses.replace(policy.settings, api_keys=(APIKey(KEY, "one"),))
+    described = c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert described["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer"}
+    }
+    assert described["security"] == [{"bearer": []}]

@@ -26,15 +26,21 @@ async function load() {
   if (BASE && !spec.servers) spec.servers = [{url: BASE}];  // "Try it out" under the route prefix
   $("login").hidden = true;
   $("logout").hidden = !key;
-  const ui = SwaggerUIBundle({
+  window.ui = SwaggerUIBundle({  // as Swagger UI's own page names it, for scripts and tests
     spec,
     dom_id: "#swagger-ui",
     deepLinking: true,
     validatorUrl: null,  // its badge would call validator.swagger.io
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
-    onComplete: () => { if (key) ui.preauthorizeApiKey("bearer", key); },
+    onComplete: () => authorize(key, spec.components?.securitySchemes?.bearer),
   });
+}
+
+// "Try it out" sends the key: Swagger's own preauthorizeApiKey reads the scheme from the resolved
+// description, which a description this large may not have yet when Swagger says it is done.
+function authorize(key, scheme) {
+  if (key && scheme) window.ui.authActions.authorize({bearer: {name: "bearer", schema: scheme, value: key}});
 }
 
 $("login-form").addEventListener("submit", (event) => {
