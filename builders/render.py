@@ -105,6 +105,8 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
             **({"engine_kwargs_checked_by": checker} if checker else {}),
         }
         one_hop = _serves_http(spec.models)
+        if one_hop:
+            model_args["keys_in_user_config"] = True
         applications.append(
             {
                 "name": model_app_name(platform_app, spec.name),
@@ -168,8 +170,12 @@ def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
 
 
 def _move_key_sources(args: dict[str, Any], deployment: dict[str, Any]) -> None:
-    """``args``' key entries moved into ``deployment``'s ``user_config`` (``KEY_SETTINGS``)."""
+    """``args``' key entries moved into ``deployment``'s ``user_config`` (``KEY_SETTINGS``); the
+    args say so (``keys_in_user_config``), and the replicas refuse every request until that
+    user_config has arrived: Serve may pass a request to a replica's HTTP port before it applies
+    the user_config."""
     sources = {key: args.pop(key) for key in KEY_SETTINGS if key in args}
+    args["keys_in_user_config"] = True
     deployment.setdefault("user_config", {})["key_sources"] = sources
 
 

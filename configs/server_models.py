@@ -663,6 +663,12 @@ class PlatformSettings(StrictModel):
         default_factory=list, description="models that chain other models"
     )
 
+    keys_in_user_config: bool = Field(
+        default=False,
+        description="set by the renderer: the key entries reach the replicas as their "
+        "deployments' user_config (key_sources); until it arrives every request is refused",
+    )
+
     _inline_keys_refused = field_validator("api_keys", mode="before")(refuse_inline_keys)
 
     @model_validator(mode="after")
@@ -745,11 +751,17 @@ class PlatformSettings(StrictModel):
         variables = [self.api_keys_env] + [entry.key_env for entry in self.api_keys]
         if any(name and not os.environ.get(name, "").strip() for name in variables):
             return None
+        return [key.live() for key in self.keys_as_replicas_hold_them()]
+
+    def keys_as_replicas_hold_them(self) -> list[APIKey]:
+        """Every key: those from environment variables read here (a ConfigError when one is
+        missing, too short or given twice), a file's by its path alone (each replica reads the
+        file while serving: missing or emptied, its key is revoked, and the platform stays
+        closed)."""
         if problems := self.secret_problems(files=False):
             raise ConfigError([ConfigIssue((field,), message) for field, message in problems])
         keys = [entry.key(entry.secret() if entry.key_env else "") for entry in self.api_keys]
-        keys += [APIKey(secret, self.api_keys_env or "") for secret in self._listed_keys()]
-        return [key.live() for key in keys]
+        return keys + [APIKey(secret, self.api_keys_env or "") for secret in self._listed_keys()]
 
 
 # The settings a model application's replicas enforce on their own HTTP port (the one-hop

@@ -10,8 +10,9 @@ In the order a request meets them:
 3. body: a model endpoint's JSON body is read under the body limit (413) and parsed (400); a model
    outside the key's scope is the 404 of an unknown one; a model whose deployment has taken in
    all it can run and queue is a 503 with ``Retry-After`` at once (``capacity.py``; HAProxy in
-   front refuses the same ones sooner, from the limits published here); media URLs are fetched under the media policy and handed on
-   inline, their bytes held against the upload memory until the request ends;
+   front refuses the same ones sooner, from the limits published here); media URLs are fetched
+   under the media policy and handed on inline, their bytes held against the upload memory until
+   the request ends;
 4. limits: the key's requests and tokens per minute (429), reserving prompt + ``max_tokens``;
 5. metering: the answer's tokens, counted as they pass, charged once however the request ends;
 6. timeout: the whole request within ``request_timeout_s``, streams included (504, or an error
@@ -150,7 +151,9 @@ class RequestPolicy:
             return receive, send
         configured = self.settings.api_keys
         key = check_api_key(
-            request.headers.get("authorization"), self.keys.current(configured), bool(configured)
+            request.headers.get("authorization"),
+            self.keys.current(configured),
+            bool(configured) or self.settings.keys_pending,
         )
         state = scope.setdefault("state", {})
         state["api_key"] = key

@@ -12,7 +12,7 @@ from typing import Any
 from common.media_fetch import MediaFetchPolicy
 from common.serve_options import replica_range
 from common.upload_sizes import FORM_OVERHEAD_BYTES, largest_upload_body
-from configs import LoadedConfig, load_platform_settings, require_secrets
+from configs import LoadedConfig, load_platform_settings
 from configs.api_keys import APIKey
 from configs.deployment_capacity import deployment_limits
 from configs.pipeline_models import PipelineConfig
@@ -139,6 +139,8 @@ class RouterSettings:
     )  # by id; their steps name routes
     router_replicas: int = 1  # which share each deployment's capacity
     built_api_keys: tuple[APIKey, ...] | None = None  # what the build read: api_keys at first
+    # keys come as user_config (rendered applications): refuse every request until they do
+    keys_pending: bool = False
 
     def __post_init__(self) -> None:
         if self.built_api_keys is None:
@@ -151,12 +153,13 @@ class RouterSettings:
         changes = dict(user_config or {})
         settings = self
         sources = changes.pop("key_sources", None)
+        if sources is not None:
+            settings = dataclasses.replace(self, keys_pending=False)
         if sources is not None and changes.get("api_keys") is None:
             # no keys read where the config was applied: this replica reads the entries' keys
             platform = load_platform_settings(sources)
-            require_secrets(platform)
-            built = tuple(platform.resolved_api_keys())
-            settings = dataclasses.replace(self, api_keys=built, built_api_keys=built)
+            built = tuple(platform.keys_as_replicas_hold_them())
+            settings = dataclasses.replace(settings, api_keys=built, built_api_keys=built)
         if "api_keys" in changes:  # None: the deploy could not read them; the sources' apply
             live = changes["api_keys"]
             changes["api_keys"] = (
@@ -197,6 +200,7 @@ class RouterSettings:
             max_upload_memory_bytes=platform.router.max_upload_memory_bytes,
             pipelines={pipeline.model_id: pipeline for pipeline in platform.pipelines},
             router_replicas=platform.router.num_replicas,
+            keys_pending=platform.keys_in_user_config,
             media=MediaFetchPolicy(
                 allowed_domains=tuple(platform.media.allowed_domains),
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),

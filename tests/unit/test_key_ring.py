@@ -163,6 +163,36 @@ def test_a_replica_reads_the_entries_it_is_sent_unless_keys_come_with_them(monke
     ] == ["x"]
 
 
+def test_a_rendered_replica_refuses_everything_until_its_keys_arrive():
+    """Serve may pass a request to a replica's HTTP port before it applies the user_config that
+    carries the keys: until then every request is a 401, never served open."""
+    pending = RouterSettings(ROUTES, keys_pending=True)
+    models = TestClient(create_router_app(pending, FakeEngines())).get("/v1/models")
+    assert models.status_code == 401
+    arrived = pending.with_user_config({"key_sources": {}})  # a platform without keys: open
+    assert (
+        TestClient(create_router_app(arrived, FakeEngines())).get("/v1/models").status_code == 200
+    )
+
+
+def test_a_replica_that_starts_while_a_key_file_is_emptied_serves_with_that_key_revoked(tmp_path):
+    """Emptying a key file revokes its key (the documented way): a replica that starts or is
+    reconfigured meanwhile neither fails nor opens; the file's key applies once it is back."""
+    path = tmp_path / "team.key"
+    path.write_text("")
+    sources = {"api_keys": [{"name": "team", "key_file": str(path)}]}
+    settings = RouterSettings(ROUTES, keys_pending=True).with_user_config({"key_sources": sources})
+    key = "team-key-0123456789"
+
+    def status() -> int:
+        app = TestClient(create_router_app(settings, FakeEngines()))
+        return app.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+    assert status() == 401  # closed: the only key is revoked
+    path.write_text(key)
+    assert status() == 200
+
+
 def test_live_keys_are_none_without_the_variable(monkeypatch):
     monkeypatch.setenv("SOME_KEYS", "")
     assert PlatformSettings.model_validate({"api_keys_env": "SOME_KEYS"}).live_api_keys() is None

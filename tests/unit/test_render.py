@@ -66,6 +66,9 @@ def test_each_model_is_an_application_named_after_its_platform():
         router.deployments[0].user_config["key_sources"] == keys and "api_keys" not in router.args
     )
     assert not pair.deployments  # no HTTP of its own: the router checks its requests' keys
+    # closed until that user_config has arrived
+    assert router.args["keys_in_user_config"] and chat.args["keys_in_user_config"]
+    assert "keys_in_user_config" not in pair.args
 
 
 def test_adding_or_removing_a_key_entry_changes_no_applications_args():
