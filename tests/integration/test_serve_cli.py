@@ -293,6 +293,9 @@ def _assert_listed(cluster: Cluster, base: str, model_ids: list[str], applicatio
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     cards = httpx.get(f"{base}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
     assert sorted(card["id"] for card in cards) == sorted(model_ids), cards
+    # whichever way it was started, the keys hold: none, or a wrong one, is a 401
+    for headers in ({}, auth_headers("not-a-key-of-this-platform")):
+        assert httpx.get(f"{base}/v1/models", headers=headers, timeout=30).status_code == 401
 
 
 def _classify(base: str) -> list[float]:
@@ -390,6 +393,9 @@ def test_serve_deploy_elsewhere_with_the_code_shipped_as_working_dir(cli, tmp_pa
             model="a-chat", messages=HELLO, max_tokens=4, extra_body={"ignore_eos": True}
         )
         assert answer.usage.completion_tokens == 4
+        # the replicas read their keys themselves here (a rendered config carries none)
+        unkeyed = httpx.get(f"{base}{prefix}/v1/models", timeout=30)
+        assert unkeyed.status_code == 401, (prefix, unkeyed.text)
     # Rendered again, the unchanged code has the same URI: a deploy of it restarts nothing.
     before, applied = replica_actors(base), _applied(cli)
     _render([CHAT, VIT], tmp_path, "--working-dir", str(tmp_path / "code"), port=port)
