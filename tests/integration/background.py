@@ -14,20 +14,25 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+Enter = Callable[[threading.Event], contextlib.AbstractContextManager[T]]
+
+
 class InBackground(Generic[T]):
     """A context manager entered on a thread of its own: ``result()`` waits for what it yields
-    (or raises what its entry raised); ``close()`` exits it and raises what its exit raised."""
+    (or raises what its entry raised); ``close()`` exits it and raises what its exit raised. The
+    entry gets the event that ``close()`` sets, so that a run stopped early (Ctrl-C, ``-x``) need
+    not wait for the entry to finish first."""
 
-    def __init__(self, enter: Callable[[], contextlib.AbstractContextManager[T]], name: str):
+    def __init__(self, enter: Enter[T], name: str):
         self._value: Future[T] = Future()
         self._leave = threading.Event()
         self._exit_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(enter,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, enter: Callable[[], contextlib.AbstractContextManager[T]]) -> None:
+    def _run(self, enter: Enter[T]) -> None:
         try:
-            with enter() as value:
+            with enter(self._leave) as value:
                 self._value.set_result(value)
                 self._leave.wait()
         except BaseException as error:

@@ -17,8 +17,10 @@ that check them (marker ``batch_jobs``) run after those, then the ones that edit
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def pytest_collection_finish(session):
     session.config.stash[STARTED_PLATFORM] = started
     if "batch_jobs" in needed:
         session.config.stash[STARTED_JOBS] = InBackground(
-            lambda: _session_batch_jobs(started), "batch-jobs"
+            functools.partial(_session_batch_jobs, started), "batch-jobs"
         )
 
 
@@ -83,7 +85,7 @@ def pytest_sessionfinish(session):
 
 
 @contextlib.contextmanager
-def _session_platform() -> Iterator[Platform]:
+def _session_platform(abort: threading.Event) -> Iterator[Platform]:
     workdir = Path(tempfile.mkdtemp(prefix="platform"))
     config = session_config(workdir)
     metrics_port = free_port()
@@ -100,7 +102,7 @@ def _session_platform() -> Iterator[Platform]:
     (Path(env["RAY_TMPDIR"]) / "ray").mkdir(exist_ok=True)
     (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
     with running_platform(
-        config, workdir, env=env, extra_args=("--num-cpus", str(NUM_CPUS))
+        config, workdir, env=env, extra_args=("--num-cpus", str(NUM_CPUS)), abort=abort
     ) as base:
         yield Platform(
             url=base,
@@ -112,9 +114,13 @@ def _session_platform() -> Iterator[Platform]:
 
 
 @contextlib.contextmanager
-def _session_batch_jobs(platform: InBackground[Platform]) -> Iterator[dict[str, Job]]:
+def _session_batch_jobs(
+    platform: InBackground[Platform], abort: threading.Event
+) -> Iterator[dict[str, Job]]:
     env = platform.result().env
     assert env is not None  # the platform this session started
+    if abort.is_set():  # the run stopped while the platform started: no jobs to start
+        raise RuntimeError("stopped before the batch jobs started")
     with batch_jobs_running(env, Path(tempfile.mkdtemp(prefix="batch"))) as jobs:
         yield jobs
 

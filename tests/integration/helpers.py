@@ -3,18 +3,22 @@ platform, free ports, and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -94,9 +98,15 @@ def replica_actors(base: str) -> dict[str, str]:
 
 
 def fresh_ready(base: str | httpx.URL, key: str = API_KEY, timeout_s: float = 60) -> httpx.Response:
-    """``/ready`` as it answers once its state was read after this call (its ``as_of``): it shows
-    what happened before the call. 200 or 503, whichever the state says."""
+    """``/ready`` as it answers once its state was read after this call: it shows what happened
+    before the call. 200 or 503, whichever the state says.
+
+    On this machine the state's ``as_of`` (when its read began) is compared with the clock here;
+    a platform elsewhere (``PLATFORM_URL``) has a clock of its own, so there the third state seen
+    is the first whose read surely began after this call (the router reads one after another)."""
     since, base = time.time(), str(base).rstrip("/")
+    local = urlsplit(base).hostname in ("127.0.0.1", "localhost", "::1")
+    seen: set[float] = set()
 
     def read() -> httpx.Response | None:
         answer = httpx.get(f"{base}/ready", headers=auth_headers(key), timeout=30)
@@ -105,7 +115,11 @@ def fresh_ready(base: str | httpx.URL, key: str = API_KEY, timeout_s: float = 60
         return answer
 
     def caught_up(answer: httpx.Response | None) -> bool:
-        return answer is not None and answer.json().get("as_of", 0) >= since
+        as_of = None if answer is None else answer.json().get("as_of")
+        if as_of is None:
+            return False
+        seen.add(as_of)
+        return as_of >= since if local else len(seen) >= 3
 
     ready = wait_until(read, caught_up, timeout_s)
     assert ready is not None and caught_up(ready), f"/ready not caught up in {timeout_s} s"
@@ -221,11 +235,14 @@ def running_platform(
     address: str | None = None,
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    abort: threading.Event | None = None,
 ) -> Iterator[str]:
     """Serve ``config`` (written to ``workdir/config.yaml``): with ``scripts/serve.sh``, as the
     README starts the platform (``deploy_app.py`` on a Ray of its own, serving until the end), or
     applied with ``deploy_app.py --address`` to the cluster at ``address`` (the command returns
-    once live; the cluster keeps serving)."""
+    once live; the cluster keeps serving). ``abort``: stops waiting for it to be ready. Should
+    this process end without stopping it (a thread of it killed), its exit kills the platform's
+    whole process group."""
     port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     path = workdir / "config.yaml"
@@ -246,16 +263,25 @@ def running_platform(
             start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
+        left_running = functools.partial(_kill_group_if_running, proc)
+        atexit.register(left_running)
         try:
             if address is not None and proc.wait(STARTUP_TIMEOUT_S) != 0:
                 raise RuntimeError(f"deploy_app.py failed:\n{log_path.read_text()[-4000:]}")
-            wait_ready(base, proc if address is None else None, log_path)
+            wait_ready(base, proc if address is None else None, log_path, abort)
             yield base
         finally:
+            atexit.unregister(left_running)
             stop_process(proc, signal.SIGTERM)
             if address is None:  # the platform stopped its own Ray: nothing of it may outlive it
                 left = leftover_haproxy(port)
                 assert not left, left
+
+
+def _kill_group_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def stop_process(process: subprocess.Popen, sig: int) -> None:
@@ -269,10 +295,13 @@ def stop_process(process: subprocess.Popen, sig: int) -> None:
 
 
 def wait_ready(
-    base: str, proc: subprocess.Popen | None = None, log_path: Path | None = None
+    base: str,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    abort: threading.Event | None = None,
 ) -> None:
     """Until ``/ready`` answers 200; fails when ``proc``, serving the platform, exits first
-    (with the end of its log at ``log_path``)."""
+    (with the end of its log at ``log_path``), or once ``abort`` is set (the run is stopping)."""
 
     def log_tail() -> str:
         return log_path.read_text()[-4000:] if log_path else ""
@@ -280,6 +309,8 @@ def wait_ready(
     def status() -> int | None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"platform exited ({proc.returncode}):\n{log_tail()}")
+        if abort is not None and abort.is_set():
+            raise RuntimeError("stopped before the platform was ready")
         try:
             return httpx.get(f"{base}/ready", headers=auth_headers(), timeout=10).status_code
         except httpx.HTTPError:
