@@ -1,0 +1,441 @@
+"""The platform on a real multi-node Ray cluster on this machine (``scripts/local_cluster.sh``): one
+network namespace per node, each with its own address, ports and HAProxy on :8000, Ray's token auth
+on. The cluster comes up once for the module (a head with 1 CPU, two workers with 5) and goes down
+at its end, with nothing left behind (namespaces, bridge, processes, files).
+
+A cluster of its own: nodes are killed here on purpose. Root only (``ip netns``).
+
+What it measures is printed (``-rA`` shows it): placement predicted vs made, the requests around
+each kill, the time until the model is back at full strength, what a head outage interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.integration.helpers import API_KEY, ROOT, auth_headers, wait_until
+from tests.media_files import image_file
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+SCRIPT = ROOT / "scripts" / "local_cluster.sh"
+STATE = Path("/tmp/rsp-lc")  # the script's default state directory
+PREFIX = "rsplc-"  # of the namespaces and links it makes
+TWIN = "twin-chat"  # two replicas, each too large to share a worker with the other
+ENGINE = {
+    "max_model_len": 256,
+    "max_num_seqs": 8,
+    "dtype": "float32",
+    "kv_cache_memory_bytes": 64 * 1024 * 1024,
+}
+
+
+def _model(model_id: str, source: str, type_: str, actor: dict, engine: dict, **deployment):
+    return {
+        "model_loading_config": {"model_id": model_id, "model_source": source, "type": type_},
+        "deployment_config": {"ray_actor_options": actor, **deployment},
+        "engine_kwargs": engine,
+    }
+
+
+TWIN_MODEL = _model(TWIN, "./.models/tiny-chat", "vllm", {"num_cpus": 3}, ENGINE, num_replicas=2)
+VIT = _model(
+    "tiny-vit", "./.models/tiny-vit", "vision", {"num_cpus": 0.25}, {"task": "image-classification"}
+)
+
+
+def _config(*models: dict) -> dict:
+    return {
+        "applications": [
+            {
+                "name": "platform",
+                "route_prefix": "/",
+                "import_path": "builders.app_builder:build_app",
+                "args": {
+                    "models": list(models),
+                    "api_keys_env": "PLATFORM_TEST_API_KEYS",
+                    # Two routers, as a cluster that may lose a node runs them: /v1 survives
+                    # the loss of either.
+                    "router": {"num_replicas": 2},
+                },
+            }
+        ]
+    }
+
+
+@dataclass
+class LocalCluster:
+    nodes: dict[int, str]  # index: address
+    env: dict[str, str]
+    workdir: Path
+    redis: bool
+    log: list[str] = field(default_factory=list)
+
+    def run(self, *args: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def url(self, node: int) -> str:
+        return f"http://{self.nodes[node]}:8000"
+
+    def deploy(self, config: dict) -> None:
+        path = self.workdir / "cluster.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = self.run("deploy", str(path))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def state(self, expression: str) -> list:
+        """``expression`` evaluated on the head with Ray's state API at hand (``actors(**filters)``,
+        ``nodes(**filters)``, ``ips``: the node ids' addresses), as JSON."""
+        code = STATE_PRELUDE + f"print(json.dumps({expression}))"
+        result = self.run("exec", str(ROOT / ".venv" / "bin" / "python"), "-c", code, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def replica_nodes(self, model: str) -> list[str]:
+        """The addresses of the nodes running ``model``'s replicas, as Ray reports them."""
+        cls = f"ServeReplica:platform.{model}:{model}"
+        alive = f"actors(class_name={cls!r}, state='ALIVE')"
+        return sorted(self.state(f"[ips[a.node_id] for a in {alive}]"))
+
+
+# The state API from the head (a node or an actor being lost, its lists can be short of the
+# total it counts: what is there is what is wanted).
+STATE_PRELUDE = """import json, os
+from ray.util.state import list_actors, list_nodes
+where = dict(address=os.environ["RAY_API_SERVER_ADDRESS"], raise_on_missing_output=False)
+def nodes(**f): return list_nodes(filters=[(k, "=", v) for k, v in f.items()], **where)
+def actors(**f): return list_actors(filters=[(k, "=", v) for k, v in f.items()], **where)
+ips = {n.node_id: n.node_ip for n in nodes()}
+"""
+
+
+def leftovers() -> list[str]:
+    """What a cluster of the script's could leave: namespaces, links, files, processes."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    left = [line for line in (namespaces + links).splitlines() if line.startswith(PREFIX)]
+    left += [str(STATE)] if STATE.exists() else []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(STATE) in arg for arg in process.info["cmdline"] or ()):
+            left.append(f"pid {process.pid}: {' '.join(process.info['cmdline'])[:200]}")
+    return left
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    assert not leftovers(), leftovers()  # a cluster someone left: down it first
+    redis = shutil.which("redis-server") is not None
+    env = {
+        **os.environ,
+        "PLATFORM_TEST_API_KEYS": API_KEY,
+        "LOCAL_CLUSTER_HEAD_CPUS": "1",
+        "LOCAL_CLUSTER_WORKER_CPUS": "5",
+    }
+    local = LocalCluster({}, env, tmp_path_factory.mktemp("local-cluster"), redis)
+    try:
+        up = local.run("up", "3", *(["--redis"] if redis else []))
+        assert up.returncode == 0, up.stdout + up.stderr[-3000:]
+        for line in up.stdout.splitlines():
+            if match := re.fullmatch(r"node (\d+) (\S+)", line):
+                local.nodes[int(match[1])] = match[2]
+        assert sorted(local.nodes) == [0, 1, 2], up.stdout
+        yield local
+    finally:
+        down = local.run("down", timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not leftovers(), leftovers()
+        print("\n".join(["", "local cluster:", *local.log]))
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster):
+    cluster.deploy(_config(TWIN_MODEL))
+    return cluster
+
+
+def _chat(client: httpx.Client, url: str, **body) -> httpx.Response:
+    return client.post(
+        url,
+        json={"model": TWIN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        | body,
+    )
+
+
+SHARED = "/v1/chat/completions"
+ONE_HOP = f"/models/{TWIN}/v1/chat/completions"
+
+
+def test_every_nodes_proxy_serves_both_paths(deployed):
+    with httpx.Client(headers=auth_headers(), timeout=120) as client:
+        for node in deployed.nodes:
+            for path in (SHARED, ONE_HOP):
+                answer = _chat(client, deployed.url(node) + path)
+                assert answer.status_code == 200, (node, path, answer.text)
+        ready = client.get(deployed.url(1) + "/ready").json()["models"][TWIN]
+    assert ready["replicas"] == {"running": 2, "target": 2}, ready
+    assert ready["placement"]["node_id"], ready  # the node of the replica that answered
+
+
+def test_ray_placed_the_replicas_where_the_plan_said(deployed):
+    from builders.placement import plan
+    from builders.serve_config import validate_serve_config
+
+    _, loaded = validate_serve_config(_config(TWIN_MODEL))
+    # The workers alone (the head's 1 CPU fits no twin-chat replica): --plan --nodes 2
+    # --cpus-per-node 5 --gpus-per-node 0
+    predicted = plan(loaded, 2, 0, 5)
+    twin_nodes = {p.node for p in predicted if p.deployment == TWIN}
+    made = deployed.replica_nodes(TWIN)
+    deployed.log.append(
+        f"placement of {TWIN}: predicted nodes {sorted(twin_nodes)} of 2 workers, "
+        f"made {made} ({deployed.nodes[1]}, {deployed.nodes[2]} are the workers)"
+    )
+    assert len(twin_nodes) == 2 and made == sorted([deployed.nodes[1], deployed.nodes[2]])
+
+
+def test_a_live_edit_reaches_every_nodes_proxy(deployed):
+    """``deploy_app.py --address`` adds a model; every node's proxy serves it at once."""
+    deployed.deploy(_config(TWIN_MODEL, VIT))
+    try:
+        with httpx.Client(headers=auth_headers(), timeout=120) as client:
+            for node in deployed.nodes:
+                models = client.get(deployed.url(node) + "/v1/models").json()["data"]
+                assert "tiny-vit" in {m["id"] for m in models}, (node, models)
+    finally:
+        deployed.deploy(_config(TWIN_MODEL))
+
+
+@dataclass
+class Load:
+    """Streams kept running against a model until stopped: how each ended."""
+
+    urls: list[str]
+    results: list[tuple[str, str, float]] = field(default_factory=list)  # url, outcome, started
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> list[threading.Thread]:
+        threads = [threading.Thread(target=self._loop, args=(url,)) for url in self.urls]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _loop(self, url: str) -> None:
+        body = {"stream": True, "max_tokens": 200, "ignore_eos": True}
+        with httpx.Client(headers=auth_headers(), timeout=60) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                self.results.append((url, _stream_outcome(client, url, body), started))
+
+    def counts(
+        self, since: float = 0, until: float = float("inf"), path: str = ""
+    ) -> dict[str, int]:
+        """How the requests started in [since, until) (on URLs ending in ``path``) ended."""
+        counted: dict[str, int] = {}
+        for url, outcome, started in self.results:
+            if since <= started < until and url.endswith(path):
+                counted[outcome] = counted.get(outcome, 0) + 1
+        return counted
+
+
+@contextlib.contextmanager
+def killed_under_load(cluster: LocalCluster, node: int, urls: list[str]):
+    """Two streams at a time on each of ``urls``, kept going; once some were answered, node
+    ``node`` is killed. Yields (the load, when it was killed); the load stops on leaving."""
+    load = Load(urls * 2)
+    threads = load.run()
+    try:
+        wait_until(lambda: load.counts().get("ok", 0), lambda ok: ok >= len(urls), timeout_s=120)
+        killed = cluster.run("kill", str(node), timeout=60)
+        assert killed.returncode == 0, killed.stderr
+        yield load, time.monotonic()
+    finally:
+        load.stop.set()
+        for thread in threads:
+            thread.join(120)
+
+
+def _stream_outcome(client: httpx.Client, url: str, body: dict) -> str:
+    """ok, error-event (the OpenAI error in the stream), cut (the connection ended), or the
+    status of a refused request."""
+    try:
+        with _chat_stream(client, url, body) as response:
+            if response.status_code != 200:
+                return str(response.status_code)
+            lines = [line for line in response.iter_lines() if line]
+    except httpx.HTTPError:
+        return "cut"
+    if any('"error"' in line for line in lines):
+        return "error-event"
+    return "ok" if lines and lines[-1] == "data: [DONE]" else "cut"
+
+
+def _chat_stream(client: httpx.Client, url: str, body: dict):
+    request = {"model": TWIN, "messages": [{"role": "user", "content": "hi"}], **body}
+    return client.stream("POST", url, json=request)
+
+
+def test_a_worker_lost_under_load(deployed):
+    """Streams through the head's and the surviving worker's proxies, on both paths; worker 2
+    is killed: streams it carried end (an error event on /v1), every request started after the
+    kill succeeds, and the model is back at two replicas once the node returns, unaided."""
+    urls = [deployed.url(node) + path for node in (0, 1) for path in (SHARED, ONE_HOP)]
+    with killed_under_load(deployed, 2, urls) as (load, killed_at):
+        # Ray marks the node dead after its health checks fail (until then its replica is ALIVE)
+        left = wait_until(
+            lambda: deployed.replica_nodes(TWIN),
+            lambda nodes: deployed.nodes[2] not in nodes,
+            timeout_s=180,
+            every_s=1,
+        )
+        detected_s = time.monotonic() - killed_at
+        assert left == [deployed.nodes[1]], left
+        wait_until(
+            lambda: load.counts(since=killed_at).get("ok", 0), lambda ok: ok >= 20, timeout_s=300
+        )
+        _a_worker_without_the_token_is_refused(deployed)
+    before, after = load.counts(until=killed_at), load.counts(since=killed_at)
+    started = deployed.run("start", "2", timeout=300)
+    assert started.returncode == 0, started.stderr
+    back_at = time.monotonic()
+    nodes = wait_until(
+        lambda: deployed.replica_nodes(TWIN), lambda n: len(n) == 2, timeout_s=600, every_s=2
+    )
+    full_s = time.monotonic() - back_at
+    deployed.log.append(
+        f"worker 2 killed under {len(urls) * 2} streams: started before the kill {before}, "
+        f"after {after}; Ray saw its replica dead {detected_s:.0f} s after the kill; two "
+        f"replicas again {full_s:.0f} s after the node came back ({nodes})"
+    )
+    assert set(after) == {"ok"}, after  # every request started after the kill succeeded
+    assert set(before) <= {"ok", "error-event", "cut"}, before
+    assert len(nodes) == 2
+
+
+def _a_worker_without_the_token_is_refused(cluster: LocalCluster) -> None:
+    """A node started in the lost worker's namespace without the token never joins."""
+    home = cluster.workdir / "home"
+    home.mkdir(exist_ok=True)  # no ~/.ray/auth_token there
+    ray = str(ROOT / ".venv" / "bin" / "ray")
+    command = ["ip", "netns", "exec", f"{PREFIX}n2", ray, "start", "--address"]
+    command += [f"{cluster.nodes[0]}:6379", "--node-ip-address", cluster.nodes[2]]
+    command += ["--temp-dir", str(STATE / "intruder"), "--num-cpus", "1"]
+    env = {**cluster.env, "HOME": str(home), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        refused = result.returncode != 0
+        said = (result.stdout + result.stderr)[-400:]
+    except subprocess.TimeoutExpired:
+        refused, said = True, "ray start waited 120 s and never joined"
+    joined = _alive(cluster, cluster.nodes[2])
+    cluster.run("kill", "2", timeout=60)  # what the attempt left running in the namespace
+    cluster.log.append(f"a worker without the token: refused={refused and not joined}: {said!r}")
+    assert refused and not joined
+
+
+def _alive(cluster: LocalCluster, address: str) -> bool:
+    return address in cluster.state("[n.node_ip for n in nodes(state='ALIVE')]")
+
+
+def test_the_control_plane_refuses_callers_without_the_token(cluster):
+    dashboard = f"http://{cluster.nodes[0]}:8265"
+    token = (STATE / "token").read_text().strip()
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{dashboard}/api/jobs/").status_code in (401, 403)
+        authorized = client.get(f"{dashboard}/api/jobs/", headers=auth_headers(token))
+        assert authorized.status_code == 200, authorized.text
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    env |= {"HOME": str(cluster.workdir / "home"), "RAY_AUTH_MODE": "disabled"}
+    (cluster.workdir / "home").mkdir(exist_ok=True)
+    submit = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ray"), "job", "submit", "--address", dashboard]
+        + ["--no-wait", "--", "env"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cluster.log.append(f"job submission without the token: exit {submit.returncode}")
+    assert submit.returncode != 0, submit.stdout
+    assert re.search(r"401|[Uu]nauthori[sz]ed|[Aa]uthentication", submit.stdout + submit.stderr)
+
+
+def test_a_batch_job_runs_its_actors_on_several_nodes(deployed, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(16):
+        (images / f"{seed}.png").write_bytes(image_file(seed=seed))
+    config = tmp_path / "batch.yaml"
+    vit = {**VIT, "deployment_config": {"ray_actor_options": {"num_cpus": 1}, "num_replicas": 2}}
+    config.write_text(yaml.safe_dump(_config(vit)))
+    output = tmp_path / "labels.jsonl"
+    result = deployed.run(
+        "exec", str(ROOT / ".venv" / "bin" / "python"), "deploy_app.py", "batch",
+        "--config", str(config), "--model", "tiny-vit", "--input", f"{images}/*.png",
+        "--output", str(output), "--address", f"{deployed.nodes[0]}:6379",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 16 and not [r for r in rows if "error" in r], rows[:3]
+    actor_nodes = deployed.state(
+        "sorted({ips[a.node_id] for a in actors() if 'MapWorker' in a.class_name})"
+    )
+    deployed.log.append(f"batch job: 16 rows, Ray Data's actors on {actor_nodes}")
+    assert len(actor_nodes) >= 2, actor_nodes  # type: ignore[arg-type]
+
+
+def test_the_head_lost_under_load_with_gcs_fault_tolerance(deployed):
+    """The head (its GCS state in Redis) is killed while clients stream through worker 1's proxy:
+    what is served while it is down, and the applications back without a redeploy."""
+    if not deployed.redis:
+        pytest.skip("needs Debian's redis-server (apt-get install -y redis-server)")
+    urls = [deployed.url(1) + path for path in (SHARED, ONE_HOP)]
+    with killed_under_load(deployed, 0, urls) as (load, killed_at):
+        # The head stays down while the load runs: 20 more answers or 60 s, whichever first.
+        wait_until(lambda: sum(load.counts(since=killed_at).values()), lambda n: n >= 20, 60)
+        down_until = time.monotonic()
+        started = deployed.run("start", "0", timeout=300)
+        assert started.returncode == 0, started.stdout + started.stderr[-2000:]
+        back_at = time.monotonic()
+        with httpx.Client(headers=auth_headers(), timeout=60) as client:
+
+            def serving() -> int:
+                try:
+                    return _chat(client, deployed.url(0) + SHARED).status_code
+                except httpx.HTTPError:
+                    return 0
+
+            recovered = wait_until(serving, lambda code: code == 200, timeout_s=600, every_s=2)
+        recovered_s = time.monotonic() - back_at
+    outage = {path: load.counts(killed_at, down_until, path) for path in (SHARED, ONE_HOP)}
+    deployed.log.append(
+        f"head down {down_until - killed_at:.0f} s under {len(urls) * 2} streams through worker "
+        f"1: {outage}; the head's proxy served again {recovered_s:.0f} s after its restart, "
+        f"no redeploy; after: {load.counts(since=down_until)}"
+    )
+    assert recovered == 200
+    assert outage[ONE_HOP].get("ok", 0) > 0, outage  # Serve's data plane without the head
