@@ -16,6 +16,9 @@ from common.task_groups import all_or_none
 from serve.router.errors import APIError
 
 MEDIA_PARTS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
+# Parts vLLM decodes from the body itself (audio as base64, embeddings as tensors): nothing to
+# fetch, but each one is work for the engine, so they count against the parts cap too.
+INLINE_MEDIA_KEYS = ("input_audio", "image_embeds", "audio_embeds", "video_embeds", "prompt_embeds")
 
 
 async def inline_chat_media(
@@ -28,11 +31,12 @@ async def inline_chat_media(
     A part counts as media when it carries a media key, whatever its ``type`` says (or lacks):
     vLLM reads untyped parts too, so a policy that looked only at ``type`` could be walked around.
     """
-    parts = list(_media_parts(body.get("messages") or []))
+    messages = body.get("messages") or []
+    parts = list(_media_parts(messages))
     try:
-        if len(parts) > policy.max_parts_per_request:
+        if (count := len(parts) + _inline_media_count(messages)) > policy.max_parts_per_request:
             raise InputError(
-                f"the messages carry {len(parts)} media parts; the limit is "
+                f"the messages carry {count} media parts; the limit is "
                 f"{policy.max_parts_per_request}",
                 "too_many_media_parts",
             )
@@ -46,11 +50,20 @@ async def inline_chat_media(
 
 def _media_parts(messages: Any):
     """(part, media key) for every media key of every content part."""
+    for part in _content_parts(messages):
+        yield from ((part, key) for key in MEDIA_PARTS if key in part)
+
+
+def _inline_media_count(messages: Any) -> int:
+    return sum(key in part for part in _content_parts(messages) for key in INLINE_MEDIA_KEYS)
+
+
+def _content_parts(messages: Any):
     for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
             if isinstance(part, dict):
-                yield from ((part, key) for key in MEDIA_PARTS if key in part)
+                yield part
 
 
 def _url(part: dict[str, Any], key: str) -> str:

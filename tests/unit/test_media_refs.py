@@ -88,6 +88,13 @@ def test_data_parts_count_against_the_parts_cap_before_anything_is_decoded(downl
     assert (info.value.status_code, info.value.code) == (400, "too_many_media_parts")
     assert info.value.param == "messages" and downloads["started"] == []
     assert asyncio.run(media_refs.inline_chat_media(_chat(*urls[:2]), policy)) is True
+    # parts vLLM decodes from the body itself count too
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    body = _chat(*urls[:2])
+    body["messages"][0]["content"].append(audio)
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(body, policy))
+    assert info.value.code == "too_many_media_parts"
 
 
 def test_an_image_or_video_over_its_pixel_cap_is_refused_from_its_header():
