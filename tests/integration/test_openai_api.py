@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,26 +17,21 @@ from tests.integration.helpers import (
     assert_still_serving,
     engine_stats,
 )
-from tests.integration.session_config import AFFINITY_CHAT, CHAT, COLD_CHAT, EMBED, RERANKER
-
-ALL_MODELS = {
+from tests.integration.session_config import (
+    AFFINITY_CHAT,
     CHAT,
+    COLD_CHAT,
     EMBED,
     RERANKER,
-    "tiny-llava",
-    "tiny-whisper",
-    "tiny-tts",
-    "tiny-ctc",
-    "tiny-vit",
-    "tiny-videomae",
-    "tiny-detector",
-    "tiny-zero-shot",
-    "tiny-captioner",
-    "tiny-image-embedder",
-    "tiny-vit-variants",
-    AFFINITY_CHAT,
-    COLD_CHAT,
+    session_config,
+)
+
+# every model of the session config (the default config's and the tests' own), as configured
+ALL_MODELS = {
+    model["model_loading_config"]["model_id"]
+    for model in session_config(Path(tempfile.mkdtemp()))["applications"][0]["args"]["models"]
 }
+assert {CHAT, EMBED, RERANKER, "tiny-llava", "tiny-vit-variants", AFFINITY_CHAT} <= ALL_MODELS
 # the default config's two, the session's one
 PIPELINES = {"voice-chat", "rag-lite", "describe-image"}
 VARIANTS = {
