@@ -39,7 +39,10 @@ from tests.integration.helpers import (
 # than 2, and batch jobs run their engine actors beside them (each still gets the threads its
 # own num_cpus gives it).
 NUM_CPUS = 16
+# The tests chat with tiny-chat (fast, with LoRA adapters); the default config's real chat model,
+# which its pipelines use, answers the tests that need a sensible answer.
 CHAT, EMBED, RERANKER = "tiny-chat", "all-minilm-l6-v2", "tiny-reranker"
+REAL_CHAT = "smollm2"
 AFFINITY_CHAT, COLD_CHAT = "affinity-chat", "cold-chat"
 
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.

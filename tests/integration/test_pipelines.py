@@ -12,6 +12,7 @@ import pytest
 
 from tests.audio_files import audio_file
 from tests.integration.helpers import assert_still_serving
+from tests.integration.session_config import REAL_CHAT
 from tests.media_files import image_file
 
 DOCUMENTS = [
@@ -37,7 +38,7 @@ def test_pipelines_are_listed_as_models_of_type_pipeline(client):
     assert {cards[p].type for p in ("voice-chat", "rag-lite", "describe-image")} == {"pipeline"}
     assert cards["voice-chat"].steps == [
         {"task": "transcribe", "model": "tiny-whisper"},
-        {"task": "chat", "model": "tiny-chat"},
+        {"task": "chat", "model": REAL_CHAT},
         {"task": "speak", "model": "tiny-tts"},
     ]
     assert cards["rag-lite"].inputs == ["text", "documents"]
@@ -49,7 +50,7 @@ def test_voice_chat_hears_answers_and_speaks(http):
     assert response.status_code == 200, response.text
     result = response.json()
     transcript, reply, speech = (step["output"] for step in result["steps"])
-    assert [s["model"] for s in result["steps"]] == ["tiny-whisper", "tiny-chat", "tiny-tts"]
+    assert [s["model"] for s in result["steps"]] == ["tiny-whisper", REAL_CHAT, "tiny-tts"]
     assert isinstance(transcript["text"], str) and reply["text"] == result["output"]["text"]
     with wave.open(
         io.BytesIO(base64.b64decode(result["output"]["audio"]))
