@@ -36,7 +36,10 @@ GATE_DIR = (
     "capacity"  # beside Ray's per-node HAProxy directories: every HAProxy on the host reads it
 )
 GATED_CONFIG = "haproxy.platform.cfg"
-BODY_WAIT = "1s"  # how long HAProxy waits for a /v1 body to name its model, at most
+# How long HAProxy waits for a /v1 body to name its model, at most: past it HAProxy answers 408
+# itself, so it must cover a burst on a busy machine (1 s gave 408s to a 200-request burst on 2
+# cores), as the router's own body read would.
+BODY_WAIT = "10s"
 _RULES_MARK = "    # platform capacity gate (common/haproxy_gate.py)"
 _TABLE = "type string len 256 size 1k store conn_cur"  # in flight, by deployment
 
