@@ -146,7 +146,7 @@ def _direct_rules(backend: _Backend, gate: dict[str, Any], in_frontend: bool) ->
     direct = gate["direct"]
     on = f"{{ var(txn.ingress_request_router_app) -m str {backend.name} }} " if in_frontend else ""
     limit = int(direct["per_server"]) * max(1, backend.servers)  # none up: the first one's worth
-    busy = _busy(gate, direct["deployment"])
+    busy = _busy(gate)
     return [
         f"    http-request track-sc0 str({backend.name}) table {backend.table} if METH_POST {on}",
         f"    http-request return {busy} if METH_POST {on}{{ sc0_conn_cur gt {limit} }}",
@@ -180,8 +180,7 @@ def _router_rules(
         f"    http-request track-sc0 var(txn.platform_gate) table {backend.table} if {found}",
         f"    http-request set-var(txn.platform_gate_in) sc0_conn_cur if {found}",
         f"    http-request set-var(txn.platform_gate_room) {room} if {found}",
-        f"    http-request return {_busy(gate, None)} "
-        "if { var(txn.platform_gate_room) -m int lt 0 }",
+        f"    http-request return {_busy(gate)} if {{ var(txn.platform_gate_room) -m int lt 0 }}",
     ]
     return rules, maps
 
@@ -203,26 +202,26 @@ def _backends(lines: list[str]) -> dict[str, _Backend]:
     return backends
 
 
-def _busy(gate: dict[str, Any], deployment: str | None) -> str:
-    """The ``http-request return`` arguments of the 503 for ``deployment`` (None: the one in
-    ``txn.platform_gate``), as the request policy words it (``Capacity.refusal``)."""
-    if deployment is None:  # a log-format string: the deployment's name escaped for JSON
-        name, kind = "%[var(txn.platform_gate),json(utf8s)]", "lf-string"
-    else:
-        name, kind = json.dumps(deployment)[1:-1], "string"
+def _busy(gate: dict[str, Any]) -> str:
+    """The ``http-request return`` arguments of the 503 past a deployment's capacity, in the
+    request policy's shape (``Capacity.refusal``) but naming nothing: HAProxy answers before the
+    policy has checked the key and its scope, so the answer must not tell a caller without one
+    which models exist."""
     body = (
-        f'{{"error": {{"message": "{name} is at capacity; retry shortly", '
+        '{"error": {"message": "the model is at capacity; retry shortly", '
         '"type": "service_unavailable_error", "param": null, "code": "server_busy"}}'
     )
     retry = int(gate.get("retry_after_s", 1))
     return (
-        f"status 503 content-type application/json hdr Retry-After {retry} {kind} {_quoted(body)}"
+        f"status 503 content-type application/json hdr Retry-After {retry} string {_quoted(body)}"
     )
 
 
 def _quoted(text: str) -> str:
-    """``text`` as one double-quoted word of HAProxy's config."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as one single-quoted word of HAProxy's config: no ``$`` or ``%`` inside it is
+    expanded (HAProxy would put environment variables, the keys among them, into the answer)."""
+    assert "'" not in text
+    return "'" + text + "'"
 
 
 def _map_safe(*words: str) -> bool:
