@@ -16,6 +16,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file
 from tests.integration.helpers import API_KEY, ROOT, SCOPED_KEY, auth_headers
+from tests.integration.session_config import REAL_CHAT
+from tests.integration.test_real_chat import DOCUMENTS as RAG_DOCUMENTS
+from tests.integration.test_real_chat import RAG_QUESTION
 from tests.media_files import image_file
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -195,6 +198,20 @@ def test_a_chat_answer_streams_into_the_page(console):
         "curl -s" in code and "/v1/chat/completions" in code and '"model":"tiny-chat:sql"' in code
     )
     assert "client.chat.completions.create" in code and API_KEY not in code  # no secret in the page
+    _screenshot(console, "chat-variant")
+
+
+def test_the_default_chat_model_answers_in_the_page(console):
+    _playground(console, "chat", REAL_CHAT)  # another model: a new conversation
+    _type(console, "chat-temperature", "0")
+    _type(console, "chat-input", "What is the capital of France?")
+    _send(console, "chat")
+    answer = _wait(
+        console,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-transcript .assistant.done") or None,
+    )[0]
+    _no_error(console, "chat-error")
+    assert "Paris" in answer.text, answer.text
     _screenshot(console, "chat")
 
 
@@ -259,20 +276,22 @@ def test_the_pipelines_tab_runs_rag_lite_and_shows_its_answer(console, platform_
     )
     assert console.find_element(By.ID, "pipelines-text").is_displayed()
     assert not console.find_element(By.ID, "pipelines-audio").is_displayed()
-    _type(console, "pipelines-documents", "\n".join(DOCUMENTS))
+    _type(console, "pipelines-text", RAG_QUESTION)
+    _type(console, "pipelines-documents", "\n".join(RAG_DOCUMENTS))
     _send(console, "pipelines")
     _result_rows(console, "pipelines-steps")
     _no_error(console, "pipelines-error")
     rerank, chat = _step_cells(console)
     assert rerank[1:3] == ["rerank", card["steps"][0]["model"]] and float(rerank[3]) > 0
-    # the real MiniLM puts the cat first of the two documents the chat answers from
+    # the real MiniLM puts the one document that answers first of the two the chat reads
     context = rerank[4].removeprefix("context: ").split("\n")
-    assert context[0] == DOCUMENTS[1] and len(context) == 2
+    assert context[0] == RAG_DOCUMENTS[1] and len(context) == 2
     answer = console.execute_script(
         "return document.getElementById('pipelines-output').textContent"
     )
-    assert answer.strip() and chat[1:3] == ["chat", card["steps"][1]["model"]]
+    assert chat[1:3] == ["chat", card["steps"][1]["model"]]
     assert chat[4] == f"text: {answer}"  # the answer shown is the chat step's
+    assert "Oswin Thrale" in answer, answer  # a made-up fact: read from the context
     code = console.find_element(By.ID, "pipelines-code").text
     assert '"model":"rag-lite"' in code and "/v1/pipelines" in code and API_KEY not in code
     _screenshot(console, "pipelines")
