@@ -66,11 +66,11 @@ def router_application(app: dict[str, Any], source: str | None = None) -> dict[s
     args = {
         key: value
         for key, value in (app.get("args") or {}).items()
-        if key not in PLATFORM_ONLY_KEYS
+        if key not in PLATFORM_ONLY_KEYS + KEY_SETTINGS
     }
     router = {**app, "import_path": ROUTER_IMPORT_PATH, "args": args}
     router["deployments"] = copy.deepcopy(app.get("deployments") or [])
-    _move_key_sources(args, _deployment(router, ROUTER_DEPLOYMENT))
+    _hand_over_keys(app.get("args") or {}, args, _deployment(router, ROUTER_DEPLOYMENT))
     if source:  # the router's alone: renaming the file restarts no model
         runtime_env = copy.deepcopy(app.get("runtime_env") or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), CONFIG_FILE_ENV: source}
@@ -87,7 +87,6 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
     shared = {
         key: args[key] for key in MODEL_APP_SETTINGS if key in args and key not in KEY_SETTINGS
     }
-    key_sources = {key: args[key] for key in KEY_SETTINGS if key in args}
     # the one-hop path's body limit and upload memory too
     router = {k: v for k, v in (args.get("router") or {}).items() if k in ONE_HOP_ROUTER_SETTINGS}
     if router:
@@ -105,8 +104,14 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
             **({"engine_kwargs_checked_by": checker} if checker else {}),
         }
         one_hop = _serves_http(spec.models)
+        # Outside the args, so an edit of the timeout or the keys reaches the replicas without
+        # a restart.
+        deployment = {
+            "name": spec.name,
+            "user_config": {"request_timeout_s": config.platform.router.request_timeout_s},
+        }
         if one_hop:
-            model_args["keys_in_user_config"] = True
+            _hand_over_keys(args, model_args, deployment)
         applications.append(
             {
                 "name": model_app_name(platform_app, spec.name),
@@ -122,23 +127,7 @@ def model_applications(app: dict[str, Any], config: LoadedConfig) -> list[dict[s
                     else {}
                 ),
                 "args": model_args,
-                # Outside the args, so an edit of the timeout reaches the replicas without a
-                # restart.
-                **(
-                    {
-                        "deployments": [
-                            {
-                                "name": spec.name,
-                                "user_config": {
-                                    "request_timeout_s": config.platform.router.request_timeout_s,
-                                    "key_sources": copy.deepcopy(key_sources),
-                                },
-                            }
-                        ]
-                    }
-                    if one_hop
-                    else {}
-                ),
+                **({"deployments": [deployment]} if one_hop else {}),
             }
         )
     return applications
@@ -169,14 +158,17 @@ def with_live_keys(rendered: dict[str, Any], loaded: dict[str, LoadedConfig]) ->
     return live
 
 
-def _move_key_sources(args: dict[str, Any], deployment: dict[str, Any]) -> None:
-    """``args``' key entries moved into ``deployment``'s ``user_config`` (``KEY_SETTINGS``); the
-    args say so (``keys_in_user_config``), and the replicas refuse every request until that
-    user_config has arrived: Serve may pass a request to a replica's HTTP port before it applies
-    the user_config."""
-    sources = {key: args.pop(key) for key in KEY_SETTINGS if key in args}
+def _hand_over_keys(
+    platform_args: dict[str, Any], args: dict[str, Any], deployment: dict[str, Any]
+) -> None:
+    """The platform's key entries (``KEY_SETTINGS``) into ``deployment``'s ``user_config``; its
+    application's ``args`` say so (``keys_in_user_config``), and the replicas refuse every request
+    until that user_config has arrived: Serve may pass a request to a replica's HTTP port before
+    it applies the user_config."""
     args["keys_in_user_config"] = True
-    deployment.setdefault("user_config", {})["key_sources"] = sources
+    deployment.setdefault("user_config", {})["key_sources"] = {
+        key: copy.deepcopy(platform_args[key]) for key in KEY_SETTINGS if key in platform_args
+    }
 
 
 def _deployment(app: dict[str, Any], name: str) -> dict[str, Any]:
