@@ -19,7 +19,8 @@ Enter = Callable[[threading.Event], contextlib.AbstractContextManager[T]]
 
 class InBackground(Generic[T]):
     """A context manager entered on a thread of its own: ``result()`` waits for what it yields
-    (or raises what its entry raised); ``close()`` exits it and raises what its exit raised. The
+    (or raises what its entry raised); ``close()`` exits it and raises what its exit raised. Used
+    in a ``with``, it is entered with ``result()`` and left with ``close()``. The
     entry gets the event that ``close()`` sets, so that a run stopped early (Ctrl-C, ``-x``) need
     not wait for the entry to finish first."""
 
@@ -43,6 +44,12 @@ class InBackground(Generic[T]):
 
     def result(self) -> T:
         return self._value.result()
+
+    def __enter__(self) -> T:
+        return self.result()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Idempotent: the first call waits for the exit; later ones return at once."""

@@ -132,11 +132,8 @@ def platform(request) -> Iterator[Platform]:
     if os.environ.get("PLATFORM_URL"):
         yield Platform(url=os.environ["PLATFORM_URL"].rstrip("/"))
         return
-    started = request.config.stash[STARTED_PLATFORM]
-    try:
-        yield started.result()
-    finally:
-        started.close()
+    with request.config.stash[STARTED_PLATFORM] as started:
+        yield started
 
 
 @pytest.fixture(scope="session")
@@ -144,11 +141,8 @@ def batch_jobs(request, platform) -> Iterator[dict[str, Job]]:
     """The batch jobs the session started once its platform was up (skipped under PLATFORM_URL:
     they run on the session's Ray)."""
     platform.require_owned()
-    started = request.config.stash[STARTED_JOBS]
-    try:
-        yield started.result()
-    finally:
-        started.close()
+    with request.config.stash[STARTED_JOBS] as jobs:
+        yield jobs
 
 
 @pytest.fixture(scope="session")
