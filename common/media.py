@@ -34,13 +34,7 @@ def decode_image(data: bytes, max_pixels: int):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise MediaInputError(
-                    f"the image is {width}x{height} pixels; the limit is {max_pixels}",
-                    "image_too_large",
-                    413,
-                )
+            _check_image_pixels(*image.size, max_pixels)
             image.load()
     except MediaInputError:
         raise
@@ -147,12 +141,7 @@ def check_media_pixels(
             width, height = max_image_pixels + 1, 1
         except Exception:  # not an image PIL knows: the engine answers for it
             return
-        if width * height > max_image_pixels:
-            raise MediaInputError(
-                f"the image is {width}x{height} pixels; the limit is {max_image_pixels}",
-                "image_too_large",
-                413,
-            )
+        _check_image_pixels(width, height, max_image_pixels)
     elif kind == "video" and (container := sniff_container(data)) in VIDEO_CONTAINERS:
         import av
 
@@ -182,6 +171,15 @@ def _frame_indexes(sampling: FrameSampling, rate: float, duration: float | None)
         total = int((duration or 0) * rate)
         step = max(1, total // sampling.num_frames) if total else 1
     return [i * step for i in range(sampling.num_frames)]
+
+
+def _check_image_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise MediaInputError(
+            f"the image is {width}x{height} pixels; the limit is {max_pixels}",
+            "image_too_large",
+            413,
+        )
 
 
 def _check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
