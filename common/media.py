@@ -138,7 +138,11 @@ def check_media_pixels(
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 width, height = Image.open(io.BytesIO(data)).size  # the header; no pixels
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            width, height = max_image_pixels + 1, 1
+            raise MediaInputError(
+                f"the image claims more pixels than the limit of {max_image_pixels}",
+                "image_too_large",
+                413,
+            ) from None
         except Exception:  # not an image PIL knows: the engine answers for it
             return
         _check_image_pixels(width, height, max_image_pixels)
