@@ -97,6 +97,31 @@ class Capacity:
         return f"Capacity({self.name!r}, {self.in_flight}/{self._limit})"
 
 
+class DeploymentCapacities:
+    """This process's ``Capacity`` of each engine deployment, made at its first use. The request
+    policy admits requests against it; the router's readiness probe takes a slot only when one
+    is free (``ServeEngineCaller``), because a probe waits in Serve's queue like a request and,
+    in a deployment of one or two slots, would cost a user's request its place."""
+
+    def __init__(self) -> None:
+        self._by_deployment: dict[tuple[str | None, str], Capacity] = {}
+
+    def of(self, route: ModelRoute, limit: int | None) -> Capacity | None:
+        """``route``'s deployment's capacity at ``limit`` (None: unbounded, nothing counted).
+        An edit may change the limit: the requests in flight count against the new one."""
+        if limit is None:
+            return None
+        key = (route.app_name, route.deployment_name)
+        capacity = self._by_deployment.get(key)
+        if capacity is None:
+            capacity = self._by_deployment[key] = Capacity(limit, route.deployment_name)
+        capacity.limit = limit
+        return capacity
+
+    def values(self) -> Collection[Capacity]:
+        return self._by_deployment.values()
+
+
 def ingress_gate(
     routes: Mapping[str, ModelRoute], own_model: str | None, endpoints: Collection[str]
 ) -> dict[str, Any]:

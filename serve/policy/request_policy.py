@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
 from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
-from serve.policy.capacity import Capacity, GatePublisher, serve_app
+from serve.policy.capacity import DeploymentCapacities, GatePublisher, serve_app
 from serve.policy.key_limits import KeyLimits
 from serve.policy.key_ring import KeyRing
 from serve.policy.media_refs import inline_chat_media
@@ -90,7 +90,7 @@ class RequestPolicy:
     limits: KeyLimits | None = None  # None: keys are not rate limited
     uploads: UploadMemory | None = None  # None: one of its own, of the settings' size
     keys: KeyRing = field(default_factory=KeyRing)
-    capacities: dict[tuple[str | None, str], Capacity] = field(default_factory=dict)
+    capacities: DeploymentCapacities = field(default_factory=DeploymentCapacities)
     gate: GatePublisher | None = (
         None  # None: HAProxy in front of this Serve replica gets its limits
     )
@@ -206,14 +206,9 @@ class RequestPolicy:
         are taken: before Serve's own queue refuses it, behind all the work that precedes it
         there. Variants and a group's models share their deployment's slots."""
         limit = route.replica_capacity if self.mount.model_id else route.router_capacity
-        if limit is None:
-            return
-        key = (route.app_name, route.deployment_name)
-        capacity = self.capacities.get(key)
-        if capacity is None:
-            capacity = self.capacities[key] = Capacity(limit, route.deployment_name)
-        capacity.limit = limit  # an edit may change it: requests in flight count against it
-        request_end.enter_context(capacity.admit())
+        capacity = self.capacities.of(route, limit)
+        if capacity is not None:
+            request_end.enter_context(capacity.admit())
 
     async def _metered(
         self,

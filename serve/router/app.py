@@ -21,6 +21,7 @@ from configs.server_models import Capability
 from serve.console import CONSOLE_PATH, install_console
 from serve.platform_status import ModelPhase
 from serve.policy.auth import admitted, request_key, unknown_model, visible
+from serve.policy.capacity import DeploymentCapacities
 from serve.policy.key_limits import KeyLimits
 from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, guarded
 from serve.router.api_docs import DOCS_PATH, install_api_docs
@@ -88,10 +89,14 @@ def create_router_app(
 
 
 def router_policy(
-    settings: RouterSettings, engines: EngineCaller, limits: KeyLimits | None = None
+    settings: RouterSettings,
+    engines: EngineCaller,
+    limits: KeyLimits | None = None,
+    capacities: DeploymentCapacities | None = None,
 ) -> RequestPolicy:
     """The router's FastAPI app inside the request policy (``limits``: the platform's per-key
-    request limits; None: keys are not rate limited)."""
+    request limits, None: keys are not rate limited; ``capacities``: the deployments' slots in
+    this process, shared with the engine caller's readiness probes)."""
     app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     uploads = UploadMemory(settings.max_upload_memory_bytes)
@@ -208,7 +213,14 @@ def router_policy(
             methods=["POST"],
             name=capability.value,
         )
-    return RequestPolicy(app, settings, ROUTER_MOUNT, limits, uploads)
+    return RequestPolicy(
+        app,
+        settings,
+        ROUTER_MOUNT,
+        limits,
+        uploads,
+        capacities=capacities or DeploymentCapacities(),
+    )
 
 
 def _endpoint(handler, capability: Capability):

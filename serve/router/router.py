@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
 from configs.server_models import Capability
 from serve.platform_status import ModelPhase, phases_by_model
+from serve.policy.capacity import DeploymentCapacities
 from serve.policy.key_limits import KeyLimits
 from serve.policy.request_policy import RequestPolicy, guarded
 from serve.router.app import router_policy
@@ -37,9 +39,16 @@ class ServeEngineCaller:
     """Reaches engine deployments through Serve handles (Serve picks the replica): the bound
     ones of a one-application platform, else each model application's own deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle] | None, app_name: str = ""):
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle] | None,
+        app_name: str = "",
+        capacities: DeploymentCapacities | None = None,
+    ):
         self.handles = dict(handles or {})
         self.app_name = app_name  # the router's application, which holds the bound engines
+        # the request policy's counts of this process: a stats probe takes a free slot or none
+        self.capacities = capacities or DeploymentCapacities()
         self.watches: dict[str, ReplicaWatch] = {}
         self._phases: tuple[float, dict[str, ModelPhase]] | None = (
             None  # (read at, phases by model)
@@ -155,10 +164,21 @@ class ServeEngineCaller:
         return self._phases[1]
 
     async def _stats(self, route: ModelRoute, timeout_s: float) -> dict | None:
-        try:
-            return await asyncio.wait_for(self._deployment(route).stats.remote(), timeout_s)
-        except Exception:  # not started, busy, or unhealthy
-            return None
+        """The replica's own counters. The call waits in Serve's queue like a request, so it is
+        made only while this process counts a slot of the deployment free, and holds that slot:
+        polling /ready must not cost a user's request its place (a model of one running and one
+        queued request refused users while probes sat in its queue). A probe that times out is
+        cancelled, which takes it out of Serve's queue."""
+        capacity = self.capacities.of(route, route.router_capacity)
+        if capacity is not None and capacity.full:
+            return None  # busy: the controller's state alone says it serves
+        with capacity.admit() if capacity is not None else contextlib.nullcontext():
+            response = self._deployment(route).stats.remote()
+            try:
+                return await asyncio.wait_for(response, timeout_s)
+            except Exception:  # not started, busy, or unhealthy
+                response.cancel()
+                return None
 
     async def _controller_state(self, route: ModelRoute) -> str | None:
         """The deployment's status as Serve's controller holds it (HEALTHY, UPSCALING, ...)."""
@@ -232,7 +252,10 @@ class MultiModelRouter:
         model is its own application, found through Serve (``ModelDirectory``)."""
         self.settings = settings
         self.policy: RequestPolicy | None = None
-        self.engines = ServeEngineCaller(engines, serve.get_replica_context().app_name)
+        self.capacities = DeploymentCapacities()  # the policy's and the readiness probe's
+        self.engines = ServeEngineCaller(
+            engines, serve.get_replica_context().app_name, self.capacities
+        )
         if engines is None:
             self.directory = ModelDirectory(
                 serve.get_replica_context().app_name, settings.routes, settings.router_replicas
@@ -241,7 +264,7 @@ class MultiModelRouter:
 
     def __serve_build_asgi_app__(self):
         limits = KeyLimits(self.settings.platform_app or serve.get_replica_context().app_name)
-        self.policy = router_policy(self.settings, self.engines, limits)
+        self.policy = router_policy(self.settings, self.engines, limits, self.capacities)
         return guarded(self.policy)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -212,3 +212,34 @@ async def test_phases_are_read_from_the_controller_at_most_once_per_ttl(monkeypa
     monkeypatch.setattr(router, "phases_by_model", controller_away)
     monkeypatch.setattr(router, "PHASES_TTL_S", 0)
     assert await caller.phases() == {}  # /ready still answers, from its probes
+
+
+SMALL = ModelRoute("vit", "vision", "vit-dep", (Capability.CLASSIFY,), router_capacity=2)
+
+
+def test_a_stats_probe_takes_no_slot_a_user_needs():
+    """A deployment of two slots: with both taken by requests the probe is not sent at all; with
+    one free it is sent and holds that slot until it is answered."""
+    handle = FakeHandle([0.2])
+    caller = ServeEngineCaller({"vit-dep": handle})
+    capacity = caller.capacities.of(SMALL, SMALL.router_capacity)
+    assert capacity is not None
+    capacity.acquire()
+    capacity.acquire()
+    assert asyncio.run(caller._stats(SMALL, timeout_s=5)) is None and not handle.responses
+    capacity.release()
+
+    async def probe_while_counting():
+        probe = asyncio.create_task(caller._stats(SMALL, timeout_s=5))
+        await asyncio.sleep(0.05)
+        held = capacity.in_flight
+        return held, await probe
+
+    assert asyncio.run(probe_while_counting()) == (2, "answer")
+    assert capacity.in_flight == 1  # the probe's slot came back
+
+
+def test_a_stats_probe_that_times_out_leaves_serves_queue():
+    caller, handle = _caller([NEVER])
+    assert asyncio.run(caller._stats(ROUTE, timeout_s=0.1)) is None
+    assert handle.responses[0].cancelled
