@@ -127,9 +127,10 @@ def decode_video(
 def check_media_pixels(
     kind: str, data: bytes, max_image_pixels: int, max_frame_pixels: int
 ) -> None:
-    """Refuse an image or a video larger than its pixel cap from its header alone, before anything
-    decodes it (a few KB of PNG or VP9 can claim gigabytes of pixels). Bytes this cannot read are
-    left to the engine, which refuses them itself."""
+    """Refuse an image or a video larger than its pixel cap before an engine decodes it (a few KB
+    of PNG or VP9 can claim gigabytes of pixels): an image from its header, a video from its
+    streams' headers and then from each frame's size as it is decoded, before anything converts
+    it. Bytes this cannot read are left to the engine, which refuses them itself."""
     if kind == "image":
         from PIL import Image
 
@@ -152,10 +153,32 @@ def check_media_pixels(
         try:
             with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[container]) as opened:
                 streams = opened.streams.video
-                size = (streams[0].codec_context.width, streams[0].codec_context.height)
-        except (av.FFmpegError, ValueError, IndexError):
+                for stream in streams:
+                    context = stream.codec_context
+                    _check_pixels(context.width, context.height, max_frame_pixels)
+                if streams:
+                    _check_every_frame(opened, streams, max_frame_pixels)
+        except MediaInputError:  # a ValueError too
+            raise
+        except (av.FFmpegError, ValueError):
             return
-        _check_pixels(*size, max_frame_pixels)
+
+
+def _check_every_frame(container, streams, max_pixels: int) -> None:
+    """Each frame of ``streams`` within ``max_pixels``, read from the decoded frame before any
+    conversion: a stream may grow at any frame (a small first frame in the header, a huge one
+    later), and the engine converts every frame it samples at its full size. A packet that does
+    not decode is skipped, as decoders skip it, so a broken packet cannot hide the frames after
+    it."""
+    import av
+
+    for packet in container.demux(*streams):
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            continue
+        for frame in frames:
+            _check_pixels(frame.width, frame.height, max_pixels)
 
 
 def _duration_s(container, stream) -> float | None:

@@ -5,6 +5,7 @@ operator did not allow."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
@@ -81,13 +82,20 @@ async def _inline(
     kind = MEDIA_PARTS[key]
     if url.startswith("data:"):  # vLLM decodes data: URLs itself, once their size is known
         data, _ = decode_data_url(url, policy.max_bytes)
-        check_media_pixels(kind, data, policy.max_image_pixels, policy.max_frame_pixels)
-        return
+        return await _check_pixels(kind, data, policy)
     data, media_type = await fetch_media(url, policy, budget)
-    check_media_pixels(kind, data, policy.max_image_pixels, policy.max_frame_pixels)
+    await _check_pixels(kind, data, policy)
     media_type = media_type.split(";")[0].strip() if media_type else f"{kind}/*"
     inlined = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
     if isinstance(holder, dict):
         holder["url"] = inlined
     else:  # vLLM also takes the bare string form: {"image_url": "https://..."}
         part[key] = inlined
+
+
+async def _check_pixels(kind: str, data: bytes, policy: MediaFetchPolicy) -> None:
+    """The pixel caps, in a thread: a video's check decodes each of its frames, which must not
+    hold up the other requests on this event loop."""
+    await asyncio.to_thread(
+        check_media_pixels, kind, data, policy.max_image_pixels, policy.max_frame_pixels
+    )

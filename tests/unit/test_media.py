@@ -9,7 +9,7 @@ from common.media import (
     decode_image,
     decode_video,
 )
-from tests.media_files import image_file, video_file
+from tests.media_files import growing_video_file, image_file, video_file
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
@@ -92,3 +92,12 @@ def test_a_claimed_frame_rate_buys_no_frames_beyond_what_the_duration_limit_allo
     with pytest.raises(MediaInputError) as info:
         decode_video(fast, FrameSampling(4, stride=200), max_duration_s=1)
     assert (info.value.code, info.value.status_code) == ("video_too_long", 413)
+
+
+def test_a_decoded_frame_larger_than_the_first_is_refused_before_it_is_converted():
+    # the header says 64x48; the third frame is 320x240
+    clip = growing_video_file("mp4", "libx264")
+    with pytest.raises(MediaInputError) as info:
+        decode_video(clip, FrameSampling(3), max_duration_s=60, max_frame_pixels=64 * 48)
+    assert (info.value.code, info.value.status_code) == ("video_too_large", 413)
+    assert info.value.message == "the video's frames are 320x240 pixels; the limit is 3072"

@@ -10,7 +10,7 @@ from common.upload_sizes import UPLOAD_COPIES_HELD
 from serve.policy import media_refs
 from serve.router.errors import APIError
 from serve.router.uploads import UploadMemory
-from tests.media_files import b64, image_file, video_file
+from tests.media_files import b64, growing_video_file, image_file, video_file
 
 
 def _chat(*urls: str) -> dict:
@@ -119,3 +119,18 @@ def test_an_image_or_video_over_its_pixel_cap_is_refused_from_its_header():
             media_refs.inline_chat_media(body, MediaFetchPolicy(max_frame_pixels=64 * 48 - 1))
         )
     assert (info.value.status_code, info.value.code) == (413, "video_too_large")
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("webm", "libvpx"), ("mp4", "libx264")])
+def test_a_video_whose_later_frame_grows_past_the_pixel_cap_is_refused(fmt, codec):
+    """The header (and first frame) say 64x48; the third frame is 320x240: refused with the same
+    413 as a video too large from its first frame, before vLLM converts any frame."""
+    clip = _data_url(f"video/{fmt}", growing_video_file(fmt, codec))
+    body = {"messages": [{"role": "user", "content": [{"video_url": {"url": clip}}]}]}
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(body, MediaFetchPolicy(max_frame_pixels=64 * 48)))
+    assert (info.value.status_code, info.value.code) == (413, "video_too_large")
+    assert info.value.message == "the video's frames are 320x240 pixels; the limit is 3072"
+    assert asyncio.run(
+        media_refs.inline_chat_media(body, MediaFetchPolicy(max_frame_pixels=320 * 240))
+    )
