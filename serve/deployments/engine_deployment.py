@@ -84,6 +84,11 @@ class EngineDeployment:
         stats = next(iter(per_model.values())) if len(per_model) == 1 else {"engines": per_model}
         return {**stats, "placement": replica_placement()}
 
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """``stats`` as Serve's controller pulls them and the router's /ready probe asks one
+        replica's actor: a call outside the request queue, answered while the replica is full."""
+        return await self.stats()
+
     def _engine_stats(self, model_id: str) -> dict[str, Any]:
         stats = {**self.engines[model_id].stats(), "requests_total": self.requests_total[model_id]}
         if model_id in self.variants:

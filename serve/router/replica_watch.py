@@ -19,16 +19,34 @@ from ray.serve.handle import DeploymentHandle
 POLL_S = 0.1
 
 
-def routable_replicas(handle: DeploymentHandle) -> int | None:
-    """How many replicas Serve's router in this process can send ``handle``'s requests to (it
-    drops a dead one at its first failed request, before the controller says so); None before
-    it has heard of any replica, or where Serve's internals differ."""
+def _running_replicas(handle: DeploymentHandle) -> dict | None:
+    """Serve's router's replicas of ``handle`` in this process (by id); None before it has heard
+    of any, or where Serve's internals differ."""
     router = getattr(handle, "_router", None)
     if router is None or not handle.running_replicas_populated():
         return None
     request_router = getattr(getattr(router, "_asyncio_router", None), "_request_router", None)
     replicas = getattr(request_router, "curr_replicas", None)
-    return len(replicas) if isinstance(replicas, dict) else None
+    return replicas if isinstance(replicas, dict) else None
+
+
+def routable_replicas(handle: DeploymentHandle) -> int | None:
+    """How many replicas Serve's router in this process can send ``handle``'s requests to (it
+    drops a dead one at its first failed request, before the controller says so); None before
+    it has heard of any replica, or where Serve's internals differ."""
+    replicas = _running_replicas(handle)
+    return None if replicas is None else len(replicas)
+
+
+def replica_actors(handle: DeploymentHandle) -> list[Any] | None:
+    """The actors of ``handle``'s routable replicas, to call outside the deployment's request
+    queue (as Serve's controller calls them for health checks and routing stats); None where
+    unknown (as ``routable_replicas``)."""
+    replicas = _running_replicas(handle)
+    if replicas is None:
+        return None
+    actors = [getattr(replica, "_actor_handle", None) for replica in replicas.values()]
+    return None if None in actors else actors
 
 
 class NoReplica(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from serve.policy.request_policy import RequestPolicy, guarded
 from serve.router.app import router_policy
 from serve.router.errors import APIError
 from serve.router.model_directory import ModelDirectory
-from serve.router.replica_watch import NoReplica, ReplicaWatch
+from serve.router.replica_watch import NoReplica, ReplicaWatch, replica_actors
 from serve.router.routing import ModelRoute, RouterSettings
 
 logger = logging.getLogger("ray.serve")
@@ -164,16 +165,27 @@ class ServeEngineCaller:
         return self._phases[1]
 
     async def _stats(self, route: ModelRoute, timeout_s: float) -> dict | None:
-        """The replica's own counters. The call waits in Serve's queue like a request, so it is
-        made only while this process counts a slot of the deployment free, and holds that slot:
-        polling /ready must not cost a user's request its place (a model of one running and one
-        queued request refused users while probes sat in its queue). A probe that times out is
-        cancelled, which takes it out of Serve's queue."""
+        """One replica's own counters, asked of its actor directly, as Serve's controller asks
+        for routing stats: outside the deployment's request queue, so polling /ready never takes
+        a user's place (a model of one running and one queued request refused users while
+        probes sat in its queue). Before this process's Serve router knows the replicas, the
+        call goes through the queue like a request, only while this process counts a slot of
+        the deployment free, holding it; one that times out is cancelled, out of the queue."""
+        handle = self._deployment(route)
+        actors = replica_actors(handle)
+        if actors is not None:
+            if not actors:
+                return None
+            call = random.choice(actors).record_routing_stats.remote()
+            try:
+                return await asyncio.wait_for(call, timeout_s)
+            except Exception:  # the replica busy past the timeout, or dying
+                return None
         capacity = self.capacities.of(route, route.router_capacity)
         if capacity is not None and capacity.full:
             return None  # busy: the controller's state alone says it serves
         with capacity.admit() if capacity is not None else contextlib.nullcontext():
-            response = self._deployment(route).stats.remote()
+            response = handle.stats.remote()
             try:
                 return await asyncio.wait_for(response, timeout_s)
             except Exception:  # not started, busy, or unhealthy

@@ -217,9 +217,36 @@ async def test_phases_are_read_from_the_controller_at_most_once_per_ttl(monkeypa
 SMALL = ModelRoute("vit", "vision", "vit-dep", (Capability.CLASSIFY,), router_capacity=2)
 
 
-def test_a_stats_probe_takes_no_slot_a_user_needs():
-    """A deployment of two slots: with both taken by requests the probe is not sent at all; with
-    one free it is sent and holds that slot until it is answered."""
+class _ReplicaActor:
+    """A replica's actor as Serve's router holds it: its routing stats answered at once."""
+
+    def __init__(self):
+        self.record_routing_stats = self
+        self.calls = 0
+
+    def remote(self):
+        self.calls += 1
+        return FakeResponse([0])
+
+
+def test_a_stats_probe_asks_a_replicas_actor_outside_the_request_queue():
+    """Once Serve's router here knows the replicas, the probe goes to one of their actors, past
+    the deployment's queue: with every slot taken it still answers, and no request is queued."""
+    caller, handle, router = _watched([NEVER], replicas=1)
+    actor = _ReplicaActor()
+    router.replicas[0] = type("RunningReplica", (), {"_actor_handle": actor})()
+    small = ModelRoute("vit", "vision", "chat-dep", (Capability.CLASSIFY,), router_capacity=2)
+    capacity = caller.capacities.of(small, small.router_capacity)
+    assert capacity is not None
+    capacity.acquire()
+    capacity.acquire()
+    assert asyncio.run(caller._stats(small, timeout_s=5)) == "answer"
+    assert actor.calls == 1 and not handle.responses
+
+
+def test_before_the_replicas_are_known_a_probe_takes_no_slot_a_user_needs():
+    """Through Serve's queue, in a deployment of two slots: with both taken by requests the
+    probe is not sent at all; with one free it is sent and holds that slot until answered."""
     handle = FakeHandle([0.2])
     caller = ServeEngineCaller({"vit-dep": handle})
     capacity = caller.capacities.of(SMALL, SMALL.router_capacity)
