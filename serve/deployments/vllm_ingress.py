@@ -53,6 +53,7 @@ class VLLMIngressDeployment(EngineDeployment):
             model_id=engine.entry.model_id,
             endpoints=ONE_HOP_ENDPOINTS,
             on_model=self._note_variant,
+            model_list="/v1/models",
         )
         self.policy = RequestPolicy(
             engine.http_app,

@@ -49,13 +49,15 @@ def request_key(request) -> APIKey | None:
 
 
 def check_scope(
-    key: APIKey | None, model_id: str, table: Mapping[str, Named] | None = None
+    key: APIKey | None, model_id: str, table: Mapping[str, Named] | None = None, named: Any = None
 ) -> None:
     """The 404 of a model that does not exist when ``key`` may not use ``model_id``: a 403 would
     tell a key which model ids exist beyond its scope. ``table``: the models the answer lists as
-    available, as an unknown model's 404 does (those the key may use)."""
+    available, as an unknown model's 404 does (those the key may use); ``named``: the model the
+    404 names, when the request named another than ``model_id`` (default: ``model_id``)."""
     if key is not None and not key.allows(model_id):
-        raise unknown_model(model_id, [n for n, e in (table or {}).items() if allows(key, e)])
+        available = [n for n, e in (table or {}).items() if allows(key, e)]
+        raise unknown_model(model_id if named is None else named, available)
 
 
 def unknown_model(model: Any, available: list[str]) -> APIError:

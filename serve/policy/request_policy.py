@@ -6,7 +6,8 @@ In the order a request meets them:
 
 1. endpoints: a one-hop port serves the OpenAI endpoints only (vLLM's app also has admin and
    scaling routes): 404 for the rest;
-2. auth: the bearer key (401), but for public paths (liveness, the console's page);
+2. auth: the bearer key (401), but for public paths (liveness, the console's page); an app's own
+   model list (vLLM's on a one-hop port) cut to the models the key may use;
 3. body: a model endpoint's JSON body is read under the body limit (413) and parsed (400); a model
    outside the key's scope is the 404 of an unknown one; a model whose deployment has taken in
    all it can run and queue is a 503 with ``Retry-After`` at once (``capacity.py``; HAProxy in
@@ -50,6 +51,7 @@ from serve.policy.metering import (
     ask_for_usage_header,
     reserved_tokens,
 )
+from serve.policy.model_list import ScopedModelList
 from serve.policy.observed import ObservedRequests
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.routing import ModelRoute, RouterSettings, requested_model
@@ -75,6 +77,8 @@ class PolicyMount:
     public: frozenset[str] = frozenset({"/health"})  # answered without a key
     public_prefixes: tuple[str, ...] = ()
     on_model: Callable[[Any], Awaitable[None]] | None = None  # sees each body's "model"
+    # the path of the app's own model list (vLLM's, unaware of keys): cut here to the key's scope
+    model_list: str | None = None
 
     def is_public(self, path: str) -> bool:
         return path in self.public or path.startswith(self.public_prefixes)
@@ -162,10 +166,20 @@ class RequestPolicy:
         if not (request.method == "POST" and path in self.mount.model_endpoints):
             if self.limits is not None:
                 await self.limits.admit(key)
+            if key is not None and (request.method, path) == ("GET", self.mount.model_list):
+                send = ScopedModelList(send, key).send
             return receive, send
         body = parse_json_object(await read_limited_body(request, self.settings.max_request_bytes))
         route = self._route(request, body)
-        check_scope(key, route.model_id, None if self.mount.model_id else self.settings.routes)
+        named = requested_model(request.headers, body.get("model"))
+        # refused as the request named it: on the one-hop URL a name it does not serve stands for
+        # the URL's model (vLLM answers it), and its 404 must be an adapter outside the scope's
+        check_scope(
+            key,
+            route.model_id,
+            None if self.mount.model_id else self.settings.routes,
+            named if named else route.model_id,
+        )
         state["model_id"] = route.model_id
         self._hold_capacity(route, request_end)
         send = await self._metered(key, route, body, send, request_end)

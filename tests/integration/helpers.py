@@ -31,6 +31,7 @@ from tests.conftest import ray_temp_dir
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-for-every-model"
 SCOPED_KEY = "test-key-embeddings-only"  # the session platform's key for its embedding model alone
+ADAPTER_KEY = "test-key-one-chat-adapter"  # and its key for one LoRA adapter of tiny-chat alone
 LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with requests_per_minute: 3
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
 BURST_KEY = "test-key-twenty-a-minute"  # and one with requests_per_minute: 20, for a burst

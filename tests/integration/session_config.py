@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from tests.integration.helpers import (
+    ADAPTER_KEY,
     ADMIN_KEY,
     ADMIN_KEY_ENTRY,
     ALLOWED_ORIGIN,
@@ -42,6 +43,7 @@ NUM_CPUS = 16
 # The tests chat with tiny-chat (fast, with LoRA adapters); the default config's real chat model,
 # which its pipelines use, answers the tests that need a sensible answer.
 CHAT, EMBED, RERANKER = "tiny-chat", "all-minilm-l6-v2", "tiny-reranker"
+CHAT_ADAPTER = f"{CHAT}:sql"  # the one model ADAPTER_KEY may use
 REAL_CHAT = "smollm2"
 AFFINITY_CHAT, COLD_CHAT = "affinity-chat", "cold-chat"
 
@@ -156,8 +158,11 @@ def session_config(workdir: Path) -> dict:
     args["api_keys_env"] = "PLATFORM_TEST_API_KEYS"
     scoped_key = workdir / "embed-only.key"
     scoped_key.write_text(SCOPED_KEY + "\n")  # as a mounted Secret holds it
+    adapter_key = workdir / "adapter-only.key"
+    adapter_key.write_text(ADAPTER_KEY + "\n")
     args["api_keys"] = [
         {"name": "embed-only", "key_file": str(scoped_key), "models": [EMBED]},
+        {"name": "adapter-only", "key_file": str(adapter_key), "models": [CHAT_ADAPTER]},
         {"name": "limited", "key_env": "PLATFORM_TEST_LIMITED_KEY", "requests_per_minute": 3},
         {"name": "few-tokens", "key_env": "PLATFORM_TEST_TOKEN_KEY", "tokens_per_minute": 60},
         {"name": "burst", "key_env": "PLATFORM_TEST_BURST_KEY", "requests_per_minute": 20},

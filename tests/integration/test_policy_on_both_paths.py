@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.integration.helpers import (
+    ADAPTER_KEY,
     ALLOWED_ORIGIN,
     API_KEY,
     HELLO,
@@ -22,7 +23,7 @@ from tests.integration.helpers import (
     auth_headers,
     wait_until,
 )
-from tests.integration.session_config import CHAT, EMBED
+from tests.integration.session_config import CHAT, CHAT_ADAPTER, EMBED
 
 
 @pytest.fixture(params=["router", "one-hop"])
@@ -117,6 +118,23 @@ def test_a_model_outside_the_keys_scope_is_the_404_of_an_unknown_one(via):
         timeout=60,
     )
     assert embedded.status_code == 200, embedded.text
+
+
+def test_a_key_scoped_to_one_adapter_lists_it_alone_and_meets_the_others_as_unknown(via):
+    """The one-hop URL's model list is vLLM's (the base model and every adapter): cut to the key's
+    scope as the router's is, and an adapter outside it is refused as a name that does not exist."""
+    listed = httpx.get(f"{via(CHAT)}/models", headers=auth_headers(ADAPTER_KEY), timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert [card["id"] for card in listed.json()["data"]] == [CHAT_ADAPTER]
+
+    def chat(model: str) -> httpx.Response:
+        return _chat(via, {"model": model, "messages": HELLO, "max_tokens": 2}, ADAPTER_KEY)
+
+    outside, unknown = chat(f"{CHAT}:poet").json(), chat(f"{CHAT}:no-such-adapter").json()
+    assert outside["error"]["code"] == "model_not_found"
+    named = unknown["error"]["message"].replace(f"'{CHAT}:no-such-adapter'", f"'{CHAT}:poet'")
+    assert outside["error"] == {**unknown["error"], "message": named}
+    assert chat(CHAT_ADAPTER).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -327,3 +327,48 @@ async def test_a_key_scoped_to_a_variant_reaches_it_on_the_one_hop_url_as_on_the
         variant = await _chat(policy, key, json={"model": "m:v1", "messages": []})
         base = await _chat(policy, key, json={"model": "m", "messages": []})
         assert (variant.status_code, base.status_code) == (200, 404), mount.metrics_path
+
+
+def _vllm_models_app() -> Starlette:
+    """vLLM's ``/v1/models`` as a replica with two LoRA adapters answers it, whatever the key."""
+
+    async def models(request):
+        cards = [{"id": name, "object": "model", "root": f"/m/{name}"} for name in ("m", "m:v1")]
+        return JSONResponse({"object": "list", "data": [*cards, {"id": "m:v2", "parent": "m"}]})
+
+    return Starlette(routes=[Route("/v1/models", models)])
+
+
+async def _listed(policy: RequestPolicy, key: APIKey) -> list[str]:
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        answer = await client.get("/v1/models", headers={"Authorization": f"Bearer {key.secret}"})
+    assert answer.status_code == 200 and answer.json()["object"] == "list"
+    return [card["id"] for card in answer.json()["data"]]
+
+
+@pytest.mark.asyncio
+async def test_the_one_hop_model_list_shows_only_the_models_in_the_keys_scope():
+    variant_only = APIKey("v" * 16, "variant-only", ("m:v1",))
+    every_model = APIKey("e" * 16, "every-model")
+    settings = RouterSettings(routes=WITH_VARIANT, api_keys=(variant_only, every_model))
+    mount = dataclasses.replace(ONE_HOP, model_list="/v1/models")
+    policy = RequestPolicy(_vllm_models_app(), settings, mount)
+    assert await _listed(policy, variant_only) == ["m:v1"]
+    assert await _listed(policy, every_model) == ["m", "m:v1", "m:v2"]
+
+
+@pytest.mark.asyncio
+async def test_an_adapter_outside_the_scope_is_refused_as_an_unknown_model_on_either_path():
+    key = APIKey("k" * 16, "variant-only", ("m:v1",))
+    routes = {**WITH_VARIANT, "m:v2": WITH_VARIANT["m"].variant_route("v2")}
+    settings = RouterSettings(routes=routes, api_keys=(key,))
+    for mount in (ROUTER, ONE_HOP):
+        policy = RequestPolicy(_usage_app(), settings, mount)
+        outside = await _chat(policy, key, json={"model": "m:v2", "messages": []})
+        unknown = await _chat(policy, key, json={"model": "m:v3", "messages": []})
+        assert outside.status_code == unknown.status_code == 404, mount.metrics_path
+        assert outside.json()["error"] == {
+            **unknown.json()["error"],
+            "message": unknown.json()["error"]["message"].replace("'m:v3'", "'m:v2'"),
+        }, mount.metrics_path
