@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import stat
 import sys
 
 STREAMING_ENV = {
@@ -82,7 +83,7 @@ def apply_streaming_env(http_port: int | None = None) -> None:
         os.environ.setdefault(key, value)
     if http_port is not None and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
         files = (
-            {}
+            operators_haproxy_files()
             if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ
             else haproxy_files_env(new_haproxy_directory(http_port))
         )
@@ -134,6 +135,30 @@ def new_haproxy_directory(http_port: int | None = None) -> str:
     directory = tempfile.mkdtemp(prefix=prefix, dir=base)
     _made_here.add(directory)
     return directory
+
+
+def operators_haproxy_files() -> dict[str, str]:
+    """None to add: HAProxy's files stay where the operator's ``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``
+    puts them, in a directory made here with mode 0700 when missing, and refused when it is
+    another user's or others may enter it (whoever may write there can swap the config, and
+    HAProxy makes its admin socket writable by all)."""
+    directory = os.path.dirname(os.path.abspath(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]))
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(directory, mode=0o700)
+    found = os.lstat(directory)
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.getuid()
+        or found.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    ):
+        raise SystemExit(
+            f"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC's directory {directory} must be a directory of "
+            f"this user (uid {os.getuid()}) that no one else may enter; it is "
+            f"{'a directory' if stat.S_ISDIR(found.st_mode) else 'not a directory'} of uid "
+            f"{found.st_uid}, mode {stat.S_IMODE(found.st_mode):o}. Make it with mode 0700 "
+            "(mkdir -m 700), or leave the variable unset: the platform then makes one of its own"
+        )
+    return {}
 
 
 def haproxy_files_env(directory: str) -> dict[str, str]:
@@ -226,7 +251,9 @@ def _current_runtime_env() -> dict:
 
 if __name__ == "__main__":  # eval "$(python -m common.serve_env)" before `ray start` or `serve run`
     exports = {**STREAMING_ENV, **haproxy_binary_env(), **haproxy_threads_env()}
-    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
+        exports |= operators_haproxy_files()
+    else:
         exports |= haproxy_files_env(new_haproxy_directory())
     for key, value in exports.items():
         print(f"export {key}={shlex.quote(os.environ.get(key, value))}")

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import pytest
 
 from common.serve_env import (
     HAPROXY_WRAPPER,
@@ -154,14 +155,44 @@ def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
     ]
 
 
-def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
+def test_an_operators_haproxy_directory_is_made_0700_and_refused_when_others_may_enter(
+    tmp_path, monkeypatch
+):
+    def apply(directory):
+        config = str(directory / "haproxy.cfg")
+        monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": config})
+        apply_streaming_env(8123)
+        return os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+
+    missing = tmp_path / "made"
+    assert apply(missing) == str(missing / "haproxy.cfg")  # the files stay where it put them
+    assert missing.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)  # others may enter it and reach the admin socket
+    with pytest.raises(SystemExit, match=r"shared must be a directory of this user .* mode 755"):
+        apply(shared)
+    if os.getuid() == 0:  # only root can hand a directory to another user
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 12345, -1)
+        with pytest.raises(SystemExit, match="of uid 12345"):
+            apply(theirs)
+    link = tmp_path / "link"
+    link.symlink_to(missing)  # a link another user could point elsewhere
+    with pytest.raises(SystemExit, match="not a directory"):
+        apply(link)
+
+
+def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch, tmp_path):
     threads = {
         cores: haproxy_threads_env(cores)["RAY_SERVE_HAPROXY_NBTHREAD"]
         for cores in (1, 2, 4, 6, 8, 64)
     }
     assert threads == {1: "1", 2: "1", 4: "2", 6: "3", 8: "4", 64: "4"}
     # what apply_streaming_env sets stays in this test; HAProxy's files where an operator put them
-    monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "/srv/h/haproxy.cfg"})
+    config = str(tmp_path / "haproxy.cfg")
+    monkeypatch.setattr(os, "environ", {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": config})
     apply_streaming_env(8123)
     assert (
         os.environ["RAY_SERVE_HAPROXY_NBTHREAD"]
@@ -170,7 +201,7 @@ def test_haproxy_gets_a_thread_per_two_cores_up_to_rays_four(monkeypatch):
     monkeypatch.setattr(
         os,
         "environ",
-        {"RAY_SERVE_HAPROXY_NBTHREAD": "8", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "/srv/h/h.cfg"},
+        {"RAY_SERVE_HAPROXY_NBTHREAD": "8", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": config},
     )  # an operator's own count wins
     apply_streaming_env(8123)
     assert os.environ["RAY_SERVE_HAPROXY_NBTHREAD"] == "8"
