@@ -7,6 +7,11 @@ generator (the code behind ``vllm bench serve``: random prompts, streamed chat c
 seed) at each concurrency:
 
 - ``vllm``: vLLM's OpenAI server, bare;
+- ``vllm-uni``: the same server with the platform's arrangement of processes: the worker runs
+  inside vLLM's engine core (``uni`` executor, with the OpenMP binding vLLM gives its worker set
+  while the engine core starts), as the one-shard CPU replicas do
+  (``servers/vllm_cpu_placement.py``), where ``vllm serve`` on the CPU runs a worker process of
+  its own: the fair limit for the platform's paths;
 - ``one-hop``: the platform's per-model URL ``/models/<model_id>/v1`` (HAProxy -> the engine
   replica's own vLLM server);
 - ``shared``: the platform's ``/v1`` (HAProxy -> MultiModelRouter -> engine replica), same platform;
@@ -20,14 +25,15 @@ seed) at each concurrency:
 
 Prints output-token throughput, TTFT and inter-token latency (p50/p99), the server's CPU ms per
 output token by process, and one line per arm and concurrency, which scripts read:
-``ratio <arm> / vllm at concurrency <c>: <x.xx>x`` (``/ vllm-lora`` for the LoRA arms). With
+``ratio <arm> / vllm at concurrency <c>: <x.xx>x`` (``/ vllm-lora`` for the LoRA arms), and
+``ratio <arm> / vllm-uni at concurrency <c>: <x.xx>x`` when ``vllm-uni`` ran. With
 ``--rounds N`` every arm runs N times, in turn (vllm, one-hop, ..., vllm, one-hop, ...); each
 round's ratios compare arms of that round, and the ``ratio`` line gives their median: on a small
 shared machine the speed of the machine itself drifts between minutes by more than the gaps being
 measured.
 
     python bench/serve_vs_vllm.py [--concurrency 1 16 64] \\
-        [--arms vllm one-hop shared rsllm rsllm-direct] [--rounds 1]
+        [--arms vllm vllm-uni one-hop shared rsllm rsllm-direct] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -180,10 +186,28 @@ def run_load(
     }
 
 
-def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Popen:
+# vLLM's OpenAI server with its worker inside the engine core, started as
+# servers/vllm_cpu_placement.py:worker_inside_engine_core starts a replica's engine.
+VLLM_UNI = """
+from vllm.entrypoints.launchers.api_server.entry import main
+from vllm.utils.ompmultiprocessing import OMPProcessManager
+from vllm.v1.engine.async_llm import AsyncLLM
+from_vllm_config = AsyncLLM.from_vllm_config.__func__
+def worker_inside_engine_core(cls, vllm_config, *args, **kwargs):
+    vllm_config.parallel_config.distributed_executor_backend = "uni"
+    with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+        return from_vllm_config(cls, vllm_config, *args, **kwargs)
+AsyncLLM.from_vllm_config = classmethod(worker_inside_engine_core)
+main()
+"""
+
+
+def start_vllm(
+    model_dir: str, port: int, lora: bool = False, uni: bool = False
+) -> subprocess.Popen:
     """``vllm serve`` as it runs by default: it keeps its engine statistics (``/metrics``), as every
     other arm does; without them it runs up to a tenth faster at 64 streams here
-    (bench/README.md)."""
+    (bench/README.md). With ``uni``, its worker runs inside the engine core (``VLLM_UNI``)."""
     flags = []
     for key, value in ENGINE_KWARGS.items():
         flags += [f"--{key.replace('_', '-')}", str(value)]
@@ -197,11 +221,11 @@ def start_vllm(model_dir: str, port: int, lora: bool = False) -> subprocess.Pope
             "--lora-modules",
             *(f"bench-model:{a.name}={a}" for a in sorted(ADAPTERS.iterdir())),
         ]
+    server = ["-c", VLLM_UNI] if uni else ["-m", "vllm.entrypoints.openai.api_server"]
     return subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
+            *server,
             "--model",
             model_dir,
             "--served-model-name",
@@ -352,8 +376,17 @@ def main() -> None:
     parser.add_argument(
         "--arms",
         nargs="+",
-        default=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct"],
-        choices=["vllm", "one-hop", "shared", "rsllm", "rsllm-direct", "vllm-lora", "one-hop-lora"],
+        default=["vllm", "vllm-uni", "one-hop", "shared", "rsllm", "rsllm-direct"],
+        choices=[
+            "vllm",
+            "vllm-uni",
+            "one-hop",
+            "shared",
+            "rsllm",
+            "rsllm-direct",
+            "vllm-lora",
+            "one-hop-lora",
+        ],
     )
     parser.add_argument(
         "--rounds",
@@ -383,35 +416,41 @@ def main() -> None:
                     f"{m['server_cpu_ms_per_token']:.2f} |"
                 )
     for arm in args.arms:
-        base = "vllm-lora" if arm.endswith("-lora") else "vllm"
-        if arm == base or base not in args.arms:
-            continue
-        for c in args.concurrency:
-            ratios = [
-                runs[arm][c]["output_throughput"] / runs[base][c]["output_throughput"]
-                for runs in rounds
-            ]
-            if args.rounds > 1:
-                print(
-                    f"rounds of {arm} / {base} at concurrency {c}: "
-                    + ", ".join(f"{r:.2f}x" for r in ratios)
-                )
-            print(f"ratio {arm} / {base} at concurrency {c}: {statistics.median(ratios):.2f}x")
+        bases = ["vllm-lora"] if arm.endswith("-lora") else ["vllm", "vllm-uni"]
+        for base in bases:
+            if arm != base and base in args.arms:
+                print_ratios(arm, base, rounds, args)
+
+
+def print_ratios(arm: str, base: str, rounds: list[dict[str, dict[int, dict]]], args) -> None:
+    """The ``ratio <arm> / <base>`` line at each concurrency: the median over the rounds."""
+    for c in args.concurrency:
+        ratios = [
+            runs[arm][c]["output_throughput"] / runs[base][c]["output_throughput"]
+            for runs in rounds
+        ]
+        if args.rounds > 1:
+            print(
+                f"rounds of {arm} / {base} at concurrency {c}: "
+                + ", ".join(f"{r:.2f}x" for r in ratios)
+            )
+        print(f"ratio {arm} / {base} at concurrency {c}: {statistics.median(ratios):.2f}x")
 
 
 def run_round(args, workdir: str) -> dict[str, dict[int, dict]]:
     """Every arm once, one after the other: {arm: {concurrency: metrics}}."""
     runs: dict[str, dict[int, dict]] = {}
-    if "vllm" in args.arms:
-        runs.update(
-            measure(
-                start_vllm(args.model_dir, 8100),
-                "http://127.0.0.1:8100/health",
-                8100,
-                {"vllm": CHAT},
-                args,
+    for arm in ("vllm", "vllm-uni"):
+        if arm in args.arms:
+            runs.update(
+                measure(
+                    start_vllm(args.model_dir, 8100, uni=arm == "vllm-uni"),
+                    "http://127.0.0.1:8100/health",
+                    8100,
+                    {arm: CHAT},
+                    args,
+                )
             )
-        )
     platform_arms = {
         arm: endpoint
         for arm, endpoint in (("one-hop", "/models/bench-model" + CHAT), ("shared", CHAT))
