@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from cloud.storage import resolve_model_source
 from common.rendered_apps import ROUTER_DEPLOYMENT, VARIANT_ROUTER_DEPLOYMENT
@@ -28,7 +29,9 @@ from configs import (
     require_secrets,
 )
 from configs.server_models import CLOUD_SCHEMES, BaseModelEntry, PlatformSettings
+from configs.vllm_models import VLLMModelEntry
 from serve.deployments.engine_deployment import EngineDeployment
+from serve.deployments.prefix_affinity import request_router_config
 from serve.deployments.variant_router import VariantRouter
 from serve.deployments.vllm_ingress import VLLMIngressDeployment
 from serve.policy.capacity import RETRY_AFTER_S
@@ -80,6 +83,9 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
     # code: with Retry-After, as the router's 503 has it.
     options.setdefault("backpressure_config", {"retry_after_s": RETRY_AFTER_S})
     options["ray_actor_options"] = with_replica_env(options.get("ray_actor_options", {}))
+    router_config = _request_router_config(spec)
+    if router_config is not None:
+        options["request_router_config"] = router_config
     entries = [_replica_entry(m) for m in spec.models]
     if (
         one_hop is not None
@@ -93,6 +99,15 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
             else engine
         )
     return serve.deployment(EngineDeployment).options(**options).bind(entries)
+
+
+def _request_router_config(spec: DeploymentSpec) -> RequestRouterConfig | None:
+    """How Serve's handles pick the deployment's replica, where its model's ``routing`` says (a
+    vLLM model, which is never in a group)."""
+    (model, *others) = spec.models
+    if others or not isinstance(model, VLLMModelEntry):
+        return None
+    return request_router_config(model.routing)
 
 
 def _with_variant_router(engine: Application, model: BaseModelEntry) -> Application:

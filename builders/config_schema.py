@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from builders.vllm_args_schema import VLLM_KWARGS, vllm_kwargs_schema
 from common.rendered_apps import PLATFORM_IMPORT_PATH
 from configs import MODEL_ENTRY_TYPES, PlatformConfig, audio_models, vision_models
+from configs.routing_models import RoutingPolicy
 from configs.server_models import BaseModelEntry, ModelType
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "configs" / "model_config.schema.json"
@@ -58,6 +59,7 @@ def config_schema(vllm_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         properties = defs[name[model]]["properties"]
         properties[field] = _or(properties[field], {"enum": sorted(aliases)})
     _vllm_engine_kwargs(defs[name[MODEL_ENTRY_TYPES[ModelType.VLLM]]], vllm_kwargs)
+    _bare_routing_policy(defs[name[MODEL_ENTRY_TYPES[ModelType.VLLM]]])
     if vllm_kwargs is not None:
         defs[VLLM_KWARGS] = vllm_kwargs
     _one_type_field(defs, list(entries))
@@ -101,6 +103,12 @@ def _vllm_engine_kwargs(entry: dict[str, Any], vllm_kwargs: dict[str, Any] | Non
         )
 
 
+def _bare_routing_policy(entry: dict[str, Any]) -> None:
+    """``routing: <policy>`` stands for ``routing: {policy: <policy>}``, as the loader reads it."""
+    properties = entry["properties"]
+    properties["routing"] = _or(properties["routing"], {"enum": [p.value for p in RoutingPolicy]})
+
+
 def _one_type_field(defs: dict[str, Any], types: list[str]) -> None:
     """model_loading_config.type offers the engine types, and takes them in any case (the seed
     config writes VLLM), as the loader does."""
@@ -132,15 +140,24 @@ def _model_entry(base: dict[str, Any], typed: dict[str, dict[str, Any]]) -> dict
         "settings (engine_kwargs, per model_loading_config.type)"
     )
     entry["allOf"] = []
+    # A field only some types have (a vLLM model's routing) is one of the entry's, which the
+    # base's additionalProperties: false would refuse otherwise, and refused ({"not": {}}) for the
+    # other types.
+    added = {
+        field: prop
+        for definition in typed.values()
+        for field, prop in definition["properties"].items()
+        if field not in base["properties"]
+    }
+    entry["properties"].update(added)
     for type_name, definition in typed.items():
-        added = set(definition["properties"]) - set(base["properties"])
-        if added:  # the base's additionalProperties: false would refuse them
-            raise ValueError(f"the {type_name} entry adds fields {sorted(added)}: describe them")
-        changed = {
+        changed: dict[str, Any] = {
             field: prop
             for field, prop in definition["properties"].items()
-            if prop != base["properties"][field]
+            if field in added or prop != base["properties"][field]
         }
+        refused = {"description": f"not for a {type_name} model", "not": {}}
+        changed.update({f: refused for f in added if f not in definition["properties"]})
         required = sorted(set(definition.get("required", [])) - set(base.get("required", [])))
         if "engine_kwargs" in changed and "engine_kwargs" not in required:
             changed["engine_kwargs"] = _or(changed["engine_kwargs"], {"type": "null"})  # left empty

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from configs.routing_models import RoutingConfig
 from configs.server_models import BaseModelEntry, Capability
 
 # Set by the platform from model_loading_config; a YAML value would be silently overridden.
@@ -90,6 +91,12 @@ class VLLMModelEntry(BaseModelEntry):
         "dashes), checked against the installed vLLM; model and served_model_name come from "
         "model_loading_config",
     )
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="how a request picks one of the model's replicas: default (Serve's pick) or "
+        "prefix_affinity (where its prompt's prefix is likely cached, while load allows), as "
+        "`routing: prefix_affinity` or `routing: {policy: prefix_affinity, max_imbalance: 8}`",
+    )
     _lora_rank: int = PrivateAttr(default=0)  # of the local adapters, read once at validation
 
     default_serve_options: ClassVar[dict[str, Any]] = {
@@ -138,6 +145,15 @@ class VLLMModelEntry(BaseModelEntry):
                 f"tensor_parallel_size x pipeline_parallel_size needs {world} GPUs, but "
                 f"deployment_config.ray_actor_options.num_gpus is {share}; "
                 f"set num_gpus: {world} or leave it out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_affinity_has_a_cache(self) -> VLLMModelEntry:
+        if self.routing.by_prefix and self.engine_kwargs.get("enable_prefix_caching") is False:
+            raise ValueError(
+                "routing: prefix_affinity sends a prompt where its prefix is cached, but "
+                "engine_kwargs.enable_prefix_caching is false: remove it, or route by default"
             )
         return self
 
@@ -247,6 +263,8 @@ class VLLMModelEntry(BaseModelEntry):
             overrides["tensor_parallel_size"] = self.world_size() // self._pipeline_stages()
         if self.variants():
             overrides.update(self._lora_overrides())
+        if self.routing.by_prefix and "enable_prefix_caching" not in self.engine_kwargs:
+            overrides["enable_prefix_caching"] = True  # vLLM's default too, but not everywhere
         return overrides
 
     def _lora_overrides(self) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""A vLLM model's ``routing:``: read from the YAML, refused where it cannot work, turned into the
+deployment's request router (Ray's ``PrefixCacheAffinityRouter``, reading the platform's bodies)."""
+
+import json
+
+import pytest
+from jsonschema.validators import validator_for
+from ray.serve._private.request_router.common import PendingRequest
+
+from builders.config_schema import SCHEMA_PATH
+from configs import ConfigError, load_platform_config
+from serve.deployments.prefix_affinity import PrefixAffinityRouter, request_router_config
+
+
+def _entry(model_type="vllm", **extra):
+    entry = {
+        "model_loading_config": {"model_id": "m", "model_source": "org/m", "type": model_type},
+        **extra,
+    }
+    if model_type == "vision":
+        entry["engine_kwargs"] = {"task": "image-classification"}
+    return entry
+
+
+def _load(**extra):
+    return load_platform_config({"models": [_entry(**extra)]}).models[0]
+
+
+def test_default_routing_is_serves_pick_and_leaves_the_engine_alone():
+    model = _load()
+    assert not model.routing.by_prefix
+    assert "enable_prefix_caching" not in model.engine_overrides()
+    assert request_router_config(model.routing) is None
+
+
+@pytest.mark.parametrize(
+    "routing,imbalance",
+    [("prefix_affinity", 8), ({"policy": "prefix_affinity", "max_imbalance": 2}, 2)],
+)
+def test_prefix_affinity_turns_on_the_cache_and_rays_router(routing, imbalance):
+    model = _load(routing=routing)
+    assert model.routing.by_prefix and model.routing.max_imbalance == imbalance
+    assert model.engine_overrides()["enable_prefix_caching"] is True
+    config = request_router_config(model.routing)
+    assert config is not None
+    assert config.get_request_router_class() is PrefixAffinityRouter
+    assert config.request_router_kwargs == {"imbalanced_threshold": imbalance}
+
+
+@pytest.mark.parametrize(
+    "extra,loc,message",
+    [
+        (
+            {"routing": "prefix_affinity", "engine_kwargs": {"enable_prefix_caching": False}},
+            "args.models[0]",
+            "enable_prefix_caching is false",
+        ),
+        ({"routing": "round_robin"}, "args.models[0].routing.policy", "'prefix_affinity'"),
+        (
+            {"routing": {"policy": "prefix_affinity", "max_imbalance": -1}},
+            "args.models[0].routing.max_imbalance",
+            "greater than or equal to 0",
+        ),
+        ({"routing": {"polcy": "default"}}, "args.models[0].routing.polcy", "unknown key"),
+    ],
+)
+def test_refused_routing_names_the_field(extra, loc, message):
+    with pytest.raises(ConfigError) as refused:
+        _load(**extra)
+    assert loc in str(refused.value) and message in str(refused.value)
+
+
+def test_only_vllm_models_route_by_prefix():
+    with pytest.raises(ConfigError, match=r"models\[0\]\.routing"):
+        load_platform_config({"models": [_entry("vision", routing="prefix_affinity")]})
+
+
+def test_the_schema_takes_routing_on_vllm_models_only():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = validator_for(schema)(schema)
+
+    def errors(*models):
+        args = {"models": list(models)}
+        config = {"applications": [{"import_path": "builders.app_builder:build_app", "args": args}]}
+        return [e.json_path for e in validator.iter_errors(config)]
+
+    assert errors(_entry(routing="prefix_affinity")) == []
+    assert errors(_entry(routing={"policy": "prefix_affinity", "max_imbalance": 4})) == []
+    assert errors(_entry(routing="nearest")) != []
+    assert errors(_entry("vision", routing="default")) != []
+
+
+def _prompt(*args):
+    router = PrefixAffinityRouter.__new__(PrefixAffinityRouter)  # its text reading keeps no state
+    request = PendingRequest(args=list(args), kwargs={}, metadata=None, future=None)
+    return router._extract_text_from_request(request)
+
+
+def test_the_router_reads_the_prompt_from_the_platforms_body():
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "You are terse. "},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ],
+    }
+    assert _prompt("m", "chat", chat, "req-1") == "You are terse. Hi"
+    assert _prompt("m", "completions", {"prompt": "Once upon"}, None) == "Once upon"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),  # a call without arguments
+        ("m", "embeddings", {"input": "text"}, None),  # nothing to match by
+        ("m", "completions", {"prompt": [1, 2, 3]}, None),  # token ids only
+        ("m", "chat", {"messages": []}, None),
+    ],
+)
+def test_a_call_without_a_prompt_gets_serves_pick(args):
+    assert _prompt(*args) is None
