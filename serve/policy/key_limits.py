@@ -25,12 +25,13 @@ from serve.router.errors import APIError
 
 WINDOW_S = 60.0
 RESERVATION_TTL_S = 900.0  # by default: a reservation its replica never settled (it died) expires
+RESERVATION_SLACK_S = 60  # a reservation outlives its request's timeout by this much at most
 # An actor whose node is being declared dead: a 503 instead of a hang. The first call of a
 # process may wait for the actor's worker to start (seconds on a loaded node).
 ACTOR_TIMEOUT_S, ACTOR_START_TIMEOUT_S = 10.0, 60.0
 # The actor's name carries its version: a cluster upgraded in place keeps the old detached actor,
 # whose methods differ.
-ACTOR_VERSION = 2
+ACTOR_VERSION = 3
 
 
 class SlidingWindow:
@@ -57,10 +58,12 @@ class SlidingWindow:
         tokens_per_minute: int | None = None,
         reserve: int = 0,
         hold_s: float = RESERVATION_TTL_S,
+        counted: bool = True,
     ) -> tuple[float, int]:
         """``(0, ticket)`` when a request is admitted: counted, its ``reserve`` tokens held under
         ``ticket`` (0: none held) until ``settle``, or ``hold_s`` at most (the request's longest
-        life). Else ``(seconds until one would be, 0)``.
+        life). Else ``(seconds until one would be, 0)``. ``counted`` False: tokens for a part of
+        a request already admitted (a pipeline's step), checked and held but not a request.
 
         Tokens admit a request while the spent and reserved ones leave room for its reserve; a
         key with nothing spent or reserved admits one request whatever its reserve, so a limit
@@ -68,7 +71,7 @@ class SlidingWindow:
         now = self.clock()
         requests, tokens = self._pruned(key, now)
         waits = []
-        if requests_per_minute and len(requests) >= requests_per_minute:
+        if counted and requests_per_minute and len(requests) >= requests_per_minute:
             waits.append(requests[0] + WINDOW_S - now)
         if tokens_per_minute:
             spent = [n for _, n in tokens]
@@ -77,7 +80,8 @@ class SlidingWindow:
                 waits.append(self._token_wait(tokens, held, reserve, tokens_per_minute, now))
         if waits:
             return max(waits), 0
-        requests.append(now)
+        if counted:
+            requests.append(now)
         if not (tokens_per_minute and reserve > 0):
             return 0.0, 0
         ticket = next(self._tickets)
@@ -131,8 +135,11 @@ class KeyLimitsActor:
         tokens_per_minute: int | None,
         reserve: int,
         hold_s: float,
+        counted: bool,
     ) -> tuple[float, int]:
-        return self.window.admit(key, requests_per_minute, tokens_per_minute, reserve, hold_s)
+        return self.window.admit(
+            key, requests_per_minute, tokens_per_minute, reserve, hold_s, counted
+        )
 
     async def settle(self, key: str, ticket: int, tokens: int) -> None:
         self.window.settle(key, ticket, tokens)
@@ -154,7 +161,23 @@ class KeyLimits:
         ``MeteredAnswer.settle`` does); None: the key's tokens are not counted."""
         if key is None or not (key.requests_per_minute or key.tokens_per_minute):
             return None
-        wait_s, ticket = await self._admit(key, reserve_tokens, hold_s)
+        return await self._checked(key, reserve_tokens, hold_s, counted=True)
+
+    async def reserve(
+        self, key: APIKey | None, tokens: int, hold_s: float = RESERVATION_TTL_S
+    ) -> Callable[[int], None] | None:
+        """``tokens`` for a part of a request ``admit`` already counted (a pipeline's step, which
+        only then knows its prompt and ``max_tokens``), held as ``admit`` holds a request's: a 429
+        when the key's spent and reserved tokens leave no room, else what settles the step's real
+        count. None: the key's tokens are not counted."""
+        if not meters_tokens(key):
+            return None
+        return await self._checked(key, tokens, hold_s, counted=False)
+
+    async def _checked(
+        self, key: APIKey, reserve: int, hold_s: float, counted: bool
+    ) -> Callable[[int], None] | None:
+        wait_s, ticket = await self._admit(key, reserve, hold_s, counted)
         if wait_s > 0:
             raise APIError(
                 429,
@@ -171,12 +194,19 @@ class KeyLimits:
         if key.tokens_per_minute:
             self._limits_actor().settle.remote(key.name, ticket, tokens)
 
-    async def _admit(self, key: APIKey, reserve: int, hold_s: float) -> tuple[float, int]:
+    async def _admit(
+        self, key: APIKey, reserve: int, hold_s: float, counted: bool
+    ) -> tuple[float, int]:
         for _ in range(2):
             timeout_s = ACTOR_START_TIMEOUT_S if self._actor is None else ACTOR_TIMEOUT_S
             try:
                 call = self._limits_actor().admit.remote(
-                    key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s
+                    key.name,
+                    key.requests_per_minute,
+                    key.tokens_per_minute,
+                    reserve,
+                    hold_s,
+                    counted,
                 )
                 return await asyncio.wait_for(call, timeout_s)
             except RayActorError:  # gone for good (killed, say): found again, or started anew
@@ -206,11 +236,3 @@ class KeyLimits:
 
 def meters_tokens(key: APIKey | None) -> TypeGuard[APIKey]:
     return key is not None and bool(key.tokens_per_minute)
-
-
-def spender(limits: KeyLimits | None, key: APIKey | None) -> Callable[[int], None] | None:
-    """What charges tokens to ``key`` with no reservation (a pipeline's steps, each as it
-    answers); None when no limit counts them."""
-    if limits is None or not meters_tokens(key):
-        return None
-    return functools.partial(limits.settle, key, 0)

@@ -41,7 +41,7 @@ from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
 from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
 from serve.policy.capacity import DeploymentCapacities, GatePublisher, serve_app
-from serve.policy.key_limits import KeyLimits
+from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
 from serve.policy.key_ring import KeyRing
 from serve.policy.media_refs import inline_chat_media
 from serve.policy.metering import (
@@ -60,7 +60,6 @@ from serve.router.uploads import UploadMemory, parse_json_object, read_limited_b
 logger = logging.getLogger("ray.serve")
 
 BODY_STATE = "json_body"  # scope["state"] key: the checked body, for the app not to read it again
-RESERVATION_SLACK_S = 60  # a reservation outlives its request's timeout by this much at most
 REPLICA_FAILED = APIError(
     503, "the model's replica failed during the answer; retry the request", code="model_unavailable"
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,13 +20,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.engine_response import EngineResponse
 from common.input_errors import InputError
 from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
-from serve.policy.key_limits import spender
-from serve.policy.metering import USAGE_HEADER, response_tokens
+from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
+from serve.policy.metering import USAGE_HEADER, reserved_tokens, response_tokens
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import UploadMemory, read_json_object
@@ -33,6 +35,8 @@ from serve.router.uploads import UploadMemory, read_json_object
 CREATED = int(time.time())
 TEXT_LIMIT = 100_000  # characters of text or of all documents together
 MAX_DOCUMENTS = 1000
+# A step's tokens reserved against the request's key (``KeyLimits.reserve``): what settles them.
+StepReservation = Callable[[int], Awaitable[Callable[[int], None] | None]]
 
 
 class StepFailed(APIError):
@@ -40,17 +44,26 @@ class StepFailed(APIError):
 
 
 def install_pipeline_routes(
-    app: FastAPI, settings: RouterSettings, engines: Any, uploads: UploadMemory, limits: Any = None
+    app: FastAPI,
+    settings: RouterSettings,
+    engines: Any,
+    uploads: UploadMemory,
+    limits: KeyLimits | None = None,
 ) -> None:
-    """``limits``: the platform's per-key limits, which the steps' tokens are charged to;
-    ``uploads``: the replica's memory for uploads, which the inputs' downloads are held against
-    until the run ends."""
+    """``limits``: the platform's per-key limits (the request policy counted the run as one
+    request), against which each step reserves and is charged its tokens; ``uploads``: the
+    replica's memory for uploads, which the inputs' downloads are held against until the run
+    ends."""
 
     @app.post("/v1/pipelines")
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))
-        run = PipelineRun(pipeline, settings.routes, engines, spender(limits, request_key(request)))
+        reserve = None
+        if limits is not None:
+            hold_s = pipeline.timeout_s + RESERVATION_SLACK_S
+            reserve = functools.partial(limits.reserve, request_key(request), hold_s=hold_s)
+        run = PipelineRun(pipeline, settings.routes, engines, reserve)
         try:
             with uploads.hold() as held:
                 downloads = settings.media.budget(_urls(body))
@@ -137,10 +150,12 @@ class PipelineRun:
         pipeline: PipelineConfig,
         routes: Mapping[str, ModelRoute],
         engines: Any,
-        spend: Callable[[int], None] | None = None,
+        reserve: StepReservation | None = None,
     ):
         self.pipeline, self.routes, self.engines = pipeline, routes, engines
-        self.spend = spend  # charges each step's tokens to the request's key, when it meters
+        # each step's tokens reserved against the request's key before its call, as a request's
+        # are at admission (concurrent runs cannot all pass), and settled on its real count
+        self.reserve = reserve
         self.values: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
         self.current = "reading the inputs"  # what the run is doing, for errors and timeouts
@@ -211,16 +226,30 @@ class PipelineRun:
         return route
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict[str, Any]) -> Any:
-        result = await self.engines.call(route, capability, {"model": route.model_id, **body})
+        body = {"model": route.model_id, **body}
+        settle = None
+        if self.reserve is not None:
+            settle = await self.reserve(reserved_tokens(body, route.max_context_tokens))
+        result = None
+        try:
+            result = await self.engines.call(route, capability, body)
+        finally:  # failed or cut by the timeout: the reservation returns
+            if settle is not None:
+                settle(_spent_tokens(result))
         if result.status_code != 200:
             raise StepFailed(
                 result.status_code,
                 f"{self.current}: {result.error_message()}",
                 code="pipeline_step_failed",
             )
-        if self.spend is not None:
-            self.spend(response_tokens(result.content, (result.headers or {}).get(USAGE_HEADER)))
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
+
+
+def _spent_tokens(result: EngineResponse | None) -> int:
+    """The tokens a step's answer counted (none when it failed or never came)."""
+    if result is None or result.status_code != 200:
+        return 0
+    return response_tokens(result.content, (result.headers or {}).get(USAGE_HEADER))
 
 
 async def _media(name: str, value: Any, media: MediaFetchPolicy, downloads: ByteBudget) -> bytes:

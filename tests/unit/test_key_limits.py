@@ -46,9 +46,9 @@ class LocalLimits(KeyLimits):
         super().__init__("test")
         self.window = SlidingWindow(Clock())  # time stands still: however slow the requests are
 
-    async def _admit(self, key, reserve, hold_s):
+    async def _admit(self, key, reserve, hold_s, counted):
         return self.window.admit(
-            key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s
+            key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s, counted
         )
 
     def settle(self, key, ticket, tokens):
@@ -108,6 +108,17 @@ def test_a_request_larger_than_the_limit_runs_alone():
     assert window.admit("a", None, 60, reserve=1) == (1.0, 0)  # not beside it
     window.settle("a", ticket, 0)
     assert window.admit("a", None, 60, reserve=500)[0] == 0
+
+
+def test_a_part_of_an_admitted_request_reserves_tokens_without_counting_as_a_request():
+    window = SlidingWindow(Clock())
+    assert window.admit("a", 1, 100)[0] == 0  # the request (a pipeline run)
+    wait, step = window.admit("a", 1, 100, reserve=60, counted=False)  # its step
+    assert wait == 0 and step > 0
+    assert window.admit("a", 1, 100, reserve=60, counted=False) == (1.0, 0)  # no room beside it
+    window.settle("a", step, 10)
+    assert window.admit("a", 1, 100, reserve=60, counted=False)[0] == 0
+    assert window.admit("a", 1, 100)[0] == 60  # still one request in the minute
 
 
 def test_a_reservation_its_replica_never_settled_expires():

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -14,6 +15,7 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
+from tests.unit.test_key_limits import LocalLimits
 from tests.unit.test_router_app import assert_openai_error
 
 ROUTES = {
@@ -50,6 +52,7 @@ PIPELINES = [
         ],
     },
     {"model_id": "one-chat", "steps": [{"task": "chat", "model": "llm"}]},
+    {"model_id": "long-chat", "steps": [{"task": "chat", "model": "llm", "max_tokens": 80}]},
     # a step that hangs for 5 s runs past it; no step that answers comes near it
     {"model_id": "slow", "timeout_s": 0.2, "steps": [{"task": "chat", "model": "llm"}]},
     {"model_id": "gone", "steps": [{"task": "chat", "model": "not-deployed"}]},
@@ -62,6 +65,7 @@ class StepEngines:
 
     def __init__(self):
         self.calls: list[tuple[str, Capability, dict]] = []
+        self.released = asyncio.Event()  # what a chat of "hold" waits for
 
     async def call(self, route, capability, body):
         self.calls.append((route.model_id, capability, body))
@@ -73,6 +77,8 @@ class StepEngines:
                 return EngineResponse.error(400, "the engine refuses", param="messages")
             if prompt == "hang":
                 await asyncio.sleep(5)
+            if prompt == "hold":
+                await self.released.wait()
             return EngineResponse.json(
                 {
                     "choices": [{"message": {"content": f"reply to <{prompt}>"}}],
@@ -124,6 +130,9 @@ class SpentTokens:
     async def admit(self, key, reserve_tokens=0, hold_s=None):
         return lambda tokens: self.settle(key, 0, tokens)
 
+    async def reserve(self, key, tokens, hold_s=None):
+        return lambda spent: self.settle(key, 0, spent)
+
     def settle(self, key, ticket, tokens):
         self.spent.append((key.name, tokens))
 
@@ -158,6 +167,36 @@ def test_a_pipelines_steps_are_charged_to_a_key_that_meters_tokens():
     )
     assert answer.status_code == 200, answer.text
     assert ("few-tokens", 11) in limits.spent  # the chat step's usage
+
+
+async def test_concurrent_runs_reserve_their_steps_tokens_and_cannot_all_pass():
+    """A step reserves what it may spend (prompt + max_tokens) before its call, as a request does
+    at admission: while one run's chat of up to 80 tokens runs, another on a key of 100 a minute
+    is a 429, not a second 80; once the first settles its real count (11), the next run fits."""
+    key = APIKey("t" * 16, "few-tokens", tokens_per_minute=100)
+    limits = LocalLimits()
+    engines = StepEngines()
+    pipelines = {p["model_id"]: PipelineConfig.model_validate(p) for p in PIPELINES}
+    settings = RouterSettings(ROUTES, pipelines=pipelines, api_keys=(key,))
+    transport = httpx.ASGITransport(create_router_app(settings, engines, limits))
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://r") as http:
+
+        def run(text):
+            return http.post(
+                "/v1/pipelines", json={"model": "long-chat", "text": text}, headers=headers
+            )
+
+        first = asyncio.ensure_future(run("hold"))
+        while not engines.calls:  # the first run's chat step is running
+            await asyncio.sleep(0.01)
+        refused = await run("hi")
+        engines.released.set()
+        assert (await first).status_code == 200
+        assert_openai_error(refused, 429, "rate_limit_exceeded")
+        assert len(engines.calls) == 1  # the refused run's step never reached its engine
+        assert [n for _, n in limits.window.tokens[key.name]] == [11]
+        assert (await run("hi")).status_code == 200
 
 
 def test_voice_chat_transcribes_answers_and_speaks():
