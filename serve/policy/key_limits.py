@@ -24,7 +24,9 @@ from configs.api_keys import APIKey
 from serve.router.errors import APIError
 
 WINDOW_S = 60.0
-RESERVATION_TTL_S = 900.0  # by default: a reservation its replica never settled (it died) expires
+# By default a reservation its replica never settled (it died mid-answer, taking the count it had
+# seen with it) is charged in full at this age: the most the request could have spent.
+RESERVATION_TTL_S = 900.0
 RESERVATION_SLACK_S = 60  # a reservation outlives its request's timeout by this much at most
 # An actor whose node is being declared dead: a 503 instead of a hang. The first call of a
 # process may wait for the actor's worker to start (seconds on a loaded node).
@@ -110,8 +112,10 @@ class SlidingWindow:
             requests.popleft()
         while tokens and tokens[0][0] <= now - WINDOW_S:
             tokens.popleft()
-        for ticket in [t for t, (expires, _) in reserved.items() if expires <= now]:
-            del reserved[ticket]
+        for ticket, (expires, held) in list(reserved.items()):
+            if expires <= now:  # never settled: charged what it reserved, from now
+                del reserved[ticket]
+                tokens.append((now, held))
         return requests, tokens
 
 

@@ -121,11 +121,16 @@ def test_a_part_of_an_admitted_request_reserves_tokens_without_counting_as_a_req
     assert window.admit("a", 1, 100)[0] == 60  # still one request in the minute
 
 
-def test_a_reservation_its_replica_never_settled_expires():
+def test_a_reservation_its_replica_never_settled_is_charged_in_full_when_it_expires():
+    """A one-hop replica that dies mid-stream takes the count it had seen with it: the most the
+    request could have spent is charged, for a minute from its expiry, then the key is free."""
     clock = Clock()
     window = SlidingWindow(clock)
-    window.admit("a", None, 100, reserve=100)
+    window.admit("a", None, 100, reserve=80)
     clock.now += RESERVATION_TTL_S + 1
+    assert window.admit("a", None, 100, reserve=30) == (60, 0)  # the 80 leave the window in 60 s
+    assert [n for _, n in window.tokens["a"]] == [80]
+    clock.now += 60
     assert window.admit("a", None, 100, reserve=100)[0] == 0
 
 
