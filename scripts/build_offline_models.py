@@ -140,6 +140,17 @@ def link_minilm(out: Path) -> Path | None:
     return target
 
 
+def make_readable(out: Path) -> None:
+    """Every model file readable by every user: safetensors writes its files owner-only, and the
+    platform may run as another user than the one who built them (the image runs as ``ray``)."""
+    for folder, _, files in os.walk(out):  # a link (the embedding model) is not followed
+        Path(folder).chmod(0o755)
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(0o644)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".models", type=Path)
@@ -171,6 +182,7 @@ def main() -> None:
         print(f"vision model: {build(args.out)}")
     print(f"LoRA adapters: {build_tiny_chat_adapters(args.out, args.out / 'tiny-chat')}")
     print(f"image classifier variants: {build_tiny_vit_variants(args.out)}")
+    make_readable(args.out)
 
 
 if __name__ == "__main__":

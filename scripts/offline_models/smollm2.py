@@ -126,5 +126,3 @@ def _convert(gguf: Path, target: Path) -> None:
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     ).save_pretrained(target)
-    for file in target.iterdir():  # safetensors writes its file owner-only
-        file.chmod(0o644)

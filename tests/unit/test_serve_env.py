@@ -1,6 +1,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -122,6 +123,26 @@ def test_haproxy_runs_through_the_wrapper_that_turns_splicing_off(monkeypatch):
         "RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/sbin/haproxy"
     )  # an operator's own wins
     assert haproxy_binary_env() == {}
+
+
+def test_the_wrapper_named_as_rays_haproxy_runs_haproxy_not_itself(monkeypatch):
+    """As in the container image, where RAY_SERVE_HAPROXY_BINARY_PATH names the wrapper so that a
+    bare ``ray start`` runs it: the wrapper, started with or without the platform's settings,
+    finds Ray's HAProxy (it exec'd itself forever, and no HAProxy ever started)."""
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", HAPROXY_WRAPPER)
+    monkeypatch.delenv("PLATFORM_HAPROXY_BINARY", raising=False)
+    env = haproxy_binary_env()
+    assert Path(env["PLATFORM_HAPROXY_BINARY"]).resolve() != Path(HAPROXY_WRAPPER).resolve()
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == HAPROXY_WRAPPER  # put back
+    for settings in ({"PLATFORM_HAPROXY_PYTHON": sys.executable}, env):  # the image's python3
+        version = subprocess.run(
+            [HAPROXY_WRAPPER, "-v"],
+            env={**os.environ, **settings},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "HAProxy version" in version.stdout, version.stderr
 
 
 def test_the_wrapper_runs_haproxy_under_sched_batch_unless_turned_off(tmp_path):
