@@ -93,10 +93,11 @@ def _bind_engines(spec: DeploymentSpec, one_hop: RouterSettings | None = None) -
         and spec.models[0].model_loading_config.type is ModelType.VLLM
     ):
         engine = serve.deployment(VLLMIngressDeployment).options(**options).bind(entries, one_hop)
+        # Under HAProxy Serve refuses a custom request router on an ingress deployment unless
+        # HAProxy asks an ingress request router, which then picks through it.
+        asks_a_router = spec.models[0].variants() or router_config is not None
         return (
-            _with_variant_router(engine, spec.models[0])
-            if spec.models[0].variants() and _haproxy()
-            else engine
+            _with_variant_router(engine, spec.models[0]) if asks_a_router and _haproxy() else engine
         )
     return serve.deployment(EngineDeployment).options(**options).bind(entries)
 
@@ -112,9 +113,10 @@ def _request_router_config(spec: DeploymentSpec) -> RequestRouterConfig | None:
 
 def _with_variant_router(engine: Application, model: BaseModelEntry) -> Application:
     """``engine`` with HAProxy asking a ``VariantRouter`` which replica gets each request, so a
-    variant's requests on the one-hop URL go to the replica holding it. One replica of no CPU: it
-    answers one small request per request, and Serve restarts it where it fails. Ray's hook for
-    this is private (``ray.serve.llm``'s direct streaming is its other user)."""
+    variant's requests on the one-hop URL go to the replica holding it, and a model routed by
+    prefix gets its request router's pick (not shown the prompt yet: Serve's pick). One replica of
+    no CPU: it answers one small request per request, and Serve restarts it where it fails. Ray's
+    hook for this is private (``ray.serve.llm``'s direct streaming is its other user)."""
     router = serve.deployment(VariantRouter).options(
         name=VARIANT_ROUTER_DEPLOYMENT,
         num_replicas=1,

@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import functools
 import itertools
+import json
 import os
 import signal
 import socket
@@ -324,6 +325,45 @@ def wait_ready(
 def engine_stats(base: str, model: str) -> dict:
     """What ``/ready`` says of one model's engine (requests running, aborted, its placement)."""
     return fresh_ready(base, ADMIN_KEY).json()["models"][model]
+
+
+REPLICA_COUNTERS = """
+import json, sys, ray
+from ray import serve
+ray.init(address="auto", namespace="serve", log_to_driver=False, logging_level="ERROR")
+handle = serve.get_deployment_handle(sys.argv[1], "platform." + sys.argv[1])
+replicas = int(sys.argv[2])
+seen = {}
+for _ in range(20 * replicas):  # each call reaches one replica: until every one has answered
+    stats = handle.stats.remote().result()
+    seen[stats["placement"]["actor_id"]] = {
+        "variants": stats.get("variants_loaded", []), "requests": stats["requests_total"]}
+    if len(seen) == replicas:
+        break
+print(json.dumps(seen))
+"""
+
+
+def replica_counters(env: dict[str, str], model: str, replicas: int = 2) -> dict[str, dict]:
+    """Each replica's own counters of a lone model's deployment (its loaded variants and the
+    requests it took), by actor id, read through a Serve handle on the session's Ray."""
+    done = subprocess.run(
+        [sys.executable, "-c", REPLICA_COUNTERS, model, str(replicas)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(seen) == replicas, seen
+    return seen
+
+
+def requests_served(before: dict[str, dict], after: dict[str, dict]) -> dict[str, int]:
+    """Requests each replica took between two ``replica_counters``."""
+    return {replica: after[replica]["requests"] - before[replica]["requests"] for replica in after}
 
 
 def assert_leaving_a_stream_stops_it(

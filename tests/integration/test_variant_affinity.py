@@ -10,14 +10,16 @@ read through Serve's handles on the session's Ray (skipped under ``PLATFORM_URL`
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import openai
 import pytest
 
-from tests.integration.helpers import API_KEY, HELLO, ROOT, wait_until
+from tests.integration.helpers import (
+    API_KEY,
+    HELLO,
+    replica_counters,
+    requests_served,
+    wait_until,
+)
 from tests.integration.session_config import AFFINITY_CHAT as MODEL
 from tests.integration.session_config import COLD_CHAT as COLD
 
@@ -27,36 +29,9 @@ def platform(platform):
     return platform.require_owned()
 
 
-REPLICA_STATS = """
-import json, sys, ray
-from ray import serve
-ray.init(address="auto", namespace="serve", log_to_driver=False, logging_level="ERROR")
-handle = serve.get_deployment_handle(sys.argv[1], "platform." + sys.argv[1])
-seen = {}
-for _ in range(40):  # each call reaches one replica: until both have answered
-    stats = handle.stats.remote().result()
-    seen[stats["placement"]["actor_id"]] = {
-        "variants": stats["variants_loaded"], "requests": stats["requests_total"]}
-    if len(seen) == 2:
-        break
-print(json.dumps(seen))
-"""
-
-
 def _replicas(env) -> dict[str, dict]:
     """Each replica's loaded variants and request count, by actor id."""
-    done = subprocess.run(
-        [sys.executable, "-c", REPLICA_STATS, MODEL],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(seen) == 2, seen
-    return seen
+    return replica_counters(env, MODEL)
 
 
 def _ask(client: openai.OpenAI, model: str, times: int) -> None:
@@ -64,10 +39,6 @@ def _ask(client: openai.OpenAI, model: str, times: int) -> None:
         assert (
             client.chat.completions.create(model=model, messages=HELLO, max_tokens=2).model == model
         )
-
-
-def _served(before: dict, after: dict) -> dict[str, int]:
-    return {replica: after[replica]["requests"] - before[replica]["requests"] for replica in after}
 
 
 def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platform):
@@ -97,7 +68,7 @@ def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platf
         before = _replicas(env)
         _ask(client, f"{MODEL}:sql", 6)
         after = _replicas(env)
-        assert _served(before, after) == {
+        assert requests_served(before, after) == {
             replica: 6 if replica == sql_replica else 0 for replica in after
         }
         assert {
