@@ -7,6 +7,7 @@ import pytest
 from jsonschema.validators import validator_for
 from ray.serve._private.request_router.common import PendingRequest
 
+from builders.app_builder import build_model_app
 from builders.config_schema import SCHEMA_PATH
 from configs import ConfigError, load_platform_config
 from serve.deployments.prefix_affinity import PrefixAffinityRouter, request_router_config
@@ -119,3 +120,18 @@ def test_the_router_reads_the_prompt_from_the_platforms_body():
 )
 def test_a_call_without_a_prompt_gets_serves_pick(args):
     assert _prompt(*args) is None
+
+
+@pytest.mark.parametrize("haproxy", [True, False])
+def test_a_prefix_routed_model_deploys_with_its_request_router(monkeypatch, haproxy):
+    """Behind HAProxy Serve takes a custom request router on the one-hop ingress only beside an
+    ingress request router, which HAProxy asks: the model gets one, as a model with variants."""
+    from ray.serve._private import constants
+
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", haproxy)
+    app = build_model_app({"models": [_entry(routing="prefix_affinity")], "platform_app": "p"})
+    config = app._bound_deployment._deployment_config.request_router_config
+    assert config.get_request_router_class() is PrefixAffinityRouter
+    router = app._ingress_request_router
+    assert (router is not None) == haproxy
+    assert router is None or router._bound_deployment.name == "VariantRouter"
