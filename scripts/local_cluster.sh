@@ -82,6 +82,11 @@ start_node() {
     node_env "$i"
     mkdir -p "$STATE/n$i"
     if [ "$i" -eq 0 ]; then
+      # A killed head leaves its address in its temp dir's ray_current_cluster (`ray stop` would
+      # remove it), and the workers' raylets, in the one process table the namespaces share,
+      # still name it in --gcs-address while they wait for it: `ray start --head` takes the two
+      # for a head already running here and refuses to start.
+      rm -f "$STATE/n$i/ray_current_cluster"
       cpus=${LOCAL_CLUSTER_HEAD_CPUS:-0}
       set -- --head --port "$GCS_PORT" --dashboard-host "$(addr 0)" --include-dashboard true
     else

@@ -280,17 +280,32 @@ def killed_under_load(cluster: LocalCluster, node: int, urls: list[str]):
 
 def _stream_outcome(client: httpx.Client, url: str, body: dict) -> str:
     """ok, error-event (the OpenAI error in the stream), cut (the connection ended), or the
-    status of a refused request."""
+    status of a refused request (``_refusal``)."""
     try:
         with _chat_stream(client, url, body) as response:
             if response.status_code != 200:
-                return str(response.status_code)
+                response.read()
+                return _refusal(response)
             lines = [line for line in response.iter_lines() if line]
     except httpx.HTTPError:
         return "cut"
     if any('"error"' in line for line in lines):
         return "error-event"
     return "ok" if lines and lines[-1] == "data: [DONE]" else "cut"
+
+
+def _refusal(response: httpx.Response) -> str:
+    """A refused request's status, as the platform answers one, whoever refuses it (the request
+    policy, or HAProxy for a replica that died before answering: ``common/haproxy_errors.py``):
+    the OpenAI error shape, with Retry-After on a 503. Else "<status> bare: <body>"."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    retry = response.status_code != 503 or "retry-after" in response.headers
+    if isinstance(error, dict) and {"message", "type", "code"} <= error.keys() and retry:
+        return str(response.status_code)
+    return f"{response.status_code} bare: {response.text[:80]!r}"
 
 
 def _chat_stream(client: httpx.Client, url: str, body: dict):
@@ -300,8 +315,10 @@ def _chat_stream(client: httpx.Client, url: str, body: dict):
 
 def test_a_worker_lost_under_load(deployed):
     """Streams through the head's and the surviving worker's proxies, on both paths; worker 2
-    is killed: streams it carried end (an error event on /v1), every request started after the
-    kill succeeds, and the model is back at two replicas once the node returns, unaided."""
+    is killed: streams it carried end (an error event on /v1, the connection on the per-model
+    path), one it had not begun to answer gets a 503 to retry (never a bare 500), every request
+    started after the kill succeeds, and the model is back at two replicas once the node
+    returns, unaided."""
     urls = [deployed.url(node) + path for node in (0, 1) for path in (SHARED, ONE_HOP)]
     with killed_under_load(deployed, 2, urls) as (load, killed_at):
         # Ray marks the node dead after its health checks fail (until then its replica is ALIVE)
@@ -318,6 +335,10 @@ def test_a_worker_lost_under_load(deployed):
         )
         _a_worker_without_the_token_is_refused(deployed)
     before, after = load.counts(until=killed_at), load.counts(since=killed_at)
+    by_path = {
+        p: (load.counts(until=killed_at, path=p), load.counts(killed_at, path=p))
+        for p in (SHARED, ONE_HOP)
+    }
     started = deployed.run("start", "2", timeout=300)
     assert started.returncode == 0, started.stderr
     back_at = time.monotonic()
@@ -327,11 +348,12 @@ def test_a_worker_lost_under_load(deployed):
     full_s = time.monotonic() - back_at
     deployed.log.append(
         f"worker 2 killed under {len(urls) * 2} streams: started before the kill {before}, "
-        f"after {after}; Ray saw its replica dead {detected_s:.0f} s after the kill; two "
-        f"replicas again {full_s:.0f} s after the node came back ({nodes})"
+        f"after {after} (by path, before and after: {by_path}); Ray saw its replica dead "
+        f"{detected_s:.0f} s after the kill; two replicas again {full_s:.0f} s after the node "
+        f"came back ({nodes})"
     )
     assert set(after) == {"ok"}, after  # every request started after the kill succeeded
-    assert set(before) <= {"ok", "error-event", "cut"}, before
+    assert set(before) <= {"ok", "error-event", "cut", "503"}, before
     assert len(nodes) == 2
 
 
@@ -401,10 +423,14 @@ def test_a_batch_job_runs_its_actors_on_several_nodes(deployed, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 16 and not [r for r in rows if "error" in r], rows[:3]
-    actor_nodes = deployed.state(
-        "sorted({ips[a.node_id] for a in actors() if 'MapWorker' in a.class_name})"
+    # The actors that ran: Ray Data may ask for more than the cluster places before the job
+    # ends (those never had a node)
+    workers = "[a for a in actors() if 'MapWorker' in a.class_name]"
+    actor_nodes = deployed.state(f"sorted({{ips[a.node_id] for a in {workers} if a.node_id}})")
+    unplaced = deployed.state(f"len([a for a in {workers} if not a.node_id])")
+    deployed.log.append(
+        f"batch job: 16 rows, Ray Data's actors on {actor_nodes} ({unplaced} never placed)"
     )
-    deployed.log.append(f"batch job: 16 rows, Ray Data's actors on {actor_nodes}")
     assert len(actor_nodes) >= 2, actor_nodes  # type: ignore[arg-type]
 
 
@@ -434,8 +460,9 @@ def test_the_head_lost_under_load_with_gcs_fault_tolerance(deployed):
     outage = {path: load.counts(killed_at, down_until, path) for path in (SHARED, ONE_HOP)}
     deployed.log.append(
         f"head down {down_until - killed_at:.0f} s under {len(urls) * 2} streams through worker "
-        f"1: {outage}; the head's proxy served again {recovered_s:.0f} s after its restart, "
-        f"no redeploy; after: {load.counts(since=down_until)}"
+        f"1: before the kill {load.counts(until=killed_at)}, while down {outage}; the head's "
+        f"proxy served again {recovered_s:.0f} s after its restart, no redeploy; after: "
+        f"{load.counts(since=down_until)}"
     )
     assert recovered == 200
     assert outage[ONE_HOP].get("ok", 0) > 0, outage  # Serve's data plane without the head
