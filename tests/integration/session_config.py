@@ -46,6 +46,14 @@ CHAT, EMBED, RERANKER = "tiny-chat", "all-minilm-l6-v2", "tiny-reranker"
 CHAT_ADAPTER = f"{CHAT}:sql"  # the one model ADAPTER_KEY may use
 REAL_CHAT = "smollm2"
 AFFINITY_CHAT, COLD_CHAT = "affinity-chat", "cold-chat"
+# What the default config's rag-lite pipeline is asked about, and the documents it ranks: a
+# made-up fact the real chat model can only answer from the best-ranked document.
+RAG_DOCUMENTS = [
+    "The stock market fell sharply today.",
+    "The lighthouse keeper of Port Quillan is named Oswin Thrale.",
+    "Dogs bark at the mailman.",
+]
+RAG_QUESTION = "Who is the lighthouse keeper of Port Quillan?"
 
 # A CTC speech-to-text model beside the default config's Whisper, with small limits to test 413s.
 CTC_MODEL = {

@@ -16,9 +16,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file
 from tests.integration.helpers import API_KEY, ROOT, SCOPED_KEY, auth_headers
-from tests.integration.session_config import REAL_CHAT
-from tests.integration.test_real_chat import DOCUMENTS as RAG_DOCUMENTS
-from tests.integration.test_real_chat import RAG_QUESTION
+from tests.integration.session_config import RAG_DOCUMENTS, RAG_QUESTION, REAL_CHAT
 from tests.media_files import image_file
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"

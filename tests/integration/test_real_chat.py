@@ -9,16 +9,10 @@ import openai
 import pytest
 
 from tests.integration.helpers import API_KEY
-from tests.integration.session_config import REAL_CHAT
+from tests.integration.session_config import RAG_DOCUMENTS, RAG_QUESTION, REAL_CHAT
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # The answer to the question is in one document only, and made up: the model cannot know it.
-DOCUMENTS = [
-    "The stock market fell sharply today.",
-    "The lighthouse keeper of Port Quillan is named Oswin Thrale.",
-    "Dogs bark at the mailman.",
-]
-RAG_QUESTION = "Who is the lighthouse keeper of Port Quillan?"
 
 
 @pytest.mark.parametrize("path", ["/v1", f"/models/{REAL_CHAT}/v1"], ids=["router", "one-hop"])
@@ -36,13 +30,13 @@ def test_greedy_answer_names_the_capital(platform_url, path):
 def test_rag_lite_answers_from_the_best_ranked_document(http):
     response = http.post(
         "/v1/pipelines",
-        json={"model": "rag-lite", "text": RAG_QUESTION, "documents": DOCUMENTS},
+        json={"model": "rag-lite", "text": RAG_QUESTION, "documents": RAG_DOCUMENTS},
         timeout=180,
     )
     assert response.status_code == 200, response.text
     result = response.json()
     rerank, chat = result["steps"]
-    assert rerank["output"]["context"].split("\n")[0] == DOCUMENTS[1]
+    assert rerank["output"]["context"].split("\n")[0] == RAG_DOCUMENTS[1]
     assert chat["model"] == REAL_CHAT and "Oswin Thrale" in result["output"]["text"], result
 
 

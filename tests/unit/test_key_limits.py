@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
-from serve.policy.key_limits import RESERVATION_TTL_S, KeyLimits, SlidingWindow
+from serve.policy.key_limits import RESERVATION_TTL_S, SlidingWindow
 from serve.policy.metering import (
     StreamMeter,
     UsageAsked,
@@ -17,15 +17,14 @@ from serve.policy.metering import (
 )
 from serve.router.app import create_router_app
 from serve.router.routing import RouterSettings
-from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines, assert_openai_error
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+from tests.unit.router_fakes import (
+    CHAT,
+    ROUTES,
+    Clock,
+    FakeEngines,
+    LocalLimits,
+    assert_openai_error,
+)
 
 
 def test_a_key_gets_its_requests_per_minute_and_then_waits_for_the_oldest_to_age_out():
@@ -37,22 +36,6 @@ def test_a_key_gets_its_requests_per_minute_and_then_waits_for_the_oldest_to_age
     assert window.admit("b", 3) == (0, 0)  # keys are counted apart
     clock.now += 40
     assert window.admit("a", 3) == (0, 0)
-
-
-class LocalLimits(KeyLimits):
-    """The limits of one process (the real one shares a Ray actor between replicas)."""
-
-    def __init__(self):
-        super().__init__("test")
-        self.window = SlidingWindow(Clock())  # time stands still: however slow the requests are
-
-    async def _admit(self, key, reserve, hold_s, counted):
-        return self.window.admit(
-            key.name, key.requests_per_minute, key.tokens_per_minute, reserve, hold_s, counted
-        )
-
-    def settle(self, key, ticket, tokens):
-        self.window.settle(key.name, ticket, tokens)
 
 
 def test_over_its_limit_a_key_gets_429_with_retry_after_and_others_are_served():

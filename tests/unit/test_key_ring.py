@@ -12,7 +12,7 @@ from configs.server_models import PlatformSettings
 from serve.policy.key_ring import KEY_FILE_CHECK_S, KeyRing
 from serve.router.app import create_router_app
 from serve.router.routing import RouterSettings
-from tests.unit.test_router_app import CHAT, ROUTES, FakeEngines
+from tests.unit.router_fakes import CHAT, ROUTES, FakeEngines
 
 
 class Clock:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from builders.kuberay import WorkerShape, main, render, validate
-from tests.unit.test_render import _platform, _vision, _vllm
+from tests.unit.config_entries import platform_app, vision_model, vllm_model
 
 ROOT_CONFIGS = ["model_config.yaml", "examples/production.yaml"]
 
@@ -109,8 +109,8 @@ def test_a_rendered_clash_is_refused_before_a_manifest_is_written(tmp_path, caps
         yaml.safe_dump(
             {
                 "applications": [
-                    _platform("p", "/a", [_vllm("x")]),
-                    _platform("p.x", "/b", [_vision("y")]),
+                    platform_app("p", "/a", [vllm_model("x")]),
+                    platform_app("p.x", "/b", [vision_model("y")]),
                 ]
             }
         )

@@ -1,7 +1,7 @@
 """The router's OpenAPI description: every body described, model names the caller's key may use."""
 
 from configs.api_keys import APIKey
-from tests.unit.test_router_app import TENSOR_ROUTES, client
+from tests.unit.router_fakes import TENSOR_ROUTES, client
 
 KEYS = (APIKey("all-key", "all"), APIKey("embed-key", "embed", models=("embed",)))
 

@@ -6,29 +6,7 @@ import yaml
 from builders.render import render_serve_config
 from builders.serve_config import rendered_schema, validate_serve_config
 from deploy_app import main
-
-
-def _vllm(model_id: str) -> dict:
-    return {
-        "model_loading_config": {"model_id": model_id, "model_source": "org/llm", "type": "vllm"}
-    }
-
-
-def _vision(model_id: str, group: str | None = None) -> dict:
-    entry = {
-        "model_loading_config": {"model_id": model_id, "model_source": "org/vit", "type": "vision"},
-        "engine_kwargs": {"task": "image-classification"},
-    }
-    return {**entry, "group": group} if group else entry
-
-
-def _platform(name: str, route_prefix: str, models: list[dict], **args) -> dict:
-    return {
-        "name": name,
-        "route_prefix": route_prefix,
-        "import_path": "builders.app_builder:build_app",
-        "args": {"models": models, **args},
-    }
+from tests.unit.config_entries import platform_app, vision_model, vllm_model
 
 
 def _render(*apps: dict) -> dict:
@@ -39,10 +17,10 @@ def _render(*apps: dict) -> dict:
 
 def test_each_model_is_an_application_named_after_its_platform():
     apps = _render(
-        _platform(
+        platform_app(
             "platform",
             "/",
-            [_vllm("chat"), _vision("a", "pair"), _vision("b", "pair")],
+            [vllm_model("chat"), vision_model("a", "pair"), vision_model("b", "pair")],
             groups=[{"name": "pair"}],
             api_keys=[{"name": "k", "key_env": "K"}],
             router={"max_request_bytes": 1024},
@@ -76,7 +54,9 @@ def test_adding_or_removing_a_key_entry_changes_no_applications_args():
     running router and one-hop replicas as their user_config instead (a reconfigure)."""
 
     def rendered(*entries: dict) -> dict:
-        return _render(_platform("p", "/", [_vllm("chat"), _vision("v")], api_keys=list(entries)))
+        return _render(
+            platform_app("p", "/", [vllm_model("chat"), vision_model("v")], api_keys=list(entries))
+        )
 
     one = rendered({"name": "a", "key_env": "A"})
     two = rendered(
@@ -90,7 +70,8 @@ def test_adding_or_removing_a_key_entry_changes_no_applications_args():
 
 def test_a_platform_may_share_its_name_with_a_model_and_its_models_with_another_platform():
     apps = _render(
-        _platform("chat", "/a", [_vllm("chat")]), _platform("other", "/b", [_vllm("chat")])
+        platform_app("chat", "/a", [vllm_model("chat")]),
+        platform_app("other", "/b", [vllm_model("chat")]),
     )
     assert set(apps) == {"chat", "chat.chat", "other", "other.chat"}
     assert (
@@ -106,8 +87,8 @@ def test_a_rendered_clash_is_a_config_error_before_anything_starts(tmp_path, cap
         yaml.safe_dump(
             {
                 "applications": [
-                    _platform("p", "/a", [_vllm("x")]),
-                    _platform("p.x", "/b", [_vision("y")]),
+                    platform_app("p", "/a", [vllm_model("x")]),
+                    platform_app("p.x", "/b", [vision_model("y")]),
                 ]
             }
         )
@@ -119,7 +100,9 @@ def test_a_rendered_clash_is_a_config_error_before_anything_starts(tmp_path, cap
 
 @pytest.mark.parametrize("route_prefix,expected", [("/", "/models/m"), ("/api/", "/api/models/m")])
 def test_the_one_hop_prefix_sits_under_the_platform_route(route_prefix, expected):
-    assert _render(_platform("p", route_prefix, [_vllm("m")]))["p.m"].route_prefix == expected
+    assert (
+        _render(platform_app("p", route_prefix, [vllm_model("m")]))["p.m"].route_prefix == expected
+    )
 
 
 def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
@@ -128,8 +111,11 @@ def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
 
     def chat_app(timeout_s: float):
         apps = _render(
-            _platform(
-                "p", "/", [_vllm("chat"), _vision("v")], router={"request_timeout_s": timeout_s}
+            platform_app(
+                "p",
+                "/",
+                [vllm_model("chat"), vision_model("v")],
+                router={"request_timeout_s": timeout_s},
             )
         )
         assert not apps[
@@ -148,7 +134,10 @@ def test_the_request_timeout_reaches_a_one_hop_replica_outside_its_args():
 def test_the_config_files_name_reaches_the_router_alone():
     raw = {
         "applications": [
-            {**_platform("platform", "/", [_vllm("chat")]), "runtime_env": {"env_vars": {"A": "1"}}}
+            {
+                **platform_app("platform", "/", [vllm_model("chat")]),
+                "runtime_env": {"env_vars": {"A": "1"}},
+            }
         ]
     }
     _, loaded = validate_serve_config(raw)
@@ -173,14 +162,14 @@ def test_a_vllm_application_is_stamped_with_the_vllm_that_checked_its_engine_kwa
     from configs import ConfigError, load_platform_config
     from configs.vllm_models import installed_vllm
 
-    apps = _render(_platform("p", "/", [_vllm("chat"), _vision("v")]))
+    apps = _render(platform_app("p", "/", [vllm_model("chat"), vision_model("v")]))
     assert apps["p.chat"].args["engine_kwargs_checked_by"] == installed_vllm() is not None
     assert (
         "engine_kwargs_checked_by" not in apps["p.v"].args
     )  # an upgrade of vLLM restarts no other model
 
     misspelt = {
-        "models": [{**_vllm("chat"), "engine_kwargs": {"max_num_seqz": 4}}],
+        "models": [{**vllm_model("chat"), "engine_kwargs": {"max_num_seqz": 4}}],
         "platform_app": "p",
     }
     with pytest.raises(ConfigError, match=r"models\[0\]\.engine_kwargs\.max_num_seqz: unknown key"):
