@@ -6,11 +6,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +26,7 @@ import yaml
 
 from common.serve_env import haproxy_processes
 from tests.conftest import ray_temp_dir
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-for-every-model"
@@ -62,29 +61,6 @@ def wait_until(
         time.sleep(every_s)
         value = read()
     return value
-
-
-# Ports for servers the tests start, counted up from below the kernel's ephemeral range
-# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default): the kernel never hands
-# these to another socket, so a port found free here stays free until the server binds it.
-_PORTS = itertools.count(20000 + (os.getpid() % 12) * 1000)
-
-
-def free_port() -> int:
-    """A port no other socket holds, from this session's range below the ephemeral ports.
-
-    A port found by binding port 0 and closing is in the ephemeral range: until the server binds
-    it, the OS may give it to any outgoing connection (Ray opens hundreds). The kernel never
-    picks a port below ``ip_local_port_range`` (32768 here) by itself, and each is handed out once
-    per session, so a port from here stays free until the server that was told it takes it."""
-    for port in _PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("unreachable")
 
 
 def replica_actors(base: str) -> dict[str, str]:

@@ -5,13 +5,13 @@ two adapters) and cold-chat (the same scaled to zero). On the one-hop URL HAProx
 application's ``VariantRouter`` for a replica; on the shared ``/v1`` the router asks Serve's
 multiplexed routing. Both read the same record of which replica holds which variant, so once each
 adapter has a replica, all of its requests land there, by either path. The replicas' counters are
-read through Serve's handles on the session's Ray (skipped under ``PLATFORM_URL``).
+read through Serve's handles on the session's Ray (that test is skipped under ``PLATFORM_URL``;
+the scaled-to-zero one runs there too).
 """
 
 from __future__ import annotations
 
 import openai
-import pytest
 
 from tests.integration.helpers import (
     API_KEY,
@@ -22,11 +22,6 @@ from tests.integration.helpers import (
 )
 from tests.integration.session_config import AFFINITY_CHAT as MODEL
 from tests.integration.session_config import COLD_CHAT as COLD
-
-
-@pytest.fixture(scope="module")
-def platform(platform):
-    return platform.require_owned()
 
 
 def _replicas(env) -> dict[str, dict]:
@@ -42,7 +37,7 @@ def _ask(client: openai.OpenAI, model: str, times: int) -> None:
 
 
 def test_each_variants_requests_go_to_the_replica_holding_it_on_both_paths(platform):
-    base, env = platform.url, platform.env
+    base, env = platform.url, platform.require_owned().env  # the replicas' counters: its Ray
     one_hop = openai.OpenAI(
         base_url=f"{base}/models/{MODEL}/v1", api_key=API_KEY, max_retries=0, timeout=120
     )

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from common import haproxy_gate
 from common.haproxy_errors import RETRY_AFTER_S, error_file
 from common.haproxy_gate import gated_config, publish, safe_name
 from common.serve_env import HAPROXY_WRAPPER
+from tests.ports import free_port
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions"]
 ROUTER_GATE = {
@@ -39,12 +39,6 @@ ROUTER_GATE = {
         "endpoints": ENDPOINTS,
     },
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _server(name: str, port: int) -> ServerConfig:
@@ -59,8 +53,8 @@ def ray_config(node: Path, ports: dict[str, int], chat_servers: int = 1) -> str:
         socket_path=str(node / "admin.sock"),
         enable_hap_optimization=False,
         http_options=HTTPOptions(host="127.0.0.1", port=ports["http"]),
-        metrics_port=_free_port(),
-        stats_port=_free_port(),
+        metrics_port=free_port(),
+        stats_port=free_port(),
         metrics_enabled=False,
     )
     chat = [_server(f"chat{i}", ports["engine"] + i) for i in range(chat_servers)]
@@ -93,7 +87,7 @@ def direct(app: str, deployment: str, per_server: int) -> dict:
 
 def test_each_gate_sits_before_its_backends_hop_and_haproxy_accepts_the_config(tmp_path):
     node = tmp_path / "node"
-    ports = {"http": _free_port(), "engine": _free_port()}
+    ports = {"http": free_port(), "engine": free_port()}
     config = ray_config(node, ports, chat_servers=2)
     gates = [
         direct("platform.tiny-chat", "tiny-chat", 192),
@@ -151,7 +145,7 @@ async def platform_haproxy(tmp_path: Path, gates: list[dict]):
     """A real HAProxy on the platform's copy of Ray's config (``python -m common.haproxy_gate``,
     as scripts/haproxy starts it) with ``gates`` published, in front of a ``StandIn`` for every
     replica. Yields (a client of HAProxy, the stand-in)."""
-    ports = {"http": _free_port(), "engine": _free_port()}
+    ports = {"http": free_port(), "engine": free_port()}
     node = tmp_path / "node"
     ray_config(node, ports)
     (tmp_path / "capacity").mkdir()
@@ -221,7 +215,7 @@ async def test_a_replica_gone_before_answering_gets_the_policys_503_not_rays_bar
 
 def error_file_of_rays_config(node: Path) -> str:
     """What Ray's own config answers for HAProxy's 502."""
-    config = ray_config(node, {"http": _free_port(), "engine": _free_port()})
+    config = ray_config(node, {"http": free_port(), "engine": free_port()})
     (path,) = re.findall(r"errorfile 502 (\S+)", config)
     return Path(path).read_text()
 
@@ -315,7 +309,7 @@ def test_the_wrapper_starts_haproxy_on_the_gated_config_unless_turned_off(tmp_pa
     stand_in.write_text('#!/bin/sh\necho "$@"\n')
     stand_in.chmod(0o755)
     node = tmp_path / "node"
-    ray_config(node, {"http": _free_port(), "engine": _free_port()})
+    ray_config(node, {"http": free_port(), "engine": free_port()})
     (tmp_path / "capacity").mkdir()
     (tmp_path / "capacity" / "x.json").write_text(json.dumps(direct("platform.minilm", "m", 2)))
 
