@@ -46,6 +46,7 @@ class ModelPhase:
     detail: str
     replicas_running: int = 0
     replicas_target: int = 0
+    replica_nodes: tuple[str, ...] = ()  # the address of each running replica's node
 
 
 def model_phases(
@@ -132,14 +133,15 @@ def _engine_phases(
                 continue
             detail = f"{name}: {detail}"
         replicas = deployment.get("replicas") or []
-        running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+        running = [r for r in replicas if r.get("state") == "RUNNING"]
         phases.append(
             ModelPhase(
                 app_name,
                 model_ids,
                 *_with_downloads(phase, detail, app_name, model_ids, downloads or {}),
-                running,
+                len(running),
                 deployment.get("target_num_replicas", len(replicas)),
+                tuple(sorted(r["node_ip"] for r in running if r.get("node_ip"))),
             )
         )
     return phases
@@ -210,8 +212,11 @@ def _resources(resources: dict[str, float]) -> str:
 
 
 def describe(phases: list[ModelPhase]) -> str:
-    rows = [("application", "models", "phase", "detail")]
-    rows += [(p.app, ",".join(p.model_ids), p.phase, p.detail) for p in phases]
+    rows = [("application", "models", "phase", "nodes", "detail")]
+    rows += [
+        (p.app, ",".join(p.model_ids), p.phase, ",".join(p.replica_nodes) or "-", p.detail)
+        for p in phases
+    ]
     return format_table(rows)
 
 

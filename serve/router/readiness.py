@@ -151,7 +151,11 @@ def _model_entry(model_id: str, state: dict | None, phase: ModelPhase | None) ->
         entry.update(
             phase=entry["phase"] if entry["ready"] else phase.phase,
             phase_detail=phase.detail,
-            replicas={"running": phase.replicas_running, "target": phase.replicas_target},
+            replicas={
+                "running": phase.replicas_running,
+                "target": phase.replicas_target,
+                "nodes": list(phase.replica_nodes),
+            },
         )
     elif not entry["ready"]:
         entry.update(phase=UNAVAILABLE, phase_detail="no replica answered")

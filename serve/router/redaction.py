@@ -36,6 +36,11 @@ def redacted_model_state(state: dict[str, Any]) -> dict[str, Any]:
     shown = dict(state)
     if isinstance(shown.get("phase_detail"), str):
         shown["phase_detail"] = redact_process_details(shown["phase_detail"])
+    if isinstance(shown.get("replicas"), dict) and shown["replicas"].get("nodes"):
+        shown["replicas"] = {
+            **shown["replicas"],
+            "nodes": [HIDDEN] * len(shown["replicas"]["nodes"]),
+        }
     if isinstance(shown.get("placement"), dict):
         shown["placement"] = {
             name: value for name, value in shown["placement"].items() if name not in PROCESS_FIELDS

@@ -11,6 +11,7 @@ from serve.platform_status import (
     READY,
     WAITING,
     ModelPhase,
+    describe,
     entry_deployment_name,
     model_phases,
 )
@@ -223,7 +224,7 @@ def test_the_platform_as_one_application_names_each_model_with_its_engines_phase
     )
     downloads = {"platform/c-vit": Download(1 * 2**20, 4 * 2**20)}
     assert model_phases(details, [{"CPU": 0.05}], downloads) == [
-        ModelPhase("platform", ("b-vit",), READY, "1/1 replicas running", 1, 1),
+        ModelPhase("platform", ("b-vit",), READY, "1/1 replicas running", 1, 1, ("127.0.0.1",)),
         ModelPhase(
             "platform",
             ("c-vit", "d-vit"),
@@ -249,6 +250,20 @@ def test_the_platform_as_one_application_names_each_model_with_its_engines_phase
             0,
         ),
     ]
+
+
+def test_each_running_replicas_node_is_shown_and_a_starting_ones_is_not():
+    """A model of three replicas on two nodes (the cluster's status and /ready show where each
+    runs): the replica still starting has no node to show yet."""
+    replicas = [
+        {**_replica("RUNNING"), "node_ip": "10.213.0.12"},
+        {**_replica("RUNNING"), "node_ip": "10.213.0.11"},
+        {**_replica("STARTING"), "node_ip": "10.213.0.11"},
+    ]
+    phases = model_phases(_platform([_deployment("b-vit", "UPDATING", replicas)]), [])
+    (phase,) = [p for p in phases if p.model_ids == ("b-vit",)]
+    assert phase.replica_nodes == ("10.213.0.11", "10.213.0.12")
+    assert "10.213.0.11,10.213.0.12" in describe([phase]).splitlines()[1]
 
 
 def test_the_platform_as_one_application_while_it_builds_and_when_its_build_failed():

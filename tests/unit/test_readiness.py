@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from configs.api_keys import APIKey
 from configs.server_models import Capability
-from serve.platform_status import FAILED, ModelPhase
+from serve.platform_status import FAILED, READY, ModelPhase
 from serve.router import readiness
 from serve.router.app import create_router_app
 from serve.router.redaction import HIDDEN, redact_process_details
@@ -129,9 +129,18 @@ async def test_each_answer_says_when_its_state_was_read(quickly_idle, monkeypatc
         assert answer["status"] == "ready" and answer["as_of"] - changed_at < 1
 
 
+class PlacedEngines(CountingEngines):
+    async def phases(self):
+        chat = ModelPhase("platform.chat-dep", ("chat",), READY, "2/2 running", 2, 2, NODES)
+        return {**await super().phases(), "chat": chat}
+
+
+NODES = ("10.213.0.11", "10.213.0.12")
+
+
 def test_callers_other_than_an_admin_see_no_process_actor_or_node_ids():
     settings = RouterSettings(ROUTES, api_keys=(ADMIN, USER))
-    http = TestClient(create_router_app(settings, CountingEngines()))
+    http = TestClient(create_router_app(settings, PlacedEngines()))
 
     def models(key: APIKey) -> dict:
         return http.get("/ready", headers={"Authorization": f"Bearer {key.secret}"}).json()[
@@ -146,6 +155,8 @@ def test_callers_other_than_an_admin_see_no_process_actor_or_node_ids():
     assert seen_by_user["vit"]["phase_detail"] == redact_process_details(TASK_ERROR)
     assert "RuntimeError: CUDA error: out of memory" in seen_by_user["vit"]["phase_detail"]
     assert seen_by_admin["chat"]["placement"] == PLACEMENT
+    assert seen_by_admin["chat"]["replicas"] == {"running": 2, "target": 2, "nodes": list(NODES)}
+    assert seen_by_user["chat"]["replicas"]["nodes"] == [HIDDEN, HIDDEN]  # addresses
     assert seen_by_admin["vit"]["phase_detail"] == TASK_ERROR
 
 
