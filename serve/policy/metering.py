@@ -121,14 +121,21 @@ class MeteredAnswer:
     """An answer's ``send`` that counts its tokens: from the usage on an event stream's chunks
     (``meter``), or from the JSON answer's ``usage`` (the usage header of raw-bytes embeddings).
     ``settle`` charges them once, when the body ends or when the request ends any other way.
-    Error answers (JSON even for a stream request) pass unchanged."""
+    Error answers (JSON even for a stream request) pass unchanged.
 
-    def __init__(self, send: Send, meter: StreamMeter | None, spend, keep_usage_header=True):
+    A JSON answer that never finished once the request reached the model (the client left, the
+    timeout cut it) carries no usage to count: it is charged ``reserved``, the most it could have
+    spent, or leaving just before the end would cost nothing."""
+
+    def __init__(
+        self, send: Send, meter: StreamMeter | None, spend, keep_usage_header=True, reserved=0
+    ):
         self._send, self.meter, self._spend = send, meter, spend
-        self.keep_usage_header = keep_usage_header
+        self.keep_usage_header, self.reserved = keep_usage_header, reserved
+        self.reached_model = False  # set once every check passed and the model's app has it
         self._answer = bytearray()
         self._started: dict[str, Any] = {}
-        self._settled = False
+        self._finished = self._settled = False
 
     async def send(self, message: Message) -> None:
         usage_header = USAGE_HEADER.encode()
@@ -155,6 +162,7 @@ class MeteredAnswer:
             ):
                 self._answer.extend(body)
             if last:
+                self._finished = True
                 self.settle()
         await self._send(message)
 
@@ -164,6 +172,8 @@ class MeteredAnswer:
         self._settled = True
         if self.meter is not None and self._started.get("events"):
             self._spend(self.meter.tokens)
+        elif self.meter is None and self.reached_model and not self._finished:
+            self._spend(self.reserved)
         else:
             self._spend(response_tokens(bytes(self._answer), self._started.get("usage")))
 

@@ -181,7 +181,8 @@ class RequestPolicy:
         )
         state["model_id"] = route.model_id
         self._hold_capacity(route, request_end)
-        send = await self._metered(key, route, body, send, request_end)
+        metered = await self._metered(key, route, body, send, request_end)
+        send = metered.send if metered is not None else send
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             assert self.uploads is not None  # set in __post_init__
             held = request_end.enter_context(self.uploads.hold())
@@ -189,6 +190,8 @@ class RequestPolicy:
         if self.mount.on_model is not None:
             await self.mount.on_model(body.get("model"))
         state[BODY_STATE] = body
+        if metered is not None:
+            metered.reached_model = True
         return _replay(body, receive), send
 
     def _check_own_scope(self, key: APIKey | None) -> None:
@@ -230,21 +233,22 @@ class RequestPolicy:
         body: dict[str, Any],
         send: Send,
         request_end: contextlib.AsyncExitStack,
-    ) -> Send:
-        """``send``, counting the answer's tokens when the key meters them: admitted against the
-        key's limits first (a 429), with prompt + ``max_tokens`` reserved, and settled once when
-        the request ends, however it ends (done, failed, cut by the timeout, the client gone)."""
+    ) -> MeteredAnswer | None:
+        """``send`` that counts the answer's tokens when the key meters them (None: it does not):
+        admitted against the key's limits first (a 429), with prompt + ``max_tokens`` reserved,
+        and settled once when the request ends, however it ends (done, failed, cut by the
+        timeout, the client gone)."""
         if self.limits is None:
-            return send
+            return None
         reserve = reserved_tokens(body, route.max_context_tokens)
         hold_s = self.settings.request_timeout_s + RESERVATION_SLACK_S
         charge = await self.limits.admit(key, reserve, hold_s)
         if charge is None:
-            return send
+            return None
         meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
-        answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body))
+        answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body), reserve)
         request_end.callback(answer.settle)
-        return answer.send
+        return answer
 
 
 class _AnswerState:

@@ -227,15 +227,19 @@ class PipelineRun:
 
     async def call(self, route: ModelRoute, capability: Capability, body: dict[str, Any]) -> Any:
         body = {"model": route.model_id, **body}
-        settle = None
-        if self.reserve is not None:
-            settle = await self.reserve(reserved_tokens(body, route.max_context_tokens))
-        result = None
+        reserve = reserved_tokens(body, route.max_context_tokens)
+        settle = await self.reserve(reserve) if self.reserve is not None else None
+        spent = 0  # the engine refused it, or never had it: the reservation returns
         try:
             result = await self.engines.call(route, capability, body)
-        finally:  # failed or cut by the timeout: the reservation returns
             if settle is not None:
-                settle(_spent_tokens(result))
+                spent = _spent_tokens(result)
+        except asyncio.CancelledError:  # cut by the timeout: its usage never came
+            spent = reserve
+            raise
+        finally:
+            if settle is not None:
+                settle(spent)
         if result.status_code != 200:
             raise StepFailed(
                 result.status_code,
@@ -245,9 +249,9 @@ class PipelineRun:
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
 
-def _spent_tokens(result: EngineResponse | None) -> int:
-    """The tokens a step's answer counted (none when it failed or never came)."""
-    if result is None or result.status_code != 200:
+def _spent_tokens(result: EngineResponse) -> int:
+    """The tokens a step's answer counted (none when it failed)."""
+    if result.status_code != 200:
         return 0
     return response_tokens(result.content, (result.headers or {}).get(USAGE_HEADER))
 

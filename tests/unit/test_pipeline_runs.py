@@ -15,8 +15,7 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
-from tests.unit.test_key_limits import LocalLimits
-from tests.unit.test_router_app import assert_openai_error
+from tests.unit.router_fakes import LocalLimits, assert_openai_error
 
 ROUTES = {
     name: ModelRoute(name, kind, f"{name}-dep", (capability,))
@@ -126,11 +125,13 @@ class SpentTokens:
 
     def __init__(self):
         self.spent: list[tuple[str, int]] = []
+        self.reserved: list[int] = []  # by the steps
 
     async def admit(self, key, reserve_tokens=0, hold_s=None):
         return lambda tokens: self.settle(key, 0, tokens)
 
     async def reserve(self, key, tokens, hold_s=None):
+        self.reserved.append(tokens)
         return lambda spent: self.settle(key, 0, spent)
 
     def settle(self, key, ticket, tokens):
@@ -314,11 +315,21 @@ def test_a_step_that_fails_names_itself_and_keeps_its_status():
     assert refused.json()["error"]["message"] == "steps[0] (chat, llm): the engine refuses"
 
 
-def test_a_pipeline_past_its_timeout_is_a_504_naming_the_step():
-    c, _ = client()
-    answer = c.post("/v1/pipelines", json={"model": "slow", "text": "hang"})
+def test_a_pipeline_past_its_timeout_is_a_504_naming_the_step_charged_its_reservation():
+    """The step cut by the timeout never brought its usage: its key is charged what it reserved,
+    as a request's JSON answer cut before its end is."""
+    key = APIKey("t" * 16, "few-tokens", tokens_per_minute=1000)
+    limits = SpentTokens()
+    c, _ = client((key,), limits)
+    answer = c.post(
+        "/v1/pipelines",
+        json={"model": "slow", "text": "hang"},
+        headers={"Authorization": f"Bearer {key.secret}"},
+    )
     assert_openai_error(answer, 504, "timeout")
     assert "steps[0] (chat, llm)" in answer.json()["error"]["message"]
+    (reserved,) = limits.reserved
+    assert reserved > 0 and ("few-tokens", reserved) in limits.spent
 
 
 def test_a_step_whose_model_is_not_deployed_is_a_503():

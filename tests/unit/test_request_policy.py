@@ -202,6 +202,22 @@ ROUTER = PolicyMount("router", frozenset(VLLM_ENDPOINTS))
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
+async def test_an_answer_cut_before_it_finished_is_charged_its_reservation_on_either_path(mount):
+    """A JSON answer carries its usage only at its end: one cut by the timeout (or left by its
+    client just before the end) is charged what it reserved, not 0."""
+    key = APIKey("k" * 16, "few-tokens", tokens_per_minute=60)
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,), request_timeout_s=TIMEOUT_S)
+    spent = SpentTokens()
+    policy = RequestPolicy(_model_app(asyncio.Event(), 0), settings, mount, spent)
+    cut = await _chat(policy, key, json={"model": "m", "messages": [], "max_tokens": 20})
+    assert cut.status_code == 504 and spent.reserved == [20] and spent.spent == [20]
+    answered = RequestPolicy(_usage_app(), settings, mount, SpentTokens())
+    assert (await _chat(answered, key, json={"model": "m", "messages": []})).status_code == 200
+    assert answered.limits.spent == [7]  # a finished answer: its own usage
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
 async def test_past_its_deployments_capacity_a_request_is_refused_at_once_on_either_path(mount):
     """Two slots (running + queued) taken by requests that hang: the next four get the 503 with
     Retry-After at once, the model's work never called; a slot comes back when its request ends."""
