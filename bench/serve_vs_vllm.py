@@ -113,11 +113,22 @@ def run_load(
     prompts: int,
     args,
     sample: Callable[[], dict] | None = None,
+    dataset: list[str] | None = None,
 ) -> dict:
     """One ``vllm bench serve`` pass, in a child process so each pass starts clean. With ``sample``,
     ``metrics["samples"]`` holds what it returned as the main run started and as it ended: the
     child's own start (importing vLLM, building prompts, a test request) takes seconds, and the
-    server's background work over them is not the pass's."""
+    server's background work over them is not the pass's. ``dataset``: the load generator's
+    dataset arguments (default: random prompts of ``args.input_len``, ``args.output_len``)."""
+    if dataset is None:
+        dataset = [
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(args.input_len),
+            "--random-output-len",
+            str(args.output_len),
+        ]
     cli = [
         "--backend",
         "openai-chat",
@@ -131,12 +142,7 @@ def run_load(
         model,
         "--tokenizer",
         tokenizer,
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(args.input_len),
-        "--random-output-len",
-        str(args.output_len),
+        *dataset,
         "--ignore-eos",
         "--num-prompts",
         str(prompts),
