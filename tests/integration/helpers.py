@@ -36,6 +36,7 @@ LIMITED_KEY = "test-key-three-a-minute"  # the session platform's key with reque
 TOKEN_KEY = "test-key-sixty-tokens"  # and its key with tokens_per_minute: 60
 BURST_KEY = "test-key-twenty-a-minute"  # and one with requests_per_minute: 20, for a burst
 RESERVE_KEY = "test-key-reserves-sixty"  # and one more of tokens_per_minute: 60, for reservations
+PIPELINE_TOKENS_KEY = "test-key-pipelines-hundred"  # tokens_per_minute: 100, for pipeline steps
 ADMIN_KEY = "test-key-admin-sees-pids"  # the one that sees /ready's process and actor ids
 ADMIN_KEY_ENTRY = {"name": "admin", "key_env": "PLATFORM_TEST_ADMIN_KEY", "admin": True}
 ALLOWED_ORIGIN = "https://app.example"
@@ -123,6 +124,7 @@ def platform_env(ray_tmpdir: str | None = None) -> dict[str, str]:
         "PLATFORM_TEST_TOKEN_KEY": TOKEN_KEY,
         "PLATFORM_TEST_BURST_KEY": BURST_KEY,
         "PLATFORM_TEST_RESERVE_KEY": RESERVE_KEY,
+        "PLATFORM_TEST_PIPELINE_TOKENS_KEY": PIPELINE_TOKENS_KEY,
         "PLATFORM_TEST_ADMIN_KEY": ADMIN_KEY,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TMPDIR": ray_tmpdir or ray_temp_dir(),

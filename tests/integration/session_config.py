@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     BURST_KEY,
     IMAGE_HOST,
     LIMITED_KEY,
+    PIPELINE_TOKENS_KEY,
     RESERVE_KEY,
     ROOT,
     SCOPED_KEY,
@@ -175,6 +176,11 @@ def session_config(workdir: Path) -> dict:
         {"name": "few-tokens", "key_env": "PLATFORM_TEST_TOKEN_KEY", "tokens_per_minute": 60},
         {"name": "burst", "key_env": "PLATFORM_TEST_BURST_KEY", "requests_per_minute": 20},
         {"name": "reserves", "key_env": "PLATFORM_TEST_RESERVE_KEY", "tokens_per_minute": 60},
+        {
+            "name": "pipeline-tokens",
+            "key_env": "PLATFORM_TEST_PIPELINE_TOKENS_KEY",
+            "tokens_per_minute": 100,
+        },
         ADMIN_KEY_ENTRY,
     ]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
@@ -208,7 +214,8 @@ def main(workdir: str) -> None:
     keys = (
         f"PLATFORM_TEST_API_KEYS={API_KEY} PLATFORM_TEST_LIMITED_KEY={LIMITED_KEY} "
         f"PLATFORM_TEST_TOKEN_KEY={TOKEN_KEY} PLATFORM_TEST_BURST_KEY={BURST_KEY} "
-        f"PLATFORM_TEST_ADMIN_KEY={ADMIN_KEY} PLATFORM_TEST_RESERVE_KEY={RESERVE_KEY}"
+        f"PLATFORM_TEST_ADMIN_KEY={ADMIN_KEY} PLATFORM_TEST_RESERVE_KEY={RESERVE_KEY} "
+        f"PLATFORM_TEST_PIPELINE_TOKENS_KEY={PIPELINE_TOKENS_KEY}"
     )
     print(f"{keys} scripts/serve.sh {path} --num-cpus {NUM_CPUS}")
     print(

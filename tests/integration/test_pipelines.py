@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import wave
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.audio_files import audio_file
-from tests.integration.helpers import assert_still_serving
+from tests.integration.helpers import PIPELINE_TOKENS_KEY, assert_still_serving, auth_headers
 from tests.integration.session_config import REAL_CHAT
 from tests.media_files import image_file
 
@@ -72,6 +73,29 @@ def test_rag_lite_answers_from_the_document_the_real_embedder_ranks_first(http):
     context = result["steps"][0]["output"]["context"].split("\n")
     assert context[0] == DOCUMENTS[1] and len(context) == 2  # top_n: 2, the cat first
     assert result["output"]["text"] == result["steps"][1]["output"]["text"]
+
+
+def test_concurrent_runs_on_a_token_limited_key_cannot_all_pass_and_get_no_5xx(platform_url):
+    """Each step reserves its prompt + max_tokens before it calls its model (rag-lite's chat: 48
+    and a prompt of the context), so four runs at once on a key of 100 tokens a minute cannot all
+    be answered: the steps that find no room are 429s, never a 5xx."""
+    body = {"model": "rag-lite", "text": "Which animal purrs?", "documents": DOCUMENTS}
+
+    def run(_) -> httpx.Response:
+        return httpx.post(
+            f"{platform_url}/v1/pipelines",
+            json=body,
+            headers=auth_headers(PIPELINE_TOKENS_KEY),
+            timeout=180,
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(run, range(4)))
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {200, 429} and 429 in codes, [a.text[:200] for a in answers]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded", refused.text
+    assert int(refused.headers["retry-after"]) >= 1
 
 
 def test_describe_image_captions_then_chats(http):
