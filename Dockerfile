@@ -14,10 +14,11 @@ FROM scratch AS wheels
 
 FROM ${BASE} AS cpu-base
 USER root
-# Ray's image runs as `ray` (uid 1000, group users); this one does too.
+# Ray's image runs as `ray` (uid 1000, group users); this one does too. libnuma1: vLLM's CPU kernels
+# (vllm/_C*.so) link it, and without it every vLLM engine fails to start.
 RUN set -eux; \
     apt-get update -qq; \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates tini \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates tini libnuma1 \
         $(command -v python3.11 >/dev/null || echo python3 python3-venv) >/dev/null; \
     rm -rf /var/lib/apt/lists/*; \
     useradd --uid 1000 --gid 100 --create-home --shell /bin/bash ray; \
