@@ -179,6 +179,9 @@ def _answered(
         concurrency=(max(low, 1), max(high, 1)),
         num_cpus=shape.cpus or 0.001,
         num_gpus=shape.gpus or 0,
+        # one per node where they fit, as Serve spreads a model's replicas: Ray's default packs
+        # a node before it uses the next, leaving the others' CPUs and GPUs idle
+        scheduling_strategy="SPREAD",
     )
     return answered.iter_batches(batch_size=None, batch_format="numpy")
 

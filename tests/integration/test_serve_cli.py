@@ -287,7 +287,8 @@ def _assert_listed(cluster: Cluster, base: str, model_ids: list[str], applicatio
     assert code == 200 and sorted(models) == sorted(model_ids), models
     for model in models.values():
         assert model["ready"] and model["phase"] == "ready", model
-        assert model["replicas"] == {"running": 1, "target": 1}, model
+        replicas = model["replicas"]
+        assert (replicas["running"], replicas["target"], len(replicas["nodes"])) == (1, 1, 1), model
     # The console: its page, and the models it lists (/v1/models) with their state (/ready).
     page = httpx.get(f"{base}/console", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
