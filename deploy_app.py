@@ -245,6 +245,9 @@ def _env_int(name: str) -> int | None:
     return int(os.environ[name]) if os.environ.get(name) else None
 
 
+SERVE_STOP_S = 15  # how long a stop waits for Serve's controller to stop the replicas
+
+
 def _stop_on_sigterm(*_: Any) -> None:
     raise KeyboardInterrupt  # shut Serve down the same way as on Ctrl-C
 
@@ -465,10 +468,12 @@ def _shut_down() -> None:
 
     if not ray.is_initialized():  # stopped before Ray started: nothing runs
         return
-    from ray import serve
     from ray._common.utils import reset_ray_address
+    from ray.serve.context import _get_global_client
 
-    serve.shutdown()
+    # Serve waits up to 30 s for its controller, then Ray stops what is left: within a
+    # container's grace period (Kubernetes' and podman's default: 30 s) only when bounded here.
+    _get_global_client().shutdown(timeout_s=SERVE_STOP_S)
     if left := stop_leftover_haproxy():
         print(f"stopped HAProxy {left}, started for a reload as Serve shut down", file=sys.stderr)
     reset_ray_address()

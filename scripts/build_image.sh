@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 VERSION=$(git describe --tags --always --dirty 2>/dev/null || echo unknown)
-REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+REVISION=${IMAGE_REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  # IMAGE_REVISION: a copy without .git
 SOURCE=$(git remote get-url origin 2>/dev/null || pwd)  # the repository built: its origin, else its path
 TAG=${TAG:-localhost/rayserve-platform:$FLAVOUR}
 LOCAL_BASE=localhost/debian-base:bookworm

@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE = shutil.which("podman") or shutil.which("docker")
 NAME = f"rsp-test-{os.getpid()}"  # every container, network and image tag this module makes
 READY_S = 900  # the whole default config on two shared cores; vLLM engines start in 20-40 s each
+# vLLM's engine core takes a 160 MiB shared-memory queue; podman's and docker's default /dev/shm
+# is 64 MiB (docs/operating/container.md)
+SHM = "1g"
 GRACE_S = 30  # Kubernetes' default terminationGracePeriodSeconds: then SIGKILL, exit 137
 CLUSTER_CONFIG = {
     "proxy_location": "EveryNode",
@@ -78,9 +81,13 @@ def engine(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProc
 def build(context: Path, tag: str) -> float:
     """Build the CPU image of ``context`` on the local bookworm base; the seconds it took."""
     start = time.monotonic()
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     result = subprocess.run(
         ["bash", "scripts/build_image.sh", "cpu", "--base", "local", "--tag", tag],
         cwd=context,
+        env={**os.environ, "IMAGE_REVISION": revision},  # the copy built has no .git
         capture_output=True,
         text=True,
         timeout=3600,
@@ -139,8 +146,9 @@ def test_a_one_line_change_rebuilds_only_the_last_layer(image, source):
 def container(name: str, tag: str, *args: str, command: tuple[str, ...] = ()) -> Iterator[str]:
     """A container started detached, read-only with a tmpfs /tmp; removed on leaving."""
     engine(
-        "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp", *args, tag, *command
-    )
+        "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp", "--shm-size", SHM,
+        *args, tag, *command,
+    )  # fmt: skip
     try:
         yield name
     finally:

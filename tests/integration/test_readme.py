@@ -51,7 +51,7 @@ ELSEWHERE = {
     r"python deploy_app\.py batch .*": "test_batch.py",
     r"serve run \S+": "test_serve_cli.py",
     r"scripts/build_image\.sh .*": "test_container_image.py (tier 3), which builds the image",
-    r"podman run -p 127\.0\.0\.1:8000:8000 \S+": "test_container_image.py, which runs the image",
+    r"podman run --shm-size 1g -p 127\.0\.0\.1:8000:8000 \S+": "test_container_image.py, runs it",
 }
 
 
