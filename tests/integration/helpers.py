@@ -322,11 +322,11 @@ print(json.dumps(seen))
 """
 
 
-def replica_counters(env: dict[str, str], model: str, replicas: int = 2) -> dict[str, dict]:
-    """Each replica's own counters of a lone model's deployment (its loaded variants and the
-    requests it took), by actor id, read through a Serve handle on the session's Ray."""
+def on_session_ray(env: dict[str, str], code: str, *args: str):
+    """What a Python script (``code``, with ``args``) run as a driver of the session's Ray prints
+    as JSON on its last line."""
     done = subprocess.run(
-        [sys.executable, "-c", REPLICA_COUNTERS, model, str(replicas)],
+        [sys.executable, "-c", code, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -334,7 +334,13 @@ def replica_counters(env: dict[str, str], model: str, replicas: int = 2) -> dict
         timeout=120,
         check=True,
     )
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def replica_counters(env: dict[str, str], model: str, replicas: int = 2) -> dict[str, dict]:
+    """Each replica's own counters of a lone model's deployment (its loaded variants and the
+    requests it took), by actor id, read through a Serve handle on the session's Ray."""
+    seen = on_session_ray(env, REPLICA_COUNTERS, model, str(replicas))
     assert len(seen) == replicas, seen
     return seen
 

@@ -11,9 +11,6 @@ actor of Ray's ``PrefixCacheAffinityRouter``. The edit is taken back at the end.
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -21,7 +18,7 @@ import pytest
 
 from tests.integration.helpers import (
     API_KEY,
-    ROOT,
+    on_session_ray,
     replica_counters,
     requests_served,
     wait_until,
@@ -95,16 +92,7 @@ def _ask(client: openai.OpenAI, prefix: str, question: str, max_tokens: int = 4)
 
 def _tree(env: dict[str, str], *kill: str) -> list[str]:
     """The replicas (tenants) in the model's prefix tree, after killing ``kill``'s actor."""
-    done = subprocess.run(
-        [sys.executable, "-c", TREE.format(model=MODEL), *kill],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return on_session_ray(env, TREE.format(model=MODEL), *kill)
 
 
 def test_requests_sharing_a_prefix_land_on_one_replica_while_load_allows(platform, shared):
