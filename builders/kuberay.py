@@ -57,6 +57,13 @@ class Demand:
     max_gpus: float = 0.0
 
 
+# A container's /dev/shm is 64 MiB unless the pod mounts memory there: vLLM's engine core needs a
+# 160 MiB shared-memory queue and Ray's object store lives in /dev/shm, so every pod mounts an
+# in-memory emptyDir (it counts against the container's memory limit, as KubeRay's guide says).
+SHARED_MEMORY_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+SHARED_MEMORY_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
+
+
 def demand(loaded: dict[str, LoadedConfig]) -> tuple[Demand, Demand]:
     """(GPU replicas, CPU-only replicas) demand over every platform application."""
     gpu, cpu = Demand(), Demand()
@@ -117,8 +124,10 @@ def _group(
                         "image": image,
                         "env": env,
                         "resources": {"limits": resources, "requests": resources},
+                        "volumeMounts": [SHARED_MEMORY_MOUNT],
                     }
-                ]
+                ],
+                "volumes": [SHARED_MEMORY_VOLUME],
             }
         },
     }
@@ -169,8 +178,10 @@ def ray_cluster_spec(
                                 {"containerPort": SERVE_PORT, "name": "serve"},
                             ],
                             "resources": {"limits": head_resources, "requests": head_resources},
+                            "volumeMounts": [SHARED_MEMORY_MOUNT],
                         }
-                    ]
+                    ],
+                    "volumes": [SHARED_MEMORY_VOLUME],
                 }
             },
         },

@@ -232,3 +232,17 @@ def test_the_image_defaults_to_the_tag_the_build_script_gives(config, tag):
     assert head["containers"][0]["image"] == f"localhost/rayserve-platform:{tag}"
     script = (Path(__file__).parents[2] / "scripts" / "build_image.sh").read_text()
     assert "TAG=${TAG:-localhost/rayserve-platform:$FLAVOUR}" in script
+
+
+def test_every_pod_mounts_memory_at_dev_shm():
+    """A container's /dev/shm is 64 MiB by default, less than vLLM's engine core needs (160 MiB):
+    every engine failed in a container until one was mounted (docs/operating/container.md)."""
+    cluster = render(
+        "rayservice", "examples/production.yaml", "img", "p", WorkerShape(8, 2, "32Gi")
+    )["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in (group["template"]["spec"] for group in pods):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = pod["containers"][0]["volumeMounts"]
+        assert mount["mountPath"] == "/dev/shm"
+        assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory"}
