@@ -28,6 +28,7 @@ from common.serve_options import MERGED_BATCHES
 from configs.api_keys import MIN_KEY_LENGTH, APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
 from configs.pipeline_models import PipelineConfig
+from configs.usage_models import UsageConfig
 
 CLOUD_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "file://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
@@ -662,6 +663,10 @@ class PlatformSettings(StrictModel):
     pipelines: list[PipelineConfig] = Field(
         default_factory=list, description="models that chain other models"
     )
+    usage: UsageConfig = Field(
+        default_factory=UsageConfig,
+        description="the usage ledger's database (and the keys made through /admin/keys)",
+    )
 
     keys_in_user_config: bool = Field(
         default=False,
@@ -766,7 +771,7 @@ class PlatformSettings(StrictModel):
 
 # The settings a model application's replicas enforce on their own HTTP port (the one-hop
 # path skips the router); the renderer copies them into every model application's args.
-MODEL_APP_SETTINGS = ("api_keys", "api_keys_env", "cors", "media")
+MODEL_APP_SETTINGS = ("api_keys", "api_keys_env", "cors", "media", "usage")
 
 
 class PlatformConfig(PlatformSettings):

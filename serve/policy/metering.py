@@ -53,8 +53,26 @@ def ask_for_usage_header(body: dict[str, Any]) -> bool:
     return False
 
 
-def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> int:
-    """``usage.total_tokens`` of a JSON answer, or of the usage header of a raw-bytes one (0 when
+@dataclass(frozen=True)
+class TokenCounts:
+    """An answer's ``usage``: its prompt's tokens and the rest of ``total_tokens`` (generated)."""
+
+    prompt: int = 0
+    completion: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    @classmethod
+    def of(cls, usage: dict[str, Any]) -> TokenCounts:
+        total = int(usage.get("total_tokens") or 0)
+        prompt = min(int(usage.get("prompt_tokens") or 0), total)
+        return cls(prompt, total - prompt)
+
+
+def response_usage(content: bytes, usage_header: str | bytes | None = None) -> TokenCounts:
+    """The ``usage`` of a JSON answer, or of the usage header of a raw-bytes one (none when
     neither has it)."""
     for text in (content, usage_header):
         if text is None:
@@ -63,8 +81,14 @@ def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> 
             usage = json.loads(text).get("usage") or {}
         except (TypeError, ValueError, AttributeError):
             continue
-        return int(usage.get("total_tokens") or 0)
-    return 0
+        return TokenCounts.of(usage)
+    return TokenCounts()
+
+
+def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> int:
+    """``usage.total_tokens`` of a JSON answer, or of the usage header of a raw-bytes one (0 when
+    neither has it)."""
+    return response_usage(content, usage_header).total
 
 
 class StreamMeter:
@@ -74,7 +98,7 @@ class StreamMeter:
 
     def __init__(self, asked: UsageAsked):
         self.asked = asked
-        self.tokens = 0
+        self.counts = TokenCounts()
         self._partial = ""
 
     def feed(self, text: str) -> str:
@@ -82,6 +106,10 @@ class StreamMeter:
         *events, self._partial = (self._partial + text).split("\n\n")
         kept = (self._kept(event) for event in events)
         return "".join(event + "\n\n" for event in kept if event is not None)
+
+    @property
+    def tokens(self) -> int:
+        return self.counts.total
 
     def flush(self) -> str:
         """What is left of an event the stream did not finish with a blank line."""
@@ -100,7 +128,7 @@ class StreamMeter:
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if not usage:
             return event
-        self.tokens = int(usage.get("total_tokens") or 0)
+        self.counts = TokenCounts.of(usage)
         if not chunk.get("choices"):  # the usage event that ends the stream
             return event if self.asked.final else None
         if self.asked.continuous:
@@ -136,6 +164,7 @@ class MeteredAnswer:
         self._answer = bytearray()
         self._started: dict[str, Any] = {}
         self._finished = self._settled = False
+        self.counts = TokenCounts()  # what ``settle`` charged
 
     async def send(self, message: Message) -> None:
         usage_header = USAGE_HEADER.encode()
@@ -171,11 +200,12 @@ class MeteredAnswer:
             return
         self._settled = True
         if self.meter is not None and self._started.get("events"):
-            self._spend(self.meter.tokens)
+            self.counts = self.meter.counts
         elif self.meter is None and self.reached_model and not self._finished:
-            self._spend(self.reserved)
+            self.counts = TokenCounts(0, self.reserved)  # no usage came: the most it could spend
         else:
-            self._spend(response_tokens(bytes(self._answer), self._started.get("usage")))
+            self.counts = response_usage(bytes(self._answer), self._started.get("usage"))
+        self._spend(self.counts.total)
 
 
 CHARS_PER_TOKEN = 4  # a prompt's size in tokens, guessed from its text before any tokenizer runs

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
 from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
+from serve.policy.budgets import check_budget
 from serve.policy.capacity import DeploymentCapacities, GatePublisher, serve_app
 from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
 from serve.policy.key_ring import KeyRing
@@ -56,10 +58,13 @@ from serve.policy.observed import ObservedRequests
 from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.routing import ModelRoute, RouterSettings, requested_model
 from serve.router.uploads import UploadMemory, parse_json_object, read_limited_body
+from serve.usage.database import UsageDatabase, usage_database
+from serve.usage.ledger import Answered
 
 logger = logging.getLogger("ray.serve")
 
 BODY_STATE = "json_body"  # scope["state"] key: the checked body, for the app not to read it again
+METERED_STATE = "metered_answer"  # scope["state"] key: the answer's token counts, for the ledger
 REPLICA_FAILED = APIError(
     503, "the model's replica failed during the answer; retry the request", code="model_unavailable"
 )
@@ -104,6 +109,8 @@ class RequestPolicy:
         if self.gate is None:
             self.gate = GatePublisher(serve_app(), self.mount.model_id, self.mount.model_endpoints)
         self.gate.check(self.settings.routes)
+        url = self.settings.usage_database
+        self.usage: UsageDatabase | None = usage_database(url) if url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -113,6 +120,14 @@ class RequestPolicy:
         assert self.gate is not None  # set in __post_init__
         self.gate.check(self.settings.routes)
         answer = _AnswerState(send)
+        started = time.perf_counter()
+        try:
+            await self._answered(scope, receive, answer)
+        finally:
+            if self.usage is not None:
+                self._record(scope, answer, time.perf_counter() - started)
+
+    async def _answered(self, scope: Scope, receive: Receive, answer: _AnswerState) -> None:
         timeout_s = self.settings.request_timeout_s
         deadline = asyncio.timeout(timeout_s)  # the whole request: its admission included
         try:
@@ -153,10 +168,11 @@ class RequestPolicy:
         if self.mount.is_public(path):
             return receive, send
         configured = self.settings.api_keys
+        stored = self.usage.snapshot.keys if self.usage is not None else ()
         key = check_api_key(
             request.headers.get("authorization"),
-            self.keys.current(configured),
-            bool(configured) or self.settings.keys_pending,
+            self.keys.current(configured) + stored,
+            bool(configured) or bool(stored) or self.settings.keys_pending,
         )
         state = scope.setdefault("state", {})
         state["api_key"] = key
@@ -180,8 +196,11 @@ class RequestPolicy:
             named if named else route.model_id,
         )
         state["model_id"] = route.model_id
+        if self.usage is not None:
+            check_budget(self.usage, key)
         self._hold_capacity(route, request_end)
         metered = await self._metered(key, route, body, send, request_end)
+        state[METERED_STATE] = metered
         send = metered.send if metered is not None else send
         if "messages" in body:  # chat, and tokenize or classify of a conversation
             assert self.uploads is not None  # set in __post_init__
@@ -238,17 +257,46 @@ class RequestPolicy:
         admitted against the key's limits first (a 429), with prompt + ``max_tokens`` reserved,
         and settled once when the request ends, however it ends (done, failed, cut by the
         timeout, the client gone)."""
-        if self.limits is None:
+        if self.limits is None and self.usage is None:
             return None
         reserve = reserved_tokens(body, route.max_context_tokens)
         hold_s = self.settings.request_timeout_s + RESERVATION_SLACK_S
-        charge = await self.limits.admit(key, reserve, hold_s)
-        if charge is None:
+        charge = await self.limits.admit(key, reserve, hold_s) if self.limits else None
+        if charge is None and self.usage is None:
             return None
         meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
-        answer = MeteredAnswer(send, meter, charge, ask_for_usage_header(body), reserve)
+        spend = charge or _uncharged
+        answer = MeteredAnswer(send, meter, spend, ask_for_usage_header(body), reserve)
         request_end.callback(answer.settle)
         return answer
+
+    def _record(self, scope: Scope, answer: _AnswerState, latency_s: float) -> None:
+        """The request in the usage ledger, once, however it ended: a model endpoint's (what
+        reached no model, a 401 say, under the model it named or none)."""
+        path = scope["path"][len(scope.get("root_path", "")) :] or "/"
+        if scope.get("method") != "POST" or path not in self.mount.model_endpoints:
+            return
+        state = scope.get("state") or {}
+        key: APIKey | None = state.get("api_key")
+        metered: MeteredAnswer | None = state.get(METERED_STATE)
+        counts = metered.counts if metered is not None else None
+        assert self.usage is not None
+        self.usage.record(
+            Answered(
+                key_name=key.name if key is not None else "",
+                model=state.get("model_id") or self.mount.model_id or "",
+                endpoint=path,
+                status=answer.status or 499,  # no answer began: the client left first
+                prompt_tokens=counts.prompt if counts else 0,
+                completion_tokens=counts.completion if counts else 0,
+                latency_s=latency_s,
+                at=time.time(),
+            )
+        )
+
+
+def _uncharged(_tokens: int) -> None:
+    """The spend of a key whose tokens no limit counts (the ledger still records them)."""
 
 
 class _AnswerState:
@@ -257,10 +305,12 @@ class _AnswerState:
     def __init__(self, send: Send):
         self._send = send
         self.started = self.events = self.finished = False
+        self.status: int | None = None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
             self.events = is_event_stream(message.get("headers"))
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.finished = True

@@ -24,6 +24,7 @@ from serve.policy.auth import admitted, request_key, unknown_model, visible
 from serve.policy.capacity import DeploymentCapacities
 from serve.policy.key_limits import KeyLimits
 from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, guarded
+from serve.router.admin import install_admin_routes
 from serve.router.api_docs import DOCS_PATH, install_api_docs
 from serve.router.errors import APIError, install_error_handlers
 from serve.router.oip import install_oip_routes
@@ -195,6 +196,7 @@ def router_policy(
 
     install_oip_routes(app, settings, engines, uploads)
     install_pipeline_routes(app, settings, engines, uploads, limits)
+    install_admin_routes(app, settings)
     install_console(app)
     install_api_docs(app)
 

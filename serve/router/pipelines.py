@@ -27,16 +27,20 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
 from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
-from serve.policy.metering import USAGE_HEADER, reserved_tokens, response_tokens
+from serve.policy.metering import USAGE_HEADER, TokenCounts, reserved_tokens, response_usage
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import UploadMemory, read_json_object
+from serve.usage.database import usage_database
+from serve.usage.ledger import Answered
 
 CREATED = int(time.time())
 TEXT_LIMIT = 100_000  # characters of text or of all documents together
 MAX_DOCUMENTS = 1000
 # A step's tokens reserved against the request's key (``KeyLimits.reserve``): what settles them.
 StepReservation = Callable[[int], Awaitable[Callable[[int], None] | None]]
+# A step's answer for the usage ledger: its model, status and token counts.
+StepRecord = Callable[[str, int, TokenCounts, float], None]
 
 
 class StepFailed(APIError):
@@ -63,7 +67,9 @@ def install_pipeline_routes(
         if limits is not None:
             hold_s = pipeline.timeout_s + RESERVATION_SLACK_S
             reserve = functools.partial(limits.reserve, request_key(request), hold_s=hold_s)
-        run = PipelineRun(pipeline, settings.routes, engines, reserve)
+        run = PipelineRun(
+            pipeline, settings.routes, engines, reserve, _step_ledger(request, settings)
+        )
         try:
             with uploads.hold() as held:
                 downloads = settings.media.budget(_urls(body))
@@ -151,8 +157,10 @@ class PipelineRun:
         routes: Mapping[str, ModelRoute],
         engines: Any,
         reserve: StepReservation | None = None,
+        record: StepRecord | None = None,
     ):
         self.pipeline, self.routes, self.engines = pipeline, routes, engines
+        self.record = record  # each step's answer into the usage ledger (None: no ledger)
         # each step's tokens reserved against the request's key before its call, as a request's
         # are at admission (concurrent runs cannot all pass), and settled on its real count
         self.reserve = reserve
@@ -229,17 +237,19 @@ class PipelineRun:
         body = {"model": route.model_id, **body}
         reserve = reserved_tokens(body, route.max_context_tokens)
         settle = await self.reserve(reserve) if self.reserve is not None else None
-        spent = 0  # the engine refused it, or never had it: the reservation returns
+        spent = TokenCounts()  # the engine refused it, or never had it: the reservation returns
+        status, started = 499, time.perf_counter()  # 499: the engine never answered
         try:
             result = await self.engines.call(route, capability, body)
-            if settle is not None:
-                spent = _spent_tokens(result)
+            status, spent = result.status_code, _spent_tokens(result)
         except asyncio.CancelledError:  # cut by the timeout: its usage never came
-            spent = reserve
+            spent = TokenCounts(0, reserve)
             raise
         finally:
             if settle is not None:
-                settle(spent)
+                settle(spent.total)
+            if self.record is not None:
+                self.record(route.model_id, status, spent, time.perf_counter() - started)
         if result.status_code != 200:
             raise StepFailed(
                 result.status_code,
@@ -249,11 +259,36 @@ class PipelineRun:
         return result.content if capability is Capability.SPEECH else json.loads(result.content)
 
 
-def _spent_tokens(result: EngineResponse) -> int:
+def _spent_tokens(result: EngineResponse) -> TokenCounts:
     """The tokens a step's answer counted (none when it failed)."""
     if result.status_code != 200:
-        return 0
-    return response_tokens(result.content, (result.headers or {}).get(USAGE_HEADER))
+        return TokenCounts()
+    return response_usage(result.content, (result.headers or {}).get(USAGE_HEADER))
+
+
+def _step_ledger(request: Request, settings: RouterSettings) -> StepRecord | None:
+    """What records each step's answer in the usage ledger, under the request's key and the
+    pipeline's endpoint (the policy records no ``/v1/pipelines`` request itself: each step once)."""
+    if not settings.usage_database:
+        return None
+    usage = usage_database(settings.usage_database)
+    key = request_key(request)
+
+    def record(model: str, status: int, counts: TokenCounts, latency_s: float) -> None:
+        usage.record(
+            Answered(
+                key_name=key.name if key is not None else "",
+                model=model,
+                endpoint="/v1/pipelines",
+                status=status,
+                prompt_tokens=counts.prompt,
+                completion_tokens=counts.completion,
+                latency_s=latency_s,
+                at=time.time(),
+            )
+        )
+
+    return record
 
 
 async def _media(name: str, value: Any, media: MediaFetchPolicy, downloads: ByteBudget) -> bytes:

@@ -141,6 +141,7 @@ class RouterSettings:
     built_api_keys: tuple[APIKey, ...] | None = None  # what the build read: api_keys at first
     # keys come as user_config (rendered applications): refuse every request until they do
     keys_pending: bool = False
+    usage_database: str | None = None  # the ledger's SQLAlchemy URL; None: no ledger
 
     def __post_init__(self) -> None:
         if self.built_api_keys is None:
@@ -201,6 +202,7 @@ class RouterSettings:
             pipelines={pipeline.model_id: pipeline for pipeline in platform.pipelines},
             router_replicas=platform.router.num_replicas,
             keys_pending=platform.keys_in_user_config,
+            usage_database=platform.usage.database,
             media=MediaFetchPolicy(
                 allowed_domains=tuple(platform.media.allowed_domains),
                 allowed_networks=tuple(str(n) for n in platform.media.allowed_networks),

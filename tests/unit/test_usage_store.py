@@ -1,0 +1,112 @@
+"""The usage ledger's database layer on a real SQLite file: batched writes summed into rollups,
+a failed write retried, keys stored by digest, budgets and the usage report."""
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import create_engine
+
+from configs.api_keys import APIKey
+from serve.policy.budgets import check_budget, next_month
+from serve.router.errors import APIError
+from serve.usage.database import UsageDatabase, open_engine
+from serve.usage.key_store import KeyStore
+from serve.usage.ledger import Answered, UsageLedger
+from serve.usage.reports import UsageQuery, as_csv, usage_rows
+
+NOW = time.time()
+
+
+def _chat(key="team-a", model="chat", status=200, prompt=5, completion=7, at=NOW):
+    return Answered(key, model, "/v1/chat/completions", status, prompt, completion, 0.25, at)
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/usage.db"
+
+
+def test_two_writers_sum_into_one_rollup_row_per_minute(url):
+    engine = open_engine(url)
+    first, second = UsageLedger(engine), UsageLedger(open_engine(url))
+    for ledger in (first, second, first):
+        ledger.record(_chat())
+    first.record(_chat(status=429, prompt=0, completion=0))
+    assert first.flush() == 2 and second.flush() == 1
+    first.record(_chat(prompt=1, completion=1))
+    first.flush()
+    (row,) = usage_rows(engine, UsageQuery())
+    assert row["requests"] == 5 and row["errors"] == 1
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (16, 22, 38)
+
+
+def test_a_write_that_fails_is_kept_for_the_next_flush(url, tmp_path):
+    ledger = UsageLedger(create_engine(f"sqlite:///{tmp_path}/missing/dir/usage.db"))
+    ledger.record(_chat())
+    assert ledger.flush() == 0 and ledger.pending_tokens("team-a", datetime(2000, 1, 1)) == 12
+    ledger.engine = open_engine(url)
+    assert ledger.flush() == 1
+    assert usage_rows(ledger.engine, UsageQuery())[0]["total_tokens"] == 12
+
+
+def test_a_stored_key_keeps_its_digest_never_its_secret(url, tmp_path):
+    store = KeyStore(open_engine(url))
+    row, secret = store.create("team-a", {"models": ["chat"], "tokens_per_minute": 100})
+    assert secret.encode() not in (tmp_path / "usage.db").read_bytes()
+    assert row.digest == APIKey(secret, "team-a").digest
+    changed = store.update(row.id, {"models": [], "monthly_token_budget": 10})
+    assert changed is not None and changed.models == "" and changed.monthly_token_budget == 10
+    assert store.update("key_nothing", {"models": []}) is None
+    assert store.delete(row.id) and not store.delete(row.id) and store.all() == []
+
+
+def test_a_key_past_its_budget_is_a_429_that_says_which_and_when_it_resets(url):
+    db = UsageDatabase(url)
+    try:
+        row, secret = db.keys.create(
+            "team-a", {"monthly_token_budget": 20, "daily_token_budget": 30}
+        )
+        db.refresh()
+        key = APIKey(secret, "team-a")
+        db.record(_chat(prompt=5, completion=7))
+        check_budget(db, key)  # 12 of 20: served
+        db.record(_chat(prompt=5, completion=7))  # not written yet: still counted
+        with pytest.raises(APIError) as refused:
+            check_budget(db, key)
+        assert refused.value.status_code == 429
+        assert refused.value.code == "monthly_token_budget_exceeded"
+        resets = next_month(datetime.now(UTC))
+        assert resets.isoformat() in refused.value.message
+        assert int((refused.value.headers or {})["Retry-After"]) >= 1
+        db.keys.update(row.id, {"monthly_token_budget": 1000, "daily_token_budget": 24})
+        db.ledger.flush()
+        db.refresh()
+        with pytest.raises(APIError) as daily:
+            check_budget(db, key)
+        assert daily.value.code == "daily_token_budget_exceeded"
+        check_budget(db, APIKey("another-secret-key", "no-budget"))
+    finally:
+        db.close()
+
+
+def test_usage_is_reported_by_the_groups_and_period_asked_as_json_or_csv(url):
+    engine = open_engine(url)
+    ledger = UsageLedger(engine)
+    earlier = datetime(2026, 11, 3, 10, 15, tzinfo=UTC).timestamp()
+    ledger.record(_chat(at=earlier))
+    ledger.record(_chat(at=earlier + 3600))
+    ledger.record(_chat(key="team-b", model="embed", completion=0, at=earlier))
+    ledger.flush()
+    by_day = usage_rows(engine, UsageQuery(group_by=("key", "day")))
+    assert [(r["key"], r["day"], r["requests"]) for r in by_day] == [
+        ("team-a", "2026-11-03T00:00:00Z", 2),
+        ("team-b", "2026-11-03T00:00:00Z", 1),
+    ]
+    only = usage_rows(engine, UsageQuery(model="chat", since=datetime(2026, 11, 3, 11)))
+    assert [(r["key"], r["requests"]) for r in only] == [("team-a", 1)]
+    csv = as_csv(usage_rows(engine, UsageQuery(group_by=("model",))), ("model",))
+    assert csv.splitlines()[0].startswith("model,requests,errors,prompt_tokens")
+    assert "embed,1,0,5,0,5," in csv
+    with pytest.raises(ValueError, match="at most one of minute"):
+        UsageQuery(group_by=("day", "hour")).check()
