@@ -18,10 +18,13 @@ from common.config_errors import ConfigError
 from common.rendered_apps import MODEL_APP_IMPORT_PATH
 from configs import load_platform_config
 from serve.router.routing import ModelRoute, config_routes
+from serve.router.serve_controller import serve_controller
 
 logger = logging.getLogger("ray.serve")
 
 REFRESH_S = 2.0
+# A read of the applied configs; a router's first read waits for a controller busy deploying.
+READ_TIMEOUT_S = 30.0
 
 
 class ModelDirectory:
@@ -74,11 +77,9 @@ class ModelDirectory:
 
 async def _model_app_args() -> dict[str, dict[str, Any]]:
     """``args`` of every model application in the Serve controller's applied config."""
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    configs = await controller.get_app_configs.remote()
+    controller = await serve_controller()
+    # bounded: while the head is down the call waits for a controller that is not there
+    configs = await asyncio.wait_for(controller.get_app_configs.remote(), READ_TIMEOUT_S)
     return {
         name: dict(app.args or {})
         for name, app in configs.items()

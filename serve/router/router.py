@@ -26,11 +26,11 @@ from serve.router.errors import APIError
 from serve.router.model_directory import ModelDirectory
 from serve.router.replica_watch import NoReplica, ReplicaWatch, replica_actors
 from serve.router.routing import ModelRoute, RouterSettings
+from serve.router.serve_controller import CONTROLLER_TIMEOUT_S, serve_controller
 
 logger = logging.getLogger("ray.serve")
 PHASES_TTL_S = 2.0
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # at least one replica running
-CONTROLLER_TIMEOUT_S = 5.0
 REPLACEMENT_RETRY_AFTER_S = (
     5  # a dead replica's replacement takes seconds (vision) to a minute (vLLM)
 )
@@ -194,13 +194,11 @@ class ServeEngineCaller:
 
     async def _controller_state(self, route: ModelRoute) -> str | None:
         """The deployment's status as Serve's controller holds it (HEALTHY, UPSCALING, ...)."""
-        import ray
         from ray.serve._private.common import DeploymentStatusInfo
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
         from ray.serve.generated.serve_pb2 import DeploymentStatusInfo as DeploymentStatusInfoProto
 
         try:
-            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            controller = await serve_controller()
             raw = await asyncio.wait_for(
                 controller.get_deployment_status.remote(
                     route.deployment_name, route.app_name or self.app_name
