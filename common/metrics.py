@@ -6,7 +6,8 @@ inter-token latency inside the engine).
 
 Labels: ``model`` (the model id; ``-`` when the request named no known model), ``endpoint``
 (the route, as ``/v1/chat/completions``), ``path`` (``router``: through ``MultiModelRouter``;
-``direct``: the one-hop path to a vLLM replica's own server).
+``direct``: the one-hop path to a vLLM replica's own server); ``key`` (an API key's name, ``-``
+on a platform without keys).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class PlatformMetrics:
             "A stream's mean seconds between events after the first.",
             boundaries=TOKEN_LATENCY_BOUNDARIES_S,
             tag_keys=REQUEST_TAGS,
+        )
+        # by key name, never a secret: as many series as keys (the YAML's and the admin's)
+        self.key_requests = Counter(
+            "platform_key_requests",
+            "Model requests answered, by API key name, model and status.",
+            tag_keys=("key", "model", "status"),
+        )
+        self.key_tokens = Counter(
+            "platform_key_tokens",
+            "Tokens spent, by API key name, model and kind (prompt or completion).",
+            tag_keys=("key", "model", "kind"),
         )
         self.batch_size = Histogram(
             "platform_batch_size",

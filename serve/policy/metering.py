@@ -15,7 +15,9 @@ from typing import Any
 
 from starlette.types import Message, Send
 
+from common.metrics import platform_metrics
 from common.streaming import is_event_stream
+from serve.usage.ledger import Answered
 
 
 @dataclass(frozen=True)
@@ -240,3 +242,16 @@ def _texts(body: dict[str, Any]):
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
+
+
+def count_per_key(answered: Answered) -> None:
+    """The Prometheus counters by key name (``-``: the platform has no keys)."""
+    metrics = platform_metrics()
+    tags = {"key": answered.key_name or "-", "model": answered.model or "-"}
+    metrics.key_requests.inc(1, {**tags, "status": str(answered.status)})
+    for kind, tokens in (
+        ("prompt", answered.prompt_tokens),
+        ("completion", answered.completion_tokens),
+    ):
+        if tokens:
+            metrics.key_tokens.inc(tokens, {**tags, "kind": kind})

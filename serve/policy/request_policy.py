@@ -49,8 +49,10 @@ from serve.policy.media_refs import inline_chat_media
 from serve.policy.metering import (
     MeteredAnswer,
     StreamMeter,
+    TokenCounts,
     ask_for_usage,
     ask_for_usage_header,
+    count_per_key,
     reserved_tokens,
 )
 from serve.policy.model_list import ScopedModelList
@@ -124,8 +126,7 @@ class RequestPolicy:
         try:
             await self._answered(scope, receive, answer)
         finally:
-            if self.usage is not None:
-                self._record(scope, answer, time.perf_counter() - started)
+            self._record(scope, answer, time.perf_counter() - started)
 
     async def _answered(self, scope: Scope, receive: Receive, answer: _AnswerState) -> None:
         timeout_s = self.settings.request_timeout_s
@@ -271,28 +272,28 @@ class RequestPolicy:
         return answer
 
     def _record(self, scope: Scope, answer: _AnswerState, latency_s: float) -> None:
-        """The request in the usage ledger, once, however it ended: a model endpoint's (what
-        reached no model, a 401 say, under the model it named or none)."""
+        """A model endpoint's request, once, however it ended, in the per-key metrics and the
+        usage ledger (what reached no model, a 401 say, under the model it named or none)."""
         path = scope["path"][len(scope.get("root_path", "")) :] or "/"
         if scope.get("method") != "POST" or path not in self.mount.model_endpoints:
             return
         state = scope.get("state") or {}
         key: APIKey | None = state.get("api_key")
         metered: MeteredAnswer | None = state.get(METERED_STATE)
-        counts = metered.counts if metered is not None else None
-        assert self.usage is not None
-        self.usage.record(
-            Answered(
-                key_name=key.name if key is not None else "",
-                model=state.get("model_id") or self.mount.model_id or "",
-                endpoint=path,
-                status=answer.status or 499,  # no answer began: the client left first
-                prompt_tokens=counts.prompt if counts else 0,
-                completion_tokens=counts.completion if counts else 0,
-                latency_s=latency_s,
-                at=time.time(),
-            )
+        counts = metered.counts if metered is not None else TokenCounts()
+        answered = Answered(
+            key_name=key.name if key is not None else "",
+            model=state.get("model_id") or self.mount.model_id or "",
+            endpoint=path,
+            status=answer.status or 499,  # no answer began: the client left first
+            prompt_tokens=counts.prompt,
+            completion_tokens=counts.completion,
+            latency_s=latency_s,
+            at=time.time(),
         )
+        count_per_key(answered)
+        if self.usage is not None:
+            self.usage.record(answered)
 
 
 def _uncharged(_tokens: int) -> None:

@@ -27,7 +27,13 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
 from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
-from serve.policy.metering import USAGE_HEADER, TokenCounts, reserved_tokens, response_usage
+from serve.policy.metering import (
+    USAGE_HEADER,
+    TokenCounts,
+    count_per_key,
+    reserved_tokens,
+    response_usage,
+)
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import UploadMemory, read_json_object
@@ -266,27 +272,27 @@ def _spent_tokens(result: EngineResponse) -> TokenCounts:
     return response_usage(result.content, (result.headers or {}).get(USAGE_HEADER))
 
 
-def _step_ledger(request: Request, settings: RouterSettings) -> StepRecord | None:
-    """What records each step's answer in the usage ledger, under the request's key and the
-    pipeline's endpoint (the policy records no ``/v1/pipelines`` request itself: each step once)."""
-    if not settings.usage_database:
-        return None
-    usage = usage_database(settings.usage_database)
+def _step_ledger(request: Request, settings: RouterSettings) -> StepRecord:
+    """What records each step's answer in the per-key metrics and the usage ledger (when there
+    is one), under the request's key and the pipeline's endpoint (the policy records no
+    ``/v1/pipelines`` request itself: each step once)."""
+    usage = usage_database(settings.usage_database) if settings.usage_database else None
     key = request_key(request)
 
     def record(model: str, status: int, counts: TokenCounts, latency_s: float) -> None:
-        usage.record(
-            Answered(
-                key_name=key.name if key is not None else "",
-                model=model,
-                endpoint="/v1/pipelines",
-                status=status,
-                prompt_tokens=counts.prompt,
-                completion_tokens=counts.completion,
-                latency_s=latency_s,
-                at=time.time(),
-            )
+        answered = Answered(
+            key_name=key.name if key is not None else "",
+            model=model,
+            endpoint="/v1/pipelines",
+            status=status,
+            prompt_tokens=counts.prompt,
+            completion_tokens=counts.completion,
+            latency_s=latency_s,
+            at=time.time(),
         )
+        count_per_key(answered)
+        if usage is not None:
+            usage.record(answered)
 
     return record
 

@@ -184,6 +184,7 @@ def session_config(workdir: Path) -> dict:
         ADMIN_KEY_ENTRY,
     ]
     args["cors"] = {"allow_origins": [ALLOWED_ORIGIN], "allow_credentials": True}
+    args["usage"] = {"database": f"sqlite:///{workdir.resolve()}/usage.db"}  # the usage ledger
     args["router"] = {"max_request_bytes": 256 * 1024}
     (chat,) = [m for m in args["models"] if m["model_loading_config"]["model_id"] == CHAT]
     chat["engine_kwargs"]["enable_log_requests"] = True  # vLLM's log lines carry the request ids
