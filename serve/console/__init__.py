@@ -77,6 +77,9 @@ def install_console(app: FastAPI) -> None:
         (package_file(__package__, "console.html"), HTML),
         {
             "console.js": (package_file(__package__, "console.js"), JS),
+            "usage.js": (package_file(__package__, "usage.js"), JS),
+            # Chart.js 4.5.1 (MIT, vendor/chart.js-LICENSE.md), served from here: no CDN
+            "chart.umd.min.js": (package_file(__package__, "vendor/chart.umd.min.js"), JS),
             "console.css": (package_file(__package__, "console.css"), CSS),
         },
         page_headers(CONTENT_SECURITY_POLICY),

@@ -38,6 +38,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.metrics import platform_metrics
 from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
 from serve.policy.auth import check_api_key, check_scope, unknown_model, visible
@@ -113,6 +114,7 @@ class RequestPolicy:
         self.gate.check(self.settings.routes)
         url = self.settings.usage_database
         self.usage: UsageDatabase | None = usage_database(url) if url else None
+        platform_metrics()  # made here, once per process: never on a request's way (Ray's import)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

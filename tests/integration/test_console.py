@@ -15,12 +15,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_files import UPLOAD_FORMATS, audio_file
-from tests.integration.helpers import API_KEY, ROOT, SCOPED_KEY, auth_headers
+from tests.integration.helpers import ADMIN_KEY, API_KEY, ROOT, SCOPED_KEY, auth_headers
 from tests.integration.session_config import RAG_DOCUMENTS, RAG_QUESTION, REAL_CHAT
 from tests.media_files import image_file
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WAIT_S = 120
+KEY_STORE = "rayserve-platform-api-key"  # where the console keeps the key (console.js)
 DOCUMENTS = ["Stock markets fell sharply.", "A cat purrs on the sofa.", "Dogs bark at the postman."]
 
 
@@ -497,3 +498,34 @@ def test_the_api_docs_show_nothing_of_the_api_without_a_valid_key(browser, platf
 def _model_parameter(description: dict) -> dict:
     (parameter,) = description["paths"]["/v1/models/{model_id}"]["get"]["parameters"]
     return parameter["schema"]
+
+
+def test_the_usage_tab_charts_the_ledger_for_an_admin_key(browser, platform_url):
+    """Last in the module: it leaves the tab logged in with the admin key."""
+    httpx.post(  # at least one key's usage in the ledger, whatever ran before
+        f"{platform_url}/v1/embeddings",
+        json={"model": "all-minilm-l6-v2", "input": "a cat"},
+        headers=auth_headers(),
+        timeout=60,
+    ).raise_for_status()
+    browser.get(f"{platform_url}/console")
+    browser.execute_script(f"sessionStorage.setItem('{KEY_STORE}', arguments[0])", ADMIN_KEY)
+    browser.get(f"{platform_url}/console")
+    _wait(browser, lambda d: d.find_element(By.ID, "tabs").is_displayed())
+    _tab(browser, "usage")
+
+    def totals() -> list:
+        browser.find_element(By.ID, "usage-load").click()  # the ledger is written every second
+        time.sleep(0.5)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#usage-totals tr")[1:]
+        return [_cells(row) for row in rows if "all-minilm-l6-v2" in _cells(row)] or None
+
+    assert _wait(browser, lambda d: totals(), timeout=30)
+    _no_error(browser, "usage-error")
+    lines = browser.execute_script(
+        "return ['usage-by-key', 'usage-by-model'].map("
+        "id => Chart.getChart(id).data.datasets.map(d => d.label))"
+    )
+    assert lines[0] and "all-minilm-l6-v2" in lines[1]
+    assert _origins(browser) == {platform_url}  # Chart.js comes from the platform, no CDN
+    _screenshot(browser, "usage")

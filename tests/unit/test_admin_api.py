@@ -97,3 +97,13 @@ def test_a_key_past_its_monthly_budget_is_refused_with_a_429_that_says_so(admin)
     assert raised.json()["monthly_token_budget"] == 1000
     db.refresh()
     assert client.post("/v1/chat/completions", json=chat, headers=_as(made["key"])).is_success
+
+
+def test_the_console_serves_its_usage_page_and_the_vendored_chart_library(admin):
+    client, _ = admin
+    page = client.get("/console").text
+    assert 'data-tab="usage"' in page and '<script src="console/chart.umd.min.js"' in page
+    chart = client.get("/console/chart.umd.min.js")
+    assert chart.headers["content-type"].startswith("text/javascript")
+    assert chart.text.startswith("/*!\n * Chart.js v4.5.1")
+    assert "/admin/usage" in client.get("/console/usage.js").text

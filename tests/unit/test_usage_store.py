@@ -110,3 +110,19 @@ def test_usage_is_reported_by_the_groups_and_period_asked_as_json_or_csv(url):
     assert "embed,1,0,5,0,5," in csv
     with pytest.raises(ValueError, match="at most one of minute"):
         UsageQuery(group_by=("day", "hour")).check()
+
+
+def test_a_process_started_later_finds_the_ledger_keys_and_budgets(url):
+    first = UsageDatabase(url)
+    _, secret = first.keys.create("team-a", {"daily_token_budget": 10})
+    first.record(_chat())
+    first.close()  # what a stopping process does: its last counts written
+    again = UsageDatabase(url)  # a restarted router or replica
+    try:
+        assert [k.name for k in again.snapshot.keys] == ["team-a"]
+        assert again.snapshot.keys[0].digest == APIKey(secret, "team-a").digest
+        with pytest.raises(APIError) as refused:
+            check_budget(again, APIKey(secret, "team-a"))
+        assert refused.value.code == "daily_token_budget_exceeded"
+    finally:
+        again.close()
