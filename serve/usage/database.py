@@ -57,11 +57,19 @@ def _sqlite_wal(connection, _record) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
 
 
+_migrating = threading.Lock()  # Alembic's context is a process-wide global: one at a time
+
+
 def migrate(engine: Engine) -> None:
     """Alembic's upgrade to the latest revision; several processes may start at once: one that
     lost the race to create a table finds it made on its retry."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    with _migrating:
+        _upgrade(engine, config)
+
+
+def _upgrade(engine: Engine, config: Config) -> None:
     for attempt in range(5):
         try:
             with engine.begin() as connection:

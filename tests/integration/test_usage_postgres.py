@@ -1,0 +1,131 @@
+"""The usage ledger on a real PostgreSQL (Debian's ``postgresql``, started here in a temp dir on a
+free port): two writers, as two router replicas are, open the database at the same moment (the
+migration runs once) and write at once; the ledger holds every count exactly, and a key made
+through one is checked, with its budget, by the other."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from configs.api_keys import APIKey
+from serve.policy.budgets import check_budget
+from serve.router.errors import APIError
+from serve.usage.database import UsageDatabase
+from serve.usage.reports import UsageQuery, usage_rows
+from tests.integration.helpers import ROOT
+from tests.ports import free_port
+
+
+def _postgres_bin(name: str) -> str:
+    """Debian's binary (``/usr/lib/postgresql/<version>/bin``), else the one on PATH."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    assert found[-1], f"{name} is not installed: apt-get install -y postgresql"
+    return str(found[-1])
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """``command`` as the ``postgres`` user when run as root (initdb refuses root)."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    root = os.geteuid() == 0
+    # as root, under /tmp itself: the postgres user cannot enter the test run's private TMPDIR
+    home = Path(tempfile.mkdtemp(prefix="postgres", dir="/tmp" if root else None))
+    if root:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", free_port()
+    subprocess.run(
+        _as_postgres([_postgres_bin("initdb"), "-D", str(data), "-U", "platform", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
+    server = subprocess.Popen(
+        _as_postgres(
+            [_postgres_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port)]
+            + ["-k", str(home)]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"postgresql+psycopg://platform@127.0.0.1:{port}/postgres"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(f"postgresql://platform@127.0.0.1:{port}/postgres").close()
+                break
+            except psycopg.OperationalError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "postgres did not start"
+                )
+                time.sleep(0.2)
+        yield url
+    finally:
+        stop = [_postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+        subprocess.run(_as_postgres(stop), capture_output=True, timeout=60)
+        server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# One router replica: opens the ledger (migrating it if it is new), records its answers while its
+# background thread flushes them, and stops as a replica does (its last counts written); it
+# prints the stored keys it checks.
+WRITER = """
+import sys, time
+from serve.usage.database import UsageDatabase
+from serve.usage.ledger import Answered
+db = UsageDatabase(sys.argv[1])
+model, count = sys.argv[2], int(sys.argv[3])
+for n in range(count):
+    db.record(Answered("team-a", model, "/v1/chat/completions", 200, 3, n % 5, 0.01, time.time()))
+    time.sleep(0.001)
+db.close()
+print(",".join(key.name for key in db.snapshot.keys))
+"""
+PER_WRITER = 1000
+
+
+def _writers(url: str) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, model, str(PER_WRITER)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for model in ("a", "b")
+    ]
+
+
+def test_two_writers_at_once_keep_every_count_and_share_keys_and_budgets(postgres_url):
+    first = _writers(postgres_url)  # both migrate the new database at the same moment
+    assert [writer.wait(timeout=120) for writer in first] == [0, 0]
+    db = UsageDatabase(postgres_url)
+    try:
+        _, secret = db.keys.create("team-a", {"daily_token_budget": 3 * PER_WRITER})
+        second = _writers(postgres_url)
+        assert [w.communicate(timeout=120)[0].strip() for w in second] == ["team-a"] * 2
+        rows = {r["model"]: r for r in usage_rows(db.engine, UsageQuery(group_by=("model",)))}
+        for model in ("a", "b"):
+            assert rows[model]["requests"] == 2 * PER_WRITER
+            assert rows[model]["prompt_tokens"] == 2 * 3 * PER_WRITER
+            assert rows[model]["completion_tokens"] == 2 * sum(n % 5 for n in range(PER_WRITER))
+        db.refresh()  # what each process does every 2 s
+        with pytest.raises(APIError) as refused:
+            check_budget(db, APIKey(secret, "team-a"))
+        assert refused.value.code == "daily_token_budget_exceeded"
+    finally:
+        db.close()
