@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cloud.storage import resolve_model_source
 from common.engine_response import EngineResponse
+from common.kept_log_handlers import log_handlers_kept
 from common.request_ids import current_request_id, engine_request_id
 from common.serve_env import setting
 from common.streaming import coalesce
@@ -111,7 +112,8 @@ class VLLMEngine(BaseEngine):
             and "distributed_executor_backend" not in self.entry.engine_kwargs
         ):
             cpu_placement = worker_inside_engine_core(vllm_config)
-        with cpu_placement:
+        # vLLM applies its logging config here, closing Serve's log handlers (kept_log_handlers)
+        with cpu_placement, log_handlers_kept():
             engine = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
