@@ -26,6 +26,7 @@ from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
+from serve.policy.budgets import check_budget
 from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
 from serve.policy.metering import (
     USAGE_HEADER,
@@ -69,6 +70,8 @@ def install_pipeline_routes(
     async def run_pipeline(request: Request) -> JSONResponse:
         body = await read_json_object(request, settings.max_request_bytes)
         pipeline = _pipeline_for(request, settings.pipelines, body.get("model"))
+        if settings.usage_database:  # a key past its token budget runs no step
+            check_budget(usage_database(settings.usage_database), request_key(request))
         reserve = None
         if limits is not None:
             hold_s = pipeline.timeout_s + RESERVATION_SLACK_S

@@ -111,6 +111,7 @@ class UsageDatabase:
     def refresh(self) -> None:
         """Read the stored keys and this month's and today's spending again."""
         now = datetime.now(UTC)
+        self.ledger.forget_written()  # what it wrote is in what is read now
         rows = self.keys.all()
         month = spent_tokens(self.engine, month_start(now))
         day = spent_tokens(self.engine, day_start(now))

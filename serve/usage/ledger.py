@@ -50,6 +50,9 @@ class UsageLedger:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._pending: dict[RowKey, list[float]] = {}
+        # written since the last read of the spending (``UsageDatabase.refresh``): still counted
+        # here, or a budget would forget this process's tokens between a flush and that read
+        self._written: dict[RowKey, list[float]] = {}
         self._lock = threading.Lock()
 
     def record(self, answered: Answered) -> None:
@@ -65,13 +68,20 @@ class UsageLedger:
             self._merge(row, counts)
 
     def pending_tokens(self, key_name: str, since: datetime) -> int:
-        """Tokens of ``key_name`` counted here since ``since`` and not written yet."""
+        """Tokens of ``key_name`` counted here since ``since`` that the last read of the
+        database did not see (not written yet, or written after it)."""
         with self._lock:
             return sum(
                 int(c[1] + c[2])
-                for row, c in self._pending.items()
+                for counts in (self._pending, self._written)
+                for row, c in counts.items()
                 if row[1] == key_name and row[0] >= since
             )
+
+    def forget_written(self) -> None:
+        """Called just before the spending is read again: what was written is in that read."""
+        with self._lock:
+            self._written = {}
 
     def flush(self) -> int:
         """Write what is pending (rows summed into the existing ones); how many rows were
@@ -92,10 +102,15 @@ class UsageLedger:
                 for row, counts in pending.items():
                     self._merge(row, counts)
             return 0
+        with self._lock:
+            for row, counts in pending.items():
+                self._merge(row, counts, self._written)
         return len(pending)
 
-    def _merge(self, row: RowKey, counts: Iterable[float]) -> None:
-        summed = self._pending.setdefault(row, [0, 0, 0, 0.0])
+    def _merge(
+        self, row: RowKey, counts: Iterable[float], into: dict[RowKey, list[float]] | None = None
+    ) -> None:
+        summed = (self._pending if into is None else into).setdefault(row, [0, 0, 0, 0.0])
         for index, value in enumerate(counts):
             summed[index] += value
 

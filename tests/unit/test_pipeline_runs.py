@@ -15,6 +15,8 @@ from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
+from serve.usage.database import usage_database
+from serve.usage.reports import UsageQuery, usage_rows
 from tests.unit.router_fakes import LocalLimits, assert_openai_error
 
 ROUTES = {
@@ -113,10 +115,14 @@ class StepEngines:
         return {}
 
 
-def client(keys: tuple[APIKey, ...] = (), limits=None) -> tuple[TestClient, StepEngines]:
+def client(
+    keys: tuple[APIKey, ...] = (), limits=None, usage_database: str | None = None
+) -> tuple[TestClient, StepEngines]:
     engines = StepEngines()
     pipelines = {p["model_id"]: PipelineConfig.model_validate(p) for p in PIPELINES}
-    settings = RouterSettings(ROUTES, pipelines=pipelines, api_keys=keys)
+    settings = RouterSettings(
+        ROUTES, pipelines=pipelines, api_keys=keys, usage_database=usage_database
+    )
     return TestClient(create_router_app(settings, engines, limits)), engines
 
 
@@ -391,3 +397,29 @@ def test_an_inputs_download_is_held_against_the_upload_memory(monkeypatch):
         answer = TestClient(create_router_app(settings, engines)).post("/v1/pipelines", json=body)
         assert answer.status_code == status, answer.text
         assert len(engines.calls) == (3 if status == 200 else 0)
+
+
+def test_each_step_is_in_the_usage_ledger_and_a_key_past_its_budget_runs_none(tmp_path):
+    url = f"sqlite:///{tmp_path}/usage.db"
+    admin = APIKey("admin-key-0123456789", "ops", admin=True)
+    c, engines = client((admin,), usage_database=url)
+    db = usage_database(url)
+    try:
+        _, secret = db.keys.create("team-a", {"daily_token_budget": 11})
+        db.refresh()
+        body = {"model": "rag-lite", "text": "what purrs?", "documents": ["a", "bb"]}
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert c.post("/v1/pipelines", json=body, headers=headers).status_code == 200
+        db.ledger.flush()
+        rows = usage_rows(db.engine, UsageQuery(key="team-a"))
+        assert [(r["model"], r["endpoint"], r["requests"], r["total_tokens"]) for r in rows] == [
+            ("llm", "/v1/pipelines", 1, 11),
+            ("ranker", "/v1/pipelines", 1, 0),
+        ]
+        calls = len(engines.calls)
+        refused = c.post("/v1/pipelines", json=body, headers=headers)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "daily_token_budget_exceeded"
+        assert len(engines.calls) == calls  # no step ran
+    finally:
+        db.close()
