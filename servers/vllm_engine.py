@@ -60,7 +60,11 @@ class VLLMEngine(BaseEngine):
         from vllm.entrypoints.launchers.app import build_app
 
         args = self._server_args()
-        self.engine_client = await self._start_engine_client(AsyncEngineArgs.from_cli_args(args))
+        # vLLM applies its logging config on the way (common/kept_log_handlers.py)
+        with log_handlers_kept():
+            self.engine_client = await self._start_engine_client(
+                AsyncEngineArgs.from_cli_args(args)
+            )
         tasks = await self.engine_client.get_supported_tasks()
         # One set of serving objects answers both paths: the router's calls and vLLM's own app.
         self.http_app = build_app(args, tasks, self.engine_client.model_config)
@@ -112,8 +116,7 @@ class VLLMEngine(BaseEngine):
             and "distributed_executor_backend" not in self.entry.engine_kwargs
         ):
             cpu_placement = worker_inside_engine_core(vllm_config)
-        # vLLM applies its logging config here, closing Serve's log handlers (kept_log_handlers)
-        with cpu_placement, log_handlers_kept():
+        with cpu_placement:
             engine = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
