@@ -467,6 +467,15 @@ def test_the_head_lost_under_load_with_gcs_fault_tolerance(deployed):
     replicas: the same actors, no redeploy, no cold start."""
     if not deployed.redis:
         pytest.skip("needs Debian's redis-server (apt-get install -y redis-server)")
+    # Both replicas serving (a replica the worker test replaced may still be starting: a
+    # controller that recovers finds it uninitialized and starts it again)
+    with httpx.Client(headers=auth_headers(), timeout=60) as client:
+        wait_until(
+            lambda: client.get(deployed.url(1) + "/ready").json()["models"][TWIN]["replicas"],
+            lambda replicas: replicas["running"] == replicas["target"] == 2,
+            timeout_s=600,
+            every_s=2,
+        )
     replicas = deployed.replica_actors(TWIN)
     routers = deployed.replica_nodes("MultiModelRouter", app="platform")
     urls = [deployed.url(1) + path for path in (SHARED, ONE_HOP)]
