@@ -10,6 +10,7 @@ dies; the usage the client did not ask for is taken out of what it gets. A JSON 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from starlette.types import Message, Send
 
 from common.metrics import platform_metrics
 from common.streaming import is_event_stream
+from configs.api_keys import APIKey
+from serve.usage.database import UsageDatabase
 from serve.usage.ledger import Answered
 
 
@@ -244,8 +247,27 @@ def _texts(body: dict[str, Any]):
             pending.extend(value)
 
 
-def count_per_key(answered: Answered) -> None:
-    """The Prometheus counters by key name (``-``: the platform has no keys)."""
+def record_answer(
+    usage: UsageDatabase | None,
+    key: APIKey | None,
+    model: str,
+    endpoint: str,
+    status: int,
+    counts: TokenCounts,
+    latency_s: float,
+) -> None:
+    """One answered model call in the Prometheus counters by key name (``-``: the platform has no
+    keys) and, when there is one, in the usage ledger: the policy's requests and pipeline steps."""
+    answered = Answered(
+        key_name=key.name if key is not None else "",
+        model=model,
+        endpoint=endpoint,
+        status=status,
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        latency_s=latency_s,
+        at=time.time(),
+    )
     metrics = platform_metrics()
     tags = {"key": answered.key_name or "-", "model": answered.model or "-"}
     metrics.key_requests.inc(1, {**tags, "status": str(answered.status)})
@@ -255,3 +277,5 @@ def count_per_key(answered: Answered) -> None:
     ):
         if tokens:
             metrics.key_tokens.inc(tokens, {**tags, "kind": kind})
+    if usage is not None:
+        usage.record(answered)

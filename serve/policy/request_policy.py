@@ -53,7 +53,7 @@ from serve.policy.metering import (
     TokenCounts,
     ask_for_usage,
     ask_for_usage_header,
-    count_per_key,
+    record_answer,
     reserved_tokens,
 )
 from serve.policy.model_list import ScopedModelList
@@ -62,7 +62,6 @@ from serve.router.errors import DONE_EVENT, APIError, request_timeout
 from serve.router.routing import ModelRoute, RouterSettings, requested_model
 from serve.router.uploads import UploadMemory, parse_json_object, read_limited_body
 from serve.usage.database import UsageDatabase, usage_database
-from serve.usage.ledger import Answered
 
 logger = logging.getLogger("ray.serve")
 
@@ -283,19 +282,15 @@ class RequestPolicy:
         key: APIKey | None = state.get("api_key")
         metered: MeteredAnswer | None = state.get(METERED_STATE)
         counts = metered.counts if metered is not None else TokenCounts()
-        answered = Answered(
-            key_name=key.name if key is not None else "",
-            model=state.get("model_id") or self.mount.model_id or "",
-            endpoint=path,
-            status=answer.status or 499,  # no answer began: the client left first
-            prompt_tokens=counts.prompt,
-            completion_tokens=counts.completion,
-            latency_s=latency_s,
-            at=time.time(),
+        record_answer(
+            self.usage,
+            key,
+            state.get("model_id") or self.mount.model_id or "",
+            path,
+            answer.status or 499,  # no answer began: the client left first
+            counts,
+            latency_s,
         )
-        count_per_key(answered)
-        if self.usage is not None:
-            self.usage.record(answered)
 
 
 def _uncharged(_tokens: int) -> None:

@@ -31,7 +31,7 @@ from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
 from serve.policy.metering import (
     USAGE_HEADER,
     TokenCounts,
-    count_per_key,
+    record_answer,
     reserved_tokens,
     response_usage,
 )
@@ -39,7 +39,6 @@ from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.uploads import UploadMemory, read_json_object
 from serve.usage.database import usage_database
-from serve.usage.ledger import Answered
 
 CREATED = int(time.time())
 TEXT_LIMIT = 100_000  # characters of text or of all documents together
@@ -283,19 +282,7 @@ def _step_ledger(request: Request, settings: RouterSettings) -> StepRecord:
     key = request_key(request)
 
     def record(model: str, status: int, counts: TokenCounts, latency_s: float) -> None:
-        answered = Answered(
-            key_name=key.name if key is not None else "",
-            model=model,
-            endpoint="/v1/pipelines",
-            status=status,
-            prompt_tokens=counts.prompt,
-            completion_tokens=counts.completion,
-            latency_s=latency_s,
-            at=time.time(),
-        )
-        count_per_key(answered)
-        if usage is not None:
-            usage.record(answered)
+        record_answer(usage, key, model, "/v1/pipelines", status, counts, latency_s)
 
     return record
 
