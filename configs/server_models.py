@@ -585,6 +585,15 @@ class RouterConfig(StrictModel):
         description="router replicas (a fixed count, Serve's num_replicas); each model's "
         "request capacity is shared out between them",
     )
+    max_replicas_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="router replicas one node may run (Serve's max_replicas_per_node). On a "
+        "cluster, 1 with num_replicas 2 or more keeps a router on another node when any one "
+        "node (the head included) is lost; unset: no limit, Ray may put every router on one "
+        "node",
+    )
     max_ongoing_requests: int = Field(
         default=1024,
         ge=1,

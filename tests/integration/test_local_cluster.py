@@ -71,9 +71,10 @@ def _config(*models: dict) -> dict:
                 "args": {
                     "models": list(models),
                     "api_keys_env": "PLATFORM_TEST_API_KEYS",
-                    # Two routers, as a cluster that may lose a node runs them: /v1 survives
-                    # the loss of either.
-                    "router": {"num_replicas": 2},
+                    # Two routers on two nodes, as a cluster that may lose a node runs them:
+                    # /v1 survives the loss of any one node, the head included (without the
+                    # limit Ray put both on the head at times: /v1 was down with it).
+                    "router": {"num_replicas": 2, "max_replicas_per_node": 1},
                 },
             }
         ]
@@ -228,6 +229,8 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
         f"made {made} ({deployed.nodes[1]}, {deployed.nodes[2]} are the workers)"
     )
     assert len(twin_nodes) == 2 and made == sorted([deployed.nodes[1], deployed.nodes[2]])
+    routers = deployed.replica_nodes("MultiModelRouter", app="platform")
+    assert len(set(routers)) == 2, routers  # router.max_replicas_per_node: 1
     # What the operator's status shows (each running replica's node), and /ready from a worker
     status = deployed.run(
         "exec", str(ROOT / ".venv" / "bin" / "python"), "deploy_app.py", "status",

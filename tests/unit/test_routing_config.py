@@ -135,3 +135,20 @@ def test_a_prefix_routed_model_deploys_with_its_request_router(monkeypatch, hapr
     router = app._ingress_request_router
     assert (router is not None) == haproxy
     assert router is None or router._bound_deployment.name == "VariantRouter"
+
+
+@pytest.mark.parametrize("limit", [None, 1])
+def test_the_routers_per_node_limit_reaches_its_deployment(limit):
+    """``router.max_replicas_per_node`` is Serve's: 1 keeps two routers on two nodes, so /v1
+    outlives any one node; unset, Serve's default (no limit)."""
+    from builders.app_builder import build_router
+
+    router = {"num_replicas": 2} | ({"max_replicas_per_node": limit} if limit else {})
+    app = build_router({"router": router})
+    assert app._bound_deployment._replica_config.max_replicas_per_node == limit
+    assert app._bound_deployment.num_replicas == 2
+
+
+def test_a_router_per_node_limit_out_of_serves_range_names_the_field():
+    with pytest.raises(ConfigError, match=r"router\.max_replicas_per_node"):
+        load_platform_config({"models": [_entry()], "router": {"max_replicas_per_node": 0}})
