@@ -77,7 +77,9 @@ async def ready_client(engines: CountingEngines):
     await asyncio.sleep(readiness.REFRESH_EVERY_S + readiness.IDLE_AFTER_S)
 
 
-async def test_concurrent_calls_cause_at_most_one_refresh_a_second(quickly_idle):
+async def test_concurrent_calls_cause_at_most_one_refresh_a_second(quickly_idle, monkeypatch):
+    """At most one refresh per ``REFRESH_EVERY_S`` (0.3 s here, 1 s in production)."""
+    monkeypatch.setattr(readiness, "REFRESH_EVERY_S", 0.3)
     engines = CountingEngines()
     async with ready_client(engines) as http:
 
@@ -89,7 +91,7 @@ async def test_concurrent_calls_cause_at_most_one_refresh_a_second(quickly_idle)
         assert await twenty_calls() == {503}
         assert (engines.phase_reads, engines.status_calls) == (1, 2)  # one refresh: both models
         for _ in range(5):
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
             assert await twenty_calls() == {503}
         elapsed = time.monotonic() - started
         assert 2 <= engines.phase_reads <= 1 + elapsed // readiness.REFRESH_EVERY_S
@@ -242,15 +244,20 @@ def test_only_named_keys_marked_admin_are_admins(monkeypatch):
 
 
 async def test_a_model_added_while_serving_shows_from_the_next_refresh_and_a_removed_one_goes(
-    quickly_idle,
+    quickly_idle, monkeypatch
 ):
     """The model directory adds and removes routes as model applications come and go."""
+    monkeypatch.setattr(readiness, "REFRESH_EVERY_S", 0.1)
     routes = dict(ROUTES)
     app = create_router_app(RouterSettings(routes), CountingEngines())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://r") as http:
         assert set((await http.get("/ready")).json()["models"]) == {"chat", "vit"}
         routes["embed"] = ModelRoute("embed", "vllm", "embed-dep", (Capability.EMBEDDINGS,))
         del routes["vit"]
-        await asyncio.sleep(readiness.REFRESH_EVERY_S + 0.2)
-        assert set((await http.get("/ready")).json()["models"]) == {"chat", "embed"}
+        for _ in range(100):  # 5 s at most: a refresh comes every 0.1 s
+            models = set((await http.get("/ready")).json()["models"])
+            if models == {"chat", "embed"}:
+                break
+            await asyncio.sleep(0.05)
+        assert models == {"chat", "embed"}
     await asyncio.sleep(readiness.REFRESH_EVERY_S + readiness.IDLE_AFTER_S)

@@ -3,7 +3,6 @@ tree (processes titled as vLLM titles its engine core and worker, without vLLM).
 
 import os
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -79,40 +78,35 @@ def test_several_shards_or_an_operators_no_keep_vllms_worker_processes(
     assert config.parallel_config.distributed_executor_backend == "mp"
 
 
-# An "engine core" that starts a "worker" bound to the replica's last core, as vLLM's are titled.
-ENGINE_CORE = """
-import os, subprocess, sys, time, setproctitle
-setproctitle.setproctitle("VLLM::EngineCore")
-subprocess.Popen([sys.executable, "-c", sys.argv[1]])
-time.sleep(60)
-"""
-WORKER = """
-import os, time, setproctitle
-setproctitle.setproctitle("VLLM::Worker")
-os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-time.sleep(60)
-"""
+# An "engine core" with one "worker" child, each titled as vLLM titles them (its command line's
+# first word): a ``sleep`` started under that name, so no interpreter starts (seconds on a busy
+# machine, where the unit tests run beside the session platform's start).
+ENGINE_CORE = "(exec -a VLLM::Worker sleep 60) & exec -a VLLM::EngineCore sleep 60"
 
 
 @pytest.fixture
 def engine_core():
-    process = subprocess.Popen([sys.executable, "-c", ENGINE_CORE, WORKER])
+    process = subprocess.Popen(["bash", "-c", ENGINE_CORE])
     try:
         core = psutil.Process(process.pid)
         deadline = time.monotonic() + 30
-        while not any(
-            len(os.sched_getaffinity(w.pid)) == 1
-            for w in core.children()
-            if w.cmdline()[:1] == ["VLLM::Worker"]
+        while not (workers := _titled(core.children(), "VLLM::Worker")) or not _titled(
+            [core], "VLLM::EngineCore"
         ):
-            assert time.monotonic() < deadline, "the stand-in worker did not start"
-            time.sleep(0.1)
+            assert time.monotonic() < deadline, "the stand-in processes did not start"
+            time.sleep(0.05)
+        # bound to the replica's last core, as vLLM binds its worker
+        os.sched_setaffinity(workers[0].pid, {max(os.sched_getaffinity(0))})
         yield core
     finally:
         for child in psutil.Process(process.pid).children(recursive=True):
             child.kill()
         process.kill()
         process.wait()
+
+
+def _titled(processes: list[psutil.Process], title: str) -> list[psutil.Process]:
+    return [p for p in processes if p.cmdline()[:1] == [title]]
 
 
 @pytest.mark.skipif(
