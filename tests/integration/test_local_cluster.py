@@ -274,7 +274,10 @@ class Load:
         with httpx.Client(headers=auth_headers(), timeout=60) as client:
             while not self.stop.is_set():
                 started = time.monotonic()
-                self.results.append((url, _stream_outcome(client, url, body), started))
+                outcome = _stream_outcome(client, url, body)
+                self.results.append((url, outcome, started))
+                if outcome != "ok":  # as a client backs off (a 503's Retry-After), not a storm
+                    self.stop.wait(0.5)
 
     def counts(
         self, since: float = 0, until: float = float("inf"), path: str = ""
@@ -346,6 +349,7 @@ def test_a_worker_lost_under_load(deployed):
     started after the kill succeeds, and the model is back at two replicas once the node
     returns, unaided."""
     urls = [deployed.url(node) + path for node in (0, 1) for path in (SHARED, ONE_HOP)]
+    routers = deployed.replica_nodes("MultiModelRouter", app="platform")
     with killed_under_load(deployed, 2, urls) as (load, killed_at):
         # Ray marks the node dead after its health checks fail (until then its replica is ALIVE)
         left = wait_until(
@@ -373,13 +377,19 @@ def test_a_worker_lost_under_load(deployed):
     )
     full_s = time.monotonic() - back_at
     deployed.log.append(
-        f"worker 2 killed under {len(urls) * 2} streams: started before the kill {before}, "
+        f"worker 2 killed under {len(urls) * 2} streams (routers on {routers}): started before "
+        f"the kill {before}, "
         f"after {after} (by path, before and after: {by_path}); Ray saw its replica dead "
         f"{detected_s:.0f} s after the kill; two replicas again {full_s:.0f} s after the node "
         f"came back ({nodes})"
     )
     assert set(after) == {"ok"}, after  # every request started after the kill succeeded
     assert set(before) <= {"ok", "error-event", "cut", "503"}, before
+    # A /v1 stream whose replica was lost ends with the error event, unless the router relaying
+    # it was lost too (then only its connection can end)
+    shared_before = by_path[SHARED][0]
+    if deployed.nodes[2] not in routers:
+        assert set(shared_before) <= {"ok", "error-event", "503"}, (routers, shared_before)
     assert len(nodes) == 2
 
 
