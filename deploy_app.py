@@ -64,6 +64,7 @@ def deploy(
     gpu_bytes: int | None = None,
     metrics_port: int | None = None,
     num_cpus: float | None = None,
+    node_ip_address: str | None = None,
 ) -> bool:
     """Start (or join) a Ray cluster, apply the rendered config, and wait until it is live;
     False when a model failed to start (the others serve)."""
@@ -71,7 +72,7 @@ def deploy(
     from ray.serve._private import api as serve_api
 
     if not ray.is_initialized():  # the first apply of this process (--watch applies again)
-        _connect(schema, address, num_gpus, metrics_port, num_cpus)
+        _connect(schema, address, num_gpus, metrics_port, num_cpus, node_ip_address)
     if check_fit:
         _check_fit(loaded, gpu_bytes)
     client = serve_api.serve_start(
@@ -107,8 +108,10 @@ def _connect(
     num_gpus: int | None,
     metrics_port: int | None,
     num_cpus: float | None = None,
+    node_ip_address: str | None = None,
 ) -> None:
-    """Join the Ray cluster at ``address``, or start one here when it is None."""
+    """Join the Ray cluster at ``address``, or start one here when it is None; as a driver of
+    the node at ``node_ip_address`` when given (Ray's pick among several nodes of one host)."""
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
 
@@ -124,6 +127,7 @@ def _connect(
         address=address,
         namespace=SERVE_NAMESPACE,
         include_dashboard=False,
+        _node_ip_address=node_ip_address,
         **(local if address is None else {}),
     )
     if address is None:  # as `ray start` does, so `--address auto` finds this Ray to apply edits
@@ -297,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         "and return once live (default: start a local Ray and serve until Ctrl-C)",
     )
     parser.add_argument(
+        "--node-ip-address",
+        default=None,
+        help="with --address: join as a driver of the Ray node at this address (as `ray start "
+        "--node-ip-address`), where several nodes share one host; default: Ray's pick, the head "
+        "if it runs here",
+    )
+    parser.add_argument(
         "--plan",
         action="store_true",
         help="print where every replica would land on --nodes x --gpus-per-node, start nothing",
@@ -395,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             gpu_bytes=gpu_bytes,
             metrics_port=args.metrics_export_port,
             num_cpus=args.num_cpus,
+            node_ip_address=args.node_ip_address,
         )
 
     def run_saved_file() -> bool:

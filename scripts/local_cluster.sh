@@ -9,6 +9,7 @@
 #   scripts/local_cluster.sh kill I           every process of node I at once, as a lost host
 #   scripts/local_cluster.sh start I          node I again (the head too: with --redis it recovers)
 #   scripts/local_cluster.sh deploy FILE      deploy_app.py --address on the head; returns once live
+#                                             (LOCAL_CLUSTER_DRIVER_NODE=I: on node I instead)
 #   scripts/local_cluster.sh exec CMD...      CMD in the head's namespace with the cluster's settings
 #   scripts/local_cluster.sh env              the client settings (token, addresses) as exports
 #   scripts/local_cluster.sh down             removes everything `up` made, even after a failed run
@@ -176,23 +177,29 @@ deploy() {
   local file=${1:?usage: deploy FILE} copy
   copy=$STATE/deploy/$(basename "$file")
   mkdir -p "$STATE/deploy"
-  # Every node's proxy listens on its own address, port 8000.
+  # A proxy on every node (the default config has HeadOnly), each on its own address, port 8000.
   "$PY" - "$file" "$copy" <<'EOF'
 import sys, yaml
 config = yaml.safe_load(open(sys.argv[1]))
 config["http_options"] = {**(config.get("http_options") or {}), "host": "0.0.0.0", "port": 8000}
+config["proxy_location"] = "EveryNode"
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 EOF
   shift
-  run_in_head "$PY" deploy_app.py --config "$copy" --address "$(addr 0):$GCS_PORT" "$@"
+  local node=${LOCAL_CLUSTER_DRIVER_NODE:-0}
+  # The namespaces share one process table: a driver picks its node among the raylets it sees
+  # there, preferring the head's, unless told its node's address.
+  run_in_node "$node" "$PY" deploy_app.py --config "$copy" --address "$(addr 0):$GCS_PORT" \
+    --node-ip-address "$(addr "$node")" "$@"
 }
 
-run_in_head() { # as a driver on the head. (Not on a worker: the namespaces share one process
-  # table, and a driver picks its node among the raylets it sees there, preferring the head's.)
+run_in_node() { # "${@:2}" in node $1's namespace with the cluster's settings
   client_env
   export HF_HUB_OFFLINE=1
-  in_ns "$(ns 0)" "$@"
+  in_ns "$(ns "$1")" "${@:2}"
 }
+
+run_in_head() { run_in_node 0 "$@"; } # as a driver on the head
 
 command=${1:-}
 shift || true

@@ -102,11 +102,13 @@ class LocalCluster:
     def url(self, node: int) -> str:
         return f"http://{self.nodes[node]}:8000"
 
-    def deploy(self, config: dict) -> None:
+    def deploy(self, config: dict, from_node: int = 0) -> str:
+        """``config`` applied by a driver on node ``from_node``; what the deploy printed."""
         path = self.workdir / "cluster.yaml"
         path.write_text(yaml.safe_dump(config))
-        result = self.run("deploy", str(path))
+        result = self.run("deploy", str(path), LOCAL_CLUSTER_DRIVER_NODE=str(from_node))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
 
     def state(self, expression: str) -> list:
         """``expression`` evaluated on the head with Ray's state API at hand (``actors(**filters)``,
@@ -243,9 +245,12 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
     assert ready["running"] == 2 and len(ready["nodes"]) == 2, ready  # addresses: admins only
 
 
-def test_a_live_edit_reaches_every_nodes_proxy(deployed):
-    """``deploy_app.py --address`` adds a model; every node's proxy serves it at once."""
-    deployed.deploy(_config(TWIN_MODEL, VIT))
+def test_a_live_edit_from_a_worker_reaches_every_nodes_proxy(deployed):
+    """``deploy_app.py --address`` run on worker 1 adds a model; every node's proxy serves it at
+    once (the edit back runs on the head)."""
+    printed = deployed.deploy(_config(TWIN_MODEL, VIT), from_node=1)
+    # the driver ran on worker 1's node: it prints that node's metrics endpoint
+    assert f"http://{deployed.nodes[1]}:" in printed, printed[-2000:]
     try:
         with httpx.Client(headers=auth_headers(), timeout=120) as client:
             for node in deployed.nodes:
@@ -525,3 +530,36 @@ def test_the_head_lost_under_load_with_gcs_fault_tolerance(deployed):
         assert set(outage[path]) <= {"ok"} and set(after[path]) <= {"ok"}, measured
     recovered_replicas = deployed.replica_actors(TWIN)
     assert recovered_replicas == replicas, (measured, replicas, recovered_replicas)  # not restarted
+
+
+def test_the_default_config_serves_through_every_nodes_proxy(deployed):
+    """The README's ``model_config.yaml`` applied to the cluster (last: it replaces the
+    application the tests above used): every node's proxy lists its models, and a worker's proxy
+    serves the real chat model on both paths and the embeddings."""
+    default = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    (app,) = default["applications"]
+    model_ids = {m["model_loading_config"]["model_id"] for m in app["args"]["models"]}
+    deployed.deploy(default)
+    question = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    chat = {"model": "smollm2", "max_tokens": 16, "temperature": 0} | question
+    with httpx.Client(timeout=120) as client:  # the default config asks no key
+        for node in deployed.nodes:
+            listed = {m["id"] for m in client.get(deployed.url(node) + "/v1/models").json()["data"]}
+            assert model_ids <= listed, (node, model_ids - listed)
+        answers = [
+            client.post(deployed.url(2) + "/v1/chat/completions", json=chat),
+            client.post(deployed.url(1) + "/models/smollm2/v1/chat/completions", json=chat),
+        ]
+        embedded = client.post(
+            deployed.url(2) + "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}
+        )
+        ready = client.get(deployed.url(1) + "/ready")
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    said = [a.json()["choices"][0]["message"]["content"] for a in answers]
+    deployed.log.append(
+        f"default config: {len(model_ids)} models listed by every node's proxy; smollm2 through "
+        f"worker 2 (/v1) and worker 1 (its own URL) said {said}"
+    )
+    assert all(text.strip() for text in said), said
+    assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384
+    assert ready.status_code == 200, ready.text
