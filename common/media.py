@@ -74,15 +74,33 @@ MAX_REAL_FPS = 240.0
 DEFAULT_MAX_FRAME_PIXELS = 4096 * 2160  # a 4K frame
 
 
+@dataclass(frozen=True)
+class Clip:
+    """The frames a model sees of a video, and the video's length (for the usage ledger)."""
+
+    frames: np.ndarray  # (num_frames, height, width, 3) uint8 RGB
+    duration_s: float  # the container's; else up to the last frame decoded (a lower bound)
+
+
 def decode_video(
     data: bytes,
     sampling: FrameSampling,
     max_duration_s: float,
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> np.ndarray:
-    """``(num_frames, height, width, 3)`` uint8 RGB frames sampled from an encoded video. A frame
-    of more than ``max_frame_pixels`` is refused from the stream's header, before any decoding,
-    and again for each decoded frame (a stream may change its size)."""
+    """``(num_frames, height, width, 3)`` uint8 RGB frames sampled from an encoded video."""
+    return decode_clip(data, sampling, max_duration_s, max_frame_pixels).frames
+
+
+def decode_clip(
+    data: bytes,
+    sampling: FrameSampling,
+    max_duration_s: float,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+) -> Clip:
+    """Frames sampled from an encoded video, and its duration. A frame of more than
+    ``max_frame_pixels`` is refused from the stream's header, before any decoding, and again for
+    each decoded frame (a stream may change its size)."""
     import av
 
     if not data:
@@ -109,7 +127,7 @@ def decode_video(
                 )
             wanted = _frame_indexes(sampling, rate, duration)
             budget = FrameBudget(max_duration_s, max_frame_pixels, sampling.shortest_edge)
-            frames = budget.decode(container, stream, wanted)
+            frames, decoded = budget.decode(container, stream, wanted)
     except MediaInputError:
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
@@ -119,9 +137,10 @@ def decode_video(
         ) from None
     if not frames:
         raise MediaInputError(f"the {kind} video holds no decodable frames", "invalid_video")
+    length_s = duration if duration is not None else decoded / rate
     while len(frames) < sampling.num_frames:  # short clips repeat their last frame
         frames.append(frames[-1])
-    return np.stack(frames[: sampling.num_frames])
+    return Clip(np.stack(frames[: sampling.num_frames]), length_s)
 
 
 def check_media_pixels(
@@ -227,11 +246,14 @@ class FrameBudget:
     max_pixels: int
     shortest_edge: int | None = None
 
-    def decode(self, container, stream, wanted: list[int]) -> list[np.ndarray]:
+    def decode(self, container, stream, wanted: list[int]) -> tuple[list[np.ndarray], int]:
+        """The ``wanted`` frames, and how many frames were decoded to reach them."""
         wanted_set, last = set(wanted), wanted[-1]
         max_frames = int(self.max_duration_s * MAX_REAL_FPS)
-        frames = []
+        frames: list[np.ndarray] = []
+        decoded = 0
         for index, frame in enumerate(container.decode(stream)):
+            decoded = index + 1
             if index > max_frames or (frame.time is not None and frame.time > self.max_duration_s):
                 raise MediaInputError(
                     "the video is longer than the duration limit", "video_too_long", 413
@@ -241,7 +263,7 @@ class FrameBudget:
                 frames.append(frame.to_ndarray(format="rgb24", **self._scaled(frame)))
             if index >= last:
                 break
-        return frames
+        return frames, decoded
 
     def _scaled(self, frame) -> dict[str, int]:
         """The frame's size with its shorter side at ``shortest_edge`` (even sizes; never up)."""

@@ -25,6 +25,7 @@ from cloud.storage import resolve_model_source
 from common.devices import torch_device, torch_dtype
 from common.engine_response import EngineResponse
 from common.input_errors import InputError
+from common.media_usage import MediaUsage
 from common.metrics import platform_metrics
 from common.serve_options import MERGED_BATCHES
 from configs.server_models import Capability
@@ -66,6 +67,11 @@ class TaskRunner(abc.ABC):
     @abc.abstractmethod
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
         """Encode one request's results."""
+
+    def measured(self, jobs: list[Job], results: list[Any]) -> MediaUsage:
+        """What one request's media measured, for the usage ledger (audio seconds, images,
+        video seconds); by default nothing."""
+        return MediaUsage()
 
     def _counted(self, forward):
         """Wrap a model call so ``forward_passes`` counts it."""
@@ -168,13 +174,19 @@ class BatchedEngine(BaseEngine):
             for result in results:
                 if isinstance(result, Exception):
                     raise result
-            return await asyncio.to_thread(self.runner.respond, jobs, results)
+            answer = await asyncio.to_thread(self.runner.respond, jobs, results)
         except InputError as err:
             return EngineResponse.error(
                 err.status_code, err.message, param=err.param, code=err.code
             )
         except Exception as exc:
             return self._failed(exc)
+        if answer.status_code == 200:
+            answer.headers = {
+                **(answer.headers or {}),
+                **self.runner.measured(jobs, results).headers(),
+            }
+        return answer
 
     def _failed(self, exc: Exception) -> EngineResponse:
         """The model failed: this request fails, the replica serves on."""

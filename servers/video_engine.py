@@ -7,7 +7,8 @@ from typing import Any
 
 from common.engine_response import EngineResponse
 from common.input_errors import InputError
-from common.media import FrameSampling, decode_video
+from common.media import FrameSampling, decode_clip
+from common.media_usage import MediaUsage
 from configs.server_models import Capability
 from configs.video_models import VideoModelEntry
 from servers.batching import BatchedEngine, Job, TaskRunner
@@ -50,13 +51,14 @@ class VideoRunner(TaskRunner):
                     413,
                     "inputs",
                 )
-            frames = decode_video(
+            clip = decode_clip(
                 data,
                 self.sampling,
                 self.kwargs.max_video_duration_s,
                 self.kwargs.max_frame_pixels,
             )
-            jobs.append(Job(params, list(frames), params.top_k or self.kwargs.top_k))
+            top_k = params.top_k or self.kwargs.top_k
+            jobs.append(Job(params, list(clip.frames), top_k, {"duration_s": clip.duration_s}))
         return jobs
 
     def run(self, jobs: list[Job]) -> list[list[dict[str, Any]]]:
@@ -77,6 +79,9 @@ class VideoRunner(TaskRunner):
             ]
             for row_scores, row_indexes in zip(scores, indexes, strict=True)
         ]
+
+    def measured(self, jobs: list[Job], results: list[Any]) -> MediaUsage:
+        return MediaUsage(video_s=sum(job.extra["duration_s"] for job in jobs))
 
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
         return outputs_response(label_score_tensors(results))

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from common.engine_response import EngineResponse
 from common.media import decode_image
+from common.media_usage import MediaUsage
 from configs.oip_models import MediaParameters
 from configs.open_api_models import InvalidRequest, validate_request
 from configs.server_models import Capability
@@ -126,6 +127,9 @@ class VisionRunner(TaskRunner):
         return [
             text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)
         ]
+
+    def measured(self, jobs: list[Job], results: list[Any]) -> MediaUsage:
+        return MediaUsage(images=len(jobs))  # one job per image
 
     def respond(self, jobs: list[Job], results: list[Any]) -> EngineResponse:
         if self.task in (

@@ -49,6 +49,13 @@ async def inline_chat_media(
     return bool(parts)
 
 
+def chat_images(body: dict[str, Any]) -> int:
+    """The images a chat body holds (parts with an ``image_url``, whatever their ``type``, as
+    vLLM reads them), for the usage ledger: counted from the body, on both paths alike (vLLM's
+    app answers the one-hop path and reports none)."""
+    return sum("image_url" in part for part in _content_parts(body.get("messages")))
+
+
 def _media_parts(messages: Any):
     """(part, media key) for every media key of every content part."""
     for part in _content_parts(messages):

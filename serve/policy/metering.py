@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import Message, Send
 
+from common.media_usage import NO_MEDIA, MediaUsage
 from common.metrics import platform_metrics
 from common.streaming import is_event_stream
 from configs.api_keys import APIKey
@@ -255,6 +256,7 @@ def record_answer(
     status: int,
     counts: TokenCounts,
     latency_s: float,
+    media: MediaUsage = NO_MEDIA,
 ) -> None:
     """One answered model call in the Prometheus counters by key name (``-``: the platform has no
     keys) and, when there is one, in the usage ledger: the policy's requests and pipeline steps."""
@@ -267,6 +269,7 @@ def record_answer(
         completion_tokens=counts.completion,
         latency_s=latency_s,
         at=time.time(),
+        media=media,
     )
     metrics = platform_metrics()
     tags = {"key": answered.key_name or "-", "model": answered.model or "-"}

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.media_usage import MEDIA_USAGE_HEADER, MediaUsage
 from common.metrics import platform_metrics
 from common.streaming import is_event_stream, stream_requested
 from configs.api_keys import APIKey
@@ -46,7 +48,7 @@ from serve.policy.budgets import check_budget
 from serve.policy.capacity import DeploymentCapacities, GatePublisher, serve_app
 from serve.policy.key_limits import RESERVATION_SLACK_S, KeyLimits
 from serve.policy.key_ring import KeyRing
-from serve.policy.media_refs import inline_chat_media
+from serve.policy.media_refs import chat_images, inline_chat_media
 from serve.policy.metering import (
     MeteredAnswer,
     StreamMeter,
@@ -66,7 +68,10 @@ from serve.usage.database import UsageDatabase, usage_database
 logger = logging.getLogger("ray.serve")
 
 BODY_STATE = "json_body"  # scope["state"] key: the checked body, for the app not to read it again
+MODEL_STATE = "model_id"  # scope["state"] key: the model the request was routed to
+IMAGES_STATE = "chat_images"  # scope["state"] key: the images of a chat body, for the ledger
 METERED_STATE = "metered_answer"  # scope["state"] key: the answer's token counts, for the ledger
+MEDIA_HEADER = MEDIA_USAGE_HEADER.encode()
 REPLICA_FAILED = APIError(
     503, "the model's replica failed during the answer; retry the request", code="model_unavailable"
 )
@@ -85,9 +90,19 @@ class PolicyMount:
     on_model: Callable[[Any], Awaitable[None]] | None = None  # sees each body's "model"
     # the path of the app's own model list (vLLM's, unaware of keys): cut here to the key's scope
     model_list: str | None = None
+    # POSTs to a model whose body the app reads itself (uploads, /v2 inference): (a regular
+    # expression of the path, the endpoint the ledger names); the app sets the model it routed to
+    # in the request's state (``MODEL_STATE``)
+    app_read_endpoints: tuple[tuple[str, str], ...] = ()
 
     def is_public(self, path: str) -> bool:
         return path in self.public or path.startswith(self.public_prefixes)
+
+    def ledger_endpoint(self, path: str) -> str | None:
+        """The endpoint a POST to ``path`` is recorded under; None: it calls no model."""
+        if path in self.model_endpoints:
+            return path
+        return next((e for p, e in self.app_read_endpoints if re.fullmatch(p, path)), None)
 
 
 @dataclass
@@ -197,7 +212,7 @@ class RequestPolicy:
             None if self.mount.model_id else self.settings.routes,
             named if named else route.model_id,
         )
-        state["model_id"] = route.model_id
+        state[MODEL_STATE] = route.model_id
         if self.usage is not None:
             check_budget(self.usage, key)
         self._hold_capacity(route, request_end)
@@ -208,6 +223,7 @@ class RequestPolicy:
             assert self.uploads is not None  # set in __post_init__
             held = request_end.enter_context(self.uploads.hold())
             await inline_chat_media(body, self.settings.media, held.add)
+            state[IMAGES_STATE] = chat_images(body)
         if self.mount.on_model is not None:
             await self.mount.on_model(body.get("model"))
         state[BODY_STATE] = body
@@ -276,7 +292,8 @@ class RequestPolicy:
         """A model endpoint's request, once, however it ended, in the per-key metrics and the
         usage ledger (what reached no model, a 401 say, under the model it named or none)."""
         path = scope["path"][len(scope.get("root_path", "")) :] or "/"
-        if scope.get("method") != "POST" or path not in self.mount.model_endpoints:
+        endpoint = self.mount.ledger_endpoint(path) if scope.get("method") == "POST" else None
+        if endpoint is None:
             return
         state = scope.get("state") or {}
         key: APIKey | None = state.get("api_key")
@@ -285,11 +302,12 @@ class RequestPolicy:
         record_answer(
             self.usage,
             key,
-            state.get("model_id") or self.mount.model_id or "",
-            path,
+            state.get(MODEL_STATE) or self.mount.model_id or "",
+            endpoint,
             answer.status or 499,  # no answer began: the client left first
             counts,
             latency_s,
+            answer.media + MediaUsage(images=state.get(IMAGES_STATE, 0)),
         )
 
 
@@ -304,12 +322,18 @@ class _AnswerState:
         self._send = send
         self.started = self.events = self.finished = False
         self.status: int | None = None
+        self.media = MediaUsage()  # what the engine measured, from its answer's header
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
             self.status = message["status"]
-            self.events = is_event_stream(message.get("headers"))
+            headers = message.get("headers") or []
+            self.events = is_event_stream(headers)
+            self.media = MediaUsage.of_header(dict(headers).get(MEDIA_HEADER))
+            if self.media:  # the ledger's, not the client's
+                kept = [(k, v) for k, v in headers if k.lower() != MEDIA_HEADER]
+                message = {**message, "headers": kept}
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)

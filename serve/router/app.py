@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from serve.policy.request_policy import BODY_STATE, PolicyMount, RequestPolicy, 
 from serve.router.admin import install_admin_routes
 from serve.router.api_docs import DOCS_PATH, install_api_docs
 from serve.router.errors import APIError, install_error_handlers
-from serve.router.oip import install_oip_routes
+from serve.router.oip import OIP_INFER_ENDPOINT, OIP_INFER_PATHS, install_oip_routes
 from serve.router.openapi_docs import openapi_description
 from serve.router.pipelines import install_pipeline_routes, pipeline_card
 from serve.router.readiness import Readiness
@@ -76,6 +77,10 @@ class EngineCaller(Protocol):
 ROUTER_MOUNT = PolicyMount(
     metrics_path="router",
     model_endpoints=frozenset(JSON_ENDPOINTS),
+    app_read_endpoints=(
+        *((re.escape(path), path) for path in UPLOAD_ENDPOINTS),
+        (OIP_INFER_PATHS, OIP_INFER_ENDPOINT),
+    ),
     public=frozenset({"/health", CONSOLE_PATH, DOCS_PATH}),
     # the console's and the API docs' pages ask for the key themselves
     public_prefixes=(CONSOLE_PATH + "/", DOCS_PATH + "/"),

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from common.input_errors import InputError
 from common.media_fetch import ByteBudget, fetch_media
+from common.media_usage import MediaUsage
 from common.task_groups import all_or_none
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.policy.auth import admitted, visible
@@ -30,6 +31,8 @@ from serve.router.routing import ModelRoute, RouterSettings, deployment_states, 
 from serve.router.uploads import UploadMemory, read_limited_body
 
 MODEL_VERSION = "1"
+OIP_INFER_ENDPOINT = "/v2/models/{name}/infer"  # the usage ledger's name for both infer paths
+OIP_INFER_PATHS = r"/v2/models/[^/]+(/versions/[^/]+)?/infer"
 MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
@@ -117,7 +120,8 @@ def install_oip_routes(
         answer = {"model_name": route.model_id, "model_version": MODEL_VERSION, "outputs": outputs}
         if inference.id is not None:
             answer["id"] = inference.id
-        return JSONResponse(answer)
+        # the engine's media measures, for the request policy's ledger
+        return JSONResponse(answer, headers=MediaUsage.of_headers(result.headers).headers())
 
 
 def _versioned(route: ModelRoute, version: str) -> ModelRoute:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from common.engine_response import EngineResponse
 from common.input_errors import InputError
 from common.media_fetch import ByteBudget, MediaFetchPolicy, fetch_media
+from common.media_usage import MediaUsage
 from configs.capabilities import Capability
 from configs.pipeline_models import PipelineConfig, PipelineStep
 from serve.policy.auth import admitted, request_key, visible
@@ -45,8 +46,8 @@ TEXT_LIMIT = 100_000  # characters of text or of all documents together
 MAX_DOCUMENTS = 1000
 # A step's tokens reserved against the request's key (``KeyLimits.reserve``): what settles them.
 StepReservation = Callable[[int], Awaitable[Callable[[int], None] | None]]
-# A step's answer for the usage ledger: its model, status and token counts.
-StepRecord = Callable[[str, int, TokenCounts, float], None]
+# A step's answer for the usage ledger: its model, status, token counts, latency and media.
+StepRecord = Callable[[str, int, TokenCounts, float, MediaUsage], None]
 
 
 class StepFailed(APIError):
@@ -246,10 +247,12 @@ class PipelineRun:
         reserve = reserved_tokens(body, route.max_context_tokens)
         settle = await self.reserve(reserve) if self.reserve is not None else None
         spent = TokenCounts()  # the engine refused it, or never had it: the reservation returns
+        media = MediaUsage()
         status, started = 499, time.perf_counter()  # 499: the engine never answered
         try:
             result = await self.engines.call(route, capability, body)
             status, spent = result.status_code, _spent_tokens(result)
+            media = MediaUsage.of_headers(result.headers)
         except asyncio.CancelledError:  # cut by the timeout: its usage never came
             spent = TokenCounts(0, reserve)
             raise
@@ -257,7 +260,8 @@ class PipelineRun:
             if settle is not None:
                 settle(spent.total)
             if self.record is not None:
-                self.record(route.model_id, status, spent, time.perf_counter() - started)
+                latency_s = time.perf_counter() - started
+                self.record(route.model_id, status, spent, latency_s, media)
         if result.status_code != 200:
             raise StepFailed(
                 result.status_code,
@@ -281,8 +285,10 @@ def _step_ledger(request: Request, settings: RouterSettings) -> StepRecord:
     usage = usage_database(settings.usage_database) if settings.usage_database else None
     key = request_key(request)
 
-    def record(model: str, status: int, counts: TokenCounts, latency_s: float) -> None:
-        record_answer(usage, key, model, "/v1/pipelines", status, counts, latency_s)
+    def record(
+        model: str, status: int, counts: TokenCounts, latency_s: float, media: MediaUsage
+    ) -> None:
+        record_answer(usage, key, model, "/v1/pipelines", status, counts, latency_s, media)
 
     return record
 

@@ -14,12 +14,22 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from common.media_usage import MediaUsage
 from serve.usage.tables import UsageRow
 
 logger = logging.getLogger("ray.serve")
 
 FLUSH_S = 1.0
-COUNTS = ("requests", "prompt_tokens", "completion_tokens", "latency_s")
+COUNTS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_s",
+    "audio_in_s",
+    "audio_out_s",
+    "images",
+    "video_s",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class Answered:
     completion_tokens: int = 0
     latency_s: float = 0.0
     at: float = 0.0  # time.time() when it ended
+    media: MediaUsage = MediaUsage()
 
 
 RowKey = tuple[datetime, str, str, str, int]  # minute, key, model, endpoint, status
@@ -63,7 +74,17 @@ class UsageLedger:
             answered.endpoint,
             answered.status,
         )
-        counts = (1, answered.prompt_tokens, answered.completion_tokens, answered.latency_s)
+        media = answered.media
+        counts = (
+            1,
+            answered.prompt_tokens,
+            answered.completion_tokens,
+            answered.latency_s,
+            media.audio_in_s,
+            media.audio_out_s,
+            media.images,
+            media.video_s,
+        )
         with self._lock:
             self._merge(row, counts)
 
@@ -110,7 +131,7 @@ class UsageLedger:
     def _merge(
         self, row: RowKey, counts: Iterable[float], into: dict[RowKey, list[float]] | None = None
     ) -> None:
-        summed = (self._pending if into is None else into).setdefault(row, [0, 0, 0, 0.0])
+        summed = (self._pending if into is None else into).setdefault(row, [0] * len(COUNTS))
         for index, value in enumerate(counts):
             summed[index] += value
 

@@ -16,7 +16,18 @@ from serve.usage.tables import UsageRow
 GROUPS = {"key": UsageRow.key_name, "model": UsageRow.model, "endpoint": UsageRow.endpoint}
 PERIODS = ("minute", "hour", "day", "month")
 DEFAULT_GROUPS = ("key", "model", "endpoint")
-SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "latency_s")
+MEDIA = ("audio_in_s", "audio_out_s", "images", "video_s")  # revision 0002, after the rest
+SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_s",
+    *MEDIA,
+)
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_s", *MEDIA)
+COUNTED = ("requests", "errors", "prompt_tokens", "completion_tokens", "images")  # integers
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ def usage_rows(engine: Engine, query: UsageQuery) -> list[dict[str, Any]]:
         func.sum(UsageRow.prompt_tokens).label("prompt_tokens"),
         func.sum(UsageRow.completion_tokens).label("completion_tokens"),
         func.sum(UsageRow.latency_s).label("latency_s"),
+        *(func.sum(getattr(UsageRow, name)).label(name) for name in MEDIA),
     ]
     statement = select(*columns, *sums).group_by(*columns).order_by(*columns)
     for column, value in ((UsageRow.key_name, query.key), (UsageRow.model, query.model)):
@@ -78,7 +90,7 @@ def _by_period(rows: list[dict[str, Any]], groups: list[str], period: str) -> li
                 **dict.fromkeys(SUMS, 0),
             },
         )
-        for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_s"):
+        for name in SUMMED:
             bucket[name] += row[name] or 0
     return [_totalled(row) for row in folded.values()]
 
@@ -94,10 +106,11 @@ def _period_start(minute: datetime, period: str) -> datetime:
 
 
 def _totalled(row: dict[str, Any]) -> dict[str, Any]:
-    for name in ("requests", "errors", "prompt_tokens", "completion_tokens"):
+    for name in COUNTED:
         row[name] = int(row[name] or 0)
     row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
-    row["latency_s"] = round(float(row["latency_s"] or 0.0), 6)
+    for name in ("latency_s", "audio_in_s", "audio_out_s", "video_s"):
+        row[name] = round(float(row[name] or 0.0), 6)
     return row
 
 

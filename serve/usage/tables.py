@@ -27,6 +27,11 @@ class UsageRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)  # the sum, over its requests
+    # media (revision 0002): seconds of audio in and out, images, seconds of video
+    audio_in_s: Mapped[float] = mapped_column(Float, default=0.0)
+    audio_out_s: Mapped[float] = mapped_column(Float, default=0.0)
+    images: Mapped[int] = mapped_column(BigInteger, default=0)
+    video_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class StoredKey(Base):

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.audio_codec import AudioInputError, decode_audio
 from common.engine_response import EngineResponse
+from common.media_usage import MediaUsage
 from common.transcripts import Segment, Transcript, render
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
@@ -156,6 +157,9 @@ class SpeechToText(TaskRunner):
             segments=segments,
             words=pieces if words else None,
         )
+
+    def measured(self, jobs: list[Job], results: list[Transcript]) -> MediaUsage:
+        return MediaUsage(audio_in_s=sum(result.duration for result in results))
 
     def respond(self, jobs: list[Job], results: list[Transcript]) -> EngineResponse:
         job, result = jobs[0], results[0]

@@ -11,6 +11,7 @@ import numpy as np
 
 from common.audio_codec import change_tempo, encode_audio
 from common.engine_response import EngineResponse
+from common.media_usage import MediaUsage
 from configs.open_api_models import InvalidRequest, parse_request
 from configs.server_models import Capability
 from servers.batching import Job, TaskRunner
@@ -85,6 +86,9 @@ class TextToSpeech(TaskRunner):
     def _pipeline_speech(self, job: Job) -> np.ndarray:
         samples = np.asarray(self.pipe(job.payload)["audio"], dtype=np.float32).reshape(-1)
         return change_tempo(samples, self.sampling_rate, job.request.speed)
+
+    def measured(self, jobs: list[Job], results: list[np.ndarray]) -> MediaUsage:
+        return MediaUsage(audio_out_s=sum(len(samples) for samples in results) / self.sampling_rate)
 
     def respond(self, jobs: list[Job], results: list[np.ndarray]) -> EngineResponse:
         body, media_type = encode_audio(

@@ -4,14 +4,18 @@ deleted it is refused on both paths within 5 s, with no replica restarted."""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import uuid
 from collections import Counter
 
+import av
 import httpx
 import openai
+import pytest
 
+from tests.audio_files import audio_file, duration_s
 from tests.integration.helpers import (
     ADMIN_KEY,
     API_KEY,
@@ -20,10 +24,12 @@ from tests.integration.helpers import (
     wait_until,
 )
 from tests.integration.session_config import CHAT, EMBED, REAL_CHAT
+from tests.media_files import b64, image_file, infer_body, video_file
 
 CHAT_BODY = {"model": CHAT, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 5}
 DOCUMENTS = ["A cat purrs when it is happy.", "Dogs bark at the mailman."]
 REVOKED_WITHIN_S = 5  # the issue's bound: every router and replica refuses a deleted key
+WHISPER, TTS, IMAGES, VIDEO = "tiny-whisper", "tiny-tts", "tiny-vit", "tiny-videomae"
 
 
 def _admin(http_method, platform_url: str, path: str, **kwargs) -> httpx.Response:
@@ -43,6 +49,13 @@ def test_the_admin_api_needs_an_admin_key(platform_url):
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
     other = httpx.get(f"{platform_url}/admin/usage", headers=auth_headers(API_KEY))
     assert other.status_code == 403 and other.json()["error"]["code"] == "admin_key_required"
+
+
+def container_duration_s(video: bytes) -> float:
+    """A video's length as its container states it (what the client sent)."""
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
 
 
 def _key_metric(metrics_url: str, name: str, key: str) -> float:
@@ -134,3 +147,47 @@ def test_a_made_key_is_metered_exactly_on_every_path_and_revoked_live(platform, 
     print(f"deleted key refused on both paths after {refused_after_s:.1f} s")
     assert refused_after_s <= REVOKED_WITHIN_S
     assert replica_actors(platform_url) == actors  # nothing restarted
+
+
+def test_v2_inference_uploads_and_speech_are_metered_with_their_media(platform_url):
+    """``/v2`` inference, both audio uploads and speech synthesis reach the ledger: its requests,
+    and the audio seconds, images and video seconds against what the client sent and got."""
+    name = f"media-{uuid.uuid4().hex[:8]}"
+    made = _admin(httpx.post, platform_url, "/keys", json={"name": name})
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    client = openai.OpenAI(base_url=f"{platform_url}/v1", api_key=key, max_retries=0, timeout=120)
+    http = httpx.Client(base_url=platform_url, headers=auth_headers(key), timeout=120)
+    assert wait_until(
+        lambda: http.get("/v1/models").status_code, lambda s: s == 200, timeout_s=REVOKED_WITHIN_S
+    )
+
+    heard = [audio_file("wav", "pcm_s16le", seconds=s) for s in (2.0, 1.5)]
+    client.audio.transcriptions.create(model=WHISPER, file=("a.wav", heard[0]))
+    client.audio.translations.create(model=WHISPER, file=("b.wav", heard[1]))
+    spoken = client.audio.speech.create(model=TTS, input="hello there", voice="alloy").content
+    png = b64(image_file())
+    images = http.post(f"/v2/models/{IMAGES}/infer", json=infer_body([png, png, png]))
+    assert images.status_code == 200, images.text
+    clip = video_file(frames=16, fps=8)
+    video = http.post(f"/v2/models/{VIDEO}/infer", json=infer_body([b64(clip)], "video"))
+    assert video.status_code == 200, video.text
+
+    def ledger() -> dict:
+        rows = _usage(platform_url, key=name, group_by="model,endpoint")
+        return {(r["model"], r["endpoint"]): r for r in rows}
+
+    v2 = "/v2/models/{name}/infer"
+    rows = wait_until(ledger, lambda r: len(r) == 5, timeout_s=10)
+    transcribed = rows[(WHISPER, "/v1/audio/transcriptions")]
+    translated = rows[(WHISPER, "/v1/audio/translations")]
+    assert (transcribed["requests"], translated["requests"]) == (1, 1)
+    assert transcribed["audio_in_s"] == pytest.approx(duration_s(heard[0]), abs=1e-6)
+    assert translated["audio_in_s"] == pytest.approx(duration_s(heard[1]), abs=1e-6)
+    speech = rows[(TTS, "/v1/audio/speech")]
+    assert speech["requests"] == 1 and speech["audio_out_s"] > 0
+    assert speech["audio_out_s"] == pytest.approx(duration_s(spoken), abs=1e-6)
+    assert (rows[(IMAGES, v2)]["requests"], rows[(IMAGES, v2)]["images"]) == (1, 3)
+    assert rows[(VIDEO, v2)]["requests"] == 1
+    assert rows[(VIDEO, v2)]["video_s"] == pytest.approx(container_duration_s(clip), abs=1e-6)
+    assert all(r["errors"] == 0 for r in rows.values())
