@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from batch.rows import ID, request_body
+from batch.usage import spent
 from common.engine_response import EngineResponse
 from configs.capabilities import Capability
 from configs.server_models import BaseModelEntry
@@ -37,7 +38,7 @@ class EngineActor:
             for values in zip(*(batch[c] for c in columns), strict=True)
         ]
         started = time.perf_counter()
-        answers = self._run(self._answer_all(rows))
+        answers, spending = self._run(self._answer_all(rows))
         share = (time.perf_counter() - started) / max(
             len(rows), 1
         )  # this actor's busy time, per row
@@ -45,13 +46,17 @@ class EngineActor:
             ID: [row[ID] for row in rows],
             "result": [json.dumps(a) for a in answers],
             "seconds": [share] * len(rows),
+            "spent": spending,  # for the usage ledger (batch/usage.py)
         }
 
-    async def _answer_all(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``{"response": ...}`` or ``{"error": ...}`` per row: a bad row is reported, never fails
-        the job."""
+    async def _answer_all(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """``{"response": ...}`` or ``{"error": ...}`` per row (a bad row is reported, never fails
+        the job), and what each spent."""
         bodies: list[tuple[int, dict[str, Any]]] = []
         answers: dict[int, dict[str, Any]] = {}
+        spending = {index: spent(None) for index in range(len(rows))}
         for index, row in enumerate(rows):
             try:
                 body = request_body(row, self.entry.model_id, self.capability, self.parameters)
@@ -62,8 +67,8 @@ class EngineActor:
                 }
         results = await self.engine.handle_many(self.capability, [body for _, body in bodies])
         for (index, _), result in zip(bodies, results, strict=True):
-            answers[index] = _answer(result)
-        return [answers[index] for index in range(len(rows))]
+            answers[index], spending[index] = _answer(result), spent(result)
+        return [answers[index] for index in range(len(rows))], list(spending.values())
 
     def __del__(self):
         try:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from batch.rows import ID, OutputFile, read_rows, row_id
+from batch.usage import DEFAULT_KEY, BatchLedger
 from builders.serve_config import default_config_file
 from common.serve_options import replica_range, replica_shape
 from configs.capabilities import Capability
@@ -72,21 +73,27 @@ def batch_command(argv: list[str]) -> int:
     parser.add_argument(
         "--address", default=None, help="a Ray cluster to run on (default: start one here)"
     )
+    parser.add_argument(
+        "--usage-key",
+        default=DEFAULT_KEY,
+        help="the key name the job's rows are recorded under in the usage ledger, when the "
+        f"config names a usage database (default: {DEFAULT_KEY})",
+    )
     args = parser.parse_args(argv)
 
     from builders.serve_config import load_serve_config  # the same validation a deploy gets
 
     _, loaded = load_serve_config(args.config)
     # The model's deployment (its group's, for a grouped model) sizes the actors.
-    entry, options = next(
+    entry, options, usage_url = next(
         (
-            (m, spec.options)
+            (m, spec.options, config.platform.usage.database)
             for config in loaded.values()
             for spec in config.deployments()
             for m in spec.models
             if m.model_id == args.model
         ),
-        (None, {}),
+        (None, {}, None),
     )
     if entry is None:
         known = sorted(m.model_id for config in loaded.values() for m in config.models)
@@ -105,11 +112,20 @@ def batch_command(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return run_batch(entry, options, capability, args)
+    ledger = BatchLedger(usage_url, args.usage_key, entry.model_id) if usage_url else None
+    try:
+        return run_batch(entry, options, capability, args, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def run_batch(
-    entry: BaseModelEntry, options: dict[str, Any], capability: Capability, args: argparse.Namespace
+    entry: BaseModelEntry,
+    options: dict[str, Any],
+    capability: Capability,
+    args: argparse.Namespace,
+    ledger: BatchLedger | None = None,
 ) -> int:
     import ray
 
@@ -133,6 +149,9 @@ def run_batch(
     with _progress(args.input) as progress:
         for batch in _answered(rows, entry, options, capability, args):
             busy += float(sum(batch["seconds"]))
+            if ledger is not None:
+                for spending, seconds in zip(batch["spent"], batch["seconds"], strict=True):
+                    ledger.record(str(spending), float(seconds))
             for identifier, result in zip(batch[ID], batch["result"], strict=True):
                 record = {ID: str(identifier), **json.loads(result)}
                 failed += "error" in record

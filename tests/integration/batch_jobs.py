@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from tests.audio_files import audio_file
 from tests.integration.helpers import ROOT
@@ -89,14 +90,27 @@ def _embeddings_job(work: Path) -> list[str]:
     ]
 
 
+AUDIO_TAKES_S = (1.0, 2.0, 3.0)  # the recordings' lengths, for the usage ledger's audio seconds
+BATCH_USAGE_KEY = "nightly-transcripts"
+
+
 def _audio_job(work: Path) -> list[str]:
+    """The default config with a usage database: the job's rows go to its ledger too."""
     (work / "recordings").mkdir()
-    for i in range(3):
+    for i, seconds in enumerate(AUDIO_TAKES_S):
         (work / "recordings" / f"take{i}.wav").write_bytes(
-            audio_file("wav", "pcm_s16le", seconds=1.0 + i)
+            audio_file("wav", "pcm_s16le", seconds=seconds)
         )
     (work / "recordings" / "notes.wav").write_bytes(b"%PDF-1.4 not audio")
+    config = yaml.safe_load((ROOT / "model_config.yaml").read_text())
+    platform = next(app for app in config["applications"] if "models" in app.get("args", {}))
+    platform["args"]["usage"] = {"database": f"sqlite:///{(work / 'usage.db').resolve()}"}
+    (work / "with_usage.yaml").write_text(yaml.safe_dump(config))
     return [
+        "--config",
+        str(work / "with_usage.yaml"),
+        "--usage-key",
+        BATCH_USAGE_KEY,
         "--model",
         "tiny-whisper",
         "--input",

@@ -15,7 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.batch_jobs import Job, parsed_records, records_in
+from serve.usage.database import open_engine
+from serve.usage.reports import UsageQuery, usage_rows
+from tests.integration.batch_jobs import (
+    AUDIO_TAKES_S,
+    BATCH_USAGE_KEY,
+    Job,
+    parsed_records,
+    records_in,
+)
 from tests.integration.helpers import ROOT, platform_env
 
 pytestmark = pytest.mark.batch_jobs
@@ -64,6 +72,13 @@ def test_a_folder_of_audio_is_transcribed_and_a_folder_of_images_classified(jobs
         for i in range(3)
     )
     assert transcripts[str(recordings / "notes.wav")]["error"]["status"] == 400
+    # the config names a usage database: every row is in its ledger, under the job's key
+    (row,) = usage_rows(
+        open_engine(f"sqlite:///{audio.work / 'usage.db'}"), UsageQuery(key=BATCH_USAGE_KEY)
+    )
+    assert (row["model"], row["endpoint"]) == ("tiny-whisper", "batch")
+    assert (row["requests"], row["errors"]) == (4, 1)
+    assert row["audio_in_s"] == pytest.approx(sum(AUDIO_TAKES_S), abs=1e-6)
 
     images = jobs["images"]
     assert "4 answered" in images.result()
