@@ -8,8 +8,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from alembic import command
+from alembic.config import Config
 from fastapi.testclient import TestClient
 from router_fakes import CHAT, TENSOR_ROUTES, FakeEngines
+from sqlalchemy import create_engine, text
 
 from common.engine_response import EngineResponse
 from common.media import FrameSampling, decode_clip
@@ -19,7 +22,7 @@ from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.router.app import create_router_app
 from serve.router.routing import ModelRoute, RouterSettings
-from serve.usage.database import usage_database
+from serve.usage.database import MIGRATIONS, open_engine, usage_database
 from serve.usage.reports import UsageQuery, as_csv, usage_rows
 from servers.audio.speech_to_text import SpeechToText
 from servers.audio.text_to_speech import TextToSpeech
@@ -174,3 +177,29 @@ def test_v2_uploads_speech_and_chat_images_are_recorded_with_their_media(router)
     assert any(
         line.startswith("asr,1,0,0,0,0,") and line.endswith(",2.5,0.0,0,0.0") for line in lines
     )
+
+
+def _migrated(url: str, revision: str, downgrade: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with create_engine(url).begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if downgrade else command.upgrade)(config, revision)
+
+
+def test_a_ledger_made_before_the_media_columns_keeps_its_rows_with_none(tmp_path):
+    url = f"sqlite:///{tmp_path}/usage.db"
+    _migrated(url, "0001")
+    with create_engine(url).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO usage_minutes VALUES ('2026-11-03 10:15:00', 'team-a', 'chat', "
+                "'/v1/chat/completions', 200, 2, 5, 7, 0.5)"
+            )
+        )
+    (row,) = usage_rows(open_engine(url), UsageQuery())  # opening it upgrades it to 0002
+    assert (row["requests"], row["prompt_tokens"], row["total_tokens"]) == (2, 5, 12)
+    assert (row["audio_in_s"], row["audio_out_s"], row["images"], row["video_s"]) == (0, 0, 0, 0)
+    _migrated(url, "0001", downgrade=True)  # and back: the old columns as they were
+    with create_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT * FROM usage_minutes")).one()[5:] == (2, 5, 7, 0.5)
