@@ -1,10 +1,13 @@
 """Editing the YAML of the running session platform: only what changed restarts.
 
-An edit adds B (an image classifier) and D (an embedding model on vLLM). While a client streams
-from tiny-chat through both the shared ``/v1`` and its own URL, ``deploy_app.py --address auto``
-applies an edit that adds C, removes B and changes D's ``max_num_seqs``: every model of the
-session stays up. Then tiny-chat's replica is killed while it streams, and an edit of
-``router.request_timeout_s`` cuts a request that runs past it, on both paths. Last, ``--watch``
+An edit adds B and D (image classifiers). While a client streams from tiny-chat through both the
+shared ``/v1`` and its own URL, ``deploy_app.py --address auto`` applies an edit that adds C,
+removes B, changes D's ``top_k`` and removes cold-chat (a vLLM model with a URL of its own, so
+HAProxy's routes change under the streams): every other model of the session stays up. (D is a
+transformers model, restarted in seconds: which replicas an edit restarts is the same for every
+model type, one application per model; a vLLM D cost two cold vLLM starts.) Then tiny-chat's
+replica is killed while it streams, and an edit of ``router.request_timeout_s`` cuts a request
+that runs past it, on both paths. Last, ``--watch``
 applies each save of the file, the session's own config among them.
 
 Each edit is the session's config with the test's changes, so it also takes back what the test
@@ -38,13 +41,13 @@ from tests.integration.helpers import (
     replica_actors,
     wait_until,
 )
-from tests.integration.session_config import CHAT
+from tests.integration.session_config import CHAT, COLD_CHAT
 from tests.media_files import b64, image_file, infer_body
 
 pytestmark = pytest.mark.edits_platform
 
 
-def _vit(model_id: str) -> dict:
+def _vit(model_id: str, top_k: int = 5) -> dict:
     return {
         "model_loading_config": {
             "model_id": model_id,
@@ -52,35 +55,18 @@ def _vit(model_id: str) -> dict:
             "type": "vision",
         },
         "deployment_config": {"ray_actor_options": {"num_cpus": 0.05}},
-        "engine_kwargs": {"task": "image-classification"},
+        "engine_kwargs": {"task": "image-classification", "top_k": top_k},
     }
 
 
-def _embedder(max_num_seqs: int) -> dict:
-    return {
-        "model_loading_config": {
-            "model_id": "d-embed",
-            "model_source": "./.models/all-minilm-l6-v2",
-            "type": "vllm",
-        },
-        "deployment_config": {"ray_actor_options": {"num_cpus": 0.1}},
-        "engine_kwargs": {
-            "runner": "pooling",
-            "max_model_len": 128,
-            "max_num_seqs": max_num_seqs,
-            "kv_cache_memory_bytes": 32 * 1024 * 1024,
-            "dtype": "float32",
-            "enforce_eager": True,
-            "distributed_executor_backend": "uni",
-        },
-    }
-
-
-def _with(platform, models: list[dict] = (), **router) -> dict:
-    """The session's config with ``models`` added and ``router`` settings changed."""
+def _with(platform, models: list[dict] = (), removed: tuple[str, ...] = (), **router) -> dict:
+    """The session's config with ``models`` added, ``removed`` taken out and ``router`` settings
+    changed."""
     config = copy.deepcopy(platform.config)
     args = config["applications"][0]["args"]
-    args["models"] += models
+    args["models"] = [
+        m for m in args["models"] if m["model_loading_config"]["model_id"] not in removed
+    ] + list(models)
     args["router"] = {**args.get("router", {}), **router}
     return config
 
@@ -187,14 +173,19 @@ def test_a_key_entry_added_then_removed_in_the_file_applies_without_a_restart(se
 
 def test_an_edit_restarts_only_what_changed(session):
     base = session.url
-    _applied(session, _with(session, [_vit("b-vit"), _embedder(8)]))
+    _applied(session, _with(session, [_vit("b-vit"), _vit("d-vit", top_k=1)]))
     before = _models(base)
-    assert {"b-vit", "d-embed", CHAT} <= set(before)
-    untouched = {m: a for m, a in replica_actors(base).items() if m not in ("b-vit", "d-embed")}
+    assert {"b-vit", "d-vit", CHAT, COLD_CHAT} <= set(before)
+    changed = ("b-vit", "d-vit", COLD_CHAT)
+    untouched = {m: a for m, a in replica_actors(base).items() if m not in changed}
+    assert len(_labels(base, "d-vit")) == 1
     streaming = StreamingClient(base)
     streaming.start()
     try:
-        _applied(session, _with(session, [_embedder(16), _vit("c-vit")]))
+        _applied(
+            session,
+            _with(session, [_vit("d-vit", top_k=3), _vit("c-vit")], removed=(COLD_CHAT,)),
+        )
     finally:
         streaming.stop.set()
         streaming.join(120)
@@ -203,20 +194,29 @@ def test_an_edit_restarts_only_what_changed(session):
         streaming.failures[:3],
     )
     after = _models(base)
-    assert set(after) == set(before) - {"b-vit"} | {"c-vit"}
+    assert set(after) == set(before) - {"b-vit", COLD_CHAT} | {"c-vit"}
     # every model the edit did not name kept its replica, the one it changed got a new one
     assert {m: a for m, a in replica_actors(base).items() if m in untouched} == untouched
-    assert after["d-embed"]["placement"]["actor_id"] != before["d-embed"]["placement"]["actor_id"]
-    assert after["d-embed"]["max_num_seqs"] == 16
+    assert after["d-vit"]["placement"]["actor_id"] != before["d-vit"]["placement"]["actor_id"]
+    assert len(_labels(base, "d-vit")) == 3  # the new replica runs the new setting
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
     listed = {m.id for m in client.models.list().data}
-    assert {"c-vit", "d-embed"} <= listed and "b-vit" not in listed
+    assert {"c-vit", "d-vit"} <= listed and not {"b-vit", COLD_CHAT} & listed
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="b-vit", messages=HELLO)
-    image = httpx.post(
-        f"{base}/v2/models/c-vit/infer", headers=auth_headers(), timeout=60, json=_image_request()
+    gone = httpx.get(f"{base}/models/{COLD_CHAT}/v1/models", headers=auth_headers(), timeout=30)
+    assert gone.status_code == 404, gone.text  # its own URL left HAProxy's routes
+    assert _labels(base, "c-vit")
+
+
+def _labels(base: str, model: str) -> list[str]:
+    """The labels ``model`` gives one image, asking for no ``top_k`` of its own."""
+    answer = httpx.post(
+        f"{base}/v2/models/{model}/infer", headers=auth_headers(), timeout=60, json=_image_request()
     )
-    assert image.status_code == 200 and image.json()["outputs"], image.text
+    assert answer.status_code == 200, answer.text
+    (labels,) = [o for o in answer.json()["outputs"] if o["name"] == "labels"]
+    return labels["data"]
 
 
 def test_a_bad_edit_changes_nothing(session):
