@@ -1,6 +1,7 @@
 """The usage ledger and the admin API on the session platform (SQLite in its work dir): a key
 made live is metered exactly on the router, on the one-hop URL and through a pipeline, and once
-deleted it is refused on both paths within 5 s, with no replica restarted."""
+deleted it is refused on both paths within 5 s, with no replica restarted; ``/v2`` inference, the
+audio uploads and speech are metered too, with their audio seconds, images and video seconds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from common.media_usage import MEDIA_USAGE_HEADER
 from tests.audio_files import audio_file, duration_s
 from tests.integration.helpers import (
     ADMIN_KEY,
@@ -165,10 +167,13 @@ def test_v2_inference_uploads_and_speech_are_metered_with_their_media(platform_u
     heard = [audio_file("wav", "pcm_s16le", seconds=s) for s in (2.0, 1.5)]
     client.audio.transcriptions.create(model=WHISPER, file=("a.wav", heard[0]))
     client.audio.translations.create(model=WHISPER, file=("b.wav", heard[1]))
-    spoken = client.audio.speech.create(model=TTS, input="hello there", voice="alloy").content
+    spoken = client.audio.speech.create(
+        model=TTS, input="hello there", voice="alloy", response_format="wav"
+    ).content  # wav: every sample the model made, no encoder padding
     png = b64(image_file())
     images = http.post(f"/v2/models/{IMAGES}/infer", json=infer_body([png, png, png]))
     assert images.status_code == 200, images.text
+    assert MEDIA_USAGE_HEADER not in images.headers  # the ledger's, not the client's
     clip = video_file(frames=16, fps=8)
     video = http.post(f"/v2/models/{VIDEO}/infer", json=infer_body([b64(clip)], "video"))
     assert video.status_code == 200, video.text
