@@ -12,6 +12,7 @@ there); the build, rebuild, ready and stop times are printed, not asserted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -27,6 +28,7 @@ import yaml
 
 from tests.audio_files import audio_file
 from tests.integration.helpers import free_port, wait_until
+from tests.media_files import image_file
 
 pytestmark = pytest.mark.image
 
@@ -241,6 +243,28 @@ def test_sigterm_drains_and_exits_0_within_the_grace_period(served):
     state = engine("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name).stdout
     logs = engine("logs", "--tail", "30", name, check=False)
     assert state.split() == ["exited", "0"], logs.stdout + logs.stderr
+
+
+def test_the_image_runs_a_batch_job_read_only(image, tmp_path):
+    """``deploy_app.py batch`` in a container of its own (after the served one stopped), as a user
+    runs it: read-only, its data on a volume, the default config's tiny-vit."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for seed in range(4):
+        (data / "images" / f"{seed}.png").write_bytes(image_file(seed=seed))
+    data.chmod(0o777)  # the container's user (1000) writes the output there
+    command = ["python", "deploy_app.py", "batch", "--model", "tiny-vit"]
+    command += ["--input", "/data/images/*.png", "--output", "/data/labels.jsonl"]
+    start = time.monotonic()
+    result = engine(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--shm-size", SHM,
+        "--volume", f"{data}:/data", image, *command, check=False, timeout=900,
+    )  # fmt: skip
+    print(f"batch job in the image: {time.monotonic() - start:.0f} s")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and not [row for row in rows if row.get("error")], rows[:2]
+    assert all(row["response"] for row in rows), rows[:2]
 
 
 @pytest.fixture
