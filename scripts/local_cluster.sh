@@ -19,7 +19,8 @@
 # is killed and started again recovers the cluster's applications (GCS fault tolerance).
 # Settings: LOCAL_CLUSTER_SUBNET (10.213.0, a /24), LOCAL_CLUSTER_HEAD_CPUS (0: the head runs Ray's
 # control plane and a proxy, as on KubeRay), LOCAL_CLUSTER_WORKER_CPUS (3, logical: more than the
-# cores, so replicas of a small machine fit across nodes), LOCAL_CLUSTER_DIR (/tmp/rsp-lc).
+# cores, so replicas of a small machine fit across nodes), LOCAL_CLUSTER_RESOURCES_<i> (node i's
+# custom Ray resources, JSON: '{"ingress": 1}'), LOCAL_CLUSTER_DIR (/tmp/rsp-lc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -94,6 +95,10 @@ start_node() {
       cpus=${LOCAL_CLUSTER_WORKER_CPUS:-3}
       set -- --address "$(addr 0):$GCS_PORT"
     fi
+    # Custom resources of node i (LOCAL_CLUSTER_RESOURCES_<i>, Ray's JSON): replicas that ask for
+    # one land only on the nodes that offer it, as on a cluster with dedicated ingress nodes.
+    local resources=LOCAL_CLUSTER_RESOURCES_$i
+    [ -z "${!resources:-}" ] || set -- "$@" --resources "${!resources}"
     in_ns "$(ns "$i")" "$ROOT/.venv/bin/ray" start "$@" --node-ip-address "$(addr "$i")" \
       --num-cpus "$cpus" --temp-dir "$STATE/n$i" --disable-usage-stats \
       >"$STATE/n$i.log" 2>&1 || { tail -20 "$STATE/n$i.log" >&2; die "node $i did not start"; }

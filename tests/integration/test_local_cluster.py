@@ -27,8 +27,15 @@ import psutil
 import pytest
 import yaml
 
-from tests.integration.helpers import API_KEY, ROOT, auth_headers, wait_until
-from tests.media_files import image_file
+from tests.integration.helpers import (
+    ADMIN_KEY,
+    ADMIN_KEY_ENTRY,
+    API_KEY,
+    ROOT,
+    auth_headers,
+    wait_until,
+)
+from tests.media_files import b64, image_file, infer_body
 
 pytestmark = [
     pytest.mark.cluster,
@@ -39,6 +46,7 @@ SCRIPT = ROOT / "scripts" / "local_cluster.sh"
 STATE = Path("/tmp/rsp-lc")  # the script's default state directory
 PREFIX = "rsplc-"  # of the namespaces and links it makes
 TWIN = "twin-chat"  # two replicas, each too large to share a worker with the other
+INGRESS = "ingress"  # the custom resource of the nodes that may run a router: the head, worker 1
 ENGINE = {
     "max_model_len": 256,
     "max_num_seqs": 8,
@@ -71,10 +79,18 @@ def _config(*models: dict) -> dict:
                 "args": {
                     "models": list(models),
                     "api_keys_env": "PLATFORM_TEST_API_KEYS",
+                    "api_keys": [ADMIN_KEY_ENTRY],  # sees /ready's replica nodes
                     # Two routers on two nodes, as a cluster that may lose a node runs them:
                     # /v1 survives the loss of any one node, the head included (without the
-                    # limit Ray put both on the head at times: /v1 was down with it).
-                    "router": {"num_replicas": 2, "max_replicas_per_node": 1},
+                    # limit Ray put both on the head at times: /v1 was down with it). Only the
+                    # head and worker 1 offer the "ingress" resource: worker 2, which the worker
+                    # test kills, runs no router, so every /v1 stream it carried must end with
+                    # the error event.
+                    "router": {
+                        "num_replicas": 2,
+                        "max_replicas_per_node": 1,
+                        "ray_actor_options": {"num_cpus": 0, "resources": {INGRESS: 1}},
+                    },
                 },
             }
         ]
@@ -102,13 +118,12 @@ class LocalCluster:
     def url(self, node: int) -> str:
         return f"http://{self.nodes[node]}:8000"
 
-    def deploy(self, config: dict, from_node: int = 0) -> str:
-        """``config`` applied by a driver on node ``from_node``; what the deploy printed."""
+    def deploy(self, config: dict, from_node: int = 0) -> None:
+        """``config`` applied by a driver on node ``from_node`` (the head by default)."""
         path = self.workdir / "cluster.yaml"
         path.write_text(yaml.safe_dump(config))
         result = self.run("deploy", str(path), LOCAL_CLUSTER_DRIVER_NODE=str(from_node))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
 
     def state(self, expression: str) -> list:
         """``expression`` evaluated on the head with Ray's state API at hand (``actors(**filters)``,
@@ -137,10 +152,11 @@ def _alive_replicas(deployment: str, app: str = "") -> str:
 # The state API from the head (a node or an actor being lost, its lists can be short of the
 # total it counts: what is there is what is wanted).
 STATE_PRELUDE = """import json, os
-from ray.util.state import list_actors, list_nodes
+from ray.util.state import list_actors, list_jobs, list_nodes
 where = dict(address=os.environ["RAY_API_SERVER_ADDRESS"], raise_on_missing_output=False)
 def nodes(**f): return list_nodes(filters=[(k, "=", v) for k, v in f.items()], **where)
 def actors(**f): return list_actors(filters=[(k, "=", v) for k, v in f.items()], **where)
+def jobs(): return list_jobs(**where)
 ips = {n.node_id: n.node_ip for n in nodes()}
 """
 
@@ -164,8 +180,10 @@ def cluster(tmp_path_factory):
     env = {
         **os.environ,
         "PLATFORM_TEST_API_KEYS": API_KEY,
+        "PLATFORM_TEST_ADMIN_KEY": ADMIN_KEY,
         "LOCAL_CLUSTER_HEAD_CPUS": "1",
         "LOCAL_CLUSTER_WORKER_CPUS": "5",
+        **{f"LOCAL_CLUSTER_RESOURCES_{node}": json.dumps({INGRESS: 1}) for node in (0, 1)},
     }
     local = LocalCluster({}, env, tmp_path_factory.mktemp("local-cluster"), redis)
     try:
@@ -232,7 +250,7 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
     )
     assert len(twin_nodes) == 2 and made == sorted([deployed.nodes[1], deployed.nodes[2]])
     routers = deployed.replica_nodes("MultiModelRouter", app="platform")
-    assert len(set(routers)) == 2, routers  # router.max_replicas_per_node: 1
+    assert routers == [deployed.nodes[0], deployed.nodes[1]], routers  # where "ingress" is
     # What the operator's status shows (each running replica's node), and /ready from a worker
     status = deployed.run(
         "exec", str(ROOT / ".venv" / "bin" / "python"), "deploy_app.py", "status",
@@ -240,22 +258,28 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
     )  # fmt: skip
     (line,) = [row for row in status.stdout.splitlines() if TWIN in row.split()]
     assert ",".join(made) in line.split(), status.stdout + status.stderr[-2000:]
-    with httpx.Client(headers=auth_headers(), timeout=60) as client:
+    with httpx.Client(headers=auth_headers(ADMIN_KEY), timeout=60) as client:
         ready = client.get(deployed.url(1) + "/ready").json()["models"][TWIN]["replicas"]
-    assert ready["running"] == 2 and len(ready["nodes"]) == 2, ready  # addresses: admins only
+    assert ready["running"] == 2 and sorted(ready["nodes"]) == made, ready  # admins see them
 
 
 def test_a_live_edit_from_a_worker_reaches_every_nodes_proxy(deployed):
     """``deploy_app.py --address`` run on worker 1 adds a model; every node's proxy serves it at
     once (the edit back runs on the head)."""
-    printed = deployed.deploy(_config(TWIN_MODEL, VIT), from_node=1)
-    # the driver ran on worker 1's node: it prints that node's metrics endpoint
-    assert f"http://{deployed.nodes[1]}:" in printed, printed[-2000:]
+    deployed.deploy(_config(TWIN_MODEL, VIT), from_node=1)
+    # the driver that applied it ran on worker 1's node, as Ray's job table says
+    newest = "max((j for j in jobs() if j.type == 'DRIVER'), key=lambda j: j.start_time)"
+    assert deployed.state(f"{newest}.driver_info.node_ip_address") == deployed.nodes[1]
     try:
         with httpx.Client(headers=auth_headers(), timeout=120) as client:
             for node in deployed.nodes:
                 models = client.get(deployed.url(node) + "/v1/models").json()["data"]
                 assert "tiny-vit" in {m["id"] for m in models}, (node, models)
+                classified = client.post(
+                    deployed.url(node) + "/v2/models/tiny-vit/infer",
+                    json=infer_body([b64(image_file(seed=node))]),
+                )
+                assert classified.status_code == 200, (node, classified.text)
     finally:
         deployed.deploy(_config(TWIN_MODEL))
 
@@ -313,8 +337,8 @@ def killed_under_load(cluster: LocalCluster, node: int, urls: list[str]):
 
 
 def _stream_outcome(client: httpx.Client, url: str, body: dict) -> str:
-    """ok, error-event (the OpenAI error in the stream), cut (the connection ended), or the
-    status of a refused request (``_refusal``)."""
+    """ok, error-event (the OpenAI error in the stream, then [DONE]), cut (the connection ended),
+    or the status of a refused request (``_refusal``)."""
     try:
         with _chat_stream(client, url, body) as response:
             if response.status_code != 200:
@@ -323,9 +347,10 @@ def _stream_outcome(client: httpx.Client, url: str, body: dict) -> str:
             lines = [line for line in response.iter_lines() if line]
     except httpx.HTTPError:
         return "cut"
+    done = bool(lines) and lines[-1] == "data: [DONE]"
     if any('"error"' in line for line in lines):
-        return "error-event"
-    return "ok" if lines and lines[-1] == "data: [DONE]" else "cut"
+        return "error-event" if done else "error-event without [DONE]"
+    return "ok" if done else "cut"
 
 
 def _refusal(response: httpx.Response) -> str:
@@ -380,22 +405,34 @@ def test_a_worker_lost_under_load(deployed):
     nodes = wait_until(
         lambda: deployed.replica_nodes(TWIN), lambda n: len(n) == 2, timeout_s=600, every_s=2
     )
+    placed_s = time.monotonic() - back_at
+    _serving_on_both_replicas(deployed)  # the new replica's engine started: full strength
     full_s = time.monotonic() - back_at
     deployed.log.append(
         f"worker 2 killed under {len(urls) * 2} streams (routers on {routers}): started before "
         f"the kill {before}, "
         f"after {after} (by path, before and after: {by_path}); Ray saw its replica dead "
-        f"{detected_s:.0f} s after the kill; two replicas again {full_s:.0f} s after the node "
-        f"came back ({nodes})"
+        f"{detected_s:.0f} s after the kill; two replicas placed {placed_s:.0f} s and both "
+        f"serving {full_s:.0f} s after the node came back ({nodes})"
     )
     assert set(after) == {"ok"}, after  # every request started after the kill succeeded
     assert set(before) <= {"ok", "error-event", "cut", "503"}, before
-    # A /v1 stream whose replica was lost ends with the error event, unless the router relaying
-    # it was lost too (then only its connection can end)
-    shared_before = by_path[SHARED][0]
-    if deployed.nodes[2] not in routers:
-        assert set(shared_before) <= {"ok", "error-event", "503"}, (routers, shared_before)
+    # No router on the lost worker (the head and worker 1 run them): a /v1 stream whose replica
+    # was lost ends with the error event and [DONE], never cut
+    assert routers == [deployed.nodes[0], deployed.nodes[1]], routers
+    assert set(by_path[SHARED][0]) <= {"ok", "error-event", "503"}, by_path
     assert len(nodes) == 2
+
+
+def _serving_on_both_replicas(cluster: LocalCluster) -> None:
+    """Until /ready (through worker 1) counts both of the model's replicas running."""
+    with httpx.Client(headers=auth_headers(), timeout=60) as client:
+        wait_until(
+            lambda: client.get(cluster.url(1) + "/ready").json()["models"][TWIN]["replicas"],
+            lambda replicas: replicas["running"] == replicas["target"] == 2,
+            timeout_s=600,
+            every_s=1,
+        )
 
 
 def _a_worker_without_the_token_is_refused(cluster: LocalCluster) -> None:
@@ -487,13 +524,7 @@ def test_the_head_lost_under_load_with_gcs_fault_tolerance(deployed):
         pytest.skip("needs Debian's redis-server (apt-get install -y redis-server)")
     # Both replicas serving (a replica the worker test replaced may still be starting: a
     # controller that recovers finds it uninitialized and starts it again)
-    with httpx.Client(headers=auth_headers(), timeout=60) as client:
-        wait_until(
-            lambda: client.get(deployed.url(1) + "/ready").json()["models"][TWIN]["replicas"],
-            lambda replicas: replicas["running"] == replicas["target"] == 2,
-            timeout_s=600,
-            every_s=2,
-        )
+    _serving_on_both_replicas(deployed)
     replicas = deployed.replica_actors(TWIN)
     routers = deployed.replica_nodes("MultiModelRouter", app="platform")
     urls = [deployed.url(1) + path for path in (SHARED, ONE_HOP)]
