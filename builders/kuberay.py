@@ -246,7 +246,7 @@ def render(
     raw = load_yaml(config_path)
     _, loaded = validate_serve_config(raw)  # the whole file first, as a deploy would
     image = image or default_image(loaded)
-    lock = lock or Lockdown(ray_token_secret=f"{name}-ray-token")
+    lock = _with_yaml_gcs_redis(lock or Lockdown(ray_token_secret=f"{name}-ray-token"), loaded)
     # Keys reach only the containers of a cluster that serves: a RayJob's cluster runs a job
     # (a batch job, a benchmark) and gets none unless it serves the platform itself.
     serves = kind == "rayservice" or job_serves
@@ -297,6 +297,20 @@ def validate(manifest: dict) -> list[str]:
         f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
         for e in validator.iter_errors(manifest)
     ]
+
+
+def _with_yaml_gcs_redis(lock: Lockdown, loaded: dict[str, LoadedConfig]) -> Lockdown:
+    """``lock`` with the Redis of the platform's ``gcs_fault_tolerance:`` unless the flags named
+    one (the flags win)."""
+    asked = [c.platform.gcs_fault_tolerance for c in loaded.values()]
+    yaml_redis = next((redis for redis in asked if redis is not None), None)
+    if lock.gcs_redis_address or yaml_redis is None:
+        return lock
+    return dataclasses.replace(
+        lock,
+        gcs_redis_address=yaml_redis.redis_address,
+        gcs_redis_password_secret=yaml_redis.redis_password_secret,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from common.config_errors import ConfigError, ConfigIssue
 from common.serve_options import MERGED_BATCHES
 from configs.api_keys import MIN_KEY_LENGTH, APIKey, APIKeyEntry, refuse_inline_keys
 from configs.capabilities import Capability, ModelType
+from configs.cluster_models import GcsFaultToleranceConfig
 from configs.pipeline_models import PipelineConfig
 from configs.usage_models import UsageConfig
 
@@ -675,6 +676,12 @@ class PlatformSettings(StrictModel):
     usage: UsageConfig = Field(
         default_factory=UsageConfig,
         description="the usage ledger's database (and the keys made through /admin/keys)",
+    )
+    gcs_fault_tolerance: GcsFaultToleranceConfig | None = Field(
+        default=None,
+        description="KubeRay: keep the head's GCS state in this Redis, so a restarted head "
+        "recovers the applications (rendered by deploy_app.py kuberay as "
+        "gcsFaultToleranceOptions; its --gcs-redis-* flags override it); unset: none",
     )
 
     keys_in_user_config: bool = Field(

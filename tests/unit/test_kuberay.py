@@ -203,6 +203,32 @@ def test_gcs_fault_tolerance_and_secrets_from_the_command_line(capsys):
     assert len(cluster["networkPolicy"]["worker"]["ingressRules"]) == 1  # the serving port alone
 
 
+def test_gcs_fault_tolerance_asked_in_the_yaml(tmp_path, capsys):
+    raw = yaml.safe_load(Path("examples/production.yaml").read_text())
+    raw["applications"][0]["args"]["gcs_fault_tolerance"] = {
+        "redis_address": "redis.db:6379",
+        "redis_password_secret": "redis",
+    }
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    argv = ["rayservice", "--config", str(config), "--image", "img"]
+    assert main(argv) == 0
+    cluster = yaml.safe_load(capsys.readouterr().out)["spec"]["rayClusterConfig"]
+    assert cluster["gcsFaultToleranceOptions"]["redisAddress"] == "redis.db:6379"
+    assert main(argv + ["--gcs-redis-address", "other:6380"]) == 0  # the flag wins
+    cluster = yaml.safe_load(capsys.readouterr().out)["spec"]["rayClusterConfig"]
+    assert cluster["gcsFaultToleranceOptions"] == {"redisAddress": "other:6380"}
+
+
+def test_a_bad_gcs_redis_address_in_the_yaml_names_the_field(tmp_path, capsys):
+    raw = yaml.safe_load(Path("examples/production.yaml").read_text())
+    raw["applications"][0]["args"]["gcs_fault_tolerance"] = {"redis_address": "no port"}
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["rayservice", "--config", str(config), "--image", "img"]) == 1
+    assert "gcs_fault_tolerance.redis_address" in capsys.readouterr().err
+
+
 def test_api_keys_reach_only_the_containers_of_a_cluster_that_serves():
     keys = {"PLATFORM_API_KEYS", "SEARCH_TEAM_KEY"}
     assert all(_key_variables(c) == keys for c in _containers(_cluster()))
