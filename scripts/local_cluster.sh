@@ -170,12 +170,23 @@ down() {
 }
 
 kill_node_ns() { # SIGKILL to every process in namespace $1 at once, until none is left
-  local pids deadline=$((SECONDS + 30))
+  local pids deadline=$((SECONDS + 30)) shared=""
   while pids=$(ip netns pids "$1" 2>/dev/null) && [ -n "$pids" ]; do
+    shared+=" $(shared_memory_of $pids)"
     kill -9 $pids 2>/dev/null || true
     [ $SECONDS -lt $deadline ] || die "processes of $1 survive SIGKILL: $pids"
     sleep 0.1
   done
+  # What a killed process cannot unlink itself (vLLM's engine queues, psm_*: 160 MiB each), as the
+  # host's reboot would clear it; only the files these processes had mapped.
+  rm -f $shared
+}
+
+shared_memory_of() { # the /dev/shm files that processes "$@" have mapped
+  local pid
+  for pid in "$@"; do
+    sed -n 's|^.* \(/dev/shm/[^ ]*\)$|\1|p' "/proc/$pid/maps" 2>/dev/null || true
+  done | sort -u
 }
 
 deploy() {
