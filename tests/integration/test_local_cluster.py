@@ -235,14 +235,17 @@ def test_every_nodes_proxy_serves_both_paths(deployed):
 
 
 def test_ray_placed_the_replicas_where_the_plan_said(deployed):
-    from builders.placement import plan
-    from builders.serve_config import validate_serve_config
-
-    _, loaded = validate_serve_config(_config(TWIN_MODEL))
-    # The workers alone (the head's 1 CPU fits no twin-chat replica): --plan --nodes 2
-    # --cpus-per-node 5 --gpus-per-node 0
-    predicted = plan(loaded, 2, 0, 5)
-    twin_nodes = {p.node for p in predicted if p.deployment == TWIN}
+    # The operator's command, on the workers alone (the head's 1 CPU fits no twin-chat replica)
+    config = deployed.workdir / "plan.yaml"
+    config.write_text(yaml.safe_dump(_config(TWIN_MODEL)))
+    printed = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "deploy_app.py", "--config", str(config)]
+        + ["--plan", "--nodes", "2", "--cpus-per-node", "5", "--gpus-per-node", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    # its table's rows: node, gpus, deployment, replica, cpus
+    rows = [line.split() for line in printed.splitlines()]
+    twin_nodes = {row[0] for row in rows if len(row) == 5 and row[2] == TWIN}
     made = deployed.replica_nodes(TWIN)
     deployed.log.append(
         f"placement of {TWIN}: predicted nodes {sorted(twin_nodes)} of 2 workers, "
