@@ -86,11 +86,15 @@ def postgres_url() -> Iterator[str]:
 WRITER = """
 import sys, time
 from serve.usage.database import UsageDatabase
+from common.media_usage import MediaUsage
 from serve.usage.ledger import Answered
 db = UsageDatabase(sys.argv[1])
 model, count = sys.argv[2], int(sys.argv[3])
+media = MediaUsage(audio_in_s=0.5, audio_out_s=0.25, images=2, video_s=1.5)
 for n in range(count):
-    db.record(Answered("team-a", model, "/v1/chat/completions", 200, 3, n % 5, 0.01, time.time()))
+    db.record(
+        Answered("team-a", model, "/v1/chat/completions", 200, 3, n % 5, 0.01, time.time(), media)
+    )
     time.sleep(0.001)
 db.close()
 print(",".join(key.name for key in db.snapshot.keys))
@@ -123,6 +127,8 @@ def test_two_writers_at_once_keep_every_count_and_share_keys_and_budgets(postgre
             assert rows[model]["requests"] == 2 * PER_WRITER
             assert rows[model]["prompt_tokens"] == 2 * 3 * PER_WRITER
             assert rows[model]["completion_tokens"] == 2 * sum(n % 5 for n in range(PER_WRITER))
+            media = (rows[model][m] for m in ("audio_in_s", "audio_out_s", "images", "video_s"))
+            assert tuple(media) == (PER_WRITER, PER_WRITER / 2, 4 * PER_WRITER, 3 * PER_WRITER)
         db.refresh()  # what each process does every 2 s
         with pytest.raises(APIError) as refused:
             check_budget(db, APIKey(secret, "team-a"))
