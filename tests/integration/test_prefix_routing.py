@@ -53,7 +53,14 @@ def _prefix_chat(config: dict) -> dict:
     models.append(
         {
             "model_loading_config": {**chat["model_loading_config"], "model_id": MODEL},
-            "deployment_config": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
+            "deployment_config": {
+                "num_replicas": 2,
+                "ray_actor_options": {"num_cpus": 0.25},
+                # The edit is taken back while the killed replica's replacement may still be
+                # starting: Serve waits this long (20 s by default) for it to stop before it
+                # kills it. Nothing else stops these replicas.
+                "graceful_shutdown_timeout_s": 1,
+            },
             "engine_kwargs": {
                 "max_model_len": 1024,
                 "max_num_seqs": HOT,  # room for the whole burst on one replica: only load spills
