@@ -269,10 +269,12 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
 def test_a_live_edit_from_a_worker_reaches_every_nodes_proxy(deployed):
     """``deploy_app.py --address`` run on worker 1 adds a model; every node's proxy serves it at
     once (the edit back runs on the head)."""
+    earlier = deployed.state("[j.job_id for j in jobs()]")
     deployed.deploy(_config(TWIN_MODEL, VIT), from_node=1)
     # the driver that applied it ran on worker 1's node, as Ray's job table says
-    newest = "max((j for j in jobs() if j.type == 'DRIVER'), key=lambda j: j.start_time)"
-    assert deployed.state(f"{newest}.driver_info.node_ip_address") == deployed.nodes[1]
+    drivers = f"[j for j in jobs() if j.type == 'DRIVER' and j.job_id not in {earlier!r}]"
+    placed = deployed.state(f"[j.driver_info.node_ip_address for j in {drivers}]")
+    assert placed == [deployed.nodes[1]], placed
     try:
         with httpx.Client(headers=auth_headers(), timeout=120) as client:
             for node in deployed.nodes:
