@@ -12,8 +12,10 @@ such processes at once for a long run).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
+import time
 
 import httpx
 import hypothesis
@@ -23,7 +25,10 @@ from schemathesis import GenerationMode
 
 from tests.integration.helpers import auth_headers, replica_actors
 
-EXAMPLES = int(os.environ.get("PLATFORM_FUZZ_EXAMPLES", "12"))
+# 8 per operation and mode: about 400 cases, every operation in both modes (12 gave about 600, in
+# half again the time: the repeats were more of the same errors). Generating the bodies of vLLM's
+# protocol models is half of it, on the CPU the platform uses too.
+EXAMPLES = int(os.environ.get("PLATFORM_FUZZ_EXAMPLES", "8"))
 DERANDOMIZE = os.environ.get("PLATFORM_FUZZ_RANDOM") != "1"
 REQUEST_TIMEOUT_S = 300
 MAX_GENERATED = 8  # n and tokens per case
@@ -49,15 +54,35 @@ def platform_schema(platform_url):
     return schema
 
 
+@dataclasses.dataclass
+class Tally:
+    """What one operation's cases got: answers by status, error messages, seconds (generating and
+    sending, and of those waiting for answers) and its slowest case."""
+
+    answers: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    waited: float = 0.0
+    slowest: tuple[float, str] = (0.0, "")
+
+    def __str__(self) -> str:
+        common = "; ".join(f"{n}x {message}" for message, n in self.errors.most_common(3))
+        took, case = self.slowest
+        return (
+            f"{dict(sorted(self.answers.items()))} {self.seconds:.1f}/{self.waited:.1f} s  "
+            f"{common}\n    slowest: {took:.1f} s {case}"
+        )
+
+
 def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_schema):
     before = replica_actors(platform_url)
-    answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    errors: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    tallies: dict[str, Tally] = collections.defaultdict(Tally)
     failures = []
     for operation in (result.ok() for result in platform_schema.get_all_operations()):
+        tally, started = tallies[operation.label], time.monotonic()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
-                _fuzz(operation, mode, answers[operation.label], errors[operation.label])
+                _fuzz(operation, mode, tally)
             except (
                 hypothesis.errors.Unsatisfiable
             ):  # no input of the operation can break its description
@@ -66,18 +91,16 @@ def test_no_request_gets_a_5xx_and_no_replica_restarts(platform_url, platform_sc
                 Exception
             ) as exc:  # every operation is fuzzed; the failures are reported together
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
-    cases = sum(sum(counts.values()) for counts in answers.values())
-    print(f"\n{cases} cases, answers by status (and the commonest errors):")
-    for label, counts in answers.items():
-        common = "; ".join(f"{n}x {message}" for message, n in errors[label].most_common(3))
-        print(f"  {label}: {dict(sorted(counts.items()))}  {common}")
+        tally.seconds = time.monotonic() - started
+    cases = sum(sum(tally.answers.values()) for tally in tallies.values())
+    print(f"\n{cases} cases: answers by status, seconds in all/waiting, the commonest errors")
+    for label, tally in tallies.items():
+        print(f"  {label}: {tally}")
     assert not failures, "\n\n".join(failures)
     assert replica_actors(platform_url) == before
 
 
-def _fuzz(
-    operation, mode: GenerationMode, answers: collections.Counter, errors: collections.Counter
-) -> None:
+def _fuzz(operation, mode: GenerationMode, tally: Tally) -> None:
     @hypothesis.settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -89,8 +112,13 @@ def _fuzz(
     @hypothesis.given(operation.as_strategy(generation_mode=mode))
     def case_is_answered(case):
         _bound_generation(case.body)
+        sent = time.monotonic()
         response = case.call()
-        answers[response.status_code] += 1
+        took = time.monotonic() - sent
+        tally.waited += took
+        if took > tally.slowest[0]:
+            tally.slowest = (took, f"{response.status_code} {str(case.body)[:300]}")
+        tally.answers[response.status_code] += 1
         if (
             case.path in READINESS and response.status_code == 503
         ):  # "not ready" is these endpoints' answer
@@ -100,7 +128,7 @@ def _fuzz(
             f"{response.text[:500]}\nbody: {str(case.body)[:500]}"
         )
         if response.status_code >= 400:
-            errors[assert_error_shape(case.formatted_path, response)[:80]] += 1
+            tally.errors[assert_error_shape(case.formatted_path, response)[:80]] += 1
 
     case_is_answered()
 
