@@ -66,17 +66,12 @@ def _bind_router(
     platform: PlatformSettings, settings: RouterSettings, engines: dict | None
 ) -> Application:
     router = platform.router
-    spread = (
-        {}
-        if router.max_replicas_per_node is None
-        else {"max_replicas_per_node": router.max_replicas_per_node}
-    )
     router_deployment = serve.deployment(MultiModelRouter).options(
         name=ROUTER_DEPLOYMENT,
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options=with_replica_env(router.ray_actor_options.model_dump(exclude_none=True)),
-        **spread,
+        max_replicas_per_node=router.max_replicas_per_node,  # None: Serve's default, no limit
     )
     return router_deployment.bind(settings, engines)
 

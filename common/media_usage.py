@@ -64,6 +64,9 @@ class MediaUsage:
         return cls.of_header((headers or {}).get(MEDIA_USAGE_HEADER))
 
 
+MEASURES = tuple(f.name for f in fields(MediaUsage))  # the usage ledger's columns of the same names
+
+
 def _count(measured: dict, name: str, kind: type) -> Any:
     return max(kind(measured.get(name) or 0), 0)
 

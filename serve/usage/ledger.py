@@ -8,28 +8,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from common.media_usage import MediaUsage
+from common.media_usage import MEASURES, MediaUsage
 from serve.usage.tables import UsageRow
 
 logger = logging.getLogger("ray.serve")
 
 FLUSH_S = 1.0
-COUNTS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_s",
-    "audio_in_s",
-    "audio_out_s",
-    "images",
-    "video_s",
-)
+COUNTS = ("requests", "prompt_tokens", "completion_tokens", "latency_s", *MEASURES)
 
 
 @dataclass(frozen=True)
@@ -74,16 +65,12 @@ class UsageLedger:
             answered.endpoint,
             answered.status,
         )
-        media = answered.media
         counts = (
             1,
             answered.prompt_tokens,
             answered.completion_tokens,
             answered.latency_s,
-            media.audio_in_s,
-            media.audio_out_s,
-            media.images,
-            media.video_s,
+            *astuple(answered.media),  # in MEASURES' order
         )
         with self._lock:
             self._merge(row, counts)

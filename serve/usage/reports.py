@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy import Engine, case, func, select
 
+from common.media_usage import MEASURES
 from serve.usage.tables import UsageRow
 
 GROUPS = {"key": UsageRow.key_name, "model": UsageRow.model, "endpoint": UsageRow.endpoint}
 PERIODS = ("minute", "hour", "day", "month")
 DEFAULT_GROUPS = ("key", "model", "endpoint")
-MEDIA = ("audio_in_s", "audio_out_s", "images", "video_s")  # revision 0002, after the rest
+MEDIA = MEASURES  # revision 0002, after the rest
 SUMS = (
     "requests",
     "errors",
@@ -28,6 +29,7 @@ SUMS = (
 )
 SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_s", *MEDIA)
 COUNTED = ("requests", "errors", "prompt_tokens", "completion_tokens", "images")  # integers
+ROUNDED = tuple(name for name in SUMMED if name not in COUNTED)  # seconds, to the microsecond
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def _totalled(row: dict[str, Any]) -> dict[str, Any]:
     for name in COUNTED:
         row[name] = int(row[name] or 0)
     row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
-    for name in ("latency_s", "audio_in_s", "audio_out_s", "video_s"):
+    for name in ROUNDED:
         row[name] = round(float(row[name] or 0.0), 6)
     return row
 
