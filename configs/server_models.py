@@ -260,6 +260,12 @@ class DeploymentConfig(StrictModel):
         description="seconds Serve lets a stopping replica finish its requests before it kills "
         "it (Serve's default: 20)",
     )
+    max_constructor_retry_count: int | None = Field(
+        default=None,
+        ge=1,
+        description="times Serve starts a replica whose constructor fails (a model that cannot "
+        "load) before it marks the model failed; unset: Serve's own, 3 per replica (at most 20)",
+    )
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> DeploymentConfig:

@@ -270,6 +270,9 @@ def test_a_model_that_cannot_start_shows_why_while_the_others_serve(owned):
             "model_source": "no-such-org/no-such-model",
             "type": "vision",
         },
+        # one retry (Serve's default is 3 tries per replica): the status is read while the
+        # replica is retried and after Serve gave up, with one failed start less to wait for
+        "deployment_config": {**VIT["deployment_config"], "max_constructor_retry_count": 2},
     }
     # Weights from a cloud URI (file:// stands in for s3://) are copied to the node while the
     # replica starts.

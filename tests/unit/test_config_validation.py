@@ -338,6 +338,24 @@ def test_every_deployment_gets_a_bounded_queue_unless_the_yaml_sets_one():
     assert specs[chat["model_loading_config"]["model_id"]]["max_queued_requests"] == -1
 
 
+def test_a_models_constructor_retries_reach_its_deployment():
+    """``max_constructor_retry_count`` is Serve's: how often a replica that cannot load is started
+    again before the model is marked failed; unset, Serve's own default stays."""
+    from builders.app_builder import build_model_app
+
+    args = good_args()
+    chat = args["models"][0]
+    model_id = chat["model_loading_config"]["model_id"]
+    specs = {spec.name: spec.options for spec in load_platform_config(args).deployments()}
+    assert "max_constructor_retry_count" not in specs[model_id]
+    chat["deployment_config"]["max_constructor_retry_count"] = 2
+    app = build_model_app({"models": [chat], "platform_app": "p"})
+    assert app._bound_deployment._deployment_config.max_constructor_retry_count == 2
+    chat["deployment_config"]["max_constructor_retry_count"] = 0
+    with pytest.raises(ConfigError, match=r"deployment_config\.max_constructor_retry_count"):
+        load_platform_config(args)
+
+
 def test_keys_are_named_and_read_from_env_or_files_never_inline(tmp_path, monkeypatch):
     from configs import load_platform_settings, require_secrets
 
