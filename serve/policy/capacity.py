@@ -6,7 +6,9 @@ more; what comes beyond that is refused with a 503. Serve refuses only where the
 its queue, behind everything the process does first (reading the body, the key's limits, media),
 and under load that took seconds (issue 32). ``Capacity`` counts the requests a process has
 taken in for one deployment and refuses the next before any of that, at once, with the same
-503 and ``Retry-After`` the router gives for Serve's own refusal.
+503 and ``Retry-After`` the router gives for Serve's own refusal. Every request to a model takes
+its slot through ``DeploymentCapacities.admit``: the request policy's for the JSON endpoints, the
+router's app for the routes that read their own bodies (audio uploads, ``/v2`` inference).
 
 The limit depends on where it is counted, a router process or a replica's own port
 (``configs/deployment_capacity.py``); each route carries both (``ModelRoute``).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from common import haproxy_gate
@@ -117,6 +119,14 @@ class DeploymentCapacities:
             capacity = self._by_deployment[key] = Capacity(limit, route.deployment_name)
         capacity.limit = limit
         return capacity
+
+    def admit(self, route: ModelRoute, own_url: bool) -> AbstractContextManager[None]:
+        """A slot of ``route``'s deployment for the block, or its 503 at once: every request to a
+        model holds one, whoever reads its body (the request policy, or the app for an upload or
+        a ``/v2`` inference). ``own_url``: counted on the model's own URL (a replica's port, its
+        ``replica_capacity``), else in a router process (``router_capacity``)."""
+        capacity = self.of(route, route.replica_capacity if own_url else route.router_capacity)
+        return capacity.admit() if capacity is not None else nullcontext()
 
     def values(self) -> Collection[Capacity]:
         return self._by_deployment.values()

@@ -258,10 +258,7 @@ class RequestPolicy:
         """A slot of ``route``'s deployment until the request ends, or the 503 at once when all
         are taken: before Serve's own queue refuses it, behind all the work that precedes it
         there. Variants and a group's models share their deployment's slots."""
-        limit = route.replica_capacity if self.mount.model_id else route.router_capacity
-        capacity = self.capacities.of(route, limit)
-        if capacity is not None:
-            request_end.enter_context(capacity.admit())
+        request_end.enter_context(self.capacities.admit(route, self.mount.model_id is not None))
 
     async def _metered(
         self,

@@ -106,6 +106,8 @@ def router_policy(
     app = FastAPI(title="rayserve-platform", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     uploads = UploadMemory(settings.max_upload_memory_bytes)
+    # the policy's slots, which the routes that read their own bodies (uploads, /v2) take too
+    capacities = capacities or DeploymentCapacities()
 
     @app.get("/health")
     async def liveness() -> dict:
@@ -196,10 +198,10 @@ def router_policy(
                 param="file",
                 code="file_too_large",
             )
-        result = await engines.call(route, capability, body)
-        return _as_response(result)
+        with capacities.admit(route, own_url=False):
+            return _as_response(await engines.call(route, capability, body))
 
-    install_oip_routes(app, settings, engines, uploads)
+    install_oip_routes(app, settings, engines, uploads, capacities)
     install_pipeline_routes(app, settings, engines, uploads, limits)
     install_admin_routes(app, settings)
     install_console(app)
@@ -226,7 +228,7 @@ def router_policy(
         ROUTER_MOUNT,
         limits,
         uploads,
-        capacities=capacities or DeploymentCapacities(),
+        capacities=capacities,
     )
 
 

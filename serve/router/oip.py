@@ -26,6 +26,7 @@ from common.media_usage import MediaUsage
 from common.task_groups import all_or_none
 from configs.oip_models import InferenceRequest, RequestInput
 from serve.policy.auth import admitted, visible
+from serve.policy.capacity import DeploymentCapacities
 from serve.router.errors import APIError
 from serve.router.routing import ModelRoute, RouterSettings, deployment_states, requested_model
 from serve.router.uploads import UploadMemory, read_limited_body
@@ -37,8 +38,15 @@ MAX_CONCURRENT_FETCHES = 4  # URL inputs of one request fetched at once
 
 
 def install_oip_routes(
-    app: FastAPI, settings: RouterSettings, engines, uploads: UploadMemory
+    app: FastAPI,
+    settings: RouterSettings,
+    engines,
+    uploads: UploadMemory,
+    capacities: DeploymentCapacities,
 ) -> None:
+    """``capacities``: the request policy's slots of each deployment; an inference takes one
+    before its body is read, or is refused with the 503 at once."""
+
     def tensor_routes() -> dict[str, ModelRoute]:
         """Read on every request: the routes change when models are added or removed."""
         return {r.model_id: r for r in settings.routes.values() if r.tensors}
@@ -98,7 +106,7 @@ def install_oip_routes(
         route = _versioned(route_for(request, requested_model(request.headers, name)), version)
         limit = settings.tensor_request_bytes(route)  # this model's, before reading the body
         try:
-            with uploads.hold() as held:
+            with capacities.admit(route, own_url=False), uploads.hold() as held:
                 raw = await read_limited_body(request, held.add_body(request, limit))
                 header, binary = _split_body(
                     raw, request.headers.get("inference-header-content-length")

@@ -1,15 +1,20 @@
 """Capacity: a deployment's running + queued requests taken in, the next refused at once."""
 
 import asyncio
+import dataclasses
 import json
 
+import httpx
 import pytest
 
+from common.engine_response import EngineResponse
 from configs import load_platform_config
 from configs.deployment_capacity import deployment_limits, replica_limit, router_limit
 from serve.policy.capacity import Capacity, GatePublisher, ingress_gate
+from serve.router.app import router_policy
 from serve.router.errors import APIError
-from serve.router.routing import config_routes
+from serve.router.routing import RouterSettings, config_routes
+from tests.unit.router_fakes import TENSOR_ROUTES, FakeEngines
 
 
 def test_refuses_at_once_once_every_slot_is_taken_and_admits_again_when_one_frees():
@@ -184,3 +189,62 @@ def test_haproxy_is_handed_the_limits_this_process_counts(tmp_path, monkeypatch)
     assert not published.exists()
     GatePublisher(None, "c", []).check(routes)  # outside Serve: nothing
     assert not published.exists()
+
+
+class HangingEngines(FakeEngines):
+    """Engines whose calls hang until ``release`` is set: the requests in hold their slots."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def call(self, route, capability, body):
+        await super().call(route, capability, body)  # recorded
+        await self.release.wait()
+        return EngineResponse.json({"outputs": []})  # an answer on either route
+
+
+UPLOAD = {"data": {"model": "asr"}, "files": {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")}}
+IMAGE = {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["QUJD"]}
+INFER = {"json": {"inputs": [IMAGE]}}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "model,path,request_args",
+    [
+        ("asr", "/v1/audio/transcriptions", UPLOAD),
+        ("vit", "/v2/models/vit/infer", INFER),
+    ],
+    ids=["upload", "v2"],
+)
+async def test_uploads_and_v2_inferences_past_capacity_are_refused_at_once(
+    model, path, request_args
+):
+    """The routes that read their own bodies take the policy's slots too: with both of the
+    deployment's slots held by calls that hang, the next four are 503s with Retry-After (in the
+    endpoint's error shape) while those still hang, and never reach the engine."""
+    routes = {**TENSOR_ROUTES, model: dataclasses.replace(TENSOR_ROUTES[model], router_capacity=2)}
+    engines = HangingEngines()
+    policy = router_policy(RouterSettings(routes), engines)
+    transport = httpx.ASGITransport(app=policy)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        hanging = [asyncio.create_task(client.post(path, **request_args)) for _ in range(2)]
+        while len(engines.calls) < 2:
+            await asyncio.sleep(0.01)
+        # at once: a policy that waited for a slot would never answer (wait_for's bound fails it)
+        refused = await asyncio.wait_for(
+            asyncio.gather(*(client.post(path, **request_args) for _ in range(4))), timeout=60
+        )
+        assert not [task for task in hanging if task.done()]
+        for response in refused:
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            error = response.json()["error"]
+            if path.startswith("/v2/"):  # the Open Inference Protocol's shape
+                assert error == f"{routes[model].deployment_name} is at capacity; retry shortly"
+            else:
+                assert error["code"] == "server_busy"
+        assert len(engines.calls) == 2
+        engines.release.set()
+        assert [r.status_code for r in await asyncio.gather(*hanging)] == [200, 200]
+    assert [c.in_flight for c in policy.capacities.values()] == [0]
