@@ -43,6 +43,18 @@ class APIKeyEntry(StrictModel):
     tokens_per_minute: int | None = Field(
         default=None, ge=1, description="prompt + completion tokens; then 429"
     )
+    monthly_token_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="prompt + completion tokens per calendar month (UTC), counted by the usage "
+        "ledger (usage.database); then 429 monthly_token_budget_exceeded until the month ends",
+    )
+    daily_token_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="prompt + completion tokens per day (UTC), counted by the usage ledger; "
+        "then 429 daily_token_budget_exceeded until the day ends",
+    )
     admin: bool = Field(
         default=False,
         description="sees process and actor ids in /ready's placement, and every id in errors",
@@ -79,6 +91,8 @@ class APIKeyEntry(StrictModel):
             self.tokens_per_minute,
             admin=self.admin,
             key_file=self.key_file,
+            monthly_token_budget=self.monthly_token_budget,
+            daily_token_budget=self.daily_token_budget,
         )
 
 
@@ -109,6 +123,9 @@ class APIKey:
     admin: bool = False  # sees process, actor and node ids in /ready; other keys see them redacted
     key_file: str | None = None  # read again while serving: a rotated Secret applies at once
     digest: str = field(default="", repr=False)
+    # tokens per calendar month and day (UTC), counted by the usage ledger; None: no budget
+    monthly_token_budget: int | None = None
+    daily_token_budget: int | None = None
 
     def allows(self, model_id: str) -> bool:
         """Whether this key may use ``model_id`` (a variant ``base:name`` goes with its base)."""

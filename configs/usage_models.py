@@ -3,11 +3,14 @@ args)."""
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, field_validator
 
 from common.base_pydantic import StrictModel
 
 DATABASE_SCHEMES = ("sqlite", "postgresql")
+HOME_SQLITE = "sqlite:///~/"  # a file under the home of the user the platform runs as
 
 
 class UsageConfig(StrictModel):
@@ -16,9 +19,10 @@ class UsageConfig(StrictModel):
     database: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the usage ledger and of the keys made through "
-        "/admin/keys: sqlite:////var/lib/platform/usage.db (one machine; an absolute path: "
-        "every replica opens it) or postgresql+psycopg://user@host/db (a cluster: every router "
-        "and replica on every node writes to it); unset: no ledger, no /admin API",
+        "/admin/keys: sqlite:////var/lib/platform/usage.db (one machine; an absolute path, or "
+        "sqlite:///~/dir/usage.db under the platform user's home: every replica opens it) or "
+        "postgresql+psycopg://user@host/db (a cluster: every router and replica on every node "
+        "writes to it); unset: no ledger, no /admin API",
     )
 
     @field_validator("database")
@@ -32,9 +36,12 @@ class UsageConfig(StrictModel):
                 f"{value.partition(':')[0]!r} is not a database the ledger supports: give a "
                 "sqlite:////absolute/path.db or postgresql+psycopg://... URL"
             )
+        if value.startswith(HOME_SQLITE):
+            value = "sqlite:///" + os.path.expanduser(value.removeprefix("sqlite:///"))
         if scheme == "sqlite" and not value.startswith("sqlite:////"):
             raise ValueError(
-                "a SQLite ledger needs an absolute path (sqlite:////dir/usage.db): each replica "
-                "runs in its own working directory"
+                "a SQLite ledger needs an absolute path (sqlite:////dir/usage.db) or one under "
+                "the home directory (sqlite:///~/dir/usage.db): each replica runs in its own "
+                "working directory"
             )
         return value

@@ -5,6 +5,12 @@ each limited key's requests and tokens. A replica asks it before serving a reque
 with a limit (429 with ``Retry-After`` when the key is over either), reserving the tokens the
 request may spend, and settles the tokens it did spend (``serve/policy/metering.py`` counts
 them) when it ends. Keys without limits never call the actor.
+
+The actor saves its windows in Ray's key-value store (the GCS, where Serve keeps its own
+checkpoints) after every change, one write at a time, and a restarted actor (killed, or its node
+lost) reads them back: a key that spent its minute stays refused. What a restart loses is what
+changed while the last write was in flight (milliseconds). The windows live as long as the Ray
+cluster's GCS does (a head restarted with GCS fault tolerance keeps them).
 """
 
 from __future__ import annotations
@@ -12,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import itertools
+import json
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeGuard
 
 import ray
 from ray.exceptions import RayActorError
+from ray.experimental import internal_kv
 
 from configs.api_keys import APIKey
 from serve.router.errors import APIError
+
+logger = logging.getLogger("ray.serve")
 
 WINDOW_S = 60.0
 # By default a reservation its replica never settled (it died mid-answer, taking the count it had
@@ -33,7 +43,8 @@ RESERVATION_SLACK_S = 60  # a reservation outlives its request's timeout by this
 ACTOR_TIMEOUT_S, ACTOR_START_TIMEOUT_S = 10.0, 60.0
 # The actor's name carries its version: a cluster upgraded in place keeps the old detached actor,
 # whose methods differ.
-ACTOR_VERSION = 3
+ACTOR_VERSION = 4
+SAVED_NAMESPACE = "platform-key-limits"  # the windows' namespace in Ray's key-value store
 
 
 class SlidingWindow:
@@ -41,7 +52,8 @@ class SlidingWindow:
     its running requests may still spend (reserved at admission, as OpenAI does: prompt +
     ``max_tokens``; settled on the real count when the request ends)."""
 
-    def __init__(self, clock=time.monotonic):
+    # the wall clock: a window read back by a restarted actor, on any node, keeps its times
+    def __init__(self, clock=time.time):
         self.clock = clock
         self.requests: dict[str, collections.deque[float]] = collections.defaultdict(
             collections.deque
@@ -51,7 +63,34 @@ class SlidingWindow:
         )
         # key -> ticket -> (when it expires, tokens)
         self.reserved: dict[str, dict[int, tuple[float, int]]] = collections.defaultdict(dict)
-        self._tickets = itertools.count(1)
+        self.last_ticket = 0
+
+    def saved(self) -> dict:
+        """The windows as JSON can hold them (``restored`` reads them back)."""
+        return {
+            "requests": {k: list(times) for k, times in self.requests.items() if times},
+            "tokens": {k: [list(t) for t in spent] for k, spent in self.tokens.items() if spent},
+            "reserved": {
+                k: [[ticket, *held] for ticket, held in tickets.items()]
+                for k, tickets in self.reserved.items()
+                if tickets
+            },
+            "last_ticket": self.last_ticket,
+        }
+
+    @classmethod
+    def restored(cls, saved: dict, clock=time.time) -> SlidingWindow:
+        """A window as ``saved`` left it (its tickets still settle; what aged out is pruned at
+        the key's next request)."""
+        window = cls(clock)
+        for key, times in saved.get("requests", {}).items():
+            window.requests[key].extend(times)
+        for key, spent in saved.get("tokens", {}).items():
+            window.tokens[key].extend((at, n) for at, n in spent)
+        for key, tickets in saved.get("reserved", {}).items():
+            window.reserved[key].update((t, (expires, n)) for t, expires, n in tickets)
+        window.last_ticket = saved.get("last_ticket", 0)
+        return window
 
     def admit(
         self,
@@ -86,7 +125,8 @@ class SlidingWindow:
             requests.append(now)
         if not (tokens_per_minute and reserve > 0):
             return 0.0, 0
-        ticket = next(self._tickets)
+        self.last_ticket += 1
+        ticket = self.last_ticket
         self.reserved[key][ticket] = (now + hold_s, reserve)
         return 0.0, ticket
 
@@ -123,14 +163,20 @@ def _room(used: int, reserve: int, limit: int) -> bool:
     return used < limit and (used == 0 or used + reserve <= limit)
 
 
-# Async methods: Ray runs them one at a time on the actor's event loop (none awaits), so a check
-# and its count are one step; a sync actor with max_concurrency runs them on a thread pool, where
-# two checks pass before either counts and ``settle`` mutates a deque ``admit`` iterates.
-# Restarted wherever Ray can place it when it or its node dies (its windows start empty again).
+# Async methods: Ray runs them one at a time on the actor's event loop (none awaits but
+# ``saved``), so a check and its count are one step; a sync actor with max_concurrency runs them
+# on a thread pool, where two checks pass before either counts and ``settle`` mutates a deque
+# ``admit`` iterates. Restarted wherever Ray can place it when it or its node dies, with the
+# windows it saved.
 @ray.remote(num_cpus=0, max_restarts=-1)
 class KeyLimitsActor:
-    def __init__(self):
-        self.window = SlidingWindow()
+    def __init__(self, saved_as: str):
+        self.saved_as = saved_as
+        stored = internal_kv._internal_kv_get(saved_as, namespace=SAVED_NAMESPACE)
+        self.window = SlidingWindow.restored(json.loads(stored) if stored else {})
+        self._changes = self._saved_changes = 0
+        self._changed = asyncio.Event()
+        self._saver: asyncio.Task | None = None
 
     async def admit(
         self,
@@ -141,12 +187,46 @@ class KeyLimitsActor:
         hold_s: float,
         counted: bool,
     ) -> tuple[float, int]:
-        return self.window.admit(
+        admitted = self.window.admit(
             key, requests_per_minute, tokens_per_minute, reserve, hold_s, counted
         )
+        if admitted[0] == 0:
+            self._save_soon()
+        return admitted
 
     async def settle(self, key: str, ticket: int, tokens: int) -> None:
         self.window.settle(key, ticket, tokens)
+        self._save_soon()
+
+    async def saved(self) -> None:
+        """Returns once every change made before the call is saved."""
+        wanted = self._changes
+        while self._saved_changes < wanted:
+            await asyncio.sleep(0.01)
+
+    def _save_soon(self) -> None:
+        self._changes += 1
+        self._changed.set()
+        if self._saver is None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_changes())
+
+    async def _save_changes(self) -> None:
+        """Writes the windows after each change, one write at a time (changes made while one is
+        in flight go in the next): a request never waits on the store."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            changes, state = self._changes, json.dumps(self.window.saved())
+            try:
+                await asyncio.to_thread(
+                    internal_kv._internal_kv_put, self.saved_as, state, namespace=SAVED_NAMESPACE
+                )
+            except Exception:  # the GCS unreachable for now: the limits still apply; retried
+                logger.exception("the per-key limits could not be saved; retrying in 1 s")
+                await asyncio.sleep(1)
+                self._changed.set()
+                continue
+            self._saved_changes = changes
 
 
 class KeyLimits:
@@ -234,7 +314,7 @@ class KeyLimits:
                 namespace=SERVE_NAMESPACE,
                 get_if_exists=True,
                 lifetime="detached",
-            ).remote()
+            ).remote(self.actor_name)
         return self._actor
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from configs.api_keys import APIKey
-from serve.usage.key_store import KeyBudget, KeyStore, as_api_key
+from serve.usage.key_store import KeyStore, as_api_key
 from serve.usage.ledger import FLUSH_S, Answered, UsageLedger, spent_tokens
 
 logger = logging.getLogger("ray.serve")
@@ -86,8 +86,7 @@ def _upgrade(engine: Engine, config: Config) -> None:
 class Snapshot:
     """What requests check, as the last refresh read it."""
 
-    keys: tuple[APIKey, ...] = ()
-    budgets: dict[str, KeyBudget] = field(default_factory=dict)
+    keys: tuple[APIKey, ...] = ()  # with their budgets
     month_tokens: dict[str, int] = field(default_factory=dict)
     day_tokens: dict[str, int] = field(default_factory=dict)
 
@@ -117,11 +116,6 @@ class UsageDatabase:
         day = spent_tokens(self.engine, day_start(now))
         self.snapshot = Snapshot(
             keys=tuple(as_api_key(row) for row in rows),
-            budgets={
-                row.name: KeyBudget(row.monthly_token_budget, row.daily_token_budget)
-                for row in rows
-                if row.monthly_token_budget or row.daily_token_budget
-            },
             month_tokens=month,
             day_tokens=day,
         )

@@ -5,7 +5,6 @@ refresh) and checks them beside the YAML's keys."""
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,14 +28,6 @@ class NameTaken(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class KeyBudget:
-    """A stored key's token budgets (None: none)."""
-
-    monthly: int | None = None
-    daily: int | None = None
-
-
 def as_api_key(row: StoredKey) -> APIKey:
     return APIKey(
         secret="",
@@ -45,6 +36,8 @@ def as_api_key(row: StoredKey) -> APIKey:
         requests_per_minute=row.requests_per_minute,
         tokens_per_minute=row.tokens_per_minute,
         digest=row.digest,
+        monthly_token_budget=row.monthly_token_budget,
+        daily_token_budget=row.daily_token_budget,
     )
 
 

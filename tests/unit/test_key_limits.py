@@ -214,3 +214,18 @@ def test_a_stream_without_a_final_blank_line_loses_nothing():
     meter = StreamMeter(UsageAsked())
     assert meter.feed('data: {"choices": [1]}\n\ndata: [DONE]') == 'data: {"choices": [1]}\n\n'
     assert meter.flush() == "data: [DONE]" and meter.flush() == ""
+
+
+def test_a_window_read_back_after_its_actor_restarted_still_refuses_and_settles():
+    clock = Clock()
+    window = SlidingWindow(clock)
+    assert [window.admit("a", 3) for _ in range(3)] == [(0, 0)] * 3
+    _, ticket = window.admit("b", None, tokens_per_minute=100, reserve=60)
+    clock.now += 20
+    again = SlidingWindow.restored(json.loads(json.dumps(window.saved())), clock)
+    assert again.admit("a", 3) == (40, 0)  # the minute it spent is still counted
+    assert again.admit("b", None, tokens_per_minute=100, reserve=60)[0] > 0  # still reserved
+    again.settle("b", ticket, 10)  # the reservation made before the restart is returned
+    _, later = again.admit("b", None, tokens_per_minute=100, reserve=60)
+    assert later > ticket  # a new ticket never reuses one a running request holds
+    assert not again.reserved["b"].get(ticket)

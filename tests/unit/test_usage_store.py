@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine
 
-from configs.api_keys import APIKey
+from configs.api_keys import APIKey, APIKeyEntry
 from serve.policy.budgets import check_budget, next_month
 from serve.router.errors import APIError
 from serve.usage.database import UsageDatabase, open_engine
@@ -20,6 +20,11 @@ NOW = time.time()
 
 def _chat(key="team-a", model="chat", status=200, prompt=5, completion=7, at=NOW):
     return Answered(key, model, "/v1/chat/completions", status, prompt, completion, 0.25, at)
+
+
+def _stored(db: UsageDatabase, name: str) -> APIKey:
+    """A stored key as the request policy finds it: from the last refresh, budgets included."""
+    return next(key for key in db.snapshot.keys if key.name == name)
 
 
 @pytest.fixture
@@ -68,7 +73,8 @@ def test_a_key_past_its_budget_is_a_429_that_says_which_and_when_it_resets(url):
             "team-a", {"monthly_token_budget": 20, "daily_token_budget": 30}
         )
         db.refresh()
-        key = APIKey(secret, "team-a")
+        key = _stored(db, "team-a")
+        assert key.digest == APIKey(secret, "team-a").digest
         db.record(_chat(prompt=5, completion=7))
         check_budget(db, key)  # 12 of 20: served
         db.record(_chat(prompt=5, completion=7))  # not written yet: still counted
@@ -83,9 +89,28 @@ def test_a_key_past_its_budget_is_a_429_that_says_which_and_when_it_resets(url):
         db.ledger.flush()
         db.refresh()
         with pytest.raises(APIError) as daily:
-            check_budget(db, key)
+            check_budget(db, _stored(db, "team-a"))
         assert daily.value.code == "daily_token_budget_exceeded"
         check_budget(db, APIKey("another-secret-key", "no-budget"))
+    finally:
+        db.close()
+
+
+def test_a_yaml_key_with_a_budget_is_refused_on_both_paths_as_a_made_one_is(url, monkeypatch):
+    monkeypatch.setenv("TEAM_B_KEY", "a-yaml-key-of-team-b")
+    entry = APIKeyEntry(name="team-b", key_env="TEAM_B_KEY", daily_token_budget=12)
+    routed = entry.key(entry.secret())  # as the router holds it
+    one_hop = APIKey.from_live(routed.live())  # as a one-hop replica gets it (its user_config)
+    assert one_hop.daily_token_budget == 12 and one_hop.monthly_token_budget is None
+    db = UsageDatabase(url)
+    try:
+        check_budget(db, routed)
+        db.record(_chat(key="team-b", prompt=5, completion=7))
+        for key in (routed, one_hop):
+            with pytest.raises(APIError) as refused:
+                check_budget(db, key)
+            assert refused.value.code == "daily_token_budget_exceeded"
+            assert int((refused.value.headers or {})["Retry-After"]) >= 1
     finally:
         db.close()
 
@@ -122,7 +147,7 @@ def test_a_process_started_later_finds_the_ledger_keys_and_budgets(url):
         assert [k.name for k in again.snapshot.keys] == ["team-a"]
         assert again.snapshot.keys[0].digest == APIKey(secret, "team-a").digest
         with pytest.raises(APIError) as refused:
-            check_budget(again, APIKey(secret, "team-a"))
+            check_budget(again, _stored(again, "team-a"))
         assert refused.value.code == "daily_token_budget_exceeded"
     finally:
         again.close()
