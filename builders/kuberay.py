@@ -18,7 +18,7 @@ import functools
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -38,6 +38,8 @@ RAY_VERSION = "2.60.0"
 # The image scripts/build_image.sh tags by default: REPOSITORY:cpu or REPOSITORY:gpu.
 IMAGE_REPOSITORY = "localhost/rayserve-platform"
 CRD_DIR = Path(__file__).parent / "crds"
+# Where the image keeps the platform: the Dockerfile's WORKDIR.
+IMAGE_PLATFORM_DIR = PurePosixPath("/home/ray/platform")
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,8 @@ def cluster_serve_config(raw: dict[str, Any], loaded: dict[str, LoadedConfig]) -
 
 
 def pod_env(loaded: dict[str, LoadedConfig], secret: str | None) -> list[dict]:
-    """Ray's settings that must be set where Ray starts (HAProxy ingress, worker niceness), and the
+    """Ray's settings that must be set where Ray starts (HAProxy ingress and its capacity gate,
+    worker niceness), and the
     key variables (``api_keys_env``, each key's ``key_env``) from a Kubernetes Secret (key = the
     variable's name; none without ``secret``). A ``key_file`` is the operator's Secret volume to
     mount."""
@@ -220,9 +223,20 @@ def pod_env(loaded: dict[str, LoadedConfig], secret: str | None) -> list[dict]:
         if secret
         else []
     )
-    return [{"name": key, "value": STREAMING_ENV[key]} for key in CLUSTER_ENV_KEYS] + [
+    ray_env = {key: STREAMING_ENV[key] for key in CLUSTER_ENV_KEYS} | haproxy_gate_env()
+    return [{"name": key, "value": value} for key, value in ray_env.items()] + [
         {"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in names
     ]
+
+
+def haproxy_gate_env() -> dict[str, str]:
+    """Ray starts HAProxy through the image's ``scripts/haproxy``, which adds the platform's
+    capacity gate and error answers (``common/haproxy_gate.py``): set in the manifest, so a
+    cluster gets the gate from what it was deployed with, not from an image's ``ENV``."""
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(IMAGE_PLATFORM_DIR / "scripts" / "haproxy"),
+        "PLATFORM_HAPROXY_GATE": "1",
+    }
 
 
 def default_image(loaded: dict[str, LoadedConfig]) -> str:

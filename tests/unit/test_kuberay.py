@@ -1,6 +1,8 @@
 """KubeRay manifests rendered from the shipped configs, checked against KubeRay's CRD schemas."""
 
 import copy
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,22 @@ def test_every_pod_mounts_memory_at_dev_shm():
         (mount,) = pod["containers"][0]["volumeMounts"]
         assert mount["mountPath"] == "/dev/shm"
         assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory"}
+
+
+@pytest.mark.parametrize("kind", ["rayservice", "rayjob"])
+def test_every_pod_runs_haproxy_through_the_platforms_capacity_gate(kind):
+    """The gate's HAProxy wrapper is named in the manifest itself, at the path the image keeps it
+    (the Dockerfile's WORKDIR): a cluster started from the manifest gets the gate without relying
+    on the image's ENV."""
+    manifest = render(kind, "model_config.yaml", "img", "platform", WorkerShape())
+    spec = manifest["spec"]
+    cluster = spec.get("rayClusterConfig") or spec["rayClusterSpec"]  # RayService's, RayJob's
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", Path("Dockerfile").read_text(), re.MULTILINE)
+    wrapper = Path("scripts/haproxy")
+    assert os.access(wrapper, os.X_OK) and "common.haproxy_gate" in wrapper.read_text()
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == f"{workdir}/{wrapper}"
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["PLATFORM_HAPROXY_GATE"] == "1"
