@@ -710,6 +710,18 @@ class PlatformSettings(StrictModel):
             first[entry.name] = index
         return self
 
+    @model_validator(mode="after")
+    def _budgets_need_the_ledger(self) -> PlatformSettings:
+        if self.usage.database is None:
+            for index, entry in enumerate(self.api_keys):
+                if entry.monthly_token_budget or entry.daily_token_budget:
+                    raise ValueError(
+                        f"api_keys[{index}] ({entry.name!r}) has a token budget, which the usage "
+                        "ledger counts: set usage.database (sqlite:////var/lib/platform/usage.db, "
+                        "say) or drop the budget"
+                    )
+        return self
+
     def secret_problems(self, files: bool = True) -> list[tuple[str, str]]:
         """(field, problem) for what is wrong with the keys as read here: missing, shorter than
         ``MIN_KEY_LENGTH``, or one key from two sources (the last would silently win, dropping

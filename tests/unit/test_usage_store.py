@@ -3,11 +3,14 @@ a failed write retried, keys stored by digest, budgets and the usage report."""
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import create_engine
 
 from configs.api_keys import APIKey, APIKeyEntry
+from configs.server_models import PlatformSettings
 from serve.policy.budgets import check_budget, next_month
 from serve.router.errors import APIError
 from serve.usage.database import UsageDatabase, open_engine
@@ -113,6 +116,15 @@ def test_a_yaml_key_with_a_budget_is_refused_on_both_paths_as_a_made_one_is(url,
             assert int((refused.value.headers or {})["Retry-After"]) >= 1
     finally:
         db.close()
+
+
+def test_a_yaml_budget_without_a_ledger_to_count_it_is_refused_by_name():
+    budgeted = {"name": "team-b", "key_env": "TEAM_B_KEY", "monthly_token_budget": 10}
+    with pytest.raises(ValidationError, match=r"api_keys\[0\] \('team-b'\) has a token budget"):
+        PlatformSettings.model_validate({"api_keys": [budgeted]})
+    database = {"database": "sqlite:///~/ledger/usage.db"}
+    settings = PlatformSettings.model_validate({"api_keys": [budgeted], "usage": database})
+    assert settings.usage.database == f"sqlite:///{Path.home()}/ledger/usage.db"
 
 
 def test_usage_is_reported_by_the_groups_and_period_asked_as_json_or_csv(url):
