@@ -65,6 +65,21 @@ _AUDIO_REQUESTS = {
 }
 
 
+# The endpoints whose bodies vLLM's own protocol models describe (``request_adapter``).
+VLLM_PROTOCOL_CAPABILITIES = frozenset(
+    {
+        Capability.CHAT,
+        Capability.COMPLETIONS,
+        Capability.EMBEDDINGS,
+        Capability.RERANK,
+        Capability.SCORE,
+        Capability.CLASSIFY,
+        Capability.TOKENIZE,
+        Capability.DETOKENIZE,
+    }
+)
+
+
 class InvalidRequest(InputError):
     """A request body that does not fit its endpoint's model; ``param`` names the field."""
 

@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from common.engine_response import EngineResponse
 from common.request_ids import current_request_id
+from configs.open_api_models import VLLM_PROTOCOL_CAPABILITIES, InvalidRequest, parse_request
 from configs.server_models import Capability
 from serve.platform_status import ModelPhase, phases_by_model
 from serve.policy.capacity import DeploymentCapacities
@@ -24,7 +25,7 @@ from serve.policy.request_policy import RequestPolicy, guarded
 from serve.router.app import router_policy
 from serve.router.errors import APIError
 from serve.router.model_directory import ModelDirectory
-from serve.router.replica_watch import NoReplica, ReplicaWatch, replica_actors
+from serve.router.replica_watch import NoReplica, ReplicaWatch, replica_actors, routable_replicas
 from serve.router.routing import ModelRoute, RouterSettings
 from serve.router.serve_controller import CONTROLLER_TIMEOUT_S, serve_controller
 
@@ -71,9 +72,26 @@ class ServeEngineCaller:
             stream=stream, multiplexed_model_id=route.variant or ""
         )
 
+    async def _check_before_waking(
+        self, route: ModelRoute, capability: Capability, body: dict
+    ) -> None:
+        """A 400 here for a malformed body to a model scaled to zero with no replica running,
+        checked with the engine's own rules (vLLM's protocol models), instead of a replica
+        started (tens of seconds of a cold vLLM engine) only to refuse it. A running replica
+        parses the body itself, as on every other request."""
+        if route.min_replicas != 0 or capability not in VLLM_PROTOCOL_CAPABILITIES:
+            return
+        if routable_replicas(self._deployment(route)):
+            return
+        try:  # in a thread: the first call imports vLLM's protocol modules (seconds)
+            await asyncio.to_thread(parse_request, capability, body)
+        except InvalidRequest as err:
+            raise APIError.from_input(err) from None
+
     async def call(self, route: ModelRoute, capability: Capability, body: dict) -> EngineResponse:
         """The engine's answer. The request policy's timeout cancels the call when it is spent
         (as it does when the client leaves): Serve cancels the replica's work."""
+        await self._check_before_waking(route, capability, body)
         for retry in (False, True):
             response = self._handle(route).handle.remote(
                 route.engine_model_id, capability.value, body, current_request_id.get()
@@ -92,6 +110,7 @@ class ServeEngineCaller:
     async def stream(
         self, route: ModelRoute, capability: Capability, body: dict
     ) -> AsyncGenerator[str | EngineResponse, None]:
+        await self._check_before_waking(route, capability, body)
         for retry in (False, True):
             response = self._handle(route, stream=True).handle_stream.remote(
                 route.engine_model_id, capability.value, body, current_request_id.get()

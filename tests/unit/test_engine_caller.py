@@ -96,12 +96,15 @@ def test_a_call_answers():
     assert asyncio.run(caller.call(ROUTE, Capability.CHAT, {})) == "answer"
 
 
-async def _collect(caller, route=ROUTE, seconds: float = 30) -> list:
+CHAT_BODY = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def _collect(caller, route=ROUTE, seconds: float = 30, body=CHAT_BODY) -> list:
     got: list = []
 
     async def read():
         try:
-            async for item in caller.stream(route, Capability.CHAT, {}):
+            async for item in caller.stream(route, Capability.CHAT, body):
                 got.append(item)
         except APIError as err:
             got.append(err.status_code)
@@ -173,6 +176,20 @@ def test_a_model_without_a_running_replica_is_a_503_at_once(replicas, min_replic
     route = ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT,), min_replicas=min_replicas)
     assert asyncio.run(_collect(caller, route)) == ([503] if refused else ["chunk"])
     assert handle.responses[0].cancelled  # a refused request leaves nothing queued
+
+
+@pytest.mark.parametrize("replicas,min_replicas,checked", [(0, 0, True), (1, 0, False)])
+def test_a_malformed_body_to_a_model_scaled_to_zero_starts_no_replica(
+    replicas, min_replicas, checked
+):
+    """With no replica running, the router checks the body with vLLM's rules first: a 400, and
+    nothing sent to Serve (which would start a replica to refuse it). A running replica checks
+    it itself."""
+    caller, handle, _ = _watched([0.01], replicas)
+    route = ModelRoute("chat", "vllm", "chat-dep", (Capability.CHAT,), min_replicas=min_replicas)
+    body = {**CHAT_BODY, "temperature": "hot"}
+    assert asyncio.run(_collect(caller, route, body=body)) == ([400] if checked else ["chunk"])
+    assert len(handle.responses) == (0 if checked else 1)
 
 
 @pytest.mark.parametrize("stream", [False, True])
