@@ -10,6 +10,7 @@ dies; the usage the client did not ask for is taken out of what it gets. A JSON 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,13 @@ def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> 
     return response_usage(content, usage_header).total
 
 
+# A chunk's own "usage" object: a quote inside a JSON string is escaped, so this key is the
+# chunk's, and usage holds only counts (one nested level: prompt_tokens_details).
+_USAGE_FIELD_START = ',"usage":{'
+_USAGE_FIELD = re.compile(r',"usage":(\{(?:[^{}"]|"[a-z_]+"|\{[^{}]*\})*\})')
+_NO_CHOICES = '"choices":[]'
+
+
 class StreamMeter:
     """Counts a server-sent event stream's tokens from the usage on its chunks (the last count
     seen is what the stream generated, however it ends), and takes out the usage the client did
@@ -127,6 +135,26 @@ class StreamMeter:
         data = event.removeprefix("data: ")
         if '"usage"' not in data:
             return event
+        start = data.rfind(_USAGE_FIELD_START)
+        if start < 0 or _NO_CHOICES in data:  # no usage object, or the event that ends the stream
+            return self._kept_parsed(event, data)
+        # A token's chunk, one per token on every stream: its usage is cut out of the text, not
+        # parsed and written again with the whole chunk (a tenth of the CPU per chunk).
+        usage = _USAGE_FIELD.match(data, start)
+        try:
+            counts = TokenCounts.of(json.loads(usage.group(1))) if usage else None
+        except ValueError:
+            counts = None
+        if usage is None or counts is None:
+            return self._kept_parsed(event, data)
+        self.counts = counts
+        if self.asked.continuous:
+            return event
+        kept = ',"usage":null' if self.asked.final else ""  # as vLLM sends a chunk then
+        return f"data: {data[:start]}{kept}{data[usage.end() :]}"
+
+    def _kept_parsed(self, event: str, data: str) -> str | None:
+        """``_kept`` for an event whose usage is not a token chunk's, by parsing it whole."""
         try:
             chunk = json.loads(data)
         except ValueError:

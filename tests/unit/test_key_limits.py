@@ -187,6 +187,33 @@ def test_a_stream_cut_short_is_charged_what_it_generated_and_shows_only_the_usag
     assert every_chunk.feed(stream) == stream
 
 
+def test_a_token_chunk_as_vllm_writes_it_loses_only_its_usage():
+    """vLLM writes chunks compact, usage after choices: the meter cuts the usage out of the text
+    (a token's content that looks like usage, nested details and fields after it included)."""
+    usage = {
+        "prompt_tokens": 5,
+        "total_tokens": 9,
+        "completion_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
+    chunk = {
+        "id": "c",
+        "choices": [{"index": 0, "delta": {"content": ',"usage":{"total_tokens":99}}'}}],
+        "usage": usage,
+        "system_fingerprint": "fp",
+    }
+    event = "data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+    for asked, shown in (
+        (UsageAsked(), None),
+        (UsageAsked(final=True), {"usage": None}),
+        (UsageAsked(continuous=True), {"usage": usage}),
+    ):
+        meter = StreamMeter(asked)
+        (out,) = meter.feed(event).removeprefix("data: ").split("\n\n")[:-1]
+        without = {k: v for k, v in chunk.items() if k != "usage"}
+        assert json.loads(out) == without | (shown or {}) and meter.tokens == 9
+
+
 def test_usage_is_asked_of_streams_on_every_chunk_and_read_from_answers():
     body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
     assert ask_for_usage(body) == UsageAsked(final=False, continuous=False)
