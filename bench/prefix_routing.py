@@ -8,8 +8,8 @@ prefixes of ``--prefix-len`` tokens, short suffixes) and, as a control, its rand
 each concurrency, on each path: ``shared`` (``/v1``, through the router, where the request router
 applies) and ``one-hop`` (``/models/<model_id>/v1``: HAProxy picks the replica by least
 connections in the default arm, and asks the model's ingress request router in the other, which
-is not shown the prompt yet: Serve's pick; so its ratios show that hop's cost, not routing by
-prefix). Every pass draws prompts with a seed of its own, so no pass finds
+hands the prompt to the same request router: the prefix tree is the model's, shared by both
+paths). Every pass draws prompts with a seed of its own, so no pass finds
 its prefixes cached by the one before. vLLM's prefix-cache hit rate over each pass is read from
 the replicas' metrics (Ray's metrics export, summed over the replicas).
 

@@ -115,7 +115,7 @@ def _request_router_config(spec: DeploymentSpec) -> RequestRouterConfig | None:
 def _with_variant_router(engine: Application, model: BaseModelEntry) -> Application:
     """``engine`` with HAProxy asking a ``VariantRouter`` which replica gets each request, so a
     variant's requests on the one-hop URL go to the replica holding it, and a model routed by
-    prefix gets its request router's pick (not shown the prompt yet: Serve's pick). One replica of
+    prefix gets its request router's pick (``prefix_affinity.py``), as on ``/v1``. One replica of
     no CPU: it answers one small request per request, and Serve restarts it where it fails. Ray's
     hook for this is private (``ray.serve.llm``'s direct streaming is its other user)."""
     router = serve.deployment(VariantRouter).options(

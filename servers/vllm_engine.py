@@ -32,6 +32,7 @@ from servers.vllm_cpu_placement import (
     engine_core_beside_worker,
     worker_inside_engine_core,
 )
+from servers.vllm_prefix_cache import PrefixCacheTally
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class VLLMEngine(BaseEngine):
         self.engine_client: Any = None
         self.streams_cancelled = 0
         self.requests_aborted = 0
+        self.prefix_cache = PrefixCacheTally()  # vLLM's own counts, for this replica's stats
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -124,7 +126,11 @@ class VLLMEngine(BaseEngine):
                 disable_log_stats=engine_args.disable_log_stats,
                 # vLLM's engine metrics through Ray's metrics system (ray_vllm_* on every node's
                 # endpoint)
-                stat_loggers=None if engine_args.disable_log_stats else [RayPrometheusStatLogger],
+                stat_loggers=(
+                    None
+                    if engine_args.disable_log_stats
+                    else [RayPrometheusStatLogger, self.prefix_cache.stat_logger()]
+                ),
             )
         self._exit_stack.callback(engine.shutdown, timeout=vllm_config.shutdown_timeout)
         if current_platform.is_cpu():
@@ -216,6 +222,7 @@ class VLLMEngine(BaseEngine):
             "max_num_seqs": self.engine_client.vllm_config.scheduler_config.max_num_seqs,
             "tensor_parallel_size": parallel.tensor_parallel_size,
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
+            **self.prefix_cache.stats(),
         }
 
     async def handle(self, capability: Capability, body: dict[str, Any]) -> EngineResponse:

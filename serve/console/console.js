@@ -138,6 +138,7 @@ function statusRow(model, state) {
     String(state.unfinished_requests ?? state.requests_in_flight ?? ""),
     requestRate(model.id, state.requests_total),
     variants.join(", "),
+    typeof state.prefix_cache_hit_rate === "number" ? `${(state.prefix_cache_hit_rate * 100).toFixed(1)}%` : "",
   ];
   const row = document.createElement("tr");
   row.dataset.model = model.id;

@@ -5,12 +5,20 @@ import json
 
 import pytest
 from jsonschema.validators import validator_for
+from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve._private.request_router.common import PendingRequest
 
 from builders.app_builder import build_model_app
 from builders.config_schema import SCHEMA_PATH
 from configs import ConfigError, load_platform_config
-from serve.deployments.prefix_affinity import PrefixAffinityRouter, request_router_config
+from serve.deployments.prefix_affinity import (
+    PrefixAffinityRouter,
+    RoutingDecision,
+    UnseenPicks,
+    _TreeCalls,
+    decision,
+    request_router_config,
+)
 
 
 def _entry(model_type="vllm", **extra):
@@ -152,3 +160,45 @@ def test_the_routers_per_node_limit_reaches_its_deployment(limit):
 def test_a_router_per_node_limit_out_of_serves_range_names_the_field():
     with pytest.raises(ConfigError, match=r"router\.max_replicas_per_node"):
         load_platform_config({"models": [_entry()], "router": {"max_replicas_per_node": 0}})
+
+
+@pytest.mark.parametrize(
+    "has_prompt,chosen,placed_new,made",
+    [
+        (True, True, False, RoutingDecision.AFFINITY),  # the tree's longest match
+        (True, True, True, RoutingDecision.NEW_PREFIX),  # too short a match: smallest tenant
+        (True, False, False, RoutingDecision.LOAD),  # queues past the bound: Serve's pick
+        (True, False, True, RoutingDecision.LOAD),  # the tree had no tenant to give
+        (False, False, False, RoutingDecision.NO_PROMPT),
+    ],
+)
+def test_each_routing_decision_is_counted_as_what_rays_router_did(
+    has_prompt, chosen, placed_new, made
+):
+    assert decision(has_prompt, chosen, placed_new) is made
+
+
+def test_the_tree_calls_note_whether_the_match_fell_back_to_the_smallest_tenants():
+    class Tree:
+        def prefix_match(self): ...
+        def get_smallest_tenants(self): ...
+        def insert(self): ...
+
+    calls = _TreeCalls(Tree())
+    calls.get_smallest_tenants()
+    assert calls.placed_new
+    calls.prefix_match()  # the next request's match starts afresh
+    assert not calls.placed_new
+    calls.insert()
+    assert not calls.placed_new
+
+
+def test_a_pick_only_request_counts_on_its_replicas_queue_until_haproxy_has_forwarded_it():
+    """The one-hop path's burst: each pick weighs on the next ones for ``settle_s``."""
+    picks = UnseenPicks(settle_s=1.0)
+    a, b = (ReplicaID(unique_id=name, deployment_id=DeploymentID(name="m")) for name in "ab")
+    for now, replica in ((10.0, a), (10.1, a), (10.2, b)):
+        picks.add(replica, now)
+    assert picks.by_replica(10.5) == {a: 2, b: 1}
+    assert picks.by_replica(11.15) == {b: 1}  # the first two are in the replica's own count now
+    assert picks.by_replica(12.0) == {}

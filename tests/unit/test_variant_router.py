@@ -9,10 +9,19 @@ import pytest
 from starlette.requests import Request
 
 from builders.app_builder import build_model_app
-from serve.deployments.variant_router import MAX_ROUTED_BODY_BYTES, body_head, requested_variant
+from serve.deployments.variant_router import (
+    MAX_ROUTED_BODY_BYTES,
+    body_head,
+    read_body,
+    requested_variant,
+)
 from tests.lora_files import lora_adapter
 
 VARIANTS = frozenset({"sql", "poet"})
+
+
+def _variant(body: bytes) -> str:
+    return requested_variant(read_body(body)[0], "chat", VARIANTS)
 
 
 @pytest.mark.parametrize(
@@ -34,30 +43,25 @@ VARIANTS = frozenset({"sql", "poet"})
     ],
 )
 def test_the_variant_a_body_names(body, variant):
-    assert requested_variant(json.dumps(body).encode(), "chat", VARIANTS) == variant
+    assert _variant(json.dumps(body).encode()) == variant
 
 
 def test_a_body_cut_at_haproxys_buffer_still_names_its_variant_when_the_model_came_first():
     body = json.dumps(
         {"model": "chat:sql", "messages": [{"role": "user", "content": "x" * 1000}]}
     ).encode()
-    assert requested_variant(body[:200], "chat", VARIANTS) == "sql"
+    assert _variant(body[:200]) == "sql"
     cut_before = json.dumps(
         {"messages": [{"role": "user", "content": 'a "model": "chat:poet" b'}], "model": "chat:sql"}
     ).encode()[:60]
-    assert (
-        requested_variant(cut_before, "chat", VARIANTS) == ""
-    )  # only quoted text of a message came
-    assert (
-        requested_variant(b"[1, 2]", "chat", VARIANTS) == ""
-        and requested_variant(b"", "chat", VARIANTS) == ""
-    )
+    assert _variant(cut_before) == ""  # only quoted text of a message came
+    assert _variant(b"[1, 2]") == "" and _variant(b"") == ""
 
 
 def test_a_body_no_parser_can_read_gets_no_variant_and_no_error():
     nested = b'{"model": "chat:sql", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
-    assert requested_variant(nested, "chat", VARIANTS) == "sql"  # the replica answers its 400
-    assert requested_variant(b"\xff\xfe{", "chat", VARIANTS) == ""
+    assert _variant(nested) == "sql"  # the replica answers its 400
+    assert _variant(b"\xff\xfe{") == ""
 
 
 def _model_app(multiplex_config=None):
@@ -102,4 +106,13 @@ def test_a_body_of_any_size_costs_the_router_at_most_its_head():
     request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     head = asyncio.run(body_head(request))
     assert len(head) == MAX_ROUTED_BODY_BYTES and sum(sent) == len(chunk)
-    assert requested_variant(head, "chat", VARIANTS) == "sql"
+    assert _variant(head) == "sql"
+
+
+def test_the_body_reaches_the_request_router_whole_where_it_is_json():
+    """The prompt goes to ``choose_replica`` (a model routed by prefix); a body cut short has
+    none to give, only its model."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x" * 1000}]}
+    assert read_body(json.dumps(body).encode()) == ("chat", body)
+    assert read_body(json.dumps(body).encode()[:200]) == ("chat", None)
+    assert read_body(b"[1, 2]") == (None, None)
