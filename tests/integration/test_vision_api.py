@@ -13,7 +13,9 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.helpers import API_KEY, auth_headers, fresh_ready
+from configs import load_platform_config
+from configs.deployment_capacity import deployment_limits
+from tests.integration.helpers import API_KEY, auth_headers, fresh_ready, wait_until
 from tests.media_files import b64, image_file, infer_body, video_file
 
 CLASSIFIER, DETECTOR, ZERO_SHOT = "tiny-vit", "tiny-detector", "tiny-zero-shot"
@@ -238,3 +240,56 @@ def test_chat_image_as_data_url_reaches_the_engine(client):
     # tiny-chat is a text-only model: vLLM itself refuses the image, proving it got that far.
     with pytest.raises(openai.BadRequestError, match="not a multimodal model"):
         chat_with_media(client, f"data:image/png;base64,{b64(PNG)}")
+
+
+VARIANTS_MODEL = "tiny-vit-variants"  # a deployment of its own, its capacity below the router's
+
+
+async def _stalled_inferences(platform_url: str, count: int) -> list[asyncio.StreamWriter]:
+    """``count`` /v2 inferences whose bodies never arrive: each holds its deployment's slot in
+    the router (taken before the body is read) until its connection closes."""
+    url = httpx.URL(platform_url)
+    head = (
+        f"POST /v2/models/{VARIANTS_MODEL}/infer HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+        'Content-Length: 64\r\n\r\n{"inputs": '
+    ).encode()
+
+    async def one() -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(head)
+        await writer.drain()
+        return writer
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def test_v2_inferences_past_the_deployments_capacity_get_a_503_at_once(
+    platform, platform_url, http
+):
+    """With every slot the router has for the model's deployment (running + queued) held by a
+    request still sending its body, the next inference is the protocol's 503 with Retry-After,
+    not a place in Serve's queue; once those requests go, the model answers again."""
+    if platform.config is None:
+        pytest.skip("a platform this session did not start (PLATFORM_URL): its config is unknown")
+    config = load_platform_config(platform.config["applications"][0]["args"])
+    routers = config.platform.router.num_replicas
+    capacity = deployment_limits(config, "router", routers)[VARIANTS_MODEL]
+    assert capacity is not None and capacity * routers < config.platform.router.max_ongoing_requests
+    stalled = await _stalled_inferences(platform_url, capacity * routers)
+    try:
+        refused = await asyncio.to_thread(
+            wait_until,
+            lambda: infer(http, VARIANTS_MODEL, [b64(PNG)]),
+            lambda response: response.status_code == 503,
+            60,
+        )
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == f"{VARIANTS_MODEL} is at capacity; retry shortly"
+    finally:
+        for writer in stalled:
+            writer.close()
+    answered = await asyncio.to_thread(
+        wait_until, lambda: infer(http, VARIANTS_MODEL, [b64(PNG)]), lambda r: r.status_code == 200
+    )
+    assert answered.status_code == 200, answered.text
