@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
+
+from starlette.types import Message, Send
 
 from common import haproxy_gate
 from serve.router.errors import APIError
@@ -99,6 +101,33 @@ class Capacity:
         return f"Capacity({self.name!r}, {self.in_flight}/{self._limit})"
 
 
+class Slot:
+    """One request's place in a ``Capacity``, taken at once or refused with the 503, and given
+    back once: when the request ends, or sooner, when its answer's last byte goes out
+    (``freed_by_last_byte``). HAProxy's gate counts a request out when that byte passes it and
+    lets the next one in, which must find the place free here; held until the request's
+    clean-up ran, it was refused here instead, behind all this process's work (issue 32)."""
+
+    def __init__(self, capacity: Capacity):
+        capacity.acquire()
+        self._capacity: Capacity | None = capacity
+
+    def release(self) -> None:
+        capacity, self._capacity = self._capacity, None
+        if capacity is not None:
+            capacity.release()
+
+    def freed_by_last_byte(self, send: Send) -> Send:
+        """``send`` that gives the place back as the answer's last message goes out."""
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.release()
+            await send(message)
+
+        return sent
+
+
 class DeploymentCapacities:
     """This process's ``Capacity`` of each engine deployment, made at its first use. The request
     policy admits requests against it; the router's readiness probe takes a slot only when one
@@ -120,13 +149,22 @@ class DeploymentCapacities:
         capacity.limit = limit
         return capacity
 
-    def admit(self, route: ModelRoute, own_url: bool) -> AbstractContextManager[None]:
-        """A slot of ``route``'s deployment for the block, or its 503 at once: every request to a
-        model holds one, whoever reads its body (the request policy, or the app for an upload or
-        a ``/v2`` inference). ``own_url``: counted on the model's own URL (a replica's port, its
-        ``replica_capacity``), else in a router process (``router_capacity``)."""
+    @contextmanager
+    def admit(self, route: ModelRoute, own_url: bool) -> Iterator[Slot | None]:
+        """A slot of ``route``'s deployment for the block (None: unbounded), or its 503 at once:
+        every request to a model holds one, whoever reads its body (the request policy, or the
+        app for an upload or a ``/v2`` inference). ``own_url``: counted on the model's own URL (a
+        replica's port, its ``replica_capacity``), else in a router process
+        (``router_capacity``)."""
         capacity = self.of(route, route.replica_capacity if own_url else route.router_capacity)
-        return capacity.admit() if capacity is not None else nullcontext()
+        if capacity is None:
+            yield None
+            return
+        slot = Slot(capacity)
+        try:
+            yield slot
+        finally:
+            slot.release()
 
     def values(self) -> Collection[Capacity]:
         return self._by_deployment.values()

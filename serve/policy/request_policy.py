@@ -215,7 +215,13 @@ class RequestPolicy:
         state[MODEL_STATE] = route.model_id
         if self.usage is not None:
             check_budget(self.usage, key)
-        self._hold_capacity(route, request_end)
+        # a place in the deployment's capacity (variants and a group's models share it), or the
+        # 503 at once, not behind all the work before Serve's own queue
+        slot = request_end.enter_context(
+            self.capacities.admit(route, own_url=self.mount.model_id is not None)
+        )
+        if slot is not None:
+            send = slot.freed_by_last_byte(send)
         metered = await self._metered(key, route, body, send, request_end)
         state[METERED_STATE] = metered
         send = metered.send if metered is not None else send
@@ -253,12 +259,6 @@ class RequestPolicy:
         if name is None or name == "":
             raise APIError(400, "'model' is required", param="model", code="missing_model")
         raise unknown_model(name, list(visible(request, self.settings.routes)))
-
-    def _hold_capacity(self, route: ModelRoute, request_end: contextlib.AsyncExitStack) -> None:
-        """A slot of ``route``'s deployment until the request ends, or the 503 at once when all
-        are taken: before Serve's own queue refuses it, behind all the work that precedes it
-        there. Variants and a group's models share their deployment's slots."""
-        request_end.enter_context(self.capacities.admit(route, self.mount.model_id is not None))
 
     async def _metered(
         self,

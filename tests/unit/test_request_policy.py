@@ -389,3 +389,30 @@ async def test_an_adapter_outside_the_scope_is_refused_as_an_unknown_model_on_ei
             **unknown.json()["error"],
             "message": unknown.json()["error"]["message"].replace("'m:v3'", "'m:v2'"),
         }, mount.metrics_path
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
+async def test_a_slot_is_free_once_the_answers_last_byte_went_out(mount):
+    """HAProxy lets the next request in when the last byte of an answer passes it: the slot must
+    be free by then, not only once the request's clean-up ran (which a busy process runs late)."""
+    route = ModelRoute(
+        "m", "vllm", "m-dep", (Capability.CHAT,), router_capacity=1, replica_capacity=1
+    )
+    answered, finish = asyncio.Event(), asyncio.Event()
+
+    async def chat(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        answered.set()
+        await finish.wait()  # still running after its answer: its clean-up is late
+
+    policy = RequestPolicy(chat, RouterSettings(routes={"m": route}), mount)
+    body = {"model": "m", "messages": []}
+    first = asyncio.create_task(_chat(policy, json=body))
+    await asyncio.wait_for(answered.wait(), timeout=60)
+    assert list(policy.capacities.values())[0].in_flight == 0
+    finish.set()
+    assert (await first).status_code == 200
+    assert (await _chat(policy, json=body)).status_code == 200
+    assert list(policy.capacities.values())[0].in_flight == 0
