@@ -87,6 +87,12 @@ class PlatformMetrics:
             "Tokens spent, by API key name, model and kind (prompt or completion).",
             tag_keys=("key", "model", "kind"),
         )
+        self.key_media = Counter(
+            "platform_key_media",
+            "Media a key's requests sent or got, by API key name, model and kind: audio_in_s, "
+            "audio_out_s and video_s in seconds, images in images (the usage ledger's columns).",
+            tag_keys=("key", "model", "kind"),
+        )
         self.batch_size = Histogram(
             "platform_batch_size",
             "Requests per forward pass of a batching engine.",

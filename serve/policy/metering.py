@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import Message, Send
 
-from common.media_usage import NO_MEDIA, MediaUsage
+from common.media_usage import MEASURES, NO_MEDIA, MediaUsage
 from common.metrics import platform_metrics
 from common.streaming import is_event_stream
 from configs.api_keys import APIKey
@@ -308,5 +308,8 @@ def record_answer(
     ):
         if tokens:
             metrics.key_tokens.inc(tokens, {**tags, "kind": kind})
+    for kind in MEASURES:
+        if amount := getattr(media, kind):
+            metrics.key_media.inc(amount, {**tags, "kind": kind})
     if usage is not None:
         usage.record(answered)

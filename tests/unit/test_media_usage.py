@@ -203,3 +203,26 @@ def test_a_ledger_made_before_the_media_columns_keeps_its_rows_with_none(tmp_pat
     _migrated(url, "0001", downgrade=True)  # and back: the old columns as they were
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT * FROM usage_minutes")).one()[5:] == (2, 5, 7, 0.5)
+
+
+def test_a_keys_media_reaches_its_prometheus_counter_by_kind(monkeypatch):
+    """Beside the ledger, each answer's media counts in ``platform_key_media`` by key name and
+    kind (the ledger's columns); a measure the answer lacks adds no series."""
+    from serve.policy import metering
+
+    counted: list[tuple[str, float, dict]] = []
+
+    class Recorded:
+        def __getattr__(self, name):
+            return SimpleNamespace(inc=lambda value, tags: counted.append((name, value, tags)))
+
+    monkeypatch.setattr(metering, "platform_metrics", Recorded)
+    media = MediaUsage(audio_in_s=2.5, images=3)
+    tokens = metering.TokenCounts(4, 0)
+    metering.record_answer(
+        None, KEY, "whisper", "/v1/audio/transcriptions", 200, tokens, 0.1, media
+    )
+    assert [(v, t) for name, v, t in counted if name == "key_media"] == [
+        (2.5, {"key": "team-a", "model": "whisper", "kind": "audio_in_s"}),
+        (3, {"key": "team-a", "model": "whisper", "kind": "images"}),
+    ]
