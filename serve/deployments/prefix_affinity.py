@@ -13,9 +13,10 @@ The second: the one-hop path's pick-only calls (``choose_replica(body, _reserve=
 pick_only=True)``, the request itself goes through HAProxy). For those Serve takes the first
 replica of the first rank as it is, probes no queue and never calls ``on_request_routed``, where
 Ray's router records the prompt: here the shorter queue of the rank is chosen and the prompt
-recorded for it. And a replica's queue counts a request only once HAProxy has forwarded it: a
-burst of picks would all see the same queues (in a burst of 16, all went to one replica), so
-each pick counts on its replica's queue for ``PICK_SETTLE_S`` too.
+recorded for it; the replicas' queues are probed for each pick (Serve's cache of them is kept by
+its dispatch, which these calls skip). And a replica's queue counts a request only once HAProxy
+has forwarded it: a burst of picks would see the same queues, so each pick counts on its
+replica's queue for ``PICK_SETTLE_S`` too.
 
 The third: each decision counted (``platform_routing_decisions``, by model, path and decision).
 
@@ -166,9 +167,13 @@ class PrefixAffinityRouter(PrefixCacheAffinityRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
-        ranks = await super().choose_replicas(candidate_replicas, pending_request)
         if not _pick_only(pending_request):
-            return ranks
+            return await super().choose_replicas(candidate_replicas, pending_request)
+        # Serve's cache of queue lengths hears of a request sent or finished only through its
+        # own dispatch: for pick-only calls it would keep the last probe's lengths for 10 s (a
+        # burst of 16 all went to one replica). A process that picks only probes every time.
+        self._use_replica_queue_len_cache = False
+        ranks = await super().choose_replicas(candidate_replicas, pending_request)
         assert pending_request is not None
         first = next((rank for rank in ranks if rank), None)
         if not first:
