@@ -105,8 +105,8 @@ class Slot:
     """One request's place in a ``Capacity``, taken at once or refused with the 503, and given
     back once: when the request ends, or sooner, when its answer's last byte goes out
     (``freed_by_last_byte``). HAProxy's gate counts a request out when that byte passes it and
-    lets the next one in, which must find the place free here; held until the request's
-    clean-up ran, it was refused here instead, behind all this process's work (issue 32)."""
+    lets the next one in, which must find the place free here, not still held by a request
+    whose clean-up has yet to run on a busy event loop."""
 
     def __init__(self, capacity: Capacity):
         capacity.acquire()
