@@ -47,8 +47,11 @@ from serve.deployments.variant_router import PICK_ONLY
 
 PROMPT_FIELDS = ("messages", "prompt")  # chat completions, completions
 # How long a pick-only request counts on its replica's queue beside the replica's own count: the
-# time HAProxy takes to forward it, generously (it counts twice meanwhile: load wins sooner).
-PICK_SETTLE_S = 1.0
+# time HAProxy takes to forward it, generously (it counts twice meanwhile: load wins sooner). Not
+# much longer: at 1 s, short requests sent one after another, each done before the next, still
+# counted as a queue on their replica, and load sent every third away from its prefix (six
+# requests of one prefix split 3 and 3 in tests/integration/test_prefix_routing.py).
+PICK_SETTLE_S = 0.25
 
 
 class RoutingDecision(StrEnum):
