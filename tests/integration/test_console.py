@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.audio_files import UPLOAD_FORMATS, audio_file
 from tests.integration.helpers import ADMIN_KEY, API_KEY, ROOT, SCOPED_KEY, auth_headers
 from tests.integration.session_config import RAG_DOCUMENTS, RAG_QUESTION, REAL_CHAT
-from tests.media_files import image_file
+from tests.media_files import b64, image_file, infer_body
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WAIT_S = 120
@@ -528,5 +528,37 @@ def test_the_usage_tab_charts_the_ledger_for_an_admin_key(browser, platform_url)
         "id => Chart.getChart(id).data.datasets.map(d => d.label))"
     )
     assert lines[0] and "all-minilm-l6-v2" in lines[1]
+
+    # The media the ledger counts, charted per model: tiny-vit's images as /admin/usage sums them
+    classified = httpx.post(
+        f"{platform_url}/v2/models/tiny-vit/infer",
+        json=infer_body([b64(image_file())] * 2),
+        headers=auth_headers(),
+        timeout=60,
+    )
+    assert classified.status_code == 200, classified.text
+    Select(browser.find_element(By.ID, "usage-measure")).select_by_value("images")
+
+    def charted_images() -> tuple[int, int] | None:
+        browser.find_element(By.ID, "usage-load").click()
+        time.sleep(0.5)
+        charted = browser.execute_script(
+            "const d = Chart.getChart('usage-by-model').data.datasets"
+            ".find(d => d.label === 'tiny-vit'); return d ? d.data.reduce((a, b) => a + b, 0) : 0"
+        )
+        # the same window as the tab's (its range: the last 24 hours)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 24 * 3600))
+        ledger = httpx.get(
+            f"{platform_url}/admin/usage",
+            params={"model": "tiny-vit", "group_by": "model", "from": since},
+            headers=auth_headers(ADMIN_KEY),
+            timeout=30,
+        ).json()["data"]
+        images = sum(row["images"] for row in ledger)
+        return (charted, images) if charted >= 2 and charted == images else None
+
+    assert _wait(browser, lambda d: charted_images(), timeout=30)
+    assert browser.find_element(By.CSS_SELECTOR, "#tab-usage h3").text == "images per key"
+    _no_error(browser, "usage-error")
     assert _origins(browser) == {platform_url}  # Chart.js comes from the platform, no CDN
     _screenshot(browser, "usage")
