@@ -156,6 +156,7 @@ up() {
   for ((i = 0; i < n; i++)); do add_namespace "$(ns "$i")" "$(addr "$i")" "$i"; done
   [ "${2:-}" != --redis ] || start_redis
   for ((i = 0; i < n; i++)); do start_node "$i"; done
+  echo "host $HOST_ADDR" # this machine on the bridge: where a service the nodes share may listen
   trap - EXIT
 }
 

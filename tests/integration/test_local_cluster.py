@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 import yaml
 
@@ -35,6 +36,7 @@ from tests.integration.helpers import (
     auth_headers,
     wait_until,
 )
+from tests.integration.postgres_server import ledger_url, running_postgres
 from tests.media_files import b64, image_file, infer_body
 
 pytestmark = [
@@ -69,7 +71,8 @@ VIT = _model(
 )
 
 
-def _config(*models: dict) -> dict:
+def _config(*models: dict, usage: str | None = None) -> dict:
+    """The module's application of ``models``, its usage ledger on the database at ``usage``."""
     return {
         "applications": [
             {
@@ -91,7 +94,8 @@ def _config(*models: dict) -> dict:
                         "max_replicas_per_node": 1,
                         "ray_actor_options": {"num_cpus": 0, "resources": {INGRESS: 1}},
                     },
-                },
+                }
+                | ({"usage": {"database": usage}} if usage else {}),
             }
         ]
     }
@@ -104,6 +108,8 @@ class LocalCluster:
     workdir: Path
     redis: bool
     log: list[str] = field(default_factory=list)
+    host: str = ""  # this machine on the cluster's bridge
+    ledger: str | None = None  # the usage database every router and replica writes
 
     def run(self, *args: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -192,8 +198,14 @@ def cluster(tmp_path_factory):
         for line in up.stdout.splitlines():
             if match := re.fullmatch(r"node (\d+) (\S+)", line):
                 local.nodes[int(match[1])] = match[2]
-        assert sorted(local.nodes) == [0, 1, 2], up.stdout
-        yield local
+            elif match := re.fullmatch(r"host (\S+)", line):
+                local.host = match[1]
+        assert sorted(local.nodes) == [0, 1, 2] and local.host, up.stdout
+        # The usage ledger on a PostgreSQL outside the cluster, as a cluster's would be: on this
+        # machine's bridge address, open to the nodes' subnet only.
+        with running_postgres((local.host,), trusted_subnet=f"{local.host}/24") as port:
+            local.ledger = ledger_url(local.host, port)
+            yield local
     finally:
         down = local.run("down", timeout=120)
         assert down.returncode == 0, down.stderr
@@ -203,7 +215,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployed(cluster):
-    cluster.deploy(_config(TWIN_MODEL))
+    cluster.deploy(_config(TWIN_MODEL, usage=cluster.ledger))
     return cluster
 
 
@@ -237,7 +249,7 @@ def test_every_nodes_proxy_serves_both_paths(deployed):
 def test_ray_placed_the_replicas_where_the_plan_said(deployed):
     # The operator's command, on the workers alone (the head's 1 CPU fits no twin-chat replica)
     config = deployed.workdir / "plan.yaml"
-    config.write_text(yaml.safe_dump(_config(TWIN_MODEL)))
+    config.write_text(yaml.safe_dump(_config(TWIN_MODEL, usage=deployed.ledger)))
     printed = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), "deploy_app.py", "--config", str(config)]
         + ["--plan", "--nodes", "2", "--cpus-per-node", "5", "--gpus-per-node", "0"],
@@ -266,11 +278,65 @@ def test_ray_placed_the_replicas_where_the_plan_said(deployed):
     assert ready["running"] == 2 and sorted(ready["nodes"]) == made, ready  # admins see them
 
 
+def _chat_as(client: httpx.Client, url: str, key: str) -> httpx.Response:
+    """A chat with ``key``, retried while the key is not yet known where it lands (a key made on
+    one node reaches every router and replica within the key store's refresh)."""
+    body = {"model": TWIN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    return wait_until(
+        lambda: client.post(url, json=body, headers={"Authorization": f"Bearer {key}"}),
+        lambda answer: answer.status_code != 401,
+        timeout_s=10,
+    )
+
+
+def test_every_router_and_replica_writes_one_ledger_on_postgresql(deployed):
+    """``usage.database`` on a PostgreSQL outside the cluster: a key made through worker 1's admin
+    API serves through every node's proxy on both paths, and the ledger, read through worker 2,
+    holds exactly what the clients were told; PostgreSQL has connections from every node (the
+    routers on the head and worker 1, the twin's replicas on both workers)."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(timeout=120) as client:
+        made = client.post(
+            deployed.url(1) + "/admin/keys", json={"name": "cluster-team"}, headers=admin
+        )
+        assert made.status_code == 201, made.text
+        key, told = made.json()["key"], {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        for node in deployed.nodes:
+            for path in (SHARED, ONE_HOP):
+                answer = _chat_as(client, deployed.url(node) + path, key)
+                assert answer.status_code == 200, (node, path, answer.text)
+                usage = answer.json()["usage"]
+                told["requests"] += 1
+                told["prompt_tokens"] += usage["prompt_tokens"]
+                told["completion_tokens"] += usage["completion_tokens"]
+
+        def ledger() -> dict:
+            rows = client.get(
+                deployed.url(2) + "/admin/usage",
+                params={"key": "cluster-team", "group_by": "key"},
+                headers=admin,
+            ).json()["data"]
+            return {name: sum(row[name] for row in rows) for name in told}
+
+        # each process writes its counts every second
+        assert wait_until(ledger, lambda seen: seen == told, timeout_s=15) == told
+    with psycopg.connect(deployed.ledger.replace("+psycopg", "")) as connection:
+        clients = {
+            address
+            for (address,) in connection.execute(
+                "SELECT DISTINCT host(client_addr) FROM pg_stat_activity"
+                " WHERE client_addr IS NOT NULL"
+            )
+        }
+    deployed.log.append(f"ledger on PostgreSQL: {told}; connections from {sorted(clients)}")
+    assert set(deployed.nodes.values()) <= clients, (deployed.nodes, clients)
+
+
 def test_a_live_edit_from_a_worker_reaches_every_nodes_proxy(deployed):
     """``deploy_app.py --address`` run on worker 1 adds a model; every node's proxy serves it at
     once (the edit back runs on the head)."""
     earlier = deployed.state("[j.job_id for j in jobs()]")
-    deployed.deploy(_config(TWIN_MODEL, VIT), from_node=1)
+    deployed.deploy(_config(TWIN_MODEL, VIT, usage=deployed.ledger), from_node=1)
     # the driver that applied it ran on worker 1's node, as Ray's job table says
     drivers = f"[j for j in jobs() if j.type == 'DRIVER' and j.job_id not in {earlier!r}]"
     placed = deployed.state(f"[j.driver_info.node_ip_address for j in {drivers}]")
@@ -286,7 +352,7 @@ def test_a_live_edit_from_a_worker_reaches_every_nodes_proxy(deployed):
                 )
                 assert classified.status_code == 200, (node, classified.text)
     finally:
-        deployed.deploy(_config(TWIN_MODEL))
+        deployed.deploy(_config(TWIN_MODEL, usage=deployed.ledger))
 
 
 @dataclass

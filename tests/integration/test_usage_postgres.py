@@ -5,17 +5,10 @@ through one is checked, with its budget, by the other."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
 from configs.api_keys import APIKey
@@ -24,60 +17,13 @@ from serve.router.errors import APIError
 from serve.usage.database import UsageDatabase
 from serve.usage.reports import UsageQuery, usage_rows
 from tests.integration.helpers import ROOT
-from tests.ports import free_port
-
-
-def _postgres_bin(name: str) -> str:
-    """Debian's binary (``/usr/lib/postgresql/<version>/bin``), else the one on PATH."""
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
-    assert found[-1], f"{name} is not installed: apt-get install -y postgresql"
-    return str(found[-1])
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    """``command`` as the ``postgres`` user when run as root (initdb refuses root)."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+from tests.integration.postgres_server import ledger_url, running_postgres
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    root = os.geteuid() == 0
-    # as root, under /tmp itself: the postgres user cannot enter the test run's private TMPDIR
-    home = Path(tempfile.mkdtemp(prefix="postgres", dir="/tmp" if root else None))
-    if root:
-        shutil.chown(home, "postgres")
-    data, port = home / "data", free_port()
-    subprocess.run(
-        _as_postgres([_postgres_bin("initdb"), "-D", str(data), "-U", "platform", "--auth=trust"]),
-        check=True,
-        capture_output=True,
-    )
-    server = subprocess.Popen(
-        _as_postgres(
-            [_postgres_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port)]
-            + ["-k", str(home)]
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"postgresql+psycopg://platform@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                psycopg.connect(f"postgresql://platform@127.0.0.1:{port}/postgres").close()
-                break
-            except psycopg.OperationalError:
-                assert server.poll() is None and time.monotonic() < deadline, (
-                    "postgres did not start"
-                )
-                time.sleep(0.2)
-        yield url
-    finally:
-        stop = [_postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
-        subprocess.run(_as_postgres(stop), capture_output=True, timeout=60)
-        server.wait(timeout=30)
-        shutil.rmtree(home, ignore_errors=True)
+    with running_postgres() as port:
+        yield ledger_url("127.0.0.1", port)
 
 
 # One router replica: opens the ledger (migrating it if it is new), records its answers while its
