@@ -47,11 +47,12 @@ from serve.deployments.variant_router import PICK_ONLY
 
 PROMPT_FIELDS = ("messages", "prompt")  # chat completions, completions
 # How long a pick-only request counts on its replica's queue beside the replica's own count: the
-# time HAProxy takes to forward it, generously (it counts twice meanwhile: load wins sooner). Not
-# much longer: at 1 s, short requests sent one after another, each done before the next, still
-# counted as a queue on their replica, and load sent every third away from its prefix (six
-# requests of one prefix split 3 and 3 in tests/integration/test_prefix_routing.py).
-PICK_SETTLE_S = 0.25
+# time HAProxy takes to forward it (milliseconds), with room (it counts twice meanwhile: load wins
+# sooner). No longer: a short request done before the next one is sent still counts for this
+# long, and a client's requests sent one after another (an agent's loop) would pile up as a
+# phantom queue on their replica until load sent them away from their prefix (at 1 s, six requests
+# of one prefix split 3 and 3 in tests/integration/test_prefix_routing.py; at 0.25 s, 4 and 2).
+PICK_SETTLE_S = 0.05
 
 
 class RoutingDecision(StrEnum):
