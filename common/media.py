@@ -5,6 +5,7 @@ bombs), duration from the container, frames sampled rather than decoded whole.""
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -144,12 +145,19 @@ def decode_clip(
 
 
 def check_media_pixels(
-    kind: str, data: bytes, max_image_pixels: int, max_frame_pixels: int
+    kind: str,
+    data: bytes,
+    max_image_pixels: int,
+    max_frame_pixels: int,
+    max_video_frames: int = 3600,
+    max_check_s: float = 10.0,
 ) -> None:
     """Refuse an image or a video larger than its pixel cap before an engine decodes it (a few KB
     of PNG or VP9 can claim gigabytes of pixels): an image from its header, a video from its
     streams' headers and then from each frame's size as it is decoded, before anything converts
-    it. Bytes this cannot read are left to the engine, which refuses them itself."""
+    it. An image this cannot read is left to the engine, which refuses it itself; a video must be
+    in a container this reads, and its frames are checked within ``max_video_frames`` and
+    ``max_check_s``."""
     if kind == "image":
         from PIL import Image
 
@@ -166,9 +174,16 @@ def check_media_pixels(
         except Exception:  # not an image PIL knows: the engine answers for it
             return
         _check_image_pixels(width, height, max_image_pixels)
-    elif kind == "video" and (container := sniff_container(data)) in VIDEO_CONTAINERS:
+    elif kind == "video":
         import av
 
+        container = sniff_container(data)
+        if container not in VIDEO_CONTAINERS:  # checked here or by no one: vLLM probes any format
+            raise MediaInputError(
+                f"not a video in a supported container; supported: {', '.join(VIDEO_CONTAINERS)}",
+                "unsupported_format",
+            )
+        budget = FrameCheckBudget(max_video_frames, time.monotonic() + max_check_s)
         try:
             with av.open(io.BytesIO(data), mode="r", format=DEMUXERS[container]) as opened:
                 streams = opened.streams.video
@@ -176,22 +191,51 @@ def check_media_pixels(
                     context = stream.codec_context
                     _check_pixels(context.width, context.height, max_frame_pixels)
                 if streams:
-                    _check_every_frame(opened, streams, max_frame_pixels)
+                    _check_every_frame(opened, streams, max_frame_pixels, budget)
         except MediaInputError:  # a ValueError too
             raise
         except (av.FFmpegError, ValueError):
             return
 
 
-def _check_every_frame(container, streams, max_pixels: int) -> None:
+@dataclass
+class FrameCheckBudget:
+    """What checking one video's frames may cost: a number of frames and a deadline (the check
+    runs in a thread, where the request's timeout cannot stop it). A few MB of near-static frames
+    are tens of thousands of frames to decode."""
+
+    frames: int
+    deadline: float  # time.monotonic()
+
+    def spend(self) -> None:
+        self.frames -= 1
+        if self.frames < 0:
+            raise MediaInputError(
+                "the video has more frames than the platform checks (media.max_video_frames); "
+                "send a shorter clip or fewer frames per second",
+                "video_too_long",
+                413,
+            )
+        if time.monotonic() > self.deadline:
+            raise MediaInputError(
+                "the video took too long to check (media.max_video_check_s); send a shorter "
+                "or smaller clip",
+                "video_too_long",
+                413,
+            )
+
+
+def _check_every_frame(container, streams, max_pixels: int, budget: FrameCheckBudget) -> None:
     """Each frame of ``streams`` within ``max_pixels``, read from the decoded frame before any
     conversion: a stream may grow at any frame (a small first frame in the header, a huge one
     later), and the engine converts every frame it samples at its full size. A packet that does
     not decode is skipped, as decoders skip it, so a broken packet cannot hide the frames after
-    it."""
+    it; each packet spends the budget, decoded or not."""
     import av
 
     for packet in container.demux(*streams):
+        if packet.size:  # not the empty packet that flushes the decoder at the end
+            budget.spend()
         try:
             frames = packet.decode()
         except av.FFmpegError:

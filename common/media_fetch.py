@@ -59,6 +59,8 @@ class MediaFetchPolicy:
     max_parts_per_request: int = 32  # chat media parts, data: URLs included
     max_image_pixels: int = 4096 * 4096  # a chat image's width x height, read from its header
     max_frame_pixels: int = 4096 * 2160  # a chat video's frame (a 4K frame), the same way
+    max_video_frames: int = 3600  # a chat video's frames checked (2 minutes at 30 fps)
+    max_video_check_s: float = 10.0  # that check's time (a thread: the timeout cannot stop it)
 
     def budget(self, references: Iterable[object]) -> ByteBudget:
         """What the downloads of one request's media ``references`` may take in all (data: URLs

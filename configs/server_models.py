@@ -573,6 +573,25 @@ class MediaConfig(StrictModel):
         ge=1,
         description="a chat image's width x height, read from its header before it is decoded",
     )
+    max_frame_pixels: int = Field(
+        default=4096 * 2160,
+        ge=1,
+        description="a chat video frame's width x height (a 4K frame), read from the headers and "
+        "from each frame as it is decoded, before any frame is converted; past it a 413",
+    )
+    max_video_frames: int = Field(
+        default=3600,
+        ge=1,
+        description="frames of one chat video the router checks (2 minutes at 30 fps); a video "
+        "with more gets a 413 video_too_long",
+    )
+    max_video_check_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds the check of one chat video's frames may take (in a thread, which "
+        "the request's timeout cannot stop); past it a 413 video_too_long",
+    )
 
     @field_validator("allowed_domains")
     @classmethod

@@ -104,5 +104,11 @@ async def _check_pixels(kind: str, data: bytes, policy: MediaFetchPolicy) -> Non
     """The pixel caps, in a thread: a video's check decodes each of its frames, which must not
     hold up the other requests on this event loop."""
     await asyncio.to_thread(
-        check_media_pixels, kind, data, policy.max_image_pixels, policy.max_frame_pixels
+        check_media_pixels,
+        kind,
+        data,
+        policy.max_image_pixels,
+        policy.max_frame_pixels,
+        policy.max_video_frames,
+        policy.max_video_check_s,
     )

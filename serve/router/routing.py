@@ -211,6 +211,9 @@ class RouterSettings:
                 max_urls_per_request=platform.media.max_urls_per_request,
                 max_parts_per_request=platform.media.max_media_parts_per_request,
                 max_image_pixels=platform.media.max_image_pixels,
+                max_frame_pixels=platform.media.max_frame_pixels,
+                max_video_frames=platform.media.max_video_frames,
+                max_video_check_s=platform.media.max_video_check_s,
                 max_request_bytes=platform.media.max_request_download_bytes,
             ),
         )

@@ -134,3 +134,33 @@ def test_a_video_whose_later_frame_grows_past_the_pixel_cap_is_refused(fmt, code
     assert asyncio.run(
         media_refs.inline_chat_media(body, MediaFetchPolicy(max_frame_pixels=320 * 240))
     )
+
+
+def _video_chat(data: bytes, media_type: str = "video/mp4") -> dict:
+    video = {"type": "video_url", "video_url": {"url": _data_url(media_type, data)}}
+    return {"messages": [{"role": "user", "content": [video]}]}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [MediaFetchPolicy(max_video_frames=15), MediaFetchPolicy(max_video_check_s=1e-9)],
+    ids=["frames", "seconds"],
+)
+def test_checking_a_videos_frames_is_bounded_in_frames_and_time(policy):
+    """The frame check runs in a thread that the request's timeout cannot stop: a few MB of
+    near-static frames would keep it decoding for minutes. Past the frames or the seconds it may
+    spend, a 413; the same 16-frame clip passes within them."""
+    with pytest.raises(APIError) as info:
+        asyncio.run(media_refs.inline_chat_media(_video_chat(video_file(frames=16)), policy))
+    assert (info.value.status_code, info.value.code) == (413, "video_too_long")
+    ok = MediaFetchPolicy(max_video_frames=16)
+    assert asyncio.run(media_refs.inline_chat_media(_video_chat(video_file(frames=16)), ok))
+
+
+def test_a_video_in_a_container_the_check_cannot_read_is_refused_not_passed_on():
+    """vLLM would probe any format FFmpeg knows; what the pixel check cannot read is a 400."""
+    with pytest.raises(APIError) as info:
+        asyncio.run(
+            media_refs.inline_chat_media(_video_chat(b"\x47" + bytes(187) * 8), MediaFetchPolicy())
+        )
+    assert (info.value.status_code, info.value.code) == (400, "unsupported_format")
