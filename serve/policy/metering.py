@@ -103,17 +103,32 @@ def response_tokens(content: bytes, usage_header: str | bytes | None = None) -> 
 _USAGE_FIELD_START = ',"usage":{'
 _USAGE_FIELD = re.compile(r',"usage":(\{(?:[^{}"]|"[a-z_]+"|\{[^{}]*\})*\})')
 _NO_CHOICES = '"choices":[]'
+_CHOICE_INDEX = re.compile(r'"choices":\[\{"index":(\d+)')  # the chunk's choice (vLLM writes one)
 
 
 class StreamMeter:
     """Counts a server-sent event stream's tokens from the usage on its chunks (the last count
     seen is what the stream generated, however it ends), and takes out the usage the client did
-    not ask for."""
+    not ask for.
+
+    vLLM's usage on a chunk counts the prompt and that chunk's choice's tokens only: with ``n``
+    choices the stream has spent the prompt once and each choice's last count, until the final
+    usage event counts them all."""
 
     def __init__(self, asked: UsageAsked):
         self.asked = asked
         self.counts = TokenCounts()
         self._partial = ""
+        self._by_choice: dict[int, int] = {}  # each choice's generated tokens so far
+
+    def _saw(self, usage: TokenCounts, choice: int | None) -> None:
+        """A chunk's usage, of choice ``choice`` (None: the final usage event, of them all)."""
+        if choice is None:
+            self._by_choice.clear()
+            self.counts = usage
+            return
+        self._by_choice[choice] = usage.completion
+        self.counts = TokenCounts(usage.prompt, sum(self._by_choice.values()))
 
     def feed(self, text: str) -> str:
         """``text`` (whole events, or the rest of one) without the usage not asked for."""
@@ -147,7 +162,8 @@ class StreamMeter:
             counts = None
         if usage is None or counts is None:
             return self._kept_parsed(event, data)
-        self.counts = counts
+        index = _CHOICE_INDEX.search(data, 0, start)
+        self._saw(counts, int(index[1]) if index else 0)
         if self.asked.continuous:
             return event
         kept = ',"usage":null' if self.asked.final else ""  # as vLLM sends a chunk then
@@ -162,9 +178,13 @@ class StreamMeter:
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if not usage:
             return event
-        self.counts = TokenCounts.of(usage)
-        if not chunk.get("choices"):  # the usage event that ends the stream
+        choices = chunk.get("choices")
+        if not choices:  # the usage event that ends the stream: every choice's tokens
+            self._saw(TokenCounts.of(usage), None)
             return event if self.asked.final else None
+        first = choices[0] if isinstance(choices, list) else None
+        index = first.get("index") if isinstance(first, dict) else None
+        self._saw(TokenCounts.of(usage), index if isinstance(index, int) else 0)
         if self.asked.continuous:
             return event
         if self.asked.final:
@@ -187,13 +207,21 @@ class MeteredAnswer:
 
     A JSON answer that never finished once the request reached the model (the client left, the
     timeout cut it) carries no usage to count: it is charged ``reserved``, the most it could have
-    spent, or leaving just before the end would cost nothing."""
+    spent, or leaving just before the end would cost nothing. A stream cut before its first
+    usage (the client left while the prompt was read) is charged ``prompt``, the prompt's
+    guessed tokens: reading it was the work done."""
 
     def __init__(
-        self, send: Send, meter: StreamMeter | None, spend, keep_usage_header=True, reserved=0
+        self,
+        send: Send,
+        meter: StreamMeter | None,
+        spend,
+        keep_usage_header=True,
+        reserved=0,
+        prompt=0,
     ):
         self._send, self.meter, self._spend = send, meter, spend
-        self.keep_usage_header, self.reserved = keep_usage_header, reserved
+        self.keep_usage_header, self.reserved, self.prompt = keep_usage_header, reserved, prompt
         self.reached_model = False  # set once every check passed and the model's app has it
         self._answer = bytearray()
         self._started: dict[str, Any] = {}
@@ -233,9 +261,12 @@ class MeteredAnswer:
         if self._settled:
             return
         self._settled = True
-        if self.meter is not None and self._started.get("events"):
+        cut = self.reached_model and not self._finished
+        if self.meter is not None and (self._started.get("events") or not self._started):
             self.counts = self.meter.counts
-        elif self.meter is None and self.reached_model and not self._finished:
+            if cut and not self.counts.total:  # no usage came: cut while the prompt was read
+                self.counts = TokenCounts(self.prompt, 0)
+        elif self.meter is None and cut:
             self.counts = TokenCounts(0, self.reserved)  # no usage came: the most it could spend
         else:
             self.counts = response_usage(bytes(self._answer), self._started.get("usage"))
@@ -250,7 +281,7 @@ def reserved_tokens(body: dict[str, Any], context_tokens: int | None) -> int:
     what it may generate (``max_tokens``, ``max_completion_tokens``, else the model's context),
     for each of its ``n`` choices.
     The real count replaces it when the request ends."""
-    prompt = sum(len(text) for text in _texts(body)) // CHARS_PER_TOKEN
+    prompt = guessed_prompt_tokens(body)
     asked = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
     generated = next((n for n in asked if isinstance(n, int) and n >= 0), None)
     if generated is None and "messages" not in body and "prompt" not in body:
@@ -258,6 +289,11 @@ def reserved_tokens(body: dict[str, Any], context_tokens: int | None) -> int:
     choices = body.get("n")
     each = generated if generated is not None else (context_tokens or 0)
     return prompt + each * (choices if isinstance(choices, int) and choices > 1 else 1)
+
+
+def guessed_prompt_tokens(body: dict[str, Any]) -> int:
+    """A prompt's tokens guessed from its text (every string of the body but inlined media)."""
+    return sum(len(text) for text in _texts(body)) // CHARS_PER_TOKEN
 
 
 def _texts(body: dict[str, Any]):

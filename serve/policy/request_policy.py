@@ -55,6 +55,7 @@ from serve.policy.metering import (
     TokenCounts,
     ask_for_usage,
     ask_for_usage_header,
+    guessed_prompt_tokens,
     record_answer,
     reserved_tokens,
 )
@@ -281,7 +282,9 @@ class RequestPolicy:
             return None
         meter = StreamMeter(ask_for_usage(body)) if stream_requested(body) else None
         spend = charge or _uncharged
-        answer = MeteredAnswer(send, meter, spend, ask_for_usage_header(body), reserve)
+        answer = MeteredAnswer(
+            send, meter, spend, ask_for_usage_header(body), reserve, guessed_prompt_tokens(body)
+        )
         request_end.callback(answer.settle)
         return answer
 

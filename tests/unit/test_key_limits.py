@@ -214,6 +214,25 @@ def test_a_token_chunk_as_vllm_writes_it_loses_only_its_usage():
         assert json.loads(out) == without | (shown or {}) and meter.tokens == 9
 
 
+@pytest.mark.parametrize("compact", [True, False], ids=["as-vllm-writes", "spaced"])
+def test_a_stream_of_several_choices_cut_short_is_charged_every_choices_tokens(compact):
+    """vLLM's usage on a chunk counts the prompt and that chunk's choice only (n > 1): a stream
+    cut before its final usage event is charged the prompt once and each choice's last count."""
+
+    def chunk(index: int, completion: int) -> str:
+        usage = {"prompt_tokens": 5, "total_tokens": 5 + completion}
+        body = {"choices": [{"index": index, "delta": {"content": "x"}}], "usage": usage}
+        text = json.dumps(body, separators=(",", ":")) if compact else json.dumps(body)
+        return f"data: {text}\n\n"
+
+    meter = StreamMeter(UsageAsked())
+    meter.feed(chunk(0, 1) + chunk(1, 1) + chunk(0, 2) + chunk(1, 2) + chunk(0, 3))
+    assert (meter.counts.prompt, meter.counts.completion) == (5, 3 + 2)
+    final = {"choices": [], "usage": {"prompt_tokens": 5, "total_tokens": 12}}
+    meter.feed(f"data: {json.dumps(final)}\n\n")  # the final event counts them all
+    assert meter.tokens == 12
+
+
 def test_usage_is_asked_of_streams_on_every_chunk_and_read_from_answers():
     body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
     assert ask_for_usage(body) == UsageAsked(final=False, continuous=False)

@@ -17,7 +17,7 @@ from configs.api_keys import APIKey
 from configs.server_models import Capability
 from serve.deployments.vllm_ingress import ONE_HOP_ENDPOINTS
 from serve.policy import media_refs
-from serve.policy.metering import MeteredAnswer
+from serve.policy.metering import MeteredAnswer, guessed_prompt_tokens
 from serve.policy.request_policy import PolicyMount, RequestPolicy
 from serve.router.errors import APIError
 from serve.router.routing import VLLM_ENDPOINTS, ModelRoute, RouterSettings
@@ -197,6 +197,21 @@ async def test_a_stream_cut_by_the_timeout_is_charged_what_it_generated():
 
 
 ROUTER = PolicyMount("router", frozenset(VLLM_ENDPOINTS))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mount", [ROUTER, ONE_HOP], ids=["router", "one-hop"])
+async def test_a_stream_cut_before_its_first_usage_is_charged_its_prompt_on_either_path(mount):
+    """A client that leaves (here: the timeout) while the prompt is read got no chunk with usage:
+    charged the prompt's guessed tokens, the work done, not 0."""
+    key = APIKey("k" * 16, "few-tokens", tokens_per_minute=10_000)
+    settings = RouterSettings(routes=ROUTES, api_keys=(key,), request_timeout_s=TIMEOUT_S)
+    spent = SpentTokens()
+    policy = RequestPolicy(_model_app(asyncio.Event(), 0), settings, mount, spent)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}], "stream": True}
+    cut = await _chat(policy, key, json=body)
+    assert '"code":"timeout"' in cut.text.replace(" ", "")
+    assert spent.spent == [guessed_prompt_tokens(body)] and spent.spent[0] >= 100
 
 
 @pytest.mark.asyncio
