@@ -152,6 +152,23 @@ def router_policy(
             else _route_for(request, settings.routes, model_id).card()
         )
 
+    @app.api_route(
+        "/models/{model_id}/{rest:path}", methods=["GET", "POST"], include_in_schema=False
+    )
+    async def no_model_url(model_id: str, request: Request) -> Response:
+        """HAProxy sends a model's own URL to its application: what reaches the router is a model
+        without one (a non-vLLM model, or the file served as one application), or no model the
+        key may use, which gets the 404 the model's own URL gives a key outside its scope (an
+        unknown model's, listing nothing), so a key learns no ids beyond its scope."""
+        if admitted(request, settings.routes, model_id) is None:
+            raise unknown_model(model_id, [])
+        raise APIError(
+            404,
+            f"model {model_id!r} has no URL of its own; call it through /v1",
+            param="model",
+            code="no_model_url",
+        )
+
     async def forward(request: Request, capability: Capability) -> Response:
         body = getattr(request.state, BODY_STATE)  # read, checked and metered by the policy
         route = _route_for(

@@ -193,6 +193,25 @@ def test_a_scoped_key_reaches_only_its_model_on_either_path(platform_url):
     assert [m.id for m in client("").models.list().data] == [EMBED]
 
 
+def test_a_model_url_outside_the_keys_scope_answers_as_one_that_does_not_exist(platform_url):
+    """tiny-chat's own URL (its replica's policy refuses the key) and a URL of no model (the
+    router answers it): the same 404 but for the name, so a key cannot enumerate model ids."""
+
+    def error(model: str) -> dict:
+        answer = httpx.post(
+            f"{platform_url}/models/{model}/v1/chat/completions",
+            json={"model": model, "messages": HELLO, "max_tokens": 2},
+            headers={"Authorization": f"Bearer {SCOPED_KEY}"},
+            timeout=60,
+        )
+        assert answer.status_code == 404, answer.text
+        return {k: v for k, v in answer.json()["error"].items() if k != "request_id"}
+
+    outside, unknown = error(CHAT), error("no-such-model")
+    assert outside["code"] == "model_not_found", outside
+    assert outside == {**unknown, "message": unknown["message"].replace("no-such-model", CHAT)}
+
+
 def test_a_keys_requests_per_minute_are_counted_across_both_paths(platform_url):
     def embed(prefix: str) -> httpx.Response:
         return httpx.post(

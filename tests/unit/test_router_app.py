@@ -362,6 +362,28 @@ def test_upload_memory_is_returned_when_a_request_ends():
     assert memory.held_bytes == 0
 
 
+def test_a_model_url_the_router_gets_says_no_more_than_v1_does():
+    """HAProxy sends a model's own URL to its application: the router gets the URL of a model
+    without one (a 404 that says so), of no model, or of one outside the key's scope, the last
+    two the same 404 as an unknown model on /v1, so they tell a key nothing apart."""
+    c, _ = client(
+        TENSOR_ROUTES, api_keys=(APIKey("chat-only", "team-a", ("chat",)), APIKey("all", "ops"))
+    )
+    scoped = {"Authorization": "Bearer chat-only"}
+
+    def post(model: str):
+        return c.post(f"/models/{model}/v1/chat/completions", json=CHAT, headers=scoped)
+
+    outside, unknown = post("embed"), post("nope")
+    assert_openai_error(outside, 404, "model_not_found", "model")
+    same = ("message", "type", "param", "code")  # all but the request's own id
+    assert [outside.json()["error"][k] for k in same] == [
+        json.loads(unknown.text.replace("'nope'", "'embed'"))["error"][k] for k in same
+    ]
+    assert_openai_error(post("chat"), 404, "no_model_url", "model")
+    assert c.post("/models/chat/v1/chat/completions", json=CHAT).status_code == 401
+
+
 def test_a_scoped_key_uses_only_its_models():
     c, engines = client(
         TENSOR_ROUTES, api_keys=(APIKey("chat-only", "team-a", ("chat",)), APIKey("all", "ops"))
