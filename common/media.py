@@ -149,8 +149,8 @@ def check_media_pixels(
     data: bytes,
     max_image_pixels: int,
     max_frame_pixels: int,
-    max_video_frames: int = 3600,
-    max_check_s: float = 10.0,
+    max_video_frames: int,
+    max_check_s: float,
 ) -> None:
     """Refuse an image or a video larger than its pixel cap before an engine decodes it (a few KB
     of PNG or VP9 can claim gigabytes of pixels): an image from its header, a video from its
